@@ -1,0 +1,760 @@
+"""The infrastructure repository as git: commits with trailers, history, older images.
+
+Every deploy edits one compose file's ``image:`` and commits it with a
+structured message, so ``git log`` *is* the infrastructure's history::
+
+    deploy dev/dev1/worker: registry/worker:2
+
+    Operator's reason, as typed (optional).
+
+    Deployer-Action: deploy
+    Deployer-Target: dev/dev1/worker
+    Deployer-Image: registry/worker:2
+    Deployer-Previous-Image: registry/worker:1
+
+The last paragraph is a git trailer block (``git interpret-trailers --parse``
+reads it back, ``%(trailers)`` in ``git log --format`` too).
+
+Only this module and ``lock.py`` talk to git. GitPython is imported lazily (inside
+functions) so that importing the package stays fast; YAML likewise.
+
+Reading history:
+
+* ``InfraRepo.deploy_log()`` -- one ``git log`` call, one entry per commit that
+  has a ``Deployer-Action`` trailer, newest first.
+* ``InfraRepo.service_versions()`` -- the images one service had, newest first,
+  read from each commit that touched its compose file (one persistent
+  ``git cat-file --batch`` process, parse results cached per blob).
+* ``InfraRepo.resolve_rollback()`` -- which image (and which commit) a rollback
+  goes back to.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import socket
+import stat
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
+
+from deployer.errors import DirtyFileError, RepoError, RollbackError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import git
+
+# Trailer keys written into deploy commits.
+TRAILER_ACTION = "Deployer-Action"  # deploy | rollback
+TRAILER_TARGET = "Deployer-Target"  # dc/node/service; repeated for multi-node deploys
+TRAILER_IMAGE = "Deployer-Image"
+TRAILER_PREVIOUS_IMAGE = "Deployer-Previous-Image"
+TRAILER_IMAGE_ID = "Deployer-Image-Id"
+TRAILER_ROLLBACK_TO = "Deployer-Rollback-To"  # full commit sha
+
+ACTION_DEPLOY = "deploy"
+ACTION_ROLLBACK = "rollback"
+
+DEPLOYER_TRAILERS = (
+    TRAILER_ACTION,
+    TRAILER_TARGET,
+    TRAILER_IMAGE,
+    TRAILER_PREVIOUS_IMAGE,
+    TRAILER_IMAGE_ID,
+    TRAILER_ROLLBACK_TO,
+)
+
+# Identity used for commits when neither the environment nor git config names one.
+FALLBACK_NAME = "deployer"
+FALLBACK_EMAIL_USER = "deployer"
+
+_TRAILER_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+_AUTHOR_RE = re.compile(r"^\s*([^<>]*?)\s*<([^<>]*)>\s*$")
+# git's trailer parser treats a line starting with "---" + whitespace as the
+# start of a patch and stops looking for trailers there (trailer.c).
+_DIVIDER_RE = re.compile(r"^---(\s|$)")
+
+
+@dataclass
+class HistoryEntry:
+    """One deployer commit, as ``deploy_log`` reads it back."""
+
+    commit: str  # full sha
+    short: str  # abbreviated sha (unique in the repo, like %h)
+    time: str  # committer date, strict ISO 8601 with offset (%cI)
+    author: str  # author name
+    email: str  # author email
+    action: str  # Deployer-Action: deploy | rollback
+    targets: list[str]  # every Deployer-Target, in order
+    image: str | None
+    previous_image: str | None
+    image_id: str | None
+    rollback_to: str | None
+    subject: str
+    reason: str  # the body without the trailer block ("" when none)
+    trailers: list[tuple[str, str]] = field(default_factory=list)  # all trailers, as written
+
+
+@dataclass
+class Version:
+    """One image a service had: the commit that introduced it."""
+
+    commit: str  # full sha
+    image: str
+    time: str  # committer date, ISO 8601 with offset
+    subject: str
+
+    @property
+    def short(self) -> str:
+        return self.commit[:7]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _git_error_text(exc: BaseException) -> str:
+    """The useful part of a GitCommandError: git's stderr (or stdout), one line."""
+    stderr = getattr(exc, "stderr", "") or ""
+    stdout = getattr(exc, "stdout", "") or ""
+    text = str(stderr).strip() or str(stdout).strip() or str(exc)
+    text = re.sub(r"^\s*stderr: '", "", text)
+    text = re.sub(r"^\s*stdout: '", "", text)
+    return _one_line(text.rstrip("'"))
+
+
+def _normalize_trailers(
+    trailers: Mapping[str, Any] | Iterable[tuple[str, Any]] | None,
+) -> list[tuple[str, str]]:
+    """``{key: value}`` or ``[(key, value), ...]`` -> validated pairs.
+
+    A dict value may be a list/tuple (the key is repeated). ``None`` and empty
+    values are left out. Keys must be ``[A-Za-z0-9-]``; values must be one line.
+    """
+    if not trailers:
+        return []
+    items = trailers.items() if isinstance(trailers, Mapping) else trailers
+    out: list[tuple[str, str]] = []
+    for key, value in items:
+        values = value if isinstance(value, (list, tuple)) else [value]
+        key = str(key).strip()
+        if not _TRAILER_KEY_RE.match(key):
+            raise ValueError(f"invalid trailer key {key!r}: use letters, digits and '-'")
+        for v in values:
+            if v is None:
+                continue
+            v = str(v).strip()
+            if not v:
+                continue
+            if "\n" in v or "\r" in v:
+                raise ValueError(f"trailer {key} must be one line, got {v!r}")
+            out.append((key, v))
+    return out
+
+
+def format_message(
+    message: str,
+    trailers: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
+) -> str:
+    """Build a commit message: subject, blank line, body, blank line, trailers.
+
+    ``message`` is the subject line optionally followed by the body (the
+    operator's reason) -- "subject" or "subject\\n\\nreason". Body lines that
+    start with ``---`` get one leading space, because git would otherwise take
+    them for a patch divider and stop reading trailers there.
+    """
+    lines = str(message).replace("\r\n", "\n").replace("\r", "\n").strip("\n").split("\n")
+    subject = _one_line(lines[0]) if lines else ""
+    if not subject:
+        raise ValueError("commit message needs a non-empty subject line")
+    body_lines = [ln.rstrip() for ln in lines[1:]]
+    body_lines = [(" " + ln) if _DIVIDER_RE.match(ln) else ln for ln in body_lines]
+    body = "\n".join(body_lines).strip("\n")
+    parts = [subject]
+    if body.strip():
+        parts.append(body)
+    pairs = _normalize_trailers(trailers)
+    if pairs:
+        parts.append("\n".join(f"{k}: {v}" for k, v in pairs))
+    return "\n\n".join(parts) + "\n"
+
+
+def _parse_author(author: str) -> tuple[str, str]:
+    m = _AUTHOR_RE.match(author or "")
+    if not m or not m.group(1) or not m.group(2).strip():
+        raise RepoError(f"invalid author {author!r}: write it as 'Name <email>'")
+    return m.group(1), m.group(2).strip()
+
+
+def _default_target(compose_relpath: str, service: str) -> str:
+    parts = PurePosixPath(compose_relpath).parts
+    if len(parts) >= 4 and parts[0] == "datacenters":
+        return f"{parts[1]}/{parts[2]}/{service}"
+    return f"{compose_relpath}:{service}"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _image_of(doc: Any, service: str) -> str | None:
+    if not isinstance(doc, dict):
+        return None
+    services = doc.get("services")
+    if not isinstance(services, dict):
+        return None
+    svc = services.get(service)
+    if not isinstance(svc, dict):
+        return None
+    image = svc.get("image")
+    if not isinstance(image, str) or not image.strip():
+        return None
+    return image.strip()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same directory, fsync, rename.
+
+    The file keeps its permission bits when it exists; a new file gets ``mode``
+    (0o644 by default). Parent directories are created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mode is None:
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except FileNotFoundError:
+            mode = 0o644
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+class InfraRepo:
+    """The infrastructure git repository, opened at its work-tree root.
+
+    Paths taken and returned are repo-relative POSIX strings
+    (``datacenters/dev/dev1/docker-compose.yml``); absolute paths inside the
+    root are accepted too. Call ``close()`` (or use ``with``) to stop the
+    ``git cat-file`` helper processes early.
+    """
+
+    def __init__(self, repo: "git.Repo", root: Path):
+        self._repo = repo
+        self.root = root
+        self._blob_cache: dict[tuple[str, str], str | None] = {}  # (blob sha, service) -> image
+        self._parsed: dict[str, Any] = {}  # blob sha -> parsed YAML (None: did not parse)
+
+    # -- opening -----------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> "InfraRepo":
+        import git
+
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise RepoError(f"{path} is not a git repository (it does not exist)")
+        p = p.resolve()
+        try:
+            repo = git.Repo(p)
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+            try:
+                outer = git.Repo(p, search_parent_directories=True)
+            except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+                raise RepoError(f"{path} is not a git repository") from None
+            top = outer.working_tree_dir
+            outer.close()
+            raise RepoError(
+                f"{path} is not the root of a git repository (it is inside {top})"
+            ) from None
+        if repo.bare or repo.working_tree_dir is None:
+            repo.close()
+            raise RepoError(f"{path} is a bare git repository; the deployer needs a working tree")
+        root = Path(repo.working_tree_dir).resolve()
+        if root != p:
+            repo.close()
+            raise RepoError(f"{path} is not the root of a git repository (it is inside {root})")
+        return cls(repo, root)
+
+    def close(self) -> None:
+        self._repo.close()
+
+    def __enter__(self) -> "InfraRepo":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def git_dir(self) -> Path:
+        """The repository's common .git directory (shared by all worktrees): where the lock lives."""
+        return Path(self._repo.common_dir).resolve()
+
+    # -- plumbing ------------------------------------------------------------
+
+    def _run(
+        self,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        read_only: bool = False,
+        strip: bool = True,
+    ) -> str:
+        """Run ``git <args>`` in the root; GitCommandError -> RepoError."""
+        import git
+
+        cmd = [self._repo.git.GIT_PYTHON_GIT_EXECUTABLE, "--literal-pathspecs"]
+        if read_only:
+            cmd.append("--no-optional-locks")
+        cmd.extend(args)
+        try:
+            return self._repo.git.execute(cmd, env=dict(env) if env else None, strip_newline_in_stdout=strip)
+        except git.GitCommandError as exc:
+            raise RepoError(f"git {args[0]} failed in {self.root}: {_git_error_text(exc)}") from None
+
+    def _rel(self, relpath: str | os.PathLike[str]) -> str:
+        """A repo-relative POSIX path, refusing anything outside the root."""
+        raw = os.fspath(relpath)
+        p = Path(raw)
+        if p.is_absolute():
+            try:
+                p = p.relative_to(self.root)
+            except ValueError:
+                try:
+                    p = p.parent.resolve().relative_to(self.root) / p.name
+                except ValueError:
+                    raise RepoError(f"{raw} is outside the repository {self.root}") from None
+        parts = PurePosixPath(p.as_posix()).parts
+        parts = tuple(x for x in parts if x != ".")
+        if not parts or ".." in parts or parts[0] == ".git":
+            raise RepoError(f"invalid repository path {raw!r}")
+        return "/".join(parts)
+
+    def _has_head(self) -> bool:
+        try:
+            self._run("rev-parse", "--verify", "--quiet", "HEAD^{commit}", read_only=True)
+            return True
+        except RepoError:
+            return False
+
+    def rev_parse(self, rev: str) -> str | None:
+        """The full sha of the commit ``rev`` names, or None when it names none."""
+        import git
+
+        if not rev or rev.startswith("-"):
+            return None
+        try:
+            out = self._repo.git.execute(
+                [self._repo.git.GIT_PYTHON_GIT_EXECUTABLE, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}"]
+            )
+        except git.GitCommandError:
+            return None
+        out = out.strip()
+        return out if re.fullmatch(r"[0-9a-f]{40,64}", out) else None
+
+    def _identity_env(self, author: str | None) -> tuple[list[str], dict[str, str]]:
+        """``--author`` arguments and env so that a commit never fails for lack of identity."""
+        args: list[str] = []
+        if author is not None:
+            name, email = _parse_author(author)
+            args = [f"--author={name} <{email}>"]
+        try:
+            out = self._run(
+                "config", "--null", "--get-regexp", r"^(user|author|committer)\.(name|email)$", read_only=True
+            )
+        except RepoError:
+            out = ""  # exit 1: no such keys
+        conf: dict[str, str] = {}
+        for rec in out.split("\0"):
+            if not rec.strip():
+                continue
+            key, _, value = rec.strip("\n").partition("\n")
+            if value.strip():
+                conf[key.lower()] = value.strip()
+        env: dict[str, str] = {}
+        try:
+            host = socket.gethostname() or "localhost"
+        except OSError:  # pragma: no cover
+            host = "localhost"
+        for role in ("author", "committer"):
+            up = role.upper()
+            if not (os.environ.get(f"GIT_{up}_NAME") or conf.get(f"{role}.name") or conf.get("user.name")):
+                env[f"GIT_{up}_NAME"] = FALLBACK_NAME
+            if not (
+                os.environ.get(f"GIT_{up}_EMAIL")
+                or conf.get(f"{role}.email")
+                or conf.get("user.email")
+                or os.environ.get("EMAIL")
+            ):
+                env[f"GIT_{up}_EMAIL"] = f"{FALLBACK_EMAIL_USER}@{host}"
+        return args, env
+
+    # -- working tree state --------------------------------------------------
+
+    def is_dirty(self, relpath: str | os.PathLike[str]) -> bool:
+        """True when the file differs from HEAD in the index or the work tree, or is untracked."""
+        rel = self._rel(relpath)
+        out = self._run(
+            "status", "--porcelain=v1", "-z", "--untracked-files=all", "--ignore-submodules=none", "--", rel,
+            read_only=True,
+        )
+        return bool(out.strip("\0").strip())
+
+    def require_clean(self, relpath: str | os.PathLike[str]) -> None:
+        rel = self._rel(relpath)
+        if self.is_dirty(rel):
+            raise DirtyFileError(f"{rel} has uncommitted changes; commit or stash them first")
+
+    def _untracked(self, rels: Sequence[str]) -> list[str]:
+        out = self._run("ls-files", "-z", "--others", "--exclude-standard", "--", *rels, read_only=True)
+        return [p for p in out.split("\0") if p]
+
+    # -- committing -----------------------------------------------------------
+
+    def commit_file(
+        self,
+        relpath: str | os.PathLike[str],
+        content: bytes | str,
+        message: str,
+        trailers: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
+        author: str | None = None,
+    ) -> str:
+        """Write one file atomically and commit only it; return the new commit's sha.
+
+        Other staged and unstaged changes in the repository are left exactly as
+        they were. When the commit fails (a hook refused it, nothing changed...)
+        the file's previous content is put back and RepoError is raised.
+        Call ``require_clean(relpath)`` before computing ``content``: this method
+        overwrites whatever the work tree has.
+        """
+        rel = self._rel(relpath)
+        full = self.root / rel
+        if full.is_symlink():
+            raise RepoError(f"{rel} is a symbolic link; the deployer will not write through it")
+        if full.exists() and not full.is_file():
+            raise RepoError(f"{rel} is not a regular file")
+        data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
+        text = format_message(message, trailers)  # validate before touching anything
+        try:
+            old: bytes | None = full.read_bytes()
+            old_mode: int | None = stat.S_IMODE(full.stat().st_mode)
+        except FileNotFoundError:
+            old, old_mode = None, None
+        try:
+            atomic_write(full, data)
+        except OSError as exc:
+            raise RepoError(f"cannot write {rel}: {exc}") from None
+        try:
+            return self._commit([rel], text, author)
+        except BaseException:
+            try:
+                if old is None:
+                    full.unlink(missing_ok=True)
+                else:
+                    atomic_write(full, old, old_mode)
+            except OSError:  # pragma: no cover - best effort, the original error matters more
+                pass
+            raise
+
+    def commit_paths(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        message: str,
+        trailers: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
+        author: str | None = None,
+    ) -> str:
+        """Commit exactly these paths as they are in the work tree (new, changed or deleted).
+
+        Other staged and unstaged changes are left as they were. A directory
+        path commits every file under it. Returns the new commit's sha.
+        """
+        rels = sorted({self._rel(p) for p in paths})
+        if not rels:
+            raise ValueError("commit_paths needs at least one path")
+        return self._commit(rels, format_message(message, trailers), author)
+
+    def _commit(self, rels: list[str], text: str, author: str | None) -> str:
+        author_args, env = self._identity_env(author)
+        # `git commit --only -- paths` refuses paths git does not know yet: add
+        # the untracked ones first, and take them out again if the commit fails.
+        added = self._untracked(rels)
+        if added:
+            self._run("add", "--", *added)
+        try:
+            self._run(
+                "commit", "--only", "--no-edit", "--cleanup=whitespace", "--quiet",
+                *author_args, "-m", text, "--", *rels,
+                env=env,
+            )
+        except RepoError as exc:
+            if added:
+                try:
+                    self._run("rm", "--cached", "--quiet", "--", *added)
+                except RepoError:  # pragma: no cover
+                    pass
+            if not self._differs_from_head(rels):
+                raise RepoError(f"nothing to commit: {', '.join(rels)} already match HEAD") from None
+            raise exc
+        return self._run("rev-parse", "HEAD", read_only=True).strip()
+
+    def _differs_from_head(self, rels: list[str]) -> bool:
+        if not self._has_head():
+            return True
+        try:
+            out = self._run("status", "--porcelain=v1", "-z", "--untracked-files=all", "--", *rels, read_only=True)
+        except RepoError:
+            return True
+        return bool(out.strip("\0").strip())
+
+    # -- history ----------------------------------------------------------------
+
+    def deploy_log(self, target_prefix: str | None = None, limit: int | None = None) -> list[HistoryEntry]:
+        """Deployer commits reachable from HEAD, newest first.
+
+        ``target_prefix`` keeps the commits with a Deployer-Target equal to it or
+        under it at a path-component boundary ("dev" matches "dev/dev1/worker",
+        not "devx/n/web"). ``limit`` caps the number of entries returned.
+        """
+        if limit is not None and limit <= 0:
+            return []
+        if not self._has_head():
+            return []
+        prefix = (target_prefix or "").strip().strip("/")
+        fields = ["%H", "%h", "%cI", "%an", "%ae", "%s", "%b", "%(trailers:only,unfold)"]
+        fmt = "%x00".join(fields) + "%x00"
+        out = self._run(
+            "log", "--no-show-signature", "--encoding=UTF-8", "--fixed-strings", "--regexp-ignore-case",
+            f"--grep={TRAILER_ACTION}", f"--format={fmt}", "HEAD", "--",
+            read_only=True, strip=False,
+        )
+        parts = out.split("\0")
+        n = len(fields)
+        entries: list[HistoryEntry] = []
+        for i in range(0, len(parts) - n + 1, n):
+            sha, short, time, an, ae, subject, body, trailer_text = parts[i : i + n]
+            entry = _make_entry(sha.strip(), short, time, an, ae, subject, body, trailer_text)
+            if entry is None:
+                continue
+            if prefix and not any(t == prefix or t.startswith(prefix + "/") for t in entry.targets):
+                continue
+            entries.append(entry)
+            if limit is not None and len(entries) >= limit:
+                break
+        return entries
+
+    def _image_in_blob(self, rev: str, rel: str, service: str) -> str | None:
+        """The service's image in the file at ``rev`` (None: no file, bad YAML, no such service)."""
+        try:
+            sha, typ, _size = self._repo.git.get_object_header(f"{rev}:{rel}")
+        except ValueError:
+            return None
+        if typ != "blob":
+            return None
+        key = (sha, service)
+        if key not in self._blob_cache:
+            docs = self._parsed.get(sha, _MISSING)
+            if docs is _MISSING:
+                _s, _t, _n, data = self._repo.git.get_object_data(sha)
+                docs = _load_yaml(data)
+                self._parsed[sha] = docs
+                if len(self._parsed) > 4096:
+                    self._parsed.clear()
+            self._blob_cache[key] = _image_of(docs, service)
+            if len(self._blob_cache) > 16384:
+                self._blob_cache.clear()
+        return self._blob_cache[key]
+
+    def _commits_touching(self, rel: str, rev: str) -> Iterator[tuple[str, str, str]]:
+        """(sha, committer ISO time, subject) of the commits that changed ``rel``, newest first."""
+        sha = self.rev_parse(rev)
+        if sha is None:
+            if rev == "HEAD" and not self._has_head():
+                return
+            raise RepoError(f"unknown revision {rev}")
+        out = self._run(
+            "log", "--no-show-signature", "--encoding=UTF-8", "--format=%H%x00%cI%x00%s%x00", sha, "--", rel,
+            read_only=True, strip=False,
+        )
+        parts = out.split("\0")
+        for i in range(0, len(parts) - 2, 3):
+            yield parts[i].strip(), parts[i + 1], parts[i + 2]
+
+    def _iter_versions(self, rel: str, service: str, rev: str) -> Iterator[Version]:
+        run: Version | None = None
+        for sha, time, subject in self._commits_touching(rel, rev):
+            image = self._image_in_blob(sha, rel, service)
+            if image is None:
+                break  # file gone/unparseable or service absent: it did not exist before
+            if run is not None and run.image == image:
+                run = Version(sha, image, time, subject)  # an older commit with the same image
+                continue
+            if run is not None:
+                yield run
+            run = Version(sha, image, time, subject)
+        if run is not None:
+            yield run
+
+    def service_versions(self, compose_relpath: str, service: str, rev: str = "HEAD") -> list[Version]:
+        """The images ``service`` had in ``compose_relpath``, newest first.
+
+        One entry per image change: consecutive commits with the same image
+        collapse to the (oldest) commit that introduced it. The walk stops at the
+        first commit where the file is missing or does not parse or the service is
+        absent. An unborn HEAD gives [].
+        """
+        return list(self._iter_versions(self._rel(compose_relpath), service, rev))
+
+    def image_at(self, rev: str, compose_relpath: str, service: str) -> str | None:
+        """The service's image in the compose file at ``rev``; None when the file or
+        service is not there or the file does not parse. RepoError for an unknown rev."""
+        sha = self.rev_parse(rev)
+        if sha is None:
+            raise RepoError(f"unknown revision {rev}")
+        return self._image_in_blob(sha, self._rel(compose_relpath), service)
+
+    def resolve_rollback(
+        self,
+        compose_relpath: str,
+        service: str,
+        current_image: str,
+        steps: int = 1,
+        to_rev: str | None = None,
+        target: str | None = None,
+    ) -> tuple[str, str]:
+        """The (image, commit) a rollback of ``service`` goes back to.
+
+        * ``to_rev`` given (``steps`` is then ignored): it must name a commit that
+          changed this service's image, in the history of HEAD, and that image
+          must differ from ``current_image``.
+        * otherwise: the ``steps``-th distinct image back, counting only images
+          different from ``current_image`` and each image once (history
+          A, B, A, C with current C: 1 -> A, 2 -> B, 3 -> error). The commit
+          returned is the most recent one that introduced that image.
+
+        ``target`` names the service in messages ("dev/dev1/worker"; derived
+        from the path when not given).
+        """
+        rel = self._rel(compose_relpath)
+        target = target or _default_target(rel, service)
+        if to_rev is not None:
+            sha = self.rev_parse(to_rev.strip())
+            if sha is None:
+                raise RollbackError(f"unknown revision {to_rev}")
+            versions = list(self._iter_versions(rel, service, "HEAD"))
+            for v in versions:
+                if v.commit == sha:
+                    if v.image == current_image:
+                        raise RollbackError(
+                            f"commit {v.short} set {target} to {v.image}, which is its current image; "
+                            "nothing to roll back"
+                        )
+                    return v.image, v.commit
+            listed = ", ".join(f"{v.short} {v.image}" for v in versions[:8])
+            if len(versions) > 8:
+                listed += f", ... ({len(versions) - 8} more)"
+            raise RollbackError(
+                f"commit {sha[:7]} did not change {target} (its versions: {listed or 'none'})"
+            )
+        if steps < 1:
+            raise RollbackError(f"cannot go back {steps} versions: steps must be 1 or more")
+        seen: set[str] = {current_image}
+        found = 0
+        for v in self._iter_versions(rel, service, "HEAD"):
+            if v.image in seen:
+                continue
+            seen.add(v.image)
+            found += 1
+            if found == steps:
+                return v.image, v.commit
+        if found == 0:
+            raise RollbackError(f"{target} has no earlier version; cannot go back {steps}")
+        raise RollbackError(
+            f"{target} has only {_plural(found, 'earlier version')}; cannot go back {steps}"
+        )
+
+
+_MISSING: Any = object()
+
+
+def _load_yaml(data: bytes) -> Any:
+    """Parse a compose file; None when it is not valid YAML."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        return YAML(typ="safe").load(data)
+    except (YAMLError, ValueError, TypeError, UnicodeDecodeError):
+        return None
+    except Exception:  # ruamel raises a few non-YAMLError types on odd input
+        return None
+
+
+def _make_entry(
+    sha: str, short: str, time: str, an: str, ae: str, subject: str, body: str, trailer_text: str
+) -> HistoryEntry | None:
+    trailers: list[tuple[str, str]] = []
+    for line in trailer_text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        trailers.append((key.strip(), value.strip()))
+
+    def first(name: str) -> str | None:
+        for k, v in trailers:
+            if k.lower() == name.lower():
+                return v or None
+        return None
+
+    action = first(TRAILER_ACTION)
+    if not action:
+        return None
+    targets = [v for k, v in trailers if k.lower() == TRAILER_TARGET.lower() and v]
+    reason = _strip_trailer_block(body) if trailers else body.strip()
+    return HistoryEntry(
+        commit=sha,
+        short=short.strip(),
+        time=time.strip(),
+        author=an,
+        email=ae,
+        action=action,
+        targets=targets,
+        image=first(TRAILER_IMAGE),
+        previous_image=first(TRAILER_PREVIOUS_IMAGE),
+        image_id=first(TRAILER_IMAGE_ID),
+        rollback_to=first(TRAILER_ROLLBACK_TO),
+        subject=subject,
+        reason=reason,
+        trailers=trailers,
+    )
+
+
+def _strip_trailer_block(body: str) -> str:
+    """The body without its last paragraph (git found the trailer block there)."""
+    paragraphs = re.split(r"\n[ \t]*\n", body.strip("\n"))
+    return "\n\n".join(p for p in paragraphs[:-1]).strip("\n").rstrip()
