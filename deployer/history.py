@@ -31,7 +31,6 @@ Reading history:
 
 from __future__ import annotations
 
-import getpass
 import os
 import re
 import socket
@@ -269,8 +268,8 @@ class InfraRepo:
     def __init__(self, repo: "git.Repo", root: Path):
         self._repo = repo
         self.root = root
-        self._blob_cache: dict[tuple[str, str], str | None] = {}  # (blob sha, service) -> image
         self._parsed: dict[str, Any] = {}  # blob sha -> parsed YAML (None: did not parse)
+        self._yaml: Any = None
 
     # -- opening -----------------------------------------------------------
 
@@ -431,9 +430,25 @@ class InfraRepo:
         if self.is_dirty(rel):
             raise DirtyFileError(f"{rel} has uncommitted changes; commit or stash them first")
 
-    def _untracked(self, rels: Sequence[str]) -> list[str]:
-        out = self._run("ls-files", "-z", "--others", "--exclude-standard", "--", *rels, read_only=True)
-        return [p for p in out.split("\0") if p]
+    def _stage_new_paths(self, rels: Sequence[str]) -> list[str]:
+        """``git add`` the untracked files among ``rels`` (returned, to undo); refuse
+        paths that are neither on disk nor tracked, and ignored ones."""
+        tracked = [p for p in self._run("ls-files", "-z", "--", *rels, read_only=True).split("\0") if p]
+        untracked = [
+            p
+            for p in self._run("ls-files", "-z", "--others", "--exclude-standard", "--", *rels, read_only=True).split("\0")
+            if p
+        ]
+        for rel in rels:
+            known = [p for p in tracked + untracked if p == rel or p.startswith(rel + "/")]
+            if known:
+                continue
+            if os.path.lexists(self.root / rel):
+                raise RepoError(f"{rel} is ignored by git (.gitignore); the deployer will not commit it")
+            raise RepoError(f"{rel} does not exist and is not tracked by git; nothing to commit")
+        if untracked:
+            self._run("add", "--", *untracked)
+        return untracked
 
     # -- committing -----------------------------------------------------------
 
@@ -503,9 +518,7 @@ class InfraRepo:
         author_args, env = self._identity_env(author)
         # `git commit --only -- paths` refuses paths git does not know yet: add
         # the untracked ones first, and take them out again if the commit fails.
-        added = self._untracked(rels)
-        if added:
-            self._run("add", "--", *added)
+        added = self._stage_new_paths(rels)
         try:
             self._run(
                 "commit", "--only", "--no-edit", "--cleanup=whitespace", "--quiet",
@@ -519,7 +532,8 @@ class InfraRepo:
                 except RepoError:  # pragma: no cover
                     pass
             if not self._differs_from_head(rels):
-                raise RepoError(f"nothing to commit: {', '.join(rels)} already match HEAD") from None
+                what = rels[0] if len(rels) == 1 else ", ".join(rels)
+                raise RepoError(f"nothing to commit: {what} {'is' if len(rels) == 1 else 'are'} unchanged from HEAD") from None
             raise exc
         return self._run("rev-parse", "HEAD", read_only=True).strip()
 
@@ -572,42 +586,52 @@ class InfraRepo:
         """The service's image in the file at ``rev`` (None: no file, bad YAML, no such service)."""
         try:
             sha, typ, _size = self._repo.git.get_object_header(f"{rev}:{rel}")
-        except ValueError:
+        except ValueError:  # "<rev>:<path> missing"
             return None
+        sha = sha.decode() if isinstance(sha, bytes) else sha
+        typ = typ.decode() if isinstance(typ, bytes) else typ
         if typ != "blob":
             return None
-        key = (sha, service)
-        if key not in self._blob_cache:
-            docs = self._parsed.get(sha, _MISSING)
-            if docs is _MISSING:
-                _s, _t, _n, data = self._repo.git.get_object_data(sha)
-                docs = _load_yaml(data)
-                self._parsed[sha] = docs
-                if len(self._parsed) > 4096:
-                    self._parsed.clear()
-            self._blob_cache[key] = _image_of(docs, service)
-            if len(self._blob_cache) > 16384:
-                self._blob_cache.clear()
-        return self._blob_cache[key]
+        doc = self._parsed.get(sha, _MISSING)
+        if doc is _MISSING:
+            _s, _t, _n, data = self._repo.git.get_object_data(sha)
+            doc = self._load_yaml(data)
+            if len(self._parsed) >= 4096:
+                self._parsed.clear()
+            self._parsed[sha] = doc
+        return _image_of(doc, service)
 
-    def _commits_touching(self, rel: str, rev: str) -> Iterator[tuple[str, str, str]]:
+    def _load_yaml(self, data: bytes) -> Any:
+        """Parse a compose file; None when it is not valid YAML."""
+        if self._yaml is None:
+            from ruamel.yaml import YAML
+
+            self._yaml = YAML(typ="safe")  # uses ruamel.yaml.clib's C parser when installed
+        try:
+            return self._yaml.load(data)
+        except Exception:  # YAMLError, duplicate keys, bad encoding, absurd nesting...
+            return None
+
+    def _commits_touching(self, rel: str, rev: str) -> list[tuple[str, str, str]]:
         """(sha, committer ISO time, subject) of the commits that changed ``rel``, newest first."""
         sha = self.rev_parse(rev)
         if sha is None:
             if rev == "HEAD" and not self._has_head():
-                return
+                return []
             raise RepoError(f"unknown revision {rev}")
         out = self._run(
             "log", "--no-show-signature", "--encoding=UTF-8", "--format=%H%x00%cI%x00%s%x00", sha, "--", rel,
             read_only=True, strip=False,
         )
         parts = out.split("\0")
-        for i in range(0, len(parts) - 2, 3):
-            yield parts[i].strip(), parts[i + 1], parts[i + 2]
+        return [(parts[i].strip(), parts[i + 1], parts[i + 2]) for i in range(0, len(parts) - 2, 3)]
 
-    def _iter_versions(self, rel: str, service: str, rev: str) -> Iterator[Version]:
+    def _iter_versions(
+        self, rel: str, service: str, commits: Iterable[tuple[str, str, str]]
+    ) -> Iterator[Version]:
+        """Collapse the commits touching the file into versions of ``service``, lazily."""
         run: Version | None = None
-        for sha, time, subject in self._commits_touching(rel, rev):
+        for sha, time, subject in commits:
             image = self._image_in_blob(sha, rel, service)
             if image is None:
                 break  # file gone/unparseable or service absent: it did not exist before
@@ -620,15 +644,26 @@ class InfraRepo:
         if run is not None:
             yield run
 
-    def service_versions(self, compose_relpath: str, service: str, rev: str = "HEAD") -> list[Version]:
-        """The images ``service`` had in ``compose_relpath``, newest first.
+    def service_versions(
+        self, compose_relpath: str, service: str, rev: str = "HEAD", limit: int | None = None
+    ) -> list[Version]:
+        """The images ``service`` had in ``compose_relpath`` up to ``rev``, newest first.
 
         One entry per image change: consecutive commits with the same image
         collapse to the (oldest) commit that introduced it. The walk stops at the
         first commit where the file is missing or does not parse or the service is
-        absent. An unborn HEAD gives [].
+        absent. An unborn HEAD gives []. ``limit`` stops the walk after that many
+        versions (each commit read costs a YAML parse, ~2 ms in pure Python).
         """
-        return list(self._iter_versions(self._rel(compose_relpath), service, rev))
+        rel = self._rel(compose_relpath)
+        out: list[Version] = []
+        if limit is not None and limit <= 0:
+            return out
+        for v in self._iter_versions(rel, service, self._commits_touching(rel, rev)):
+            out.append(v)
+            if limit is not None and len(out) >= limit:
+                break
+        return out
 
     def image_at(self, rev: str, compose_relpath: str, service: str) -> str | None:
         """The service's image in the compose file at ``rev``; None when the file or
@@ -666,8 +701,11 @@ class InfraRepo:
             sha = self.rev_parse(to_rev.strip())
             if sha is None:
                 raise RollbackError(f"unknown revision {to_rev}")
-            versions = list(self._iter_versions(rel, service, "HEAD"))
-            for v in versions:
+            commits = self._commits_touching(rel, "HEAD")
+            position = {c[0]: i for i, c in enumerate(commits)}
+            wanted = position.get(sha)  # None: not in HEAD's history, or did not touch the file
+            versions: list[Version] = []
+            for v in self._iter_versions(rel, service, commits):
                 if v.commit == sha:
                     if v.image == current_image:
                         raise RollbackError(
@@ -675,9 +713,13 @@ class InfraRepo:
                             "nothing to roll back"
                         )
                     return v.image, v.commit
+                versions.append(v)
+                # Past the commit (or it is not a candidate at all): only the listing is left.
+                if (wanted is None or position[v.commit] > wanted) and len(versions) > 8:
+                    break
             listed = ", ".join(f"{v.short} {v.image}" for v in versions[:8])
             if len(versions) > 8:
-                listed += f", ... ({len(versions) - 8} more)"
+                listed += ", ..."
             raise RollbackError(
                 f"commit {sha[:7]} did not change {target} (its versions: {listed or 'none'})"
             )
@@ -685,7 +727,7 @@ class InfraRepo:
             raise RollbackError(f"cannot go back {steps} versions: steps must be 1 or more")
         seen: set[str] = {current_image}
         found = 0
-        for v in self._iter_versions(rel, service, "HEAD"):
+        for v in self._iter_versions(rel, service, self._commits_touching(rel, "HEAD")):
             if v.image in seen:
                 continue
             seen.add(v.image)
@@ -700,19 +742,6 @@ class InfraRepo:
 
 
 _MISSING: Any = object()
-
-
-def _load_yaml(data: bytes) -> Any:
-    """Parse a compose file; None when it is not valid YAML."""
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import YAMLError
-
-    try:
-        return YAML(typ="safe").load(data)
-    except (YAMLError, ValueError, TypeError, UnicodeDecodeError):
-        return None
-    except Exception:  # ruamel raises a few non-YAMLError types on odd input
-        return None
 
 
 def _make_entry(
