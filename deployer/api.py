@@ -138,7 +138,8 @@ class Deployer:
         prefix = None
         if target:
             prefix = str(self.load().resolve(target))
-        return self.repo().deploy_log(prefix, limit)
+        with self.repo() as repo:
+            return repo.deploy_log(prefix, limit)
 
     # -- deploy --------------------------------------------------------------------
 
@@ -167,9 +168,10 @@ class Deployer:
         if resolved.service is None:
             raise TargetError(f"rollback needs a service: write dc/node/service (got {target!r})")
         svc = infra.node(resolved.dc, resolved.node).services[resolved.service]
-        image, commit = self.repo().resolve_rollback(
-            svc.location.path, svc.name, svc.image, target=svc.target, steps=steps, to_rev=to
-        )
+        with self.repo() as repo:
+            image, commit = repo.resolve_rollback(
+                svc.location.path, svc.name, svc.image, target=svc.target, steps=steps, to_rev=to
+            )
         return self._deploy(resolved, image, ACTION_ROLLBACK, rollback_to=commit, wait=wait, dry_run=dry_run,
                             author=author, message=message, settle=settle, health_timeout=health_timeout)
 
@@ -186,11 +188,10 @@ class Deployer:
         from deployer.state import image_id, read_node
 
         started = time.monotonic()
-        repo = self.repo()
         if not dry_run:
             self._refuse_project_repo()
-        lock = DeployLock(Path(repo.git_dir), owner_info(" ".join(["deployer", *sys.argv[1:]])))
-        with _maybe(lock, not dry_run, wait):
+        with self.repo() as repo, _maybe(DeployLock(Path(repo.git_dir), owner_info(" ".join(["deployer", *sys.argv[1:]]))),
+                                         not dry_run, wait) as lock:
             if not dry_run:
                 self._recover(repo, lock)
             infra = self.load()  # again, under the lock: someone may have deployed meanwhile

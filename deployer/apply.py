@@ -215,9 +215,7 @@ class Applier:
         first_net = spec.networks[0] if spec.networks else None
         networking = None
         if first_net is not None:
-            networking = self.api.create_networking_config(
-                {first_net[0]: self.api.create_endpoint_config(aliases=first_net[1] or None)}
-            )
+            networking = self.api.create_networking_config({first_net[0]: self._endpoint(spec, *first_net)})
         host_config = self.api.create_host_config(**spec.host)
         created = self.api.create_container(
             spec.image, name=name, labels=spec.all_labels(), host_config=host_config,
@@ -226,13 +224,17 @@ class Applier:
         cid = created["Id"]
         try:
             for net, aliases in spec.networks[1:]:
-                self.api.connect_container_to_network(cid, net, aliases=aliases or None)
+                self.api.connect_container_to_network(cid, net, aliases=aliases or None,
+                                                      ipv4_address=spec.ipv4_addresses.get(net))
             if spec.secrets:
                 self._put_secrets(cid, spec)
         except BaseException:
             self._remove(cid)
             raise
         return cid
+
+    def _endpoint(self, spec: ContainerSpec, net: str, aliases: list[str]):
+        return self.api.create_endpoint_config(aliases=aliases or None, ipv4_address=spec.ipv4_addresses.get(net))
 
     def _put_secrets(self, cid: str, spec: ContainerSpec) -> None:
         """Secrets go into the created container as root-readable files (works on remote engines too)."""
@@ -252,7 +254,7 @@ class Applier:
                         tar.addfile(info)
                 info = tarfile.TarInfo(secret.target.strip("/"))
                 info.size = len(data)
-                info.mode = 0o444
+                info.mode = secret.mode
                 tar.addfile(info, io.BytesIO(data))
         self.api.put_archive(cid, "/", buf.getvalue())
 
