@@ -201,7 +201,7 @@ class Deployer:
             old_image = existing.image if existing else None
             if not dry_run:
                 repo.require_clean(rel)
-            old_text = (self.root / rel).read_text(encoding="utf-8") if (self.root / rel).exists() else "services: {}\n"
+            old_text = _read_text(self.root / rel) if (self.root / rel).exists() else "services: {}\n"
             if existing is None:
                 new_text = yamledit.add_service(old_text, target.service, image, path=rel)
             elif old_image != image:
@@ -261,9 +261,9 @@ class Deployer:
         if not journal:
             return
         path = self.root / journal["file"]
-        if path.exists() and _sha(path.read_text(encoding="utf-8")) == journal["sha256"] and repo.is_dirty(journal["file"]):
+        if path.exists() and _sha(_read_text(path)) == journal["sha256"] and repo.is_dirty(journal["file"]):
             self.progress(f"finishing an interrupted deploy: committing {journal['file']}")
-            repo.commit_file(journal["file"], path.read_text(encoding="utf-8"),
+            repo.commit_file(journal["file"], _read_text(path),
                              _message(journal["subject"], journal.get("message")),
                              [tuple(t) for t in journal["trailers"]], journal.get("author"))
         lock.journal_clear()
@@ -343,6 +343,11 @@ class _maybe:
         if self.enabled:
             self.lock.release()
         return False
+
+
+def _read_text(path: Path) -> str:
+    """The file's text with its line endings as they are (CRLF stays CRLF)."""
+    return path.read_bytes().decode("utf-8")
 
 
 def _sha(text: str) -> str:

@@ -45,8 +45,7 @@ _PORT = re.compile(r"[0-9]+", re.ASCII)
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", re.ASCII)
 _ALGORITHM = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[+._-][A-Za-z][A-Za-z0-9]*)*", re.ASCII)
 _HEX = re.compile(r"[0-9a-fA-F]{32,}", re.ASCII)
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}", re.ASCII)
-_HEX64 = re.compile(r"[0-9a-f]{64}", re.ASCII)
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}", re.ASCII)  # also the form of an image ID
 # Characters that may appear anywhere in a reference; anything else is reported
 # by name before the finer checks run.
 _ALLOWED = re.compile(r"[A-Za-z0-9._\-/:@+\[\]]*", re.ASCII)
@@ -141,8 +140,7 @@ class ImageRef:
             raise ImageReferenceError(f"invalid image reference {text!r}: not a string")
         if text == "":
             raise _fail(text, "reference is empty")
-        bad = _ALLOWED.fullmatch(text)
-        if bad is None:
+        if _ALLOWED.fullmatch(text) is None:
             ch = next(c for c in text if not _ALLOWED.fullmatch(c))
             raise _fail(text, f"contains {_describe_char(ch)}")
 
@@ -159,15 +157,7 @@ class ImageRef:
         name = rest
         if colon > rest.rfind("/") and not rest[colon:].endswith("]"):
             name, tag = rest[:colon], rest[colon + 1 :]
-            if tag == "":
-                raise _fail(text, "tag is empty (nothing after ':')")
-            if len(tag) > TAG_LENGTH_MAX:
-                raise _fail(text, f"tag is {len(tag)} characters long (at most {TAG_LENGTH_MAX})")
-            if not _TAG.fullmatch(tag):
-                if tag[0] in ".-":
-                    raise _fail(text, f"tag {tag!r} must start with a letter, digit or '_'")
-                ch = next(c for c in tag if not (c.isascii() and (c.isalnum() or c in "_.-")))
-                raise _fail(text, f"tag {tag!r} contains invalid {_describe_char(ch)}")
+            _check_tag(text, tag)
         if name == "":
             raise _fail(text, "repository name is empty")
 
@@ -180,7 +170,7 @@ class ImageRef:
             raise _fail(
                 text, f"repository name is {len(name)} characters long (at most {NAME_TOTAL_LENGTH_MAX})"
             )
-        if domain is None and _HEX64.fullmatch(path):
+        if domain is None and _SHA256_HEX.fullmatch(path):
             raise _fail(text, "a 64-character hexadecimal string is an image ID, not a repository name")
         return cls(domain=domain, path=path, tag=tag, digest=digest if at else None)
 
@@ -234,13 +224,27 @@ class ImageRef:
         A digest is dropped: Docker resolves ``repo:tag@digest`` by the digest
         alone, so keeping it would silently ignore the new tag.
         """
-        ref = ImageRef.parse(f"{self.repository}:{tag}")
-        return replace(self, tag=ref.tag, digest=None)
+        if not isinstance(tag, str):
+            raise ImageReferenceError(f"invalid tag {tag!r}: not a string")
+        _check_tag(f"{self.repository}:{tag}", tag)
+        return replace(self, tag=tag, digest=None)
 
     def with_digest(self, digest: str) -> "ImageRef":
         """The same repository and tag, pinned to ``digest``."""
         _check_digest(f"{self.repository}@{digest}", digest)
         return replace(self, digest=digest)
+
+
+def _check_tag(text: str, tag: str) -> None:
+    if tag == "":
+        raise _fail(text, "tag is empty (nothing after ':')")
+    if len(tag) > TAG_LENGTH_MAX:
+        raise _fail(text, f"tag is {len(tag)} characters long (at most {TAG_LENGTH_MAX})")
+    if not _TAG.fullmatch(tag):
+        if tag[0] in ".-":
+            raise _fail(text, f"tag {tag!r} must start with a letter, digit or '_'")
+        ch = next(c for c in tag if not (c.isascii() and (c.isalnum() or c in "_.-")))
+        raise _fail(text, f"tag {tag!r} contains invalid {_describe_char(ch)}")
 
 
 def _check_digest(text: str, digest: str) -> None:
@@ -255,12 +259,8 @@ def _check_digest(text: str, digest: str) -> None:
         raise _fail(text, f"digest algorithm {algorithm!r} is invalid")
     if algorithm == "sha256":
         if not _SHA256_HEX.fullmatch(hexpart):
-            raise _fail(
-                text,
-                f"sha256 digest must be 64 lowercase hex characters (got {len(hexpart)} characters)"
-                if len(hexpart) != 64
-                else "sha256 digest must be 64 lowercase hex characters",
-            )
+            got = f" (got {len(hexpart)})" if len(hexpart) != 64 else ""
+            raise _fail(text, f"sha256 digest must be 64 lowercase hex characters{got}")
     elif not _HEX.fullmatch(hexpart):
         raise _fail(text, f"digest {digest!r} must have at least 32 hex characters after ':'")
 

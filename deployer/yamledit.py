@@ -1,0 +1,846 @@
+"""Surgical edits of docker-compose YAML text.
+
+A deploy changes one ``image:`` value; the commit it makes must show exactly
+that change. So these functions never re-serialise a whole file: they find the
+characters of one node with the YAML parser (ruamel's events carry the exact
+character offsets of every scalar) and splice new characters in, leaving every
+other byte (comments, key order, quoting, indentation, blank lines, flow style,
+line endings, a missing final newline) untouched.
+
+Every edit is checked afterwards: the result is parsed again and its data must
+equal the original data with exactly the intended change. If it does not, the
+edit is refused with EditVerificationError and nothing is written.
+
+Public functions:
+
+* ``set_service_image(text, service, image, path)`` -> new text
+* ``add_service(text, service, image, path)`` -> new text
+* ``get_service_image(text, service, path)`` -> the image or None
+* ``yaml_diff(old, new, path)`` -> a unified diff for ``--dry-run``
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, TaggedScalar
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import (
+    AliasEvent,
+    CollectionStartEvent,
+    DocumentEndEvent,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+)
+from ruamel.yaml.scalarbool import ScalarBoolean
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+
+from deployer.errors import ConfigError, DeployerError, ImageReferenceError, TargetError
+
+__all__ = [
+    "EditVerificationError",
+    "add_service",
+    "get_service_image",
+    "set_service_image",
+    "yaml_diff",
+]
+
+_BREAK = re.compile(r"\r\n|\n|\r")  # the line breaks YAML knows (besides \x85, \u2028, \u2029)
+_SERVICE_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._-]*", re.ASCII)
+
+
+class EditVerificationError(DeployerError):
+    """Internal error: an edit would have changed more (or other) data than intended.
+
+    This is the safety net behind every edit; seeing it means a bug in this
+    module or a YAML construct it does not understand. The file is not changed.
+    """
+
+
+# --------------------------------------------------------------------------
+# Parsing helpers
+
+
+def _yaml() -> YAML:
+    y = YAML(typ="rt")
+    y.allow_duplicate_keys = False
+    return y
+
+
+def _yaml_error(path: str, exc: Exception) -> ConfigError:
+    line = None
+    if isinstance(exc, MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        if mark is not None:
+            line = mark.line + 1
+        parts = [p for p in (exc.context, exc.problem) if p]
+        message = "; ".join(parts) if parts else str(exc)
+    else:
+        message = str(exc)
+    return ConfigError(path, "invalid YAML: " + " ".join(message.split()), line=line)
+
+
+def _load(text: str, path: str) -> Any:
+    try:
+        return _yaml().load(text)
+    except YAMLError as exc:
+        raise _yaml_error(path, exc) from None
+
+
+@dataclass
+class _Node:
+    """A node of the event stream, with the events that start and end it."""
+
+    kind: str  # "scalar" | "alias" | "map" | "seq"
+    start: Any
+    end: Any
+    items: list = field(default_factory=list)  # map: [(key, value)], seq: [node]
+
+    @property
+    def flow(self) -> bool:
+        return bool(isinstance(self.start, CollectionStartEvent) and self.start.flow_style)
+
+    @property
+    def anchor(self) -> str | None:
+        return getattr(self.start, "anchor", None) if self.kind != "alias" else None
+
+    @property
+    def line(self) -> int:
+        return self.start.start_mark.line + 1
+
+    def get(self, key: str) -> tuple["_Node", "_Node"] | None:
+        """The (key, value) pair written directly in this mapping for a plain string key."""
+        if self.kind != "map":
+            return None
+        for k, v in self.items:
+            if k.kind == "scalar" and k.start.tag is None and k.start.value == key:
+                return k, v
+        return None
+
+
+@dataclass
+class _Tree:
+    root: _Node | None
+    aliases: set[str]  # anchor names some alias refers to
+
+
+def _build(events: list, i: int) -> tuple[_Node, int]:
+    ev = events[i]
+    if isinstance(ev, ScalarEvent):
+        return _Node("scalar", ev, ev), i + 1
+    if isinstance(ev, AliasEvent):
+        return _Node("alias", ev, ev), i + 1
+    if isinstance(ev, MappingStartEvent):
+        items = []
+        i += 1
+        while not isinstance(events[i], MappingEndEvent):
+            k, i = _build(events, i)
+            v, i = _build(events, i)
+            items.append((k, v))
+        return _Node("map", ev, events[i], items), i + 1
+    if isinstance(ev, SequenceStartEvent):
+        items = []
+        i += 1
+        while not isinstance(events[i], SequenceEndEvent):
+            item, i = _build(events, i)
+            items.append(item)
+        return _Node("seq", ev, events[i], items), i + 1
+    raise EditVerificationError(f"internal error: unexpected YAML event {type(ev).__name__}")
+
+
+def _tree(text: str, path: str) -> _Tree:
+    try:
+        events = list(_yaml().parse(text))
+    except YAMLError as exc:
+        raise _yaml_error(path, exc) from None
+    aliases = {ev.anchor for ev in events if isinstance(ev, AliasEvent)}
+    # StreamStart, DocumentStart, <root>, DocumentEnd, StreamEnd
+    if len(events) < 3 or isinstance(events[2], DocumentEndEvent):
+        return _Tree(None, aliases)
+    root, _ = _build(events, 2)
+    return _Tree(root, aliases)
+
+
+def _eol(text: str) -> str:
+    m = _BREAK.search(text)
+    return m.group(0) if m else "\n"
+
+
+def _ends_with_break(text: str) -> bool:
+    return text.endswith(("\n", "\r"))
+
+
+def _line_end(text: str, pos: int) -> int:
+    """Index just after the line break of the line containing ``pos`` (len(text) if none)."""
+    m = _BREAK.search(text, pos)
+    return m.end() if m else len(text)
+
+
+def _line_start(text: str, pos: int) -> int:
+    """Index of the first character of the line containing ``pos``."""
+    return max(text.rfind("\n", 0, pos), text.rfind("\r", 0, pos)) + 1
+
+
+def _prev_line(text: str, ls: int) -> tuple[int, str] | None:
+    """(start, content without line break) of the line before the line starting at ``ls``."""
+    if ls <= 0:
+        return None
+    end = ls - 2 if text[ls - 2 : ls] == "\r\n" else ls - 1
+    start = _line_start(text, end)
+    return start, text[start:end]
+
+
+# --------------------------------------------------------------------------
+# Scalars: when a value can stay plain, and how to quote it
+
+
+def _check_value(value: Any, what: str) -> None:
+    if not isinstance(value, str):
+        raise ImageReferenceError(f"invalid {what} {value!r}: not a string")
+    if value == "" or value.strip() != value:
+        raise ImageReferenceError(f"invalid {what} {value!r}: empty or surrounded by whitespace")
+    for ch in value:
+        if not ch.isprintable():
+            raise ImageReferenceError(f"invalid {what} {ascii(value)}: contains non-printable character {ascii(ch)}")
+
+
+def _loads_as_str(doc: str, key: str, value: str) -> bool:
+    try:
+        data = _yaml().load(doc)
+    except YAMLError:
+        return False
+    if not isinstance(data, Mapping) or key not in data:
+        return False
+    got = data[key]
+    return type(got) is str and got == value
+
+
+def _plain_ok(value: str, flow: bool) -> bool:
+    """Whether ``value`` reads back as the same string when written unquoted.
+
+    Checked by parsing, under YAML 1.2 and 1.1 (so ``on``, ``1:20`` and the
+    like, which other compose implementations read as non-strings, get quoted).
+    """
+    if value == "" or value.strip() != value:
+        return False
+    docs = [f"{{k: {value}, z: 0}}\n", f"{{k: {value}}}\n"] if flow else [f"k: {value}\n", f"k: {value} # c\n"]
+    for doc in docs:
+        for prefix in ("", "%YAML 1.1\n---\n"):
+            if not _loads_as_str(prefix + doc, "k", value):
+                return False
+    return True
+
+
+def _key_plain_ok(key: str, flow: bool) -> bool:
+    if key == "" or key.strip() != key:
+        return False
+    docs = [f"{{{key}: x, z: 0}}\n"] if flow else [f"{key}: x\n"]
+    for doc in docs:
+        for prefix in ("", "%YAML 1.1\n---\n"):
+            try:
+                data = _yaml().load(prefix + doc)
+            except YAMLError:
+                return False
+            if not isinstance(data, Mapping) or [type(k) for k in data][:1] != [str] or list(data)[0] != key:
+                return False
+    return True
+
+
+def _double_quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _single_quoted(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _scalar_text(value: str, flow: bool) -> str:
+    return value if _plain_ok(value, flow) else _double_quoted(value)
+
+
+def _key_text(key: str, flow: bool) -> str:
+    return key if _key_plain_ok(key, flow) else _double_quoted(key)
+
+
+# --------------------------------------------------------------------------
+# Data comparison (the safety net)
+
+
+@dataclass(frozen=True)
+class _Tagged:
+    tag: str
+    value: Any
+
+
+def _untag(x: Any) -> Any:
+    return x.value if isinstance(x, _Tagged) else x
+
+
+def _tag_of(x: Any) -> str | None:
+    tag = getattr(x, "tag", None)
+    value = getattr(tag, "value", None)
+    return value if isinstance(value, str) else None
+
+
+def _plain(x: Any) -> Any:
+    """ruamel round-trip data -> plain Python (dict/list/str/int/float/bool/None/...)."""
+    if isinstance(x, TaggedScalar):
+        return _Tagged(_tag_of(x) or "", x.value)
+    if isinstance(x, Mapping):
+        out: Any = {_plain_key(k): _plain(v) for k, v in x.items()}
+    elif isinstance(x, (list, tuple)):
+        out = [_plain(v) for v in x]
+    elif isinstance(x, (bool, ScalarBoolean)):
+        return bool(x)
+    elif isinstance(x, int):
+        return int(x)
+    elif isinstance(x, float):
+        return float(x)
+    elif isinstance(x, str):
+        return str(x)
+    else:
+        return x
+    tag = _tag_of(x)
+    return _Tagged(tag, out) if tag else out
+
+
+def _plain_key(k: Any) -> Any:
+    p = _plain(k)
+    try:
+        hash(p)
+    except TypeError:
+        return ("<complex key>", repr(p))
+    return p
+
+
+def _same(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, _Tagged):
+        return a.tag == b.tag and _same(a.value, b.value)
+    if isinstance(a, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    return a == b
+
+
+def _verify(old_text: str, new_text: str, path: str, change: Callable[[Any], Any], what: str) -> None:
+    """Raise EditVerificationError unless data(new_text) == change(data(old_text))."""
+    try:
+        expected = change(_plain(_load(old_text, path)))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise EditVerificationError(f"{path}: internal error: {what}: cannot model the change ({exc!r})") from None
+    try:
+        got = _plain(_yaml().load(new_text))
+    except YAMLError as exc:
+        raise EditVerificationError(
+            f"{path}: internal error: {what} produced invalid YAML "
+            f"({' '.join(str(exc).split())}); the file was not changed"
+        ) from None
+    if not _same(expected, got):
+        raise EditVerificationError(
+            f"{path}: internal error: {what} would change other data in the file; the file was not changed"
+        )
+
+
+# --------------------------------------------------------------------------
+# Reading
+
+
+def _services_map(data: Any, path: str, field_name: str) -> Any:
+    if not isinstance(data, Mapping) or "services" not in data:
+        raise ConfigError(path, "the file has no 'services' mapping", field=field_name)
+    services = data["services"]
+    if not isinstance(services, Mapping):
+        raise ConfigError(path, "'services' is not a mapping", line=_key_line(data, "services"), field=field_name)
+    return services
+
+
+def _key_line(mapping: Any, key: Any) -> int | None:
+    try:
+        return mapping.lc.key(key)[0] + 1
+    except Exception:
+        return None
+
+
+def get_service_image(text: str, service: str, path: str = "<compose>") -> str | None:
+    """The ``image`` of ``services.<service>``, or None when the service or its image is missing.
+
+    Merge keys (``<<``) are followed, as compose does. Raises ConfigError only
+    when the text is not valid YAML.
+    """
+    data = _load(text, path)
+    if not isinstance(data, Mapping):
+        return None
+    services = data.get("services")
+    if not isinstance(services, Mapping):
+        return None
+    svc = services.get(service)
+    if not isinstance(svc, Mapping):
+        return None
+    image = svc.get("image")
+    if image is None:
+        return None
+    return str(image.value) if isinstance(image, TaggedScalar) else str(image)
+
+
+# --------------------------------------------------------------------------
+# set_service_image
+
+
+def set_service_image(text: str, service: str, image: str, path: str = "<compose>") -> str:
+    """Return ``text`` with ``services.<service>.image`` set to ``image``; every other byte kept.
+
+    The value keeps its quoting style (plain, 'single' or "double"); a plain
+    value that would not read back as the same string is written double-quoted.
+    Raises ConfigError (field ``services.<service>.image``) when the service or
+    its image is missing, or the image is written in a way that cannot be
+    edited in place (block scalar, several lines, anchor, alias, tag, merge
+    key, or inside a mapping shared through an anchor). Raises
+    ImageReferenceError for an empty, multi-line or non-printable ``image``.
+    """
+    _check_value(image, "image")
+    fld = f"services.{service}.image"
+    data = _load(text, path)
+    services = _services_map(data, path, fld)
+    if service not in services:
+        known = ", ".join(str(k) for k in services) or "none"
+        raise ConfigError(
+            path, f"no service {service!r} (services: {known})", line=_key_line(data, "services"), field=fld
+        )
+    svc = services[service]
+    if not isinstance(svc, Mapping):
+        raise ConfigError(path, f"service {service!r} is not a mapping", line=_key_line(services, service), field=fld)
+    if "image" not in svc:
+        raise ConfigError(path, "the service has no image", line=_key_line(services, service), field=fld)
+
+    tree = _tree(text, path)
+    value = _locate_image(tree, service, path, fld)
+    ev = value.start
+    start, end = ev.start_mark.index, ev.end_mark.index
+    raw = text[start:end]
+    line = value.line
+    if ev.style is None:
+        if raw != ev.value:
+            raise EditVerificationError(f"{path}:{line}: internal error: could not locate {fld} in the text")
+        new_raw = image if _plain_ok(image, value.in_flow) else _double_quoted(image)
+    elif ev.style == "'":
+        if len(raw) < 2 or raw[0] != "'" or raw[-1] != "'":
+            raise EditVerificationError(f"{path}:{line}: internal error: could not locate {fld} in the text")
+        new_raw = _single_quoted(image)
+    elif ev.style == '"':
+        if len(raw) < 2 or raw[0] != '"' or raw[-1] != '"':
+            raise EditVerificationError(f"{path}:{line}: internal error: could not locate {fld} in the text")
+        new_raw = _double_quoted(image)
+    else:  # pragma: no cover - block styles are refused in _locate_image
+        raise ConfigError(path, f"unsupported scalar style {ev.style!r}", line=line, field=fld)
+
+    new_text = text[:start] + new_raw + text[end:]
+
+    def change(d: Any) -> Any:
+        _untag(_untag(_untag(d)["services"])[service])["image"] = image
+        return d
+
+    _verify(text, new_text, path, change, f"setting {fld}")
+    return new_text
+
+
+@dataclass
+class _Located:
+    start: Any  # the image's ScalarEvent
+    line: int
+    in_flow: bool  # the service mapping is a flow mapping
+
+
+def _locate_image(tree: _Tree, service: str, path: str, fld: str) -> "_Located":
+    root = tree.root
+    if root is None or root.kind != "map":
+        raise ConfigError(path, "the file is not a mapping with a 'services' key", field=fld)
+    _refuse_shared(root, "the document", tree, path, fld)
+    pair = root.get("services")
+    if pair is None:
+        raise ConfigError(path, "'services' is not written directly in this file (YAML merge key?)", field=fld)
+    services = pair[1]
+    if services.kind == "alias":
+        raise ConfigError(path, f"'services' is a YAML alias (*{services.start.anchor})", line=services.line, field=fld)
+    _refuse_shared(services, "'services'", tree, path, fld)
+    pair = services.get(service)
+    if pair is None:
+        raise ConfigError(
+            path, f"service {service!r} is not written directly in this file (YAML merge key?)",
+            line=services.line, field=fld,
+        )
+    svc_key, svc = pair
+    if svc.kind == "alias":
+        raise ConfigError(
+            path, f"the service is a YAML alias (*{svc.start.anchor}); edit the anchored mapping instead",
+            line=svc_key.line, field=fld,
+        )
+    _refuse_shared(svc, f"service {service!r}", tree, path, fld)
+    pair = svc.get("image")
+    if pair is None:
+        raise ConfigError(
+            path, "the image comes from a YAML merge key ('<<'); set image in the service itself",
+            line=svc_key.line, field=fld,
+        )
+    value = pair[1]
+    line = value.line
+    if value.kind == "alias":
+        raise ConfigError(
+            path, f"the image is a YAML alias (*{value.start.anchor}); write it out", line=line, field=fld
+        )
+    if value.kind != "scalar":
+        raise ConfigError(path, "the image is not a string", line=line, field=fld)
+    ev = value.start
+    if ev.anchor is not None:
+        raise ConfigError(
+            path, f"the image carries a YAML anchor (&{ev.anchor}); remove it to edit", line=line, field=fld
+        )
+    if ev.tag is not None:
+        raise ConfigError(path, f"the image carries a YAML tag ({ev.tag}); remove it to edit", line=line, field=fld)
+    if ev.style in ("|", ">"):
+        raise ConfigError(path, "the image is a block scalar ('|' or '>'); write it on one line", line=line, field=fld)
+    if ev.start_mark.line != ev.end_mark.line:
+        raise ConfigError(path, "the image spans several lines; write it on one line", line=line, field=fld)
+    if ev.style is None and ev.value == "":
+        raise ConfigError(path, "the image is empty", line=pair[0].line, field=fld)
+    return _Located(start=ev, line=line, in_flow=svc.flow)
+
+
+def _refuse_shared(
+    node: _Node, what: str, tree: _Tree, path: str, fld: str,
+    consequence: str = "changing the image here would change every copy",
+) -> None:
+    anchor = node.anchor
+    if anchor is not None and anchor in tree.aliases:
+        raise ConfigError(
+            path,
+            f"{what} carries the YAML anchor &{anchor}, which is used elsewhere; {consequence}",
+            line=node.line,
+            field=fld,
+        )
+
+
+# --------------------------------------------------------------------------
+# add_service
+
+
+def add_service(text: str, service: str, image: str, path: str = "<compose>") -> str:
+    """Return ``text`` with a new service ``<service>: {image: <image>}`` at the end of ``services``.
+
+    In a block-style file the two lines are inserted after the last line of the
+    services block (before the next top-level key), indented like the existing
+    services; every other byte is kept. ``services: {}``, an empty
+    ``services:`` and a missing ``services`` key are handled in place too. Flow
+    style services get ``, <service>: {image: ...}`` after the last entry. Only
+    when that is impossible is the file re-serialised with ruamel (comments
+    kept, formatting may change). The result is always verified.
+
+    Raises ConfigError when the service exists or ``services`` is not a mapping,
+    TargetError for an invalid service name, ImageReferenceError for an empty,
+    multi-line or non-printable image.
+    """
+    if not isinstance(service, str) or not _SERVICE_NAME.fullmatch(service):
+        raise TargetError(
+            f"invalid service name {service!r}: use letters, digits, '.', '_' and '-', starting with a letter or digit"
+        )
+    _check_value(image, "image")
+    fld = f"services.{service}"
+    data = _load(text, path)
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError(path, "the file is not a mapping with a 'services' key", line=1, field=fld)
+    services = data.get("services") if data is not None else None
+    has_key = data is not None and "services" in data
+    if has_key and services is not None and not isinstance(services, Mapping):
+        raise ConfigError(path, "'services' is not a mapping", line=_key_line(data, "services"), field=fld)
+    if isinstance(services, Mapping) and service in services:
+        raise ConfigError(path, f"service {service!r} already exists", line=_key_line(services, service), field=fld)
+
+    def change(d: Any) -> Any:
+        if d is None:
+            d = {}
+        if _untag(d).get("services") is None:
+            _untag(d)["services"] = {}
+        _untag(_untag(d)["services"])[service] = {"image": image}
+        return d
+
+    what = f"adding {fld}"
+    try:
+        new_text = _add_in_place(text, service, image, path, has_key)
+    except _CannotEditInPlace:
+        new_text = None
+    if new_text is not None:
+        try:
+            _verify(text, new_text, path, change, what)
+            return new_text
+        except EditVerificationError:
+            pass  # fall back to a full round trip below
+    new_text = _add_round_trip(text, service, image, path)
+    _verify(text, new_text, path, change, what)
+    return new_text
+
+
+class _CannotEditInPlace(Exception):
+    pass
+
+
+def _add_in_place(text: str, service: str, image: str, path: str, has_key: bool) -> str:
+    tree = _tree(text, path)
+    root = tree.root
+    eol = _eol(text)
+    if root is None or (root.kind == "map" and not root.flow and not has_key):
+        # No services key at all: append a services block at the end.
+        col = root.items[0][0].start.start_mark.column if root is not None and root.items else 0
+        step = _guess_step(root) if root is not None else 2
+        lines = [
+            " " * col + "services:",
+            " " * (col + step) + _key_text(service, False) + ":",
+            " " * (col + 2 * step) + "image: " + _scalar_text(image, False),
+        ]
+        return _insert_lines(text, len(text), lines, eol, blank_before=False)
+    if root.kind != "map":
+        raise _CannotEditInPlace
+    pair = root.get("services")
+    if pair is None:
+        raise _CannotEditInPlace
+    key, services = pair
+    fld = f"services.{service}"
+    if services.kind == "alias":
+        raise ConfigError(
+            path, f"'services' is a YAML alias (*{services.start.anchor}); add the service where it is anchored",
+            line=services.line, field=fld,
+        )
+    _refuse_shared(services, "'services'", tree, path, fld, "adding a service here would add it to every copy")
+    if services.start.tag is not None:
+        raise _CannotEditInPlace
+    key_col = key.start.start_mark.column
+    step = _guess_step(root)
+
+    if root.flow and (services.kind == "scalar" or not services.items):
+        raise _CannotEditInPlace
+    if services.kind == "scalar":
+        ev = services.start
+        if ev.style is not None or ev.value not in ("", "~", "null", "Null", "NULL"):
+            raise _CannotEditInPlace
+        lines = _new_service_lines(service, image, key_col + step, step)
+        if ev.value == "":
+            # "services:" with nothing after it.
+            return _insert_lines(text, _line_end(text, key.start.end_mark.index), lines, eol, blank_before=False)
+        # "services: ~" / "services: null"
+        return _replace_empty_value(text, ev.start_mark.index, ev.end_mark.index, lines, eol)
+
+    if services.kind != "map":
+        raise _CannotEditInPlace
+
+    if services.flow:
+        if not services.items:
+            # services: {}  ->  services:\n  <service>:\n    image: ...
+            lines = _new_service_lines(service, image, key_col + step, step)
+            return _replace_empty_value(text, services.start.start_mark.index, services.end.end_mark.index, lines, eol)
+        at = _last_content_end(text, services.items[-1][1])
+        entry = f", {_key_text(service, True)}: {{image: {_scalar_text(image, True)}}}"
+        return text[:at] + entry + text[at:]
+
+    # Block-style services mapping.
+    if not services.items:
+        raise _CannotEditInPlace
+    svc_col = services.items[0][0].start.start_mark.column
+    child = None
+    for _, v in services.items:
+        if v.kind == "map" and not v.flow and v.items:
+            child = v.items[0][0].start.start_mark.column - svc_col
+            break
+    if not child or child <= 0:
+        child = svc_col - key_col if svc_col > key_col else 2
+    last_end = _last_content_end(text, services)
+    if last_end > 0 and text[last_end - 1] in "\r\n":
+        pos = last_end
+    else:
+        pos = _line_end(text, last_end)
+    # Comment lines indented under 'services' (e.g. a commented-out service)
+    # still belong to the block; insert after them.
+    scan = pos
+    while scan < len(text):
+        le = _line_end(text, scan)
+        line = text[scan:le].rstrip("\r\n")
+        stripped = line.lstrip(" ")
+        if stripped == "":
+            scan = le
+            continue
+        if stripped.startswith("#") and len(line) - len(stripped) > key_col:
+            scan = pos = le
+            continue
+        break
+    # Services separated by blank lines get a blank line before the new one.
+    blank_before = False
+    if len(services.items) >= 2:
+        ls = _line_start(text, services.items[-1][0].start.start_mark.index)
+        prev = _prev_line(text, ls)
+        while prev is not None and prev[1].strip().startswith("#"):
+            ls = prev[0]
+            prev = _prev_line(text, ls)
+        blank_before = prev is not None and prev[1].strip() == ""
+    lines = _new_service_lines(service, image, svc_col, child)
+    return _insert_lines(text, pos, lines, eol, blank_before=blank_before)
+
+
+def _replace_empty_value(text: str, start: int, end: int, lines: list[str], eol: str) -> str:
+    """Drop the value text[start:end] (``{}``, ``~``, ``null``) from its line and put ``lines`` after that line.
+
+    A comment after the value stays on the key's line.
+    """
+    ls = _line_start(text, start)
+    le = _line_end(text, end)
+    rest = text[end:le]
+    rest_body = rest.rstrip("\r\n")
+    line_break = rest[len(rest_body) :]
+    if rest_body.strip() and not rest_body.strip().startswith("#"):
+        raise _CannotEditInPlace
+    head = text[ls:start].rstrip(" ")
+    new_line = head + rest_body if rest_body.strip() else head
+    body = eol.join(([new_line] if new_line.strip() else []) + lines)
+    if line_break:
+        return text[:ls] + body + line_break + text[le:]
+    return text[:ls] + body  # the file had no final line break
+
+
+def _last_content_end(text: str, node: _Node) -> int:
+    """Index just after the last character that belongs to ``node``'s content.
+
+    A block scalar's events end after its trailing blank lines; unless it keeps
+    them (``|+``) those lines are not counted, so an insertion goes right after
+    the scalar's last line of text.
+    """
+    best = node.start.end_mark.index
+
+    def walk(n: _Node) -> None:
+        nonlocal best
+        end = n.start.end_mark.index
+        if n.kind == "scalar" and n.start.style in ("|", ">"):
+            start = n.start.start_mark.index
+            header = text[start:_line_end(text, start)].split(" #", 1)[0]
+            if "+" not in header:
+                end = start + len(text[start:end].rstrip())
+        best = max(best, end)
+        if n.kind in ("map", "seq"):
+            if n.flow:
+                best = max(best, n.end.end_mark.index)
+                return
+            children = [x for kv in n.items for x in kv] if n.kind == "map" else n.items
+            for c in children:
+                walk(c)
+
+    walk(node)
+    return best
+
+
+def _guess_step(root: _Node | None) -> int:
+    """The indentation step of the file: the first nested block mapping's offset from its parent key."""
+    if root is None or root.kind != "map":
+        return 2
+
+    for k, v in root.items:
+        if v.kind == "map" and not v.flow and v.items:
+            step = v.items[0][0].start.start_mark.column - k.start.start_mark.column
+            if step > 0:
+                return step
+    return 2
+
+
+def _new_service_lines(service: str, image: str, col: int, child: int) -> list[str]:
+    return [
+        " " * col + _key_text(service, False) + ":",
+        " " * (col + child) + "image: " + _scalar_text(image, False),
+    ]
+
+
+def _insert_lines(text: str, pos: int, lines: list[str], eol: str, blank_before: bool) -> str:
+    body = eol.join(lines)
+    if blank_before:
+        body = eol + body
+    if pos >= len(text):
+        if text == "":
+            return body + eol
+        if _ends_with_break(text):
+            return text + body + eol
+        return text + eol + body  # keep the missing final line break missing
+    return text[:pos] + body + eol + text[pos:]
+
+
+def _guess_seq_offset(node: _Node | None) -> int:
+    """How far block sequence dashes are indented from their parent key (0 or more)."""
+    stack = [node] if node is not None else []
+    while stack:
+        n = stack.pop(0)
+        if n.kind == "map":
+            for k, v in n.items:
+                if v.kind == "seq" and not v.flow and v.items:
+                    return max(0, v.start.start_mark.column - k.start.start_mark.column)
+                stack.append(v)
+        elif n.kind == "seq":
+            stack.extend(n.items)
+    return 0
+
+
+def _add_round_trip(text: str, service: str, image: str, path: str) -> str:
+    tree = _tree(text, path)
+    step = _guess_step(tree.root)
+    offset = _guess_seq_offset(tree.root)
+    y = _yaml()
+    y.preserve_quotes = True
+    y.width = 4096
+    y.indent(mapping=step, sequence=offset + 2, offset=offset)
+    data = y.load(text)
+    if data is None:
+        data = CommentedMap()
+    if data.get("services") is None:
+        data["services"] = CommentedMap()
+    value = image if _plain_ok(image, False) else DoubleQuotedScalarString(image)
+    data["services"][service] = CommentedMap([("image", value)])
+    out = io.StringIO()
+    y.dump(data, out)
+    result = out.getvalue()
+    eol = _eol(text)
+    if eol != "\n":
+        result = result.replace("\n", eol)
+    if text and not _ends_with_break(text) and result.endswith(eol):
+        result = result[: -len(eol)]
+    if text.startswith("\ufeff") and not result.startswith("\ufeff"):
+        result = "\ufeff" + result
+    return result
+
+
+# --------------------------------------------------------------------------
+# Diff
+
+
+def _diff_lines(text: str) -> list[str]:
+    lines = re.findall(r"[^\n]*\n|[^\n]+\Z", text)
+    return [line[:-2] + "\n" if line.endswith("\r\n") else line for line in lines]
+
+
+def yaml_diff(old: str, new: str, path: str) -> str:
+    """A unified diff of ``old`` -> ``new`` labelled ``a/<path>`` / ``b/<path>``; "" when equal.
+
+    CRLF line ends are shown as plain line ends; a last line without a line
+    break is marked ``\\ No newline at end of file`` like diff(1) does.
+    """
+    if old == new:
+        return ""
+    out = []
+    for line in difflib.unified_diff(_diff_lines(old), _diff_lines(new), fromfile=f"a/{path}", tofile=f"b/{path}"):
+        out.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
+    return "".join(out)
