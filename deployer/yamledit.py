@@ -217,7 +217,7 @@ def _check_value(value: Any, what: str) -> None:
 def _loads_as_str(doc: str, key: str, value: str) -> bool:
     try:
         data = _yaml().load(doc)
-    except YAMLError:
+    except (YAMLError, ValueError):  # ruamel's YAML 1.1 resolver can crash on values like '._'
         return False
     if not isinstance(data, Mapping) or key not in data:
         return False
@@ -249,7 +249,7 @@ def _key_plain_ok(key: str, flow: bool) -> bool:
         for prefix in ("", "%YAML 1.1\n---\n"):
             try:
                 data = _yaml().load(prefix + doc)
-            except YAMLError:
+            except (YAMLError, ValueError):
                 return False
             if not isinstance(data, Mapping) or [type(k) for k in data][:1] != [str] or list(data)[0] != key:
                 return False

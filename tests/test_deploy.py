@@ -336,23 +336,58 @@ def test_second_deploy_waits_or_fails_on_lock(repo):
         holder.wait()
 
 
-def test_deploy_killed_half_way_converges_on_next_run(repo, client):
-    root, node = repo
+SLOW = "deployer-test/web:slow"
+
+
+@pytest.fixture(scope="module")
+def slow_image(engine):
+    """Healthy only after about 4 s: time enough to kill a deployer while it waits."""
+    from tests.support.images import build_image
+
+    client = engine.client()
+    build_image(client, SLOW, "FROM deployer-test/busybox:base\nCOPY www /www\n"
+                'CMD ["/bin/sh", "-c", "trap \'exit 0\' TERM; sleep 4; cp /www/body.html /www/index.html; '
+                'httpd -f -p 80 -h /www & wait"]\n', {"www/": b"", "www/body.html": "slow"})
+    client.close()
+    return SLOW
+
+
+def _names(client, node):
+    return [c["Names"][0].lstrip("/") for c in client.api.containers(all=True, filters={"label": f"deployer.node={node}"})]
+
+
+@pytest.fixture
+def slow_repo(engine, client, tmp_path):
+    """Like ``repo``, with a start period so a slow starter is not judged while it boots."""
+    compose = web_compose(WEB1).replace("retries: 2", "retries: 2\n      start_period: 15s")
+    root, node = make_repo(tmp_path / "infra", engine.unix_url, compose)
+    assert cli(root, "deploy", WEB1, f"test/{node}").exit_code == 0
+    yield root, node
+    remove_node_containers(client, node)
+
+
+def test_deploy_killed_half_way_converges_on_next_run(slow_repo, client, slow_image):
+    root, node = slow_repo
     before = head(root)
-    # web:slow takes a few seconds to become healthy: kill the deployer while it waits.
-    proc = subprocess.Popen([sys.executable, "-m", "deployer", "--repo", str(root), "deploy", WEB2, f"test/{node}",
-                             "--settle", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "deployer", "--repo", str(root), "deploy", slow_image,
+                             f"test/{node}", "--service", "web"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 20
-    while time.time() < deadline and not any(c.name.endswith("-next") for c in managed(client, node)):
+    while time.time() < deadline and f"{node}-web-next" not in _names(client, node):
         time.sleep(0.05)
+    assert f"{node}-web-next" in _names(client, node)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    # Killed while waiting for health: the repo is exactly as it was, the old container still serves.
     assert head(root) == before and git(root, "status", "--porcelain") == ""
-    # The next run finds a consistent repo and converges: exactly one container, web:2, committed.
-    result = run(root, "deploy", WEB2, f"test/{node}")
+    assert (f"{node}-web", WEB1, "running") in containers(client, node)
+    (row,) = [r for r in json.loads(cli(root, "status", "--json").output)]
+    assert row["state"] == "drifted" and "leftover" in row["detail"]
+    # The next run converges: exactly one container, the new image, committed once.
+    result = run(root, "deploy", slow_image, f"test/{node}", "--service", "web")
     assert result.returncode == 0, result.stderr
-    assert containers(client, node) == [(f"{node}-web", WEB2, "running")]
-    assert git(root, "log", "-1", "--format=%s") == f"deploy test/{node}/web: {WEB1} -> {WEB2}"
+    assert containers(client, node) == [(f"{node}-web", slow_image, "running")]
+    assert git(root, "log", "-1", "--format=%s") == f"deploy test/{node}/web: {WEB1} -> {slow_image}"
+    assert git(root, "rev-list", "--count", f"{before}..HEAD") == "1"
     assert subprocess.run(["git", "-C", str(root), "fsck", "--strict"], capture_output=True).returncode == 0
 
 

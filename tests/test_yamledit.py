@@ -719,3 +719,9 @@ def test_yaml_diff_of_added_service():
     diff = yaml_diff(COMPOSE, new, "c.yml")
     changes = [line for line in diff.splitlines()[2:] if line[:1] in "+-"]
     assert sorted(changes) == ["+", "+    image: redis:7", "+  cache:"]
+
+
+def test_value_that_crashes_yaml11_float_resolver_is_quoted():
+    # ruamel's YAML 1.1 resolver takes '._' for a float and then fails to convert it.
+    out = set_service_image("services:\n  web:\n    image: a:1  # c\n", "web", "._")
+    assert out == 'services:\n  web:\n    image: "._"  # c\n'
