@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Install what deployer and its test suite need, on Debian 12, as root.
+#
+# Idempotent: apt runs only when a package is missing (then `apt-get update`
+# and `apt-get install` of just the missing ones); the Python package is
+# (re)installed editable with its test extra every time, which is quick when
+# nothing changed. Services are never started by the install: dockerd, sshd,
+# nginx and the registry are run by the tests themselves.
+#
+#   ./scripts/install.sh && python3 -m pytest -q
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install.sh: run as root (installs Debian packages; the tests need root too)" >&2
+    exit 1
+fi
+
+# --- Debian packages ---------------------------------------------------------
+PACKAGES=(
+    docker.io           # dockerd 20.10 + containerd + runc + tini; /usr/bin/docker CLI
+    docker-registry     # a private registry for tests and demos
+    nginx
+    openssh-server      # sshd per test node (and ssh-keygen)
+    busybox-static      # /bin/busybox: the FROM-scratch test images
+    iproute2            # ip netns / link / addr
+    iptables
+    openssl             # test CA and certificates
+    git
+    python3-pip
+    procps              # pgrep, used by the tests
+)
+
+# >>> MORE SYSTEM DEPENDENCIES: add them here ---------------------------------
+# Debian 12 packages: append to PACKAGES above. Anything that is not a
+# bookworm package gets its own idempotent step below this line.
+# (Consul from Debian 11 will be added here, e.g. ./scripts/install-consul.sh)
+# <<< MORE SYSTEM DEPENDENCIES ------------------------------------------------
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+        missing+=("$pkg")
+    fi
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "install.sh: installing ${missing[*]}"
+    # keep package scripts from starting dockerd, sshd, nginx, the registry
+    POLICY=/usr/sbin/policy-rc.d
+    if [ ! -e "$POLICY" ]; then
+        printf '#!/bin/sh\nexit 101\n' > "$POLICY"
+        chmod 0755 "$POLICY"
+        trap 'rm -f "$POLICY"' EXIT
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y --no-install-recommends "${missing[@]}"
+else
+    echo "install.sh: Debian packages already installed"
+fi
+
+# --- the Python package and its test extra ------------------------------------
+PIP_FLAGS=(--root-user-action=ignore --disable-pip-version-check)
+# Debian's own python3 refuses pip installs (PEP 668) without this flag
+if python3 -c 'import os, sys, sysconfig
+sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) else 1)'; then
+    PIP_FLAGS+=(--break-system-packages)
+fi
+python3 -m pip install "${PIP_FLAGS[@]}" -e '.[test]'

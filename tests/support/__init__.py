@@ -1,0 +1,1 @@
+"""Test infrastructure: real Docker engines (engines.py) and tiny images (images.py)."""
