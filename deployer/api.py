@@ -25,43 +25,83 @@ from pathlib import Path
 from typing import Any, Callable
 
 from deployer import loader
-from deployer.errors import RepoError, ServiceMatchError, TargetError
+from deployer.errors import DeployerError, RepoError, ServiceMatchError, TargetError
 from deployer.model import Infrastructure, Node, Service, Target
 from deployer.plan import NONE, Change
 
 ACTION_DEPLOY = "deploy"
 ACTION_ROLLBACK = "rollback"
+DEFAULT_PARALLEL = 8  # nodes worked on at once
+
+
+@dataclass
+class TargetResult:
+    """What a deploy did (or would do) to one service on one node."""
+
+    target: str
+    previous_image: str | None
+    change: Change | None = None
+    steps: list[str] = field(default_factory=list)
+    image_id: str | None = None
+    diff: str = ""
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "previous_image": self.previous_image,
+            "image_id": self.image_id,
+            "container_action": self.change.action if self.change else None,
+            "reasons": self.change.reasons if self.change else [],
+            "steps": self.steps,
+            "error": self.error,
+        }
 
 
 @dataclass
 class DeployResult:
     action: str
-    target: str
-    previous_image: str | None
     image: str
-    image_id: str | None = None
+    targets: list[TargetResult] = field(default_factory=list)
     commit: str | None = None  # None when nothing was committed
-    change: Change | None = None
-    steps: list[str] = field(default_factory=list)
-    diff: str = ""
     dry_run: bool = False
     rollback_to: str | None = None
     seconds: float = 0.0
 
+    # The single-target view, which is what most deploys are.
+    @property
+    def target(self) -> str:
+        return ", ".join(t.target for t in self.targets)
+
+    @property
+    def previous_image(self) -> str | None:
+        return self.targets[0].previous_image if self.targets else None
+
+    @property
+    def change(self) -> Change | None:
+        return self.targets[0].change if len(self.targets) == 1 else None
+
+    @property
+    def steps(self) -> list[str]:
+        return [step for t in self.targets for step in t.steps]
+
+    @property
+    def diff(self) -> str:
+        return "".join(t.diff for t in self.targets)
+
+    @property
+    def failed(self) -> list[TargetResult]:
+        return [t for t in self.targets if t.error]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "action": self.action,
-            "target": self.target,
-            "previous_image": self.previous_image,
             "image": self.image,
-            "image_id": self.image_id,
             "commit": self.commit,
-            "container_action": self.change.action if self.change else None,
-            "reasons": self.change.reasons if self.change else [],
-            "steps": self.steps,
             "dry_run": self.dry_run,
             "rollback_to": self.rollback_to,
             "seconds": round(self.seconds, 3),
+            "targets": [t.to_json() for t in self.targets],
         }
 
 
@@ -77,6 +117,50 @@ class StatusRow:
 
     def to_json(self) -> dict[str, Any]:
         return self.__dict__.copy()
+
+
+class PartialDeploy(DeployerError):
+    """Some targets of a multi-node deploy failed; ``result`` says what happened to each."""
+
+    def __init__(self, result: "DeployResult", message: str):
+        self.result = result
+        super().__init__(message)
+
+
+@dataclass
+class NodePlan:
+    node: str
+    changes: list[Change]
+    error: str | None = None
+
+    @property
+    def pending(self) -> list[Change]:
+        return [c for c in self.changes if c.changes_anything]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node": self.node, "error": self.error, "changes": [c.to_json() for c in self.changes]}
+
+
+@dataclass
+class AppliedChange:
+    target: str
+    action: str
+    status: str  # ok | failed | skipped
+    detail: str = ""
+
+
+@dataclass
+class NodeApply:
+    node: str
+    items: list[AppliedChange] = field(default_factory=list)
+    error: str | None = None  # the node could not be worked on at all
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(i.status == "ok" for i in self.items)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node": self.node, "ok": self.ok, "error": self.error, "changes": [i.__dict__ for i in self.items]}
 
 
 def owner_info(command: str) -> dict[str, Any]:
@@ -143,22 +227,49 @@ class Deployer:
 
     # -- deploy --------------------------------------------------------------------
 
-    def deploy(self, image: str, target: str, service: str | None = None, *, wait: float = 0,
+    def deploy(self, image: str, targets: str | list[str], service: str | None = None, *, wait: float = 0,
                dry_run: bool = False, author: str | None = None, message: str | None = None,
-               settle: float | None = None, health_timeout: float | None = None) -> DeployResult:
+               settle: float | None = None, health_timeout: float | None = None,
+               batch: int | None = None, parallel: int = DEFAULT_PARALLEL) -> DeployResult:
+        """Deploy ``image`` to one or more targets (dc/node, dc/node/service, or a whole dc)."""
         from deployer.imageref import ImageRef
 
         ref = ImageRef.parse(image)
         infra = self.load()
-        resolved = infra.resolve(target)
-        if resolved.node is None:
-            raise TargetError(f"deploy needs a node: {target!r} is a datacenter; write {resolved.dc}/NODE")
-        node = infra.node(resolved.dc, resolved.node)
-        if resolved.service and service and resolved.service != service:
-            raise TargetError(f"target names service {resolved.service} but --service says {service}")
-        name, _ = pick_service(node, ref.repository, ref.familiar_repository, service or resolved.service)
-        return self._deploy(Target(node.dc, node.name, name), str(ref), ACTION_DEPLOY, wait=wait, dry_run=dry_run,
-                            author=author, message=message, settle=settle, health_timeout=health_timeout)
+        chosen = self._deploy_targets(infra, ref, [targets] if isinstance(targets, str) else list(targets), service)
+        return self._deploy(chosen, str(ref), ACTION_DEPLOY, wait=wait, dry_run=dry_run, author=author,
+                            message=message, settle=settle, health_timeout=health_timeout, batch=batch,
+                            parallel=parallel)
+
+    @staticmethod
+    def _deploy_targets(infra: Infrastructure, ref, texts: list[str], service: str | None) -> list[Target]:
+        chosen: list[Target] = []
+        for text in texts:
+            resolved = infra.resolve(text)
+            if resolved.service and service and resolved.service != service:
+                raise TargetError(f"target {text} names service {resolved.service} but --service says {service}")
+            if resolved.node is None:  # a whole datacenter: every node that runs the image's repository
+                nodes = list(infra.datacenters[resolved.dc].nodes.values())
+                found = []
+                for node in nodes:
+                    try:
+                        name, new = pick_service(node, ref.repository, ref.familiar_repository, service)
+                    except ServiceMatchError:
+                        continue
+                    if not new:
+                        found.append(Target(node.dc, node.name, name))
+                if not found:
+                    raise ServiceMatchError(f"no node in {resolved.dc} runs {service or ref.repository}")
+                chosen.extend(found)
+                continue
+            node = infra.node(resolved.dc, resolved.node)
+            name, _ = pick_service(node, ref.repository, ref.familiar_repository, service or resolved.service)
+            chosen.append(Target(node.dc, node.name, name))
+        unique = list(dict.fromkeys(chosen))
+        per_node = {(t.dc, t.node) for t in unique}
+        if len(per_node) != len(unique):
+            raise TargetError("one deploy changes one service per node; deploy the others separately")
+        return unique
 
     def rollback(self, target: str, *, steps: int = 1, to: str | None = None, wait: float = 0,
                  dry_run: bool = False, author: str | None = None, message: str | None = None,
@@ -172,101 +283,157 @@ class Deployer:
             image, commit = repo.resolve_rollback(
                 svc.location.path, svc.name, svc.image, target=svc.target, steps=steps, to_rev=to
             )
-        return self._deploy(resolved, image, ACTION_ROLLBACK, rollback_to=commit, wait=wait, dry_run=dry_run,
+        return self._deploy([resolved], image, ACTION_ROLLBACK, rollback_to=commit, wait=wait, dry_run=dry_run,
                             author=author, message=message, settle=settle, health_timeout=health_timeout)
 
-    def _deploy(self, target: Target, image: str, action: str, *, rollback_to: str | None = None, wait: float = 0,
-                dry_run: bool = False, author: str | None = None, message: str | None = None,
-                settle: float | None = None, health_timeout: float | None = None) -> DeployResult:
+    def _deploy(self, targets: list[Target], image: str, action: str, *, rollback_to: str | None = None,
+                wait: float = 0, dry_run: bool = False, author: str | None = None, message: str | None = None,
+                settle: float | None = None, health_timeout: float | None = None, batch: int | None = None,
+                parallel: int = DEFAULT_PARALLEL) -> DeployResult:
         import time
 
-        from deployer import compose, yamledit
-        from deployer.apply import DEFAULT_SETTLE, Applier
-        from deployer.hosts import connect
         from deployer.lock import DeployLock
-        from deployer.plan import plan_service
-        from deployer.state import image_id, read_node
 
         started = time.monotonic()
         if not dry_run:
             self._refuse_project_repo()
+        result = DeployResult(action, image, dry_run=dry_run, rollback_to=rollback_to)
         with self.repo() as repo, _maybe(DeployLock(Path(repo.git_dir), owner_info(" ".join(["deployer", *sys.argv[1:]]))),
                                          not dry_run, wait) as lock:
             if not dry_run:
                 self._recover(repo, lock)
+                if repo.has_remote():
+                    self.progress("bringing the repository up to date")
+                    repo.sync()
             infra = self.load()  # again, under the lock: someone may have deployed meanwhile
-            node = infra.node(target.dc, target.node)
-            rel = node.compose_path or f"{node.path}/{loader.COMPOSE_FILES[0]}"
-            existing = node.services.get(target.service)
-            old_image = existing.image if existing else None
+            edits = [self._edit(infra, t, image, repo, dry_run) for t in targets]
+            result.targets = [e.result for e in edits]
+            size = batch or len(edits)
+            for i in range(0, len(edits), size):
+                group = edits[i:i + size]
+                _run_parallel(lambda e: self._apply_edit(e, dry_run, settle, health_timeout), group, parallel)
+                if any(e.result.error for e in group):
+                    break  # stop at the first failed batch
             if not dry_run:
-                repo.require_clean(rel)
-            old_text = _read_text(self.root / rel) if (self.root / rel).exists() else "services: {}\n"
-            if existing is None:
-                new_text = yamledit.add_service(old_text, target.service, image, path=rel)
-            elif old_image != image:
-                new_text = yamledit.set_service_image(old_text, target.service, image, path=rel)
-            else:
-                new_text = old_text
-            new_node = loader.with_compose_text(self.root, node, new_text)
-            spec = compose.container_spec(new_node, new_node.services[target.service], self.root)
-            result = DeployResult(action, str(target), old_image, image, dry_run=dry_run, rollback_to=rollback_to,
-                                  diff=yamledit.yaml_diff(old_text, new_text, rel) if new_text != old_text else "")
+                done = [e for e in edits if e.applied and e.new_text != e.old_text]
+                if done:
+                    result.commit = self._commit(repo, lock, done, action, image, rollback_to, message, author)
+            result.seconds = time.monotonic() - started
+        failed = result.failed
+        if failed:
+            if len(edits) == 1:
+                raise edits[0].exception
+            skipped = [e.result.target for e in edits if not e.applied and not e.result.error]
+            raise PartialDeploy(result, f"{len(failed)} of {len(edits)} targets failed: "
+                                + "; ".join(f"{t.target}: {t.error}" for t in failed)
+                                + (f"; not attempted: {', '.join(skipped)}" if skipped else "")
+                                + (f"; committed the ones that succeeded ({result.commit[:7]})" if result.commit else
+                                   "; nothing committed"))
+        return result
 
-            client = connect(node, self.root)
+    def _edit(self, infra: Infrastructure, target: Target, image: str, repo, dry_run: bool) -> "_Edit":
+        from deployer import compose, yamledit
+
+        node = infra.node(target.dc, target.node)
+        rel = node.compose_path or f"{node.path}/{loader.COMPOSE_FILES[0]}"
+        existing = node.services.get(target.service)
+        old_image = existing.image if existing else None
+        if not dry_run:
+            repo.require_clean(rel)
+        old_text = _read_text(self.root / rel) if (self.root / rel).exists() else "services: {}\n"
+        if existing is None:
+            new_text = yamledit.add_service(old_text, target.service, image, path=rel)
+        elif old_image != image:
+            new_text = yamledit.set_service_image(old_text, target.service, image, path=rel)
+        else:
+            new_text = old_text
+        new_node = loader.with_compose_text(self.root, node, new_text)
+        spec = compose.container_spec(new_node, new_node.services[target.service], self.root)
+        diff = yamledit.yaml_diff(old_text, new_text, rel) if new_text != old_text else ""
+        return _Edit(target, node, new_node, rel, old_text, new_text, spec,
+                     TargetResult(str(target), old_image, diff=diff))
+
+    def _apply_edit(self, edit: "_Edit", dry_run: bool, settle: float | None, health_timeout: float | None) -> None:
+        from deployer import compose
+        from deployer.apply import DEFAULT_SETTLE, Applier
+        from deployer.errors import DeployerError
+        from deployer.hosts import connect
+        from deployer.plan import plan_service
+        from deployer.state import image_id, read_node
+
+        progress = self._node_progress(edit.node)
+        try:
+            client = connect(edit.node, self.root)
             try:
-                state = read_node(client, node.dc, node.name)
-                change = plan_service(spec, state.for_service(target.service), image_id(client, image))
-                result.change = change
+                state = read_node(client, edit.node.dc, edit.node.name)
+                change = plan_service(edit.spec, state.for_service(edit.target.service), image_id(client, edit.spec.image))
+                edit.result.change = change
                 if dry_run:
-                    return result
+                    return
                 applier = Applier(client, settle=DEFAULT_SETTLE if settle is None else settle,
-                                  health_timeout=health_timeout, progress=self.progress)
+                                  health_timeout=health_timeout, progress=progress)
                 if change.action != NONE:
-                    applier.ensure_image(image)
-                    volumes, networks = compose.node_resources(new_node)
-                    applier.ensure_resources(volumes, networks)
+                    applier.ensure_image(edit.spec.image)
+                    applier.ensure_resources(*compose.node_resources(edit.new_node))
                 outcome = applier.apply(change, state)
-                result.steps = outcome.steps
-                result.image_id = outcome.container.image_id if outcome.container else None
+                edit.result.steps = outcome.steps
+                edit.result.image_id = outcome.container.image_id if outcome.container else None
+                edit.applied = True
             finally:
                 client.close()
+        except DeployerError as exc:
+            edit.exception = exc
+            edit.result.error = exc.one_line()
+        except Exception as exc:  # the engine refused or went away: one line naming the node
+            from deployer.errors import HostError
+            from deployer.hosts import describe
 
-            if new_text != old_text:
-                subject = f"{action} {target}: {old_image or '(new service)'} -> {image}"
-                trailers = self._trailers(action, str(target), image, old_image, result.image_id, rollback_to)
-                lock.journal_write({"file": rel, "sha256": _sha(new_text), "subject": subject,
-                                    "message": message, "trailers": trailers, "author": author})
-                result.commit = repo.commit_file(rel, new_text, _message(subject, message), trailers, author)
-                lock.journal_clear()
-            result.seconds = time.monotonic() - started
-            return result
+            edit.exception = HostError(edit.node.target, edit.node.docker, describe(exc))
+            edit.result.error = edit.exception.one_line()
 
-    @staticmethod
-    def _trailers(action: str, target: str, image: str, previous: str | None, image_id: str | None,
-                  rollback_to: str | None) -> list[tuple[str, str]]:
+    def _commit(self, repo, lock, done: list["_Edit"], action: str, image: str, rollback_to: str | None,
+                message: str | None, author: str | None) -> str:
         from deployer import history as h
+        from deployer.history import atomic_write
 
-        trailers = [(h.TRAILER_ACTION, action), (h.TRAILER_TARGET, target), (h.TRAILER_IMAGE, image),
-                    (h.TRAILER_PREVIOUS_IMAGE, previous or "none")]
-        if image_id:
-            trailers.append((h.TRAILER_IMAGE_ID, image_id))
+        olds = {e.result.previous_image for e in done}
+        old = olds.pop() if len(olds) == 1 else "(various)"
+        subject = f"{action} {', '.join(str(e.target) for e in done)}: {old or '(new service)'} -> {image}"
+        trailers: list[tuple[str, str]] = [(h.TRAILER_ACTION, action)]
+        trailers += [(h.TRAILER_TARGET, str(e.target)) for e in done]
+        trailers.append((h.TRAILER_IMAGE, image))
+        trailers += [(h.TRAILER_PREVIOUS_IMAGE, e.result.previous_image or "none") for e in done]
+        ids = list(dict.fromkeys(e.result.image_id for e in done if e.result.image_id))
+        trailers += [(h.TRAILER_IMAGE_ID, i) for i in ids]
         if rollback_to:
             trailers.append((h.TRAILER_ROLLBACK_TO, rollback_to))
-        return trailers
+        lock.journal_write({"files": [{"file": e.rel, "sha256": _sha(e.new_text)} for e in done],
+                            "subject": subject, "message": message, "trailers": trailers, "author": author})
+        for e in done:
+            atomic_write(self.root / e.rel, e.new_text.encode("utf-8"))
+        sha = repo.commit_paths([e.rel for e in done], _message(subject, message), trailers, author)
+        lock.journal_clear()
+        if repo.has_remote():
+            self.progress("pushing the deploy commit")
+            repo.push_with_retry()
+        return sha
 
     def _recover(self, repo, lock) -> None:
-        """Finish the commit of a deployer that died after writing its file and before committing."""
+        """Finish the commit of a deployer that died after writing its files and before committing."""
         journal = lock.journal_read()
         if not journal:
             return
-        path = self.root / journal["file"]
-        if path.exists() and _sha(_read_text(path)) == journal["sha256"] and repo.is_dirty(journal["file"]):
-            self.progress(f"finishing an interrupted deploy: committing {journal['file']}")
-            repo.commit_file(journal["file"], _read_text(path),
-                             _message(journal["subject"], journal.get("message")),
-                             [tuple(t) for t in journal["trailers"]], journal.get("author"))
+        files = journal.get("files") or []
+        written = all((self.root / f["file"]).exists() and _sha(_read_text(self.root / f["file"])) == f["sha256"]
+                      for f in files)
+        if files and written and any(repo.is_dirty(f["file"]) for f in files):
+            self.progress(f"finishing an interrupted deploy: committing {', '.join(f['file'] for f in files)}")
+            repo.commit_paths([f["file"] for f in files], _message(journal["subject"], journal.get("message")),
+                              [tuple(t) for t in journal["trailers"]], journal.get("author"))
         lock.journal_clear()
+
+    def _node_progress(self, node: Node) -> Callable[[str], None]:
+        return lambda msg: self.progress(f"{node.target}: {msg}")
 
     def _refuse_project_repo(self) -> None:
         setup = self.root / "setup.cfg"
@@ -275,57 +442,210 @@ class Deployer:
             raise RepoError(f"{self.root} is the deployer project itself; its datacenters/ is an example. "
                             "Make a repository of your own with 'deployer init DIR --example'")
 
-    # -- status --------------------------------------------------------------------
+    # -- fleet: status, plan, apply ------------------------------------------------
 
-    def status(self, target: str | None = None) -> list[StatusRow]:
+    def _selection(self, infra: Infrastructure, targets: list[str] | None) -> list[tuple[Node, list[Service], bool]]:
+        """(node, its selected services, whether the whole node was selected) for the targets, in order."""
+        if not targets:
+            return [(n, [n.services[k] for k in sorted(n.services)], True) for n in infra.nodes()]
+        picked: dict[str, tuple[Node, dict[str, Service], bool]] = {}
+        for text in targets:
+            resolved = infra.resolve(text)
+            for node in infra.select_nodes(resolved):
+                whole = resolved.service is None
+                entry = picked.setdefault(node.target, (node, {}, False))
+                services = {s.name: s for s in infra.select(resolved) if s.dc == node.dc and s.node == node.name}
+                entry[1].update(services)
+                picked[node.target] = (node, entry[1], entry[2] or whole)
+        order = {n.target: i for i, n in enumerate(infra.nodes())}
+        return [(n, [svcs[k] for k in sorted(svcs)], whole)
+                for n, svcs, whole in sorted(picked.values(), key=lambda e: order[e[0].target])]
+
+    def status(self, target: str | list[str] | None = None, parallel: int = DEFAULT_PARALLEL) -> list[StatusRow]:
         infra = self.load()
-        resolved = infra.resolve(target) if target else None
-        rows: list[StatusRow] = []
-        for node in infra.select_nodes(resolved):
-            services = [s for s in infra.select(resolved) if s.dc == node.dc and s.node == node.name]
-            if services:
-                rows.extend(self._node_status(node, services))
-        return rows
+        targets = [target] if isinstance(target, str) else target
+        selection = [(n, svcs) for n, svcs, _ in self._selection(infra, targets) if svcs]
+        rows: dict[str, list[StatusRow]] = {}
+        _run_parallel(lambda item: rows.__setitem__(item[0].target, self._node_status(*item)), selection, parallel)
+        return [row for node, _ in selection for row in rows[node.target]]
 
-    def _node_status(self, node: Node, services: list[Service]) -> list[StatusRow]:
+    def _read_node(self, node: Node, services: list[Service]):
+        """Connect, read the engine, and plan every selected service. Returns (client, state, specs, changes)."""
         from deployer import compose
-        from deployer.errors import HostError
         from deployer.hosts import connect
-        from deployer.plan import CREATE, TIDY, plan_service
+        from deployer.plan import plan_service
         from deployer.state import image_id, read_node
 
-        try:
-            client = connect(node, self.root, timeout=15)
-        except HostError as exc:
-            return [StatusRow(s.target, s.image, None, None, "unreachable", False, exc.message) for s in services]
+        client = connect(node, self.root, timeout=30)
         try:
             state = read_node(client, node.dc, node.name)
-            rows = []
+            order = {name: i for i, name in enumerate(compose.start_order(node.services))}
+            specs = [compose.container_spec(node, s, self.root) for s in sorted(services, key=lambda s: order[s.name])]
             ids: dict[str, str | None] = {}
-            for svc in services:
-                spec = compose.container_spec(node, svc, self.root)
-                if svc.image not in ids:
-                    ids[svc.image] = image_id(client, svc.image)
-                change = plan_service(spec, state.for_service(svc.name), ids[svc.image])
-                cur = change.current
-                if change.action == NONE:
-                    rows.append(StatusRow(svc.target, svc.image, cur.name, cur.image, cur.health or "running", True))
-                elif change.action == CREATE:
-                    rows.append(StatusRow(svc.target, svc.image, None, None, "missing", False, "no container"))
+            for spec in specs:
+                if spec.image not in ids:
+                    ids[spec.image] = image_id(client, spec.image)
+            changes = [plan_service(spec, state.for_service(spec.service), ids[spec.image]) for spec in specs]
+            return client, state, specs, changes
+        except BaseException:
+            client.close()
+            raise
+
+    def _node_status(self, node: Node, services: list[Service]) -> list[StatusRow]:
+        from deployer.errors import HostError
+        from deployer.plan import CREATE, TIDY
+
+        try:
+            client, _, specs, changes = self._read_node(node, services)
+        except HostError as exc:
+            return [StatusRow(s.target, s.image, None, None, "unreachable", False, exc.message) for s in services]
+        client.close()
+        rows = []
+        for spec, change in zip(specs, changes):
+            cur = change.current
+            if change.action == NONE:
+                rows.append(StatusRow(change.target, spec.image, cur.name, cur.image, cur.health or "running", True))
+            elif change.action == CREATE:
+                rows.append(StatusRow(change.target, spec.image, None, None, "missing", False, "no container"))
+            else:
+                same = cur.config_hash == spec.config_hash()
+                if change.action != TIDY and same and not cur.running:
+                    word = "stopped"
+                elif change.action != TIDY and same and cur.health in ("unhealthy", "starting"):
+                    word = cur.health
                 else:
-                    if change.action == TIDY:
-                        word = "drifted"
-                    elif cur.config_hash == spec.config_hash() and not cur.running:
-                        word = "stopped"
-                    elif cur.config_hash == spec.config_hash() and cur.health in ("unhealthy", "starting"):
-                        word = cur.health
-                    else:
-                        word = "drifted"
-                    rows.append(StatusRow(svc.target, svc.image, cur.name, cur.image, word, False,
-                                          "; ".join(change.reasons)))
-            return rows
+                    word = "drifted"
+                rows.append(StatusRow(change.target, spec.image, cur.name, cur.image, word, False,
+                                      "; ".join(change.reasons)))
+        return rows
+
+    def plan(self, targets: list[str] | None = None, prune: bool = False,
+             parallel: int = DEFAULT_PARALLEL) -> list[NodePlan]:
+        """What apply would do on every selected node; unreachable nodes are reported, not fatal."""
+        infra = self.load()
+        selection = self._selection(infra, targets)
+        plans: dict[str, NodePlan] = {}
+        _run_parallel(lambda item: plans.__setitem__(item[0].target, self._plan_node(*item, prune=prune)),
+                      selection, parallel)
+        return [plans[node.target] for node, _, _ in selection]
+
+    def _plan_node(self, node: Node, services: list[Service], whole: bool, prune: bool) -> NodePlan:
+        from deployer.errors import DeployerError
+        from deployer.plan import REMOVE
+
+        try:
+            client, state, _, changes = self._read_node(node, services)
+        except DeployerError as exc:
+            return NodePlan(node.target, [], exc.one_line())
+        client.close()
+        if prune and whole:
+            written = set(node.services)
+            for c in state.managed:
+                if c.service not in written:
+                    changes.append(Change(f"{node.target}/{c.service}", REMOVE, ["no longer in the repository"],
+                                          None, c, []))
+        return NodePlan(node.target, changes)
+
+    def apply(self, targets: list[str] | None = None, prune: bool = False, parallel: int = DEFAULT_PARALLEL, *,
+              wait: float = 0, settle: float | None = None, health_timeout: float | None = None) -> list[NodeApply]:
+        """Converge the selected nodes to the repository, health-gated, nodes in parallel."""
+        from deployer.lock import DeployLock
+
+        with self.repo() as repo, _maybe(DeployLock(Path(repo.git_dir), owner_info(" ".join(["deployer", *sys.argv[1:]]))),
+                                         True, wait) as lock:
+            self._recover(repo, lock)
+            if repo.has_remote():
+                repo.sync()
+            infra = self.load()
+            selection = self._selection(infra, targets)
+            results: dict[str, NodeApply] = {}
+            _run_parallel(lambda item: results.__setitem__(
+                item[0].target, self._apply_node(*item, prune=prune, settle=settle, health_timeout=health_timeout)),
+                selection, parallel)
+            return [results[node.target] for node, _, _ in selection]
+
+    def _apply_node(self, node: Node, services: list[Service], whole: bool, *, prune: bool, settle: float | None,
+                    health_timeout: float | None) -> NodeApply:
+        from deployer import compose
+        from deployer.apply import DEFAULT_SETTLE, Applier
+        from deployer.errors import DeployerError
+        from deployer.plan import REMOVE
+
+        result = NodeApply(node.target)
+        progress = self._node_progress(node)
+        try:
+            client, state, _, changes = self._read_node(node, services)
+        except DeployerError as exc:
+            result.error = exc.one_line()
+            return result
+        try:
+            if prune and whole:
+                for c in state.managed:
+                    if c.service not in node.services:
+                        changes.append(Change(f"{node.target}/{c.service}", REMOVE, ["no longer in the repository"],
+                                              None, c, []))
+            applier = Applier(client, settle=DEFAULT_SETTLE if settle is None else settle,
+                              health_timeout=health_timeout, progress=progress)
+            if any(c.action != NONE for c in changes):
+                try:
+                    applier.ensure_resources(*compose.node_resources(node))
+                except DeployerError as exc:
+                    result.error = exc.one_line()
+                    return result
+            failed = False
+            for change in changes:
+                if failed:
+                    result.items.append(AppliedChange(change.target, change.action, "skipped", "an earlier change failed"))
+                    continue
+                if change.action == NONE:
+                    result.items.append(AppliedChange(change.target, change.action, "ok", "up to date"))
+                    continue
+                progress(change.summary())
+                try:
+                    if change.spec is not None:
+                        applier.ensure_image(change.spec.image)
+                    outcome = applier.apply(change, state)
+                    result.items.append(AppliedChange(change.target, change.action, "ok", "; ".join(outcome.steps)))
+                except DeployerError as exc:
+                    failed = True
+                    result.items.append(AppliedChange(change.target, change.action, "failed", exc.one_line()))
+                except Exception as exc:  # a node going away mid-apply: report it for this node only
+                    failed = True
+                    from deployer.hosts import describe
+
+                    result.items.append(AppliedChange(change.target, change.action, "failed",
+                                                      f"node {node.target}: {describe(exc)}"))
         finally:
             client.close()
+        return result
+
+@dataclass
+class _Edit:
+    """One target of a deploy: the compose edit and what applying it did."""
+
+    target: Target
+    node: Node
+    new_node: Node
+    rel: str
+    old_text: str
+    new_text: str
+    spec: Any
+    result: TargetResult
+    applied: bool = False
+    exception: Exception | None = None
+
+
+def _run_parallel(work: Callable[[Any], None], items: list, parallel: int) -> None:
+    """Run ``work`` over items, at most ``parallel`` at a time; exceptions propagate."""
+    if len(items) <= 1 or parallel <= 1:
+        for item in items:
+            work(item)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(parallel, len(items))) as pool:
+        for future in [pool.submit(work, item) for item in items]:
+            future.result()
 
 
 class _maybe:

@@ -163,32 +163,46 @@ def _print_result(result, as_json: bool) -> None:
     if as_json:
         _json(result.to_json())
         return
-    change = result.change
     if result.dry_run:
-        click.echo(f"dry run: {result.action} {result.target}: {result.previous_image or '(new service)'} -> {result.image}")
-        if result.diff:
-            click.echo(result.diff.rstrip("\n"))
-        else:
-            click.echo("repository: no change")
-        if change is not None:
-            click.echo(f"container: {change.summary()}")
+        for t in result.targets:
+            click.echo(f"dry run: {result.action} {t.target}: {t.previous_image or '(new service)'} -> {result.image}")
+            click.echo(t.diff.rstrip("\n") if t.diff else "repository: no change")
+            if t.change is not None:
+                click.echo(f"container: {t.change.summary()}")
         return
-    for step in result.steps:
-        click.echo(f"  {step}")
+    for t in result.targets:
+        prefix = f"{t.target}: " if len(result.targets) > 1 else ""
+        for step in t.steps:
+            click.echo(f"  {prefix}{step}")
+        if t.error:
+            click.echo(f"  {prefix}FAILED: {t.error}")
     if result.commit:
-        click.echo(f"{result.action} {result.target}: {result.previous_image or '(new service)'} -> {result.image} "
+        olds = {t.previous_image for t in result.targets if not t.error}
+        old = olds.pop() if len(olds) == 1 else "(various)"
+        click.echo(f"{result.action} {result.target}: {old or '(new service)'} -> {result.image} "
                    f"[{result.commit[:7]}] ({result.seconds:.1f}s)")
-    elif change is not None and change.action != "none":
-        click.echo(f"{result.target}: {result.image} is already written; repaired the container ({change.action}), "
-                   "no commit")
-    else:
-        click.echo(f"{result.target}: already runs {result.image}; nothing to do")
+        return
+    for t in result.targets:
+        if t.error:
+            continue
+        if t.change is not None and t.change.action != "none":
+            click.echo(f"{t.target}: {result.image} is already written; repaired the container "
+                       f"({t.change.action}), no commit")
+        else:
+            click.echo(f"{t.target}: already runs {result.image}; nothing to do")
+
+
+parallel_option = click.option("--parallel", type=click.IntRange(min=1), default=8, show_default=True,
+                               help="Work on at most N nodes at once.")
 
 
 @main.command()
 @click.argument("image")
-@click.argument("target")
+@click.argument("targets", nargs=-1, required=True)
 @click.option("--service", metavar="NAME", help="The service to deploy to (a new name adds a service).")
+@click.option("--batch", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Deploy to N nodes at a time; stop at the first batch that fails.")
+@parallel_option
 @wait_option
 @author_option
 @message_option
@@ -198,13 +212,23 @@ def _print_result(result, as_json: bool) -> None:
 @json_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @click.pass_context
-def deploy(ctx, image, target, service, wait, author, message, dry_run, settle, health_timeout, as_json, quiet):
-    """Deploy IMAGE to TARGET (dc/node or dc/node/service) and commit the change."""
-    from deployer.api import Deployer
+def deploy(ctx, image, targets, service, batch, parallel, wait, author, message, dry_run, settle, health_timeout,
+           as_json, quiet):
+    """Deploy IMAGE to TARGETS and commit the change.
+
+    A target is dc/node, dc/node/service, or a whole dc (every node there
+    that runs the image's repository). Several targets make one commit.
+    """
+    from deployer.api import Deployer, PartialDeploy
 
     api = Deployer(_repo_root(ctx), progress=_progress(quiet or as_json))
-    result = api.deploy(image, target, service, wait=wait, dry_run=dry_run, author=author, message=message,
-                        settle=settle, health_timeout=health_timeout)
+    try:
+        result = api.deploy(image, list(targets), service, wait=wait, dry_run=dry_run, author=author,
+                            message=message, settle=settle, health_timeout=health_timeout, batch=batch,
+                            parallel=parallel)
+    except PartialDeploy as exc:
+        _print_result(exc.result, as_json)
+        raise
     _print_result(result, as_json)
 
 
@@ -249,20 +273,84 @@ def history(ctx, target, limit, as_json):
 
 
 @main.command()
-@click.argument("target", required=False)
+@click.argument("targets", nargs=-1)
+@parallel_option
 @json_option
 @click.pass_context
-def status(ctx, target, as_json):
+def status(ctx, targets, parallel, as_json):
     """Compare what the repository says with what runs (exit 1 unless everything matches)."""
     from deployer.api import Deployer
 
-    rows = Deployer(_repo_root(ctx)).status(target)
+    rows = Deployer(_repo_root(ctx)).status(list(targets) or None, parallel=parallel)
     if as_json:
         _json([r.to_json() for r in rows])
     else:
         _table(((r.target, r.image, r.running_image or "-", r.state, r.detail) for r in rows),
                ["target", "written", "running", "state", "detail"])
     if not all(r.match for r in rows):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("targets", nargs=-1)
+@click.option("--prune", is_flag=True, help="Also plan removing managed containers the repository no longer lists.")
+@parallel_option
+@json_option
+@click.pass_context
+def plan(ctx, targets, prune, parallel, as_json):
+    """What apply would do: compare the repository with every node (exit 0 none, 2 changes, 1 errors)."""
+    from deployer.api import Deployer
+
+    plans = Deployer(_repo_root(ctx)).plan(list(targets) or None, prune=prune, parallel=parallel)
+    if as_json:
+        _json([p.to_json() for p in plans])
+    else:
+        for p in plans:
+            if p.error:
+                click.echo(f"{p.node}: ERROR {p.error}")
+                continue
+            for c in p.changes:
+                click.echo(f"{c.target}: {c.action}" + (f" ({'; '.join(c.reasons)})" if c.reasons else ""))
+        pending = sum(len(p.pending) for p in plans)
+        errors = sum(1 for p in plans if p.error)
+        click.echo(f"plan: {pending} to change, {errors} nodes unreachable or failing")
+    if any(p.error for p in plans):
+        sys.exit(1)
+    if any(p.pending for p in plans):
+        sys.exit(2)
+
+
+@main.command()
+@click.argument("targets", nargs=-1)
+@click.option("--prune", is_flag=True, help="Remove managed containers the repository no longer lists.")
+@parallel_option
+@wait_option
+@settle_option
+@timeout_option
+@json_option
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@click.pass_context
+def apply(ctx, targets, prune, parallel, wait, settle, health_timeout, as_json, quiet):
+    """Converge the nodes to the repository, health-gated, nodes in parallel (exit 1 if any failed)."""
+    from deployer.api import Deployer
+
+    results = Deployer(_repo_root(ctx), progress=_progress(quiet or as_json)).apply(
+        list(targets) or None, prune=prune, parallel=parallel, wait=wait, settle=settle,
+        health_timeout=health_timeout)
+    if as_json:
+        _json([r.to_json() for r in results])
+    else:
+        for r in results:
+            if r.error:
+                click.echo(f"{r.node}: FAILED {r.error}")
+                continue
+            for item in r.items:
+                if item.action == "none" and item.status == "ok":
+                    continue
+                click.echo(f"{item.target}: {item.action} {item.status}" + (f" ({item.detail})" if item.detail else ""))
+            changed = sum(1 for i in r.items if i.action != "none")
+            click.echo(f"{r.node}: {'ok' if r.ok else 'FAILED'}, {changed} changed")
+    if not all(r.ok for r in results):
         sys.exit(1)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from deployer.errors import ConfigError, ValidationFailed
 from deployer.model import Datacenter, Infrastructure, Location, Node, Service, TLSFiles
@@ -48,6 +48,17 @@ def parse_yaml(text: str, path: str) -> Any:
         raise ConfigError(path, f"malformed YAML: {' '.join(str(exc).split())}") from None
 
 
+def load_fast(text: str) -> Any:
+    """Plain data through libyaml (ruamel's C loader): several times faster, but without line numbers.
+
+    Callers validate this first and re-read with ``parse_yaml`` (round-trip,
+    with lines) only when something is wrong and needs a line in its message.
+    """
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe", pure=False).load(text)
+
+
 def key_line(mapping: Any, key: Any) -> int | None:
     try:
         return mapping.lc.key(key)[0] + 1
@@ -62,20 +73,42 @@ def value_line(mapping: Any, key: Any) -> int | None:
         return None
 
 
-def _read(root: Path, rel: str, problems: list[ConfigError]) -> Any:
+def _read_text(root: Path, rel: str, problems: list[ConfigError]) -> str | None:
     try:
-        text = (root / rel).read_text(encoding="utf-8")
+        return (root / rel).read_text(encoding="utf-8")
     except UnicodeDecodeError:
         problems.append(ConfigError(rel, "not UTF-8 text"))
-        return None
     except OSError as exc:
         problems.append(ConfigError(rel, f"cannot read: {exc.strerror}"))
-        return None
+    return None
+
+
+def _parse(text: str, rel: str, problems: list[ConfigError]) -> Any:
     try:
         return parse_yaml(text, rel)
     except ConfigError as err:
         problems.append(err)
         return None
+
+
+def _read_checked(root: Path, rel: str, problems: list[ConfigError], build: Callable[[Any, list], Any]) -> Any:
+    """Read a YAML file and ``build(doc, problems)`` from it: fast first, again with line numbers if it has problems."""
+    text = _read_text(root, rel, problems)
+    if text is None:
+        return None
+    try:
+        doc = load_fast(text)
+    except Exception:
+        pass
+    else:
+        found: list[ConfigError] = []
+        result = build(doc, found)
+        if not found:
+            return result
+    doc = _parse(text, rel, problems)
+    if doc is None and text.strip() and problems and problems[-1].path == rel:
+        return None  # malformed
+    return build(doc, problems)
 
 
 def _mapping(doc: Any, rel: str, problems: list[ConfigError], allow_empty: bool = True) -> dict | None:
@@ -116,12 +149,16 @@ def _load_datacenter(root: Path, name: str, problems: list[ConfigError]) -> Data
     rel = f"{dc_path}/{DATACENTER_FILE}"
     if (root / rel).is_file():
         dc.location = Location(rel)
-        doc = _mapping(_read(root, rel, problems), rel, problems)
-        if doc is not None:
-            _unknown_keys(doc, DATACENTER_KEYS, rel, "", problems)
-            dc.description = _string(doc, "description", rel, problems) or ""
-            dc.consul = _string(doc, "consul", rel, problems)
-            dc.registry = _string(doc, "registry", rel, problems)
+
+        def build(doc: Any, found: list[ConfigError]) -> None:
+            doc = _mapping(doc, rel, found)
+            if doc is not None:
+                _unknown_keys(doc, DATACENTER_KEYS, rel, "", found)
+                dc.description = _string(doc, "description", rel, found) or ""
+                dc.consul = _string(doc, "consul", rel, found)
+                dc.registry = _string(doc, "registry", rel, found)
+
+        _read_checked(root, rel, problems, build)
     return dc
 
 
@@ -131,7 +168,20 @@ def _load_node(root: Path, dc: str, name: str, problems: list[ConfigError]) -> N
     if not (root / rel).is_file():
         problems.append(ConfigError(rel, "missing: every node directory needs a node.yml with a 'docker:' URL"))
         return None
-    doc = _mapping(_read(root, rel, problems), rel, problems)
+    node = _read_checked(root, rel, problems, lambda doc, found: _node_from_yml(root, dc, name, rel, doc, found))
+    if node is None:
+        return None
+    compose = [f for f in COMPOSE_FILES if (root / node.path / f).is_file()]
+    if len(compose) > 1:
+        problems.append(ConfigError(f"{node.path}/{compose[1]}", f"a node has one compose file; {compose[0]} is here too"))
+    if compose:
+        _load_compose(root, node, f"{node.path}/{compose[0]}", problems)
+    return node
+
+
+def _node_from_yml(root: Path, dc: str, name: str, rel: str, doc: Any, problems: list[ConfigError]) -> Node | None:
+    node_path = f"{DATACENTERS}/{dc}/{name}"
+    doc = _mapping(doc, rel, problems)
     if doc is None:
         return None
     _unknown_keys(doc, NODE_KEYS, rel, "", problems)
@@ -181,11 +231,6 @@ def _load_node(root: Path, dc: str, name: str, problems: list[ConfigError]) -> N
         address=_string(doc, "address", rel, problems),
         description=_string(doc, "description", rel, problems) or "",
     )
-    compose = [f for f in COMPOSE_FILES if (root / node_path / f).is_file()]
-    if len(compose) > 1:
-        problems.append(ConfigError(f"{node_path}/{compose[1]}", f"a node has one compose file; {compose[0]} is here too"))
-    if compose:
-        _load_compose(root, node, f"{node_path}/{compose[0]}", problems)
     return node
 
 
@@ -194,21 +239,22 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
 
     node.compose_path = rel
     if text is None:
-        doc = _read(root, rel, problems)
-    else:
-        try:
-            doc = parse_yaml(text, rel)
-        except ConfigError as err:
-            problems.append(err)
-            doc = None
-    if doc is None:
-        return
-    if not isinstance(doc, dict):
-        problems.append(ConfigError(rel, "the file must hold a mapping with a 'services' key", line=1))
-        return
-    found = compose.validate_compose(doc, rel, root)
-    problems.extend(found)
-    if found:
+        text = _read_text(root, rel, problems)
+        if text is None:
+            return
+    try:
+        doc = load_fast(text)
+        found = compose.validate_compose(doc, rel, root) if isinstance(doc, dict) else [None]
+    except Exception:
+        found = [None]
+    if found:  # read again with line numbers, for the messages
+        doc = _parse(text, rel, problems)
+        if doc is None:
+            return
+        if not isinstance(doc, dict):
+            problems.append(ConfigError(rel, "the file must hold a mapping with a 'services' key", line=1))
+            return
+        problems.extend(compose.validate_compose(doc, rel, root))
         return
     services = doc.get("services") or {}
     for name, svc_doc in services.items():
@@ -218,8 +264,7 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
             name=str(name),
             image=str(svc_doc["image"]),
             config=compose.to_plain(svc_doc),
-            location=Location(rel, key_line(services, name)),
-            image_location=Location(rel, value_line(svc_doc, "image")),
+            location=Location(rel),
         )
     node.volumes = compose.to_plain(doc.get("volumes") or {})
     node.networks = compose.to_plain(doc.get("networks") or {})
@@ -276,9 +321,19 @@ def _check_container_names(root: Path, infra: Infrastructure) -> list[ConfigErro
             name = container_name(node, svc)
             if name in seen:
                 problems.append(ConfigError(svc.location.path, f"container name {name!r} is also used by service {seen[name]!r}",
-                                            line=svc.location.line, field=f"services.{svc.name}.container_name"))
+                                            line=service_line(root, svc.location.path, svc.name),
+                                            field=f"services.{svc.name}.container_name"))
             seen[name] = svc.name
     return problems
+
+
+def service_line(root: Path, rel: str, service: str) -> int | None:
+    """The line a service starts on (read on demand: the fast loader keeps no lines)."""
+    try:
+        doc = parse_yaml((root / rel).read_text(encoding="utf-8"), rel)
+        return key_line(doc["services"], service)
+    except Exception:
+        return None
 
 
 def load(root: str | Path) -> Infrastructure:

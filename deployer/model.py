@@ -47,8 +47,7 @@ class Service:
     name: str
     image: str
     config: dict[str, Any]
-    location: Location
-    image_location: Location
+    location: Location  # the compose file (lines are read on demand, for error messages)
 
     @property
     def target(self) -> str:

@@ -80,7 +80,6 @@ def make_node(text: str, *, name: str = "n1") -> Node:
             image=config["image"],
             config=config,
             location=Location(COMPOSE),
-            image_location=Location(COMPOSE),
         )
     return node
 

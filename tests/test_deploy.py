@@ -401,7 +401,7 @@ def test_interrupted_commit_is_finished_by_next_deployer(repo, client):
     text = (root / rel).read_text().replace(WEB1, WEB2)
     lock = DeployLock(root / ".git", {"pid": 0, "user": "x", "host": "h", "command": "c", "since": "s"})
     lock.acquire()
-    lock.journal_write({"file": rel, "sha256": _sha(text), "subject": f"deploy test/{node}/web: {WEB1} -> {WEB2}",
+    lock.journal_write({"files": [{"file": rel, "sha256": _sha(text)}], "subject": f"deploy test/{node}/web: {WEB1} -> {WEB2}",
                         "message": None, "trailers": [["Deployer-Action", "deploy"]], "author": None})
     (root / rel).write_text(text)
     lock.release()
