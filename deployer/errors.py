@@ -121,3 +121,111 @@ class HealthCheckFailed(DeployerError):
         self.container = container
         self.logs = logs
         super().__init__(message)
+
+
+class BuildError(DeployerError):
+    """Building binaries or an image did not work (base of the errors below)."""
+
+
+class UnknownBuilder(BuildError):
+    """No builder fits the source (no go.mod, pyproject.toml, ...), or an unknown one was named."""
+
+    exit_code = 2
+
+
+class SourceError(BuildError):
+    """The source directory cannot be built from: missing, not in git, no commit."""
+
+    exit_code = 2
+
+
+class DirtySource(SourceError):
+    """The source has uncommitted changes and dirty builds were not allowed."""
+
+
+class DockerfileMissing(BuildError):
+    """The app has no Dockerfile where one is expected; ``path`` names it."""
+
+    exit_code = 2
+
+    def __init__(self, path: str, message: str = "no Dockerfile"):
+        self.path = str(path)
+        super().__init__(f"{self.path}: {message}")
+
+
+class BuildFailed(BuildError):
+    """The builder (compiler) or ``docker build`` failed.
+
+    The message is one line; ``output`` holds the compiler's (or docker
+    build's) error output for the CLI to print below it.
+    """
+
+    def __init__(self, message: str, output: str = "", exit_status: int | None = None):
+        self.output = output
+        self.exit_status = exit_status
+        super().__init__(message)
+
+
+class RegistryError(DeployerError):
+    """The registry's HTTP API could not be asked (unreachable, TLS, odd answer)."""
+
+    def __init__(self, registry: str, message: str, unreachable: bool = False):
+        self.registry = registry
+        self.message = message
+        self.unreachable = unreachable
+        super().__init__(f"registry {registry}: {message}")
+
+
+class PushFailed(BuildError):
+    """An image was built and tagged locally but could not be pushed."""
+
+    def __init__(self, ref: str, message: str, image_id: str = ""):
+        self.ref = ref
+        self.image_id = image_id
+        self.message = message
+        super().__init__(f"push of {ref} failed: {message}")
+
+
+class ConsulError(DeployerError):
+    """Consul answered, but with an error (ACL denied, bad request, ...)."""
+
+    def __init__(self, address: str, message: str):
+        self.address = address
+        self.message = message
+        super().__init__(f"Consul at {address}: {message}")
+
+
+class ConsulUnavailable(ConsulError):
+    """Consul could not be reached, or has no leader / no known servers."""
+
+
+class TemplateError(DeployerError):
+    """A config template could not be parsed or rendered; names the file and line."""
+
+    exit_code = 2
+
+    def __init__(self, path: str, message: str, line: int | None = None):
+        self.path = str(path)
+        self.line = line
+        self.message = message
+        where = self.path if line is None else f"{self.path}:{line}"
+        super().__init__(f"{where}: {message}")
+
+
+class CheckFailed(DeployerError):
+    """A rendered candidate was rejected by its check command; the live file was kept."""
+
+    def __init__(self, destination: str, command: str, message: str):
+        self.destination = str(destination)
+        self.command = command
+        self.message = message
+        super().__init__(f"{destination}: check `{command}` failed: {message}")
+
+
+class ReloadFailed(DeployerError):
+    """The reload command of a template failed after its new file went live."""
+
+    def __init__(self, command: str, message: str):
+        self.command = command
+        self.message = message
+        super().__init__(f"reload `{command}` failed: {message}")

@@ -34,7 +34,6 @@ PACKAGES=(
 # >>> MORE SYSTEM DEPENDENCIES: add them here ---------------------------------
 # Debian 12 packages: append to PACKAGES above. Anything that is not a
 # bookworm package gets its own idempotent step below this line.
-# (Consul from Debian 11 will be added here, e.g. ./scripts/install-consul.sh)
 # <<< MORE SYSTEM DEPENDENCIES ------------------------------------------------
 
 missing=()
@@ -68,3 +67,7 @@ sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNA
     PIP_FLAGS+=(--break-system-packages)
 fi
 python3 -m pip install "${PIP_FLAGS[@]}" -e '.[test]'
+
+# --- not in Debian 12 ----------------------------------------------------------
+# Consul 1.8.7 from Debian 11's archive (MPL-2.0), without touching apt's setup.
+./scripts/install-consul.sh
