@@ -204,9 +204,10 @@ def pick_service(node: Node, image_repository: str, familiar: str, explicit: str
 class Deployer:
     """Deploy, roll back, and inspect one infrastructure repository."""
 
-    def __init__(self, root: str | Path, progress: Callable[[str], None] | None = None):
+    def __init__(self, root: str | Path, progress: Callable[[str], None] | None = None, consul: bool = True):
         self.root = Path(root).resolve()
         self.progress = progress or (lambda msg: None)
+        self.consul = consul  # register containers in their datacenter's Consul (when it has one)
 
     # -- reading -----------------------------------------------------------------
 
@@ -351,7 +352,7 @@ class Deployer:
         spec = compose.container_spec(new_node, new_node.services[target.service], self.root)
         diff = yamledit.yaml_diff(old_text, new_text, rel) if new_text != old_text else ""
         return _Edit(target, node, new_node, rel, old_text, new_text, spec,
-                     TargetResult(str(target), old_image, diff=diff))
+                     TargetResult(str(target), old_image, diff=diff), infra.datacenters[target.dc])
 
     def _apply_edit(self, edit: "_Edit", dry_run: bool, settle: float | None, health_timeout: float | None) -> None:
         from deployer import compose
@@ -363,6 +364,7 @@ class Deployer:
 
         progress = self._node_progress(edit.node)
         try:
+            hooks = None if dry_run else self._discovery_hooks(edit.datacenter, edit.node)
             client = connect(edit.node, self.root)
             try:
                 state = read_node(client, edit.node.dc, edit.node.name)
@@ -371,7 +373,7 @@ class Deployer:
                 if dry_run:
                     return
                 applier = Applier(client, settle=DEFAULT_SETTLE if settle is None else settle,
-                                  health_timeout=health_timeout, progress=progress)
+                                  health_timeout=health_timeout, hooks=hooks, progress=progress)
                 if change.action != NONE:
                     applier.ensure_image(edit.spec.image)
                     applier.ensure_resources(*compose.node_resources(edit.new_node))
@@ -431,6 +433,16 @@ class Deployer:
             repo.commit_paths([f["file"] for f in files], _message(journal["subject"], journal.get("message")),
                               [tuple(t) for t in journal["trailers"]], journal.get("author"))
         lock.journal_clear()
+
+    def _discovery_hooks(self, datacenter, node: Node):
+        """Consul registration around container switches, when the node's datacenter names a Consul.
+
+        Consul must answer before any container is touched (``--no-consul`` skips it)."""
+        if not self.consul or datacenter is None or not datacenter.consul:
+            return None
+        from deployer.discovery import deploy_hooks
+
+        return deploy_hooks(datacenter, node, self.root, progress=self._node_progress(node))
 
     def _node_progress(self, node: Node) -> Callable[[str], None]:
         return lambda msg: self.progress(f"{node.target}: {msg}")
@@ -560,12 +572,13 @@ class Deployer:
             selection = self._selection(infra, targets)
             results: dict[str, NodeApply] = {}
             _run_parallel(lambda item: results.__setitem__(
-                item[0].target, self._apply_node(*item, prune=prune, settle=settle, health_timeout=health_timeout)),
+                item[0].target, self._apply_node(*item, datacenter=infra.datacenters[item[0].dc], prune=prune,
+                                                 settle=settle, health_timeout=health_timeout)),
                 selection, parallel)
             return [results[node.target] for node, _, _ in selection]
 
-    def _apply_node(self, node: Node, services: list[Service], whole: bool, *, prune: bool, settle: float | None,
-                    health_timeout: float | None) -> NodeApply:
+    def _apply_node(self, node: Node, services: list[Service], whole: bool, *, datacenter, prune: bool,
+                    settle: float | None, health_timeout: float | None) -> NodeApply:
         from deployer import compose
         from deployer.apply import DEFAULT_SETTLE, Applier
         from deployer.errors import DeployerError
@@ -574,6 +587,7 @@ class Deployer:
         result = NodeApply(node.target)
         progress = self._node_progress(node)
         try:
+            hooks = self._discovery_hooks(datacenter, node)
             client, state, _, changes = self._read_node(node, services)
         except DeployerError as exc:
             result.error = exc.one_line()
@@ -585,7 +599,7 @@ class Deployer:
                         changes.append(Change(f"{node.target}/{c.service}", REMOVE, ["no longer in the repository"],
                                               None, c, []))
             applier = Applier(client, settle=DEFAULT_SETTLE if settle is None else settle,
-                              health_timeout=health_timeout, progress=progress)
+                              health_timeout=health_timeout, hooks=hooks, progress=progress)
             if any(c.action != NONE for c in changes):
                 try:
                     applier.ensure_resources(*compose.node_resources(node))
@@ -631,6 +645,7 @@ class _Edit:
     new_text: str
     spec: Any
     result: TargetResult
+    datacenter: Any = None
     applied: bool = False
     exception: Exception | None = None
 

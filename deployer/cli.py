@@ -70,6 +70,8 @@ message_option = click.option("--message", "-m", metavar="TEXT", help="Why: adde
 dry_run_option = click.option("--dry-run", is_flag=True, help="Show the YAML diff and container actions; change nothing.")
 settle_option = click.option("--settle", type=float, default=None, metavar="SECONDS",
                              help="How long a container without healthcheck must run without restarting (default 2).")
+no_consul_option = click.option("--no-consul", is_flag=True,
+                                 help="Do not register containers in Consul (deploy even when Consul is down).")
 timeout_option = click.option("--health-timeout", type=float, default=None, metavar="SECONDS",
                               help="Give up waiting for health after SECONDS (default: from the healthcheck).")
 
@@ -209,11 +211,12 @@ parallel_option = click.option("--parallel", type=click.IntRange(min=1), default
 @dry_run_option
 @settle_option
 @timeout_option
+@no_consul_option
 @json_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @click.pass_context
 def deploy(ctx, image, targets, service, batch, parallel, wait, author, message, dry_run, settle, health_timeout,
-           as_json, quiet):
+           no_consul, as_json, quiet):
     """Deploy IMAGE to TARGETS and commit the change.
 
     A target is dc/node, dc/node/service, or a whole dc (every node there
@@ -221,7 +224,7 @@ def deploy(ctx, image, targets, service, batch, parallel, wait, author, message,
     """
     from deployer.api import Deployer, PartialDeploy
 
-    api = Deployer(_repo_root(ctx), progress=_progress(quiet or as_json))
+    api = Deployer(_repo_root(ctx), progress=_progress(quiet or as_json), consul=not no_consul)
     try:
         result = api.deploy(image, list(targets), service, wait=wait, dry_run=dry_run, author=author,
                             message=message, settle=settle, health_timeout=health_timeout, batch=batch,
@@ -242,14 +245,16 @@ def deploy(ctx, image, targets, service, batch, parallel, wait, author, message,
 @dry_run_option
 @settle_option
 @timeout_option
+@no_consul_option
 @json_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @click.pass_context
-def rollback(ctx, target, steps, to_rev, wait, author, message, dry_run, settle, health_timeout, as_json, quiet):
+def rollback(ctx, target, steps, to_rev, wait, author, message, dry_run, settle, health_timeout, no_consul, as_json,
+             quiet):
     """Deploy the image TARGET (dc/node/service) ran before, found in git history."""
     from deployer.api import Deployer
 
-    api = Deployer(_repo_root(ctx), progress=_progress(quiet or as_json))
+    api = Deployer(_repo_root(ctx), progress=_progress(quiet or as_json), consul=not no_consul)
     result = api.rollback(target, steps=steps, to=to_rev, wait=wait, dry_run=dry_run, author=author,
                           message=message, settle=settle, health_timeout=health_timeout)
     _print_result(result, as_json)
@@ -327,14 +332,15 @@ def plan(ctx, targets, prune, parallel, as_json):
 @wait_option
 @settle_option
 @timeout_option
+@no_consul_option
 @json_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @click.pass_context
-def apply(ctx, targets, prune, parallel, wait, settle, health_timeout, as_json, quiet):
+def apply(ctx, targets, prune, parallel, wait, settle, health_timeout, no_consul, as_json, quiet):
     """Converge the nodes to the repository, health-gated, nodes in parallel (exit 1 if any failed)."""
     from deployer.api import Deployer
 
-    results = Deployer(_repo_root(ctx), progress=_progress(quiet or as_json)).apply(
+    results = Deployer(_repo_root(ctx), progress=_progress(quiet or as_json), consul=not no_consul).apply(
         list(targets) or None, prune=prune, parallel=parallel, wait=wait, settle=settle,
         health_timeout=health_timeout)
     if as_json:
@@ -352,6 +358,13 @@ def apply(ctx, targets, prune, parallel, wait, settle, health_timeout, as_json, 
             click.echo(f"{r.node}: {'ok' if r.ok else 'FAILED'}, {changed} changed")
     if not all(r.ok for r in results):
         sys.exit(1)
+
+
+# Commands that live next to their subject (each module imports its heavy parts lazily).
+from deployer import cli_build, cli_discovery  # noqa: E402
+
+cli_build.register(main)
+cli_discovery.register(main)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -113,7 +113,7 @@ class ContainerSpec:
     secrets: list[SecretFile] = field(default_factory=list)
     stop_timeout: int = DEFAULT_STOP_TIMEOUT
     has_healthcheck: bool = False
-    published_ports: bool = False
+    published_ports: bool = False  # a fixed host port: it must be free before the new container starts
     ipv4_addresses: dict[str, str] = field(default_factory=dict)
 
     def _data(self, redact: bool) -> dict[str, Any]:
@@ -1712,7 +1712,7 @@ def container_spec(
         secrets=_secret_files(node, cfg, repo_root),
         stop_timeout=stop_timeout,
         has_healthcheck=has_healthcheck,
-        published_ports=bool(bindings),
+        published_ports=any(host_port for _, _, _, host_port in bindings),  # fixed host ports only
         ipv4_addresses=ipv4,
     )
 

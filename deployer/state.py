@@ -64,7 +64,9 @@ class ContainerState:
 
     @property
     def publishes_ports(self) -> bool:
-        return any(b.get("HostPort") for binds in (self.host.get("port_bindings") or {}).values() for b in (binds or []))
+        """Whether it holds a fixed host port (an ephemeral one, "" or "0", frees nothing a successor needs)."""
+        return any(b.get("HostPort") not in (None, "", "0")
+                   for binds in (self.host.get("port_bindings") or {}).values() for b in (binds or []))
 
     def describe(self) -> str:
         if self.status != "running":

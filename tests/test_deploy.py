@@ -161,8 +161,25 @@ def test_without_published_ports_new_starts_before_old_stops(repo, client):
     assert first_start < first_stop, events
 
 
+def test_ephemeral_host_port_starts_new_beside_old(engine, client, tmp_path):
+    """A published port without a fixed host port frees nothing the new container needs."""
+    compose = web_compose(WEB1).replace('expose: ["80"]', 'ports: ["127.0.0.1::80"]')
+    root, node = make_repo(tmp_path / "infra", engine.unix_url, compose)
+    try:
+        assert cli(root, "deploy", WEB1, f"test/{node}").exit_code == 0
+        time.sleep(1.1)  # event times are whole seconds: keep the first deploy out of the window
+        since = int(time.time())
+        assert cli(root, "deploy", WEB2, f"test/{node}").exit_code == 0
+        events = _events(client, node, since, int(time.time()) + 1)
+        first_start = next(i for i, e in enumerate(events) if e[0] == "start")
+        first_stop = next(i for i, e in enumerate(events) if e[0] in ("kill", "stop", "die"))
+        assert first_start < first_stop, events
+    finally:
+        remove_node_containers(client, node)
+
+
 def test_with_published_ports_old_stops_before_new_starts(engine, client, tmp_path):
-    compose = web_compose(WEB1).replace('expose: ["80"]', 'ports: ["127.0.0.1:0:80"]')
+    compose = web_compose(WEB1).replace('expose: ["80"]', 'ports: ["127.0.0.1:18080:80"]')
     root, node = make_repo(tmp_path / "infra", engine.unix_url, compose)
     try:
         assert cli(root, "deploy", WEB1, f"test/{node}").exit_code == 0
