@@ -46,6 +46,18 @@ class Hooks:
     retiring: Callable[[ContainerState], None] | None = None  # old container is about to stop
 
 
+class Steps(list):
+    """The steps of a change, reported to ``progress`` as they happen."""
+
+    def __init__(self, progress: Callable[[str], None]):
+        super().__init__()
+        self.progress = progress
+
+    def append(self, step: str) -> None:
+        super().append(step)
+        self.progress(step)
+
+
 @dataclass
 class Outcome:
     change: Change
@@ -135,7 +147,7 @@ class Applier:
 
     def apply(self, change: Change, state: NodeState) -> Outcome:
         started = time.monotonic()
-        outcome = Outcome(change)
+        outcome = Outcome(change, steps=Steps(self.progress))
         if change.action == NONE:
             outcome.container = change.current
         elif change.action == REMOVE:
@@ -171,15 +183,14 @@ class Applier:
         stop_first = old is not None and (spec.published_ports or old.publishes_ports)
         if old is not None and stop_first and old.running:
             self._call_retiring(old)
-            self.progress(f"stopping {old.name} (published ports must be free)")
             self.api.stop(old.id, timeout=spec.stop_timeout)
-            steps.append(f"stopped {old.name}")
+            steps.append(f"stopped {old.name} (its host ports must be free)")
         name = spec.name if old is None or old.name != spec.name else spec.name + NEXT_SUFFIX
         new_id = self._create(spec, name)
         steps.append(f"created {name} ({spec.image})")
         try:
             self.api.start(new_id)
-            self.progress(f"started {name}, waiting until healthy")
+            self.progress(f"started {name}, waiting until it is healthy")
             new = self.wait_healthy(new_id, spec)
         except BaseException as exc:
             logs = self._logs(new_id)

@@ -172,12 +172,9 @@ def _print_result(result, as_json: bool) -> None:
             if t.change is not None:
                 click.echo(f"container: {t.change.summary()}")
         return
-    for t in result.targets:
-        prefix = f"{t.target}: " if len(result.targets) > 1 else ""
-        for step in t.steps:
-            click.echo(f"  {prefix}{step}")
+    for t in result.targets:  # the steps were shown as progress while they happened
         if t.error:
-            click.echo(f"  {prefix}FAILED: {t.error}")
+            click.echo(f"{t.target}: FAILED: {t.error}")
     if result.commit:
         olds = {t.previous_image for t in result.targets if not t.error}
         old = olds.pop() if len(olds) == 1 else "(various)"
@@ -353,7 +350,8 @@ def apply(ctx, targets, prune, parallel, wait, settle, health_timeout, no_consul
             for item in r.items:
                 if item.action == "none" and item.status == "ok":
                     continue
-                click.echo(f"{item.target}: {item.action} {item.status}" + (f" ({item.detail})" if item.detail else ""))
+                failed = item.status != "ok"
+                click.echo(f"{item.target}: {item.action} {item.status}" + (f" ({item.detail})" if failed else ""))
             changed = sum(1 for i in r.items if i.action != "none")
             click.echo(f"{r.node}: {'ok' if r.ok else 'FAILED'}, {changed} changed")
     if not all(r.ok for r in results):

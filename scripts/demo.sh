@@ -45,17 +45,16 @@ if ! engine_up; then
     engine_up || { echo "dockerd did not start:"; tail -20 "$WORK/dockerd.log"; exit 1; }
 fi
 
-run() { echo; echo "\$ $*"; "$@"; }
+run() { echo; printf '$'; printf ' %q' "$@"; echo; "$@"; }
 
 export DEPLOYER_REPO="$REPO"
 run deployer init "$REPO" --example
 run deployer validate
 run deployer ls local
-# The example writes sensor:1.0, worker:1.4 and app:1.0; deploying what is
-# written starts the containers (no commit: the repo already says so).
-run deployer deploy sensor:1.0 local/local
-run deployer deploy worker:1.4 local/local
-run deployer deploy app:1.0 local/local
+# The example writes sensor:1.0, worker:1.4 and app:1.0: plan shows what is
+# missing on the engine, apply starts it (apply never commits: the repo already says so).
+run deployer plan local || true
+run deployer apply local
 run deployer status local
 run deployer deploy worker:1.5 local/local -m "squares twice as fast"
 run deployer deploy worker:1.6 local/local
