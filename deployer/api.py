@@ -368,14 +368,16 @@ class Deployer:
             client = connect(edit.node, self.root)
             try:
                 state = read_node(client, edit.node.dc, edit.node.name)
-                change = plan_service(edit.spec, state.for_service(edit.target.service), image_id(client, edit.spec.image))
+                have = image_id(client, edit.spec.image)
+                change = plan_service(edit.spec, state.for_service(edit.target.service), have)
                 edit.result.change = change
                 if dry_run:
                     return
                 applier = Applier(client, settle=DEFAULT_SETTLE if settle is None else settle,
                                   health_timeout=health_timeout, hooks=hooks, progress=progress)
                 if change.action != NONE:
-                    applier.ensure_image(edit.spec.image)
+                    if have is None:
+                        applier.ensure_image(edit.spec.image)
                     applier.ensure_resources(*compose.node_resources(edit.new_node))
                 outcome = applier.apply(change, state)
                 edit.result.steps = outcome.steps

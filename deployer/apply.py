@@ -123,7 +123,7 @@ class Applier:
                 except docker.errors.NotFound:
                     raise ImageNotFound(f"external network {net.name} does not exist on the node") from None
                 continue
-            if not self.api.networks(names=[net.name]) or not any(n["Name"] == net.name for n in self.api.networks(names=[net.name])):
+            if not any(n["Name"] == net.name for n in self.api.networks(names=[net.name])):  # names= matches prefixes
                 self.api.create_network(net.name, driver=net.driver, options=net.options or None,
                                         internal=net.internal, labels=net.labels, check_duplicate=True)
 

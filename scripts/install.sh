@@ -29,6 +29,8 @@ PACKAGES=(
     git
     python3-pip
     procps              # pgrep, used by the tests
+    mmdebstrap          # the Debian base image the builders start from
+    debian-archive-keyring
 )
 
 # >>> MORE SYSTEM DEPENDENCIES: add them here ---------------------------------

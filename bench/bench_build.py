@@ -1,0 +1,134 @@
+"""Benchmark of the builders and the image builder.
+
+Prints how long each step takes: the Debian base image, the Go builder image,
+a cold Go build (empty cache volume), a warm one, their ratio, the app image
+build and its push to a TLS registry.
+
+    python3 bench/bench_build.py                 # private dockerd + registry, removed at the end
+    python3 bench/bench_build.py --repeat 5      # warm builds and pushes repeated, median shown
+    python3 bench/bench_build.py --big-push      # also push the Go builder image (hundreds of MB)
+
+Needs root and scripts/install-builders.sh (it starts its own dockerd in a
+network namespace, as the tests do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from deployer import build as B  # noqa: E402
+from tests.support.build_engine import BuildEngine  # noqa: E402
+from tests.support.registry import RegistryServer  # noqa: E402
+
+GIT_ENV = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.invalid",
+           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@example.invalid",
+           "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"}
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, env={**os.environ, **GIT_ENV})
+
+
+def commit(src: Path, note: str) -> None:
+    (src / "NOTES").write_text(note + "\n")
+    git(src.parent, "add", "-A")
+    git(src.parent, "commit", "-q", "-m", note)
+
+
+def timed(fn, *args, **kwargs):
+    t = time.monotonic()
+    result = fn(*args, **kwargs)
+    return result, time.monotonic() - t
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--app", default="sensor", choices=["sensor", "worker", "app"])
+    parser.add_argument("--repeat", type=int, default=3, help="warm builds and image pushes to take the median of")
+    parser.add_argument("--big-push", action="store_true", help="also push the Go builder image")
+    parser.add_argument("--json", action="store_true", help="print the numbers as JSON too")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench_build: needs root (network namespace, dockerd)", file=sys.stderr)
+        return 2
+
+    work = Path(tempfile.mkdtemp(prefix="deployer-bench-"))
+    os.environ["DEPLOYER_CACHE_DIR"] = str(work / "cache")
+    numbers: dict[str, float] = {}
+    engine = BuildEngine()
+    registry = None
+    try:
+        _, numbers["engine start"] = timed(engine.start)
+        registry = RegistryServer(engine.bridge_ip)
+        _, numbers["registry start"] = timed(registry.start)
+        client = engine.client()
+
+        _, numbers["base image (mmdebstrap + import)"] = timed(B.ensure_base_image, client)
+        go_ref, numbers["go builder image"] = timed(B.ensure_builder_image, client, "go")
+        size = client.images.get(go_ref).attrs["Size"] / 1e6
+
+        src_app = ROOT / "examples" / "apps" / args.app
+        cold = B.build(client, src_app, artifacts_dir=work / "out", cache_volume="bench-cold")
+        numbers["cold build"] = cold.seconds
+        warm = [B.build(client, src_app, artifacts_dir=work / "out", cache_volume="bench-cold").seconds
+                for _ in range(args.repeat)]
+        numbers["warm build (median)"] = statistics.median(warm)
+        numbers["cold/warm ratio"] = numbers["cold build"] / numbers["warm build (median)"]
+
+        repo = work / "repo"
+        src = repo / args.app
+        shutil.copytree(src_app, src)
+        git(repo, "init", "-q", "-b", "main")
+        commit(src, "bench 0")
+        image_builds, pushes, totals = [], [], []
+        for i in range(args.repeat):
+            if i:
+                commit(src, f"bench {i}")
+            result, total = timed(B.build_image, client, src, registry.address)
+            image_builds.append(result.build_seconds)
+            pushes.append(result.push_seconds)
+            totals.append(total)
+        app_size = client.images.get(result.ref).attrs["Size"] / 1e6
+        numbers["build_image: binaries + docker build (median)"] = statistics.median(image_builds)
+        numbers[f"push of a {app_size:.1f} MB image, first"] = pushes[0]
+        if len(pushes) > 1:
+            # Later commits only change NOTES: same binary, same layer, so only the manifest moves.
+            numbers["push, layer already in the registry (median)"] = statistics.median(pushes[1:])
+        numbers["build_image total (median)"] = statistics.median(totals)
+        _, numbers["build_image, same commit again (skipped)"] = timed(B.build_image, client, src, registry.address)
+
+        if args.big_push:
+            big = f"{registry.address}/builder-go:bench"
+            client.api.tag(go_ref, f"{registry.address}/builder-go", "bench")
+            _, numbers[f"push of the {size:.0f} MB go builder image"] = timed(B.push_image, client, big)
+        client.close()
+    finally:
+        if registry is not None:
+            registry.stop()
+        engine.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    width = max(len(k) for k in numbers)
+    print(f"go builder image: {size:.0f} MB; {os.cpu_count()} cores")
+    for key, value in numbers.items():
+        unit = "x" if "ratio" in key else "s"
+        print(f"{key:<{width}}  {value:8.2f}{unit}")
+    if args.json:
+        print(json.dumps(numbers, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

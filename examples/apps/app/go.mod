@@ -1,0 +1,3 @@
+module example.com/deployer/app
+
+go 1.21

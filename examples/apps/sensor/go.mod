@@ -1,0 +1,3 @@
+module example.com/deployer/sensor
+
+go 1.21

@@ -1,0 +1,3 @@
+module example.com/deployer/worker
+
+go 1.21
