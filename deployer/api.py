@@ -364,7 +364,7 @@ class Deployer:
 
         progress = self._node_progress(edit.node)
         try:
-            hooks = None if dry_run else self._discovery_hooks(edit.datacenter, edit.node)
+            hooks = None if dry_run else self._discovery_hooks(edit.datacenter, edit.new_node)  # labels as deployed
             client = connect(edit.node, self.root)
             try:
                 state = read_node(client, edit.node.dc, edit.node.name)
@@ -419,7 +419,7 @@ class Deployer:
         lock.journal_clear()
         if repo.has_remote():
             self.progress("pushing the deploy commit")
-            repo.push_with_retry()
+            sha = repo.push_with_retry() or sha  # a rebase on push gives the commit a new sha
         return sha
 
     def _recover(self, repo, lock) -> None:

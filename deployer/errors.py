@@ -229,3 +229,34 @@ class ReloadFailed(DeployerError):
         self.command = command
         self.message = message
         super().__init__(f"reload `{command}` failed: {message}")
+
+
+class HostKeyNotTrusted(HostError):
+    """The node's SSH host key is not known and was not accepted (--accept-host-key)."""
+
+    exit_code = 2
+
+    def __init__(self, node: str, url: str, message: str, key: object):
+        self.key = key
+        super().__init__(node, url, message)
+
+
+class HostKeyChanged(HostError):
+    """The node's SSH host key differs from the one already known for that host."""
+
+    exit_code = 2
+
+    def __init__(self, node: str, url: str, message: str, key: object):
+        self.key = key
+        super().__init__(node, url, message)
+
+
+class NodeNotEmpty(TargetError):
+    """A node cannot be removed while its compose file lists services."""
+
+    def __init__(self, target: str, services: list[str]):
+        self.target = target
+        self.services = list(services)
+        super().__init__(
+            f"{target} still has containers written for it: {', '.join(self.services)}; remove them first"
+        )

@@ -135,25 +135,45 @@ def _ssh_adapter_class():
             self._known_hosts = known_hosts
             self._identity_file = identity_file
             self._connect_timeout = min(CONNECT_TIMEOUT, timeout)
+            self._hops: list = []  # ProxyJump clients, closed with the adapter
             super().__init__(base_url, timeout=timeout, shell_out=False)
+
+        def close(self):
+            try:
+                super().close()
+            finally:
+                for hop in self._hops:
+                    hop.close()
 
         def _create_paramiko_client(self, base_url):
             import paramiko
 
             super()._create_paramiko_client(base_url)
-            if self._known_hosts:
-                self.ssh_client.load_host_keys(self._known_hosts)
             if self._identity_file:
                 self.ssh_params["key_filename"] = self._identity_file
-            self.ssh_params.setdefault("port", 22)
-            if self.ssh_params.get("port") is None:
-                self.ssh_params["port"] = 22
+            # ~/.ssh/config gives the port as a string; paramiko compares it with
+            # the int 22 to pick the known_hosts name ("host" or "[host]:port").
+            self.ssh_params["port"] = int(self.ssh_params.get("port") or 22)
+            if self._known_hosts and os.path.isfile(self._known_hosts):
+                name = known_hosts_name(self.ssh_params["hostname"], self.ssh_params["port"])
+                pinned = paramiko.HostKeys(self._known_hosts)
+                if pinned.lookup(name):
+                    # The repository pins this host: its keys are the only ones that
+                    # count. (paramiko checks ~/.ssh/known_hosts first, so a stale or
+                    # planted user entry would otherwise override the pin.)
+                    self.ssh_client = paramiko.SSHClient()
+                    self.ssh_client.load_host_keys(self._known_hosts)
+                else:
+                    self.ssh_client.load_host_keys(self._known_hosts)
             self.ssh_params["timeout"] = self._connect_timeout
             self.ssh_params["banner_timeout"] = self._connect_timeout
             self.ssh_params["auth_timeout"] = self._connect_timeout
-            jump = _proxy_jump(self.ssh_params["hostname"])
+            import urllib.parse
+
+            jump = _proxy_jump(urllib.parse.urlparse(base_url).hostname or self.ssh_params["hostname"])
             if jump and "sock" not in self.ssh_params:
-                self.ssh_params["sock"] = _jump_channel(jump, self.ssh_params, self.ssh_client, self._connect_timeout)
+                self.ssh_params["sock"] = _jump_channel(jump, self.ssh_params, self.ssh_client,
+                                                        self._connect_timeout, self._hops)
             self.ssh_client.set_missing_host_key_policy(paramiko.RejectPolicy())
 
     return PinnedSSHAdapter
@@ -163,41 +183,127 @@ def _PinnedSSHAdapter(base_url, timeout, known_hosts, identity_file):  # noqa: N
     return _ssh_adapter_class()(base_url, timeout, known_hosts, identity_file)
 
 
-def _proxy_jump(hostname: str) -> str | None:
+def _ssh_config(alias: str) -> dict:
+    """``~/.ssh/config`` options for a host as written in the URL ({} without a config file)."""
     import paramiko
 
     path = os.path.expanduser("~/.ssh/config")
     if not os.path.exists(path):
-        return None
-    conf = paramiko.SSHConfig.from_path(path)
-    return conf.lookup(hostname).get("proxyjump")
+        return {}
+    return paramiko.SSHConfig.from_path(path).lookup(alias)
 
 
-def _jump_channel(jump: str, params: dict, target_client, timeout: float):
-    """A direct-tcpip channel through the ProxyJump host (first hop only)."""
+def _proxy_jump(alias: str) -> str | None:
+    """The ProxyJump of a host, looked up by the name in the URL (as ssh does), not its HostName."""
+    jump = _ssh_config(alias).get("proxyjump")
+    return None if not jump or jump.strip().lower() == "none" else jump
+
+
+def _jump_channel(jump: str, params: dict, target_client, timeout: float, hops: list | None = None):
+    """A direct-tcpip channel to params' host:port through the ProxyJump hosts, in order.
+
+    Each hop is looked up in ``~/.ssh/config`` (HostName, User, Port, IdentityFile)
+    and its host key checked against ``~/.ssh/known_hosts``. The hop clients are
+    appended to ``hops`` so that the caller can close them.
+    """
     import paramiko
 
-    first = jump.split(",")[0]
-    user, _, hostport = first.rpartition("@")
-    host, _, port = hostport.partition(":")
-    hop = paramiko.SSHClient()
-    hop.load_system_host_keys()
-    hop.set_missing_host_key_policy(paramiko.RejectPolicy())
-    hop.connect(host, port=int(port or 22), username=user or None, timeout=timeout)
-    return hop.get_transport().open_channel(
-        "direct-tcpip", (params["hostname"], int(params.get("port") or 22)), ("127.0.0.1", 0)
-    )
-
-
-def fetch_host_key(host: str, port: int = 22, timeout: float = CONNECT_TIMEOUT) -> tuple[str, str]:
-    """The (key type, base64 key) an SSH server presents, without authenticating."""
-    import paramiko
-
-    sock = socket.create_connection((host, port), timeout=timeout)
-    transport = paramiko.Transport(sock)
+    hops = hops if hops is not None else []
     try:
+        prev = None
+        for spec in [h.strip() for h in jump.split(",") if h.strip()]:
+            user, _, hostport = spec.rpartition("@")
+            alias, _, port = hostport.partition(":")
+            conf = _ssh_config(alias)
+            host = conf.get("hostname") or alias
+            port_n = int(port or conf.get("port") or 22)
+            sock = None
+            if prev is not None:  # reach this hop through the previous one
+                sock = prev.get_transport().open_channel("direct-tcpip", (host, port_n), ("127.0.0.1", 0),
+                                                         timeout=timeout)
+            hop = paramiko.SSHClient()
+            hops.append(hop)
+            hop.load_system_host_keys()
+            hop.set_missing_host_key_policy(paramiko.RejectPolicy())
+            hop.connect(host, port=port_n, username=user or conf.get("user") or None,
+                        key_filename=conf.get("identityfile"), timeout=timeout, banner_timeout=timeout,
+                        auth_timeout=timeout, sock=sock)
+            prev = hop
+        if prev is None:
+            raise ValueError(f"empty ProxyJump {jump!r}")
+        target = (params["hostname"], int(params.get("port") or 22))
+        return prev.get_transport().open_channel("direct-tcpip", target, ("127.0.0.1", 0), timeout=timeout)
+    except BaseException:
+        for hop in hops:
+            hop.close()
+        raise
+
+
+def known_hosts_name(host: str, port: int) -> str:
+    """How known_hosts (and paramiko) name a host: ``host``, or ``[host]:port`` off port 22."""
+    return host if int(port) == 22 else f"[{host}]:{int(port)}"
+
+
+def ssh_endpoint(url: str) -> tuple[str, int]:
+    """The (hostname, port) an ``ssh://`` URL connects to, after ``~/.ssh/config``
+    (``HostName``, and ``Port`` when the URL has none) -- as the SSH transport does."""
+    import urllib.parse
+
+    parsed = urllib.parse.urlparse(url)
+    host, port = parsed.hostname, parsed.port
+    if not host:
+        raise ValueError(f"no host in {url!r}")
+    conf = _ssh_config(host)
+    host = conf.get("hostname") or host
+    if port is None and conf.get("port"):
+        port = int(conf["port"])
+    return host, int(port or 22)
+
+
+def fetch_host_key(host: str, port: int = 22, timeout: float = CONNECT_TIMEOUT,
+                   key_types: "list[str] | None" = None, url: str | None = None) -> tuple[str, str]:
+    """The (key type, base64 key) an SSH server presents, without authenticating.
+
+    ``key_types`` (e.g. the types already in a known_hosts file) are asked for
+    first, so a server with several host keys shows the one that can be compared.
+    With ``url``, ``~/.ssh/config``'s ProxyCommand / ProxyJump for the URL's host
+    are used to get there, as the SSH transport does.
+    """
+    import urllib.parse
+
+    import paramiko
+
+    hops: list = []
+    sock = None
+    if url is not None:
+        alias = urllib.parse.urlparse(url).hostname or host
+        conf = _ssh_config(alias)
+        jump = _proxy_jump(alias)
+        if conf.get("proxycommand") and conf["proxycommand"].strip().lower() != "none":
+            sock = paramiko.ProxyCommand(conf["proxycommand"])
+        elif jump:
+            sock = _jump_channel(jump, {"hostname": host, "port": port}, None, timeout, hops)
+    if sock is None:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    try:
+        transport = paramiko.Transport(sock)
+    except BaseException:
+        sock.close()
+        for hop in hops:
+            hop.close()
+        raise
+    try:
+        if key_types:
+            options = transport.get_security_options()
+            wanted = []
+            for kt in key_types:  # a known ssh-rsa key is offered as rsa-sha2-*
+                wanted += ["rsa-sha2-512", "rsa-sha2-256", kt] if kt == "ssh-rsa" else [kt]
+            first = [kt for kt in dict.fromkeys(wanted) if kt in options.key_types]
+            options.key_types = first + [kt for kt in options.key_types if kt not in first]
         transport.start_client(timeout=timeout)
         key = transport.get_remote_server_key()
         return key.get_name(), key.get_base64()
     finally:
         transport.close()
+        for hop in hops:
+            hop.close()

@@ -435,3 +435,17 @@ def test_new_service_added_with_service_flag(repo, client):
     names = sorted(c[0] for c in containers(client, node))
     assert names == [f"{node}-extra", f"{node}-web"]
     assert git(root, "log", "-1", "--format=%s") == f"deploy test/{node}/extra: (new service) -> {WEB3}"
+
+
+def test_node_add_and_rm_through_the_cli(engine, tmp_path):
+    root, node = make_repo(tmp_path / "infra", engine.unix_url, web_compose(WEB1))
+    result = cli(root, "node", "add", "test/extra", "--docker", engine.unix_url, "--address", "10.0.0.9")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("add node test/extra: engine ")
+    assert git(root, "log", "-1", "--format=%s") == "add node test/extra"
+    assert (root / "datacenters/test/extra/node.yml").exists()
+    refused = cli(root, "node", "rm", f"test/{node}")
+    assert refused.exit_code == 2 and "still has containers written for it: web" in refused.output
+    assert cli(root, "node", "rm", "test/extra").exit_code == 0
+    assert not (root / "datacenters/test/extra").exists()
+    assert git(root, "status", "--porcelain") == ""
