@@ -301,9 +301,10 @@ class Deployer:
         result = DeployResult(action, image, dry_run=dry_run, rollback_to=rollback_to)
         with self.repo() as repo, _maybe(DeployLock(Path(repo.git_dir), owner_info(" ".join(["deployer", *sys.argv[1:]]))),
                                          not dry_run, wait) as lock:
+            remote = not dry_run and repo.has_remote()
             if not dry_run:
                 self._recover(repo, lock)
-                if repo.has_remote():
+                if remote:
                     self.progress("bringing the repository up to date")
                     repo.sync()
             infra = self.load()  # again, under the lock: someone may have deployed meanwhile
@@ -318,7 +319,8 @@ class Deployer:
             if not dry_run:
                 done = [e for e in edits if e.applied and e.new_text != e.old_text]
                 if done:
-                    result.commit = self._commit(repo, lock, done, action, image, rollback_to, message, author)
+                    result.commit = self._commit(repo, lock, done, action, image, rollback_to, message, author,
+                                                 push=remote)
             result.seconds = time.monotonic() - started
         failed = result.failed
         if failed:
@@ -396,7 +398,7 @@ class Deployer:
             edit.result.error = edit.exception.one_line()
 
     def _commit(self, repo, lock, done: list["_Edit"], action: str, image: str, rollback_to: str | None,
-                message: str | None, author: str | None) -> str:
+                message: str | None, author: str | None, push: bool) -> str:
         from deployer import history as h
         from deployer.history import atomic_write
 
@@ -417,7 +419,7 @@ class Deployer:
             atomic_write(self.root / e.rel, e.new_text.encode("utf-8"))
         sha = repo.commit_paths([e.rel for e in done], _message(subject, message), trailers, author)
         lock.journal_clear()
-        if repo.has_remote():
+        if push:
             self.progress("pushing the deploy commit")
             sha = repo.push_with_retry() or sha  # a rebase on push gives the commit a new sha
         return sha

@@ -13,7 +13,9 @@ A replace goes like this:
 If the new container fails, its last log lines are kept, it is removed, and
 the old container is started again (and renamed back): the engine is as it
 was. Hooks let service discovery register the new container once healthy and
-deregister the old one before it stops.
+deregister the old one before it stops; a ``healthy`` hook that raises fails the
+new container like a failed healthcheck (same restore), and ``restored`` is told
+when a failed stop-first replace started the old container again.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class Hooks:
 
     healthy: Callable[[ContainerSpec, ContainerState], None] | None = None  # new container is healthy
     retiring: Callable[[ContainerState], None] | None = None  # old container is about to stop
+    # a failed replace started again an old container that had been retired (stopped first)
+    restored: Callable[[ContainerState], None] | None = None
 
 
 class Steps(list):
@@ -64,6 +68,33 @@ class Outcome:
     container: ContainerState | None = None
     seconds: float = 0.0
     steps: list[str] = field(default_factory=list)
+
+
+def pull_failed(ref: str, detail: str) -> ImageNotFound:
+    """One line saying why the node could not pull ``ref``, naming the image and its registry."""
+    from deployer.imageref import ImageRef
+
+    detail = " ".join(str(detail).split())
+    try:
+        parsed = ImageRef.parse(ref)
+        registry, name = parsed.domain or "docker.io", parsed.path
+        version = parsed.digest or parsed.tag or "latest"
+    except Exception:  # noqa: BLE001 - the reference was checked long before; say what we can
+        registry, name, version = "?", ref, "?"
+    low = detail.lower()
+    if "manifest unknown" in low or "name unknown" in low or " not found" in low:
+        why = f"registry {registry} has no {name}:{version} (was it pushed?)"
+    elif "x509" in low or "certificate" in low:
+        why = (f"the node does not trust registry {registry}'s TLS certificate (its CA goes in "
+               f"/etc/docker/certs.d/{registry}/ca.crt on the node): {detail}")
+    elif any(m in low for m in ("connection refused", "no such host", "i/o timeout", "no route to host",
+                                "network is unreachable", "timeout exceeded", "connection reset")):
+        why = f"registry {registry} is unreachable from the node: {detail}"
+    elif "denied" in low or "unauthorized" in low or "authentication required" in low:
+        why = f"registry {registry} refused the pull (no such repository, or the node must log in): {detail}"
+    else:
+        why = f"pulling it from registry {registry} failed: {detail}"
+    return ImageNotFound(f"image {ref} is not on the node and {why}")
 
 
 class Applier:
@@ -90,17 +121,26 @@ class Applier:
         except docker.errors.NotFound:
             pass
         self.progress(f"pulling {ref}")
+        started = time.monotonic()
+        layers: dict[str, tuple[str, float]] = {}  # layer -> (last status shown, when)
         try:
             for event in self.api.pull(ref, stream=True, decode=True):
                 if "error" in event:
-                    raise ImageNotFound(f"image {ref} is not on the node and pulling it failed: {event['error'].strip()}")
-                status = event.get("status")
-                if status and event.get("id") and event.get("progress"):
-                    self.progress(f"{event['id']}: {status} {event['progress']}")
+                    raise pull_failed(ref, (event.get("errorDetail") or {}).get("message") or event["error"])
+                status, layer = event.get("status"), event.get("id")
+                if not status or not layer or status.startswith("Pulling from"):
+                    continue
+                # one line per layer and status, and at most one a second while it downloads
+                last, when = layers.get(layer, ("", 0.0))
+                now = time.monotonic()
+                if status != last or (event.get("progress") and now - when >= 1.0):
+                    layers[layer] = (status, now)
+                    self.progress(f"{layer}: {status} {event.get('progress') or ''}".rstrip())
         except docker.errors.APIError as exc:
-            raise ImageNotFound(f"image {ref} is not on the node and pulling it failed: "
-                                f"{' '.join(str(exc.explanation or exc).split())}") from None
-        return self.api.inspect_image(ref)["Id"]
+            raise pull_failed(ref, str(exc.explanation or exc)) from None
+        image_id = self.api.inspect_image(ref)["Id"]
+        self.progress(f"pulled {ref} ({time.monotonic() - started:.1f}s)")
+        return image_id
 
     def ensure_resources(self, volumes: list[VolumeSpec], networks: list[NetworkSpec]) -> None:
         import docker
@@ -192,11 +232,19 @@ class Applier:
             self.api.start(new_id)
             self.progress(f"started {name}, waiting until it is healthy")
             new = self.wait_healthy(new_id, spec)
+            steps.append(f"{name} is {new.health or 'running'}")
+            if self.hooks.healthy:  # e.g. registered and passing in Consul; a failure here restores too
+                self.hooks.healthy(spec, new)
         except BaseException as exc:
             logs = self._logs(new_id)
             self._remove(new_id)
             if old is not None:
                 self._restore(old)
+                if stop_first and old.running and self.hooks.restored:
+                    try:
+                        self.hooks.restored(old)
+                    except Exception as hook_exc:  # noqa: BLE001 - the original failure matters more
+                        self.progress(f"could not announce {old.name} again: {hook_exc}")
             if isinstance(exc, HealthCheckFailed):
                 exc.logs = exc.logs or logs
                 exc.container = name
@@ -205,9 +253,6 @@ class Applier:
                 raise HealthCheckFailed(f"{spec.dc}/{spec.node}/{spec.service}: starting {spec.image} failed: "
                                         f"{' '.join(str(exc).split())}; restored the old container", name, logs) from exc
             raise
-        steps.append(f"{name} is {new.health or 'running'}")
-        if self.hooks.healthy:
-            self.hooks.healthy(spec, new)
         if old is not None:
             if not stop_first:
                 self._call_retiring(old)
