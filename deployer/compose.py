@@ -27,7 +27,7 @@ import os
 import re
 import shlex
 import subprocess
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from fractions import Fraction
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Mapping
@@ -117,26 +117,34 @@ class ContainerSpec:
     ipv4_addresses: dict[str, str] = field(default_factory=dict)
 
     def _data(self, redact: bool) -> dict[str, Any]:
-        data = asdict(self)
+        """Every field, as JSON-ready data (built fresh for each call: a spec may change between calls).
+
+        Same JSON as ``dataclasses.asdict`` gives, without its deep copy: only
+        what is replaced here (secrets, and labels and environment when
+        redacting) is new; the rest is the spec's own values, which json.dumps
+        only reads.
+        """
+        data = {name: getattr(self, name) for name in _SPEC_FIELDS}
         if not redact:
             # not the source path: it depends on where the deployer's checkout is
-            data["secrets"] = [(s["name"], s["target"], s["sha256"], s["mode"]) for s in data["secrets"]]
+            data["secrets"] = [(s.name, s.target, s.sha256, s.mode) for s in self.secrets]
             return data
         salt = f"{self.dc}/{self.node}/{self.service}"
         # the identity labels repeat dc, node, service and image, which are fields of their own
-        data["labels"] = {k: v for k, v in data["labels"].items() if k not in RESERVED_LABELS}
-        env = data["create"].get("environment")
+        data["labels"] = {k: v for k, v in self.labels.items() if k not in RESERVED_LABELS}
+        env = self.create.get("environment")
         if env:
-            data["create"]["environment"] = [
-                f"{k}={_fingerprint(salt, k, v)}" for k, _, v in (e.partition("=") for e in env)
-            ]
-        data["secrets"] = [(s["name"], s["target"], s["mode"], _fingerprint(salt, s["name"], s["sha256"]))
-                           for s in data["secrets"]]  # fmt: skip
+            data["create"] = {
+                **self.create,
+                "environment": [f"{k}={_fingerprint(salt, k, v)}" for k, _, v in (e.partition("=") for e in env)],
+            }
+        data["secrets"] = [(s.name, s.target, s.mode, _fingerprint(salt, s.name, s.sha256))
+                           for s in self.secrets]  # fmt: skip
         return data
 
     def config_hash(self) -> str:
         """A stable hash of everything that defines the container."""
-        blob = json.dumps(self._data(redact=False), sort_keys=True, separators=(",", ":"), default=str)
+        blob = _CANONICAL_JSON.encode(self._data(redact=False))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def config_json(self) -> str:
@@ -146,10 +154,24 @@ class ContainerSpec:
         exported by monitoring), so environment values and secret digests are
         replaced by short salted fingerprints: a change still shows, the value does not.
         """
-        return json.dumps(self._data(redact=True), sort_keys=True, separators=(",", ":"), default=str)
+        return _CANONICAL_JSON.encode(self._data(redact=True))
 
     def all_labels(self) -> dict[str, str]:
         return {**self.labels, LABEL_CONFIG_HASH: self.config_hash(), LABEL_CONFIG: self.config_json()}
+
+
+_SPEC_FIELDS = tuple(f.name for f in fields(ContainerSpec))
+
+
+def _json_default(value: Any) -> Any:
+    """What JSON cannot hold: a dataclass as its fields (as asdict would), anything else as str()."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    return str(value)
+
+
+# json.dumps(sort_keys=True, separators=(",", ":")), built once (json.dumps makes an encoder per call)
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=_json_default)
 
 
 def _fingerprint(salt: str, name: str, value: str) -> str:
@@ -307,7 +329,10 @@ def parse_duration(value: Any) -> int:
             raise _Bad(
                 f"invalid duration {value!r}: write numbers with units (ns, us, ms, s, m, h), like '1m30s'"
             )
-        total += Fraction(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        number = m.group(1)
+        unit = _DURATION_UNITS[m.group(2)]
+        # exact arithmetic; whole numbers (the usual case) skip the Fraction
+        total += int(number) * unit if number.isdigit() else Fraction(number) * unit
         pos = m.end()
     return int(total)
 

@@ -49,11 +49,22 @@ def parse_yaml(text: str, path: str) -> Any:
 
 
 def load_fast(text: str) -> Any:
-    """Plain data through libyaml (ruamel's C loader): several times faster, but without line numbers.
+    """Plain data, exactly as ruamel's YAML 1.2 safe loader returns it (or raises), but without line numbers.
 
-    Callers validate this first and re-read with ``parse_yaml`` (round-trip,
-    with lines) only when something is wrong and needs a line in its message.
+    ``fastyaml`` (PyYAML's libyaml binding, ruamel's resolver and scalar
+    constructors) does most files several times faster than ruamel's own C
+    loader; whatever it does not promise to read identically (it raises then)
+    is read by ruamel's safe loader, so the result never depends on which one
+    read it. Callers validate this first and re-read with ``parse_yaml``
+    (round-trip, with lines) only when something is wrong and needs a line in
+    its message.
     """
+    try:
+        from deployer import fastyaml
+
+        return fastyaml.load(text)
+    except Exception:
+        pass
     from ruamel.yaml import YAML
 
     return YAML(typ="safe", pure=False).load(text)
@@ -242,20 +253,27 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
         text = _read_text(root, rel, problems)
         if text is None:
             return
+    plain = True  # data from load_fast is plain dicts and lists already
     try:
         doc = load_fast(text)
         found = compose.validate_compose(doc, rel, root) if isinstance(doc, dict) else [None]
     except Exception:
         found = [None]
     if found:  # read again with line numbers, for the messages
+        plain = False
         doc = _parse(text, rel, problems)
         if doc is None:
             return
         if not isinstance(doc, dict):
             problems.append(ConfigError(rel, "the file must hold a mapping with a 'services' key", line=1))
             return
-        problems.extend(compose.validate_compose(doc, rel, root))
-        return
+        found = compose.validate_compose(doc, rel, root)
+        if found:
+            problems.extend(found)
+            return
+        # Valid for the round-trip loader although the fast one refused it (a
+        # construct only ruamel accepts): the round-trip data is the truth.
+    to_plain = (lambda data: data) if plain else compose.to_plain
     services = doc.get("services") or {}
     for name, svc_doc in services.items():
         node.services[name] = Service(
@@ -263,12 +281,12 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
             node=node.name,
             name=str(name),
             image=str(svc_doc["image"]),
-            config=compose.to_plain(svc_doc),
+            config=to_plain(svc_doc),
             location=Location(rel),
         )
-    node.volumes = compose.to_plain(doc.get("volumes") or {})
-    node.networks = compose.to_plain(doc.get("networks") or {})
-    node.secrets = compose.to_plain(doc.get("secrets") or {})
+    node.volumes = to_plain(doc.get("volumes") or {})
+    node.networks = to_plain(doc.get("networks") or {})
+    node.secrets = to_plain(doc.get("secrets") or {})
 
 
 def with_compose_text(root: str | Path, node: Node, text: str) -> Node:

@@ -116,3 +116,12 @@ def test_help_is_fast_to_import():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ""
+
+
+def test_file_only_the_round_trip_loader_accepts_still_loads_its_services(tmp_path):
+    """A reused anchor name is refused by the fast loader but valid YAML: the services must not vanish."""
+    compose = ("x-a: &x {a: 1}\nx-b: &x {b: 2}\nservices:\n  web:\n    image: a:1\n")
+    root, node = make_repo(tmp_path, "unix:///x.sock", compose, node="n1")
+    infra, problems = check(root)
+    assert problems == []
+    assert list(infra.node("test", "n1").services) == ["web"]
