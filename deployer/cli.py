@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 
 import click
 
-from deployer.errors import DeployerError, HealthCheckFailed, ValidationFailed
+from deployer.errors import DeployerError, HealthCheckFailed
 
 
 def _fail(exc: DeployerError) -> None:
@@ -195,6 +195,15 @@ parallel_option = click.option("--parallel", type=click.IntRange(min=1), default
                                help="Work on at most N nodes at once.")
 
 
+def swap_options(f: Callable) -> Callable:
+    """The options every command that swaps containers and commits takes (deploy, rollback)."""
+    for option in reversed([wait_option, author_option, message_option, dry_run_option, settle_option,
+                            timeout_option, no_consul_option, json_option,
+                            click.option("--quiet", "-q", is_flag=True, help="No progress lines.")]):
+        f = option(f)
+    return f
+
+
 @main.command()
 @click.argument("image")
 @click.argument("targets", nargs=-1, required=True)
@@ -202,15 +211,7 @@ parallel_option = click.option("--parallel", type=click.IntRange(min=1), default
 @click.option("--batch", type=click.IntRange(min=1), default=None, metavar="N",
               help="Deploy to N nodes at a time; stop at the first batch that fails.")
 @parallel_option
-@wait_option
-@author_option
-@message_option
-@dry_run_option
-@settle_option
-@timeout_option
-@no_consul_option
-@json_option
-@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@swap_options
 @click.pass_context
 def deploy(ctx, image, targets, service, batch, parallel, wait, author, message, dry_run, settle, health_timeout,
            no_consul, as_json, quiet):
@@ -236,15 +237,7 @@ def deploy(ctx, image, targets, service, batch, parallel, wait, author, message,
 @click.argument("target")
 @click.option("--steps", type=click.IntRange(min=1), default=1, show_default=True, help="Go N deploys back.")
 @click.option("--to", "to_rev", metavar="REV", help="Go back to the image the service had at commit REV.")
-@wait_option
-@author_option
-@message_option
-@dry_run_option
-@settle_option
-@timeout_option
-@no_consul_option
-@json_option
-@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@swap_options
 @click.pass_context
 def rollback(ctx, target, steps, to_rev, wait, author, message, dry_run, settle, health_timeout, no_consul, as_json,
              quiet):

@@ -81,8 +81,6 @@ from deployer.compose import LABEL_DC, LABEL_NODE, LABEL_SERVICE
 from deployer.errors import ConfigError, ConsulError, ConsulUnavailable, DeployerError, HealthCheckFailed
 
 if TYPE_CHECKING:  # pragma: no cover
-    import docker
-
     from deployer.apply import Hooks
     from deployer.model import Datacenter, Node
     from deployer.state import ContainerState

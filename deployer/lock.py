@@ -49,12 +49,12 @@ import os
 import shlex
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from deployer.errors import LockHeld, RepoError
+from deployer.files import atomic_write, fsync_dir
 
 LOCK_NAME = "deployer.lock"
 JOURNAL_NAME = "deployer.journal"
@@ -94,19 +94,6 @@ def describe_holder(info: dict[str, Any] | None) -> str:
     if info.get("since"):
         who += f" since {info['since']}"
     return who
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class DeployLock:
@@ -235,20 +222,7 @@ class DeployLock:
         """Replace the journal with ``data`` (JSON-serializable), atomically and durably."""
         self._require_held("write the journal")
         payload = (json.dumps(data, sort_keys=True, indent=1) + "\n").encode()
-        fd, tmp = tempfile.mkstemp(dir=self.git_dir, prefix=f".{JOURNAL_NAME}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(payload)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.journal_path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        _fsync_dir(self.git_dir)
+        atomic_write(self.journal_path, payload, mode=0o600)
 
     def journal_read(self) -> dict[str, Any] | None:
         """The journal left by the last ``journal_write``, or None when there is none."""
@@ -272,7 +246,7 @@ class DeployLock:
             os.unlink(self.journal_path)
         except FileNotFoundError:
             return
-        _fsync_dir(self.git_dir)
+        fsync_dir(self.git_dir)
 
     def _require_held(self, what: str) -> None:
         if self._fd is None:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from deployer import loader
-from deployer.errors import (ConfigError, HostError, HostKeyChanged, HostKeyNotTrusted, HostUnreachable,  # noqa: F401
+from deployer.errors import (ConfigError, HostKeyChanged, HostKeyNotTrusted, HostUnreachable,  # noqa: F401
                              NodeNotEmpty, TargetError, ValidationFailed)
 
 ACTION_NODE_ADD = "node-add"

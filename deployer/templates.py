@@ -94,6 +94,7 @@ from deployer.errors import (
     ReloadFailed,
     TemplateError,
 )
+from deployer.files import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -329,14 +330,6 @@ def reload(command: str | Sequence[str], *, timeout: float = 30.0) -> None:
         raise ReloadFailed(_show(command), _one_line(message))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def stage(dest: str | Path, content: str | bytes) -> Path | None:
     """Write ``content`` to a temp file next to ``dest`` (same mode and owner), fsynced.
 
@@ -374,7 +367,7 @@ def promote(candidate: str | Path, dest: str | Path) -> None:
     """Atomically replace ``dest`` with ``candidate`` (same directory), then fsync the directory."""
     dest = Path(dest)
     os.replace(candidate, dest)
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
 
 
 def swap(dest: str | Path, content: str | bytes) -> bool:

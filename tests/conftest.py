@@ -53,6 +53,9 @@ import pytest
 from tests.support.engines import TEST_HOME_ENV, Fleet, FleetError, live_ssh_nodes, preflight
 from tests.support.images import build_standard_images, copy_image
 
+# The consul_agent fixture lives with the code that starts Consul.
+pytest_plugins = ("tests.support.consul",)
+
 GIT_NAME = "Test Operator"
 GIT_EMAIL = "operator@example.com"
 

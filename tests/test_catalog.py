@@ -25,7 +25,7 @@ from deployer.catalog import (
 )
 from deployer.errors import ConsulError, ConsulUnavailable, DeployerError
 
-from tests.support.consul import Backend, ConsulAgent, consul_agent, free_port  # noqa: F401 - fixture
+from tests.support.consul import Backend, ConsulAgent, free_port
 
 
 def wait_until(predicate, timeout=10.0, interval=0.05):

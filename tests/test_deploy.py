@@ -81,7 +81,7 @@ def test_deploy_replaces_container_and_commits_only_that_file(repo, client):
     assert message.splitlines()[0] == f"deploy test/{node}/web: {WEB1} -> {WEB2}"
     assert "faster squares" in message
     trailers = git(root, "log", "-1", "--format=%(trailers:unfold,only)")
-    assert f"Deployer-Action: deploy" in trailers
+    assert "Deployer-Action: deploy" in trailers
     assert f"Deployer-Target: test/{node}/web" in trailers
     assert f"Deployer-Image: {WEB2}" in trailers
     assert f"Deployer-Previous-Image: {WEB1}" in trailers
@@ -151,14 +151,23 @@ def _events(client, node, since, until):
             if e.get("status") in ("start", "stop", "die", "kill")]
 
 
-def test_without_published_ports_new_starts_before_old_stops(repo, client):
-    root, node = repo
-    since = int(time.time()) - 1
+def _redeploy_events(root, node, client, first_deploy=True):
+    """(index of the first container start, index of the first stop) during a deploy of WEB2."""
+    if first_deploy:
+        assert cli(root, "deploy", WEB1, f"test/{node}").exit_code == 0
+    time.sleep(1.1)  # event times are whole seconds: keep earlier events out of the window
+    since = int(time.time())
     assert cli(root, "deploy", WEB2, f"test/{node}").exit_code == 0
     events = _events(client, node, since, int(time.time()) + 1)
     first_start = next(i for i, e in enumerate(events) if e[0] == "start")
     first_stop = next(i for i, e in enumerate(events) if e[0] in ("kill", "stop", "die"))
-    assert first_start < first_stop, events
+    return first_start, first_stop
+
+
+def test_without_published_ports_new_starts_before_old_stops(repo, client):
+    root, node = repo
+    first_start, first_stop = _redeploy_events(root, node, client, first_deploy=False)
+    assert first_start < first_stop
 
 
 def test_ephemeral_host_port_starts_new_beside_old(engine, client, tmp_path):
@@ -166,14 +175,8 @@ def test_ephemeral_host_port_starts_new_beside_old(engine, client, tmp_path):
     compose = web_compose(WEB1).replace('expose: ["80"]', 'ports: ["127.0.0.1::80"]')
     root, node = make_repo(tmp_path / "infra", engine.unix_url, compose)
     try:
-        assert cli(root, "deploy", WEB1, f"test/{node}").exit_code == 0
-        time.sleep(1.1)  # event times are whole seconds: keep the first deploy out of the window
-        since = int(time.time())
-        assert cli(root, "deploy", WEB2, f"test/{node}").exit_code == 0
-        events = _events(client, node, since, int(time.time()) + 1)
-        first_start = next(i for i, e in enumerate(events) if e[0] == "start")
-        first_stop = next(i for i, e in enumerate(events) if e[0] in ("kill", "stop", "die"))
-        assert first_start < first_stop, events
+        first_start, first_stop = _redeploy_events(root, node, client)
+        assert first_start < first_stop
     finally:
         remove_node_containers(client, node)
 
@@ -182,14 +185,8 @@ def test_with_published_ports_old_stops_before_new_starts(engine, client, tmp_pa
     compose = web_compose(WEB1).replace('expose: ["80"]', 'ports: ["127.0.0.1:18080:80"]')
     root, node = make_repo(tmp_path / "infra", engine.unix_url, compose)
     try:
-        assert cli(root, "deploy", WEB1, f"test/{node}").exit_code == 0
-        time.sleep(1.1)  # event times are whole seconds: keep the first deploy out of the window
-        since = int(time.time())
-        assert cli(root, "deploy", WEB2, f"test/{node}").exit_code == 0
-        events = _events(client, node, since, int(time.time()) + 1)
-        first_start = next(i for i, e in enumerate(events) if e[0] == "start")
-        first_stop = next(i for i, e in enumerate(events) if e[0] in ("kill", "stop", "die"))
-        assert first_stop < first_start, events
+        first_start, first_stop = _redeploy_events(root, node, client)
+        assert first_stop < first_start
         assert containers(client, node) == [(f"{node}-web", WEB2, "running")]
     finally:
         remove_node_containers(client, node)

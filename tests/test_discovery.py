@@ -37,7 +37,7 @@ from deployer.errors import ConsulError
 from deployer.model import Location, Node
 from deployer.templates import render
 
-from tests.support.consul import consul_agent, free_port  # noqa: F401 - fixture
+from tests.support.consul import free_port
 from tests.support.nginx import NginxServer
 from tests.support.repos import cli, git, make_repo, managed, remove_node_containers, run, unique_node
 

@@ -28,7 +28,7 @@ from deployer.templates import (
     upstream_name,
 )
 
-from tests.support.consul import Backend, ConsulAgent, consul_agent  # noqa: F401 - fixture
+from tests.support.consul import Backend, ConsulAgent
 from tests.support.nginx import NginxServer
 
 NGINX_TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "nginx.conf.j2"

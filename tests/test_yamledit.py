@@ -532,7 +532,7 @@ def test_add_service_matches_indentation(svc_indent, child_indent):
     s, c = " " * svc_indent, " " * child_indent
     text = f"services:\n{s}web:\n{s}{c}image: a\n{s}{c}ports:\n{s}{c}- 80\nnetworks:\n{s}default: {{}}\n"
     new = add_service(text, "cache", "redis")
-    assert new == replace_once(text, f"- 80\n", f"- 80\n{s}cache:\n{s}{c}image: redis\n")
+    assert new == replace_once(text, "- 80\n", f"- 80\n{s}cache:\n{s}{c}image: redis\n")
 
 
 def test_add_service_keeps_indented_comments_of_the_services_block():

@@ -24,7 +24,6 @@ from deployer.discovery import META_CONTAINER, META_NODE, agent_services, deregi
 from deployer.errors import HealthCheckFailed
 from deployer.templates import ConsulSettings, Runner, TemplateSpec, WatchConfig, upstream_name
 
-from tests.support.consul import consul_agent  # noqa: F401 - fixture
 from tests.support.nginx import NginxServer
 from tests.support.repos import git, make_repo, managed, remove_node_containers, unique_node
 
