@@ -1,11 +1,12 @@
 """Builders and the image builder, against a real Docker engine and a real registry.
 
-The module starts its own dockerd in its own network namespace
+The tests start a private dockerd in its own network namespace
 (tests/support/build_engine.py) and its own TLS registry on that namespace's
-bridge (tests/support/registry.py); both are removed at the end. The base and
-builder images are made once per module (base about 25 s, Go builder about
-20-30 s, Python builder about 15-20 s on this 2-core machine); the Go build
-cache volume starts empty, so the first test's build is really cold.
+bridge (tests/support/registry.py); both are removed at the end. They, and the
+base and builder images, are made once per session and shared with
+tests/test_release.py (tests/support/build_fixtures.py; base about 45 s, Go
+builder about 45 s, Python builder about 25 s on this 2-core machine); the Go
+build cache volume starts empty, so the first test's build is really cold.
 ``DEPLOYER_TEST_IMAGE_CACHE=DIR`` keeps ``docker save`` tarballs of those
 content-addressed images between runs (about 1 GB) and loads them instead.
 
@@ -44,17 +45,6 @@ GIT_ENV = {
     "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid",
     "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null",
 }
-
-NEEDED = ["dockerd", "mmdebstrap", "docker-registry", "openssl", "ip", "iptables", "nsenter", "git"]
-
-
-def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, dockerd)"
-    absent = [t for t in NEEDED if shutil.which(t) is None]
-    if absent:
-        return f"missing {', '.join(absent)}: run scripts/install-builders.sh"
-    return None
 
 
 def git(repo: Path, *args: str) -> str:
@@ -153,84 +143,15 @@ def test_registry_url_parsing():
 
 # --------------------------------------------------------------------------- fixtures: engine + registry
 
-
-@pytest.fixture(scope="module")
-def build_engine():
-    reason = _missing()
-    if reason:  # like the rest of the suite: fail with the reason, never skip
-        pytest.fail(f"build tests: {reason}", pytrace=False)
-    from tests.support.build_engine import BuildEngine
-    from tests.support.registry import RegistryServer
-
-    # A run killed with SIGKILL leaves its engine behind; the next one removes it.
-    RegistryServer.sweep_stale()
-    BuildEngine.sweep_stale()
-    engine = BuildEngine()
-    engine.start()
-    try:
-        yield engine
-    finally:
-        engine.stop()
-
-
-@pytest.fixture(scope="module")
-def registry_server(build_engine):
-    from tests.support.registry import RegistryServer
-
-    server = RegistryServer(build_engine.bridge_ip)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("deployer-cache")
-    old = os.environ.get("DEPLOYER_CACHE_DIR")
-    os.environ["DEPLOYER_CACHE_DIR"] = str(path)
-    try:
-        yield path
-    finally:
-        if old is None:
-            os.environ.pop("DEPLOYER_CACHE_DIR", None)
-        else:
-            os.environ["DEPLOYER_CACHE_DIR"] = old
-
-
-@pytest.fixture(scope="module")
-def client(build_engine, cache_dir):
-    c = build_engine.client()
-    yield c
-    c.close()
-
-
-IMAGE_CACHE = os.environ.get("DEPLOYER_TEST_IMAGE_CACHE")  # opt-in: docker-save'd builder images
+# build_engine, registry_server, cache_dir, client, go_builder and registry are
+# shared with tests/test_release.py: made once per session.
+pytest_plugins = ["tests.support.build_fixtures"]
 
 
 def _image(client, ref: str, make) -> str:
-    from tests.support.build_engine import load_or_make_image
+    from tests.support.build_fixtures import image
 
-    return load_or_make_image(client, ref, make, IMAGE_CACHE)
-
-
-@pytest.fixture(scope="module")
-def go_builder(client):
-    timings = {}
-    t = time.monotonic()
-    _image(client, B.base_image_ref(), B.ensure_base_image)
-    timings["base"] = time.monotonic() - t
-    t = time.monotonic()
-    ref = _image(client, B.builder_image_ref("go"), lambda c: B.ensure_builder_image(c, "go"))
-    timings["go builder"] = time.monotonic() - t
-    return ref, timings
-
-
-@pytest.fixture
-def registry(registry_server):
-    registry_server.resume()  # a test that paused it may have failed midway
-    return registry_server.address
+    return image(client, ref, make)
 
 
 # --------------------------------------------------------------------------- builds

@@ -1,0 +1,122 @@
+"""Fixtures shared by the build tests (tests/test_build.py, tests/test_release.py).
+
+A pytest plugin: a test module that says ``pytest_plugins = ["tests.support.build_fixtures"]``
+gets these fixtures, and every module that does shares one instance of the
+session-scoped ones, so the private dockerd, the TLS registry and the slow
+content-addressed images (base about 45 s, Go builder about 45 s on 2 cores)
+are made once per session, whichever of those modules runs first.
+
+``build_engine`` (session)
+    A dockerd in its own network namespace (tests/support/build_engine.py).
+``registry_server`` (session) / ``registry`` (function)
+    A TLS registry on that engine's bridge, trusted through
+    /etc/docker/certs.d; ``registry`` resumes it (a test may have paused it)
+    and returns its HOST:PORT.
+``cache_dir`` (session)
+    ``DEPLOYER_CACHE_DIR`` for the session (artifacts, locks, checkouts).
+``client`` (session)
+    A docker client of ``build_engine``.
+``go_builder`` (session)
+    ``(ref, timings)`` of the Go builder image (and the base under it).
+
+``DEPLOYER_TEST_IMAGE_CACHE=DIR`` keeps ``docker save`` tarballs of the base
+and builder images between runs and loads them instead of making them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+from deployer import build as B
+
+NEEDED = ["dockerd", "mmdebstrap", "docker-registry", "openssl", "ip", "iptables", "nsenter", "git"]
+IMAGE_CACHE = os.environ.get("DEPLOYER_TEST_IMAGE_CACHE")  # opt-in: docker-save'd builder images
+
+
+def missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, dockerd)"
+    absent = [t for t in NEEDED if shutil.which(t) is None]
+    if absent:
+        return f"missing {', '.join(absent)}: run scripts/install-builders.sh"
+    return None
+
+
+def image(client, ref: str, make) -> str:
+    from tests.support.build_engine import load_or_make_image
+
+    return load_or_make_image(client, ref, make, IMAGE_CACHE)
+
+
+@pytest.fixture(scope="session")
+def build_engine():
+    reason = missing()
+    if reason:  # like the rest of the suite: fail with the reason, never skip
+        pytest.fail(f"build tests: {reason}", pytrace=False)
+    from tests.support.build_engine import BuildEngine
+    from tests.support.registry import RegistryServer
+
+    # A run killed with SIGKILL leaves its engine behind; the next one removes it.
+    RegistryServer.sweep_stale()
+    BuildEngine.sweep_stale()
+    engine = BuildEngine()
+    engine.start()
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+@pytest.fixture(scope="session")
+def registry_server(build_engine):
+    from tests.support.registry import RegistryServer
+
+    server = RegistryServer(build_engine.bridge_ip)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("deployer-cache")
+    old = os.environ.get("DEPLOYER_CACHE_DIR")
+    os.environ["DEPLOYER_CACHE_DIR"] = str(path)
+    try:
+        yield path
+    finally:
+        if old is None:
+            os.environ.pop("DEPLOYER_CACHE_DIR", None)
+        else:
+            os.environ["DEPLOYER_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def client(build_engine, cache_dir):
+    c = build_engine.client()
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="session")
+def go_builder(client):
+    timings = {}
+    t = time.monotonic()
+    image(client, B.base_image_ref(), B.ensure_base_image)
+    timings["base"] = time.monotonic() - t
+    t = time.monotonic()
+    ref = image(client, B.builder_image_ref("go"), lambda c: B.ensure_builder_image(c, "go"))
+    timings["go builder"] = time.monotonic() - t
+    return ref, timings
+
+
+@pytest.fixture
+def registry(registry_server):
+    registry_server.resume()  # a test that paused it may have failed midway
+    return registry_server.address
