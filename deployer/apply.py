@@ -50,6 +50,22 @@ class Hooks:
     restored: Callable[[ContainerState], None] | None = None
 
 
+def lost_connection(exc: BaseException) -> bool:
+    """Whether ``exc`` says the engine could not be reached (as opposed to answering with an error)."""
+    import socket
+
+    import requests
+
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, socket.timeout,
+                        ConnectionError, TimeoutError)):
+        return True
+    try:
+        import paramiko
+    except ImportError:  # pragma: no cover - paramiko is a dependency
+        return False
+    return isinstance(exc, paramiko.SSHException)
+
+
 class Steps(list):
     """The steps of a change, reported to ``progress`` as they happen."""
 
@@ -236,6 +252,10 @@ class Applier:
             if self.hooks.healthy:  # e.g. registered and passing in Consul; a failure here restores too
                 self.hooks.healthy(spec, new)
         except BaseException as exc:
+            if lost_connection(exc):
+                # The engine went away: cleanup calls would only wait for it too. The
+                # leftover container is removed by the next plan/apply or deploy (a tidy).
+                raise
             logs = self._logs(new_id)
             self._remove(new_id)
             if old is not None:

@@ -202,33 +202,30 @@ class StaticCatalog:
 
     def __init__(self, instances: Iterable[Instance] = (), kv: dict[str, str] | None = None):
         self._lock = threading.Lock()
-        self._instances: list[Instance] = []
+        self._by_service: dict[str, list[Instance]] = {}  # a lookup per service keeps rendering linear
         self._kv: dict[str, str] = {}
         self.replace(instances, kv)
 
     def replace(self, instances: Iterable[Instance], kv: dict[str, str] | None = None) -> None:
-        valid = keep_valid(instances, "static catalog")
+        by_service: dict[str, list[Instance]] = {}
+        for inst in keep_valid(instances, "static catalog"):
+            by_service.setdefault(inst.service, []).append(inst)
         with self._lock:
-            self._instances = valid
+            self._by_service = by_service
             if kv is not None:
                 self._kv = dict(kv)
 
     def services(self) -> dict[str, tuple[str, ...]]:
         with self._lock:
-            tags: dict[str, set[str]] = {}
-            for inst in self._instances:
-                tags.setdefault(inst.service, set()).update(inst.tags)
-        return {name: tuple(sorted(tags[name])) for name in sorted(tags)}
+            by_service = self._by_service
+        return {name: tuple(sorted({t for inst in by_service[name] for t in inst.tags}))
+                for name in sorted(by_service)}
 
     def instances(self, service: str, tag: str | None = None, passing_only: bool = True) -> list[Instance]:
         with self._lock:
-            return [
-                i
-                for i in self._instances
-                if i.service == service
-                and (tag is None or tag in i.tags)
-                and (not passing_only or i.status == "passing")
-            ]
+            candidates = self._by_service.get(service, [])
+        return [i for i in candidates
+                if (tag is None or tag in i.tags) and (not passing_only or i.status == "passing")]
 
     def kv(self, key: str, default: Any = None) -> Any:
         with self._lock:

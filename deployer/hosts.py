@@ -138,6 +138,23 @@ def _ssh_adapter_class():
             self._hops: list = []  # ProxyJump clients, closed with the adapter
             super().__init__(base_url, timeout=timeout, shell_out=False)
 
+        def _connect(self):
+            super()._connect()
+            transport = self.ssh_client.get_transport() if self.ssh_client else None
+            if transport is None:
+                return
+            transport.set_keepalive(5)
+            # docker-py opens a channel per connection without a timeout, and
+            # paramiko then waits up to an hour for a host that went away.
+            open_session = transport.open_session
+            limit = self._connect_timeout
+
+            def open_session_with_timeout(*args, **kwargs):
+                kwargs["timeout"] = kwargs.get("timeout") or limit
+                return open_session(*args, **kwargs)
+
+            transport.open_session = open_session_with_timeout
+
         def close(self):
             try:
                 super().close()

@@ -377,3 +377,39 @@ def test_python_builder(client, go_builder, tmp_path, capsys):
         B.build(client, src, artifacts_dir=tmp_path / "wheels")
     assert "\n" not in str(e.value) and e.value.output
     assert [p.name for p in (tmp_path / "wheels").iterdir()] == ["hello-0.1.0-py3-none-any.whl"]
+
+
+def test_build_killed_half_way_leaves_nothing_tagged_or_pushed(client, go_builder, registry, build_engine, tmp_path):
+    """SIGKILL the image builder while its builder container compiles: no tag, nothing pushed, next run works."""
+    import signal
+    import sys
+
+    src = make_repo(tmp_path, "worker", name="killed")
+    sha = git(src, "rev-parse", "HEAD")
+    ref = f"{registry}/killed:{sha[:12]}"
+    env = {**os.environ, "DEPLOYER_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "deployer", "image", str(src), "--registry", registry,
+                             "--docker", build_engine.url, "-q"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+                c.image.tags and c.image.tags[0].startswith("deployer-builder-go")
+                for c in client.containers.list()):
+            time.sleep(0.05)
+        assert proc.poll() is None, "the build finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # the orphaned builder container may still finish its compile; nothing may have been tagged or pushed
+    time.sleep(1)
+    assert [t for i in client.images.list() for t in i.tags if t.startswith(f"{registry}/killed")] == []
+    assert R.tags(registry, "killed") == []
+    for c in client.containers.list(all=True):  # let the orphan go before building again
+        if c.image.tags and c.image.tags[0].startswith("deployer-builder-go"):
+            c.remove(force=True)
+    result = B.build_image(client, src, registry)
+    assert result.built and result.pushed and result.ref == ref
+    assert R.has_tag(registry, "killed", sha[:12])

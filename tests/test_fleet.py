@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from contextlib import closing
 from pathlib import Path
@@ -191,3 +193,34 @@ def test_prune_removes_only_managed_containers_no_longer_listed(fleet_repo, node
     assert cli(root, "apply", "--prune", "east/fa").exit_code == 0
     with closing(nodes["east/fa"].client()) as client:
         assert client.containers.list(all=True, filters={"label": "deployer.node=fa"}) == []
+
+
+def test_node_going_away_mid_apply_fails_that_node_only(fleet_repo, nodes):
+    """The SSH node's link goes down while apply waits for its new container to become healthy."""
+    from tests.support.images import build_image
+
+    root = fleet_repo
+    ssh_node = nodes["east/fb"]
+    with closing(ssh_node.client()) as client:  # the unix socket still works with the link down
+        build_image(client, "deployer-test/web:slow", "FROM deployer-test/busybox:base\nCOPY www /www\n"
+                    'CMD ["/bin/sh", "-c", "trap \'exit 0\' TERM; sleep 6; cp /www/body.html /www/index.html; '
+                    'httpd -f -p 80 -h /www & wait"]\n', {"www/": b"", "www/body.html": "slow"})
+        compose_file = Path(root) / "datacenters/east/fb/docker-compose.yml"
+        compose_file.write_text(compose("deployer-test/web:slow").replace("retries: 2",
+                                                                          "retries: 2\n      start_period: 30s"))
+        git(root, "commit", "-qam", "fb runs the slow image")
+        proc = subprocess.Popen([sys.executable, "-m", "deployer", "--repo", str(root), "apply", "--json", "-q"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not client.containers.list(filters={"label": "deployer.node=fb"}):
+            time.sleep(0.05)
+        ssh_node.link_down()
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    results = {r["node"]: r for r in json.loads(out)}
+    assert results["east/fa"]["ok"] and results["west/fc"]["ok"]
+    assert not results["east/fb"]["ok"]
+    failure = results["east/fb"]["error"] or results["east/fb"]["changes"][0]["detail"]
+    assert "east/fb" in failure
+    ssh_node.link_up()
+    assert cli(root, "apply").exit_code == 0  # back: the next apply converges
