@@ -326,27 +326,6 @@ def bench_latency(flips: int, wait_min: float, wait_max: float) -> None:
 # --- 2. rendering at scale ----------------------------------------------------------------------
 
 
-class IndexedCatalog:
-    """The same instances, read through a dict keyed by service name (bench helper only):
-    what rendering costs when a catalog read does not scan every instance."""
-
-    def __init__(self, static: StaticCatalog, instances: list[Instance]):
-        self.static = static
-        self.by_service: dict[str, list[Instance]] = {}
-        for inst in instances:
-            self.by_service.setdefault(inst.service, []).append(inst)
-
-    def services(self):
-        return self.static.services()
-
-    def instances(self, service, tag=None, passing_only=True):
-        return [i for i in self.by_service.get(service, ())
-                if (tag is None or tag in i.tags) and (not passing_only or i.status == "passing")]
-
-    def kv(self, key, default=None):
-        return self.static.kv(key, default)
-
-
 def make_instances(services: int, per_service: int = 10) -> list[Instance]:
     # 127.0.0.0/8 addresses only: nothing ever connects to them, not even nginx -t.
     return [
@@ -373,7 +352,6 @@ def bench_render(sizes: list[int]) -> None:
     variables = {"listen_address": "127.0.0.1", "listen_port": free_tcp_port(), "listen_port_key": "bench/nginx/port"}
     render(TEMPLATE, StaticCatalog(make_instances(2)), variables)  # imports, first compile
     static_t: dict[int, float] = {}
-    indexed_t: dict[int, float] = {}
     output_1000 = None
     for size in sizes:
         instances = make_instances(size)
@@ -381,20 +359,15 @@ def bench_render(sizes: list[int]) -> None:
         static = StaticCatalog(instances)
         built = time.perf_counter() - start
         static_t[size], text, runs = timed_render(static, variables)
-        indexed_t[size], text2, _ = timed_render(IndexedCatalog(static, static._instances), variables)
-        if text != text2:
-            raise SystemExit("the indexed helper renders something else")
         upstreams = text.count("\n    upstream ")
         if upstreams != size:
             raise SystemExit(f"{size} services rendered {upstreams} upstreams")
         if size == 1000:
             output_1000 = text
         print(f"{size:>6} services x 10: {static_t[size]:7.3f} s  ({static_t[size] / size * 1000:.3f} ms/service,"
-              f" {len(text) / 1e6:.1f} MB, runs {runs});  catalog built in {built:.3f} s;"
-              f"  indexed helper: {indexed_t[size]:.3f} s")
+              f" {len(text) / 1e6:.1f} MB, runs {runs});  catalog built in {built:.3f} s")
     for a, b in zip(sizes, sizes[1:]):
-        print(f"growth {a} -> {b} services: StaticCatalog x{static_t[b] / static_t[a]:.1f},"
-              f" indexed helper x{indexed_t[b] / indexed_t[a]:.1f} (linear would be x{b / a:g})")
+        print(f"growth {a} -> {b} services: x{static_t[b] / static_t[a]:.1f} (linear would be x{b / a:g})")
     if 1000 in static_t:
         print(f"1,000 services x 10 instances: {static_t[1000]:.3f} s")
 

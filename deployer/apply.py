@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 NEXT_SUFFIX = "-next"
 DEFAULT_SETTLE = 2.0  # seconds a container without healthcheck must run without restarting
-POLL = 0.05
+POLL = 0.02  # seconds between health polls: detection latency, a few cheap inspects
 LOG_LINES = 20
 
 

@@ -153,14 +153,23 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _git_error_text(exc: BaseException) -> str:
-    """The useful part of a GitCommandError: git's stderr (or stdout), one line."""
-    stderr = getattr(exc, "stderr", "") or ""
-    stdout = getattr(exc, "stdout", "") or ""
-    text = str(stderr).strip() or str(stdout).strip() or str(exc)
-    text = re.sub(r"^\s*stderr: '", "", text)
-    text = re.sub(r"^\s*stdout: '", "", text)
-    return _one_line(text.rstrip("'"))
+def _git_plain(args: list[str], cwd: Path | None = None, env: Mapping[str, str] | None = None,
+               timeout: float | None = None) -> tuple[int, str, str]:
+    """``git <args>``: (exit status, stdout, stderr). 124 when killed after ``timeout``.
+
+    Plain subprocesses, like GitPython's ``execute`` (C locale, the caller's
+    environment plus ``env``), without importing GitPython on the deploy path.
+    """
+    import subprocess
+
+    full_env = {**os.environ, "LC_ALL": "C", "LANGUAGE": "C", **(env or {})}
+    try:
+        done = subprocess.run(["git", *args], cwd=cwd, env=full_env, capture_output=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return 124, "", f"git {args[0] if args else ''} timed out after {timeout} s"
+    decode = lambda b: b.decode("utf-8", "surrogateescape")  # noqa: E731
+    return done.returncode, decode(done.stdout), decode(done.stderr)
 
 
 def _normalize_trailers(
@@ -261,9 +270,10 @@ class InfraRepo:
     ``git cat-file`` helper processes early.
     """
 
-    def __init__(self, repo: "git.Repo", root: Path):
-        self._repo = repo
+    def __init__(self, root: Path, common_dir: Path):
         self.root = root
+        self._common_dir = common_dir
+        self._gitpython: "git.Repo | None" = None  # opened on first use: only history reads need it
         self._parsed: dict[str, Any] = {}  # blob sha -> parsed YAML (None: did not parse)
         self._yaml: Any = None
 
@@ -271,35 +281,38 @@ class InfraRepo:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> "InfraRepo":
-        import git
-
         p = Path(path).expanduser()
         if not p.exists():
             raise RepoError(f"{path} is not a git repository (it does not exist)")
         p = p.resolve()
-        try:
-            repo = git.Repo(p)
-        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-            try:
-                outer = git.Repo(p, search_parent_directories=True)
-            except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-                raise RepoError(f"{path} is not a git repository") from None
-            top = outer.working_tree_dir
-            outer.close()
-            raise RepoError(
-                f"{path} is not the root of a git repository (it is inside {top})"
-            ) from None
-        if repo.bare or repo.working_tree_dir is None:
-            repo.close()
+        status, out, _ = _git_plain(["-C", str(p), "rev-parse", "--is-bare-repository", "--absolute-git-dir"])
+        if status != 0:
+            raise RepoError(f"{path} is not a git repository")
+        bare, git_dir = (out.splitlines() + ["", ""])[:2]
+        if bare.strip() == "true":
             raise RepoError(f"{path} is a bare git repository; the deployer needs a working tree")
-        root = Path(repo.working_tree_dir).resolve()
+        status, out, _ = _git_plain(["-C", str(p), "rev-parse", "--show-toplevel", "--git-common-dir"])
+        top, common = (out.splitlines() + ["", ""])[:2]
+        if status != 0 or not top:
+            raise RepoError(f"{path} is not a git repository")
+        root = Path(top).resolve()
         if root != p:
-            repo.close()
             raise RepoError(f"{path} is not the root of a git repository (it is inside {root})")
-        return cls(repo, root)
+        common_dir = Path(common) if Path(common).is_absolute() else p / common
+        return cls(root, common_dir.resolve())
+
+    @property
+    def _repo(self) -> "git.Repo":
+        """GitPython, for its persistent ``git cat-file`` readers (history walks)."""
+        if self._gitpython is None:
+            import git
+
+            self._gitpython = git.Repo(self.root)
+        return self._gitpython
 
     def close(self) -> None:
-        self._repo.close()
+        if self._gitpython is not None:
+            self._gitpython.close()
 
     def __enter__(self) -> "InfraRepo":
         return self
@@ -310,7 +323,7 @@ class InfraRepo:
     @property
     def git_dir(self) -> Path:
         """The repository's common .git directory (shared by all worktrees): where the lock lives."""
-        return Path(self._repo.common_dir).resolve()
+        return self._common_dir
 
     # -- plumbing ------------------------------------------------------------
 
@@ -321,17 +334,15 @@ class InfraRepo:
         read_only: bool = False,
         strip: bool = True,
     ) -> str:
-        """Run ``git <args>`` in the root; GitCommandError -> RepoError."""
-        import git
-
-        cmd = [self._repo.git.GIT_PYTHON_GIT_EXECUTABLE, "--literal-pathspecs"]
+        """Run ``git <args>`` in the root; a failure -> RepoError with git's message in one line."""
+        cmd = ["--literal-pathspecs"]
         if read_only:
             cmd.append("--no-optional-locks")
         cmd.extend(args)
-        try:
-            return self._repo.git.execute(cmd, env=dict(env) if env else None, strip_newline_in_stdout=strip)
-        except git.GitCommandError as exc:
-            raise RepoError(f"git {args[0]} failed in {self.root}: {_git_error_text(exc)}") from None
+        status, out, err = _git_plain(cmd, cwd=self.root, env=env)
+        if status != 0:
+            raise RepoError(f"git {args[0]} failed in {self.root}: {_one_line(err.strip() or out.strip() or f'exit status {status}')}")
+        return out[:-1] if strip and out.endswith("\n") else out
 
     def _rel(self, relpath: str | os.PathLike[str]) -> str:
         """A repo-relative POSIX path, refusing anything outside the root."""
@@ -360,15 +371,11 @@ class InfraRepo:
 
     def rev_parse(self, rev: str) -> str | None:
         """The full sha of the commit ``rev`` names, or None when it names none."""
-        import git
-
         if not rev or rev.startswith("-"):
             return None
-        try:
-            out = self._repo.git.execute(
-                [self._repo.git.GIT_PYTHON_GIT_EXECUTABLE, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}"]
-            )
-        except git.GitCommandError:
+        status, out, _ = _git_plain(["rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}"],
+                                    cwd=self.root)
+        if status != 0:
             return None
         out = out.strip()
         return out if re.fullmatch(r"[0-9a-f]{40,64}", out) else None
@@ -742,20 +749,7 @@ class InfraRepo:
         self, *args: str, env: Mapping[str, str] | None = None, timeout: float | None = None
     ) -> tuple[int, str, str]:
         """Run ``git <args>`` in the root; (exit status, stdout, stderr), never raising for a failure."""
-        import git
-
-        cmd = [self._repo.git.GIT_PYTHON_GIT_EXECUTABLE, *args]
-        try:
-            status, out, err = self._repo.git.execute(
-                cmd,
-                env=dict(env) if env else None,
-                with_extended_output=True,
-                with_exceptions=False,
-                kill_after_timeout=timeout,
-            )
-        except git.GitCommandError as exc:  # killed after the timeout
-            return 124, "", _git_error_text(exc)
-        return int(status or 0), str(out or ""), str(err or "")
+        return _git_plain(list(args), cwd=self.root, env=env, timeout=timeout)
 
     def current_branch(self) -> str | None:
         """The checked-out branch's short name; None when HEAD is detached."""
