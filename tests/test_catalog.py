@@ -26,16 +26,7 @@ from deployer.catalog import (
 from deployer.errors import ConsulError, ConsulUnavailable, DeployerError
 
 from tests.support.consul import Backend, ConsulAgent, free_port
-
-
-def wait_until(predicate, timeout=10.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
+from tests.support.waiting import wait_until
 
 
 # --- validation -------------------------------------------------------------------

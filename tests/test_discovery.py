@@ -40,20 +40,17 @@ from deployer.templates import render
 from tests.support.consul import free_port
 from tests.support.nginx import NginxServer
 from tests.support.repos import cli, git, make_repo, managed, remove_node_containers, run, unique_node
+from tests.support import waiting
+
+
+def wait_until(predicate, timeout=15.0, interval=0.05, what="condition"):
+    """Engine, Consul and nginx together: a longer default than the unit tests'."""
+    return waiting.wait_until(predicate, timeout, interval, what)
+
 
 NGINX_TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "nginx.conf.j2"
 WEB1, WEB2, SICK = "deployer-test/web:1", "deployer-test/web:2", "deployer-test/web:sick"
 EVIL = "evil; } server { listen 81; }"
-
-
-def wait_until(predicate, timeout=15.0, interval=0.05, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"{what} not met within {timeout}s")
 
 
 # --- registrations from an inspected container (no engine needed) ------------------------------

@@ -30,18 +30,9 @@ from deployer.templates import (
 
 from tests.support.consul import Backend, ConsulAgent
 from tests.support.nginx import NginxServer
+from tests.support.waiting import wait_until
 
 NGINX_TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "nginx.conf.j2"
-
-
-def wait_until(predicate, timeout=10.0, interval=0.05, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"{what} not met within {timeout}s")
 
 
 # --- render -----------------------------------------------------------------------------
