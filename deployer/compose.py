@@ -319,7 +319,7 @@ def parse_duration(value: Any) -> int:
     text = value.strip()
     if text == "0":
         return 0
-    total = Fraction(0)
+    total: int | Fraction = 0
     pos = 0
     if not text:
         raise _Bad("invalid duration '': write a number with a unit, like '30s' or '1m30s'")
@@ -766,6 +766,14 @@ class _At:
             yield key, _At(val, self._child_field(key), line)
 
     def get(self, key: str) -> _At | None:
+        if isinstance(self.value, dict):  # a direct lookup: validation asks for many keys of every service
+            if key not in self.value:
+                return None
+            try:
+                line = self.value.lc.key(key)[0] + 1
+            except Exception:  # plain dicts, and keys merged in with `<<: *anchor`
+                line = self.line
+            return _At(self.value[key], self._child_field(key), line)
         for k, child in self.entries():
             if k == key:
                 return child

@@ -71,11 +71,11 @@ def build_sample(client: "docker.DockerClient", name: str, version: str) -> str:
 def build_all(client: "docker.DockerClient", progress: Callable[[str], None] | None = None) -> list[str]:
     """Build the base and every sample image; returns the tags."""
     progress = progress or (lambda msg: None)
+    progress("building the sample images on the local engine")
     build_base(client)
     tags = []
     for name, versions in SAMPLES.items():
         for version in versions:
             build_sample(client, name, version)
             tags.append(f"{name}:{version}")
-    progress(f"built sample images: {', '.join(tags)}")
     return tags
