@@ -72,7 +72,7 @@ def describe(exc: BaseException) -> str:
         if marker in text:
             if marker == "CERTIFICATE_VERIFY_FAILED":
                 return "TLS certificate verification failed (CERTIFICATE_VERIFY_FAILED): check the node's tls.ca"
-            return marker.lower() if marker != "CERTIFICATE_VERIFY_FAILED" else marker
+            return marker.lower()
     return " ".join(text.split()) or type(exc).__name__
 
 
