@@ -16,8 +16,11 @@ returns a ``docker.DockerClient`` that has answered a ping.
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
+import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -83,8 +86,41 @@ def _ping(client: "docker.DockerClient", node: "Node", url: str) -> None:
         raise HostUnreachable(node.target, url, describe(exc)) from None
 
 
+_IMPORT_LOCK = threading.Lock()
+
+
+def import_docker(ssh: bool = False):
+    """The docker module; with ``ssh`` its paramiko-based SSH adapter is loaded too.
+
+    docker-py imports paramiko (about 0.1 s) at import time for ssh:// support.
+    Commands that only reach unix:// and tcp:// engines skip that: docker-py
+    leaves its SSH adapter out when paramiko cannot be imported, and the first
+    ssh:// node loads and installs it.
+    """
+    with _IMPORT_LOCK:
+        if "docker" not in sys.modules and not ssh and "paramiko" not in sys.modules:
+            sys.modules["paramiko"] = None  # type: ignore[assignment]  # "cannot import" for docker.transport
+            try:
+                importlib.import_module("docker")
+            finally:
+                if sys.modules.get("paramiko", 0) is None:
+                    del sys.modules["paramiko"]
+        import docker
+
+        if ssh:
+            import docker.api.client as api_client
+            import docker.transport as transport
+
+            if not hasattr(api_client, "SSHHTTPAdapter"):
+                from docker.transport.sshconn import SSHHTTPAdapter
+
+                api_client.SSHHTTPAdapter = SSHHTTPAdapter
+                transport.SSHHTTPAdapter = SSHHTTPAdapter
+        return docker
+
+
 def _unix(url: str, timeout: float) -> "docker.DockerClient":
-    import docker
+    docker = import_docker()
 
     path = url[len("unix://"):]
     if not os.path.exists(path):
@@ -93,7 +129,7 @@ def _unix(url: str, timeout: float) -> "docker.DockerClient":
 
 
 def _tls(node: "Node", url: str, timeout: float) -> "docker.DockerClient":
-    import docker
+    docker = import_docker()
     from docker.tls import TLSConfig
 
     tls = None
@@ -109,7 +145,7 @@ def _tls(node: "Node", url: str, timeout: float) -> "docker.DockerClient":
 
 
 def _ssh(node: "Node", root: Path, url: str, timeout: float) -> "docker.DockerClient":
-    import docker
+    docker = import_docker(ssh=True)
 
     # use_ssh_client=True makes docker-py skip its own paramiko connection (which
     # would only know ~/.ssh/known_hosts); we mount our adapter in its place.

@@ -125,3 +125,14 @@ def test_file_only_the_round_trip_loader_accepts_still_loads_its_services(tmp_pa
     infra, problems = check(root)
     assert problems == []
     assert list(infra.node("test", "n1").services) == ["web"]
+
+
+def test_docker_loads_without_paramiko_until_an_ssh_node_needs_it():
+    """unix:// and tcp:// nodes do not pay for docker-py's SSH support; the first ssh:// node installs it."""
+    code = ("import sys; from deployer.hosts import import_docker; d = import_docker(); "
+            "before = 'paramiko' in sys.modules, hasattr(d.api.client, 'SSHHTTPAdapter'); "
+            "d = import_docker(ssh=True); "
+            "print(*before, 'paramiko' in sys.modules, d.api.client.SSHHTTPAdapter is d.transport.SSHHTTPAdapter)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False", "True", "True"]
