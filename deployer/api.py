@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from deployer import loader
-from deployer.errors import DeployerError, RepoError, ServiceMatchError, TargetError
+from deployer.errors import PartialDeploy, RepoError, ServiceMatchError, TargetError
 from deployer.model import Infrastructure, Node, Service, Target
 from deployer.plan import NONE, Change
 
@@ -117,14 +117,6 @@ class StatusRow:
 
     def to_json(self) -> dict[str, Any]:
         return self.__dict__.copy()
-
-
-class PartialDeploy(DeployerError):
-    """Some targets of a multi-node deploy failed; ``result`` says what happened to each."""
-
-    def __init__(self, result: "DeployResult", message: str):
-        self.result = result
-        super().__init__(message)
 
 
 @dataclass

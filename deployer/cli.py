@@ -220,7 +220,8 @@ def deploy(ctx, image, targets, service, batch, parallel, wait, author, message,
     A target is dc/node, dc/node/service, or a whole dc (every node there
     that runs the image's repository). Several targets make one commit.
     """
-    from deployer.api import Deployer, PartialDeploy
+    from deployer.api import Deployer
+    from deployer.errors import PartialDeploy
 
     api = Deployer(_repo_root(ctx), progress=_progress(quiet or as_json), consul=not no_consul)
     try:

@@ -295,7 +295,7 @@ def register(group: click.Group) -> None:
         would); a failed build or push deploys nothing. Nodes pull the image
         from the registry.
         """
-        from deployer.api import PartialDeploy
+        from deployer.errors import PartialDeploy
         from deployer.release import build_client, release as do_release
 
         client = build_client(docker_url)

@@ -92,6 +92,14 @@ class RollbackError(DeployerError):
     exit_code = 2
 
 
+class PartialDeploy(DeployerError):
+    """Some targets of a multi-node deploy failed; ``result`` (an api.DeployResult) says what happened to each."""
+
+    def __init__(self, result: object, message: str):
+        self.result = result
+        super().__init__(message)
+
+
 class HostError(DeployerError):
     """A Docker engine could not be reached or answered with an error."""
 

@@ -588,7 +588,8 @@ class BuildWatcher:
         return outcome
 
     def _deploy(self, sha: str, record: dict[str, Any], data: dict[str, Any], outcome: CommitOutcome) -> None:
-        from deployer.api import Deployer, PartialDeploy
+        from deployer.api import Deployer
+        from deployer.errors import PartialDeploy
 
         record["deploy"] = {"status": "pending", "targets": self.targets, "started": _now()}
         self.state.save(data)  # a watcher killed while deploying deploys again (idempotently) next time
