@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from deployer import build as B  # noqa: E402
+from deployer.build import builders as B  # noqa: E402
 from tests.support.build_engine import BuildEngine  # noqa: E402
 from tests.support.registry import RegistryServer  # noqa: E402
 

@@ -19,9 +19,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from deployer import compose, loader  # noqa: E402
-from deployer.plan import plan_node  # noqa: E402
-from deployer.state import NodeState  # noqa: E402
+from deployer.config import compose
+from deployer.config import loader  # noqa: E402
+from deployer.engine.plan import plan_node  # noqa: E402
+from deployer.engine.state import NodeState  # noqa: E402
 
 SERVICE = """\
   svc{i}:

@@ -31,7 +31,7 @@ import time
 
 import pytest
 
-from deployer import build as B
+from deployer.build import builders as B
 
 NEEDED = ["dockerd", "mmdebstrap", "docker-registry", "openssl", "ip", "iptables", "nsenter", "git"]
 IMAGE_CACHE = os.environ.get("DEPLOYER_TEST_IMAGE_CACHE")  # opt-in: docker-save'd builder images

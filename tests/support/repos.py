@@ -58,7 +58,7 @@ def web_compose(image: str, extra: str = "") -> str:
 
 def cli(root: Path, *args: str):
     """Run the CLI in-process through click's CliRunner."""
-    from deployer.cli import main
+    from deployer.cli.main import main
 
     runner = CliRunner()
     return runner.invoke(main, ["--repo", str(root), *args], catch_exceptions=False)

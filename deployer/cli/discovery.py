@@ -1,0 +1,277 @@
+"""CLI commands for discovery: registered on the main group by cli.py.
+
+    deployer registrator TARGET... [--resync 30s] [--once]
+    deployer services [DC] [--json]
+    deployer render TEMPLATE --out FILE [--dc DC | --consul ADDR] [--var K=V ...]
+    deployer templates watch CONFIG [--dc DC] [--once]
+
+Only click is imported at module level: ``deployer --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: Any) -> float | None:
+    if value is None:
+        return None
+    from deployer.discovery.catalog import parse_duration
+
+    try:
+        return parse_duration(value, param.name or "duration")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _stop_on_signals():
+    """An Event set by SIGINT or SIGTERM (the long-running commands stop cleanly on either)."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+
+    def handler(signum, frame):  # noqa: ARG001 - signal handler signature
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def _logging(quiet: bool, verbose: bool) -> None:
+    import logging
+
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    for noisy in ("urllib3", "docker", "paramiko"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def _pick_dc(infra, dc: str | None):
+    from deployer.errors import TargetError
+
+    if dc is not None:
+        if dc not in infra.datacenters:
+            raise TargetError(f"unknown datacenter {dc!r} (known: {', '.join(sorted(infra.datacenters)) or 'none'})")
+        return infra.datacenters[dc]
+    if len(infra.datacenters) == 1:
+        return next(iter(infra.datacenters.values()))
+    raise TargetError(f"name a datacenter with --dc (known: {', '.join(sorted(infra.datacenters)) or 'none'})")
+
+
+def _parse_vars(items: tuple[str, ...]) -> dict[str, Any]:
+    import json
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r}: write NAME=VALUE", param_hint="--var")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors.")
+verbose_option = click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
+
+
+@click.command()
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--resync", default="30s", show_default=True, callback=_duration, metavar="DURATION",
+              help="Compare every node with Consul this often (events handle the rest).")
+@click.option("--once", is_flag=True, help="One resync of every node, then exit (for tests and cron).")
+@click.option("--json", "as_json", is_flag=True, help="With --once: print what was done as JSON.")
+@quiet_option
+@verbose_option
+@click.pass_context
+def registrator(ctx, targets, resync, once, as_json, quiet, verbose):
+    """Keep Consul's registrations equal to the containers running on TARGETS (dc/node or dc).
+
+    Follows each node's Docker events and resyncs periodically: a managed
+    container started by hand is registered, one that stopped is deregistered.
+    Only registrations the deployer made (their meta says so) are ever removed.
+    Runs until SIGINT/SIGTERM.
+    """
+    from deployer.cli.main import _json, _repo_root
+    from deployer.discovery.registration import Registrator
+    from deployer.config.loader import load
+
+    _logging(quiet or (once and as_json), verbose)
+    root = _repo_root(ctx)
+    infra = load(root)
+    nodes = []
+    for text in targets:
+        for node in infra.select_nodes(infra.resolve(text)):
+            pair = (infra.datacenters[node.dc], node)
+            if all(n.target != node.target for _, n in nodes):
+                nodes.append(pair)
+    if not nodes:
+        raise click.UsageError("no node selected")
+    reg = Registrator(root, nodes, resync=resync)
+    if once:
+        try:
+            reports = reg.sync_all()
+        finally:
+            reg.close()
+        if as_json:
+            _json([r.to_json() for r in reports])
+        else:
+            for r in reports:
+                for sid in r.registered:
+                    click.echo(f"{r.node}: registered {sid}")
+                for sid in r.deregistered:
+                    click.echo(f"{r.node}: deregistered {sid}")
+                for why in r.refused:
+                    click.echo(f"{r.node}: refused {why}")
+                if r.error:
+                    click.echo(f"{r.node}: ERROR {r.error}")
+                else:
+                    click.echo(f"{r.node}: in sync ({len(r.registered)} registered, {len(r.deregistered)} "
+                               f"deregistered, {r.kept} unchanged)")
+        if any(r.error for r in reports):
+            sys.exit(1)
+        return
+    stop = _stop_on_signals()
+    click.echo(f"registrator: following {', '.join(n.target for _, n in nodes)} (resync every {resync:g}s)", err=True)
+    reg.run(stop)
+    click.echo("registrator: stopped", err=True)
+
+
+@click.command()
+@click.argument("dc", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def services(ctx, dc, as_json):
+    """What Consul knows (instances and health) beside what the repository says should run.
+
+    States: passing, warning, critical (registered, by health), missing (written
+    with a published port but not registered), extra (registered by the deployer
+    but not in the repository), external (not registered by the deployer).
+    Exit 1 when anything is missing, critical or extra. A datacenter without
+    consul is read from its Docker engines.
+    """
+    from deployer.cli.main import _json, _repo_root, _table
+    from deployer.discovery.registration import PROBLEM_STATES, ServiceRow, service_report
+    from deployer.errors import DeployerError, TargetError
+    from deployer.config.loader import load
+
+    root = _repo_root(ctx)
+    infra = load(root)
+    if dc is not None and dc not in infra.datacenters:
+        raise TargetError(f"unknown datacenter {dc!r} (known: {', '.join(sorted(infra.datacenters)) or 'none'})")
+    rows = []
+    for name in [dc] if dc else sorted(infra.datacenters):
+        datacenter = infra.datacenters[name]
+        if not datacenter.nodes:
+            continue
+        try:
+            rows.extend(service_report(datacenter, root))
+        except DeployerError as exc:
+            if dc:
+                raise
+            rows.append(ServiceRow(name, "-", None, None, None, "error", exc.one_line()))
+    if as_json:
+        _json([r.to_json() for r in rows])
+    else:
+        _table(((r.dc, r.service, r.node or "-", r.instance or "-", r.endpoint or "-", r.state, r.detail)
+                for r in rows), ["dc", "service", "node", "instance", "endpoint", "state", "detail"])
+    if any(r.state in PROBLEM_STATES for r in rows):
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("template", type=click.Path(dir_okay=False))
+@click.option("--out", "-o", "out", required=True, type=click.Path(dir_okay=False), help="The file to write.")
+@click.option("--dc", help="Read this datacenter's Consul (or, without consul, its Docker engines).")
+@click.option("--consul", "consul_address", metavar="HOST:PORT", help="Read this Consul instead of a datacenter's.")
+@click.option("--var", "variables", multiple=True, metavar="NAME=VALUE", help="A template variable (vars.NAME).")
+@click.option("--check", "check_command", metavar="CMD", help="Validate the candidate first ({file} is its path).")
+@click.option("--reload", "reload_command", metavar="CMD", help="Run after the file changed.")
+@click.pass_context
+def render(ctx, template, out, dc, consul_address, variables, check_command, reload_command):
+    """Render TEMPLATE once from the catalog into FILE (atomically, only when it changed)."""
+    from pathlib import Path
+
+    from deployer.discovery.templates import Runner, TemplateSpec, WatchConfig
+
+    spec = TemplateSpec(Path(template).absolute(), Path(out).absolute(), check=check_command, reload=reload_command,
+                        vars=_parse_vars(variables))
+    if consul_address:
+        from deployer.discovery.catalog import ConsulCatalog
+
+        catalog, source = ConsulCatalog(consul_address), f"consul at {consul_address}"
+    else:
+        from deployer.cli.main import _repo_root
+        from deployer.discovery.registration import catalog_for
+        from deployer.config.loader import load
+
+        root = _repo_root(ctx)
+        datacenter = _pick_dc(load(root), dc)
+        catalog = catalog_for(datacenter, root)
+        source = f"consul at {datacenter.consul}" if datacenter.consul else f"the Docker engines of {datacenter.name}"
+    try:
+        written = Runner(WatchConfig([spec]), catalog).run_once()
+    finally:
+        close = getattr(catalog, "close", None)
+        if callable(close):
+            close()
+    if written:
+        click.echo(f"wrote {out} (from {source})")
+    else:
+        click.echo(f"{out} is up to date (from {source})")
+
+
+@click.group()
+def templates():
+    """Config files rendered from the service catalog."""
+
+
+@templates.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--dc", help="With `consul: null` in CONFIG: read this datacenter's Docker engines.")
+@click.option("--once", is_flag=True, help="One pass (render, check, swap, reload), then exit.")
+@quiet_option
+@verbose_option
+@click.pass_context
+def watch(ctx, config, dc, once, quiet, verbose):
+    """Render CONFIG's templates whenever the catalog changes, until SIGINT/SIGTERM.
+
+    Changes wait for quiescence; each pass renders every template, checks the
+    candidates, swaps them in atomically and reloads (see `deployer/templates.py`).
+    """
+    from deployer.discovery.templates import Runner, load_config
+
+    _logging(quiet, verbose)
+    cfg = load_config(config)
+    catalog = None
+    if cfg.consul is None:
+        from deployer.cli.main import _repo_root
+        from deployer.discovery.registration import DockerCatalog
+        from deployer.config.loader import load
+
+        root = _repo_root(ctx)
+        datacenter = _pick_dc(load(root), dc)
+        catalog = DockerCatalog(datacenter.nodes.values(), root)
+    runner = Runner(cfg, catalog)
+    if once:
+        for path in runner.run_once():
+            click.echo(f"wrote {path}")
+        return
+    stop = _stop_on_signals()
+    source = cfg.consul.address if cfg.consul else f"the Docker engines of {datacenter.name}"
+    click.echo(f"templates: watching {source} for {len(cfg.templates)} template(s)", err=True)
+    runner.watch(stop)
+    click.echo("templates: stopped", err=True)
+
+
+def register(group: click.Group) -> None:
+    """Add this module's commands to ``group``."""
+    for command in (registrator, services, render, templates):
+        group.add_command(command)

@@ -1,0 +1,370 @@
+"""Read an infrastructure repository from disk into the model.
+
+Layout::
+
+    datacenters/<dc>/datacenter.yml             optional: description, consul, registry
+    datacenters/<dc>/<node>/node.yml            required: docker (how to reach the engine)
+    datacenters/<dc>/<node>/docker-compose.yml  optional: the containers the node must run
+
+``load(root)`` returns an Infrastructure or raises ValidationFailed listing every
+problem; ``check(root)`` returns the problems instead of raising.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from deployer.errors import ConfigError, ValidationFailed
+from deployer.model import Datacenter, Infrastructure, Location, Node, Service, TLSFiles
+
+DATACENTERS = "datacenters"
+DATACENTER_FILE = "datacenter.yml"
+NODE_FILE = "node.yml"
+COMPOSE_FILES = ("docker-compose.yml", "docker-compose.yaml", "compose.yml", "compose.yaml")
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+DATACENTER_KEYS = {"description", "consul", "registry"}
+NODE_KEYS = {"docker", "description", "address", "tls", "identity_file"}
+TLS_KEYS = {"ca", "cert", "key"}
+DOCKER_URL_RE = re.compile(r"^(unix://.+|ssh://([^@/\s]+@)?[^:/\s]+(:\d+)?/?|tcp://[^:/\s]+(:\d+)?/?)$")
+
+
+def parse_yaml(text: str, path: str) -> Any:
+    """Round-trip parse (keys keep their line numbers); malformed YAML is a ConfigError."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+    yaml = YAML()
+    try:
+        return yaml.load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise ConfigError(path, f"malformed YAML: {problem}", line=line) from None
+    except YAMLError as exc:
+        raise ConfigError(path, f"malformed YAML: {' '.join(str(exc).split())}") from None
+
+
+def load_fast(text: str) -> Any:
+    """Plain data, exactly as ruamel's YAML 1.2 safe loader returns it (or raises), but without line numbers.
+
+    ``fastyaml`` (PyYAML's libyaml binding, ruamel's resolver and scalar
+    constructors) does most files several times faster than ruamel's own C
+    loader; whatever it does not promise to read identically (it raises then)
+    is read by ruamel's safe loader, so the result never depends on which one
+    read it. Callers validate this first and re-read with ``parse_yaml``
+    (round-trip, with lines) only when something is wrong and needs a line in
+    its message.
+    """
+    try:
+        from deployer.config import fastyaml
+
+        return fastyaml.load(text)
+    except Exception:
+        pass
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe", pure=False).load(text)
+
+
+def key_line(mapping: Any, key: Any) -> int | None:
+    try:
+        return mapping.lc.key(key)[0] + 1
+    except Exception:
+        return None
+
+
+def value_line(mapping: Any, key: Any) -> int | None:
+    try:
+        return mapping.lc.value(key)[0] + 1
+    except Exception:
+        return None
+
+
+def _read_text(root: Path, rel: str, problems: list[ConfigError]) -> str | None:
+    try:
+        return (root / rel).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        problems.append(ConfigError(rel, "not UTF-8 text"))
+    except OSError as exc:
+        problems.append(ConfigError(rel, f"cannot read: {exc.strerror}"))
+    return None
+
+
+def _parse(text: str, rel: str, problems: list[ConfigError]) -> Any:
+    try:
+        return parse_yaml(text, rel)
+    except ConfigError as err:
+        problems.append(err)
+        return None
+
+
+def _read_checked(root: Path, rel: str, problems: list[ConfigError], build: Callable[[Any, list], Any]) -> Any:
+    """Read a YAML file and ``build(doc, problems)`` from it: fast first, again with line numbers if it has problems."""
+    text = _read_text(root, rel, problems)
+    if text is None:
+        return None
+    try:
+        doc = load_fast(text)
+    except Exception:
+        pass
+    else:
+        found: list[ConfigError] = []
+        result = build(doc, found)
+        if not found:
+            return result
+    doc = _parse(text, rel, problems)
+    if doc is None and text.strip() and problems and problems[-1].path == rel:
+        return None  # malformed
+    return build(doc, problems)
+
+
+def _mapping(doc: Any, rel: str, problems: list[ConfigError], allow_empty: bool = True) -> dict | None:
+    if doc is None:
+        return {} if allow_empty else None
+    if not isinstance(doc, dict):
+        problems.append(ConfigError(rel, "the file must hold a mapping of keys", line=1))
+        return None
+    return doc
+
+
+def _unknown_keys(doc: dict, allowed: set[str], rel: str, prefix: str, problems: list[ConfigError]) -> None:
+    for key in doc:
+        if key not in allowed:
+            problems.append(
+                ConfigError(
+                    rel,
+                    f"unsupported key {key!r} (supported: {', '.join(sorted(allowed))})",
+                    line=key_line(doc, key),
+                    field=f"{prefix}{key}",
+                )
+            )
+
+
+def _string(doc: dict, key: str, rel: str, problems: list[ConfigError], field: str | None = None) -> str | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        problems.append(ConfigError(rel, "must be a non-empty string", line=value_line(doc, key), field=field or key))
+        return None
+    return value
+
+
+def _load_datacenter(root: Path, name: str, problems: list[ConfigError]) -> Datacenter:
+    dc_path = f"{DATACENTERS}/{name}"
+    dc = Datacenter(name=name, path=dc_path)
+    rel = f"{dc_path}/{DATACENTER_FILE}"
+    if (root / rel).is_file():
+        dc.location = Location(rel)
+
+        def build(doc: Any, found: list[ConfigError]) -> None:
+            doc = _mapping(doc, rel, found)
+            if doc is not None:
+                _unknown_keys(doc, DATACENTER_KEYS, rel, "", found)
+                dc.description = _string(doc, "description", rel, found) or ""
+                dc.consul = _string(doc, "consul", rel, found)
+                dc.registry = _string(doc, "registry", rel, found)
+
+        _read_checked(root, rel, problems, build)
+    return dc
+
+
+def _load_node(root: Path, dc: str, name: str, problems: list[ConfigError]) -> Node | None:
+    node_path = f"{DATACENTERS}/{dc}/{name}"
+    rel = f"{node_path}/{NODE_FILE}"
+    if not (root / rel).is_file():
+        problems.append(ConfigError(rel, "missing: every node directory needs a node.yml with a 'docker:' URL"))
+        return None
+    node = _read_checked(root, rel, problems, lambda doc, found: _node_from_yml(root, dc, name, rel, doc, found))
+    if node is None:
+        return None
+    compose = [f for f in COMPOSE_FILES if (root / node.path / f).is_file()]
+    if len(compose) > 1:
+        problems.append(ConfigError(f"{node.path}/{compose[1]}", f"a node has one compose file; {compose[0]} is here too"))
+    if compose:
+        _load_compose(root, node, f"{node.path}/{compose[0]}", problems)
+    return node
+
+
+def _node_from_yml(root: Path, dc: str, name: str, rel: str, doc: Any, problems: list[ConfigError]) -> Node | None:
+    node_path = f"{DATACENTERS}/{dc}/{name}"
+    doc = _mapping(doc, rel, problems)
+    if doc is None:
+        return None
+    _unknown_keys(doc, NODE_KEYS, rel, "", problems)
+    docker_url = _string(doc, "docker", rel, problems)
+    if docker_url is None:
+        if "docker" not in doc:
+            problems.append(ConfigError(rel, "required: how to reach the node's Docker engine "
+                                             "(unix:///var/run/docker.sock, ssh://user@host, tcp://host:2376)",
+                                        line=1, field="docker"))
+        return None
+    if not DOCKER_URL_RE.match(docker_url):
+        problems.append(ConfigError(rel, f"invalid Docker URL {docker_url!r}: use unix://PATH, ssh://[user@]host[:port] "
+                                         "or tcp://host:port", line=value_line(doc, "docker"), field="docker"))
+        return None
+    tls = None
+    tls_doc = doc.get("tls")
+    if tls_doc is not None:
+        if not isinstance(tls_doc, dict):
+            problems.append(ConfigError(rel, "must be a mapping with ca, cert, key", line=value_line(doc, "tls"), field="tls"))
+        else:
+            _unknown_keys(tls_doc, TLS_KEYS, rel, "tls.", problems)
+            paths = {}
+            for key in ("ca", "cert", "key"):
+                value = _string(tls_doc, key, rel, problems, field=f"tls.{key}")
+                if value is None:
+                    if key not in tls_doc:
+                        problems.append(ConfigError(rel, "required", line=value_line(doc, "tls"), field=f"tls.{key}"))
+                    continue
+                paths[key] = str((root / node_path / Path(value).expanduser()).resolve())
+            if len(paths) == 3:
+                tls = TLSFiles(**paths)
+        if not docker_url.startswith("tcp://"):
+            problems.append(ConfigError(rel, "tls applies only to tcp:// Docker URLs", line=key_line(doc, "tls"), field="tls"))
+    identity = _string(doc, "identity_file", rel, problems)
+    if identity is not None:
+        identity = str((root / node_path / Path(identity).expanduser()).resolve())
+    known_hosts = f"{node_path}/known_hosts"
+    node = Node(
+        dc=dc,
+        name=name,
+        docker=docker_url,
+        path=node_path,
+        location=Location(rel),
+        tls=tls,
+        identity_file=identity,
+        known_hosts=known_hosts if (root / known_hosts).is_file() else None,
+        address=_string(doc, "address", rel, problems),
+        description=_string(doc, "description", rel, problems) or "",
+    )
+    return node
+
+
+def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError], text: str | None = None) -> None:
+    from deployer.config import compose
+
+    node.compose_path = rel
+    if text is None:
+        text = _read_text(root, rel, problems)
+        if text is None:
+            return
+    plain = True  # data from load_fast is plain dicts and lists already
+    try:
+        doc = load_fast(text)
+        found = compose.validate_compose(doc, rel, root) if isinstance(doc, dict) else [None]
+    except Exception:
+        found = [None]
+    if found:  # read again with line numbers, for the messages
+        plain = False
+        doc = _parse(text, rel, problems)
+        if doc is None:
+            return
+        if not isinstance(doc, dict):
+            problems.append(ConfigError(rel, "the file must hold a mapping with a 'services' key", line=1))
+            return
+        found = compose.validate_compose(doc, rel, root)
+        if found:
+            problems.extend(found)
+            return
+        # Valid for the round-trip loader although the fast one refused it (a
+        # construct only ruamel accepts): the round-trip data is the truth.
+    to_plain = (lambda data: data) if plain else compose.to_plain
+    services = doc.get("services") or {}
+    for name, svc_doc in services.items():
+        node.services[name] = Service(
+            dc=node.dc,
+            node=node.name,
+            name=str(name),
+            image=str(svc_doc["image"]),
+            config=to_plain(svc_doc),
+            location=Location(rel),
+        )
+    node.volumes = to_plain(doc.get("volumes") or {})
+    node.networks = to_plain(doc.get("networks") or {})
+    node.secrets = to_plain(doc.get("secrets") or {})
+
+
+def with_compose_text(root: str | Path, node: Node, text: str) -> Node:
+    """A copy of ``node`` whose services come from ``text`` (an edited compose file), validated."""
+    import dataclasses
+
+    rel = node.compose_path or f"{node.path}/{COMPOSE_FILES[0]}"
+    copy = dataclasses.replace(node, services={}, volumes={}, networks={}, secrets={})
+    problems: list[ConfigError] = []
+    _load_compose(Path(root), copy, rel, problems, text=text)
+    if problems:
+        raise ValidationFailed(problems)
+    return copy
+
+
+def check(root: str | Path) -> tuple[Infrastructure, list[ConfigError]]:
+    """Load everything that can be loaded, and every problem found on the way."""
+    root = Path(root).resolve()
+    infra = Infrastructure(root=root)
+    problems: list[ConfigError] = []
+    base = root / DATACENTERS
+    if not base.is_dir():
+        problems.append(ConfigError(DATACENTERS, f"no '{DATACENTERS}/' directory in {root}; "
+                                                 "is this an infrastructure repository? ('deployer init DIR' makes one)"))
+        return infra, problems
+    for dc_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not NAME_RE.match(dc_dir.name):
+            problems.append(ConfigError(f"{DATACENTERS}/{dc_dir.name}", "datacenter names are lowercase letters, digits, '.', '_' or '-'"))
+            continue
+        dc = _load_datacenter(root, dc_dir.name, problems)
+        infra.datacenters[dc.name] = dc
+        for node_dir in sorted(p for p in dc_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if not NAME_RE.match(node_dir.name):
+                problems.append(ConfigError(f"{dc.path}/{node_dir.name}", "node names are lowercase letters, digits, '.', '_' or '-'"))
+                continue
+            node = _load_node(root, dc.name, node_dir.name, problems)
+            if node is not None:
+                dc.nodes[node.name] = node
+    problems.extend(_check_container_names(root, infra))
+    return infra, problems
+
+
+def _check_container_names(root: Path, infra: Infrastructure) -> list[ConfigError]:
+    from deployer.config.compose import container_name
+
+    problems = []
+    for node in infra.nodes():
+        seen: dict[str, str] = {}
+        for svc in node.services.values():
+            name = container_name(node, svc)
+            if name in seen:
+                problems.append(ConfigError(svc.location.path, f"container name {name!r} is also used by service {seen[name]!r}",
+                                            line=service_line(root, svc.location.path, svc.name),
+                                            field=f"services.{svc.name}.container_name"))
+            seen[name] = svc.name
+    return problems
+
+
+def service_line(root: Path, rel: str, service: str) -> int | None:
+    """The line a service starts on (read on demand: the fast loader keeps no lines)."""
+    try:
+        doc = parse_yaml((root / rel).read_text(encoding="utf-8"), rel)
+        return key_line(doc["services"], service)
+    except Exception:
+        return None
+
+
+def load(root: str | Path) -> Infrastructure:
+    infra, problems = check(root)
+    if problems:
+        raise ValidationFailed(problems)
+    return infra
+
+
+def find_root(start: str | Path) -> Path:
+    """The infrastructure repo containing ``start``: the nearest directory with a datacenters/ folder."""
+    start = Path(start).resolve()
+    for candidate in (start, *start.parents):
+        if (candidate / DATACENTERS).is_dir():
+            return candidate
+    return start

@@ -1,0 +1,408 @@
+"""Carry out planned changes on one engine, health-gated, restoring on failure.
+
+A replace goes like this:
+
+1. the image is on the engine (pulled when missing);
+2. a service that publishes host ports stops its old container first (the
+   ports must be free); one that does not keeps the old one serving;
+3. the new container is created (under a temporary name while the old one
+   exists), started, and must become healthy: its healthcheck says healthy, or
+   without one it runs for the settle period without restarting;
+4. only then is the old container removed and the new one renamed.
+
+If the new container fails, its last log lines are kept, it is removed, and
+the old container is started again (and renamed back): the engine is as it
+was. Hooks let service discovery register the new container once healthy and
+deregister the old one before it stops; a ``healthy`` hook that raises fails the
+new container like a failed healthcheck (same restore), and ``restored`` is told
+when a failed stop-first replace started the old container again.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from deployer.config.compose import ContainerSpec, NetworkSpec, VolumeSpec
+from deployer.errors import ContainerConflict, HealthCheckFailed, ImageNotFound
+from deployer.engine.plan import CREATE, NONE, REMOVE, REPLACE, TIDY, Change
+from deployer.engine.state import ContainerState, NodeState, read_container
+
+if TYPE_CHECKING:  # pragma: no cover
+    import docker
+
+NEXT_SUFFIX = "-next"
+DEFAULT_SETTLE = 2.0  # seconds a container without healthcheck must run without restarting
+POLL = 0.02  # seconds between health polls: detection latency, a few cheap inspects
+LOG_LINES = 20
+
+
+@dataclass
+class Hooks:
+    """Called around container switches; service discovery plugs in here."""
+
+    healthy: Callable[[ContainerSpec, ContainerState], None] | None = None  # new container is healthy
+    retiring: Callable[[ContainerState], None] | None = None  # old container is about to stop
+    # a failed replace started again an old container that had been retired (stopped first)
+    restored: Callable[[ContainerState], None] | None = None
+
+
+def lost_connection(exc: BaseException) -> bool:
+    """Whether ``exc`` says the engine could not be reached (as opposed to answering with an error)."""
+    import socket
+
+    import requests
+
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, socket.timeout,
+                        ConnectionError, TimeoutError)):
+        return True
+    try:
+        import paramiko
+    except ImportError:  # pragma: no cover - paramiko is a dependency
+        return False
+    return isinstance(exc, paramiko.SSHException)
+
+
+class Steps(list):
+    """The steps of a change, reported to ``progress`` as they happen."""
+
+    def __init__(self, progress: Callable[[str], None]):
+        super().__init__()
+        self.progress = progress
+
+    def append(self, step: str) -> None:
+        super().append(step)
+        self.progress(step)
+
+
+@dataclass
+class Outcome:
+    change: Change
+    container: ContainerState | None = None
+    seconds: float = 0.0
+    steps: list[str] = field(default_factory=list)
+
+
+def pull_failed(ref: str, detail: str) -> ImageNotFound:
+    """One line saying why the node could not pull ``ref``, naming the image and its registry."""
+    from deployer.config.imageref import ImageRef
+
+    detail = " ".join(str(detail).split())
+    try:
+        parsed = ImageRef.parse(ref)
+        registry, name = parsed.domain or "docker.io", parsed.path
+        version = parsed.digest or parsed.tag or "latest"
+    except Exception:  # noqa: BLE001 - the reference was checked long before; say what we can
+        registry, name, version = "?", ref, "?"
+    low = detail.lower()
+    if "manifest unknown" in low or "name unknown" in low or " not found" in low:
+        why = f"registry {registry} has no {name}:{version} (was it pushed?)"
+    elif "x509" in low or "certificate" in low:
+        why = (f"the node does not trust registry {registry}'s TLS certificate (its CA goes in "
+               f"/etc/docker/certs.d/{registry}/ca.crt on the node): {detail}")
+    elif any(m in low for m in ("connection refused", "no such host", "i/o timeout", "no route to host",
+                                "network is unreachable", "timeout exceeded", "connection reset")):
+        why = f"registry {registry} is unreachable from the node: {detail}"
+    elif "denied" in low or "unauthorized" in low or "authentication required" in low:
+        why = f"registry {registry} refused the pull (no such repository, or the node must log in): {detail}"
+    else:
+        why = f"pulling it from registry {registry} failed: {detail}"
+    return ImageNotFound(f"image {ref} is not on the node and {why}")
+
+
+class Applier:
+    """Applies changes to one node's engine."""
+
+    def __init__(self, client: "docker.DockerClient", settle: float = DEFAULT_SETTLE,
+                 health_timeout: float | None = None, hooks: Hooks | None = None,
+                 progress: Callable[[str], None] | None = None):
+        self.client = client
+        self.api = client.api
+        self.settle = settle
+        self.health_timeout = health_timeout
+        self.hooks = hooks or Hooks()
+        self.progress = progress or (lambda msg: None)
+
+    # -- images, volumes, networks -------------------------------------------------
+
+    def ensure_image(self, ref: str) -> str:
+        """The image id of ``ref`` on the engine, pulling it when missing."""
+        import docker
+
+        try:
+            return self.api.inspect_image(ref)["Id"]
+        except docker.errors.NotFound:
+            pass
+        self.progress(f"pulling {ref}")
+        started = time.monotonic()
+        layers: dict[str, tuple[str, float]] = {}  # layer -> (last status shown, when)
+        try:
+            for event in self.api.pull(ref, stream=True, decode=True):
+                if "error" in event:
+                    raise pull_failed(ref, (event.get("errorDetail") or {}).get("message") or event["error"])
+                status, layer = event.get("status"), event.get("id")
+                if not status or not layer or status.startswith("Pulling from"):
+                    continue
+                # one line per layer and status, and at most one a second while it downloads
+                last, when = layers.get(layer, ("", 0.0))
+                now = time.monotonic()
+                if status != last or (event.get("progress") and now - when >= 1.0):
+                    layers[layer] = (status, now)
+                    self.progress(f"{layer}: {status} {event.get('progress') or ''}".rstrip())
+        except docker.errors.APIError as exc:
+            raise pull_failed(ref, str(exc.explanation or exc)) from None
+        image_id = self.api.inspect_image(ref)["Id"]
+        self.progress(f"pulled {ref} ({time.monotonic() - started:.1f}s)")
+        return image_id
+
+    def ensure_resources(self, volumes: list[VolumeSpec], networks: list[NetworkSpec]) -> None:
+        import docker
+
+        for vol in volumes:
+            if vol.external:
+                try:
+                    self.api.inspect_volume(vol.name)
+                except docker.errors.NotFound:
+                    raise ImageNotFound(f"external volume {vol.name} does not exist on the node") from None
+                continue
+            try:
+                self.api.inspect_volume(vol.name)
+            except docker.errors.NotFound:
+                self.api.create_volume(vol.name, driver=vol.driver, driver_opts=vol.driver_opts or None, labels=vol.labels)
+        for net in networks:
+            if net.external:
+                try:
+                    self.api.inspect_network(net.name)
+                except docker.errors.NotFound:
+                    raise ImageNotFound(f"external network {net.name} does not exist on the node") from None
+                continue
+            if not any(n["Name"] == net.name for n in self.api.networks(names=[net.name])):  # names= matches prefixes
+                self.api.create_network(net.name, driver=net.driver, options=net.options or None,
+                                        internal=net.internal, labels=net.labels, check_duplicate=True)
+
+    # -- containers --------------------------------------------------------------
+
+    def check_names(self, change: Change, state: NodeState) -> None:
+        """A name we need that belongs to a container the deployer did not create is refused."""
+        spec = change.spec
+        if spec is None:
+            return
+        for name in (spec.name, spec.name + NEXT_SUFFIX):
+            other = state.names.get(name)
+            if other is None:
+                continue
+            if other.service == spec.service and other.dc == spec.dc and other.node == spec.node:
+                continue
+            raise ContainerConflict(
+                f"container name {name!r} on {spec.dc}/{spec.node} is taken by container {other.short_id} "
+                f"({other.image}) that the deployer did not create for {spec.service}; rename or remove it by hand"
+            )
+
+    def apply(self, change: Change, state: NodeState) -> Outcome:
+        started = time.monotonic()
+        outcome = Outcome(change, steps=Steps(self.progress))
+        if change.action == NONE:
+            outcome.container = change.current
+        elif change.action == REMOVE:
+            assert change.current is not None
+            self._retire(change.current)
+            outcome.steps.append(f"removed {change.current.name}")
+        elif change.action == TIDY:
+            self.check_names(change, state)
+            for c in change.stale:
+                self._retire(c)
+                outcome.steps.append(f"removed leftover {c.name}")
+            assert change.current is not None and change.spec is not None
+            if change.current.name != change.spec.name:
+                self.api.rename(change.current.id, change.spec.name)
+                outcome.steps.append(f"renamed {change.current.name} to {change.spec.name}")
+            outcome.container = read_container(self.client, change.current.id)
+        elif change.action in (CREATE, REPLACE):
+            self.check_names(change, state)
+            outcome.container = self._replace(change, outcome.steps)
+        else:  # pragma: no cover - plan only makes the actions above
+            raise ValueError(change.action)
+        outcome.seconds = time.monotonic() - started
+        return outcome
+
+    def _replace(self, change: Change, steps: list[str]) -> ContainerState:
+        spec = change.spec
+        assert spec is not None
+        for c in change.stale:  # leftovers of an interrupted deploy
+            if change.current is None or c.id != change.current.id:
+                self._remove(c.id)
+                steps.append(f"removed leftover {c.name}")
+        old = change.current
+        stop_first = old is not None and (spec.published_ports or old.publishes_ports)
+        if old is not None and stop_first and old.running:
+            self._call_retiring(old)
+            self.api.stop(old.id, timeout=spec.stop_timeout)
+            steps.append(f"stopped {old.name} (its host ports must be free)")
+        name = spec.name if old is None or old.name != spec.name else spec.name + NEXT_SUFFIX
+        new_id = self._create(spec, name)
+        steps.append(f"created {name} ({spec.image})")
+        try:
+            self.api.start(new_id)
+            self.progress(f"started {name}, waiting until it is healthy")
+            new = self.wait_healthy(new_id, spec)
+            steps.append(f"{name} is {new.health or 'running'}")
+            if self.hooks.healthy:  # e.g. registered and passing in Consul; a failure here restores too
+                self.hooks.healthy(spec, new)
+        except BaseException as exc:
+            if lost_connection(exc):
+                # The engine went away: cleanup calls would only wait for it too. The
+                # leftover container is removed by the next plan/apply or deploy (a tidy).
+                raise
+            logs = self._logs(new_id)
+            self._remove(new_id)
+            if old is not None:
+                self._restore(old)
+                if stop_first and old.running and self.hooks.restored:
+                    try:
+                        self.hooks.restored(old)
+                    except Exception as hook_exc:  # noqa: BLE001 - the original failure matters more
+                        self.progress(f"could not announce {old.name} again: {hook_exc}")
+            if isinstance(exc, HealthCheckFailed):
+                exc.logs = exc.logs or logs
+                exc.container = name
+                raise
+            if isinstance(exc, Exception):
+                raise HealthCheckFailed(f"{spec.dc}/{spec.node}/{spec.service}: starting {spec.image} failed: "
+                                        f"{' '.join(str(exc).split())}; restored the old container", name, logs) from exc
+            raise
+        if old is not None:
+            if not stop_first:
+                self._call_retiring(old)
+            self._remove(old.id, stop_timeout=spec.stop_timeout)
+            steps.append(f"removed {old.name}")
+            if name != spec.name:
+                self.api.rename(new_id, spec.name)
+                steps.append(f"renamed {name} to {spec.name}")
+        return read_container(self.client, new_id)
+
+    def _call_retiring(self, container: ContainerState) -> None:
+        if self.hooks.retiring:
+            self.hooks.retiring(container)
+
+    def _create(self, spec: ContainerSpec, name: str) -> str:
+        first_net = spec.networks[0] if spec.networks else None
+        networking = None
+        if first_net is not None:
+            networking = self.api.create_networking_config({first_net[0]: self._endpoint(spec, *first_net)})
+        host_config = self.api.create_host_config(**spec.host)
+        created = self.api.create_container(
+            spec.image, name=name, labels=spec.all_labels(), host_config=host_config,
+            networking_config=networking, **spec.create,
+        )
+        cid = created["Id"]
+        try:
+            for net, aliases in spec.networks[1:]:
+                self.api.connect_container_to_network(cid, net, aliases=aliases or None,
+                                                      ipv4_address=spec.ipv4_addresses.get(net))
+            if spec.secrets:
+                self._put_secrets(cid, spec)
+        except BaseException:
+            self._remove(cid)
+            raise
+        return cid
+
+    def _endpoint(self, spec: ContainerSpec, net: str, aliases: list[str]):
+        return self.api.create_endpoint_config(aliases=aliases or None, ipv4_address=spec.ipv4_addresses.get(net))
+
+    def _put_secrets(self, cid: str, spec: ContainerSpec) -> None:
+        """Secrets go into the created container as root-readable files (works on remote engines too)."""
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            dirs = set()
+            for secret in spec.secrets:
+                data = open(secret.source, "rb").read()
+                parts = secret.target.strip("/").split("/")
+                for i in range(1, len(parts)):
+                    d = "/".join(parts[:i])
+                    if d not in dirs:
+                        dirs.add(d)
+                        info = tarfile.TarInfo(d)
+                        info.type = tarfile.DIRTYPE
+                        info.mode = 0o755
+                        tar.addfile(info)
+                info = tarfile.TarInfo(secret.target.strip("/"))
+                info.size = len(data)
+                info.mode = secret.mode
+                tar.addfile(info, io.BytesIO(data))
+        self.api.put_archive(cid, "/", buf.getvalue())
+
+    def wait_healthy(self, cid: str, spec: ContainerSpec) -> ContainerState:
+        """Until healthy (healthcheck) or running for the settle period; HealthCheckFailed otherwise."""
+        target = f"{spec.dc}/{spec.node}/{spec.service}"
+        info = self.api.inspect_container(cid)
+        health_cfg = (info.get("Config") or {}).get("Healthcheck") or {}
+        has_health = bool(health_cfg.get("Test")) and health_cfg["Test"][0] != "NONE"
+        deadline = time.monotonic() + (self.health_timeout or self._default_timeout(health_cfg, has_health))
+        since = time.monotonic()
+        while True:
+            state = read_container(self.client, cid)
+            if state.status in ("exited", "dead"):
+                raise HealthCheckFailed(f"{target}: new container {spec.image} exited with code {state.exit_code}; "
+                                        "restored the old container")
+            if state.restart_count > 0 or state.status == "restarting":
+                raise HealthCheckFailed(f"{target}: new container {spec.image} restarted "
+                                        f"({state.restart_count} times); restored the old container")
+            if has_health:
+                if state.health == "healthy":
+                    return state
+                if state.health == "unhealthy":
+                    raise HealthCheckFailed(f"{target}: new container {spec.image} is unhealthy; restored the old container")
+            elif state.running and time.monotonic() - since >= self.settle:
+                return state
+            if time.monotonic() > deadline:
+                raise HealthCheckFailed(f"{target}: new container {spec.image} was not healthy within "
+                                        f"{deadline - since:.0f}s; restored the old container")
+            time.sleep(POLL)
+
+    def _default_timeout(self, health_cfg: dict, has_health: bool) -> float:
+        if not has_health:
+            return self.settle + 30
+        ns = 1e9
+        interval = (health_cfg.get("Interval") or 30 * ns) / ns
+        timeout = (health_cfg.get("Timeout") or 30 * ns) / ns
+        retries = health_cfg.get("Retries") or 3
+        start = (health_cfg.get("StartPeriod") or 0) / ns
+        return start + (interval + timeout) * (retries + 1) + 5
+
+    def _logs(self, cid: str) -> str:
+        try:
+            return self.api.logs(cid, tail=LOG_LINES, stdout=True, stderr=True).decode("utf-8", "replace")
+        except Exception:
+            return ""
+
+    def _restore(self, old: ContainerState) -> None:
+        import docker
+
+        try:
+            current = read_container(self.client, old.id)
+            if not current.running and old.running:
+                self.api.start(old.id)
+        except docker.errors.APIError as exc:  # report, but the original failure matters more
+            self.progress(f"could not restart {old.name}: {exc}")
+
+    def _retire(self, container: ContainerState) -> None:
+        if container.running:
+            self._call_retiring(container)
+        self._remove(container.id)
+
+    def _remove(self, cid: str, stop_timeout: int = 10) -> None:
+        import docker
+
+        try:
+            self.api.stop(cid, timeout=stop_timeout)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError:
+            pass
+        try:
+            self.api.remove_container(cid, force=True, v=False)
+        except docker.errors.NotFound:
+            pass

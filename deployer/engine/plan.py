@@ -1,0 +1,155 @@
+"""Wanted (the repository) against actual (the engine): the changes to make.
+
+Pure functions over plain data: no Docker calls, no git. ``apply.py`` carries
+the changes out.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from deployer.config.compose import LABEL_CONFIG, ContainerSpec
+from deployer.engine.state import ContainerState, NodeState
+
+CREATE = "create"
+REPLACE = "replace"
+REMOVE = "remove"
+TIDY = "tidy"  # the right container runs; leftovers of an interrupted deploy go, the name is restored
+NONE = "none"
+
+
+@dataclass
+class Change:
+    target: str  # dc/node/service
+    action: str
+    reasons: list[str] = field(default_factory=list)
+    spec: ContainerSpec | None = None
+    current: ContainerState | None = None  # the container that serves now (replaced or kept)
+    stale: list[ContainerState] = field(default_factory=list)  # other managed containers of the service
+
+    @property
+    def changes_anything(self) -> bool:
+        return self.action != NONE
+
+    def summary(self) -> str:
+        why = f" ({'; '.join(self.reasons)})" if self.reasons else ""
+        return f"{self.action} {self.target}{why}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "action": self.action,
+            "reasons": self.reasons,
+            "image": self.spec.image if self.spec else None,
+            "container": self.spec.name if self.spec else (self.current.name if self.current else None),
+            "current": self.current.short_id if self.current else None,
+            "current_image": self.current.image if self.current else None,
+            "stale": [c.short_id for c in self.stale],
+        }
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values."""
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): data}
+
+
+def config_fields_differing(spec: ContainerSpec, container: ContainerState) -> list[str]:
+    """Which fields of the written config differ from the one the container was created with."""
+    recorded = container.labels.get(LABEL_CONFIG)
+    if not recorded:
+        return ["configuration (container has no recorded config)"]
+    try:
+        old = flatten(json.loads(recorded))
+    except ValueError:
+        return ["configuration (recorded config unreadable)"]
+    new = flatten(json.loads(spec.config_json()))
+    keys = sorted(set(old) | set(new))
+    return [k for k in keys if old.get(k) != new.get(k)]
+
+
+def _host_drift(spec: ContainerSpec, container: ContainerState) -> list[str]:
+    """Fields changed on the host with 'docker update' (the labels cannot see those)."""
+    from docker.utils import parse_bytes
+
+    reasons = []
+    want_restart = spec.host.get("restart_policy") or {}
+    have_restart = container.host.get("restart_policy") or {}
+    if (want_restart.get("Name") or "no") != (have_restart.get("Name") or "no"):
+        reasons.append(f"restart policy changed on the host ({have_restart.get('Name') or 'no'})")
+    want_mem = spec.host.get("mem_limit")
+    want_mem = parse_bytes(want_mem) if want_mem else 0
+    if want_mem != (container.host.get("memory") or 0):
+        reasons.append("memory limit changed on the host")
+    if (spec.host.get("nano_cpus") or 0) != (container.host.get("nano_cpus") or 0):
+        reasons.append("cpu limit changed on the host")
+    return reasons
+
+
+def plan_service(spec: ContainerSpec, containers: list[ContainerState], wanted_image_id: str | None) -> Change:
+    """What to do so that exactly one healthy container matching ``spec`` runs."""
+    target = f"{spec.dc}/{spec.node}/{spec.service}"
+    want_hash = spec.config_hash()
+
+    def matches(c: ContainerState) -> bool:
+        return (c.config_hash == want_hash and c.ok and not _host_drift(spec, c)
+                and (wanted_image_id is None or c.image_id == wanted_image_id))
+
+    def rank(c: ContainerState) -> tuple:
+        return (c.name != spec.name, not c.running)
+
+    good = sorted((c for c in containers if matches(c)), key=rank)
+    if good:
+        keep = good[0]
+        stale = [c for c in containers if c.id != keep.id]
+        if stale or keep.name != spec.name:
+            reasons = [f"remove leftover {c.name}" for c in stale]
+            if keep.name != spec.name:
+                reasons.append(f"rename {keep.name} to {spec.name}")
+            return Change(target, TIDY, reasons, spec, keep, stale)
+        return Change(target, NONE, [], spec, keep, [])
+
+    if not containers:
+        return Change(target, CREATE, ["no container"], spec, None, [])
+    current = sorted(containers, key=rank)[0]
+    stale = [c for c in containers if c.id != current.id]
+    reasons: list[str] = []
+    if current.config_hash != want_hash:
+        differing = config_fields_differing(spec, current)
+        if current.image_written and current.image_written != spec.image:
+            reasons.append(f"image {current.image_written} -> {spec.image}")
+            differing = [f for f in differing if f != "image"]
+        if differing:
+            reasons.append("changed: " + ", ".join(differing[:6]) + (" ..." if len(differing) > 6 else ""))
+    elif wanted_image_id is not None and current.image_id != wanted_image_id:
+        reasons.append(f"{spec.image} now points to {wanted_image_id[7:19]} (container runs {current.image_id[7:19]})")
+    if not current.running:
+        reasons.append(f"container {current.describe()}")
+    elif current.health not in (None, "healthy"):
+        reasons.append(f"container {current.health}")
+    reasons.extend(_host_drift(spec, current))
+    return Change(target, REPLACE, reasons or ["container differs"], spec, current, stale)
+
+
+def plan_node(
+    specs: list[ContainerSpec],
+    state: NodeState,
+    image_ids: dict[str, str | None],
+    prune: bool = False,
+    dc: str = "",
+    node: str = "",
+) -> list[Change]:
+    """One Change per written service, in start order, then removals of unlisted managed containers."""
+    changes = [plan_service(s, state.for_service(s.service), image_ids.get(s.image)) for s in specs]
+    if prune:
+        written = {s.service for s in specs}
+        for c in state.managed:
+            if c.service not in written:
+                changes.append(Change(f"{dc}/{node}/{c.service}", REMOVE, ["no longer in the repository"], None, c, []))
+    return changes

@@ -1,0 +1,1204 @@
+"""compose.py: validation of compose files and the container spec a service becomes.
+
+Pure and fast: no Docker engine. docker-py is used only to check that the
+generated keyword arguments are accepted (it builds the request bodies offline).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import textwrap
+from dataclasses import asdict
+from pathlib import Path
+
+import docker
+import pytest
+from ruamel.yaml import YAML
+
+from deployer.config.compose import (
+    LABEL_CONFIG,
+    LABEL_CONFIG_HASH,
+    LABEL_DC,
+    LABEL_IMAGE,
+    LABEL_NODE,
+    LABEL_SERVICE,
+    ContainerSpec,
+    NetworkSpec,
+    SecretFile,
+    VolumeSpec,
+    container_name,
+    container_spec,
+    node_resources,
+    parse_bytes,
+    parse_duration,
+    parse_port,
+    start_order,
+    to_plain,
+    validate_compose,
+)
+from deployer.errors import ConfigError
+from deployer.model import Location, Node, Service
+
+NODE_DIR = "datacenters/dc1/n1"
+COMPOSE = f"{NODE_DIR}/docker-compose.yml"
+
+
+def load(text: str):
+    return YAML().load(io.StringIO(textwrap.dedent(text)))
+
+
+def problems(text: str, root: Path = Path("/nonexistent-repo")) -> list[str]:
+    return [e.render() for e in validate_compose(load(text), COMPOSE, root)]
+
+
+def one_problem(text: str, root: Path = Path("/nonexistent-repo")) -> str:
+    found = problems(text, root)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def make_node(text: str, *, name: str = "n1") -> Node:
+    plain = to_plain(load(text))
+    node = Node(
+        dc="dc1",
+        name=name,
+        docker="unix:///var/run/docker.sock",
+        path=NODE_DIR,
+        location=Location(f"{NODE_DIR}/node.yml"),
+        compose_path=COMPOSE,
+        volumes=plain.get("volumes") or {},
+        networks=plain.get("networks") or {},
+        secrets=plain.get("secrets") or {},
+    )
+    for svc, config in plain["services"].items():
+        node.services[svc] = Service(
+            dc="dc1",
+            node=name,
+            name=svc,
+            image=config["image"],
+            config=config,
+            location=Location(COMPOSE),
+        )
+    return node
+
+
+def spec_of(text: str, service: str, root: Path, environ=None) -> ContainerSpec:
+    assert validate_compose(load(text), COMPOSE, root) == []
+    node = make_node(text)
+    return container_spec(node, node.services[service], root, environ=environ or {})
+
+
+def api_client() -> docker.APIClient:
+    # No daemon is contacted: with an explicit version docker-py never asks the engine.
+    return docker.APIClient(base_url="unix:///nonexistent", version="1.41")
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A git repository with the node directory in it."""
+    (tmp_path / NODE_DIR).mkdir(parents=True)
+    git(tmp_path, "init", "-q")
+    return tmp_path
+
+
+def git(root: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "commit.gpgsign=false", "-C", str(root), *args],
+        check=True,
+        capture_output=True,
+    )
+
+
+# --------------------------------------------------------------------------
+# Validation: top level and unknown keys
+
+
+def test_minimal_file_is_valid():
+    assert problems("""
+        version: "3.8"
+        name: ignored
+        x-anything: {whatever: [1, 2]}
+        services:
+          web:
+            image: nginx:1.25
+            x-note: extension keys are allowed in services
+    """) == []
+
+
+def test_unknown_top_level_key():
+    assert one_problem("""
+        services:
+          web:
+            image: nginx
+        foo: 1
+    """) == f"{COMPOSE}:5: foo: unsupported key 'foo'"
+
+
+def test_configs_top_level_is_unsupported():
+    assert one_problem("""
+        services:
+          web: {image: nginx}
+        configs:
+          c: {file: x}
+    """) == f"{COMPOSE}:4: configs: unsupported key 'configs'"
+
+
+def test_missing_services_and_not_a_mapping():
+    assert problems("volumes: {}\n") == [f"{COMPOSE}:1: missing required key 'services'"]
+    assert problems("- a\n") == [f"{COMPOSE}:1: a compose file must be a mapping with a 'services' key, not a list"]
+    assert problems("services: [web]\n") == [f"{COMPOSE}:1: services: must be a mapping, not a list"]
+
+
+def test_unknown_service_key_names_it_with_a_suggestion():
+    assert one_problem("""
+        services:
+          web:
+            image: nginx
+            privilegd: true
+    """) == f"{COMPOSE}:5: services.web.privilegd: unsupported key 'privilegd' (did you mean 'privileged'?)"
+
+
+def test_well_known_unsupported_keys_say_why():
+    assert problems("""
+        services:
+          web:
+            image: nginx
+            env_file: .env
+            deploy: {replicas: 2}
+            profiles: [debug]
+    """) == [
+        f"{COMPOSE}:5: services.web.env_file: unsupported key 'env_file': write the variables under 'environment'",
+        f"{COMPOSE}:6: services.web.deploy: unsupported key 'deploy': it is for swarm; use restart, mem_limit and cpus",
+        f"{COMPOSE}:7: services.web.profiles: unsupported key 'profiles': every service in a node's compose file is deployed",
+    ]
+
+
+def test_every_problem_is_reported_in_line_order():
+    found = problems("""
+        services:
+          web:
+            image: nginx
+            restart: sometimes
+            ports: ["99999"]
+            bogus: 1
+          db:
+            cpus: -1
+        stuff: 2
+    """)
+    assert found == [
+        f"{COMPOSE}:5: services.web.restart: invalid restart policy 'sometimes': use no, always, on-failure[:N] or unless-stopped",
+        f"{COMPOSE}:6: services.web.ports[0]: container port 99999 is out of range 1-65535",
+        f"{COMPOSE}:7: services.web.bogus: unsupported key 'bogus'",
+        f"{COMPOSE}:8: services.db: missing required key 'image'",
+        f"{COMPOSE}:9: services.db.cpus: must be a number greater than 0, got -1",
+        f"{COMPOSE}:10: stuff: unsupported key 'stuff'",
+    ]
+
+
+def test_errors_are_config_errors_with_line_and_field():
+    (err,) = validate_compose(load("services:\n  web:\n    image: nginx\n    init: yes\n"), COMPOSE, Path("/x"))
+    assert isinstance(err, ConfigError)
+    assert (err.path, err.line, err.field, err.message) == (
+        COMPOSE,
+        4,
+        "services.web.init",
+        "must be true or false, not a string",
+    )
+
+
+def test_image_required_and_build_only_beside_it():
+    assert problems("""
+        services:
+          a:
+            build: .
+          b:
+            image: "my image"
+          c:
+            image: app:1
+            build:
+              context: ./app
+              dockerfile: Dockerfile
+              args: {VERSION: 1}
+              target: prod
+    """) == [
+        f"{COMPOSE}:3: services.a: missing required key 'image': the deployer never builds, 'build' is allowed only beside 'image'",
+        f"{COMPOSE}:6: services.b.image: invalid image reference 'my image': it contains whitespace",
+        f"{COMPOSE}:13: services.c.build.target: unsupported key 'target'",
+    ]
+
+
+def test_merge_keys_from_extensions_are_validated():
+    assert problems("""
+        x-base: &base
+          restart: always
+          mem_limit: lots
+        services:
+          web:
+            <<: *base
+            image: nginx
+    """) == [f"{COMPOSE}:6: services.web.mem_limit: invalid size 'lots': write bytes or a number with a unit b, k, m, g, like '512m'"]
+
+
+# --------------------------------------------------------------------------
+# Ports
+
+
+@pytest.mark.parametrize(
+    "port, expected",
+    [
+        ("80", [(80, "tcp", "", None)]),
+        (80, [(80, "tcp", "", None)]),
+        ("8080:80", [(80, "tcp", "", 8080)]),
+        ("127.0.0.1:8080:80", [(80, "tcp", "127.0.0.1", 8080)]),
+        ("127.0.0.1::80", [(80, "tcp", "127.0.0.1", None)]),
+        ("127.0.0.1:0:80", [(80, "tcp", "127.0.0.1", None)]),
+        ("8080:80/udp", [(80, "udp", "", 8080)]),
+        ("[::1]:8080:80", [(80, "tcp", "::1", 8080)]),
+        ("8000-8001:80-81", [(80, "tcp", "", 8000), (81, "tcp", "", 8001)]),
+    ],
+)
+def test_port_short_syntax(port, expected):
+    assert parse_port(port) == expected
+
+
+def test_bad_ports():
+    assert problems("""
+        services:
+          web:
+            image: nginx
+            ports:
+              - "8080:80"
+              - "80:80:80:80"
+              - "8080:http"
+              - "8000-8002:80-81"
+              - "1.2.3:80:80"
+              - "80/icmp"
+              - 0
+              - target: 70000
+              - published: 8081
+              - target: 80
+                published: 8082
+                name: web
+              - [80]
+    """) == [
+        f"{COMPOSE}:7: services.web.ports[1]: invalid port '80:80:80:80': write '[ip:]host:container', with IPv6 addresses in brackets",
+        f"{COMPOSE}:8: services.web.ports[2]: invalid container port 'http'",
+        f"{COMPOSE}:9: services.web.ports[3]: invalid port '8000-8002:80-81': the host and container port ranges must have the same length",
+        f"{COMPOSE}:10: services.web.ports[4]: invalid IP address '1.2.3'",
+        f"{COMPOSE}:11: services.web.ports[5]: invalid protocol 'icmp': use tcp, udp, sctp",
+        f"{COMPOSE}:12: services.web.ports[6]: container port 0 is out of range 1-65535",
+        f"{COMPOSE}:13: services.web.ports[7]: target 70000 is out of range 1-65535",
+        f"{COMPOSE}:14: services.web.ports[8]: missing required key 'target'",
+        f"{COMPOSE}:17: services.web.ports[9].name: unsupported key 'name'",
+        f"{COMPOSE}:18: services.web.ports[10]: must be a string like '8080:80', a port number or a mapping with 'target', not a list",
+    ]
+
+
+def test_host_port_published_twice_on_a_node():
+    assert problems("""
+        services:
+          a:
+            image: x
+            ports: ["8080:80", "127.0.0.1:9000:90", "127.0.0.1:9001:91"]
+          b:
+            image: y
+            ports: ["127.0.0.1:8080:80", "127.0.0.2:9000:90", "9001:91/udp"]
+    """) == [
+        f"{COMPOSE}:8: services.b.ports[0]: host port 8080/tcp is already published by service 'a' (services.a.ports[0])",
+    ]
+
+
+def test_ports_with_host_network_mode():
+    assert one_problem("""
+        services:
+          web:
+            image: nginx
+            network_mode: host
+            ports: ["80:80"]
+    """) == f"{COMPOSE}:6: services.web.ports: ports cannot be published with network_mode 'host'"
+
+
+# --------------------------------------------------------------------------
+# Durations, sizes, simple values
+
+
+@pytest.mark.parametrize(
+    "text, ns",
+    [("1m30s", 90 * 10**9), ("10s", 10**10), ("500ms", 5 * 10**8), ("1h", 3600 * 10**9), ("1.5s", 1_500_000_000), ("0", 0), ("2h45m", 9900 * 10**9), ("250us", 250_000)],
+)
+def test_durations(text, ns):
+    assert parse_duration(text) == ns
+
+
+def test_bad_durations():
+    assert problems("""
+        services:
+          web:
+            image: nginx
+            stop_grace_period: 10
+            healthcheck:
+              test: curl -f http://localhost/
+              interval: 1m30
+              timeout: 5 s
+              start_period: 10us
+              retries: many
+    """) == [
+        f"{COMPOSE}:5: services.web.stop_grace_period: must be a duration with a unit, like '30s' or '1m30s', not an integer",
+        f"{COMPOSE}:8: services.web.healthcheck.interval: invalid duration '1m30': write numbers with units (ns, us, ms, s, m, h), like '1m30s'",
+        f"{COMPOSE}:9: services.web.healthcheck.timeout: invalid duration '5 s': write numbers with units (ns, us, ms, s, m, h), like '1m30s'",
+        f"{COMPOSE}:10: services.web.healthcheck.start_period: must be 0 or at least 1ms",
+        f"{COMPOSE}:11: services.web.healthcheck.retries: must be a whole number of 0 or more, not a string",
+    ]
+
+
+@pytest.mark.parametrize(
+    "text, size",
+    [(1024, 1024), ("100k", 102400), ("512m", 512 * 2**20), ("1g", 2**30), ("1.5g", 3 * 2**29), ("64mb", 64 * 2**20), ("2GiB", 2 * 2**30), ("100", 100)],
+)
+def test_sizes(text, size):
+    assert parse_bytes(text) == size
+
+
+def test_bad_simple_values():
+    assert problems("""
+        services:
+          web:
+            image: nginx
+            restart: "on-failure:x"
+            mem_limit: 1z
+            shm_size: [1]
+            cpus: lots
+            init: "true"
+            container_name: -bad
+            working_dir: app
+            stop_signal: "SIG TERM"
+            logging:
+              driver: json-file
+              options: {max-size: [1]}
+            dns: [8.8.8.8, dns.example.com]
+            extra_hosts: ["db", "cache:not-an-ip"]
+            cap_add: [NET_ADMIN, "bad cap"]
+            command: "echo 'unbalanced"
+    """) == [
+        f"{COMPOSE}:5: services.web.restart: invalid restart policy 'on-failure:x': use no, always, on-failure[:N] or unless-stopped",
+        f"{COMPOSE}:6: services.web.mem_limit: invalid size '1z': write bytes or a number with a unit b, k, m, g, like '512m'",
+        f"{COMPOSE}:7: services.web.shm_size: must be a size in bytes or a string like '512m' or '1g', not a list",
+        f"{COMPOSE}:8: services.web.cpus: invalid number of CPUs 'lots'",
+        f"{COMPOSE}:9: services.web.init: must be true or false, not a string",
+        f"{COMPOSE}:10: services.web.container_name: invalid container name '-bad': use [a-zA-Z0-9][a-zA-Z0-9_.-]+",
+        f"{COMPOSE}:11: services.web.working_dir: must be an absolute path, not 'app'",
+        f"{COMPOSE}:12: services.web.stop_signal: invalid signal 'SIG TERM'",
+        f"{COMPOSE}:15: services.web.logging.options.max-size: must be a string or number, not a list",
+        f"{COMPOSE}:16: services.web.dns[1]: invalid IP address 'dns.example.com'",
+        f"{COMPOSE}:17: services.web.extra_hosts[0]: invalid extra host 'db': write 'hostname:ip'",
+        f"{COMPOSE}:17: services.web.extra_hosts[1]: invalid IP address 'not-an-ip'",
+        f"{COMPOSE}:18: services.web.cap_add[1]: invalid capability 'bad cap'",
+        f"{COMPOSE}:19: services.web.command: cannot split \"echo 'unbalanced\" into arguments: No closing quotation",
+    ]
+
+
+@pytest.mark.parametrize("restart", ["no", "always", "on-failure", "on-failure:3", "unless-stopped"])
+def test_valid_restart_policies(restart):
+    assert problems(f"services:\n  web:\n    image: nginx\n    restart: {restart}\n") == []
+
+
+def test_environment_and_labels():
+    assert problems("""
+        services:
+          web:
+            image: nginx
+            environment:
+              A: 1
+              B: [1, 2]
+              C:
+            labels:
+              - deployer.service=fake
+              - deployer.consul.check=http:/health
+              - ok=1
+          db:
+            image: pg
+            environment: ["A=1", "=x", 3]
+            labels: {team: {nested: 1}}
+    """) == [
+        f"{COMPOSE}:7: services.web.environment.B: must be a string, number, boolean or null, not a list",
+        f"{COMPOSE}:9: services.web.labels: label 'deployer.service' is set by the deployer and cannot be written",
+        f"{COMPOSE}:15: services.db.environment[1]: invalid environment variable '=x': the name is empty or has surrounding spaces",
+        f"{COMPOSE}:15: services.db.environment[2]: must be a string like 'KEY=value', not an integer",
+        f"{COMPOSE}:16: services.db.labels.team: must be a string, number, boolean or null, not a mapping",
+    ]
+
+
+def test_healthcheck_shapes():
+    assert problems("""
+        services:
+          a:
+            image: x
+            healthcheck:
+              test: ["CMD-SHELL", "curl", "-f"]
+          b:
+            image: x
+            healthcheck:
+              test: ["RUN", "true"]
+          c:
+            image: x
+            healthcheck:
+              disable: true
+              test: ["CMD", "true"]
+          d:
+            image: x
+            healthcheck:
+              test: ["NONE"]
+              start_interval: 1s
+    """) == [
+        f"{COMPOSE}:6: services.a.healthcheck.test: ['CMD-SHELL', ...] takes exactly one shell command string",
+        f"{COMPOSE}:10: services.b.healthcheck.test: must start with CMD, CMD-SHELL or NONE, not 'RUN'",
+        f"{COMPOSE}:13: services.c.healthcheck: disable: true cannot be combined with test",
+        f"{COMPOSE}:20: services.d.healthcheck.start_interval: unsupported key 'start_interval'",
+    ]
+
+
+def test_container_names_must_be_unique():
+    assert one_problem("""
+        services:
+          a: {image: x, container_name: app}
+          b: {image: y, container_name: app}
+    """) == f"{COMPOSE}:4: services.b.container_name: container name 'app' is also used by service 'a'"
+
+
+# --------------------------------------------------------------------------
+# Volumes
+
+
+def test_relative_bind_mounts_are_refused():
+    msg = "relative bind mount paths are not supported: the path would be resolved on the Docker host"
+    assert problems("""
+        services:
+          web:
+            image: nginx
+            volumes:
+              - ./conf:/etc/nginx:ro
+              - conf/sub:/x
+              - ~/data:/y
+              - type: bind
+                source: ../data
+                target: /data
+    """) == [
+        f"{COMPOSE}:6: services.web.volumes[0]: {msg}",
+        f"{COMPOSE}:7: services.web.volumes[1]: {msg}",
+        f"{COMPOSE}:8: services.web.volumes[2]: '~' is not expanded in '~/data': write the absolute path on the Docker host",
+        f"{COMPOSE}:9: services.web.volumes[3]: {msg}",
+    ]
+
+
+def test_volume_problems():
+    assert problems("""
+        services:
+          web:
+            image: nginx
+            volumes:
+              - data:/data
+              - logs:/logs
+              - /srv:relative
+              - /srv:/srv:rx
+              - /data
+              - type: volume
+                source: /abs
+                target: /v
+              - type: nfs
+                target: /n
+              - type: volume
+                source: data
+                target: /data
+                volume: {nocopy: true}
+        volumes:
+          data:
+    """) == [
+        f"{COMPOSE}:7: services.web.volumes[1]: volume 'logs' is not declared in the top-level volumes",
+        f"{COMPOSE}:8: services.web.volumes[2]: the mount target must be an absolute path in the container, not 'relative'",
+        f"{COMPOSE}:9: services.web.volumes[3]: invalid volume mode 'rx': use ro or rw (optionally with z or Z)",
+        f"{COMPOSE}:10: services.web.volumes[4]: anonymous volumes are not supported (they are lost when the container is "
+        "recreated): name the volume ('data:/path') and declare it under the top-level volumes",
+        f"{COMPOSE}:11: services.web.volumes[5]: source '/abs' is a path, but type is volume: write a volume name or use type bind",
+        f"{COMPOSE}:14: services.web.volumes[6]: type must be volume, bind or tmpfs, not 'nfs'",
+        f"{COMPOSE}:16: services.web.volumes[7]: mount target /data is used twice (also by services.web.volumes[0])",
+        f"{COMPOSE}:19: services.web.volumes[7].volume: unsupported key 'volume'",
+    ]
+
+
+def test_top_level_volume_and_network_definitions():
+    assert problems("""
+        services:
+          web: {image: nginx}
+        volumes:
+          ok:
+          full:
+            driver: local
+            driver_opts: {type: nfs, o: "addr=10.0.0.1"}
+            labels: [a=b]
+            name: exact-name
+          ext:
+            external: true
+            driver: local
+          bad:
+            size: 1g
+        networks:
+          front:
+            driver: bridge
+            internal: true
+            ipam: {}
+          ext:
+            external: yes
+    """) == [
+        f"{COMPOSE}:13: volumes.ext.driver: an external volume is not created by the deployer, so 'driver' cannot be set",
+        f"{COMPOSE}:15: volumes.bad.size: unsupported key 'size'",
+        f"{COMPOSE}:20: networks.front.ipam: unsupported key 'ipam'",
+        f"{COMPOSE}:22: networks.ext.external: must be true or false, not a string",
+    ]
+
+
+# --------------------------------------------------------------------------
+# Networks and dependencies
+
+
+def test_networks_must_be_declared_and_not_mixed_with_network_mode():
+    assert problems("""
+        services:
+          a:
+            image: x
+            networks: [front, back, default]
+          b:
+            image: x
+            network_mode: host
+            networks: [front]
+          c:
+            image: x
+            networks:
+              front:
+                aliases: [api]
+                ipv4_address: 10.0.0.5
+              ext:
+                ipv4_address: 10.1.0.300
+              outside:
+                ipv4_address: 10.2.0.7
+          d:
+            image: x
+            network_mode: "service:nope"
+          e:
+            image: x
+            network_mode: mynet
+        networks:
+          front:
+          outside:
+            external: true
+    """) == [
+        f"{COMPOSE}:5: services.a.networks[1]: network 'back' is not declared in the top-level networks",
+        f"{COMPOSE}:9: services.b.networks: networks cannot be combined with network_mode",
+        f"{COMPOSE}:15: services.c.networks.front.ipv4_address: a static address needs a network with a configured "
+        "subnet; the deployer does not manage IPAM, so declare the network as external",
+        f"{COMPOSE}:16: services.c.networks.ext: network 'ext' is not declared in the top-level networks",
+        f"{COMPOSE}:17: services.c.networks.ext.ipv4_address: invalid IPv4 address '10.1.0.300'",
+        f"{COMPOSE}:22: services.d.network_mode: unknown service 'nope' (services in this file: a, b, c, d, e)",
+        f"{COMPOSE}:25: services.e.network_mode: invalid network_mode 'mynet': use host, none, bridge, service:<name> or container:<name>",
+    ]
+
+
+def test_depends_on_unknown_service_and_bad_condition():
+    assert problems("""
+        services:
+          web:
+            image: x
+            depends_on: [db, cache]
+          worker:
+            image: x
+            depends_on:
+              db:
+                condition: service_ready
+              web:
+    """) == [
+        f"{COMPOSE}:5: services.web.depends_on[0]: unknown service 'db' (services in this file: web, worker)",
+        f"{COMPOSE}:5: services.web.depends_on[1]: unknown service 'cache' (services in this file: web, worker)",
+        f"{COMPOSE}:9: services.worker.depends_on.db: unknown service 'db' (services in this file: web, worker)",
+        f"{COMPOSE}:10: services.worker.depends_on.db.condition: invalid condition 'service_ready': use "
+        "service_started, service_healthy, service_completed_successfully",
+    ]
+    assert problems("""
+        services:
+          db: {image: pg}
+          web: {image: x, depends_on: [db]}
+    """) == []
+
+
+def test_depends_on_cycles():
+    assert problems("""
+        services:
+          a:
+            image: x
+            depends_on: [b]
+          b:
+            image: x
+            depends_on:
+              c: {condition: service_healthy}
+          c:
+            image: x
+            depends_on: [a]
+          d:
+            image: x
+            depends_on: [d]
+          e:
+            image: x
+            depends_on: [a]
+    """) == [
+        f"{COMPOSE}:5: services.a.depends_on[0]: depends_on cycle: a -> b -> c -> a",
+        f"{COMPOSE}:15: services.d.depends_on[0]: depends_on cycle: d -> d",
+    ]
+
+
+def test_start_order():
+    node = make_node("""
+        services:
+          web: {image: x, depends_on: [api, cache]}
+          api: {image: x, depends_on: {db: {condition: service_healthy}}}
+          db: {image: x}
+          cache: {image: x}
+          admin: {image: x}
+          sidecar: {image: x, network_mode: "service:web"}
+    """)
+    assert start_order(node.services) == ["admin", "cache", "db", "api", "web", "sidecar"]
+
+
+def test_start_order_survives_a_cycle():
+    node = make_node("""
+        services:
+          b: {image: x, depends_on: [a]}
+          a: {image: x, depends_on: [b]}
+          c: {image: x}
+    """)
+    assert start_order(node.services) == ["c", "a", "b"]
+
+
+# --------------------------------------------------------------------------
+# Secrets
+
+
+SECRET_COMPOSE = """
+    services:
+      web:
+        image: nginx
+        secrets:
+          - db_password
+          - source: db_password
+            target: pw
+            mode: 0440
+    secrets:
+      db_password:
+        file: secrets/db_password.txt
+"""
+
+
+def write_secret(repo: Path, content: str = "s3cret\n") -> Path:
+    path = repo / NODE_DIR / "secrets" / "db_password.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)
+    return path
+
+
+def test_untracked_secret_file_is_fine(repo):
+    write_secret(repo)
+    (repo / ".gitignore").write_text("secrets/\n")
+    assert problems(SECRET_COMPOSE, repo) == []
+
+
+def test_secret_file_tracked_by_git_is_an_error(repo):
+    write_secret(repo)
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "oops")
+    assert problems(SECRET_COMPOSE, repo) == [
+        f"{COMPOSE}:12: secrets.db_password.file: secret file {NODE_DIR}/secrets/db_password.txt is tracked by git; "
+        "secrets must stay out of the repository"
+    ]
+
+
+def test_staged_secret_file_is_an_error_too(repo):
+    write_secret(repo)
+    git(repo, "add", ".")
+    assert len(problems(SECRET_COMPOSE, repo)) == 1
+
+
+def test_missing_secret_file(repo):
+    assert problems(SECRET_COMPOSE, repo) == [
+        f"{COMPOSE}:12: secrets.db_password.file: secret file {NODE_DIR}/secrets/db_password.txt does not exist"
+    ]
+
+
+def test_secret_definitions_and_references(repo):
+    write_secret(repo)
+    assert problems("""
+        services:
+          web:
+            image: nginx
+            secrets:
+              - api_key
+              - nope
+              - source: db_password
+                target: /run/secrets/db_password
+              - source: db_password
+                mode: 0o440
+                uid: "0"
+        secrets:
+          api_key:
+            environment: API_KEY
+          db_password:
+            file: secrets/db_password.txt
+          ext:
+            external: true
+          empty: {}
+    """, repo) == [
+        f"{COMPOSE}:7: services.web.secrets[1]: secret 'nope' is not declared in the top-level secrets",
+        f"{COMPOSE}:10: services.web.secrets[3]: secret target /run/secrets/db_password is used twice (also by services.web.secrets[2])",
+        f"{COMPOSE}:11: services.web.secrets[3].mode: write the mode as octal digits with a leading 0, like 0440, not 0o440",
+        f"{COMPOSE}:12: services.web.secrets[3].uid: unsupported key 'uid'",
+        f"{COMPOSE}:15: secrets.api_key.environment: secrets from 'environment' are not supported: use 'file'",
+        f"{COMPOSE}:19: secrets.ext.external: external secrets are for swarm and not supported: use 'file'",
+        f"{COMPOSE}:20: secrets.empty: missing required key 'file'",
+    ]
+
+
+def test_secret_spec(repo):
+    path = write_secret(repo)
+    (repo / ".gitignore").write_text("secrets/\n")
+    spec = spec_of(SECRET_COMPOSE, "web", repo)
+    digest = "82ba9d712d21dc7585dd6a1f29790679985547f009baee10ea2e3edd41ce957d"  # sha256 of "s3cret\n"
+    assert spec.secrets == [
+        SecretFile("db_password", str(path), "/run/secrets/db_password", digest, 0o444),
+        SecretFile("db_password", str(path), "/run/secrets/pw", digest, 0o440),
+    ]
+    before = spec.config_hash()
+    write_secret(repo, "rotated\n")
+    assert spec_of(SECRET_COMPOSE, "web", repo).config_hash() != before
+
+
+# --------------------------------------------------------------------------
+# The container spec
+
+
+RICH = """
+    services:
+      web:
+        image: registry.example.com/web:1.2
+        command: gunicorn -b 0.0.0.0:8000 "app:create()"
+        entrypoint: ["/entry.sh"]
+        user: "1000:1000"
+        working_dir: /app
+        hostname: web1
+        environment:
+          B: 2
+          A: "x y"
+          C: true
+          FROM_SHELL:
+          NOT_SET:
+        ports:
+          - "127.0.0.1:8080:8000"
+          - "5353:53/udp"
+          - 9000
+          - target: 443
+            published: 8443
+            host_ip: 0.0.0.0
+        expose: ["7000", "7001/udp", 8000]
+        volumes:
+          - data:/var/lib/web
+          - /etc/ssl/certs:/etc/ssl/certs:ro
+          - type: volume
+            source: shared
+            target: /shared
+            read_only: true
+          - type: tmpfs
+            target: /cache
+            tmpfs: {size: 64m}
+        tmpfs: [/run]
+        healthcheck:
+          test: ["CMD-SHELL", "curl -f http://localhost:8000/ || exit 1"]
+          interval: 1m30s
+          timeout: 500ms
+          retries: 3
+          start_period: 10s
+        restart: on-failure:5
+        mem_limit: 1.5g
+        shm_size: 64m
+        cpus: 0.5
+        logging:
+          driver: json-file
+          options: {max-size: 10m, max-file: 3}
+        networks:
+          front:
+            aliases: [www, web]
+          back:
+        labels: {team: web, tier: 1}
+        cap_add: [NET_ADMIN, SYS_TIME]
+        cap_drop: [ALL]
+        extra_hosts: {db.local: 10.0.0.5}
+        dns: [10.0.0.2, 10.0.0.3]
+        stop_signal: SIGQUIT
+        stop_grace_period: 1m
+        init: true
+        read_only: true
+        depends_on: [db]
+      db:
+        image: postgres:16
+    volumes:
+      data:
+      shared:
+        external: true
+    networks:
+      front:
+      back:
+        name: shared-back
+        external: true
+"""
+
+
+def test_rich_container_spec():
+    spec = spec_of(RICH, "web", Path("/repo"), environ={"FROM_SHELL": "hello"})
+    assert (spec.dc, spec.node, spec.service, spec.name, spec.image) == (
+        "dc1", "n1", "web", "n1-web", "registry.example.com/web:1.2",
+    )  # fmt: skip
+    assert spec.create == {
+        "command": ["gunicorn", "-b", "0.0.0.0:8000", "app:create()"],
+        "entrypoint": ["/entry.sh"],
+        "environment": ["A=x y", "B=2", "C=true", "FROM_SHELL=hello"],
+        "user": "1000:1000",
+        "working_dir": "/app",
+        "hostname": "web1",
+        "ports": [(53, "udp"), 443, 7000, (7001, "udp"), 8000, 9000],
+        "healthcheck": {
+            "Test": ["CMD-SHELL", "curl -f http://localhost:8000/ || exit 1"],
+            "Interval": 90_000_000_000,
+            "Timeout": 500_000_000,
+            "Retries": 3,
+            "StartPeriod": 10_000_000_000,
+        },
+        "stop_signal": "SIGQUIT",
+        "stop_timeout": 60,
+    }
+    assert spec.host == {
+        "port_bindings": {
+            "53/udp": [("", 5353)],
+            "443/tcp": [("0.0.0.0", 8443)],
+            "8000/tcp": [("127.0.0.1", 8080)],
+            "9000/tcp": [("", None)],
+        },
+        "binds": [
+            "/etc/ssl/certs:/etc/ssl/certs:ro",
+            "shared:/shared:ro",
+            "n1_data:/var/lib/web:rw",
+        ],
+        "tmpfs": {"/cache": "size=67108864", "/run": ""},
+        "restart_policy": {"Name": "on-failure", "MaximumRetryCount": 5},
+        "cap_add": ["NET_ADMIN", "SYS_TIME"],
+        "cap_drop": ["ALL"],
+        "mem_limit": 1_610_612_736,
+        "shm_size": 67_108_864,
+        "nano_cpus": 500_000_000,
+        "log_config": {"Type": "json-file", "Config": {"max-file": "3", "max-size": "10m"}},
+        "init": True,
+        "read_only": True,
+        "extra_hosts": ["db.local:10.0.0.5"],
+        "dns": ["10.0.0.2", "10.0.0.3"],
+        "network_mode": "shared-back",  # the first network, as compose does: no default bridge besides
+    }
+    assert spec.networks == [("shared-back", ["web"]), ("n1_front", ["web", "www"])]
+    assert spec.ipv4_addresses == {}
+    assert spec.labels == {
+        "team": "web",
+        "tier": "1",
+        LABEL_DC: "dc1",
+        LABEL_NODE: "n1",
+        LABEL_SERVICE: "web",
+        LABEL_IMAGE: "registry.example.com/web:1.2",
+    }
+    assert spec.secrets == []
+    assert spec.stop_timeout == 60
+    assert spec.has_healthcheck is True
+    assert spec.published_ports is True
+    assert set(spec.all_labels()) == set(spec.labels) | {LABEL_CONFIG_HASH, LABEL_CONFIG}
+    json.dumps(asdict(spec))  # serializable without help
+
+
+def test_minimal_container_spec_joins_the_default_network():
+    spec = spec_of("services:\n  app:\n    image: app:1\n", "app", Path("/repo"))
+    assert spec.name == "n1-app"
+    assert spec.create == {"stop_timeout": 10}
+    assert spec.host == {"network_mode": "n1_default"}
+    assert spec.networks == [("n1_default", ["app"])]
+    assert (spec.has_healthcheck, spec.published_ports) == (False, False)
+
+
+def test_docker_py_accepts_the_host_config():
+    spec = spec_of(RICH, "web", Path("/repo"))
+    host_config = api_client().create_host_config(**spec.host)
+    assert host_config["PortBindings"] == {
+        "53/udp": [{"HostIp": "", "HostPort": "5353"}],
+        "443/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8443"}],
+        "8000/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}],
+        "9000/tcp": [{"HostIp": "", "HostPort": ""}],
+    }
+    assert host_config["Binds"] == spec.host["binds"]
+    assert host_config["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 5}
+    assert host_config["LogConfig"] == {"Type": "json-file", "Config": {"max-file": "3", "max-size": "10m"}}
+    assert host_config["Memory"] == 1_610_612_736
+    assert host_config["ShmSize"] == 67_108_864
+    assert host_config["NanoCpus"] == 500_000_000
+    assert host_config["Tmpfs"] == {"/cache": "size=67108864", "/run": ""}
+    assert host_config["ExtraHosts"] == ["db.local:10.0.0.5"]
+    assert host_config["Dns"] == ["10.0.0.2", "10.0.0.3"]
+    assert host_config["CapAdd"] == ["NET_ADMIN", "SYS_TIME"]
+    assert host_config["CapDrop"] == ["ALL"]
+    assert (host_config["Init"], host_config["ReadonlyRootfs"]) == (True, True)
+    assert host_config["NetworkMode"] == "shared-back"
+
+
+def test_docker_py_accepts_the_create_arguments():
+    spec = spec_of(RICH, "web", Path("/repo"))
+    config = api_client().create_container_config(spec.image, **{"command": None, **spec.create})
+    assert config["ExposedPorts"] == {
+        "53/udp": {}, "443/tcp": {}, "7000/tcp": {}, "7001/udp": {}, "8000/tcp": {}, "9000/tcp": {},
+    }  # fmt: skip
+    assert config["Healthcheck"] == spec.create["healthcheck"]
+    assert config["Cmd"] == ["gunicorn", "-b", "0.0.0.0:8000", "app:create()"]
+    assert config["Env"] == ["A=x y", "B=2", "C=true"]
+    assert (config["StopTimeout"], config["StopSignal"], config["User"]) == (60, "SIGQUIT", "1000:1000")
+
+
+def test_network_mode_and_static_addresses():
+    text = """
+        services:
+          vpn:
+            image: vpn
+            container_name: the-vpn
+          app:
+            image: app
+            network_mode: "service:vpn"
+          host:
+            image: h
+            network_mode: host
+          static:
+            image: s
+            networks:
+              lan:
+                ipv4_address: 192.168.1.20
+        networks:
+          lan:
+            external: true
+    """
+    node = make_node(text)
+    assert validate_compose(load(text), COMPOSE, Path("/repo")) == []
+    app = container_spec(node, node.services["app"], Path("/repo"))
+    assert (app.host["network_mode"], app.networks) == ("container:the-vpn", [])
+    host = container_spec(node, node.services["host"], Path("/repo"))
+    assert (host.host["network_mode"], host.networks) == ("host", [])
+    static = container_spec(node, node.services["static"], Path("/repo"))
+    assert static.networks == [("lan", ["static"])]
+    assert static.ipv4_addresses == {"lan": "192.168.1.20"}
+    assert api_client().create_host_config(**app.host)["NetworkMode"] == "container:the-vpn"
+
+
+def test_healthcheck_disabled_and_inherited():
+    text = """
+        services:
+          off:
+            image: x
+            healthcheck: {disable: true}
+          none:
+            image: x
+            healthcheck: {test: [NONE]}
+          tune:
+            image: x
+            healthcheck: {interval: 5s}
+          shell:
+            image: x
+            healthcheck: {test: "pg_isready -U app"}
+    """
+    node = make_node(text)
+    assert validate_compose(load(text), COMPOSE, Path("/repo")) == []
+    specs = {n: container_spec(node, s, Path("/repo")) for n, s in node.services.items()}
+    assert specs["off"].create["healthcheck"] == {"Test": ["NONE"]}
+    assert specs["none"].create["healthcheck"] == {"Test": ["NONE"]}
+    assert specs["tune"].create["healthcheck"] == {"Interval": 5_000_000_000}  # the image's test stays
+    assert specs["shell"].create["healthcheck"] == {"Test": ["CMD-SHELL", "pg_isready -U app"]}
+    assert [specs[n].has_healthcheck for n in ("off", "none", "tune", "shell")] == [False, False, False, True]
+
+
+def test_restart_policies_in_the_spec():
+    def policy(restart: str):
+        return spec_of(f"services:\n  a:\n    image: x\n    restart: {restart}\n", "a", Path("/r")).host.get("restart_policy")
+
+    assert policy("no") is None
+    assert policy("always") == {"Name": "always"}
+    assert policy("unless-stopped") == {"Name": "unless-stopped"}
+    assert policy("on-failure") == {"Name": "on-failure", "MaximumRetryCount": 0}
+
+
+def test_environment_list_form_and_port_ranges():
+    spec = spec_of("""
+        services:
+          a:
+            image: x
+            environment: ["Z=1", "A=a=b", "Z=2", "EMPTY="]
+            ports: ["8000-8001:80-81/udp"]
+            container_name: custom
+    """, "a", Path("/r"))
+    assert spec.name == "custom"
+    assert spec.create["environment"] == ["A=a=b", "EMPTY=", "Z=2"]
+    assert spec.host["port_bindings"] == {"80/udp": [("", 8000)], "81/udp": [("", 8001)]}
+    assert spec.create["ports"] == [(80, "udp"), (81, "udp")]
+
+
+# --------------------------------------------------------------------------
+# Hash stability
+
+
+def test_config_hash_is_stable_and_sensitive():
+    first = spec_of(RICH, "web", Path("/repo")).config_hash()
+    assert spec_of(RICH, "web", Path("/repo")).config_hash() == first
+    assert len(first) == 16
+    changed = RICH.replace('A: "x y"', 'A: "x z"')
+    assert spec_of(changed, "web", Path("/repo")).config_hash() != first
+
+
+def test_config_hash_ignores_order_that_does_not_matter():
+    a = """
+        services:
+          s:
+            image: x
+            environment: {A: 1, B: 2}
+            cap_add: [NET_ADMIN, SYS_TIME]
+            ports: ["81:81", "80:80"]
+            networks: [one, two]
+            labels: [x=1, y=2]
+        networks: {one: , two: }
+    """
+    b = """
+        services:
+          s:
+            labels: [y=2, x=1]
+            networks: [two, one]
+            ports: ["80:80", "81:81"]
+            cap_add: [SYS_TIME, NET_ADMIN]
+            environment: ["B=2", "A=1"]
+            image: x
+        networks: {two: , one: }
+    """
+    assert spec_of(a, "s", Path("/r")).config_hash() == spec_of(b, "s", Path("/r")).config_hash()
+
+
+def test_config_json_label_hides_values_but_shows_changes(repo):
+    write_secret(repo)
+    text = SECRET_COMPOSE.replace("        image: nginx\n", "        image: nginx\n        environment: {DB_PASSWORD: hunter2, MODE: prod}\n")
+    spec = spec_of(text, "web", repo)
+    recorded = spec.all_labels()[LABEL_CONFIG]
+    assert recorded == spec.config_json()
+    assert "hunter2" not in recorded and spec.secrets[0].sha256 not in recorded and str(repo) not in recorded
+    data = json.loads(recorded)
+    assert [e.split("=")[0] for e in data["create"]["environment"]] == ["DB_PASSWORD", "MODE"]
+    assert data["image"] == "nginx" and data["name"] == "n1-web"
+    changed = spec_of(text.replace("hunter2", "hunter3"), "web", repo)
+    new = json.loads(changed.config_json())
+    assert new["create"]["environment"][0] != data["create"]["environment"][0]
+    assert new["create"]["environment"][1] == data["create"]["environment"][1]
+    write_secret(repo, "rotated\n")
+    assert json.loads(spec_of(text, "web", repo).config_json())["secrets"] != data["secrets"]
+
+
+def test_hash_does_not_depend_on_where_the_checkout_is(tmp_path):
+    hashes = []
+    for where in ("one", "two"):
+        root = tmp_path / where
+        (root / NODE_DIR).mkdir(parents=True)
+        subprocess.run(["git", "init", "-q", str(root)], check=True)
+        write_secret(root)
+        hashes.append(spec_of(SECRET_COMPOSE, "web", root).config_hash())
+    assert hashes[0] == hashes[1]
+
+
+def test_container_name():
+    node = make_node("""
+        services:
+          a: {image: x}
+          b: {image: y, container_name: fixed}
+    """)
+    assert container_name(node, node.services["a"]) == "n1-a"
+    assert container_name(node, node.services["b"]) == "fixed"
+
+
+# --------------------------------------------------------------------------
+# Node resources and plain data
+
+
+def test_node_resources():
+    node = make_node("""
+        services:
+          a: {image: x, volumes: ["data:/d"]}
+          b: {image: y, networks: [front]}
+        volumes:
+          data:
+          tuned:
+            driver: local
+            driver_opts: {type: tmpfs, device: tmpfs, o: "size=100m"}
+            labels: {purpose: scratch}
+          old:
+            external: true
+          renamed:
+            name: legacy_volume
+        networks:
+          front:
+            internal: true
+            driver_opts: {com.docker.network.bridge.enable_icc: false}
+          shared:
+            external: true
+            name: corp-net
+    """)
+    identity = {LABEL_DC: "dc1", LABEL_NODE: "n1"}
+    volumes, networks = node_resources(node)
+    assert volumes == [
+        VolumeSpec("n1_data", labels=identity),
+        VolumeSpec("old", labels={}, external=True),
+        VolumeSpec("legacy_volume", labels=identity),
+        VolumeSpec(
+            "n1_tuned",
+            driver_opts={"device": "tmpfs", "o": "size=100m", "type": "tmpfs"},
+            labels={"purpose": "scratch", **identity},
+        ),
+    ]
+    assert networks == [
+        NetworkSpec("n1_default", labels=identity),
+        NetworkSpec("n1_front", options={"com.docker.network.bridge.enable_icc": "false"}, internal=True, labels=identity),
+        NetworkSpec("corp-net", labels={}, external=True),
+    ]
+
+
+def test_no_default_network_when_nobody_uses_it():
+    node = make_node("""
+        services:
+          a: {image: x, networks: [front]}
+          b: {image: y, network_mode: host}
+        networks:
+          front:
+    """)
+    assert [n.name for n in node_resources(node)[1]] == ["n1_front"]
+
+
+def test_to_plain():
+    doc = load("""
+        a: 0440
+        b: [1, 2.5, true, null, "s"]
+        c: {d: &anchor yes}
+        e: *anchor
+        f: |
+          text
+    """)
+    plain = to_plain(doc)
+    assert plain == {"a": 440, "b": [1, 2.5, True, None, "s"], "c": {"d": "yes"}, "e": "yes", "f": "text\n"}
+    assert type(plain) is dict and type(plain["b"]) is list and type(plain["c"]) is dict
+    assert [type(v) for v in plain["b"]] == [int, float, bool, type(None), str]
+    assert type(plain["a"]) is int and type(plain["f"]) is str
