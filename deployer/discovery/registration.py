@@ -77,7 +77,7 @@ from deployer.discovery.catalog import (
     valid_name,
     valid_tag,
 )
-from deployer.config.compose import LABEL_DC, LABEL_NODE, LABEL_SERVICE
+from deployer.labels import LABEL_DC, LABEL_NODE, LABEL_SERVICE
 from deployer.errors import ConfigError, ConsulError, ConsulUnavailable, DeployerError, HealthCheckFailed
 
 if TYPE_CHECKING:  # pragma: no cover

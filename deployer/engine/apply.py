@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from deployer.config.compose import ContainerSpec, NetworkSpec, VolumeSpec
+from deployer.spec import ContainerSpec, NetworkSpec, VolumeSpec
 from deployer.errors import ContainerConflict, HealthCheckFailed, ImageNotFound
 from deployer.engine.plan import CREATE, NONE, REMOVE, REPLACE, TIDY, Change
 from deployer.engine.state import ContainerState, NodeState, read_container
@@ -88,7 +88,7 @@ class Outcome:
 
 def pull_failed(ref: str, detail: str) -> ImageNotFound:
     """One line saying why the node could not pull ``ref``, naming the image and its registry."""
-    from deployer.config.imageref import ImageRef
+    from deployer.imageref import ImageRef
 
     detail = " ".join(str(detail).split())
     try:

@@ -10,7 +10,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from deployer.config.compose import LABEL_CONFIG, ContainerSpec
+from deployer.labels import LABEL_CONFIG
+from deployer.spec import ContainerSpec
 from deployer.engine.state import ContainerState, NodeState
 
 CREATE = "create"

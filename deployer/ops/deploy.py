@@ -167,7 +167,7 @@ def owner_info(command: str) -> dict[str, Any]:
 
 def pick_service(node: Node, image_repository: str, familiar: str, explicit: str | None) -> tuple[str, bool]:
     """The service an image is deployed to: (name, is_new)."""
-    from deployer.config.imageref import ImageRef
+    from deployer.imageref import ImageRef
 
     if explicit:
         return explicit, explicit not in node.services
@@ -225,7 +225,7 @@ class Deployer:
                settle: float | None = None, health_timeout: float | None = None,
                batch: int | None = None, parallel: int = DEFAULT_PARALLEL) -> DeployResult:
         """Deploy ``image`` to one or more targets (dc/node, dc/node/service, or a whole dc)."""
-        from deployer.config.imageref import ImageRef
+        from deployer.imageref import ImageRef
 
         ref = ImageRef.parse(image)
         infra = self.load()

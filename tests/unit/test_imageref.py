@@ -1,4 +1,4 @@
-"""Tests for deployer.config.imageref: Docker's image reference grammar."""
+"""Tests for deployer.imageref: Docker's image reference grammar."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deployer.errors import DeployerError, ImageReferenceError
-from deployer.config.imageref import ImageRef
+from deployer.imageref import ImageRef
 
 H64 = "0123456789abcdef" * 4
 SHA = f"sha256:{H64}"

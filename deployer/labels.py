@@ -1,0 +1,21 @@
+"""The labels the deployer puts on every container it manages, and so reads back.
+
+``deployer.dc``, ``deployer.node`` and ``deployer.service`` say what a container
+is; ``deployer.image`` the reference the repository wrote; ``deployer.config-hash``
+and ``deployer.config`` the container spec it was created from (hash, and JSON
+with secret-looking values fingerprinted), which is how ``plan`` tells what changed.
+Other ``deployer.*`` labels (``deployer.consul.*``, ``deployer.drain``) are the
+user's, written in compose files and read by discovery.
+"""
+
+from __future__ import annotations
+
+LABEL_DC = "deployer.dc"
+LABEL_NODE = "deployer.node"
+LABEL_SERVICE = "deployer.service"
+LABEL_CONFIG_HASH = "deployer.config-hash"
+LABEL_CONFIG = "deployer.config"  # the spec as JSON (values that may be secret fingerprinted), for plan's diff
+LABEL_IMAGE = "deployer.image"
+
+# Labels the deployer sets itself; other deployer.* labels (deployer.consul.check, ...) are the user's.
+RESERVED_LABELS = (LABEL_DC, LABEL_NODE, LABEL_SERVICE, LABEL_IMAGE, LABEL_CONFIG_HASH, LABEL_CONFIG)

@@ -1,0 +1,146 @@
+"""The one value grammar: durations and byte sizes, wherever a user writes one.
+
+CLI options, compose keys, ``deployer.*`` labels and the templates config file
+all parse their durations and sizes here, so the same string means the same
+thing everywhere.
+
+Durations are Go's (and Compose's) syntax: one or more ``<number><unit>``
+parts with the units ``ns``, ``us`` (``µs``), ``ms``, ``s``, ``m``, ``h``, such
+as ``1m30s``, ``250ms``, ``1.5h``; ``0`` alone is zero. Where bare seconds are
+documented (CLI options, labels, the templates config) a plain number, written
+as a YAML number or as a string like ``"1.5"``, is seconds too; compose keys
+require a unit, as the Compose spec does. Negative durations are refused
+everywhere. Arithmetic is exact (nanoseconds as integers), so ``0.1s`` is
+exactly 100,000,000 ns.
+
+Byte sizes are an integer of bytes, or a number with a binary unit: ``b``,
+``k``/``kb``/``kib``, ``m``, ``g``, ``t`` (case-insensitive): ``512m``,
+``1.5g``, ``64MiB``. That is Docker's reading (``docker run -m 512m``).
+
+Errors are :class:`BadValue` (a ValueError) whose message says what is wrong
+and how to write it; callers put the field name in front.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+from typing import Any
+
+NS_PER_SECOND = 10**9
+
+_DURATION_UNITS = {
+    "ns": 1, "us": 10**3, "µs": 10**3, "μs": 10**3, "ms": 10**6,
+    "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9,
+}  # fmt: skip
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_BARE_NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+")
+#: A duration string longer than this is refused before it is scanned.
+MAX_DURATION_TEXT = 100
+
+_BYTES_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([kmgt])(?:i?b)?|b)?", re.IGNORECASE)
+_BYTE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+MAX_SIZE_TEXT = 100
+
+
+class BadValue(ValueError):
+    """A value that does not follow the grammar; the message says why and how to write it."""
+
+
+def kind(value: Any) -> str:
+    """What a value is, in words, for error messages ('a string', 'an integer', ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool) or type(value).__name__ == "ScalarBoolean":
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and kind(value) != "a boolean"
+
+
+def parse_duration_ns(value: Any, *, bare_seconds: bool = False) -> int:
+    """A duration -> whole nanoseconds. ``bare_seconds`` lets a plain number mean seconds."""
+    if bare_seconds and _is_number(value):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise BadValue(f"invalid duration {value!r}: write seconds or a duration like 250ms, 2s, 1m30s")
+        if value < 0:
+            raise BadValue(f"must not be negative, got {value!r}")
+        return int(Fraction(value) * NS_PER_SECOND)
+    if not isinstance(value, str):
+        if bare_seconds:
+            raise BadValue(f"must be seconds or a duration like 250ms, 2s, 1m30s, not {kind(value)}")
+        raise BadValue(f"must be a duration with a unit, like '30s' or '1m30s', not {kind(value)}")
+    text = value.strip()
+    if text == "0":
+        return 0
+    if not text:
+        raise BadValue("invalid duration '': write a number with a unit, like '30s' or '1m30s'")
+    if len(text) > MAX_DURATION_TEXT:
+        raise BadValue(f"invalid duration: {len(text)} characters is too long for a duration")
+    if text.startswith("-"):
+        raise BadValue(f"must not be negative, got {value!r}")
+    if bare_seconds and _BARE_NUMBER.fullmatch(text):
+        return int(Fraction(text) * NS_PER_SECOND)
+    total: int | Fraction = 0
+    pos = 0
+    while pos < len(text):
+        m = _DURATION_PART.match(text, pos)
+        if not m:
+            if bare_seconds:
+                raise BadValue(f"invalid duration {value!r}: write seconds or a duration like 250ms, 2s, 1m30s")
+            raise BadValue(f"invalid duration {value!r}: write numbers with units (ns, us, ms, s, m, h), like '1m30s'")
+        number, unit = m.group(1), _DURATION_UNITS[m.group(2)]
+        # exact arithmetic; whole numbers (the usual case) skip the Fraction
+        total += int(number) * unit if number.isdigit() else Fraction(number) * unit
+        pos = m.end()
+    return int(total)
+
+
+def parse_duration(value: Any, *, bare_seconds: bool = True) -> float:
+    """A duration -> seconds (float). Bare numbers are seconds unless ``bare_seconds=False``."""
+    return parse_duration_ns(value, bare_seconds=bare_seconds) / NS_PER_SECOND
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as the shortest exact Go duration string: 90 -> '1m30s', 0.25 -> '250ms'."""
+    ns = int(round(Fraction(seconds) * NS_PER_SECOND))
+    if ns == 0:
+        return "0s"
+    if ns % NS_PER_SECOND:
+        for unit, size in (("ms", 10**6), ("us", 10**3), ("ns", 1)):
+            if ns % size == 0:
+                return f"{ns // size}{unit}"
+    out, rest = "", ns // NS_PER_SECOND
+    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
+        if rest >= size:
+            out += f"{rest // size}{unit}"
+            rest %= size
+    return out
+
+
+def parse_bytes(value: Any) -> int:
+    """An int of bytes, or '512m', '1g', '100k', '1.5g', '64mb', '1GiB' (binary units) -> bytes."""
+    if isinstance(value, int) and kind(value) == "an integer":
+        if value < 0:
+            raise BadValue(f"must not be negative, got {value}")
+        return int(value)
+    if not isinstance(value, str):
+        raise BadValue(f"must be a size in bytes or a string like '512m' or '1g', not {kind(value)}")
+    if len(value) > MAX_SIZE_TEXT:
+        raise BadValue(f"invalid size: {len(value)} characters is too long for a size")
+    m = _BYTES_RE.fullmatch(value.strip())
+    if not m:
+        raise BadValue(f"invalid size {value!r}: write bytes or a number with a unit b, k, m, g, like '512m'")
+    return int(Fraction(m.group(1)) * _BYTE_UNITS[(m.group(2) or "").lower()])
