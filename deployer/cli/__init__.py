@@ -1,5 +1,13 @@
 """cli: the `deployer` command. Click commands by subject, output helpers, shared options.
 
 Parses, calls ops/build/discovery, prints (tables or --json); errors print as
-one line and exit with their code. Nothing below imports it.
+one line and exit with their code. Nothing below imports it. ``main`` (the
+group, error translation) imports the subject modules and adds their
+commands: ``repo`` (init, validate, ls), ``deploy`` (deploy, rollback,
+history), ``fleet`` (status, plan, apply), ``nodes`` (node add/rm), ``build``
+(build, image, release, watch-builds), ``discovery`` (services, registrator,
+render, templates watch). The subject modules import only ``options`` (every
+shared option and the duration type, defined once) and ``output`` (tables,
+--json, progress lines, a deploy's result), never ``main``; they import the
+layers below inside the command functions, so ``deployer --help`` stays fast.
 """

@@ -1,6 +1,6 @@
 """CLI commands for building and releasing: build, image, release, watch-builds.
 
-Registered on the main group by cli.py, with its conventions: ``--json`` for
+Added to the main group by deployer.cli.main, with its conventions: ``--json`` for
 machines, progress lines on stderr (``--quiet`` turns them off), errors as one
 line on stderr with a non-zero exit. A failed build prints the compiler's
 output above that line. The work is done in deployer.build.builders and
@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import signal
 import sys
 import threading
 import time
-from typing import Any
 
 import click
 
+from deployer.cli.options import (POSITIVE_DURATION, author_option, batch_option, health_timeout_option,
+                                  json_option, message_option, no_consul_option, quiet_option, repo_root,
+                                  service_option, settle_option, verbose_option, wait_option)
+from deployer.cli.output import print_deploy_result, print_json, progress
 from deployer.errors import BuildFailed, DeployerError
 
 WATCH_HELP = """Build, push (and deploy) each new commit of SOURCE_REPO's branch, once.
@@ -54,28 +56,6 @@ Hooks run in the repository's git dir with GIT_DIR set; the command ignores
 GIT_DIR and the other variables git exports to hooks. Two runs at once wait
 for each other (a lock beside the state file).
 """
-
-
-def _duration(text: str) -> float:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*", str(text))
-    if not m:
-        raise ValueError(f"{text!r} is not a duration like 10s, 500ms, 2m or 1h")
-    return float(m[1]) * {"ms": 0.001, None: 1, "s": 1, "m": 60, "h": 3600}[m[2]]
-
-
-class Duration(click.ParamType):
-    name = "duration"
-
-    def convert(self, value: Any, param, ctx) -> float:
-        if isinstance(value, (int, float)):
-            return float(value)
-        try:
-            seconds = _duration(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-        if seconds <= 0:
-            self.fail("must be more than zero", param, ctx)
-        return seconds
 
 
 class BuildLines:
@@ -173,230 +153,229 @@ def _outcome_lines(outcome, targets: list[str]) -> None:
                    "trying again on the next poll", err=True)
 
 
-def register(group: click.Group) -> None:
-    """Add this module's commands to ``group``."""
-    from deployer.cli import main as c  # its option decorators and printers (it is loaded: it calls us)
+# The options only the build commands take.
+docker_option = click.option(
+    "--docker", "docker_url", metavar="URL", envvar="DOCKER_HOST", show_envvar=True,
+    default="unix:///var/run/docker.sock", show_default=True,
+    help="The Docker engine that builds; it must see this machine's files (a local socket).")
+builder_option = click.option("--builder", metavar="TECH",
+                              help="go, python, ... (default: deployer.yml's builder, else detected).")
+registry_option = click.option("--registry", metavar="HOST:PORT", help="The registry to push to.")
+dirty_option = click.option("--allow-dirty", is_flag=True,
+                            help="Build uncommitted changes too (the version gets -dirty).")
+build_verbose_option = verbose_option("Also show the compiler's and docker build's output.")
 
-    docker_option = click.option(
-        "--docker", "docker_url", metavar="URL", envvar="DOCKER_HOST", show_envvar=True,
-        default="unix:///var/run/docker.sock", show_default=True,
-        help="The Docker engine that builds; it must see this machine's files (a local socket).")
-    builder_option = click.option("--builder", metavar="TECH",
-                                  help="go, python, ... (default: deployer.yml's builder, else detected).")
-    registry_option = click.option("--registry", metavar="HOST:PORT", help="The registry to push to.")
-    dirty_option = click.option("--allow-dirty", is_flag=True,
-                                help="Build uncommitted changes too (the version gets -dirty).")
-    quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
-    verbose_option = click.option("--verbose", "-v", is_flag=True,
-                                  help="Also show the compiler's and docker build's output.")
-    service_option = click.option("--service", metavar="NAME",
-                                  help="The service to deploy to (a new name adds a service).")
 
-    @group.command()
-    @click.argument("app_source")
-    @builder_option
-    @click.option("--out", metavar="DIR", help="Where the binaries go (replaced as a whole, only on success; "
-                                               "default: the cache's artifacts/APP).")
-    @docker_option
-    @c.json_option
-    @quiet_option
-    @verbose_option
-    def build(app_source, builder, out, docker_url, as_json, quiet, verbose):
-        """Compile APP_SOURCE in its builder container and list the files made.
+@click.command()
+@click.argument("app_source")
+@builder_option
+@click.option("--out", metavar="DIR", help="Where the binaries go (replaced as a whole, only on success; "
+                                           "default: the cache's artifacts/APP).")
+@docker_option
+@json_option()
+@quiet_option()
+@build_verbose_option
+def build(app_source, builder, out, docker_url, as_json, quiet, verbose):
+    """Compile APP_SOURCE in its builder container and list the files made.
 
-        Needs no git and no registry. A compile error prints the compiler's
-        output and exits 1; the --out directory is then left as it was.
-        """
-        from deployer.build import builders as B
-        from deployer.ops.release import build_client
+    Needs no git and no registry. A compile error prints the compiler's
+    output and exits 1; the --out directory is then left as it was.
+    """
+    from deployer.build import builders as B
+    from deployer.ops.release import build_client
 
-        client = build_client(docker_url)
+    client = build_client(docker_url)
+    with contextlib.closing(client), compiler_output():
+        result = B.build(client, app_source, builder, out, progress=BuildLines(quiet or as_json, verbose))
+    if as_json:
+        print_json({"builder": result.builder, "builder_image": result.builder_image,
+                    "artifacts_dir": str(result.artifacts_dir), "binaries": [str(p) for p in result.binaries],
+                    "seconds": round(result.seconds, 3)})
+        return
+    for path in result.binaries:
+        click.echo(str(path))
+    files = f"{len(result.binaries)} file{'' if len(result.binaries) == 1 else 's'}"
+    click.echo(f"{result.builder} build of {app_source}: {files} in {result.seconds:.1f}s", err=True)
+
+
+@click.command()
+@click.argument("app_source")
+@registry_option
+@click.option("--dc", metavar="DC", help="Push to the registry the datacenter's datacenter.yml names "
+                                         "(in --repo).")
+@dirty_option
+@click.option("--no-push", is_flag=True, help="Build and tag REGISTRY/APP:VERSION here; do not push.")
+@builder_option
+@docker_option
+@json_option()
+@quiet_option()
+@build_verbose_option
+@click.pass_context
+def image(ctx, app_source, registry, dc, allow_dirty, no_push, builder, docker_url, as_json, quiet, verbose):
+    """Build APP_SOURCE's image REGISTRY/APP:VERSION and push it.
+
+    VERSION is the git tag on HEAD, else the short commit. Uncommitted
+    changes are refused unless --allow-dirty. When the registry holds
+    that tag built from the same commit already, nothing is built.
+    """
+    from deployer.build import builders as B
+    from deployer.ops.release import build_client, image_to_json, registry_for
+
+    if registry and dc:
+        raise click.UsageError("give --registry or --dc, not both")
+    if not registry and not dc:
+        raise click.UsageError("where to push: --registry HOST:PORT, or --dc DC (its datacenter.yml's registry)")
+    if dc:
+        from deployer.config.loader import load
+
+        registry = registry_for(load(repo_root(ctx)), dc=dc)
+    else:
+        registry = registry_for(None, explicit=registry)
+    client = build_client(docker_url)
+    with contextlib.closing(client), compiler_output():
+        result = B.build_image(client, app_source, registry, allow_dirty, builder=builder, push=not no_push,
+                               progress=BuildLines(quiet or as_json, verbose))
+    if as_json:
+        print_json(image_to_json(result))
+    else:
+        click.echo(_image_line(result))
+
+
+@click.command()
+@click.argument("app_source")
+@click.argument("targets", nargs=-1, required=True)
+@registry_option
+@service_option
+@batch_option
+@dirty_option
+@builder_option
+@docker_option
+@wait_option
+@author_option
+@message_option
+@settle_option
+@health_timeout_option
+@no_consul_option
+@json_option()
+@quiet_option()
+@build_verbose_option
+@click.pass_context
+def release(ctx, app_source, targets, registry, service, batch, allow_dirty, builder, docker_url, wait, author,
+            message, settle, health_timeout, no_consul, as_json, quiet, verbose):
+    """Build APP_SOURCE's image, push it, deploy it to TARGETS: one commit.
+
+    The image is REGISTRY/APP:VERSION, REGISTRY being the one the
+    targets' datacenter.yml names (registry: HOST:PORT) unless
+    --registry. The targets are checked first (as deploy --dry-run
+    would); a failed build or push deploys nothing. Nodes pull the image
+    from the registry.
+    """
+    from deployer.errors import PartialDeploy
+    from deployer.ops.release import build_client, release as do_release
+
+    client = build_client(docker_url)
+    try:
         with contextlib.closing(client), compiler_output():
-            result = B.build(client, app_source, builder, out, progress=BuildLines(quiet or as_json, verbose))
+            result = do_release(
+                client, app_source, list(targets), infra_root=repo_root(ctx), registry=registry,
+                service=service, allow_dirty=allow_dirty, builder=builder, wait=wait, message=message,
+                author=author, settle=settle, health_timeout=health_timeout, batch=batch,
+                consul=not no_consul, progress=progress(quiet or as_json),
+                build_progress=BuildLines(quiet or as_json, verbose),
+                on_image=None if as_json else lambda image: click.echo(_image_line(image)))
+    except PartialDeploy as exc:
+        print_deploy_result(exc.result, as_json)
+        raise
+    if as_json:
+        print_json(result.to_json())
+        return
+    print_deploy_result(result.deploy, False)
+
+
+@click.command(name="watch-builds", help=WATCH_HELP)
+@click.argument("source_repo")
+@click.option("--branch", default="main", show_default=True, help="The branch to follow.")
+@click.option("--app", metavar="SUBDIR", help="The app's directory inside the repository "
+                                              "(default: SOURCE_REPO's place in its working tree, else the top).")
+@click.option("--interval", type=POSITIVE_DURATION, default="10s", show_default=True,
+              help="How often to look for new commits (500ms, 10s, 2m...).")
+@click.option("--deploy", "deploy_targets", multiple=True, metavar="TARGET",
+              help="Deploy the head's image to TARGET (dc, dc/node, dc/node/service); repeatable.")
+@registry_option
+@click.option("--dc", metavar="DC", help="Without --deploy: push to DC's registry (datacenter.yml).")
+@service_option
+@click.option("--once", is_flag=True, help="Process what is new, then exit (1 if something failed).")
+@click.option("--state", "state_path", metavar="FILE",
+              help="The build record (default: SOURCE_REPO's git dir/deployer-builds.json).")
+@builder_option
+@docker_option
+@wait_option
+@message_option
+@settle_option
+@health_timeout_option
+@no_consul_option
+@json_option("One JSON object per processed commit on stdout.")
+@quiet_option()
+@build_verbose_option
+@click.pass_context
+def watch_builds(ctx, source_repo, branch, app, interval, deploy_targets, registry, dc, service, once,
+                 state_path, builder, docker_url, wait, message, settle, health_timeout, no_consul, as_json,
+                 quiet, verbose):
+    from deployer.ops.release import BuildWatcher, build_client, forget_hook_git_env, registry_for
+
+    forget_hook_git_env()  # run from a git hook: GIT_DIR would redirect every git command
+    targets = list(deploy_targets)
+    if registry and dc:
+        raise click.UsageError("give --registry or --dc, not both")
+    infra_root = None
+    if targets or dc:
+        from deployer.config.loader import load
+
+        infra_root = repo_root(ctx)
+        registry = registry_for(load(infra_root), targets=targets, dc=dc, explicit=registry)
+    elif not registry:
+        raise click.UsageError("where to push: --registry HOST:PORT, --dc DC, or --deploy TARGET "
+                               "(the registry of its datacenter)")
+    else:
+        registry = registry_for(None, explicit=registry)
+
+    def report(outcome) -> None:
         if as_json:
-            c._json({"builder": result.builder, "builder_image": result.builder_image,
-                     "artifacts_dir": str(result.artifacts_dir), "binaries": [str(p) for p in result.binaries],
-                     "seconds": round(result.seconds, 3)})
-            return
-        for path in result.binaries:
-            click.echo(str(path))
-        files = f"{len(result.binaries)} file{'' if len(result.binaries) == 1 else 's'}"
-        click.echo(f"{result.builder} build of {app_source}: {files} in {result.seconds:.1f}s", err=True)
-
-    @group.command()
-    @click.argument("app_source")
-    @registry_option
-    @click.option("--dc", metavar="DC", help="Push to the registry the datacenter's datacenter.yml names "
-                                             "(in --repo).")
-    @dirty_option
-    @click.option("--no-push", is_flag=True, help="Build and tag REGISTRY/APP:VERSION here; do not push.")
-    @builder_option
-    @docker_option
-    @c.json_option
-    @quiet_option
-    @verbose_option
-    @click.pass_context
-    def image(ctx, app_source, registry, dc, allow_dirty, no_push, builder, docker_url, as_json, quiet, verbose):
-        """Build APP_SOURCE's image REGISTRY/APP:VERSION and push it.
-
-        VERSION is the git tag on HEAD, else the short commit. Uncommitted
-        changes are refused unless --allow-dirty. When the registry holds
-        that tag built from the same commit already, nothing is built.
-        """
-        from deployer.build import builders as B
-        from deployer.ops.release import build_client, image_to_json, registry_for
-
-        if registry and dc:
-            raise click.UsageError("give --registry or --dc, not both")
-        if not registry and not dc:
-            raise click.UsageError("where to push: --registry HOST:PORT, or --dc DC (its datacenter.yml's registry)")
-        if dc:
-            from deployer.config.loader import load
-
-            registry = registry_for(load(c._repo_root(ctx)), dc=dc)
+            click.echo(json.dumps(outcome.to_json()))
         else:
-            registry = registry_for(None, explicit=registry)
-        client = build_client(docker_url)
-        with contextlib.closing(client), compiler_output():
-            result = B.build_image(client, app_source, registry, allow_dirty, builder=builder, push=not no_push,
-                                   progress=BuildLines(quiet or as_json, verbose))
-        if as_json:
-            c._json(image_to_json(result))
-        else:
-            click.echo(_image_line(result))
+            _outcome_lines(outcome, targets)
 
-    @group.command()
-    @click.argument("app_source")
-    @click.argument("targets", nargs=-1, required=True)
-    @registry_option
-    @service_option
-    @click.option("--batch", type=click.IntRange(min=1), default=None, metavar="N",
-                  help="Deploy to N nodes at a time; stop at the first batch that fails.")
-    @dirty_option
-    @builder_option
-    @docker_option
-    @c.wait_option
-    @c.author_option
-    @c.message_option
-    @c.settle_option
-    @c.timeout_option
-    @c.no_consul_option
-    @c.json_option
-    @quiet_option
-    @verbose_option
-    @click.pass_context
-    def release(ctx, app_source, targets, registry, service, batch, allow_dirty, builder, docker_url, wait, author,
-                message, settle, health_timeout, no_consul, as_json, quiet, verbose):
-        """Build APP_SOURCE's image, push it, deploy it to TARGETS: one commit.
+    def on_error(exc: Exception) -> None:
+        text = exc.one_line() if isinstance(exc, DeployerError) else " ".join(str(exc).split())
+        click.echo(f"error: {text or type(exc).__name__}; trying again in {interval:g}s", err=True)
 
-        The image is REGISTRY/APP:VERSION, REGISTRY being the one the
-        targets' datacenter.yml names (registry: HOST:PORT) unless
-        --registry. The targets are checked first (as deploy --dry-run
-        would); a failed build or push deploys nothing. Nodes pull the image
-        from the registry.
-        """
-        from deployer.errors import PartialDeploy
-        from deployer.ops.release import build_client, release as do_release
+    client = build_client(docker_url)
+    watcher = BuildWatcher(
+        client, source_repo, registry=registry, branch=branch, app=app, deploy=targets, infra_root=infra_root,
+        service=service, builder=builder, wait=wait, message=message, settle=settle,
+        health_timeout=health_timeout, consul=not no_consul, state_path=state_path,
+        progress=progress(quiet or as_json), build_progress=BuildLines(quiet or as_json, verbose),
+        report=report)
+    say = progress(quiet or as_json)
+    if not once:
+        say(f"watching {watcher.repo.path} {branch} every {interval:g}s; pushing to {registry}"
+            + (f", deploying to {', '.join(targets)}" if targets else ""))
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:  # SIGTERM: finish the commit at hand, then stop
+        previous = signal.signal(signal.SIGTERM, lambda *_: watcher.stop.set())
+    try:
+        with contextlib.closing(client):
+            ok = watcher.run(interval, once=once, on_error=on_error)
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+        sys.exit(130)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if once and not watcher.processed and ok:
+        say(f"nothing new on {branch}")
+    if once and not ok:
+        sys.exit(1)
 
-        client = build_client(docker_url)
-        try:
-            with contextlib.closing(client), compiler_output():
-                result = do_release(
-                    client, app_source, list(targets), infra_root=c._repo_root(ctx), registry=registry,
-                    service=service, allow_dirty=allow_dirty, builder=builder, wait=wait, message=message,
-                    author=author, settle=settle, health_timeout=health_timeout, batch=batch,
-                    consul=not no_consul, progress=c._progress(quiet or as_json),
-                    build_progress=BuildLines(quiet or as_json, verbose),
-                    on_image=None if as_json else lambda image: click.echo(_image_line(image)))
-        except PartialDeploy as exc:
-            c._print_result(exc.result, as_json)
-            raise
-        if as_json:
-            c._json(result.to_json())
-            return
-        c._print_result(result.deploy, False)
 
-    @group.command(name="watch-builds", help=WATCH_HELP)
-    @click.argument("source_repo")
-    @click.option("--branch", default="main", show_default=True, help="The branch to follow.")
-    @click.option("--app", metavar="SUBDIR", help="The app's directory inside the repository "
-                                                  "(default: SOURCE_REPO's place in its working tree, else the top).")
-    @click.option("--interval", type=Duration(), default="10s", show_default=True,
-                  help="How often to look for new commits (500ms, 10s, 2m...).")
-    @click.option("--deploy", "deploy_targets", multiple=True, metavar="TARGET",
-                  help="Deploy the head's image to TARGET (dc, dc/node, dc/node/service); repeatable.")
-    @registry_option
-    @click.option("--dc", metavar="DC", help="Without --deploy: push to DC's registry (datacenter.yml).")
-    @service_option
-    @click.option("--once", is_flag=True, help="Process what is new, then exit (1 if something failed).")
-    @click.option("--state", "state_path", metavar="FILE",
-                  help="The build record (default: SOURCE_REPO's git dir/deployer-builds.json).")
-    @builder_option
-    @docker_option
-    @c.wait_option
-    @c.message_option
-    @c.settle_option
-    @c.timeout_option
-    @c.no_consul_option
-    @click.option("--json", "as_json", is_flag=True, help="One JSON object per processed commit on stdout.")
-    @quiet_option
-    @verbose_option
-    @click.pass_context
-    def watch_builds(ctx, source_repo, branch, app, interval, deploy_targets, registry, dc, service, once,
-                     state_path, builder, docker_url, wait, message, settle, health_timeout, no_consul, as_json,
-                     quiet, verbose):
-        from deployer.ops.release import BuildWatcher, build_client, forget_hook_git_env, registry_for
-
-        forget_hook_git_env()  # run from a git hook: GIT_DIR would redirect every git command
-        targets = list(deploy_targets)
-        if registry and dc:
-            raise click.UsageError("give --registry or --dc, not both")
-        infra_root = None
-        if targets or dc:
-            from deployer.config.loader import load
-
-            infra_root = c._repo_root(ctx)
-            registry = registry_for(load(infra_root), targets=targets, dc=dc, explicit=registry)
-        elif not registry:
-            raise click.UsageError("where to push: --registry HOST:PORT, --dc DC, or --deploy TARGET "
-                                   "(the registry of its datacenter)")
-        else:
-            registry = registry_for(None, explicit=registry)
-
-        def report(outcome) -> None:
-            if as_json:
-                click.echo(json.dumps(outcome.to_json()))
-            else:
-                _outcome_lines(outcome, targets)
-
-        def on_error(exc: Exception) -> None:
-            text = exc.one_line() if isinstance(exc, DeployerError) else " ".join(str(exc).split())
-            click.echo(f"error: {text or type(exc).__name__}; trying again in {interval:g}s", err=True)
-
-        client = build_client(docker_url)
-        watcher = BuildWatcher(
-            client, source_repo, registry=registry, branch=branch, app=app, deploy=targets, infra_root=infra_root,
-            service=service, builder=builder, wait=wait, message=message, settle=settle,
-            health_timeout=health_timeout, consul=not no_consul, state_path=state_path,
-            progress=c._progress(quiet or as_json), build_progress=BuildLines(quiet or as_json, verbose),
-            report=report)
-        say = c._progress(quiet or as_json)
-        if not once:
-            say(f"watching {watcher.repo.path} {branch} every {interval:g}s; pushing to {registry}"
-                + (f", deploying to {', '.join(targets)}" if targets else ""))
-        main_thread = threading.current_thread() is threading.main_thread()
-        if main_thread:  # SIGTERM: finish the commit at hand, then stop
-            previous = signal.signal(signal.SIGTERM, lambda *_: watcher.stop.set())
-        try:
-            with contextlib.closing(client):
-                ok = watcher.run(interval, once=once, on_error=on_error)
-        except KeyboardInterrupt:
-            click.echo("stopped", err=True)
-            sys.exit(130)
-        finally:
-            if main_thread:
-                signal.signal(signal.SIGTERM, previous)
-        if once and not watcher.processed and ok:
-            say(f"nothing new on {branch}")
-        if once and not ok:
-            sys.exit(1)
+COMMANDS = (build, image, release, watch_builds)

@@ -1,4 +1,4 @@
-"""CLI commands for discovery: registered on the main group by cli.py.
+"""CLI commands for discovery: added to the main group by deployer.cli.main.
 
     deployer registrator TARGET... [--resync 30s] [--once]
     deployer services [DC] [--json]
@@ -15,16 +15,8 @@ from typing import Any
 
 import click
 
-
-def _duration(ctx: click.Context, param: click.Parameter, value: Any) -> float | None:
-    if value is None:
-        return None
-    from deployer.discovery.catalog import parse_duration
-
-    try:
-        return parse_duration(value, param.name or "duration")
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+from deployer.cli.options import DURATION, json_option, quiet_option, repo_root, verbose_option
+from deployer.cli.output import print_json, table
 
 
 def _stop_on_signals():
@@ -78,18 +70,18 @@ def _parse_vars(items: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
-quiet_option = click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors.")
-verbose_option = click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
+logging_quiet_option = quiet_option("Only warnings and errors.")
+logging_verbose_option = verbose_option("Debug logging.")
 
 
 @click.command()
 @click.argument("targets", nargs=-1, required=True)
-@click.option("--resync", default="30s", show_default=True, callback=_duration, metavar="DURATION",
+@click.option("--resync", type=DURATION, default="30s", show_default=True, metavar="DURATION",
               help="Compare every node with Consul this often (events handle the rest).")
 @click.option("--once", is_flag=True, help="One resync of every node, then exit (for tests and cron).")
-@click.option("--json", "as_json", is_flag=True, help="With --once: print what was done as JSON.")
-@quiet_option
-@verbose_option
+@json_option("With --once: print what was done as JSON.")
+@logging_quiet_option
+@logging_verbose_option
 @click.pass_context
 def registrator(ctx, targets, resync, once, as_json, quiet, verbose):
     """Keep Consul's registrations equal to the containers running on TARGETS (dc/node or dc).
@@ -99,12 +91,11 @@ def registrator(ctx, targets, resync, once, as_json, quiet, verbose):
     Only registrations the deployer made (their meta says so) are ever removed.
     Runs until SIGINT/SIGTERM.
     """
-    from deployer.cli.main import _json, _repo_root
     from deployer.discovery.registration import Registrator
     from deployer.config.loader import load
 
     _logging(quiet or (once and as_json), verbose)
-    root = _repo_root(ctx)
+    root = repo_root(ctx)
     infra = load(root)
     nodes = []
     for text in targets:
@@ -121,7 +112,7 @@ def registrator(ctx, targets, resync, once, as_json, quiet, verbose):
         finally:
             reg.close()
         if as_json:
-            _json([r.to_json() for r in reports])
+            print_json([r.to_json() for r in reports])
         else:
             for r in reports:
                 for sid in r.registered:
@@ -146,7 +137,7 @@ def registrator(ctx, targets, resync, once, as_json, quiet, verbose):
 
 @click.command()
 @click.argument("dc", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@json_option()
 @click.pass_context
 def services(ctx, dc, as_json):
     """What Consul knows (instances and health) beside what the repository says should run.
@@ -157,12 +148,11 @@ def services(ctx, dc, as_json):
     Exit 1 when anything is missing, critical or extra. A datacenter without
     consul is read from its Docker engines.
     """
-    from deployer.cli.main import _json, _repo_root, _table
     from deployer.discovery.registration import PROBLEM_STATES, ServiceRow, service_report
     from deployer.errors import DeployerError, TargetError
     from deployer.config.loader import load
 
-    root = _repo_root(ctx)
+    root = repo_root(ctx)
     infra = load(root)
     if dc is not None and dc not in infra.datacenters:
         raise TargetError(f"unknown datacenter {dc!r} (known: {', '.join(sorted(infra.datacenters)) or 'none'})")
@@ -178,10 +168,10 @@ def services(ctx, dc, as_json):
                 raise
             rows.append(ServiceRow(name, "-", None, None, None, "error", exc.one_line()))
     if as_json:
-        _json([r.to_json() for r in rows])
+        print_json([r.to_json() for r in rows])
     else:
-        _table(((r.dc, r.service, r.node or "-", r.instance or "-", r.endpoint or "-", r.state, r.detail)
-                for r in rows), ["dc", "service", "node", "instance", "endpoint", "state", "detail"])
+        table(((r.dc, r.service, r.node or "-", r.instance or "-", r.endpoint or "-", r.state, r.detail)
+               for r in rows), ["dc", "service", "node", "instance", "endpoint", "state", "detail"])
     if any(r.state in PROBLEM_STATES for r in rows):
         sys.exit(1)
 
@@ -208,11 +198,10 @@ def render(ctx, template, out, dc, consul_address, variables, check_command, rel
 
         catalog, source = ConsulCatalog(consul_address), f"consul at {consul_address}"
     else:
-        from deployer.cli.main import _repo_root
         from deployer.discovery.registration import catalog_for
         from deployer.config.loader import load
 
-        root = _repo_root(ctx)
+        root = repo_root(ctx)
         datacenter = _pick_dc(load(root), dc)
         catalog = catalog_for(datacenter, root)
         source = f"consul at {datacenter.consul}" if datacenter.consul else f"the Docker engines of {datacenter.name}"
@@ -237,8 +226,8 @@ def templates():
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--dc", help="With `consul: null` in CONFIG: read this datacenter's Docker engines.")
 @click.option("--once", is_flag=True, help="One pass (render, check, swap, reload), then exit.")
-@quiet_option
-@verbose_option
+@logging_quiet_option
+@logging_verbose_option
 @click.pass_context
 def watch(ctx, config, dc, once, quiet, verbose):
     """Render CONFIG's templates whenever the catalog changes, until SIGINT/SIGTERM.
@@ -252,11 +241,10 @@ def watch(ctx, config, dc, once, quiet, verbose):
     cfg = load_config(config)
     catalog = None
     if cfg.consul is None:
-        from deployer.cli.main import _repo_root
         from deployer.discovery.registration import DockerCatalog
         from deployer.config.loader import load
 
-        root = _repo_root(ctx)
+        root = repo_root(ctx)
         datacenter = _pick_dc(load(root), dc)
         catalog = DockerCatalog(datacenter.nodes.values(), root)
     runner = Runner(cfg, catalog)
@@ -271,7 +259,4 @@ def watch(ctx, config, dc, once, quiet, verbose):
     click.echo("templates: stopped", err=True)
 
 
-def register(group: click.Group) -> None:
-    """Add this module's commands to ``group``."""
-    for command in (registrator, services, render, templates):
-        group.add_command(command)
+COMMANDS = (registrator, services, render, templates)

@@ -1,0 +1,108 @@
+"""The options and parameter types several commands take, each defined once.
+
+A command lists the options it takes as decorators, in the order ``--help``
+shows them. Options whose help differs by command (``--json``, ``--quiet``,
+``--verbose``) are made by one function each, with the usual help as its
+default. Every duration option is of type :data:`DURATION` (or
+:data:`POSITIVE_DURATION` where zero is refused): ``deployer.values``'s
+grammar, Go-style ``1m30s``, ``250ms``, or bare seconds.
+
+Only click and the shared modules are imported here: ``deployer --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import click
+
+from deployer.values import BadValue, parse_duration
+
+
+class Duration(click.ParamType):
+    """A duration -> float seconds: ``1m30s``, ``250ms``, ``2h``, or bare seconds (``1.5``).
+
+    Negative durations are refused (by the grammar); with ``positive`` zero is too.
+    """
+
+    name = "duration"
+
+    def __init__(self, *, positive: bool = False):
+        self.positive = positive
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            seconds = parse_duration(value)
+        except BadValue as exc:
+            self.fail(str(exc), param, ctx)
+        if self.positive and seconds <= 0:
+            self.fail("must be more than zero", param, ctx)
+        return seconds
+
+    def __repr__(self) -> str:
+        return "POSITIVE_DURATION" if self.positive else "DURATION"
+
+
+#: A duration of zero or more seconds.
+DURATION = Duration()
+#: A duration of more than zero seconds (polling intervals).
+POSITIVE_DURATION = Duration(positive=True)
+
+
+# -- the repository -------------------------------------------------------------------
+
+repo_option = click.option(
+    "--repo", "-C", default=lambda: os.environ.get("DEPLOYER_REPO", "."), metavar="PATH",
+    help="The infrastructure repository (default: DEPLOYER_REPO or the current directory).")
+
+
+def repo_root(ctx: click.Context) -> str:
+    """The root of the infrastructure repository ``--repo`` names (or one it is inside)."""
+    from deployer.config.loader import find_root
+
+    return str(find_root(ctx.obj["repo"]))
+
+
+# -- output ---------------------------------------------------------------------------
+
+
+def json_option(help: str = "Print JSON instead of a table.") -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def quiet_option(help: str = "No progress lines.") -> Callable:
+    return click.option("--quiet", "-q", is_flag=True, help=help)
+
+
+def verbose_option(help: str) -> Callable:
+    return click.option("--verbose", "-v", is_flag=True, help=help)
+
+
+# -- commands that change the repository and the nodes --------------------------------
+
+wait_option = click.option("--wait", type=DURATION, default=0, metavar="SECONDS",
+                           help="Wait up to SECONDS for another deployer's lock instead of failing at once.")
+author_option = click.option("--author", metavar="'NAME <EMAIL>'", help="Commit author (default: git config).")
+message_option = click.option("--message", "-m", metavar="TEXT", help="Why: added to the commit message.")
+dry_run_option = click.option("--dry-run", is_flag=True, help="Show the YAML diff and container actions; change nothing.")
+settle_option = click.option("--settle", type=DURATION, default=None, metavar="SECONDS",
+                             help="How long a container without healthcheck must run without restarting (default 2).")
+health_timeout_option = click.option("--health-timeout", type=DURATION, default=None, metavar="SECONDS",
+                                     help="Give up waiting for health after SECONDS (default: from the healthcheck).")
+no_consul_option = click.option("--no-consul", is_flag=True,
+                                help="Do not register containers in Consul (deploy even when Consul is down).")
+parallel_option = click.option("--parallel", type=click.IntRange(min=1), default=8, show_default=True,
+                               help="Work on at most N nodes at once.")
+batch_option = click.option("--batch", type=click.IntRange(min=1), default=None, metavar="N",
+                            help="Deploy to N nodes at a time; stop at the first batch that fails.")
+service_option = click.option("--service", metavar="NAME",
+                              help="The service to deploy to (a new name adds a service).")
+
+
+def swap_options(f: Callable) -> Callable:
+    """The options every command that swaps containers and commits takes (deploy, rollback)."""
+    for option in reversed([wait_option, author_option, message_option, dry_run_option, settle_option,
+                            health_timeout_option, no_consul_option, json_option(), quiet_option()]):
+        f = option(f)
+    return f

@@ -1,0 +1,66 @@
+"""What the commands print: tables, ``--json``, progress lines, a deploy's result.
+
+Data goes to stdout (a table or JSON); progress lines go to stderr, indented
+by two spaces, so ``--json`` output stays parseable.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Iterable
+
+import click
+
+
+def progress(quiet: bool) -> Callable[[str], None]:
+    """A progress callback: each message as an indented line on stderr, or nothing when ``quiet``."""
+
+    def show(msg: str) -> None:
+        if not quiet:
+            click.echo(f"  {msg}", err=True)
+
+    return show
+
+
+def table(rows: Iterable[Iterable[Any]], headers: list[str]) -> None:
+    """Rows as left-aligned columns under upper-case headers (None prints as nothing)."""
+    rows = [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    click.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths)).rstrip())
+    for row in rows:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def print_deploy_result(result, as_json: bool) -> None:
+    """A deploy's or rollback's result (also a release's deploy): the dry-run diff, failures, the commit line."""
+    if as_json:
+        print_json(result.to_json())
+        return
+    if result.dry_run:
+        for t in result.targets:
+            click.echo(f"dry run: {result.action} {t.target}: {t.previous_image or '(new service)'} -> {result.image}")
+            click.echo(t.diff.rstrip("\n") if t.diff else "repository: no change")
+            if t.change is not None:
+                click.echo(f"container: {t.change.summary()}")
+        return
+    for t in result.targets:  # the steps were shown as progress while they happened
+        if t.error:
+            click.echo(f"{t.target}: FAILED: {t.error}")
+    if result.commit:
+        olds = {t.previous_image for t in result.targets if not t.error}
+        old = olds.pop() if len(olds) == 1 else "(various)"
+        click.echo(f"{result.action} {result.target}: {old or '(new service)'} -> {result.image} "
+                   f"[{result.commit[:7]}] ({result.seconds:.1f}s)")
+        return
+    for t in result.targets:
+        if t.error:
+            continue
+        if t.change is not None and t.change.action != "none":
+            click.echo(f"{t.target}: {result.image} is already written; repaired the container "
+                       f"({t.change.action}), no commit")
+        else:
+            click.echo(f"{t.target}: already runs {result.image}; nothing to do")
