@@ -25,10 +25,11 @@ import threading
 import time
 from pathlib import Path
 
+import click
 import pytest
 
 from deployer.build import builders as B
-from deployer.cli.build import _duration
+from deployer.cli.options import POSITIVE_DURATION
 from tests.support.repos import cli, git, make_repo, managed, remove_node_containers, unique_node
 
 pytest_plugins = ["tests.support.build_fixtures"]
@@ -152,10 +153,17 @@ class Lines:
 
 
 def test_durations():
+    """watch-builds --interval's type: deployer.values's grammar, more than zero."""
+
+    def _duration(text):
+        return POSITIVE_DURATION.convert(text, None, None)
+
     assert _duration("10s") == 10 and _duration("500ms") == 0.5 and _duration("2m") == 120
-    assert _duration("1.5") == 1.5 and _duration("1h") == 3600
-    with pytest.raises(ValueError, match="not a duration"):
+    assert _duration("1.5") == 1.5 and _duration("1h") == 3600 and _duration("1m30s") == 90
+    with pytest.raises(click.BadParameter, match="invalid duration 'ten'"):
         _duration("ten")
+    with pytest.raises(click.BadParameter, match="must be more than zero"):
+        _duration("0s")
 
 
 def test_release_refuses_before_building(build_engine, registry, node, tmp_path, monkeypatch):

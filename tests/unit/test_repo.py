@@ -112,7 +112,7 @@ def test_init_example_copies_the_example_and_never_commits_to_the_project(tmp_pa
 def test_help_is_fast_to_import():
     """Heavy libraries are imported lazily (the timing itself is in bench/)."""
     code = ("import sys, deployer.cli.main; heavy = [m for m in ('docker', 'git', 'paramiko', 'jinja2', 'consul', "
-            "'ruamel.yaml', 'rich') if m in sys.modules]; print(','.join(heavy))")
+            "'requests', 'ruamel.yaml', 'rich') if m in sys.modules]; print(','.join(heavy))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ""
