@@ -58,6 +58,13 @@ def _table(rows: Iterable[Iterable[Any]], headers: list[str]) -> None:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
+def _swap(settle: float | None, health_timeout: float | None):
+    """--settle and --health-timeout, as the engine layer takes them."""
+    from deployer.engine.apply import SwapOptions
+
+    return SwapOptions(settle=settle, health_timeout=health_timeout)
+
+
 def _json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
 
@@ -226,7 +233,7 @@ def deploy(ctx, image, targets, service, batch, parallel, wait, author, message,
     api = Deployer(_repo_root(ctx), progress=_progress(quiet or as_json), consul=not no_consul)
     try:
         result = api.deploy(image, list(targets), service, wait=wait, dry_run=dry_run, author=author,
-                            message=message, settle=settle, health_timeout=health_timeout, batch=batch,
+                            message=message, swap=_swap(settle, health_timeout), batch=batch,
                             parallel=parallel)
     except PartialDeploy as exc:
         _print_result(exc.result, as_json)
@@ -247,7 +254,7 @@ def rollback(ctx, target, steps, to_rev, wait, author, message, dry_run, settle,
 
     api = Deployer(_repo_root(ctx), progress=_progress(quiet or as_json), consul=not no_consul)
     result = api.rollback(target, steps=steps, to=to_rev, wait=wait, dry_run=dry_run, author=author,
-                          message=message, settle=settle, health_timeout=health_timeout)
+                          message=message, swap=_swap(settle, health_timeout))
     _print_result(result, as_json)
 
 
@@ -332,8 +339,8 @@ def apply(ctx, targets, prune, parallel, wait, settle, health_timeout, no_consul
     from deployer.ops.deploy import Deployer
 
     results = Deployer(_repo_root(ctx), progress=_progress(quiet or as_json), consul=not no_consul).apply(
-        list(targets) or None, prune=prune, parallel=parallel, wait=wait, settle=settle,
-        health_timeout=health_timeout)
+        list(targets) or None, prune=prune, parallel=parallel, wait=wait,
+        swap=_swap(settle, health_timeout))
     if as_json:
         _json([r.to_json() for r in results])
     else:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from deployer.spec import ContainerSpec, NetworkSpec, VolumeSpec
-from deployer.errors import ContainerConflict, HealthCheckFailed, ImageNotFound
+from deployer.errors import ContainerConflict, HealthCheckFailed, ImageNotFound, ResourceMissing
 from deployer.engine.plan import CREATE, NONE, REMOVE, REPLACE, TIDY, Change
 from deployer.engine.state import ContainerState, NodeState, read_container
 
@@ -113,16 +113,24 @@ def pull_failed(ref: str, detail: str) -> ImageNotFound:
     return ImageNotFound(f"image {ref} is not on the node and {why}")
 
 
+@dataclass(frozen=True)
+class SwapOptions:
+    """How a container switch is health-gated, as the operator asked (``--settle``, ``--health-timeout``)."""
+
+    settle: float | None = None  # None: DEFAULT_SETTLE
+    health_timeout: float | None = None  # None: from the healthcheck's own timing
+
+
 class Applier:
     """Applies changes to one node's engine."""
 
-    def __init__(self, client: "docker.DockerClient", settle: float = DEFAULT_SETTLE,
-                 health_timeout: float | None = None, hooks: Hooks | None = None,
-                 progress: Callable[[str], None] | None = None):
+    def __init__(self, client: "docker.DockerClient", options: SwapOptions | None = None,
+                 hooks: Hooks | None = None, progress: Callable[[str], None] | None = None):
+        options = options or SwapOptions()
         self.client = client
         self.api = client.api
-        self.settle = settle
-        self.health_timeout = health_timeout
+        self.settle = DEFAULT_SETTLE if options.settle is None else options.settle
+        self.health_timeout = options.health_timeout
         self.hooks = hooks or Hooks()
         self.progress = progress or (lambda msg: None)
 
@@ -166,7 +174,7 @@ class Applier:
                 try:
                     self.api.inspect_volume(vol.name)
                 except docker.errors.NotFound:
-                    raise ImageNotFound(f"external volume {vol.name} does not exist on the node") from None
+                    raise ResourceMissing(f"external volume {vol.name} does not exist on the node") from None
                 continue
             try:
                 self.api.inspect_volume(vol.name)
@@ -177,7 +185,7 @@ class Applier:
                 try:
                     self.api.inspect_network(net.name)
                 except docker.errors.NotFound:
-                    raise ImageNotFound(f"external network {net.name} does not exist on the node") from None
+                    raise ResourceMissing(f"external network {net.name} does not exist on the node") from None
                 continue
             if not any(n["Name"] == net.name for n in self.api.networks(names=[net.name])):  # names= matches prefixes
                 self.api.create_network(net.name, driver=net.driver, options=net.options or None,
