@@ -21,20 +21,23 @@ when a failed stop-first replace started the old container again.
 from __future__ import annotations
 
 import io
+import socket
 import tarfile
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
-from deployer.spec import ContainerSpec, NetworkSpec, VolumeSpec
+import requests
+
+from deployer.spec import NEXT_SUFFIX, ContainerSpec, NetworkSpec, VolumeSpec
 from deployer.errors import ContainerConflict, HealthCheckFailed, ImageNotFound, ResourceMissing
 from deployer.engine.plan import CREATE, NONE, REMOVE, REPLACE, TIDY, Change
+from deployer.engine.connect import import_docker
 from deployer.engine.state import ContainerState, NodeState, read_container
+from deployer.imageref import ImageRef
 
-if TYPE_CHECKING:  # pragma: no cover
-    import docker
+docker = import_docker()  # without docker-py's SSH support until an ssh:// node needs it (engine.connect)
 
-NEXT_SUFFIX = "-next"
 DEFAULT_SETTLE = 2.0  # seconds a container without healthcheck must run without restarting
 POLL = 0.02  # seconds between health polls: detection latency, a few cheap inspects
 LOG_LINES = 20
@@ -52,10 +55,6 @@ class Hooks:
 
 def lost_connection(exc: BaseException) -> bool:
     """Whether ``exc`` says the engine could not be reached (as opposed to answering with an error)."""
-    import socket
-
-    import requests
-
     if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, socket.timeout,
                         ConnectionError, TimeoutError)):
         return True
@@ -88,8 +87,6 @@ class Outcome:
 
 def pull_failed(ref: str, detail: str) -> ImageNotFound:
     """One line saying why the node could not pull ``ref``, naming the image and its registry."""
-    from deployer.imageref import ImageRef
-
     detail = " ".join(str(detail).split())
     try:
         parsed = ImageRef.parse(ref)
@@ -138,8 +135,6 @@ class Applier:
 
     def ensure_image(self, ref: str) -> str:
         """The image id of ``ref`` on the engine, pulling it when missing."""
-        import docker
-
         try:
             return self.api.inspect_image(ref)["Id"]
         except docker.errors.NotFound:
@@ -167,8 +162,6 @@ class Applier:
         return image_id
 
     def ensure_resources(self, volumes: list[VolumeSpec], networks: list[NetworkSpec]) -> None:
-        import docker
-
         for vol in volumes:
             if vol.external:
                 try:
@@ -387,8 +380,6 @@ class Applier:
             return ""
 
     def _restore(self, old: ContainerState) -> None:
-        import docker
-
         try:
             current = read_container(self.client, old.id)
             if not current.running and old.running:
@@ -402,8 +393,6 @@ class Applier:
         self._remove(container.id)
 
     def _remove(self, cid: str, stop_timeout: int = 10) -> None:
-        import docker
-
         try:
             self.api.stop(cid, timeout=stop_timeout)
         except docker.errors.NotFound:

@@ -39,6 +39,8 @@ the clone agrees with the remote; ``deployer status`` shows the node's drift
 
 from __future__ import annotations
 
+import random
+import time as _time
 from pathlib import Path
 from typing import Mapping
 
@@ -235,8 +237,6 @@ class RemoteMixin(GitRepoBase):
         Any other push failure (network, permissions, a hook) raises RepoError and
         leaves the local commit in place: the next push sends it.
         """
-        import random
-        import time as _time
 
         if not self.has_remote():
             return None
@@ -296,7 +296,6 @@ class RemoteMixin(GitRepoBase):
 
     def _backup_ref(self, sha: str) -> str:
         """Create ``refs/deployer/unpushed/<UTC time>`` (unique) pointing at ``sha``."""
-        import time as _time
 
         stamp = _time.strftime("%Y%m%dT%H%M%SZ", _time.gmtime())
         for n in range(1, 1000):
