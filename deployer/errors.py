@@ -118,6 +118,10 @@ class ImageNotFound(DeployerError):
     """The image is not on the node and could not be pulled."""
 
 
+class ResourceMissing(DeployerError):
+    """A volume or network the compose file declares external does not exist on the node."""
+
+
 class ContainerConflict(DeployerError):
     """A container name the deployer needs is taken by a container it does not manage."""
 

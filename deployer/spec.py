@@ -18,6 +18,8 @@ from deployer.labels import LABEL_CONFIG, LABEL_CONFIG_HASH, RESERVED_LABELS
 SECRETS_DIR = "/run/secrets"
 DEFAULT_SECRET_MODE = 0o444
 DEFAULT_STOP_TIMEOUT = 10
+#: The name a new container has while the old one still runs under the service's name.
+NEXT_SUFFIX = "-next"
 
 
 @dataclass

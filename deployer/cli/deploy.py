@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import click
 
-from deployer.cli.options import batch_option, json_option, parallel_option, repo_root, service_option, swap_options
+from deployer.cli.options import (batch_option, json_option, parallel_option, repo_root, service_option, swap_options,
+                                  swap_settings)
 from deployer.cli.output import print_deploy_result, print_json, progress, table
 
 
@@ -33,7 +34,7 @@ def deploy(ctx, image, targets, service, batch, parallel, wait, author, message,
     api = Deployer(repo_root(ctx), progress=progress(quiet or as_json), consul=not no_consul)
     try:
         result = api.deploy(image, list(targets), service, wait=wait, dry_run=dry_run, author=author,
-                            message=message, settle=settle, health_timeout=health_timeout, batch=batch,
+                            message=message, swap=swap_settings(settle, health_timeout), batch=batch,
                             parallel=parallel)
     except PartialDeploy as exc:
         print_deploy_result(exc.result, as_json)
@@ -54,7 +55,7 @@ def rollback(ctx, target, steps, to_rev, wait, author, message, dry_run, settle,
 
     api = Deployer(repo_root(ctx), progress=progress(quiet or as_json), consul=not no_consul)
     result = api.rollback(target, steps=steps, to=to_rev, wait=wait, dry_run=dry_run, author=author,
-                          message=message, settle=settle, health_timeout=health_timeout)
+                          message=message, swap=swap_settings(settle, health_timeout))
     print_deploy_result(result, as_json)
 
 

@@ -11,7 +11,7 @@ import sys
 import click
 
 from deployer.cli.options import (health_timeout_option, json_option, no_consul_option, parallel_option,
-                                  quiet_option, repo_root, settle_option, wait_option)
+                                  quiet_option, repo_root, settle_option, swap_settings, wait_option)
 from deployer.cli.output import print_json, progress, table
 
 
@@ -79,8 +79,8 @@ def apply(ctx, targets, prune, parallel, wait, settle, health_timeout, no_consul
     from deployer.ops.deploy import Deployer
 
     results = Deployer(repo_root(ctx), progress=progress(quiet or as_json), consul=not no_consul).apply(
-        list(targets) or None, prune=prune, parallel=parallel, wait=wait, settle=settle,
-        health_timeout=health_timeout)
+        list(targets) or None, prune=prune, parallel=parallel, wait=wait,
+        swap=swap_settings(settle, health_timeout))
     if as_json:
         print_json([r.to_json() for r in results])
     else:

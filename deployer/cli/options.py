@@ -106,3 +106,10 @@ def swap_options(f: Callable) -> Callable:
                             health_timeout_option, no_consul_option, json_option(), quiet_option()]):
         f = option(f)
     return f
+
+
+def swap_settings(settle: float | None, health_timeout: float | None):
+    """``--settle`` and ``--health-timeout`` as the engine layer takes them (imported here, not at --help)."""
+    from deployer.engine.apply import SwapOptions
+
+    return SwapOptions(settle=settle, health_timeout=health_timeout)

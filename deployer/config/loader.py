@@ -368,3 +368,12 @@ def find_root(start: str | Path) -> Path:
         if (candidate / DATACENTERS).is_dir():
             return candidate
     return start
+
+
+def load_node(root: str | Path, dc: str, name: str) -> Node:
+    """One node (its node.yml and compose file) read from disk and validated; ValidationFailed otherwise."""
+    problems: list[ConfigError] = []
+    node = _load_node(Path(root), dc, name, problems)
+    if problems or node is None:
+        raise ValidationFailed(problems or [ConfigError(f"{DATACENTERS}/{dc}/{name}/{NODE_FILE}", "could not be read back")])
+    return node

@@ -1,8 +1,9 @@
 """engine: one Docker engine.
 
-How to reach it (connect: unix, ssh with pinned host keys, tcp + TLS), what runs
-on it (state: plain data), what must change (plan: pure, no I/O), carrying the
-changes out health-gated (apply), and the session that ties them together for
-one node and one command (connect once, read once, apply, close). May import
-only the shared modules.
+``connect`` reaches it (unix socket, ssh:// with pinned host keys, tcp:// with
+TLS); ``state`` reads what runs there into plain data; ``plan`` decides what must
+change (pure, no I/O); ``apply`` carries the changes out, health-gated, restoring
+on failure; ``session`` ties them together for one node and one command (connect
+once, read once, plan, apply over the same connection, close). May import only
+the shared modules.
 """

@@ -21,20 +21,23 @@ when a failed stop-first replace started the old container again.
 from __future__ import annotations
 
 import io
+import socket
 import tarfile
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
-from deployer.spec import ContainerSpec, NetworkSpec, VolumeSpec
-from deployer.errors import ContainerConflict, HealthCheckFailed, ImageNotFound
+import requests
+
+from deployer.spec import NEXT_SUFFIX, ContainerSpec, NetworkSpec, VolumeSpec
+from deployer.errors import ContainerConflict, HealthCheckFailed, ImageNotFound, ResourceMissing
 from deployer.engine.plan import CREATE, NONE, REMOVE, REPLACE, TIDY, Change
+from deployer.engine.connect import import_docker
 from deployer.engine.state import ContainerState, NodeState, read_container
+from deployer.imageref import ImageRef
 
-if TYPE_CHECKING:  # pragma: no cover
-    import docker
+docker = import_docker()  # without docker-py's SSH support until an ssh:// node needs it (engine.connect)
 
-NEXT_SUFFIX = "-next"
 DEFAULT_SETTLE = 2.0  # seconds a container without healthcheck must run without restarting
 POLL = 0.02  # seconds between health polls: detection latency, a few cheap inspects
 LOG_LINES = 20
@@ -52,10 +55,6 @@ class Hooks:
 
 def lost_connection(exc: BaseException) -> bool:
     """Whether ``exc`` says the engine could not be reached (as opposed to answering with an error)."""
-    import socket
-
-    import requests
-
     if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, socket.timeout,
                         ConnectionError, TimeoutError)):
         return True
@@ -88,8 +87,6 @@ class Outcome:
 
 def pull_failed(ref: str, detail: str) -> ImageNotFound:
     """One line saying why the node could not pull ``ref``, naming the image and its registry."""
-    from deployer.imageref import ImageRef
-
     detail = " ".join(str(detail).split())
     try:
         parsed = ImageRef.parse(ref)
@@ -113,16 +110,24 @@ def pull_failed(ref: str, detail: str) -> ImageNotFound:
     return ImageNotFound(f"image {ref} is not on the node and {why}")
 
 
+@dataclass(frozen=True)
+class SwapOptions:
+    """How a container switch is health-gated, as the operator asked (``--settle``, ``--health-timeout``)."""
+
+    settle: float | None = None  # None: DEFAULT_SETTLE
+    health_timeout: float | None = None  # None: from the healthcheck's own timing
+
+
 class Applier:
     """Applies changes to one node's engine."""
 
-    def __init__(self, client: "docker.DockerClient", settle: float = DEFAULT_SETTLE,
-                 health_timeout: float | None = None, hooks: Hooks | None = None,
-                 progress: Callable[[str], None] | None = None):
+    def __init__(self, client: "docker.DockerClient", options: SwapOptions | None = None,
+                 hooks: Hooks | None = None, progress: Callable[[str], None] | None = None):
+        options = options or SwapOptions()
         self.client = client
         self.api = client.api
-        self.settle = settle
-        self.health_timeout = health_timeout
+        self.settle = DEFAULT_SETTLE if options.settle is None else options.settle
+        self.health_timeout = options.health_timeout
         self.hooks = hooks or Hooks()
         self.progress = progress or (lambda msg: None)
 
@@ -130,8 +135,6 @@ class Applier:
 
     def ensure_image(self, ref: str) -> str:
         """The image id of ``ref`` on the engine, pulling it when missing."""
-        import docker
-
         try:
             return self.api.inspect_image(ref)["Id"]
         except docker.errors.NotFound:
@@ -159,14 +162,12 @@ class Applier:
         return image_id
 
     def ensure_resources(self, volumes: list[VolumeSpec], networks: list[NetworkSpec]) -> None:
-        import docker
-
         for vol in volumes:
             if vol.external:
                 try:
                     self.api.inspect_volume(vol.name)
                 except docker.errors.NotFound:
-                    raise ImageNotFound(f"external volume {vol.name} does not exist on the node") from None
+                    raise ResourceMissing(f"external volume {vol.name} does not exist on the node") from None
                 continue
             try:
                 self.api.inspect_volume(vol.name)
@@ -177,7 +178,7 @@ class Applier:
                 try:
                     self.api.inspect_network(net.name)
                 except docker.errors.NotFound:
-                    raise ImageNotFound(f"external network {net.name} does not exist on the node") from None
+                    raise ResourceMissing(f"external network {net.name} does not exist on the node") from None
                 continue
             if not any(n["Name"] == net.name for n in self.api.networks(names=[net.name])):  # names= matches prefixes
                 self.api.create_network(net.name, driver=net.driver, options=net.options or None,
@@ -379,8 +380,6 @@ class Applier:
             return ""
 
     def _restore(self, old: ContainerState) -> None:
-        import docker
-
         try:
             current = read_container(self.client, old.id)
             if not current.running and old.running:
@@ -394,8 +393,6 @@ class Applier:
         self._remove(container.id)
 
     def _remove(self, cid: str, stop_timeout: int = 10) -> None:
-        import docker
-
         try:
             self.api.stop(cid, timeout=stop_timeout)
         except docker.errors.NotFound:

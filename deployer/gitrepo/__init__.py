@@ -1,7 +1,11 @@
 """gitrepo: the infrastructure repository as git. The only code that runs git.
 
-Commits and their trailers, history reads (deploy log, service versions,
-rollback resolution), team sync with the remote (pull, push with rebase-retry),
-the deploy lock and its crash journal, and the one repository transaction every
-changing command goes through. May import only the shared modules.
+``git`` starts every git process (timeouts, no hook variables); ``base`` opens a
+repository and runs git in it; ``commit`` is the message format, its trailers and
+committing exactly the written files; ``history`` reads the deploy log, service
+versions and rollback targets; ``remote`` syncs with the team's remote (pull,
+push with rebase-retry); ``repo`` puts those together as ``InfraRepo``; ``lock``
+is the deploy lock and its crash journal; ``transaction`` is the one repository
+transaction every command that changes the repository goes through. May import
+only the shared modules.
 """

@@ -1,8 +1,12 @@
 """ops: what a user asks for.
 
-deploy, rollback, status, plan/apply, node add/rm, init, release and
-watch-builds, each built on the two seams: the repository transaction
-(gitrepo) and the engine session (engine). Results are plain data; printing is
-the CLI's job. May import everything below it: build, discovery, engine,
-config, gitrepo and the shared modules.
+``deploy`` (deploy, rollback, and ``Deployer``, the front door the CLI and
+``release`` use), ``fleet`` (status, plan, apply across nodes), ``nodes`` (node
+add / rm), ``scaffold`` (init), ``release`` (build, push, deploy; watch-builds),
+``targets`` (choosing services and nodes, parallel work, one-line node failures)
+and ``results`` (what they return, as plain data). Every operation is built on
+the two seams: the repository transaction (``gitrepo.transaction``) and the
+engine session (``engine.session``). Printing is the CLI's job. May import
+everything below it: build, discovery, engine, config, gitrepo and the shared
+modules.
 """

@@ -39,11 +39,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from deployer.config import loader
+from deployer.engine import connect as hosts
+from deployer.gitrepo.commit import ACTION_NODE_ADD, ACTION_NODE_REMOVE, deployer_trailers
+from deployer.gitrepo.transaction import RepoTransaction, command_line, refuse_project_repo
 from deployer.errors import (ConfigError, HostKeyChanged, HostKeyNotTrusted, HostUnreachable,  # noqa: F401
                              NodeNotEmpty, TargetError, ValidationFailed)
 
-ACTION_NODE_ADD = "node-add"
-ACTION_NODE_REMOVE = "node-remove"
 KNOWN_HOSTS_FILE = "known_hosts"
 ENGINE_CHECK_TIMEOUT = 20  # seconds for the engine to answer when a node is added
 
@@ -201,8 +202,6 @@ def _known_keys(path: Path | str, name: str) -> dict[str, str]:
 def _check_host_key(target: str, url: str, repo_known_hosts: Path, accept: bool,
                     repo_label: str) -> tuple[HostKey, bool]:
     """The key the server shows, if it may be trusted: (key, accepted now). Otherwise raise."""
-    from deployer.engine import connect as hosts
-
     try:
         host, port = hosts.ssh_endpoint(url)
     except ValueError as exc:
@@ -244,64 +243,6 @@ def _check_host_key(target: str, url: str, repo_known_hosts: Path, accept: bool,
 # -- adding and removing ------------------------------------------------------------
 
 
-class _Written:
-    """What add_node wrote, to take back when something fails before the commit."""
-
-    def __init__(self) -> None:
-        self.files: list[tuple[Path, bytes | None]] = []  # path, previous content (None: did not exist)
-        self.dirs: list[Path] = []  # created, outermost first
-
-    def mkdir(self, path: Path) -> None:
-        missing = []
-        p = path
-        while not p.exists():
-            missing.append(p)
-            p = p.parent
-        for d in reversed(missing):
-            d.mkdir()
-            self.dirs.append(d)
-
-    def write(self, path: Path, data: bytes) -> None:
-        from deployer.gitrepo.history import atomic_write
-
-        try:
-            old: bytes | None = path.read_bytes()
-        except FileNotFoundError:
-            old = None
-        self.files.append((path, old))
-        atomic_write(path, data)
-
-    def undo(self) -> None:
-        from deployer.gitrepo.history import atomic_write
-
-        for path, old in reversed(self.files):
-            try:
-                if old is None:
-                    path.unlink(missing_ok=True)
-                else:
-                    atomic_write(path, old)
-            except OSError:  # pragma: no cover - best effort; the original error matters more
-                pass
-        for d in reversed(self.dirs):
-            try:
-                d.rmdir()
-            except OSError:
-                pass
-
-
-def _lock(repo, command: str, wait: float):
-    from deployer.ops.deploy import owner_info
-    from deployer.gitrepo.lock import DeployLock
-
-    return DeployLock(Path(repo.git_dir), owner_info(command), wait=wait)
-
-
-def _refuse_project_repo(root: Path) -> None:
-    from deployer.ops.deploy import Deployer
-
-    Deployer(root)._refuse_project_repo()
-
-
 def add_node(
     root: str | os.PathLike[str],
     target: str,
@@ -324,20 +265,14 @@ def add_node(
     HostUnreachable (the engine did not answer: nothing is left behind),
     LockHeld, RepoError.
     """
-    from deployer.engine import connect as hosts
-    from deployer.gitrepo.history import InfraRepo
-
     root_path = Path(root).resolve()
     dc, name = parse_node_target(target)
     node_target = f"{dc}/{name}"
     url = str(docker_url or "").strip()
     _validate_settings(node_target, url, identity_file, tls, address, description)
-    _refuse_project_repo(root_path)
-    command = " ".join(["deployer", *sys.argv[1:]]) if sys.argv[1:] else f"deployer node add {node_target}"
+    refuse_project_repo(root_path)
 
-    with InfraRepo.open(root_path) as repo, _lock(repo, command, wait):
-        if repo.has_remote():
-            repo.sync()
+    with RepoTransaction(root_path, wait=wait, command=_command(f"node add {node_target}")) as tx:
         dc_rel = f"{loader.DATACENTERS}/{dc}"
         rel = f"{dc_rel}/{name}"
         node_dir = root_path / rel
@@ -352,37 +287,28 @@ def add_node(
         if url.startswith("ssh://"):
             key, accepted = _check_host_key(node_target, url, known_hosts, accept_host_key,
                                             f"{rel}/{KNOWN_HOSTS_FILE}")
-
         dc_created = not (root_path / dc_rel).is_dir()
-        written = _Written()
         files = [f"{rel}/{loader.NODE_FILE}"]
+        # written before the commit: connecting over ssh:// reads the node's pinned known_hosts
+        if key is not None:
+            if _known_keys(known_hosts, key.host).get(key.type) != key.base64:
+                old = known_hosts.read_bytes() if known_hosts.is_file() else b""
+                if old and not old.endswith(b"\n"):
+                    old += b"\n"
+                tx.write(f"{rel}/{KNOWN_HOSTS_FILE}", old + key.known_hosts_line().encode())
+            files.append(f"{rel}/{KNOWN_HOSTS_FILE}")
+        tx.write(files[0], node_yml_text(url, identity_file, tls, address, description))
+        node = loader.load_node(root_path, dc, name)
+        client = hosts.connect(node, root_path, timeout=ENGINE_CHECK_TIMEOUT)
         try:
-            written.mkdir(node_dir)
-            if key is not None:
-                if _known_keys(known_hosts, key.host).get(key.type) != key.base64:
-                    old = known_hosts.read_bytes() if known_hosts.is_file() else b""
-                    if old and not old.endswith(b"\n"):
-                        old += b"\n"
-                    written.write(known_hosts, old + key.known_hosts_line().encode())
-                files.append(f"{rel}/{KNOWN_HOSTS_FILE}")
-            written.write(node_dir / loader.NODE_FILE,
-                          node_yml_text(url, identity_file, tls, address, description).encode("utf-8"))
-            problems: list[ConfigError] = []
-            node = loader._load_node(root_path, dc, name, problems)
-            if problems or node is None:
-                raise ValidationFailed(problems or [ConfigError(files[0], "could not be read back")])
-            client = hosts.connect(node, root_path, timeout=ENGINE_CHECK_TIMEOUT)
-            try:
-                engine_version = _engine_version(client)
-            finally:
-                client.close()
-            trailers = [("Deployer-Action", ACTION_NODE_ADD), ("Deployer-Target", node_target)]
-            commit = repo.commit_paths(files, f"add node {node_target}", trailers, author)
-        except BaseException:
-            written.undo()
-            raise
-        pushed = repo.push_with_retry() if repo.has_remote() else None
-        return NodeAddResult(node_target, url, rel, sorted(files), commit, pushed, key, accepted,
+            engine_version = _engine_version(client)
+        finally:
+            client.close()
+        if f"{rel}/{KNOWN_HOSTS_FILE}" in files:
+            tx.include(f"{rel}/{KNOWN_HOSTS_FILE}")  # the pinned key, already there or just written
+        done = tx.commit(f"add node {node_target}", deployer_trailers(ACTION_NODE_ADD, [node_target]),
+                         author=author, world_changed=False)
+        return NodeAddResult(node_target, url, rel, sorted(files), done.local, done.pushed, key, accepted,
                              engine_version, dc_created)
 
 
@@ -433,17 +359,12 @@ def remove_node(
     (DirtyFileError) while its directory has uncommitted or untracked files.
     Containers on the engine are not touched.
     """
-    from deployer.gitrepo.history import InfraRepo, atomic_write
-
     root_path = Path(root).resolve()
     dc, name = parse_node_target(target)
     node_target = f"{dc}/{name}"
-    _refuse_project_repo(root_path)
-    command = " ".join(["deployer", *sys.argv[1:]]) if sys.argv[1:] else f"deployer node rm {node_target}"
+    refuse_project_repo(root_path)
 
-    with InfraRepo.open(root_path) as repo, _lock(repo, command, wait):
-        if repo.has_remote():
-            repo.sync()
+    with RepoTransaction(root_path, wait=wait, command=_command(f"node rm {node_target}")) as tx:
         dc_dir = root_path / loader.DATACENTERS / dc
         rel = f"{loader.DATACENTERS}/{dc}/{name}"
         node_dir = root_path / rel
@@ -455,41 +376,16 @@ def remove_node(
         services = _written_services(root_path, rel)
         if services:
             raise NodeNotEmpty(node_target, services)
-        repo.require_clean(rel)
-        files = repo.tracked_files(rel)
+        tx.require_clean(rel)
+        files = tx.repo.tracked_files(rel)
         if not files:  # pragma: no cover - require_clean saw untracked files already
             raise TargetError(f"{node_target} has no committed files to remove")
-        saved: list[tuple[Path, bytes, int]] = []
-        try:
-            for f in files:
-                path = root_path / f
-                if path.is_symlink() or not path.is_file():
-                    continue
-                saved.append((path, path.read_bytes(), path.stat().st_mode & 0o7777))
-            for path, _data, _mode in saved:
-                path.unlink()
-            _remove_empty_dirs(node_dir)
-            trailers = [("Deployer-Action", ACTION_NODE_REMOVE), ("Deployer-Target", node_target)]
-            commit = repo.commit_paths(files, f"remove node {node_target}", trailers, author)
-        except BaseException:
-            for path, data, mode in saved:
-                try:
-                    atomic_write(path, data, mode)
-                except OSError:  # pragma: no cover
-                    pass
-            raise
-        if dc_dir.is_dir() and not any(dc_dir.iterdir()):
-            dc_dir.rmdir()  # git does not keep empty directories either
-        pushed = repo.push_with_retry() if repo.has_remote() else None
-        return NodeRemoveResult(node_target, rel, files, commit, pushed)
+        for f in files:
+            tx.stage(f, None)
+        done = tx.commit(f"remove node {node_target}", deployer_trailers(ACTION_NODE_REMOVE, [node_target]),
+                         author=author, world_changed=False)
+        return NodeRemoveResult(node_target, rel, files, done.local, done.pushed)
 
 
-def _remove_empty_dirs(top: Path) -> None:
-    """rmdir ``top`` and the empty directories under it (deepest first)."""
-    if not top.is_dir():
-        return
-    for dirpath, _dirnames, _files in sorted(os.walk(top), key=lambda t: -len(t[0])):
-        try:
-            Path(dirpath).rmdir()
-        except OSError:
-            pass
+def _command(what: str) -> str:
+    return command_line() if sys.argv[1:] else f"deployer {what}"

@@ -53,6 +53,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from deployer.build import builders as B
 from deployer.build import registry as _registry
+from deployer.engine.apply import SwapOptions
 from deployer.errors import (
     BuildError,
     BuildFailed,
@@ -252,7 +253,7 @@ def release(client, source_dir: str | os.PathLike, targets: Sequence[str], *, in
         on_image(image)
     note = _source_note(B.source_info(src).url, image.revision)
     result = deployer.deploy(image.ref, targets, service, wait=wait, message=_reason(message, note), author=author,
-                             settle=settle, health_timeout=health_timeout, batch=batch)
+                             swap=SwapOptions(settle, health_timeout), batch=batch)
     done = time.monotonic()
     return ReleaseResult(reg, image, result, {
         "check": checked - started,
@@ -490,7 +491,7 @@ class BuildWatcher:
         self.service = service
         self.builder = builder
         self.ca = ca
-        self.deploy_options = {"wait": wait, "author": author, "settle": settle, "health_timeout": health_timeout}
+        self.deploy_options = {"wait": wait, "author": author, "swap": SwapOptions(settle, health_timeout)}
         self.message = message
         self.consul = consul
         self.state = BuildState(state_path or self.repo.git_dir / STATE_FILE)

@@ -407,15 +407,15 @@ def test_deploy_killed_half_way_converges_on_next_run(slow_repo, client, slow_im
 
 def test_interrupted_commit_is_finished_by_next_deployer(repo, client):
     """A deployer that died after writing the file but before committing: the journal finishes it."""
-    from deployer.ops.deploy import _sha
     from deployer.gitrepo.lock import DeployLock
+    from deployer.gitrepo.transaction import sha256_text
 
     root, node = repo
     rel = f"datacenters/test/{node}/docker-compose.yml"
     text = (root / rel).read_text().replace(WEB1, WEB2)
     lock = DeployLock(root / ".git", {"pid": 0, "user": "x", "host": "h", "command": "c", "since": "s"})
     lock.acquire()
-    lock.journal_write({"files": [{"file": rel, "sha256": _sha(text)}], "subject": f"deploy test/{node}/web: {WEB1} -> {WEB2}",
+    lock.journal_write({"files": [{"file": rel, "sha256": sha256_text(text.encode())}], "subject": f"deploy test/{node}/web: {WEB1} -> {WEB2}",
                         "message": None, "trailers": [["Deployer-Action", "deploy"]], "author": None})
     (root / rel).write_text(text)
     lock.release()

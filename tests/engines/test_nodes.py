@@ -17,7 +17,7 @@ import pytest
 from deployer.engine import connect as hosts
 from deployer.config import loader
 from deployer.errors import DirtyFileError, HostError, HostUnreachable, LockHeld, TargetError
-from deployer.gitrepo.history import InfraRepo
+from deployer.gitrepo.repo import InfraRepo
 from deployer.gitrepo.lock import DeployLock
 from deployer.ops.nodes import (
     HostKeyChanged,

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from deployer.errors import RepoError
-from deployer.gitrepo.history import UNPUSHED_REF_PREFIX, InfraRepo
+from deployer.gitrepo.remote import UNPUSHED_REF_PREFIX
+from deployer.gitrepo.repo import InfraRepo
 
 COMPOSE = "datacenters/dev/dev1/docker-compose.yml"
 INITIAL = """\

@@ -7,6 +7,8 @@ import json
 from types import SimpleNamespace as NS
 
 import pytest
+
+from deployer.engine.apply import SwapOptions
 from click.testing import CliRunner
 
 from deployer.cli.main import main
@@ -134,8 +136,8 @@ def test_deploy_passes_the_options_and_prints_the_commit_line(repo, fake):
     assert root == str(repo) and made["consul"] is False
     ((method, args, kwargs),) = fake.calls
     assert (method, args) == ("deploy", ("a:2", ["test/n1"], None))
-    assert kwargs == {"wait": 90.0, "dry_run": False, "author": None, "message": None, "settle": 0.25,
-                      "health_timeout": 5.0, "batch": 2, "parallel": 8}
+    assert kwargs == {"wait": 90.0, "dry_run": False, "author": None, "message": None,
+                      "swap": SwapOptions(settle=0.25, health_timeout=5.0), "batch": 2, "parallel": 8}
 
 
 def test_deploy_dry_run_and_nothing_to_do(repo, fake):
@@ -207,7 +209,8 @@ def test_apply_lines(repo, fake):
     result = cli(repo, "apply", "--settle", "1m", "--wait", "2")
     assert result.exit_code == 1
     assert result.stdout == "test/n1/web: recreate ok\ntest/n1: ok, 1 changed\ntest/n2: FAILED unreachable\n"
-    assert fake.calls[0][2] == {"prune": False, "parallel": 8, "wait": 2.0, "settle": 60.0, "health_timeout": None}
+    assert fake.calls[0][2] == {"prune": False, "parallel": 8, "wait": 2.0,
+                                   "swap": SwapOptions(settle=60.0, health_timeout=None)}
 
 
 def test_history_table(repo, fake):

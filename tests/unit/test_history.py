@@ -11,19 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from deployer.gitrepo import history
 from deployer.errors import DirtyFileError, RepoError, RollbackError
-from deployer.gitrepo.history import (
+from deployer.gitrepo import commit as history
+from deployer.gitrepo.commit import (
     TRAILER_ACTION,
     TRAILER_IMAGE,
     TRAILER_IMAGE_ID,
     TRAILER_PREVIOUS_IMAGE,
     TRAILER_ROLLBACK_TO,
     TRAILER_TARGET,
-    HistoryEntry,
-    InfraRepo,
-    Version,
 )
+from deployer.gitrepo.history import HistoryEntry, Version
+from deployer.gitrepo.repo import InfraRepo
 
 COMPOSE = "datacenters/dev/dev1/docker-compose.yml"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -144,7 +143,7 @@ def test_relpath_outside_repo_refused(repo):
 
 def test_module_import_does_not_import_git_or_yaml():
     code = (
-        "import sys, deployer.gitrepo.history, deployer.gitrepo.lock\n"
+        "import sys, deployer.gitrepo.repo, deployer.gitrepo.lock\n"
         "bad = [m for m in ('git', 'ruamel.yaml') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

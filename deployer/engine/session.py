@@ -1,0 +1,87 @@
+"""One engine session: one node, one command, one connection.
+
+Deploy, rollback, apply, status and plan all meet a node the same way::
+
+    with EngineSession(node, root) as session:          # connect once, read the node once
+        changes = session.plan(specs)                    # pure: state + specs -> changes
+        applier = session.applier(options, hooks, say)   # the same connection applies
+        ...
+
+The state is read once, when the session opens: every service of the command
+is planned against it, and the discovery hooks get what they need (published
+ports included) from the states the applier reads, never from a connection of
+their own. Image ids are looked up once per reference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from deployer.engine.apply import Applier, Hooks, SwapOptions
+from deployer.engine.connect import DEFAULT_TIMEOUT, connect
+from deployer.engine.plan import Change, plan_service
+from deployer.engine.state import NodeState, image_id, read_node
+from deployer.spec import ContainerSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    import docker
+
+    from deployer.model import Node
+
+
+class EngineSession:
+    """Connect to one node's engine, read what runs there, plan and apply over the same connection."""
+
+    def __init__(self, node: "Node", root: str | Path, *, timeout: float = DEFAULT_TIMEOUT):
+        self.node = node
+        self.root = Path(root)
+        self.timeout = timeout
+        self.client: "docker.DockerClient | None" = None
+        self.state: NodeState | None = None
+        self._image_ids: dict[str, str | None] = {}
+
+    def __enter__(self) -> "EngineSession":
+        self.client = connect(self.node, self.root, timeout=self.timeout)
+        try:
+            self.state = read_node(self.client, self.node.dc, self.node.name)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    def image_id(self, ref: str) -> str | None:
+        """The id of the image ``ref`` names on this engine (None: not there), looked up once."""
+        if ref not in self._image_ids:
+            self._image_ids[ref] = image_id(self._client, ref)
+        return self._image_ids[ref]
+
+    def plan(self, specs: list[ContainerSpec]) -> list[Change]:
+        """What each spec needs on this node, in the order given."""
+        state = self._state
+        return [plan_service(spec, state.for_service(spec.service), self.image_id(spec.image)) for spec in specs]
+
+    def applier(self, options: SwapOptions | None = None, hooks: Hooks | None = None,
+                progress: Callable[[str], None] | None = None) -> Applier:
+        """An Applier over this session's connection."""
+        return Applier(self._client, options, hooks=hooks, progress=progress)
+
+    @property
+    def _client(self) -> "docker.DockerClient":
+        if self.client is None:
+            raise RuntimeError(f"the engine session of {self.node.target} is closed")
+        return self.client
+
+    @property
+    def _state(self) -> NodeState:
+        if self.state is None:
+            raise RuntimeError(f"the engine session of {self.node.target} has not been opened")
+        return self.state
