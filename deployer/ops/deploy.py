@@ -437,7 +437,7 @@ class Deployer:
         Consul must answer before any container is touched (``--no-consul`` skips it)."""
         if not self.consul or datacenter is None or not datacenter.consul:
             return None
-        from deployer.discovery.registration import deploy_hooks
+        from deployer.discovery.hooks import deploy_hooks
 
         return deploy_hooks(datacenter, node, self.root, progress=self._node_progress(node))
 
