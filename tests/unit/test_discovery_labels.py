@@ -3,8 +3,12 @@ registrations a container's state (from its inspect data: published ports, healt
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
+from deployer.discovery.catalog import Instance
+from deployer.discovery.hooks import ConsulHooks
 from deployer.discovery.label_settings import DEFAULT_DRAIN, Settings, parse_labels
 from deployer.discovery.registration import (
     META_CONTAINER,
@@ -17,8 +21,8 @@ from deployer.discovery.registration import (
 )
 from deployer.discovery.template_config import load_config
 from deployer.engine.state import inspect_to_state
-from deployer.errors import ConfigError, LabelError
-from deployer.model import Location, Node
+from deployer.errors import ConfigError, HealthCheckFailed, LabelError
+from deployer.model import Datacenter, Location, Node
 
 EVIL = "evil; } server { listen 81; }"
 
@@ -190,3 +194,87 @@ def test_a_container_that_publishes_nothing_has_no_registration():
     assert registrations("dc1", "n1", "10.0.0.5", inspect(ports={})) == []
     assert registrations("dc1", "n1", "10.0.0.5", inspect_to_state({
         "Id": "c0ffee" * 10 + "abcd", "Config": {"Labels": {"deployer.service": "web"}}})) == []
+
+
+# --- the deploy hooks: registration from the state the Applier hands them, no engine connection --
+
+
+class _FakeConsul:
+    """The few agent calls the hooks make, on a ConsulCatalog-shaped object (no HTTP)."""
+
+    address = "fake:8500"
+
+    def __init__(self, passing=True):
+        self.services: dict[str, dict] = {}
+        self.passing = passing
+        self.calls: list[str] = []
+        outer = self
+
+        class Service:
+            def register(self, name, service_id, address, port, tags, meta, check):
+                outer.services[service_id] = {"Service": name, "Address": address, "Port": port, "Tags": tags,
+                                              "Meta": meta, "Check": check}
+
+            def deregister(self, service_id):
+                outer.services.pop(service_id, None)
+
+            def maintenance(self, service_id, enable, reason):
+                outer.calls.append(f"maintenance {service_id}")
+
+        class Agent:
+            service = Service()
+
+            def services(self):
+                return dict(outer.services)
+
+            def checks(self):
+                return {}
+
+        class Client:
+            agent = Agent()
+
+        self.client = Client()
+
+    def call(self, what, fn):
+        self.calls.append(what)
+        return fn(self.client)
+
+    def query(self, dep, index=None, wait=None):
+        instances = [Instance(e["Service"], sid, "n1", e["Address"], e["Port"], status="passing")
+                     for sid, e in self.services.items() if e["Service"] == dep.service and self.passing]
+        return (index or 0) + 1, instances
+
+
+def _hooks(monkeypatch, consul):
+    import deployer.engine.connect as connect
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the hooks must not connect to the engine")
+
+    monkeypatch.setattr(connect, "connect", refuse)
+    dc = Datacenter("dc1", "datacenters/dc1", consul="fake:8500")
+    node = Node("dc1", "n1", "ssh://ops@n1.example.com", "datacenters/dc1/n1", Location("x"), address="10.0.0.5")
+    return ConsulHooks(dc, node, catalog=consul, sleep=lambda s: None)
+
+
+def test_healthy_registers_the_new_containers_published_port_without_connecting(monkeypatch):
+    consul = _FakeConsul()
+    hooks = _hooks(monkeypatch, consul)
+    spec = SimpleNamespace(dc="dc1", node="n1", service="web", image="web:2")
+    new = inspect({"deployer.drain": "0s"}, ports={"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "32768"}]})
+    hooks.healthy(spec, new)
+    (sid, entry), = consul.services.items()
+    assert sid == "n1:c0ffeec0ffee:80" and (entry["Address"], entry["Port"]) == ("10.0.0.5", 32768)
+    assert entry["Check"]["tcp"] == "10.0.0.5:32768"
+    # retiring: out of the passing set, drained, deregistered; again from the state alone
+    hooks.retiring(new)
+    assert consul.services == {} and f"maintenance {sid}" in consul.calls
+
+
+def test_healthy_fails_and_deregisters_when_the_consul_check_never_passes(monkeypatch):
+    consul = _FakeConsul(passing=False)
+    hooks = _hooks(monkeypatch, consul)
+    spec = SimpleNamespace(dc="dc1", node="n1", service="web", image="web:2")
+    with pytest.raises(HealthCheckFailed, match="did not pass within 0.2s"):
+        hooks.healthy(spec, inspect({"deployer.consul.wait": "200ms"}))
+    assert consul.services == {}
