@@ -32,8 +32,8 @@ labels) that publishes a TCP port on its host (compose ``ports: ["80"]`` or
 Other labels: ``deployer.consul.register: "false"`` opts out,
 ``deployer.consul.wait`` bounds how long a deploy waits for the check to pass,
 ``deployer.drain`` (default 2s) how long a retiring container keeps running
-after it left the passing set.
-Those labels are read by ``label_settings.py``.
+after it left the passing set. The labels are read and validated by
+``label_settings.py``.
 
 The pieces
 ----------
