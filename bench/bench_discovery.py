@@ -38,8 +38,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from deployer.discovery.catalog import ConsulCatalog, HealthQuery, Instance, StaticCatalog  # noqa: E402
-from deployer.discovery.templates import ConsulSettings, Runner, TemplateSpec, WatchConfig, render  # noqa: E402
+from deployer.discovery.catalog import HealthQuery, Instance, StaticCatalog  # noqa: E402
+from deployer.discovery.consul_catalog import ConsulCatalog  # noqa: E402
+from deployer.discovery.template_config import ConsulSettings, TemplateSpec, WatchConfig  # noqa: E402
+from deployer.discovery.template_runner import Runner  # noqa: E402
+from deployer.discovery.templates import render  # noqa: E402
 from tests.support.consul import ConsulAgent  # noqa: E402
 from tests.support.nginx import NGINX, NginxServer, free_tcp_port  # noqa: E402
 

@@ -211,6 +211,38 @@ class ConsulUnavailable(ConsulError):
     """Consul could not be reached, or has no leader / no known servers."""
 
 
+class EnginesUnavailable(ConsulUnavailable):
+    """A Docker engine a DockerCatalog reads could not be read (the catalog then keeps its last files).
+
+    A ConsulUnavailable because that catalog stands in for Consul: whatever waits
+    out an unreachable Consul (the template runner's backoff) waits it out too.
+    """
+
+    def __init__(self, where: str, message: str):
+        self.address = where
+        self.message = message
+        DeployerError.__init__(self, f"{where}: {message}")
+
+
+class LabelError(DeployerError):
+    """A discovery label (``deployer.consul.*``, ``deployer.drain``) with a value that cannot be used."""
+
+    exit_code = 2
+
+    def __init__(self, label: str, message: str):
+        self.label = label
+        self.message = message
+        super().__init__(f"{label}: {message}")
+
+
+class TemplateProblem(ValueError):
+    """A template asked for something unsafe or impossible (an unsafe name, a missing key).
+
+    Raised inside a render (by the template functions and filters); the render
+    reports it as a TemplateError naming the template's file and line.
+    """
+
+
 class TemplateError(DeployerError):
     """A config template could not be parsed or rendered; names the file and line."""
 

@@ -19,3 +19,16 @@ LABEL_IMAGE = "deployer.image"
 
 # Labels the deployer sets itself; other deployer.* labels (deployer.consul.check, ...) are the user's.
 RESERVED_LABELS = (LABEL_DC, LABEL_NODE, LABEL_SERVICE, LABEL_IMAGE, LABEL_CONFIG_HASH, LABEL_CONFIG)
+
+# The user's discovery labels, read by discovery (docs/discovery.md says what each does).
+LABEL_CONSUL_NAME = "deployer.consul.name"
+LABEL_CONSUL_TAGS = "deployer.consul.tags"
+LABEL_CONSUL_CHECK = "deployer.consul.check"
+LABEL_CONSUL_INTERVAL = "deployer.consul.interval"
+LABEL_CONSUL_TIMEOUT = "deployer.consul.timeout"
+LABEL_CONSUL_PORT = "deployer.consul.port"
+LABEL_CONSUL_WAIT = "deployer.consul.wait"
+LABEL_CONSUL_REGISTER = "deployer.consul.register"
+LABEL_DRAIN = "deployer.drain"
+DISCOVERY_LABELS = (LABEL_CONSUL_NAME, LABEL_CONSUL_TAGS, LABEL_CONSUL_CHECK, LABEL_CONSUL_INTERVAL,
+                    LABEL_CONSUL_TIMEOUT, LABEL_CONSUL_PORT, LABEL_CONSUL_WAIT, LABEL_CONSUL_REGISTER, LABEL_DRAIN)

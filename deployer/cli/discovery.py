@@ -91,7 +91,7 @@ def registrator(ctx, targets, resync, once, as_json, quiet, verbose):
     Only registrations the deployer made (their meta says so) are ever removed.
     Runs until SIGINT/SIGTERM.
     """
-    from deployer.discovery.registration import Registrator
+    from deployer.discovery.registrator import Registrator
     from deployer.config.loader import load
 
     _logging(quiet or (once and as_json), verbose)
@@ -148,7 +148,7 @@ def services(ctx, dc, as_json):
     Exit 1 when anything is missing, critical or extra. A datacenter without
     consul is read from its Docker engines.
     """
-    from deployer.discovery.registration import PROBLEM_STATES, ServiceRow, service_report
+    from deployer.discovery.report import PROBLEM_STATES, ServiceRow, service_report
     from deployer.errors import DeployerError, TargetError
     from deployer.config.loader import load
 
@@ -189,16 +189,17 @@ def render(ctx, template, out, dc, consul_address, variables, check_command, rel
     """Render TEMPLATE once from the catalog into FILE (atomically, only when it changed)."""
     from pathlib import Path
 
-    from deployer.discovery.templates import Runner, TemplateSpec, WatchConfig
+    from deployer.discovery.template_config import TemplateSpec, WatchConfig
+    from deployer.discovery.template_runner import Runner
 
     spec = TemplateSpec(Path(template).absolute(), Path(out).absolute(), check=check_command, reload=reload_command,
                         vars=_parse_vars(variables))
     if consul_address:
-        from deployer.discovery.catalog import ConsulCatalog
+        from deployer.discovery.consul_catalog import ConsulCatalog
 
         catalog, source = ConsulCatalog(consul_address), f"consul at {consul_address}"
     else:
-        from deployer.discovery.registration import catalog_for
+        from deployer.discovery.docker_catalog import catalog_for
         from deployer.config.loader import load
 
         root = repo_root(ctx)
@@ -235,13 +236,14 @@ def watch(ctx, config, dc, once, quiet, verbose):
     Changes wait for quiescence; each pass renders every template, checks the
     candidates, swaps them in atomically and reloads (see `deployer/templates.py`).
     """
-    from deployer.discovery.templates import Runner, load_config
+    from deployer.discovery.template_config import load_config
+    from deployer.discovery.template_runner import Runner
 
     _logging(quiet, verbose)
     cfg = load_config(config)
     catalog = None
     if cfg.consul is None:
-        from deployer.discovery.registration import DockerCatalog
+        from deployer.discovery.docker_catalog import DockerCatalog
         from deployer.config.loader import load
 
         root = repo_root(ctx)

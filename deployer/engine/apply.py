@@ -260,10 +260,10 @@ class Applier:
             logs = self._logs(new_id)
             self._remove(new_id)
             if old is not None:
-                self._restore(old)
+                restored = self._restore(old)
                 if stop_first and old.running and self.hooks.restored:
                     try:
-                        self.hooks.restored(old)
+                        self.hooks.restored(restored)
                     except Exception as hook_exc:  # noqa: BLE001 - the original failure matters more
                         self.progress(f"could not announce {old.name} again: {hook_exc}")
             if isinstance(exc, HealthCheckFailed):
@@ -379,13 +379,17 @@ class Applier:
         except Exception:
             return ""
 
-    def _restore(self, old: ContainerState) -> None:
+    def _restore(self, old: ContainerState) -> ContainerState:
+        """Start the old container again if it was running; its state as it is now (new ephemeral ports)."""
         try:
             current = read_container(self.client, old.id)
             if not current.running and old.running:
                 self.api.start(old.id)
+                current = read_container(self.client, old.id)
+            return current
         except docker.errors.APIError as exc:  # report, but the original failure matters more
             self.progress(f"could not restart {old.name}: {exc}")
+            return old
 
     def _retire(self, container: ContainerState) -> None:
         if container.running:

@@ -28,6 +28,10 @@ class ContainerState:
     restart_count: int
     labels: dict[str, str]
     host: dict[str, Any] = field(default_factory=dict)  # the live HostConfig fields 'docker update' can change
+    # The host ports the engine bound (NetworkSettings.Ports): "80/tcp" -> [(host ip, host port), ...], an
+    # ephemeral port as assigned at start; [] for a port exposed but not published. Empty unless it runs.
+    ports: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    healthcheck: dict[str, Any] | None = None  # the effective Config.Healthcheck (the image's, or compose's)
 
     @property
     def short_id(self) -> str:
@@ -85,6 +89,15 @@ class NodeState:
         return [c for c in self.managed if c.service == service]
 
 
+def _published(ports: dict[str, Any] | None) -> dict[str, list[tuple[str, int]]]:
+    """NetworkSettings.Ports -> container port/proto -> [(host ip, host port)]; unassigned bindings left out."""
+    out: dict[str, list[tuple[str, int]]] = {}
+    for key, bindings in (ports or {}).items():
+        out[key] = [(b.get("HostIp") or "", int(b["HostPort"])) for b in bindings or ()
+                    if str(b.get("HostPort") or "").isdigit()]
+    return out
+
+
 def inspect_to_state(info: dict[str, Any]) -> ContainerState:
     state = info.get("State") or {}
     config = info.get("Config") or {}
@@ -106,6 +119,8 @@ def inspect_to_state(info: dict[str, Any]) -> ContainerState:
             "nano_cpus": host.get("NanoCpus") or 0,
             "port_bindings": host.get("PortBindings") or {},
         },
+        ports=_published((info.get("NetworkSettings") or {}).get("Ports")),
+        healthcheck=config.get("Healthcheck") or None,
     )
 
 

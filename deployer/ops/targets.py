@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from deployer.discovery.registration import deploy_hooks
+from deployer.discovery.hooks import deploy_hooks
 from deployer.engine.apply import Hooks
 from deployer.engine.connect import describe
 from deployer.engine.plan import REMOVE, Change

@@ -10,19 +10,18 @@ import pytest
 
 from deployer.discovery.catalog import (
     Catalog,
-    ConsulCatalog,
     HealthQuery,
     Instance,
     KeyQuery,
     ServicesQuery,
     StaticCatalog,
-    Watcher,
-    parse_duration,
     valid_address,
     valid_name,
     valid_tag,
     validate_instance,
 )
+from deployer.discovery.consul_catalog import ConsulCatalog
+from deployer.discovery.watcher import Watcher
 from deployer.errors import ConsulError, ConsulUnavailable, DeployerError
 
 from tests.support.consul import Backend, ConsulAgent, free_port
@@ -74,16 +73,6 @@ def test_validate_instance_reasons():
     assert "node" in validate_instance(Instance("web", "w", "n ode", "10.0.0.1", 80))
     assert "tag" in validate_instance(Instance("web", "w", "n", "10.0.0.1", 80, ("ok", "x; y")))
     assert "status" in validate_instance(Instance("web", "w", "n", "10.0.0.1", 80, status="dead"))
-
-
-def test_parse_duration():
-    assert parse_duration("250ms") == 0.25
-    assert parse_duration("1m30s") == 90
-    assert parse_duration(2) == 2.0 and parse_duration("1.5") == 1.5
-    with pytest.raises(ValueError):
-        parse_duration("soon")
-    with pytest.raises(ValueError):
-        parse_duration(-1)
 
 
 # --- StaticCatalog ------------------------------------------------------------------

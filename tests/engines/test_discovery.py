@@ -1,6 +1,7 @@
-"""Service discovery: registrations derived from containers, the deploy hooks, the registrator,
-`deployer services`, `deployer render` and `templates watch`, against a real Consul dev agent,
-a real Docker node in a netns and real nginx (127.0.0.1 and the node's own address only)."""
+"""Service discovery: the deploy hooks, the registrator, `deployer services`, `deployer render` and
+`templates watch`, against a real Consul dev agent, a real Docker node in a netns and real nginx
+(127.0.0.1 and the node's own address only). Registrations derived from a container's state, and
+the labels, are tested without an engine in tests/unit/test_discovery_labels.py."""
 
 from __future__ import annotations
 
@@ -16,25 +17,19 @@ from pathlib import Path
 
 import pytest
 
-from deployer.discovery.catalog import ConsulCatalog
+from deployer.discovery.consul_catalog import ConsulCatalog
+from deployer.discovery.docker_catalog import DockerCatalog
 from deployer.discovery.registration import (
-    DEFAULT_DRAIN,
     META_CONTAINER,
     META_DC,
     META_NODE,
     META_OWNER,
-    DockerCatalog,
-    LabelError,
-    Registrator,
     agent_services,
     deregister,
-    node_address,
     owned,
-    parse_labels,
-    registrations,
 )
+from deployer.discovery.registrator import Registrator
 from deployer.errors import ConsulError
-from deployer.model import Location, Node
 from deployer.discovery.templates import render
 
 from tests.support.consul import free_port
@@ -51,94 +46,6 @@ def wait_until(predicate, timeout=15.0, interval=0.05, what="condition"):
 NGINX_TEMPLATE = Path(__file__).resolve().parents[2] / "templates" / "nginx.conf.j2"
 WEB1, WEB2, SICK = "deployer-test/web:1", "deployer-test/web:2", "deployer-test/web:sick"
 EVIL = "evil; } server { listen 81; }"
-
-
-# --- registrations from an inspected container (no engine needed) ------------------------------
-
-
-def inspect(labels=None, ports=None, healthcheck=None, cid="c0ffee" * 10 + "abcd"):
-    return {
-        "Id": cid,
-        "Name": "/n1-web",
-        "Config": {"Labels": {"deployer.dc": "dc1", "deployer.node": "n1", "deployer.service": "web", **(labels or {})},
-                   "Healthcheck": healthcheck},
-        "NetworkSettings": {"Ports": ports if ports is not None else {
-            "80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "49153"}, {"HostIp": "::", "HostPort": "49153"}]}},
-        "State": {"Status": "running"},
-    }
-
-
-def test_registration_name_address_published_port_tags_check_id_and_meta():
-    (reg,) = registrations("dc1", "n1", "10.0.0.5", inspect({
-        "deployer.consul.name": "shop", "deployer.consul.tags": "blue, v2,blue",
-        "deployer.consul.check": "http:/health", "deployer.consul.interval": "3s", "deployer.consul.timeout": "500ms",
-    }))
-    assert (reg.name, reg.address, reg.port, reg.tags) == ("shop", "10.0.0.5", 49153, ("blue", "v2"))
-    assert reg.id == "n1:c0ffeec0ffee:80"
-    assert reg.check == {"http": "http://10.0.0.5:49153/health", "interval": "3s", "timeout": "500ms",
-                         "name": "deployer http:/health check"}
-    assert reg.meta == {META_OWNER: "deployer", META_DC: "dc1", META_NODE: "n1", META_CONTAINER: "c0ffee" * 10 + "abcd",
-                        "deployer-service": "web"}
-    assert reg.drain == DEFAULT_DRAIN
-    # without labels: the service name, and a TCP check
-    (plain,) = registrations("dc1", "n1", "10.0.0.5", inspect())
-    assert plain.name == "web" and plain.check["tcp"] == "10.0.0.5:49153" and plain.check["interval"] == "5s"
-
-
-def test_check_derived_from_the_compose_healthcheck():
-    ns = 1_000_000_000
-    curl = {"Test": ["CMD-SHELL", "curl -fsS http://localhost/status || exit 1"], "Interval": ns // 5, "Timeout": 2 * ns}
-    (reg,) = registrations("dc1", "n1", "10.0.0.5", inspect(healthcheck=curl))
-    assert reg.check["http"] == "http://10.0.0.5:49153/status"
-    assert reg.check["interval"] == "1s" and reg.check["timeout"] == "2s"  # Consul's minimum interval is 1s
-    wget_other_port = {"Test": ["CMD", "wget", "-q", "http://127.0.0.1:9000/metrics"], "Interval": 7 * ns}
-    (reg,) = registrations("dc1", "n1", "10.0.0.5", inspect(healthcheck=wget_other_port))
-    assert "tcp" in reg.check and reg.check["interval"] == "7s"  # probes another port: TCP on ours
-    file_test = {"Test": ["CMD", "test", "-f", "/www/index.html"]}
-    (reg,) = registrations("dc1", "n1", "10.0.0.5", inspect(healthcheck=file_test))
-    assert "tcp" in reg.check
-    (reg,) = registrations("dc1", "n1", "10.0.0.5", inspect({"deployer.consul.check": "none"}))
-    assert reg.check is None
-
-
-def test_ports_several_chosen_unpublished_and_host_ip():
-    ports = {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "32001"}], "443/tcp": [{"HostIp": "", "HostPort": "32002"}],
-             "53/udp": [{"HostIp": "0.0.0.0", "HostPort": "32003"}], "9000/tcp": None}
-    regs = registrations("dc1", "n1", "10.0.0.5", inspect(ports=ports))
-    assert [(r.name, r.port, r.id) for r in regs] == [("web-80", 32001, "n1:c0ffeec0ffee:80"),
-                                                      ("web-443", 32002, "n1:c0ffeec0ffee:443")]
-    (reg,) = registrations("dc1", "n1", "10.0.0.5", inspect({"deployer.consul.port": "443"}, ports=ports))
-    assert (reg.name, reg.port) == ("web", 32002)
-    assert registrations("dc1", "n1", "10.0.0.5", inspect(ports={"80/tcp": None})) == []  # expose only
-    assert registrations("dc1", "n1", "10.0.0.5", inspect({"deployer.consul.register": "false"})) == []
-    (reg,) = registrations("dc1", "n1", "10.0.0.5", inspect(ports={"80/tcp": [{"HostIp": "10.9.9.9", "HostPort": "8080"}]}))
-    assert reg.address == "10.9.9.9"  # bound to one address: that one
-
-
-def test_node_address_falls_back_to_the_docker_url_host():
-    def node(docker, address=None):
-        return Node("dc1", "n1", docker, "datacenters/dc1/n1", Location("x"), address=address)
-
-    assert node_address(node("ssh://ops@web1.example.com:2222")) == "web1.example.com"
-    assert node_address(node("tcp://10.1.2.3:2376")) == "10.1.2.3"
-    assert node_address(node("tcp://10.1.2.3:2376", address="192.168.0.7")) == "192.168.0.7"
-    assert node_address(node("unix:///var/run/docker.sock")) == "127.0.0.1"
-
-
-@pytest.mark.parametrize("label, value, message", [
-    ("deployer.consul.name", EVIL, "unsafe service name"),
-    ("deployer.consul.name", "a}b", "unsafe service name"),
-    ("deployer.consul.tags", "ok,x;y", "unsafe tag"),
-    ("deployer.consul.check", "http:/a b", "write http:/path"),
-    ("deployer.consul.check", "grpc", "write http:/path, tcp or none"),
-    ("deployer.consul.interval", "soon", "invalid deployer.consul.interval"),
-    ("deployer.drain", "-1s", "invalid deployer.drain"),
-    ("deployer.consul.port", "http", "not a container port"),
-])
-def test_unusable_labels_are_refused_with_the_label_named(label, value, message):
-    with pytest.raises(LabelError) as info:
-        parse_labels({label: value})
-    assert info.value.one_line().startswith(f"{label}: ") and message in info.value.one_line()
 
 
 # --- against a real engine and a real Consul ---------------------------------------------------

@@ -12,21 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from deployer.discovery.catalog import ConsulCatalog, Instance, StaticCatalog
+from deployer.discovery.catalog import Instance, StaticCatalog
+from deployer.discovery.consul_catalog import ConsulCatalog
 from deployer.errors import CheckFailed, ConfigError, ReloadFailed, TemplateError
-from deployer.discovery.templates import (
-    ConsulSettings,
-    Runner,
-    TemplateSpec,
-    WatchConfig,
-    check,
-    load_config,
-    reload,
-    render,
-    run_once,
-    swap,
-    upstream_name,
-)
+from deployer.discovery.template_config import ConsulSettings, TemplateSpec, WatchConfig, load_config
+from deployer.discovery.template_runner import Runner, run_once
+from deployer.discovery.templates import check, reload, render, swap, upstream_name
 
 from tests.support.consul import Backend, ConsulAgent
 from tests.support.nginx import NginxServer

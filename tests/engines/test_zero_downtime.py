@@ -19,10 +19,12 @@ from pathlib import Path
 import pytest
 
 from deployer.ops.deploy import Deployer
-from deployer.discovery.catalog import ConsulCatalog
+from deployer.discovery.consul_catalog import ConsulCatalog
 from deployer.discovery.registration import META_CONTAINER, META_NODE, agent_services, deregister, owned
 from deployer.errors import HealthCheckFailed
-from deployer.discovery.templates import ConsulSettings, Runner, TemplateSpec, WatchConfig, upstream_name
+from deployer.discovery.template_config import ConsulSettings, TemplateSpec, WatchConfig
+from deployer.discovery.template_runner import Runner
+from deployer.discovery.templates import upstream_name
 
 from tests.support.nginx import NginxServer
 from tests.support.repos import git, make_repo, managed, remove_node_containers, unique_node
