@@ -1,0 +1,35 @@
+"""Fixtures of the fast tier: a fake engine serving captured inspect JSON, and the wanted specs.
+
+See ``tests/unit/fakes.py``. Nothing here starts Docker, opens a network
+connection or runs git.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from deployer.engine import state as engine_state
+from tests.unit.fakes import DC, NODE, FakeDockerClient, wanted_specs
+
+
+@pytest.fixture
+def client() -> FakeDockerClient:
+    """A fresh fake engine holding the captured containers and images."""
+    return FakeDockerClient()
+
+
+@pytest.fixture
+def node_state(client):
+    """What ``read_node`` makes of the captured engine for dc1/n1."""
+    return engine_state.read_node(client, DC, NODE)
+
+
+@pytest.fixture(scope="session")
+def _specs():
+    return wanted_specs()
+
+
+@pytest.fixture
+def specs(_specs):
+    """The wanted spec of every service of the captured compose file (do not change them in a test)."""
+    return dict(_specs)
