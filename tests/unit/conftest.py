@@ -6,6 +6,8 @@ connection or runs git.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from deployer.engine import state as engine_state
@@ -13,23 +15,23 @@ from tests.unit.fakes import DC, NODE, FakeDockerClient, wanted_specs
 
 
 @pytest.fixture
-def client() -> FakeDockerClient:
+def fake_client() -> FakeDockerClient:
     """A fresh fake engine holding the captured containers and images."""
     return FakeDockerClient()
 
 
 @pytest.fixture
-def node_state(client):
+def node_state(fake_client):
     """What ``read_node`` makes of the captured engine for dc1/n1."""
-    return engine_state.read_node(client, DC, NODE)
+    return engine_state.read_node(fake_client, DC, NODE)
 
 
 @pytest.fixture(scope="session")
-def _specs():
+def _wanted():
     return wanted_specs()
 
 
 @pytest.fixture
-def specs(_specs):
-    """The wanted spec of every service of the captured compose file (do not change them in a test)."""
-    return dict(_specs)
+def wanted(_wanted):
+    """The wanted spec of every service of the captured compose file, by service (a copy per test)."""
+    return copy.deepcopy(_wanted)

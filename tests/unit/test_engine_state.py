@@ -1,6 +1,6 @@
 """engine/state.py: what runs on an engine, read from inspect JSON a real engine returned.
 
-The fake client (tests/unit/fakes.py) serves the fixtures captured by
+The fake fake_client (tests/unit/fakes.py) serves the fixtures captured by
 tests/support/capture_engine_fixtures.py; ``read_node`` and ``image_id`` run
 unchanged against it. No Docker engine is needed.
 """
@@ -55,15 +55,15 @@ def test_a_container_without_deployer_labels_is_not_managed(node_state):
     assert (stranger.health, stranger.exit_code, stranger.restart_count, stranger.host) == (None, 0, 0, {})
 
 
-def test_a_container_of_another_node_is_not_managed_here_but_is_there(client, node_state):
+def test_a_container_of_another_node_is_not_managed_here_but_is_there(fake_client, node_state):
     other = node_state.names["n2-web"]
     assert other not in node_state.managed
     assert (other.dc, other.node, other.service) == ("dc1", "n2", "web")
     assert other.status == "created"
-    there = read_node(client, "dc1", "n2")
+    there = read_node(fake_client, "dc1", "n2")
     assert [c.name for c in there.managed] == ["n2-web"]
     assert sorted(there.names) == sorted(MANAGED + UNMANAGED)
-    assert read_node(client, "dc2", "n1").managed == []
+    assert read_node(fake_client, "dc2", "n1").managed == []
 
 
 def test_for_service_maps_containers_to_their_service(node_state):
@@ -75,29 +75,29 @@ def test_for_service_maps_containers_to_their_service(node_state):
     assert services == {"api", "cache", "drift", "flaky", "job", "old", "retag", "sick", "slow", "web"}
 
 
-def test_the_node_is_read_with_one_list_and_one_inspect_per_managed_container(client):
-    read_node(client, DC, NODE)
-    assert client.calls[0] == ("containers", {"all": True})
-    inspected = [ident for call, ident in client.calls[1:] if call == "inspect_container"]
-    assert len(client.calls) == 1 + len(MANAGED) == 1 + len(inspected)
+def test_the_node_is_read_with_one_list_and_one_inspect_per_managed_container(fake_client):
+    read_node(fake_client, DC, NODE)
+    assert fake_client.calls[0] == ("containers", {"all": True})
+    inspected = [ident for call, ident in fake_client.calls[1:] if call == "inspect_container"]
+    assert len(fake_client.calls) == 1 + len(MANAGED) == 1 + len(inspected)
     ids = {s["Names"][0].lstrip("/"): s["Id"] for s in fixture("containers.json")}
     assert sorted(inspected) == sorted(ids[n] for n in MANAGED)
 
 
-def test_a_container_removed_between_list_and_inspect_is_skipped(client):
-    client.vanish("n1-old")
-    state = read_node(client, DC, NODE)
+def test_a_container_removed_between_list_and_inspect_is_skipped(fake_client):
+    fake_client.vanish("n1-old")
+    state = read_node(fake_client, DC, NODE)
     assert "n1-old" not in state.names
     assert [c.name for c in state.managed] == [n for n in MANAGED if n != "n1-old"]
 
 
-def test_an_engine_error_other_than_not_found_is_raised(client, monkeypatch):
+def test_an_engine_error_other_than_not_found_is_raised(fake_client, monkeypatch):
     def broken(ident):
         raise docker.errors.APIError("500 Server Error", response=_response(500, "boom"), explanation="boom")
 
-    monkeypatch.setattr(client.api, "inspect_container", broken)
+    monkeypatch.setattr(fake_client.api, "inspect_container", broken)
     with pytest.raises(docker.errors.APIError, match="500"):
-        read_node(client, DC, NODE)
+        read_node(fake_client, DC, NODE)
 
 
 def test_an_empty_engine():
@@ -144,15 +144,15 @@ def test_identity_and_labels(node_state):
     assert "production" not in web.labels[LABEL_CONFIG]
 
 
-def test_image_reference_and_image_id(client, node_state):
+def test_image_reference_and_image_id(fake_client, node_state):
     tags = capture_info()["tags"]
     web = by_name(node_state)["n1-web"]
     assert web.image == "deployer-test/web:1"
-    assert web.image_id == tags["deployer-test/web:1"] == image_id(client, "deployer-test/web:1")
+    assert web.image_id == tags["deployer-test/web:1"] == image_id(fake_client, "deployer-test/web:1")
     retag = by_name(node_state)["n1-retag"]
     assert retag.image == "deployer-test/retag:1"
     assert retag.image_id == capture_info()["retag_before"]
-    assert image_id(client, "deployer-test/retag:1") == tags["deployer-test/retag:1"] != retag.image_id
+    assert image_id(fake_client, "deployer-test/retag:1") == tags["deployer-test/retag:1"] != retag.image_id
 
 
 def test_host_fields_as_written(node_state):
@@ -185,11 +185,11 @@ def test_an_ephemeral_host_port_frees_nothing(node_state):
     assert not by_name(node_state)["n1-old"].publishes_ports  # no ports at all
 
 
-def test_read_container_by_name_or_id(client):
+def test_read_container_by_name_or_id(fake_client):
     info = fixture("container.n1-sick.json")
-    assert read_container(client, "n1-sick") == read_container(client, info["Id"]) == inspect_to_state(info)
+    assert read_container(fake_client, "n1-sick") == read_container(fake_client, info["Id"]) == inspect_to_state(info)
     with pytest.raises(docker.errors.NotFound) as caught:
-        read_container(client, "nope")
+        read_container(fake_client, "nope")
     assert caught.value.status_code == 404
 
 
@@ -206,23 +206,23 @@ def test_inspect_to_state_defaults_for_missing_fields():
 # image_id
 
 
-def test_image_id_by_tag_and_by_id(client):
+def test_image_id_by_tag_and_by_id(fake_client):
     tags = capture_info()["tags"]
     for ref, ident in tags.items():
-        assert image_id(client, ref) == ident
+        assert image_id(fake_client, ref) == ident
     web1 = tags["deployer-test/web:1"]
-    assert image_id(client, web1) == web1
-    assert image_id(client, capture_info()["retag_before"]) == capture_info()["retag_before"]  # untagged now
+    assert image_id(fake_client, web1) == web1
+    assert image_id(fake_client, capture_info()["retag_before"]) == capture_info()["retag_before"]  # untagged now
 
 
-def test_image_id_of_a_missing_image_is_none(client):
-    assert image_id(client, "deployer-test/web:404") is None
-    assert image_id(client, "registry.example:5000/nothing") is None
-    assert client.calls == [("inspect_image", "deployer-test/web:404"),
+def test_image_id_of_a_missing_image_is_none(fake_client):
+    assert image_id(fake_client, "deployer-test/web:404") is None
+    assert image_id(fake_client, "registry.example:5000/nothing") is None
+    assert fake_client.calls == [("inspect_image", "deployer-test/web:404"),
                             ("inspect_image", "registry.example:5000/nothing")]
 
 
-def test_image_id_follows_a_tag_moved_on_the_engine(client):
+def test_image_id_follows_a_tag_moved_on_the_engine(fake_client):
     tags = capture_info()["tags"]
-    client.tag("deployer-test/web:1", tags["deployer-test/web:2"])
-    assert image_id(client, "deployer-test/web:1") == tags["deployer-test/web:2"]
+    fake_client.tag("deployer-test/web:1", tags["deployer-test/web:2"])
+    assert image_id(fake_client, "deployer-test/web:1") == tags["deployer-test/web:2"]

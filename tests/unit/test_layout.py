@@ -23,6 +23,7 @@ from __future__ import annotations
 import ast
 import builtins
 import re
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -416,8 +417,8 @@ def test_the_checker_resolves_relative_and_function_level_imports(tmp_path, monk
     (pkg / "ops" / "__init__.py").write_text('"""ops."""\n')
     (pkg / "ops" / "run.py").write_text('import subprocess\nGIT = "git"\nsubprocess.run([GIT, "status"])\n'
                                         "import git\n" + "x = 1\n" * 700)
-    monkeypatch.setattr(__import__(__name__), "PACKAGE", pkg)
-    monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", pkg)
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     for cached in (modules, tree, imports, _classes):
         cached.cache_clear()
     try:
