@@ -64,12 +64,12 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a script
     sys.path.insert(0, str(ROOT))
 
-from deployer.config.compose import container_spec, node_resources  # noqa: E402
 from deployer.config.loader import load  # noqa: E402
 from deployer.engine.apply import NEXT_SUFFIX, Applier  # noqa: E402
 from deployer.labels import LABEL_DC, LABEL_NODE, LABEL_SERVICE  # noqa: E402
 from tests.support.engines import DOCKER_CLI, Fleet, preflight  # noqa: E402
 from tests.support.images import BASE_TAG, build_standard_images, build_web_image  # noqa: E402
+from tests.unit.fakes import container_spec, node_resources  # noqa: E402 - the one import of the spec builder
 
 FIXTURES = ROOT / "tests" / "unit" / "fixtures" / "engine"
 COMPOSE = FIXTURES / "compose.yml"

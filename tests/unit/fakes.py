@@ -22,7 +22,8 @@ removed between the list and its inspect), :meth:`FakeDockerClient.tag` and
 
 The wanted side, ``wanted_specs``, builds container specs from compose text
 through the repository loader and the compose spec builder: the one place the
-fast tier imports ``container_spec``.
+fast tier's helpers import ``container_spec`` (and ``node_resources``, which
+the capture script takes from here).
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ import docker
 import requests
 from ruamel.yaml import YAML
 
-# the one import of the compose spec builder in tests/unit outside test_compose.py
-from deployer.config.compose import container_spec
+# The one import of the compose spec builder in the fast tier's helpers (the capture script takes it from
+# here too): when compose.py is split, this line follows container_spec and node_resources.
+from deployer.config.compose import container_spec, node_resources  # noqa: F401 - node_resources: for the capture
 from deployer.config.loader import load
 from deployer.spec import ContainerSpec
 
