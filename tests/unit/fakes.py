@@ -139,7 +139,7 @@ class FakeAPIClient:
     def __init__(self, client: "FakeDockerClient"):
         self._client = client
 
-    def containers(self, all: bool = False) -> list[dict[str, Any]]:
+    def containers(self, *, all: bool = False) -> list[dict[str, Any]]:  # docker-py: containers(quiet, all, ...)
         self._client.calls.append(("containers", {"all": all}))
         listed = self._client._listed
         return copy.deepcopy([c for c in listed if all or c.get("State") == "running"])
