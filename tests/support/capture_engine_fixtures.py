@@ -65,7 +65,8 @@ if str(ROOT) not in sys.path:  # run as a script
     sys.path.insert(0, str(ROOT))
 
 from deployer.config.loader import load  # noqa: E402
-from deployer.engine.apply import NEXT_SUFFIX, Applier  # noqa: E402
+from deployer.engine.apply import Applier, SwapOptions  # noqa: E402
+from deployer.spec import NEXT_SUFFIX  # noqa: E402
 from deployer.labels import LABEL_DC, LABEL_NODE, LABEL_SERVICE  # noqa: E402
 from tests.support.engines import DOCKER_CLI, Fleet, preflight  # noqa: E402
 from tests.support.images import BASE_TAG, build_standard_images, build_web_image  # noqa: E402
@@ -103,7 +104,7 @@ def capture(client, unix_url: str) -> None:
         write_repo(root)
         node = load(root).node(DC, NODE)
         specs = {name: container_spec(node, svc, root, environ={}) for name, svc in node.services.items()}
-        applier = Applier(client, settle=0.5)
+        applier = Applier(client, SwapOptions(settle=0.5))
         applier.ensure_resources(*node_resources(node))
 
     def health(cid: str) -> str | None:
