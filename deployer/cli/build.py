@@ -243,7 +243,7 @@ def register(group: click.Group) -> None:
         changes are refused unless --allow-dirty. When the registry holds
         that tag built from the same commit already, nothing is built.
         """
-        from deployer.build import builders as B
+        from deployer.build import image as B
         from deployer.ops.release import build_client, image_to_json, registry_for
 
         if registry and dc:
@@ -296,18 +296,18 @@ def register(group: click.Group) -> None:
         from the registry.
         """
         from deployer.errors import PartialDeploy
-        from deployer.ops.release import build_client, release as do_release
+        from deployer.ops.release import ReleaseOptions, build_client, release as do_release
 
         client = build_client(docker_url)
         try:
             with contextlib.closing(client), compiler_output():
-                result = do_release(
-                    client, app_source, list(targets), infra_root=c._repo_root(ctx), registry=registry,
-                    service=service, allow_dirty=allow_dirty, builder=builder, wait=wait, message=message,
-                    author=author, settle=settle, health_timeout=health_timeout, batch=batch,
-                    consul=not no_consul, progress=c._progress(quiet or as_json),
-                    build_progress=BuildLines(quiet or as_json, verbose),
-                    on_image=None if as_json else lambda image: click.echo(_image_line(image)))
+                options = ReleaseOptions(
+                    app_source, list(targets), c._repo_root(ctx), allow_dirty=allow_dirty, builder=builder,
+                    registry=registry, service=service, wait=wait, message=message, author=author,
+                    settle=settle, health_timeout=health_timeout, batch=batch, consul=not no_consul)
+                result = do_release(client, options, progress=c._progress(quiet or as_json),
+                                    build_progress=BuildLines(quiet or as_json, verbose),
+                                    on_image=None if as_json else lambda image: click.echo(_image_line(image)))
         except PartialDeploy as exc:
             c._print_result(exc.result, as_json)
             raise
@@ -345,9 +345,10 @@ def register(group: click.Group) -> None:
     def watch_builds(ctx, source_repo, branch, app, interval, deploy_targets, registry, dc, service, once,
                      state_path, builder, docker_url, wait, message, settle, health_timeout, no_consul, as_json,
                      quiet, verbose):
-        from deployer.ops.release import BuildWatcher, build_client, forget_hook_git_env, registry_for
+        from deployer.gitrepo.git import forget_hook_env
+        from deployer.ops.release import BuildWatcher, build_client, registry_for
 
-        forget_hook_git_env()  # run from a git hook: GIT_DIR would redirect every git command
+        forget_hook_env()  # run from a git hook: GIT_DIR would redirect every git command
         targets = list(deploy_targets)
         if registry and dc:
             raise click.UsageError("give --registry or --dc, not both")

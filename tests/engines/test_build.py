@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from deployer.build import builders as B
+from deployer.build import image as I
 from deployer.build import registry as R
 from deployer.errors import (
     BuildFailed,
@@ -106,31 +107,31 @@ def test_detect_builder(tmp_path):
 def test_source_version(tmp_path):
     src = make_repo(tmp_path)
     sha = git(src, "rev-parse", "HEAD")
-    assert B.source_version(src) == sha[:12]
+    assert I.source_version(src) == sha[:12]
     git(src, "tag", "v1.2.0")
-    assert B.source_version(src) == "v1.2.0"
+    assert I.source_version(src) == "v1.2.0"
     new_commit(src, "next")
     git(src, "tag", "release/7")  # not a valid docker tag as it stands
-    assert B.source_version(src) == "release-7"
+    assert I.source_version(src) == "release-7"
 
     (src / "main.go").write_text((src / "main.go").read_text() + "\n// edit\n")
     with pytest.raises(DirtySource, match="uncommitted changes") as e:
-        B.source_version(src)
+        I.source_version(src)
     assert "\n" not in str(e.value)
-    assert B.source_version(src, allow_dirty=True).endswith("-dirty")
+    assert I.source_version(src, allow_dirty=True).endswith("-dirty")
     git(src, "checkout", "--", "main.go")
     (src / "extra.go").write_text("package main\n")  # untracked files are compiled too
     with pytest.raises(DirtySource):
-        B.source_version(src)
+        I.source_version(src)
     (src / "extra.go").unlink()
     # a change outside the app's directory does not make the app dirty
     (src.parent / "README").write_text("other\n")
-    assert not B.source_info(src).dirty
+    assert not I.source_info(src).dirty
 
     loose = tmp_path / "loose"
     loose.mkdir()
     with pytest.raises(SourceError, match="not inside a git repository"):
-        B.source_version(loose)
+        I.source_version(loose)
 
 
 def test_registry_url_parsing():
@@ -138,7 +139,7 @@ def test_registry_url_parsing():
     assert R.split_registry_url("https://r.example:443/") == ("https", "r.example:443")
     with pytest.raises(RegistryError):
         R.split_registry_url("ftp://x")
-    assert B.image_ref("https://10.0.0.1:5000", "sensor", "abc") == "10.0.0.1:5000/sensor:abc"
+    assert I.image_ref("https://10.0.0.1:5000", "sensor", "abc") == "10.0.0.1:5000/sensor:abc"
 
 
 # --------------------------------------------------------------------------- fixtures: engine + registry
@@ -208,7 +209,7 @@ def test_compile_error(client, go_builder, registry, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
 
     with pytest.raises(BuildFailed, match="syntax error"):
-        B.build_image(client, src, registry)
+        I.build_image(client, src, registry)
     assert R.tags(registry, "worker") == [] or sha[:12] not in R.tags(registry, "worker")
     assert not any(sha[:12] in t for i in client.images.list() for t in i.tags)
 
@@ -219,7 +220,7 @@ def test_missing_dockerfile(client, registry, tmp_path):
     new_commit(src, "no Dockerfile")
     t = time.monotonic()
     with pytest.raises(DockerfileMissing) as e:
-        B.build_image(client, src, registry)
+        I.build_image(client, src, registry)
     assert e.value.path == str(src / "Dockerfile")
     assert str(src / "Dockerfile") in str(e.value) and "\n" not in str(e.value)
     assert time.monotonic() - t < 2, "checked before compiling anything"
@@ -229,7 +230,7 @@ def test_image_built_pushed_then_not_rebuilt(client, go_builder, registry, regis
     src = make_repo(tmp_path, "sensor")
     sha = git(src, "rev-parse", "HEAD")
     events: list[tuple[str, dict]] = []
-    first = B.build_image(client, src, registry, progress=lambda phase, ev: events.append((phase, ev)))
+    first = I.build_image(client, src, registry, progress=lambda phase, ev: events.append((phase, ev)))
     assert first.built and first.pushed
     assert first.ref == f"{registry}/sensor:{sha[:12]}"
     assert first.revision == sha and first.digest.startswith("sha256:")
@@ -254,7 +255,7 @@ def test_image_built_pushed_then_not_rebuilt(client, go_builder, registry, regis
 
     # the same commit again: nothing built, nothing pushed
     t = time.monotonic()
-    again = B.build_image(client, src, registry)
+    again = I.build_image(client, src, registry)
     seconds = time.monotonic() - t
     assert not again.built and not again.pushed
     assert again.image_id == first.image_id and again.digest == first.digest
@@ -283,12 +284,12 @@ def test_dirty_source(client, go_builder, registry, tmp_path):
     sha = git(src, "rev-parse", "HEAD")
     (src / "main.go").write_text((src / "main.go").read_text().replace("sensor listening", "sensor (dirty) listening"))
     with pytest.raises(DirtySource, match="main.go"):
-        B.build_image(client, src, registry)
+        I.build_image(client, src, registry)
     assert R.tags(registry, "dirty") == []
-    result = B.build_image(client, src, registry, allow_dirty=True)
+    result = I.build_image(client, src, registry, allow_dirty=True)
     assert result.built and result.pushed and result.version == f"{sha[:12]}-dirty"
     # dirty builds are never taken from the registry: the content may differ
-    assert B.build_image(client, src, registry, allow_dirty=True).built
+    assert I.build_image(client, src, registry, allow_dirty=True).built
 
 
 def test_registry_down_during_push(client, go_builder, registry, registry_server, tmp_path):
@@ -298,7 +299,7 @@ def test_registry_down_during_push(client, go_builder, registry, registry_server
     registry_server.pause()
     try:
         with pytest.raises(PushFailed) as e:
-            B.build_image(client, src, registry)
+            I.build_image(client, src, registry)
     finally:
         registry_server.resume()
     assert "\n" not in str(e.value) and ref in str(e.value) and "connection refused" in str(e.value)
@@ -308,7 +309,7 @@ def test_registry_down_during_push(client, go_builder, registry, registry_server
     assert image.labels["org.opencontainers.image.revision"] == sha
     assert R.tags(registry, "offline") == []
 
-    again = B.build_image(client, src, registry)
+    again = I.build_image(client, src, registry)
     assert again.pushed and not again.built and again.image_id == image.id
     assert R.has_tag(registry, "offline", sha[:12])
 
@@ -322,7 +323,7 @@ def test_concurrent_builds_of_one_commit(client, go_builder, registry, build_eng
     def run():
         c = build_engine.client()
         try:
-            results.append(B.build_image(c, src, registry))
+            results.append(I.build_image(c, src, registry))
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
         finally:
@@ -410,6 +411,6 @@ def test_build_killed_half_way_leaves_nothing_tagged_or_pushed(client, go_builde
     for c in client.containers.list(all=True):  # let the orphan go before building again
         if c.image.tags and c.image.tags[0].startswith("deployer-builder-go"):
             c.remove(force=True)
-    result = B.build_image(client, src, registry)
+    result = I.build_image(client, src, registry)
     assert result.built and result.pushed and result.ref == ref
     assert R.has_tag(registry, "killed", sha[:12])

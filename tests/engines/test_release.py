@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from deployer.build import builders as B
+from deployer.build import image as I
 from deployer.cli.build import _duration
 from tests.support.repos import cli, git, make_repo, managed, remove_node_containers, unique_node
 
@@ -163,7 +163,7 @@ def test_release_refuses_before_building(build_engine, registry, node, tmp_path,
     def no_build(*args, **kwargs):
         raise AssertionError("built although the release could not be deployed")
 
-    monkeypatch.setattr(B, "build_image", no_build)
+    monkeypatch.setattr(I, "build_image", no_build)
     src = source_repo(tmp_path / "src")
     infra = infra_repo(tmp_path, build_engine.url, node, None, "busybox:1")
     url = build_engine.url
@@ -215,7 +215,7 @@ def test_release_node_pulls_then_missing_tag(client, go_builder, build_engine, r
     before = git(infra, "rev-parse", "HEAD")
 
     # The builder is the node here: drop the image right after its push, so the node must pull it.
-    real_push = B.push_image
+    real_push = I.push_image
     pushed: list[str] = []
 
     def push_then_forget(client_, ref_, image_id="", progress=None):
@@ -224,7 +224,7 @@ def test_release_node_pulls_then_missing_tag(client, go_builder, build_engine, r
         pushed.append(ref_)
         return digest
 
-    monkeypatch.setattr(B, "push_image", push_then_forget)
+    monkeypatch.setattr(I, "push_image", push_then_forget)
     t = time.monotonic()
     r = cli(infra, "release", str(src), f"test/{node}", "--docker", build_engine.url, "-m", "first release")
     seconds = time.monotonic() - t
@@ -354,7 +354,7 @@ def test_watch_builds_once_from_a_post_receive_hook(client, go_builder, build_en
     assert list(state["watches"]["main:."]["commits"]) == [sha]  # the first run builds the head only
 
     # again (a restarted watcher, the next hook run): nothing is built or deployed twice
-    monkeypatch.setattr(B, "build_image", lambda *a, **k: pytest.fail("built a commit twice"))
+    monkeypatch.setattr(I, "build_image", lambda *a, **k: pytest.fail("built a commit twice"))
     r = cli(infra, "watch-builds", str(upstream), "--once", "--deploy", f"test/{node}", "--docker", build_engine.url)
     assert r.exit_code == 0, r.output
     assert "nothing new on main" in r.stderr and r.stdout == ""
