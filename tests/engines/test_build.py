@@ -17,7 +17,6 @@ git: ``scripts/install-builders.sh`` installs them.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -28,46 +27,11 @@ import pytest
 from deployer.build import builders as B
 from deployer.build import image as I
 from deployer.build import registry as R
-from deployer.errors import (
-    BuildFailed,
-    ConfigError,
-    DirtySource,
-    DockerfileMissing,
-    PushFailed,
-    RegistryError,
-    SourceError,
-    UnknownBuilder,
-)
+from deployer.errors import BuildFailed, DirtySource, DockerfileMissing, PushFailed, RegistryError
+from tests.support.build_repos import git, make_repo, new_commit
 
 ROOT = Path(__file__).resolve().parents[2]
 APPS = ROOT / "examples" / "apps"
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
-    "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid",
-    "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null",
-}
-
-
-def git(repo: Path, *args: str) -> str:
-    env = {**os.environ, **GIT_ENV}
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env).stdout.strip()
-
-
-def make_repo(tmp: Path, app: str = "sensor", name: str | None = None) -> Path:
-    """A git repo holding a copy of examples/apps/APP at REPO/NAME, committed."""
-    repo = tmp / f"repo-{name or app}"
-    shutil.copytree(APPS / app, repo / (name or app))
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", f"{app}: initial")
-    return repo / (name or app)
-
-
-def new_commit(src: Path, note: str) -> str:
-    (src / "NOTES").write_text(note + "\n")
-    git(src, "add", "-A")
-    git(src, "commit", "-q", "-m", note)
-    return git(src, "rev-parse", "HEAD")
 
 
 def report(capsys, text: str) -> None:
@@ -75,71 +39,8 @@ def report(capsys, text: str) -> None:
         print(f"\n    {text}", end="")
 
 
-# --------------------------------------------------------------------------- no engine needed
-
-
-def test_detect_builder(tmp_path):
-    cases = {"go.mod": "go", "pyproject.toml": "python", "setup.cfg": "python", "package.json": "node"}
-    for marker, tech in cases.items():
-        d = tmp_path / marker.replace(".", "_")
-        d.mkdir()
-        (d / marker).write_text("")
-        assert B.detect_builder(d) == tech
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(UnknownBuilder, match="cannot tell which builder"):
-        B.detect_builder(empty)
-    (empty / "deployer.yml").write_text("builder: python\nname: svc\n")
-    assert B.detect_builder(empty) == "python"
-    assert B.load_app_config(empty).name == "svc"
-    (empty / "deployer.yml").write_text("name: Not_Valid\n")
-    with pytest.raises(ConfigError, match="name"):
-        B.load_app_config(empty)
-    (empty / "deployer.yml").write_text("nmae: x\n")
-    with pytest.raises(ConfigError, match="nmae"):
-        B.load_app_config(empty)
-    with pytest.raises(SourceError, match="not a directory"):
-        B.detect_builder(tmp_path / "nope")
-    with pytest.raises(UnknownBuilder, match="no builder for 'cobol'"):
-        B.builder_image_ref("cobol")
-
-
-def test_source_version(tmp_path):
-    src = make_repo(tmp_path)
-    sha = git(src, "rev-parse", "HEAD")
-    assert I.source_version(src) == sha[:12]
-    git(src, "tag", "v1.2.0")
-    assert I.source_version(src) == "v1.2.0"
-    new_commit(src, "next")
-    git(src, "tag", "release/7")  # not a valid docker tag as it stands
-    assert I.source_version(src) == "release-7"
-
-    (src / "main.go").write_text((src / "main.go").read_text() + "\n// edit\n")
-    with pytest.raises(DirtySource, match="uncommitted changes") as e:
-        I.source_version(src)
-    assert "\n" not in str(e.value)
-    assert I.source_version(src, allow_dirty=True).endswith("-dirty")
-    git(src, "checkout", "--", "main.go")
-    (src / "extra.go").write_text("package main\n")  # untracked files are compiled too
-    with pytest.raises(DirtySource):
-        I.source_version(src)
-    (src / "extra.go").unlink()
-    # a change outside the app's directory does not make the app dirty
-    (src.parent / "README").write_text("other\n")
-    assert not I.source_info(src).dirty
-
-    loose = tmp_path / "loose"
-    loose.mkdir()
-    with pytest.raises(SourceError, match="not inside a git repository"):
-        I.source_version(loose)
-
-
-def test_registry_url_parsing():
-    assert R.split_registry_url("10.0.0.1:5000") == ("https", "10.0.0.1:5000")
-    assert R.split_registry_url("https://r.example:443/") == ("https", "r.example:443")
-    with pytest.raises(RegistryError):
-        R.split_registry_url("ftp://x")
-    assert I.image_ref("https://10.0.0.1:5000", "sensor", "abc") == "10.0.0.1:5000/sensor:abc"
+# detect_builder, deployer.yml, source versions and registry URLs need no engine:
+# tests/unit/test_build_config.py.
 
 
 # --------------------------------------------------------------------------- fixtures: engine + registry
