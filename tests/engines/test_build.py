@@ -4,7 +4,7 @@ The tests start a private dockerd in its own network namespace
 (tests/support/build_engine.py) and its own TLS registry on that namespace's
 bridge (tests/support/registry.py); both are removed at the end. They, and the
 base and builder images, are made once per session and shared with
-tests/test_release.py (tests/support/build_fixtures.py; base about 45 s, Go
+tests/engines/test_release.py (tests/support/build_fixtures.py; base about 45 s, Go
 builder about 45 s, Python builder about 25 s on this 2-core machine); the Go
 build cache volume starts empty, so the first test's build is really cold.
 ``DEPLOYER_TEST_IMAGE_CACHE=DIR`` keeps ``docker save`` tarballs of those
@@ -46,7 +46,7 @@ def report(capsys, text: str) -> None:
 # --------------------------------------------------------------------------- fixtures: engine + registry
 
 # build_engine, registry_server, cache_dir, client, go_builder and registry are
-# shared with tests/test_release.py: made once per session.
+# shared with tests/engines/test_release.py: made once per session.
 pytest_plugins = ["tests.support.build_fixtures"]
 
 

@@ -5,7 +5,7 @@ the images and is also the node (``node.yml``: its unix socket); the TLS
 registry of tests/support/registry.py is the datacenter's ``registry:``; the
 infrastructure repository and the sources are real git repositories. The
 engine, the registry and the slow base/builder images are shared with
-tests/test_build.py (tests/support/build_fixtures.py, once per session).
+tests/engines/test_build.py (tests/support/build_fixtures.py, once per session).
 
 The sample app is examples/apps/worker (a static Go binary on scratch, with a
 HEALTHCHECK); the node's compose file keeps the image's check but runs it
