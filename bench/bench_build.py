@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from deployer.build import builders as B  # noqa: E402
+from deployer.build import image as I  # noqa: E402
 from tests.support.build_engine import BuildEngine  # noqa: E402
 from tests.support.registry import RegistryServer  # noqa: E402
 
@@ -96,7 +97,7 @@ def main() -> int:
         for i in range(args.repeat):
             if i:
                 commit(src, f"bench {i}")
-            result, total = timed(B.build_image, client, src, registry.address)
+            result, total = timed(I.build_image, client, src, registry.address)
             image_builds.append(result.build_seconds)
             pushes.append(result.push_seconds)
             totals.append(total)
@@ -107,12 +108,12 @@ def main() -> int:
             # Later commits only change NOTES: same binary, same layer, so only the manifest moves.
             numbers["push, layer already in the registry (median)"] = statistics.median(pushes[1:])
         numbers["build_image total (median)"] = statistics.median(totals)
-        _, numbers["build_image, same commit again (skipped)"] = timed(B.build_image, client, src, registry.address)
+        _, numbers["build_image, same commit again (skipped)"] = timed(I.build_image, client, src, registry.address)
 
         if args.big_push:
             big = f"{registry.address}/builder-go:bench"
             client.api.tag(go_ref, f"{registry.address}/builder-go", "bench")
-            _, numbers[f"push of the {size:.0f} MB go builder image"] = timed(B.push_image, client, big)
+            _, numbers[f"push of the {size:.0f} MB go builder image"] = timed(I.push_image, client, big)
         client.close()
     finally:
         if registry is not None:

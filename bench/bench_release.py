@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from deployer.build import builders as B  # noqa: E402
-from deployer.ops.release import release  # noqa: E402
+from deployer.build import image as I  # noqa: E402
+from deployer.ops.release import ReleaseOptions, release  # noqa: E402
 from tests.support.build_engine import BuildEngine  # noqa: E402
 from tests.support.registry import RegistryServer  # noqa: E402
 
@@ -128,22 +129,22 @@ def main() -> int:
         git(infra, "commit", "-q", "-m", "bench infrastructure")
 
         # The build engine is the node: forget the image once pushed, so the node pulls it.
-        real_push = B.push_image
+        real_push = I.push_image
 
         def push_then_forget(client_, ref, image_id="", progress=None):
             digest = real_push(client_, ref, image_id=image_id, progress=progress)
             client_.images.remove(ref, force=True)
             return digest
 
-        B.push_image = push_then_forget
+        I.push_image = push_then_forget
         os.environ.update(GIT_ENV)  # the deploy commits
         first, setup["first release (cold Go cache)"] = timed(
-            release, client, src, ["bench/node1"], infra_root=infra)
+            release, client, ReleaseOptions(src, ["bench/node1"], infra))
 
         for n in range(1, args.rounds + 1):
             change_code(src, n)
             clock = Clock()
-            result = release(client, src, ["bench/node1"], infra_root=infra, progress=clock)
+            result = release(client, ReleaseOptions(src, ["bench/node1"], infra), progress=clock)
             assert result.deploy.commit, "every round deploys a new image"
             s = result.seconds
             compile_s = result.image.build.seconds if result.image.build else float("nan")

@@ -1,31 +1,20 @@
-"""Application builders and the image builder.
+"""Builder containers: compiling an app, one image per technology.
 
-Two steps, each a function a thin CLI command can call:
-
-* ``build(client, source_dir)`` compiles an app in a *builder container*, one
-  image per technology (``builders/<tech>/``: go, python), all made locally
-  FROM a Debian base that ``builders/base/make-base.sh`` bootstraps with
-  mmdebstrap (no registry is needed anywhere). The source is mounted read-only
-  at ``/src``, a fresh staging directory at ``/out`` and a named volume per
-  builder (``deployer-cache-<tech>``) at ``/cache``, so warm builds reuse the
-  compiler cache. The staging directory replaces ``artifacts_dir`` only when
-  the builder succeeded: nothing half-written is ever left there.
-* ``build_image(client, source_dir, registry)`` builds the binaries, then
-  ``docker build``s the app's Dockerfile with the binaries as its context,
-  labels the image (OCI ``org.opencontainers.image.*``), tags it
-  ``REGISTRY/APP:VERSION`` and pushes it. VERSION comes from git (a tag on
-  HEAD, else the short commit, ``-dirty`` for uncommitted changes, which are
-  refused unless ``allow_dirty``). When the registry already holds that tag
-  built from the same revision, nothing is built.
+``build(client, source_dir)`` compiles an app in a *builder container*, one
+image per technology (``builders/<tech>/``: go, python), all made locally
+FROM a Debian base that ``builders/base/make-base.sh`` bootstraps with
+mmdebstrap (no registry is needed anywhere). The source is mounted read-only
+at ``/src``, a fresh staging directory at ``/out`` and a named volume per
+builder (``deployer-cache-<tech>``) at ``/cache``, so warm builds reuse the
+compiler cache. The staging directory replaces ``artifacts_dir`` only when
+the builder succeeded: nothing half-written is ever left there. Turning the
+binaries into a pushed image is ``build.image``'s job.
 
 An app directory may hold a ``deployer.yml``::
 
     name: sensor          # image name; default: the directory name
     builder: go           # default: detected (go.mod, pyproject.toml, ...)
     dockerfile: Dockerfile  # relative to the app directory
-
-The image's build context is the builder's output plus the Dockerfile (and a
-``.dockerignore`` beside it): ``COPY sensor /sensor`` copies the binary.
 
 Builder containers bind-mount host paths, so the Docker engine must share
 this machine's filesystem (a unix socket, or a daemon in a network namespace
@@ -37,8 +26,6 @@ a new ``deployer-builder-go:<hash>`` on the next build.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
-import errno
 import fcntl
 import hashlib
 import os
@@ -48,21 +35,16 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from deployer.build import registry as _registry
-from deployer.errors import (
-    BuildFailed,
-    ConfigError,
-    DirtySource,
-    DockerfileMissing,
-    PushFailed,
-    RegistryError,
-    SourceError,
-    UnknownBuilder,
-)
+import docker.errors
+import requests
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from deployer.errors import BuildFailed, ConfigError, SourceError, UnknownBuilder
 
 Progress = Callable[[str, dict], None]
 """``progress(phase, event)``: phase is "base", "builder", "build", "image" or
@@ -75,7 +57,6 @@ CACHE_VOLUME = "deployer-cache-{tech}"
 APP_CONFIG = "deployer.yml"
 DEFAULT_BUILD_TIMEOUT = 1800
 
-OCI = "org.opencontainers.image."
 
 # detect_builder: first match wins.
 MARKERS: list[tuple[str, str]] = [
@@ -86,7 +67,6 @@ MARKERS: list[tuple[str, str]] = [
     ("package.json", "node"),
 ]
 
-_TAG_BAD = re.compile(r"[^A-Za-z0-9_.-]")
 _NAME_OK = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
 
 
@@ -102,31 +82,6 @@ class BuildResult:
     builder_image: str = ""
     artifacts_dir: Path | None = None
     cache_volume: str = ""
-
-
-@dataclass
-class ImageResult:
-    ref: str
-    image_id: str
-    pushed: bool
-    built: bool
-    version: str = ""
-    revision: str = ""
-    digest: str = ""  # the registry's manifest digest (pushed, or found there)
-    build: BuildResult | None = None
-    build_seconds: float = 0.0  # binaries + docker build
-    push_seconds: float = 0.0
-
-
-@dataclass
-class SourceInfo:
-    path: Path
-    version: str  # what images are tagged with
-    revision: str  # full commit sha
-    dirty: bool
-    tag: str | None  # git tag on HEAD, if any
-    changes: list[str] = field(default_factory=list)  # `git status --porcelain` lines
-    url: str = ""  # origin's URL, else the repo's path
 
 
 @dataclass
@@ -156,7 +111,7 @@ def cache_root() -> Path:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """An exclusive flock; excludes other processes and other threads alike
     (each ``open`` is its own open file description)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,12 +123,14 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def _lock_path(kind: str, *parts: str) -> Path:
+def lock_path(kind: str, *parts: str) -> Path:
+    """The lock file of one ``kind`` of work on ``parts`` (an image on an engine, a source at a version)."""
     key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
     return cache_root() / "locks" / f"{kind}-{key}.lock"
 
 
-def _emit(progress: Progress | None, phase: str, event: dict) -> None:
+def emit(progress: Progress | None, phase: str, event: dict) -> None:
+    """Hand ``event`` to ``progress``, if there is one."""
     if progress is not None:
         progress(phase, event)
 
@@ -188,9 +145,6 @@ def load_app_config(source_dir: str | os.PathLike) -> AppConfig:
     cfg_path = src / APP_CONFIG
     data: dict[str, Any] = {}
     if cfg_path.is_file():
-        from ruamel.yaml import YAML
-        from ruamel.yaml.error import YAMLError
-
         try:
             loaded = YAML(typ="safe").load(cfg_path.read_text())
         except YAMLError as e:
@@ -248,67 +202,10 @@ def detect_builder(source_dir: str | os.PathLike) -> str:
     raise UnknownBuilder(f"{source_dir}: none of {names}: cannot tell which builder to use (set 'builder' in {APP_CONFIG})")
 
 
-# --------------------------------------------------------------------------- git
-
-
-def _git(src: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=src, capture_output=True, text=True)
-
-
-def source_info(source_dir: str | os.PathLike) -> SourceInfo:
-    """What git says about the source: version, full revision, dirty or not."""
-    src = Path(source_dir)
-    if not src.is_dir():
-        raise SourceError(f"{source_dir}: not a directory")
-    top = _git(src, "rev-parse", "--show-toplevel")
-    if top.returncode != 0:
-        raise SourceError(f"{source_dir}: not inside a git repository (images are versioned by commit)")
-    head = _git(src, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
-    if head.returncode != 0:
-        raise SourceError(f"{source_dir}: the git repository has no commit yet")
-    revision = head.stdout.strip()
-    tags = [t for t in _git(src, "tag", "--points-at", "HEAD", "--sort=-v:refname").stdout.split() if t]
-    tag = tags[0] if tags else None
-    # Only this directory counts: an edit elsewhere in a monorepo does not make this app dirty.
-    status = _git(src, "status", "--porcelain", "--untracked-files=all", "--", ".")
-    if status.returncode != 0:
-        raise SourceError(f"{source_dir}: git status failed: {' '.join(status.stderr.split())}")
-    changes = [line for line in status.stdout.splitlines() if line.strip()]
-    version = _docker_tag(tag) if tag else revision[:12]
-    if changes:
-        version = f"{version}-dirty"
-    url = _git(src, "config", "--get", "remote.origin.url").stdout.strip() or top.stdout.strip()
-    return SourceInfo(path=src.resolve(), version=version, revision=revision, dirty=bool(changes),
-                      tag=tag, changes=changes, url=url)
-
-
-def _docker_tag(text: str) -> str:
-    tag = _TAG_BAD.sub("-", text).lstrip(".-")
-    return tag[:128] or "untagged"
-
-
-def source_version(source_dir: str | os.PathLike, allow_dirty: bool = False) -> str:
-    """The git tag on HEAD, else the short commit; ``-dirty`` appended when the
-    directory has uncommitted (or untracked) changes, which raise DirtySource
-    unless ``allow_dirty``."""
-    info = source_info(source_dir)
-    if info.dirty and not allow_dirty:
-        raise _dirty_error(source_dir, info)
-    return info.version
-
-
-def _dirty_error(source_dir: str | os.PathLike, info: SourceInfo) -> DirtySource:
-    first = info.changes[0][3:] if info.changes else "?"
-    more = f" and {len(info.changes) - 1} more" if len(info.changes) > 1 else ""
-    return DirtySource(f"{source_dir}: uncommitted changes ({first}{more}); commit them or allow a dirty build")
-
-
 # --------------------------------------------------------------------------- images
 
 
 def _image_exists(client, ref: str) -> bool:
-    import docker.errors
-
     try:
         client.images.get(ref)
         return True
@@ -352,17 +249,17 @@ def ensure_base_image(client, progress: Progress | None = None) -> str:
     ref = base_image_ref()
     if _image_exists(client, ref):
         return ref
-    with _file_lock(_lock_path("image", ref, _engine_key(client))):
+    with file_lock(lock_path("image", ref, _engine_key(client))):
         if _image_exists(client, ref):
             return ref
         script = builders_dir() / "base" / "make-base.sh"
-        _emit(progress, "base", {"status": f"bootstrapping {ref} with mmdebstrap"})
+        emit(progress, "base", {"status": f"bootstrapping {ref} with mmdebstrap"})
         cache_root().mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="base-", dir=cache_root()) as tmp:
             tar = Path(tmp) / "rootfs.tar"
             r = subprocess.run([str(script), "--output", str(tar)], capture_output=True, text=True)
             if r.returncode != 0:
-                raise BuildFailed(f"base image {ref}: {script.name} failed (exit {r.returncode}): {_first_error(r.stderr)}",
+                raise BuildFailed(f"base image {ref}: {script.name} failed (exit {r.returncode}): {first_error(r.stderr)}",
                                   output=r.stderr, exit_status=r.returncode)
             repo, tag = ref.split(":", 1)
             client.api.import_image_from_file(
@@ -376,7 +273,7 @@ def ensure_base_image(client, progress: Progress | None = None) -> str:
         if not _image_exists(client, ref):
             raise BuildFailed(f"base image {ref}: docker import reported success but the image is missing")
         client.api.tag(ref, BASE_REPOSITORY, "bookworm", force=True)
-        _emit(progress, "base", {"status": f"made {ref}"})
+        emit(progress, "base", {"status": f"made {ref}"})
     return ref
 
 
@@ -385,12 +282,12 @@ def ensure_builder_image(client, tech: str, progress: Progress | None = None) ->
     ref = builder_image_ref(tech)
     if _image_exists(client, ref):
         return ref
-    with _file_lock(_lock_path("image", ref, _engine_key(client))):
+    with file_lock(lock_path("image", ref, _engine_key(client))):
         if _image_exists(client, ref):
             return ref
         base = ensure_base_image(client, progress)
-        _emit(progress, "builder", {"status": f"building {ref} FROM {base}"})
-        image_id, output = _docker_build(
+        emit(progress, "builder", {"status": f"building {ref} FROM {base}"})
+        image_id, output = docker_build(
             client, builders_dir() / tech, "Dockerfile", buildargs={"BASE": base}, labels={"deployer.builder": tech},
             progress=progress, phase="builder", what=f"builder image {ref}",
         )
@@ -400,11 +297,9 @@ def ensure_builder_image(client, tech: str, progress: Progress | None = None) ->
     return ref
 
 
-def _docker_build(client, context: Path, dockerfile: str, *, buildargs: dict | None = None, labels: dict | None = None,
+def docker_build(client, context: Path, dockerfile: str, *, buildargs: dict | None = None, labels: dict | None = None,
                   progress: Progress | None, phase: str, what: str) -> tuple[str, str]:
     """``docker build`` without a tag; returns (image id, output). Raises BuildFailed."""
-    import docker.errors
-
     lines: list[str] = []
     image_id = ""
     try:
@@ -413,7 +308,7 @@ def _docker_build(client, context: Path, dockerfile: str, *, buildargs: dict | N
             pull=False, decode=True, timeout=DEFAULT_BUILD_TIMEOUT,
         )
         for event in stream:
-            _emit(progress, phase, event)
+            emit(progress, phase, event)
             if "stream" in event:
                 lines.append(event["stream"])
                 m = re.match(r"Successfully built ([0-9a-f]+)", event["stream"])
@@ -425,16 +320,16 @@ def _docker_build(client, context: Path, dockerfile: str, *, buildargs: dict | N
                 detail = (event.get("errorDetail") or {}).get("message") or event["error"]
                 lines.append(detail + "\n")
                 output = "".join(lines)
-                raise BuildFailed(f"{what}: docker build failed: {_first_error(detail)}", output=output)
+                raise BuildFailed(f"{what}: docker build failed: {first_error(detail)}", output=output)
     except docker.errors.APIError as e:
         output = "".join(lines)
-        raise BuildFailed(f"{what}: docker build failed: {_first_error(str(e.explanation or e))}", output=output) from e
+        raise BuildFailed(f"{what}: docker build failed: {first_error(str(e.explanation or e))}", output=output) from e
     if not image_id:
         raise BuildFailed(f"{what}: docker build gave no image ID", output="".join(lines))
     return image_id, "".join(lines)
 
 
-def _first_error(text: str, limit: int = 200) -> str:
+def first_error(text: str, limit: int = 200) -> str:
     """The first line worth showing from compiler/tool output: skips go's '# package' headers."""
     for line in text.splitlines():
         line = " ".join(line.split())
@@ -448,8 +343,6 @@ def _first_error(text: str, limit: int = 200) -> str:
 
 
 def _ensure_volume(client, name: str, tech: str) -> None:
-    import docker.errors
-
     try:
         client.volumes.get(name)
     except docker.errors.NotFound:
@@ -488,7 +381,7 @@ def build(client, source_dir: str | os.PathLike, builder: str | None = None,
         logs = stdout + stderr
         if code != 0:
             raise BuildFailed(
-                f"{tech} build of {source_dir} failed (exit {code}): {_first_error(stderr or stdout)}",
+                f"{tech} build of {source_dir} failed (exit {code}): {first_error(stderr or stdout)}",
                 output=stderr or stdout, exit_status=code,
             )
         produced = sorted(p.relative_to(staging) for p in staging.rglob("*") if p.is_file())
@@ -519,9 +412,6 @@ def host_ca_bundle() -> str | None:
 
 def _run_builder(client, image: str, tech: str, src: Path, staging: Path, volume: str,
                  env: dict[str, str] | None, timeout: float, progress: Progress | None) -> tuple[int, str, str]:
-    import docker.errors
-    import requests
-
     environment = {"OUT_UID": str(os.getuid()), "OUT_GID": str(os.getgid())}
     volumes = {
         str(src): {"bind": "/src", "mode": "ro"},
@@ -535,7 +425,7 @@ def _run_builder(client, image: str, tech: str, src: Path, staging: Path, volume
         volumes[bundle] = {"bind": CONTAINER_CA_BUNDLE, "mode": "ro"}
         environment.update({k: CONTAINER_CA_BUNDLE for k in CA_ENV})
     environment.update(env or {})
-    _emit(progress, "build", {"status": f"running {image} on {src}"})
+    emit(progress, "build", {"status": f"running {image} on {src}"})
     container = client.containers.create(
         image,
         volumes=volumes,
@@ -555,7 +445,7 @@ def _run_builder(client, image: str, tech: str, src: Path, staging: Path, volume
         stdout = _logs(container, stdout=True)
         stderr = _logs(container, stderr=True)
         for line in (stdout + stderr).splitlines():
-            _emit(progress, "build", {"stream": line + "\n"})
+            emit(progress, "build", {"stream": line + "\n"})
         return code, stdout, stderr
     finally:
         with contextlib.suppress(docker.errors.APIError):
@@ -568,7 +458,7 @@ def _logs(container, stdout: bool = False, stderr: bool = False) -> str:
 
 def _replace_dir(new: Path, target: Path) -> None:
     """Put ``new`` at ``target``; an older ``target`` is moved aside first and removed after."""
-    with _file_lock(target.parent / f".{target.name}.lock"):
+    with file_lock(target.parent / f".{target.name}.lock"):
         old = None
         if target.exists():
             old = target.parent / f".{target.name}.old-{os.getpid()}-{threading.get_ident()}"
@@ -581,178 +471,3 @@ def _replace_dir(new: Path, target: Path) -> None:
             raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-
-
-# --------------------------------------------------------------------------- image
-
-
-def image_ref(registry: str, name: str, version: str) -> str:
-    _, host = _registry.split_registry_url(registry)
-    return f"{host}/{name}:{version}"
-
-
-def build_image(client, source_dir: str | os.PathLike, registry: str, allow_dirty: bool = False, *,
-                builder: str | None = None, ca: str | os.PathLike | None = None, push: bool = True,
-                progress: Progress | None = None, env: dict[str, str] | None = None) -> ImageResult:
-    """Binaries -> Docker image ``REGISTRY/APP:VERSION`` -> pushed.
-
-    Skips everything when the registry already has that tag for this revision
-    (``built=False``). Order: check Dockerfile and git first (cheap errors),
-    compile, ``docker build`` untagged, tag only a successful build, push.
-    A failed push raises PushFailed; the local tag stays (it points at a
-    complete image) and ``PushFailed.image_id`` names it. Builds of the same
-    source and version run one at a time (file lock), in any process.
-    """
-    src = Path(source_dir)
-    if not src.is_dir():
-        raise SourceError(f"{source_dir}: not a directory")
-    app = load_app_config(src)
-    if not app.dockerfile.is_file():
-        raise DockerfileMissing(str(app.dockerfile), "no Dockerfile: the image builder needs one for the app")
-    info = source_info(src)
-    if info.dirty and not allow_dirty:
-        raise _dirty_error(source_dir, info)
-    _, reg_host = _registry.split_registry_url(registry)
-    repository = f"{reg_host}/{app.name}"
-    ref = f"{repository}:{info.version}"
-
-    with _file_lock(_lock_path("source", str(info.path), info.version)):
-        if not info.dirty:
-            existing = _existing(registry, app.name, info, ca, progress)
-            if existing is not None:
-                _emit(progress, "image", {"status": f"{ref} is in the registry already (revision {info.revision[:12]})"})
-                return ImageResult(ref=ref, image_id=existing["digest"], pushed=False, built=False,
-                                   version=info.version, revision=info.revision,
-                                   digest=existing.get("manifest_digest", ""))
-            local = _local_image_for(client, ref, info.revision)
-        else:
-            local = None
-
-        if local is not None:
-            # Built before from this very commit (its push failed?): push, don't rebuild.
-            _emit(progress, "image", {"status": f"{ref} was built from {info.revision[:12]} already; pushing it"})
-            out = ImageResult(ref=ref, image_id=local, pushed=False, built=False, version=info.version,
-                              revision=info.revision)
-        else:
-            started = time.monotonic()
-            artifacts = cache_root() / "artifacts" / app.name / info.version
-            result = build(client, src, builder or app.builder, artifacts, env=env, progress=progress)
-            _prune_artifacts(artifacts.parent, keep=ARTIFACT_VERSIONS_KEPT)
-            image_id = _build_app_image(client, app, info, result, ref, progress)
-            build_seconds = time.monotonic() - started
-
-            # Tag only now: the build is complete.
-            client.api.tag(image_id, repository, info.version, force=True)
-            out = ImageResult(ref=ref, image_id=image_id, pushed=False, built=True, version=info.version,
-                              revision=info.revision, build=result, build_seconds=build_seconds)
-        if push:
-            started = time.monotonic()
-            try:
-                out.digest = push_image(client, ref, image_id=out.image_id, progress=progress)
-            except PushFailed as e:
-                raise PushFailed(ref, f"{e.message} (the image stays tagged here; running again pushes it without rebuilding)",
-                                 image_id=out.image_id) from e
-            out.push_seconds = time.monotonic() - started
-            out.pushed = True
-        return out
-
-
-ARTIFACT_VERSIONS_KEPT = 5
-
-
-def _prune_artifacts(app_dir: Path, keep: int) -> None:
-    """Keep the newest ``keep`` version dirs of an app's artifacts; older ones
-    are in their images already. Dirs touched in the last hour are never removed
-    (another build may be using them)."""
-    dirs = sorted((p for p in app_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                  key=lambda p: p.stat().st_mtime, reverse=True)
-    cutoff = time.time() - 3600
-    for old in dirs[keep:]:
-        if old.stat().st_mtime < cutoff:
-            shutil.rmtree(old, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                (app_dir / f".{old.name}.lock").unlink()
-
-
-def _existing(registry: str, name: str, info: SourceInfo, ca, progress: Progress | None) -> dict | None:
-    try:
-        found = _registry.image_config(registry, name, info.version, ca=ca)
-    except RegistryError as e:
-        # Can't tell: build anyway; the push will say whether the registry is really gone.
-        _emit(progress, "image", {"status": f"cannot check the registry ({e.one_line()}); building"})
-        return None
-    if found is None:
-        return None
-    if found["labels"].get(OCI + "revision") != info.revision:
-        _emit(progress, "image", {"status": f"{name}:{info.version} in the registry is from another revision; rebuilding"})
-        return None
-    return found
-
-
-def _local_image_for(client, ref: str, revision: str) -> str | None:
-    import docker.errors
-
-    try:
-        image = client.images.get(ref)
-    except docker.errors.ImageNotFound:
-        return None
-    if (image.labels or {}).get(OCI + "revision") != revision:
-        return None
-    return image.id
-
-
-def _build_app_image(client, app: AppConfig, info: SourceInfo, result: BuildResult, ref: str,
-                     progress: Progress | None) -> str:
-    created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-    labels = {
-        OCI + "source": info.url,
-        OCI + "revision": info.revision,
-        OCI + "created": created,
-        OCI + "version": info.version,
-        OCI + "title": app.name,
-        "deployer.builder": result.builder,
-    }
-    assert result.artifacts_dir is not None
-    with tempfile.TemporaryDirectory(prefix="context-", dir=cache_root()) as tmp:
-        ctx = Path(tmp)
-        for binary in result.binaries:
-            dest = ctx / binary.relative_to(result.artifacts_dir)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(binary, dest)
-            except OSError as e:
-                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-                    raise
-                shutil.copy2(binary, dest)
-        shutil.copyfile(app.dockerfile, ctx / "Dockerfile")
-        dockerignore = app.dockerfile.parent / ".dockerignore"
-        if dockerignore.is_file():
-            shutil.copyfile(dockerignore, ctx / ".dockerignore")
-        image_id, _ = _docker_build(client, ctx, "Dockerfile", labels=labels, progress=progress, phase="image",
-                                    what=f"image {ref}")
-    return image_id
-
-
-def push_image(client, ref: str, image_id: str = "", progress: Progress | None = None) -> str:
-    """Push ``ref``; return the manifest digest the registry reported. Raises PushFailed."""
-    import docker.errors
-    import requests
-
-    repository, tag = ref.rsplit(":", 1)
-    digest = ""
-    try:
-        for event in client.api.push(repository, tag=tag, stream=True, decode=True):
-            _emit(progress, "push", event)
-            if "error" in event:
-                detail = (event.get("errorDetail") or {}).get("message") or event["error"]
-                raise PushFailed(ref, _first_error(detail), image_id=image_id)
-            aux = event.get("aux")
-            if isinstance(aux, dict) and aux.get("Digest"):
-                digest = aux["Digest"]
-    except docker.errors.APIError as e:
-        raise PushFailed(ref, _first_error(str(e.explanation or e)), image_id=image_id) from e
-    except requests.exceptions.RequestException as e:
-        raise PushFailed(ref, f"lost the Docker engine while pushing: {_first_error(str(e))}", image_id=image_id) from e
-    if not digest:
-        raise PushFailed(ref, "the engine did not report a digest: push incomplete", image_id=image_id)
-    return digest

@@ -11,12 +11,11 @@ from __future__ import annotations
 import io
 import tarfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
+
+import docker
 
 from deployer.errors import DeployerError
-
-if TYPE_CHECKING:  # pragma: no cover
-    import docker
 
 BUSYBOX = Path("/bin/busybox")
 BASE_TAG = "deployer-example/busybox:1"
@@ -40,9 +39,7 @@ def _tar(files: dict[str, tuple[bytes, int]]) -> io.BytesIO:
     return buf
 
 
-def _build(client: "docker.DockerClient", tag: str, files: dict[str, tuple[bytes, int]]) -> str:
-    import docker
-
+def _build(client: docker.DockerClient, tag: str, files: dict[str, tuple[bytes, int]]) -> str:
     try:
         image, _ = client.images.build(fileobj=_tar(files), custom_context=True, tag=tag, rm=True,
                                        network_mode="none")
@@ -52,7 +49,7 @@ def _build(client: "docker.DockerClient", tag: str, files: dict[str, tuple[bytes
     return image.id
 
 
-def build_base(client: "docker.DockerClient") -> str:
+def build_base(client: docker.DockerClient) -> str:
     if not BUSYBOX.exists():
         raise DeployerError(f"{BUSYBOX} is missing: install Debian's busybox-static to build the sample images")
     dockerfile = (b'FROM scratch\nCOPY busybox /bin/busybox\n'
@@ -60,7 +57,7 @@ def build_base(client: "docker.DockerClient") -> str:
     return _build(client, BASE_TAG, {"Dockerfile": (dockerfile, 0o644), "busybox": (BUSYBOX.read_bytes(), 0o755)})
 
 
-def build_sample(client: "docker.DockerClient", name: str, version: str) -> str:
+def build_sample(client: docker.DockerClient, name: str, version: str) -> str:
     body = f"{name} {version}\n".encode()
     dockerfile = (f"FROM {BASE_TAG}\nCOPY index.html /www/index.html\nEXPOSE 80\n"
                   f'LABEL org.opencontainers.image.title="{name}" org.opencontainers.image.version="{version}"\n'
@@ -68,7 +65,7 @@ def build_sample(client: "docker.DockerClient", name: str, version: str) -> str:
     return _build(client, f"{name}:{version}", {"Dockerfile": (dockerfile, 0o644), "index.html": (body, 0o644)})
 
 
-def build_all(client: "docker.DockerClient", progress: Callable[[str], None] | None = None) -> list[str]:
+def build_all(client: docker.DockerClient, progress: Callable[[str], None] | None = None) -> list[str]:
     """Build the base and every sample image; returns the tags."""
     progress = progress or (lambda msg: None)
     progress("building the sample images on the local engine")

@@ -21,7 +21,7 @@ import click
 
 from deployer.cli.options import (POSITIVE_DURATION, author_option, batch_option, health_timeout_option,
                                   json_option, message_option, no_consul_option, quiet_option, repo_root,
-                                  service_option, settle_option, verbose_option, wait_option)
+                                  service_option, settle_option, swap_settings, verbose_option, wait_option)
 from deployer.cli.output import print_deploy_result, print_json, progress
 from deployer.errors import BuildFailed, DeployerError
 
@@ -218,7 +218,7 @@ def image(ctx, app_source, registry, dc, allow_dirty, no_push, builder, docker_u
     changes are refused unless --allow-dirty. When the registry holds
     that tag built from the same commit already, nothing is built.
     """
-    from deployer.build import builders as B
+    from deployer.build import image as B
     from deployer.ops.release import build_client, image_to_json, registry_for
 
     if registry and dc:
@@ -271,18 +271,18 @@ def release(ctx, app_source, targets, registry, service, batch, allow_dirty, bui
     from the registry.
     """
     from deployer.errors import PartialDeploy
-    from deployer.ops.release import build_client, release as do_release
+    from deployer.ops.release import ReleaseOptions, build_client, release as do_release
 
     client = build_client(docker_url)
     try:
         with contextlib.closing(client), compiler_output():
-            result = do_release(
-                client, app_source, list(targets), infra_root=repo_root(ctx), registry=registry,
-                service=service, allow_dirty=allow_dirty, builder=builder, wait=wait, message=message,
-                author=author, settle=settle, health_timeout=health_timeout, batch=batch,
-                consul=not no_consul, progress=progress(quiet or as_json),
-                build_progress=BuildLines(quiet or as_json, verbose),
-                on_image=None if as_json else lambda image: click.echo(_image_line(image)))
+            options = ReleaseOptions(
+                app_source, list(targets), repo_root(ctx), allow_dirty=allow_dirty, builder=builder,
+                registry=registry, service=service, wait=wait, message=message, author=author,
+                swap=swap_settings(settle, health_timeout), batch=batch, consul=not no_consul)
+            result = do_release(client, options, progress=progress(quiet or as_json),
+                                build_progress=BuildLines(quiet or as_json, verbose),
+                                on_image=None if as_json else lambda image: click.echo(_image_line(image)))
     except PartialDeploy as exc:
         print_deploy_result(exc.result, as_json)
         raise
@@ -321,9 +321,10 @@ def release(ctx, app_source, targets, registry, service, batch, allow_dirty, bui
 def watch_builds(ctx, source_repo, branch, app, interval, deploy_targets, registry, dc, service, once,
                  state_path, builder, docker_url, wait, message, settle, health_timeout, no_consul, as_json,
                  quiet, verbose):
-    from deployer.ops.release import BuildWatcher, build_client, forget_hook_git_env, registry_for
+    from deployer.gitrepo.git import forget_hook_env
+    from deployer.ops.release import BuildWatcher, build_client, registry_for
 
-    forget_hook_git_env()  # run from a git hook: GIT_DIR would redirect every git command
+    forget_hook_env()  # run from a git hook: GIT_DIR would redirect every git command
     targets = list(deploy_targets)
     if registry and dc:
         raise click.UsageError("give --registry or --dc, not both")
@@ -352,8 +353,8 @@ def watch_builds(ctx, source_repo, branch, app, interval, deploy_targets, regist
     client = build_client(docker_url)
     watcher = BuildWatcher(
         client, source_repo, registry=registry, branch=branch, app=app, deploy=targets, infra_root=infra_root,
-        service=service, builder=builder, wait=wait, message=message, settle=settle,
-        health_timeout=health_timeout, consul=not no_consul, state_path=state_path,
+        service=service, builder=builder, wait=wait, message=message,
+        swap=swap_settings(settle, health_timeout), consul=not no_consul, state_path=state_path,
         progress=progress(quiet or as_json), build_progress=BuildLines(quiet or as_json, verbose),
         report=report)
     say = progress(quiet or as_json)

@@ -68,6 +68,8 @@ def run(args: list[str] | tuple[str, ...], cwd: str | os.PathLike[str] | None = 
     except subprocess.TimeoutExpired:
         return GitResult(TIMED_OUT, "", f"git {args[0] if args else ''} timed out after {timeout:g} s")
     except FileNotFoundError:
+        if cwd is not None and not os.path.isdir(cwd):
+            return GitResult(128, "", f"{os.fspath(cwd)}: no such directory")
         return GitResult(127, "", "git is not installed")
     decode = lambda b: b.decode("utf-8", "surrogateescape")  # noqa: E731
     return GitResult(done.returncode, decode(done.stdout), decode(done.stderr))

@@ -1,10 +1,10 @@
 """Release an app (build, image, push, deploy), and do it for every new commit of a branch.
 
-* ``release(client, source, targets, infra_root=...)`` is ``deployer release``:
+* ``release(client, ReleaseOptions(source, targets, infra_root))`` is ``deployer release``:
   the registry comes from the targets' ``datacenter.yml`` (``registry:``)
   unless one is given; the targets are checked first as a dry-run deploy
   (unknown target, no matching service, unreachable node: cheap errors before
-  a long build); then ``build.build_image`` compiles, ``docker build``s, tags
+  a long build); then ``build.image.build_image`` compiles, ``docker build``s, tags
   and pushes ``REGISTRY/APP:VERSION``, and ``Deployer.deploy`` deploys that
   pushed reference. A failed build or push raises before anything is
   deployed; a node that lacks the image pulls it from the registry.
@@ -30,9 +30,10 @@
   - a deploy that fails is recorded and not retried; one that could not reach
     the node (or waited in vain for the deploy lock) is retried.
 
-Git hooks export GIT_DIR and friends; anything that runs git in another
-repository (the checkout, the infrastructure repository) must not inherit
-them: call ``forget_hook_git_env()`` first in a process started by a hook.
+The source repository is read through ``gitrepo.source`` (``SourceRepo``):
+every git process it starts leaves out the variables git exports to hooks
+(GIT_DIR and friends). A long-running process started by a hook still calls
+``gitrepo.git.forget_hook_env()`` first, for everything else it starts.
 """
 
 from __future__ import annotations
@@ -41,9 +42,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -51,7 +49,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from deployer.build import builders as B
+import docker
+
+from deployer.build import builders
+from deployer.build import image as image_builder
 from deployer.build import registry as _registry
 from deployer.engine.apply import SwapOptions
 from deployer.errors import (
@@ -62,11 +63,15 @@ from deployer.errors import (
     DockerfileMissing,
     HostError,
     LockHeld,
+    PartialDeploy,
     RegistryError,
     SourceError,
     TargetError,
     UnknownBuilder,
 )
+from deployer.files import atomic_write
+from deployer.gitrepo.source import SourceRepo
+from deployer.ops.deploy import Deployer
 
 DEFAULT_DOCKER = "unix:///var/run/docker.sock"
 STATE_FILE = "deployer-builds.json"
@@ -75,10 +80,6 @@ STATE_VERSION = 1
 DEFAULT_BACKLOG = 10  # at most this many new commits are built in one go; older ones are skipped
 KEEP_RECORDS = 200  # per branch, in the state file
 OUTPUT_KEPT = 8000  # characters of compiler output kept in the state file
-
-# Set by git for hooks; they point git at the hook's repository whatever -C says.
-HOOK_GIT_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_COMMON_DIR",
-                "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_QUARANTINE_PATH", "GIT_NAMESPACE", "GIT_PREFIX")
 
 Progress = Callable[[str], None]
 
@@ -100,12 +101,6 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def forget_hook_git_env() -> None:
-    """Drop the variables git exports to hooks (GIT_DIR...) from this process's environment."""
-    for name in HOOK_GIT_ENV:
-        os.environ.pop(name, None)
-
-
 # --------------------------------------------------------------------------- engine, registry
 
 
@@ -115,8 +110,6 @@ def build_client(url: str | None = None, timeout: float = 120):
     The builders bind-mount this machine's directories, so the engine must
     share its filesystem (a unix socket, or a daemon on this machine).
     """
-    import docker
-
     url = url or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER
     if not url.startswith(("unix://", "tcp://", "http://")):
         raise BuildError(f"build engine {url}: unsupported URL (unix:///path/docker.sock or tcp://host:port)")
@@ -170,7 +163,7 @@ def registry_for(infra, *, targets: Sequence[str] = (), dc: str | None = None, e
     return next(iter(found.values()))
 
 
-def image_to_json(result: B.ImageResult) -> dict[str, Any]:
+def image_to_json(result: image_builder.ImageResult) -> dict[str, Any]:
     build = result.build
     return {
         "ref": result.ref,
@@ -193,7 +186,7 @@ def image_to_json(result: B.ImageResult) -> dict[str, Any]:
 @dataclass
 class ReleaseResult:
     registry: str
-    image: B.ImageResult
+    image: image_builder.ImageResult
     deploy: Any  # api.DeployResult
     seconds: dict[str, float] = field(default_factory=dict)  # check, build, push, deploy, total
 
@@ -214,46 +207,67 @@ def _reason(message: str | None, note: str) -> str:
     return f"{message.strip()}\n\n{note}" if message and message.strip() else note
 
 
-def release(client, source_dir: str | os.PathLike, targets: Sequence[str], *, infra_root: str | os.PathLike,
-            registry: str | None = None, service: str | None = None, allow_dirty: bool = False,
-            builder: str | None = None, ca: str | os.PathLike | None = None, wait: float = 0,
-            message: str | None = None, author: str | None = None, settle: float | None = None,
-            health_timeout: float | None = None, batch: int | None = None, consul: bool = True,
-            progress: Progress | None = None, build_progress: B.Progress | None = None,
-            on_image: Callable[[B.ImageResult], None] | None = None) -> ReleaseResult:
-    """Build ``source_dir``'s image, push it, deploy ``REGISTRY/APP:VERSION`` to ``targets``.
+@dataclass(frozen=True)
+class ReleaseOptions:
+    """What ``release`` builds, where it goes, and how it is deployed."""
+
+    # what: an app directory in a git working tree, its image pushed and deployed
+    source_dir: str | os.PathLike
+    # where: targets (dc, dc/node or dc/node/service) of the infrastructure repository
+    targets: Sequence[str]
+    infra_root: str | os.PathLike
+    # what, further: build uncommitted changes (VERSION-dirty); the builder (default: deployer.yml's, else detected)
+    allow_dirty: bool = False
+    builder: str | None = None
+    # where, further: the registry (default: the targets' datacenter.yml) and its CA; the service to change
+    registry: str | None = None
+    ca: str | os.PathLike | None = None
+    service: str | None = None
+    # how to deploy: as ``Deployer.deploy`` takes it
+    wait: float = 0
+    message: str | None = None
+    author: str | None = None
+    swap: SwapOptions = SwapOptions()
+    batch: int | None = None
+    consul: bool = True
+
+
+def release(client, options: ReleaseOptions, *, progress: Progress | None = None,
+            build_progress: builders.Progress | None = None,
+            on_image: Callable[[image_builder.ImageResult], None] | None = None) -> ReleaseResult:
+    """Build ``options.source_dir``'s image, push it, deploy ``REGISTRY/APP:VERSION`` to ``options.targets``.
 
     Raises before building for bad targets, a missing registry, a dirty
     source (unless ``allow_dirty``), no matching service or an unreachable
     node; BuildFailed or PushFailed before deploying anything. ``on_image``
     is called with the pushed image before the deploy starts.
     """
-    from deployer.ops.deploy import Deployer
-
+    o = options
     say = progress or _quiet
     started = time.monotonic()
-    targets = list(targets)
+    targets = list(o.targets)
     if not targets:
         raise TargetError("release needs at least one target (dc, dc/node or dc/node/service)")
-    deployer = Deployer(infra_root, progress=progress, consul=consul)
-    reg = registry_for(deployer.load(), targets=targets, explicit=registry)
-    src = Path(source_dir)
-    app = B.load_app_config(src)  # SourceError when it is not a directory
+    deployer = Deployer(o.infra_root, progress=progress, consul=o.consul)
+    reg = registry_for(deployer.load(), targets=targets, explicit=o.registry)
+    src = Path(o.source_dir)
+    app = builders.load_app_config(src)  # SourceError when it is not a directory
     if not app.dockerfile.is_file():
         raise DockerfileMissing(str(app.dockerfile), "no Dockerfile: the image builder needs one for the app")
-    version = B.source_version(src, allow_dirty)  # DirtySource unless allowed
-    planned = B.image_ref(reg, app.name, version)
+    version = image_builder.source_version(src, o.allow_dirty)  # DirtySource unless allowed
+    planned = image_builder.image_ref(reg, app.name, version)
     say(f"checking {', '.join(targets)} for {planned}")
-    deployer.deploy(planned, targets, service, dry_run=True, batch=batch)
+    deployer.deploy(planned, targets, o.service, dry_run=True, batch=o.batch)
     checked = time.monotonic()
 
-    image = B.build_image(client, src, reg, allow_dirty, builder=builder, ca=ca, progress=build_progress)
+    image = image_builder.build_image(client, src, reg, o.allow_dirty, builder=o.builder, ca=o.ca,
+                                      progress=build_progress)
     pushed = time.monotonic()
     if on_image is not None:
         on_image(image)
-    note = _source_note(B.source_info(src).url, image.revision)
-    result = deployer.deploy(image.ref, targets, service, wait=wait, message=_reason(message, note), author=author,
-                             swap=SwapOptions(settle, health_timeout), batch=batch)
+    note = _source_note(image_builder.source_info(src).url, image.revision)
+    result = deployer.deploy(image.ref, targets, o.service, wait=o.wait, message=_reason(o.message, note),
+                             author=o.author, swap=o.swap, batch=o.batch)
     done = time.monotonic()
     return ReleaseResult(reg, image, result, {
         "check": checked - started,
@@ -265,129 +279,12 @@ def release(client, source_dir: str | os.PathLike, targets: Sequence[str], *, in
     })
 
 
-# --------------------------------------------------------------------------- the source repository
-
-
-def _git_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in HOOK_GIT_ENV}
-
-
-def _git(cwd: str | os.PathLike, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, env=_git_env())
-
-
-class SourceRepo:
-    """One branch of a source repository (bare or not) and the app directory in it."""
-
-    def __init__(self, path: str | os.PathLike, branch: str = "main", app: str | None = None):
-        given = Path(path)
-        if not given.is_dir():
-            raise SourceError(f"{path}: not a directory")
-        self.path = given.resolve()
-        r = _git(self.path, "rev-parse", "--absolute-git-dir")
-        if r.returncode != 0:
-            raise SourceError(f"{path}: not a git repository")
-        self.git_dir = Path(r.stdout.strip())
-        self.bare = _git(self.path, "rev-parse", "--is-bare-repository").stdout.strip() == "true"
-        if _git(self.path, "check-ref-format", "--branch", branch).returncode != 0:
-            raise SourceError(f"{branch!r} is not a valid branch name")
-        self.branch = branch
-        if self.bare:
-            self.top = None
-            name = self.git_dir.name
-            prefix = "."
-        elif self.path == self.git_dir or self.git_dir in self.path.parents:
-            # Inside a working tree's .git, where push hooks run: the app is the whole tree.
-            self.top = self.git_dir.parent
-            name = self.top.name
-            prefix = "."
-        else:
-            self.top = Path(_git(self.path, "rev-parse", "--show-toplevel").stdout.strip())
-            name = self.top.name
-            prefix = os.path.relpath(self.path, self.top)
-        self.name = name[:-4] if name.endswith(".git") and len(name) > 4 else name
-        rel = Path(app if app is not None else prefix)
-        if rel.is_absolute() or ".." in rel.parts:
-            raise SourceError(f"--app {app}: must be a directory inside the repository, relative to its top")
-        self.app = rel.as_posix()
-        self.remote = self._remote()
-        self.url = self._url()
-
-    def _remote(self) -> str | None:
-        configured = _git(self.git_dir, "config", "--get", f"branch.{self.branch}.remote").stdout.strip()
-        remotes = _git(self.git_dir, "remote").stdout.split()
-        if configured and configured != "." and configured in remotes:
-            return configured
-        return "origin" if "origin" in remotes else None
-
-    def _url(self) -> str:
-        if self.remote:
-            url = _git(self.git_dir, "remote", "get-url", self.remote).stdout.strip()
-            if url:
-                return url
-        return str(self.top or self.git_dir)
-
-    @property
-    def key(self) -> str:
-        """What the state file records this watch under."""
-        return f"{self.branch}:{self.app}"
-
-    def head(self) -> str:
-        """The branch head: fetched from the remote when there is one, else the local branch."""
-        if self.remote:
-            tracking = f"refs/remotes/{self.remote}/{self.branch}"
-            r = _git(self.git_dir, "fetch", "--quiet", self.remote, f"+refs/heads/{self.branch}:{tracking}")
-            if r.returncode != 0:
-                raise DeployerError(f"{self.path}: git fetch {self.remote} {self.branch} failed: "
-                                  f"{' '.join(r.stderr.split()) or 'exit ' + str(r.returncode)}")
-            ref = tracking
-        else:
-            ref = f"refs/heads/{self.branch}"
-        r = _git(self.git_dir, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
-        if r.returncode != 0:
-            where = f"{self.remote}/{self.branch}" if self.remote else self.branch
-            raise SourceError(f"{self.path}: no branch {where}")
-        return r.stdout.strip()
-
-    def new_commits(self, since: str | None, head: str, backlog: int) -> tuple[list[str], list[str]]:
-        """(commits to build, oldest first; commits skipped) between ``since`` and ``head``."""
-        if since == head:
-            return [], []
-        if since is None or _git(self.git_dir, "merge-base", "--is-ancestor", since, head).returncode != 0:
-            return [head], []  # first run, or history rewritten: only the head
-        r = _git(self.git_dir, "rev-list", "--first-parent", "--reverse", f"{since}..{head}")
-        commits = r.stdout.split() if r.returncode == 0 else [head]
-        return commits[-backlog:], commits[:-backlog]
-
-    def subject(self, sha: str) -> str:
-        return _git(self.git_dir, "log", "-1", "--format=%s", sha).stdout.strip()
-
-    @contextlib.contextmanager
-    def checkout(self, sha: str) -> Iterator[Path]:
-        """A clean checkout of ``sha`` in a temp dir named like the repository; yields the app directory.
-
-        A ``--shared`` clone (objects read from this repository) with the
-        source's tags, so the version is the commit's tag or short hash as
-        ``build_image`` computes it, and the image's source label is the
-        repository's remote URL (else its path).
-        """
-        parent = B.cache_root() / "checkouts"
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{self.name}-", dir=parent))
-        try:
-            work = tmp / self.name
-            for args in (("clone", "--quiet", "--shared", "--no-checkout", str(self.git_dir), str(work)),
-                         ("-C", str(work), "checkout", "--quiet", "--detach", sha),
-                         ("-C", str(work), "remote", "set-url", "origin", self.url)):
-                r = _git(tmp, *args)
-                if r.returncode != 0:
-                    raise SourceError(f"{self.path}: checking out {sha[:12]} failed: {' '.join(r.stderr.split())}")
-            yield work / self.app
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 # --------------------------------------------------------------------------- the state file
+
+
+def _watch_key(repo: SourceRepo) -> str:
+    """What the state file records a watch under: the branch and the app directory."""
+    return f"{repo.branch}:{repo.app}"
 
 
 class BuildState:
@@ -422,8 +319,6 @@ class BuildState:
         return data
 
     def save(self, data: dict[str, Any]) -> None:
-        from deployer.files import atomic_write
-
         atomic_write(self.path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
 
     def watch(self, data: dict[str, Any], key: str) -> dict[str, Any]:
@@ -476,9 +371,9 @@ class BuildWatcher:
                  app: str | None = None, deploy: Sequence[str] = (), infra_root: str | os.PathLike | None = None,
                  service: str | None = None, builder: str | None = None, ca: str | os.PathLike | None = None,
                  wait: float = 0, message: str | None = None, author: str | None = None,
-                 settle: float | None = None, health_timeout: float | None = None, consul: bool = True,
+                 swap: SwapOptions | None = None, consul: bool = True,
                  state_path: str | os.PathLike | None = None, backlog: int = DEFAULT_BACKLOG,
-                 progress: Progress | None = None, build_progress: B.Progress | None = None,
+                 progress: Progress | None = None, build_progress: builders.Progress | None = None,
                  report: Callable[[CommitOutcome], None] | None = None):
         self.client = client
         self.repo = SourceRepo(source, branch, app)
@@ -491,7 +386,7 @@ class BuildWatcher:
         self.service = service
         self.builder = builder
         self.ca = ca
-        self.deploy_options = {"wait": wait, "author": author, "swap": SwapOptions(settle, health_timeout)}
+        self.deploy_options = {"wait": wait, "author": author, "swap": swap}
         self.message = message
         self.consul = consul
         self.state = BuildState(state_path or self.repo.git_dir / STATE_FILE)
@@ -509,7 +404,7 @@ class BuildWatcher:
         repo = self.repo
         with self.state.locked():
             data = self.state.load()
-            watch = self.state.watch(data, repo.key)
+            watch = self.state.watch(data, _watch_key(repo))
             commits: dict[str, dict[str, Any]] = watch["commits"]
             head = repo.head()
             result = PollResult(head)
@@ -564,10 +459,10 @@ class BuildWatcher:
         started = time.monotonic()
         checkout = ""
         try:
-            with self.repo.checkout(sha) as app_dir:
+            with self.repo.checkout(sha, builders.cache_root() / "checkouts") as app_dir:
                 checkout = str(app_dir)
-                image = B.build_image(self.client, app_dir, self.registry, builder=self.builder, ca=self.ca,
-                                      progress=self.build_progress)
+                image = image_builder.build_image(self.client, app_dir, self.registry, builder=self.builder,
+                                                  ca=self.ca, progress=self.build_progress)
         except _SOURCE_ERRORS as exc:
             # name the source, not the temporary checkout (gone by now)
             where = str(self.repo.path / self.repo.app) if self.repo.app != "." else str(self.repo.path)
@@ -589,9 +484,6 @@ class BuildWatcher:
         return outcome
 
     def _deploy(self, sha: str, record: dict[str, Any], data: dict[str, Any], outcome: CommitOutcome) -> None:
-        from deployer.ops.deploy import Deployer
-        from deployer.errors import PartialDeploy
-
         record["deploy"] = {"status": "pending", "targets": self.targets, "started": _now()}
         self.state.save(data)  # a watcher killed while deploying deploys again (idempotently) next time
         note = _source_note(self.repo.url, sha, f" on {self.repo.branch} ({json.dumps(record.get('subject', ''))})")

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from deployer.errors import RepoError
+import docker
+
+from deployer.build import samples
+from deployer.config.loader import load
+from deployer.errors import DeployerError, RepoError
+from deployer.gitrepo.create import init_repository
 
 EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "datacenters"
 
@@ -56,16 +60,6 @@ class InitResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _git(root: Path, *args: str) -> str:
-    env_fallback = ["-c", "user.name=deployer", "-c", "user.email=deployer@localhost"]
-    has_identity = subprocess.run(["git", "-C", str(root), "config", "user.email"], capture_output=True).returncode == 0
-    cmd = ["git", "-C", str(root), *([] if has_identity else env_fallback), *args]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RepoError(f"git {' '.join(args)} failed in {root}: {' '.join(done.stderr.split())}")
-    return done.stdout.strip()
-
-
 def init_repo(directory: str | Path, example: bool = False, docker_url: str = "unix:///var/run/docker.sock",
               build_images: bool = True, progress: Callable[[str], None] | None = None) -> InitResult:
     root = Path(directory).resolve()
@@ -86,13 +80,9 @@ def init_repo(directory: str | Path, example: bool = False, docker_url: str = "u
     (root / "README.md").write_text(README)
     (root / ".gitignore").write_text("# secrets stay out of the repository\nsecrets/\n*.key\n")
 
-    from deployer.config.loader import load
-
     infra = load(root)  # what we wrote must be valid
-    _git(root, "init", "-q", "-b", "main")
-    _git(root, "add", "-A")
-    _git(root, "commit", "-q", "-m", "init infrastructure repository" + (" from the example" if example else ""))
-    result = InitResult(root, _git(root, "rev-parse", "HEAD"), [n.target for n in infra.nodes()])
+    commit = init_repository(root, "init infrastructure repository" + (" from the example" if example else ""))
+    result = InitResult(root, commit, [n.target for n in infra.nodes()])
     if build_images and docker_url.startswith("unix://"):
         result.notes.extend(_sample_images(docker_url, progress))
     return result
@@ -100,11 +90,6 @@ def init_repo(directory: str | Path, example: bool = False, docker_url: str = "u
 
 def _sample_images(docker_url: str, progress: Callable[[str], None] | None) -> list[str]:
     """Build the sample images on the local engine, when it answers; say so either way."""
-    import docker
-
-    from deployer.build import samples
-    from deployer.errors import DeployerError
-
     try:
         client = docker.DockerClient(base_url=docker_url, timeout=60)
         client.ping()

@@ -4,7 +4,7 @@ The tests start a private dockerd in its own network namespace
 (tests/support/build_engine.py) and its own TLS registry on that namespace's
 bridge (tests/support/registry.py); both are removed at the end. They, and the
 base and builder images, are made once per session and shared with
-tests/test_release.py (tests/support/build_fixtures.py; base about 45 s, Go
+tests/engines/test_release.py (tests/support/build_fixtures.py; base about 45 s, Go
 builder about 45 s, Python builder about 25 s on this 2-core machine); the Go
 build cache volume starts empty, so the first test's build is really cold.
 ``DEPLOYER_TEST_IMAGE_CACHE=DIR`` keeps ``docker save`` tarballs of those
@@ -17,7 +17,6 @@ git: ``scripts/install-builders.sh`` installs them.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -26,47 +25,13 @@ from pathlib import Path
 import pytest
 
 from deployer.build import builders as B
+from deployer.build import image as I
 from deployer.build import registry as R
-from deployer.errors import (
-    BuildFailed,
-    ConfigError,
-    DirtySource,
-    DockerfileMissing,
-    PushFailed,
-    RegistryError,
-    SourceError,
-    UnknownBuilder,
-)
+from deployer.errors import BuildFailed, DirtySource, DockerfileMissing, PushFailed, RegistryError
+from tests.support.build_repos import git, make_repo, new_commit
 
 ROOT = Path(__file__).resolve().parents[2]
 APPS = ROOT / "examples" / "apps"
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
-    "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid",
-    "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null",
-}
-
-
-def git(repo: Path, *args: str) -> str:
-    env = {**os.environ, **GIT_ENV}
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env).stdout.strip()
-
-
-def make_repo(tmp: Path, app: str = "sensor", name: str | None = None) -> Path:
-    """A git repo holding a copy of examples/apps/APP at REPO/NAME, committed."""
-    repo = tmp / f"repo-{name or app}"
-    shutil.copytree(APPS / app, repo / (name or app))
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", f"{app}: initial")
-    return repo / (name or app)
-
-
-def new_commit(src: Path, note: str) -> str:
-    (src / "NOTES").write_text(note + "\n")
-    git(src, "add", "-A")
-    git(src, "commit", "-q", "-m", note)
-    return git(src, "rev-parse", "HEAD")
 
 
 def report(capsys, text: str) -> None:
@@ -74,77 +39,14 @@ def report(capsys, text: str) -> None:
         print(f"\n    {text}", end="")
 
 
-# --------------------------------------------------------------------------- no engine needed
-
-
-def test_detect_builder(tmp_path):
-    cases = {"go.mod": "go", "pyproject.toml": "python", "setup.cfg": "python", "package.json": "node"}
-    for marker, tech in cases.items():
-        d = tmp_path / marker.replace(".", "_")
-        d.mkdir()
-        (d / marker).write_text("")
-        assert B.detect_builder(d) == tech
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(UnknownBuilder, match="cannot tell which builder"):
-        B.detect_builder(empty)
-    (empty / "deployer.yml").write_text("builder: python\nname: svc\n")
-    assert B.detect_builder(empty) == "python"
-    assert B.load_app_config(empty).name == "svc"
-    (empty / "deployer.yml").write_text("name: Not_Valid\n")
-    with pytest.raises(ConfigError, match="name"):
-        B.load_app_config(empty)
-    (empty / "deployer.yml").write_text("nmae: x\n")
-    with pytest.raises(ConfigError, match="nmae"):
-        B.load_app_config(empty)
-    with pytest.raises(SourceError, match="not a directory"):
-        B.detect_builder(tmp_path / "nope")
-    with pytest.raises(UnknownBuilder, match="no builder for 'cobol'"):
-        B.builder_image_ref("cobol")
-
-
-def test_source_version(tmp_path):
-    src = make_repo(tmp_path)
-    sha = git(src, "rev-parse", "HEAD")
-    assert B.source_version(src) == sha[:12]
-    git(src, "tag", "v1.2.0")
-    assert B.source_version(src) == "v1.2.0"
-    new_commit(src, "next")
-    git(src, "tag", "release/7")  # not a valid docker tag as it stands
-    assert B.source_version(src) == "release-7"
-
-    (src / "main.go").write_text((src / "main.go").read_text() + "\n// edit\n")
-    with pytest.raises(DirtySource, match="uncommitted changes") as e:
-        B.source_version(src)
-    assert "\n" not in str(e.value)
-    assert B.source_version(src, allow_dirty=True).endswith("-dirty")
-    git(src, "checkout", "--", "main.go")
-    (src / "extra.go").write_text("package main\n")  # untracked files are compiled too
-    with pytest.raises(DirtySource):
-        B.source_version(src)
-    (src / "extra.go").unlink()
-    # a change outside the app's directory does not make the app dirty
-    (src.parent / "README").write_text("other\n")
-    assert not B.source_info(src).dirty
-
-    loose = tmp_path / "loose"
-    loose.mkdir()
-    with pytest.raises(SourceError, match="not inside a git repository"):
-        B.source_version(loose)
-
-
-def test_registry_url_parsing():
-    assert R.split_registry_url("10.0.0.1:5000") == ("https", "10.0.0.1:5000")
-    assert R.split_registry_url("https://r.example:443/") == ("https", "r.example:443")
-    with pytest.raises(RegistryError):
-        R.split_registry_url("ftp://x")
-    assert B.image_ref("https://10.0.0.1:5000", "sensor", "abc") == "10.0.0.1:5000/sensor:abc"
+# detect_builder, deployer.yml, source versions and registry URLs need no engine:
+# tests/unit/test_build_config.py.
 
 
 # --------------------------------------------------------------------------- fixtures: engine + registry
 
 # build_engine, registry_server, cache_dir, client, go_builder and registry are
-# shared with tests/test_release.py: made once per session.
+# shared with tests/engines/test_release.py: made once per session.
 pytest_plugins = ["tests.support.build_fixtures"]
 
 
@@ -208,7 +110,7 @@ def test_compile_error(client, go_builder, registry, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
 
     with pytest.raises(BuildFailed, match="syntax error"):
-        B.build_image(client, src, registry)
+        I.build_image(client, src, registry)
     assert R.tags(registry, "worker") == [] or sha[:12] not in R.tags(registry, "worker")
     assert not any(sha[:12] in t for i in client.images.list() for t in i.tags)
 
@@ -219,7 +121,7 @@ def test_missing_dockerfile(client, registry, tmp_path):
     new_commit(src, "no Dockerfile")
     t = time.monotonic()
     with pytest.raises(DockerfileMissing) as e:
-        B.build_image(client, src, registry)
+        I.build_image(client, src, registry)
     assert e.value.path == str(src / "Dockerfile")
     assert str(src / "Dockerfile") in str(e.value) and "\n" not in str(e.value)
     assert time.monotonic() - t < 2, "checked before compiling anything"
@@ -229,7 +131,7 @@ def test_image_built_pushed_then_not_rebuilt(client, go_builder, registry, regis
     src = make_repo(tmp_path, "sensor")
     sha = git(src, "rev-parse", "HEAD")
     events: list[tuple[str, dict]] = []
-    first = B.build_image(client, src, registry, progress=lambda phase, ev: events.append((phase, ev)))
+    first = I.build_image(client, src, registry, progress=lambda phase, ev: events.append((phase, ev)))
     assert first.built and first.pushed
     assert first.ref == f"{registry}/sensor:{sha[:12]}"
     assert first.revision == sha and first.digest.startswith("sha256:")
@@ -254,7 +156,7 @@ def test_image_built_pushed_then_not_rebuilt(client, go_builder, registry, regis
 
     # the same commit again: nothing built, nothing pushed
     t = time.monotonic()
-    again = B.build_image(client, src, registry)
+    again = I.build_image(client, src, registry)
     seconds = time.monotonic() - t
     assert not again.built and not again.pushed
     assert again.image_id == first.image_id and again.digest == first.digest
@@ -283,12 +185,12 @@ def test_dirty_source(client, go_builder, registry, tmp_path):
     sha = git(src, "rev-parse", "HEAD")
     (src / "main.go").write_text((src / "main.go").read_text().replace("sensor listening", "sensor (dirty) listening"))
     with pytest.raises(DirtySource, match="main.go"):
-        B.build_image(client, src, registry)
+        I.build_image(client, src, registry)
     assert R.tags(registry, "dirty") == []
-    result = B.build_image(client, src, registry, allow_dirty=True)
+    result = I.build_image(client, src, registry, allow_dirty=True)
     assert result.built and result.pushed and result.version == f"{sha[:12]}-dirty"
     # dirty builds are never taken from the registry: the content may differ
-    assert B.build_image(client, src, registry, allow_dirty=True).built
+    assert I.build_image(client, src, registry, allow_dirty=True).built
 
 
 def test_registry_down_during_push(client, go_builder, registry, registry_server, tmp_path):
@@ -298,7 +200,7 @@ def test_registry_down_during_push(client, go_builder, registry, registry_server
     registry_server.pause()
     try:
         with pytest.raises(PushFailed) as e:
-            B.build_image(client, src, registry)
+            I.build_image(client, src, registry)
     finally:
         registry_server.resume()
     assert "\n" not in str(e.value) and ref in str(e.value) and "connection refused" in str(e.value)
@@ -308,7 +210,7 @@ def test_registry_down_during_push(client, go_builder, registry, registry_server
     assert image.labels["org.opencontainers.image.revision"] == sha
     assert R.tags(registry, "offline") == []
 
-    again = B.build_image(client, src, registry)
+    again = I.build_image(client, src, registry)
     assert again.pushed and not again.built and again.image_id == image.id
     assert R.has_tag(registry, "offline", sha[:12])
 
@@ -322,7 +224,7 @@ def test_concurrent_builds_of_one_commit(client, go_builder, registry, build_eng
     def run():
         c = build_engine.client()
         try:
-            results.append(B.build_image(c, src, registry))
+            results.append(I.build_image(c, src, registry))
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
         finally:
@@ -410,6 +312,6 @@ def test_build_killed_half_way_leaves_nothing_tagged_or_pushed(client, go_builde
     for c in client.containers.list(all=True):  # let the orphan go before building again
         if c.image.tags and c.image.tags[0].startswith("deployer-builder-go"):
             c.remove(force=True)
-    result = B.build_image(client, src, registry)
+    result = I.build_image(client, src, registry)
     assert result.built and result.pushed and result.ref == ref
     assert R.has_tag(registry, "killed", sha[:12])

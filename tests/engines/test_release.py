@@ -5,7 +5,7 @@ the images and is also the node (``node.yml``: its unix socket); the TLS
 registry of tests/support/registry.py is the datacenter's ``registry:``; the
 infrastructure repository and the sources are real git repositories. The
 engine, the registry and the slow base/builder images are shared with
-tests/test_build.py (tests/support/build_fixtures.py, once per session).
+tests/engines/test_build.py (tests/support/build_fixtures.py, once per session).
 
 The sample app is examples/apps/worker (a static Go binary on scratch, with a
 HEALTHCHECK); the node's compose file keeps the image's check but runs it
@@ -28,7 +28,7 @@ from pathlib import Path
 import click
 import pytest
 
-from deployer.build import builders as B
+from deployer.build import image as I
 from deployer.cli.options import POSITIVE_DURATION
 from tests.support.repos import cli, git, make_repo, managed, remove_node_containers, unique_node
 
@@ -171,7 +171,7 @@ def test_release_refuses_before_building(build_engine, registry, node, tmp_path,
     def no_build(*args, **kwargs):
         raise AssertionError("built although the release could not be deployed")
 
-    monkeypatch.setattr(B, "build_image", no_build)
+    monkeypatch.setattr(I, "build_image", no_build)
     src = source_repo(tmp_path / "src")
     infra = infra_repo(tmp_path, build_engine.url, node, None, "busybox:1")
     url = build_engine.url
@@ -223,7 +223,7 @@ def test_release_node_pulls_then_missing_tag(client, go_builder, build_engine, r
     before = git(infra, "rev-parse", "HEAD")
 
     # The builder is the node here: drop the image right after its push, so the node must pull it.
-    real_push = B.push_image
+    real_push = I.push_image
     pushed: list[str] = []
 
     def push_then_forget(client_, ref_, image_id="", progress=None):
@@ -232,7 +232,7 @@ def test_release_node_pulls_then_missing_tag(client, go_builder, build_engine, r
         pushed.append(ref_)
         return digest
 
-    monkeypatch.setattr(B, "push_image", push_then_forget)
+    monkeypatch.setattr(I, "push_image", push_then_forget)
     t = time.monotonic()
     r = cli(infra, "release", str(src), f"test/{node}", "--docker", build_engine.url, "-m", "first release")
     seconds = time.monotonic() - t
@@ -362,7 +362,7 @@ def test_watch_builds_once_from_a_post_receive_hook(client, go_builder, build_en
     assert list(state["watches"]["main:."]["commits"]) == [sha]  # the first run builds the head only
 
     # again (a restarted watcher, the next hook run): nothing is built or deployed twice
-    monkeypatch.setattr(B, "build_image", lambda *a, **k: pytest.fail("built a commit twice"))
+    monkeypatch.setattr(I, "build_image", lambda *a, **k: pytest.fail("built a commit twice"))
     r = cli(infra, "watch-builds", str(upstream), "--once", "--deploy", f"test/{node}", "--docker", build_engine.url)
     assert r.exit_code == 0, r.output
     assert "nothing new on main" in r.stderr and r.stdout == ""

@@ -1,4 +1,4 @@
-"""Fixtures shared by the build tests (tests/test_build.py, tests/test_release.py).
+"""Fixtures shared by the build tests (tests/engines/test_build.py, tests/engines/test_release.py).
 
 A pytest plugin: a test module that says ``pytest_plugins = ["tests.support.build_fixtures"]``
 gets these fixtures, and every module that does shares one instance of the

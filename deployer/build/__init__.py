@@ -1,0 +1,8 @@
+"""build: turning source into images.
+
+``builders`` compiles an app in its builder container, one per technology
+(detection, ``deployer.yml``, the base and builder images); ``image`` is the
+image builder (version from git, tags, OCI labels, push); ``registry`` the
+registry's HTTP client; ``samples`` the tiny sample images. May import
+engine, config, gitrepo and the shared modules; never ops or cli.
+"""
