@@ -1015,14 +1015,14 @@ PROBLEM_STATES = ("missing", "critical", "extra", "error")
 
 def expected_services(datacenter: "Datacenter", root: str | Path) -> dict[tuple[str, str], str]:
     """(node, Consul service name) -> the compose service, for every service the repo says is registered."""
-    from deployer.config import compose
+    from deployer.config import compose_spec
 
     out: dict[tuple[str, str], str] = {}
     for node in datacenter.nodes.values():
         for svc in node.services.values():
             try:
                 settings = parse_labels(compose_labels(svc.config))
-                spec = compose.container_spec(node, svc, Path(root))
+                spec = compose_spec.container_spec(node, svc, Path(root))
             except (LabelError, DeployerError, OSError, ValueError):
                 continue
             if not settings.register:

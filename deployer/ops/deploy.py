@@ -327,7 +327,7 @@ class Deployer:
         return result
 
     def _edit(self, infra: Infrastructure, target: Target, image: str, repo, dry_run: bool) -> "_Edit":
-        from deployer.config import compose
+        from deployer.config import compose_spec
         from deployer.config import yamledit
 
         node = infra.node(target.dc, target.node)
@@ -344,13 +344,13 @@ class Deployer:
         else:
             new_text = old_text
         new_node = loader.with_compose_text(self.root, node, new_text)
-        spec = compose.container_spec(new_node, new_node.services[target.service], self.root)
+        spec = compose_spec.container_spec(new_node, new_node.services[target.service], self.root)
         diff = yamledit.yaml_diff(old_text, new_text, rel) if new_text != old_text else ""
         return _Edit(target, node, new_node, rel, old_text, new_text, spec,
                      TargetResult(str(target), old_image, diff=diff), infra.datacenters[target.dc])
 
     def _apply_edit(self, edit: "_Edit", dry_run: bool, settle: float | None, health_timeout: float | None) -> None:
-        from deployer.config import compose
+        from deployer.config import compose_spec
         from deployer.engine.apply import DEFAULT_SETTLE, Applier
         from deployer.errors import DeployerError
         from deployer.engine.connect import connect
@@ -373,7 +373,7 @@ class Deployer:
                 if change.action != NONE:
                     if have is None:
                         applier.ensure_image(edit.spec.image)
-                    applier.ensure_resources(*compose.node_resources(edit.new_node))
+                    applier.ensure_resources(*compose_spec.node_resources(edit.new_node))
                 outcome = applier.apply(change, state)
                 edit.result.steps = outcome.steps
                 edit.result.image_id = outcome.container.image_id if outcome.container else None
@@ -480,7 +480,7 @@ class Deployer:
 
     def _read_node(self, node: Node, services: list[Service]):
         """Connect, read the engine, and plan every selected service. Returns (client, state, specs, changes)."""
-        from deployer.config import compose
+        from deployer.config import compose_spec
         from deployer.engine.connect import connect
         from deployer.engine.plan import plan_service
         from deployer.engine.state import image_id, read_node
@@ -488,8 +488,8 @@ class Deployer:
         client = connect(node, self.root, timeout=30)
         try:
             state = read_node(client, node.dc, node.name)
-            order = {name: i for i, name in enumerate(compose.start_order(node.services))}
-            specs = [compose.container_spec(node, s, self.root) for s in sorted(services, key=lambda s: order[s.name])]
+            order = {name: i for i, name in enumerate(compose_spec.start_order(node.services))}
+            specs = [compose_spec.container_spec(node, s, self.root) for s in sorted(services, key=lambda s: order[s.name])]
             ids: dict[str, str | None] = {}
             for spec in specs:
                 if spec.image not in ids:
@@ -576,7 +576,7 @@ class Deployer:
 
     def _apply_node(self, node: Node, services: list[Service], whole: bool, *, datacenter, prune: bool,
                     settle: float | None, health_timeout: float | None) -> NodeApply:
-        from deployer.config import compose
+        from deployer.config import compose_spec
         from deployer.engine.apply import DEFAULT_SETTLE, Applier
         from deployer.errors import DeployerError
         from deployer.engine.plan import REMOVE
@@ -599,7 +599,7 @@ class Deployer:
                               health_timeout=health_timeout, hooks=hooks, progress=progress)
             if any(c.action != NONE for c in changes):
                 try:
-                    applier.ensure_resources(*compose.node_resources(node))
+                    applier.ensure_resources(*compose_spec.node_resources(node))
                 except DeployerError as exc:
                     result.error = exc.one_line()
                     return result
