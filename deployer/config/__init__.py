@@ -5,7 +5,8 @@
 value, ``compose_check`` and ``compose_check_service`` the compose check (every
 key supported exactly or refused with file:line), ``compose_spec`` the compose
 service -> container spec translation; ``yamledit`` makes byte-preserving YAML
-edits. Pure: no Docker, no network; reads files. May import only the shared
-modules (errors, model, labels, values, spec, imageref, files) and
-``gitrepo.git`` for "is this file tracked" answers.
+edits, with ``yamltext`` finding nodes in the text, quoting values and
+verifying every edit. Pure: no Docker, no network; reads files. May import
+only the shared modules (errors, model, labels, values, spec, imageref, files)
+and ``gitrepo.git`` for "is this file tracked" answers.
 """

@@ -630,3 +630,38 @@ def test_to_plain():
     assert type(plain) is dict and type(plain["b"]) is list and type(plain["c"]) is dict
     assert [type(v) for v in plain["b"]] == [int, float, bool, type(None), str]
     assert type(plain["a"]) is int and type(plain["f"]) is str
+
+
+def test_names_targets_and_secret_files_that_cannot_be_used(repo):
+    (repo / "datacenters/dc1/n1/secrets/dir").mkdir(parents=True)
+    outside = repo.parent / "outside-secret.txt"
+    outside.write_text("x\n")
+    assert problems(f"""
+        name: 5
+        services:
+          web:
+            image: x
+            secrets: [{{source: s, target: ../x}}, {{target: y}}]
+            networks: {{5: {{}}}}
+            hostname: a b
+            user: 1000
+            depends_on: {{5: {{}}}}
+        volumes:
+          bad name:
+          v: {{name: bad name}}
+        secrets:
+          bad name: {{file: x}}
+          s: {{file: secrets/dir}}
+          out: {{file: {outside}}}
+    """, repo) == [
+        f"{COMPOSE}:2: name: must be a string, not an integer",
+        f"{COMPOSE}:6: services.web.secrets[0].target: invalid target '../x': '..' is not allowed",
+        f"{COMPOSE}:6: services.web.secrets[1]: missing required key 'source'",
+        f"{COMPOSE}:7: services.web.networks: network names must be strings, not an integer",
+        f"{COMPOSE}:8: services.web.hostname: invalid hostname 'a b'",
+        f"{COMPOSE}:10: services.web.depends_on: service names must be strings, not an integer",
+        f"{COMPOSE}:12: volumes.bad name: invalid volume name 'bad name': use letters, digits, '_', '.', '-'",
+        f"{COMPOSE}:13: volumes.v.name: invalid volume name 'bad name'",
+        f"{COMPOSE}:15: secrets.bad name: invalid secret name 'bad name'",
+        f"{COMPOSE}:16: secrets.s.file: secret file {NODE_DIR}/secrets/dir is not a regular file",
+    ]

@@ -15,6 +15,7 @@ import pytest
 
 from deployer.config.compose_check import validate_compose
 from deployer.config.compose_spec import container_name, container_spec, node_resources, start_order
+from deployer.errors import ConfigError
 from deployer.labels import LABEL_CONFIG, LABEL_CONFIG_HASH, LABEL_DC, LABEL_IMAGE, LABEL_NODE, LABEL_SERVICE
 from deployer.spec import NetworkSpec, SecretFile, VolumeSpec
 from tests.support.compose import (
@@ -67,6 +68,20 @@ def test_secret_spec(repo):
     before = spec.config_hash()
     write_secret(repo, "rotated\n")
     assert spec_of(SECRET_COMPOSE, "web", repo).config_hash() != before
+
+
+
+def test_a_secret_file_gone_after_validation_is_a_config_error(repo):
+    path = write_secret(repo)
+    (repo / ".gitignore").write_text("secrets/\n")
+    assert validate_compose(load(SECRET_COMPOSE), COMPOSE, repo) == []
+    node = make_node(SECRET_COMPOSE)
+    path.unlink()
+    with pytest.raises(ConfigError) as info:
+        container_spec(node, node.services["web"], repo)
+    assert info.value.render() == (
+        f"{COMPOSE}: secrets.db_password.file: cannot read secret file {path}: No such file or directory"
+    )
 
 
 # --------------------------------------------------------------------------
@@ -476,3 +491,47 @@ def test_no_default_network_when_nobody_uses_it():
           front:
     """)
     assert [n.name for n in node_resources(node)[1]] == ["n1_front"]
+
+
+# --------------------------------------------------------------------------
+# Details
+
+
+def test_selinux_relabel_options_are_kept_on_binds():
+    spec = spec_of("""
+        services:
+          web:
+            image: x
+            volumes: ["data:/d:z", "/etc/app:/etc/app:ro,Z", "/srv:/srv"]
+        volumes:
+          data:
+    """, "web", Path("/r"))
+    assert spec.host["binds"] == ["n1_data:/d:rw,z", "/etc/app:/etc/app:ro,Z", "/srv:/srv:rw"]
+
+
+@pytest.mark.parametrize("grace, timeout", [("1500ms", 2), ("1m", 60), ('"0"', 0), ("1ns", 1), ("2h", 7200)])
+def test_stop_grace_period_rounds_up_to_whole_seconds(grace, timeout):
+    spec = spec_of(f"services:\n  web:\n    image: x\n    stop_grace_period: {grace}\n", "web", Path("/r"))
+    assert spec.stop_timeout == timeout and spec.create["stop_timeout"] == timeout
+
+
+def test_healthcheck_durations_are_exact_nanoseconds():
+    spec = spec_of("""
+        services:
+          web:
+            image: x
+            healthcheck: {interval: 0.1s, timeout: 1m0.5s, start_period: 1h}
+    """, "web", Path("/r"))
+    assert spec.create["healthcheck"] == {"Interval": 100_000_000, "Timeout": 60_500_000_000, "StartPeriod": 3600 * 10**9}
+
+
+def test_environment_values_as_the_engine_gets_them():
+    spec = spec_of("""
+        services:
+          web:
+            image: x
+            environment: {F: 1.5, B: false, N: 2, E: "", FROM_SHELL: , UNSET: }
+            labels: [a=1, b]
+    """, "web", Path("/r"), environ={"FROM_SHELL": "here"})
+    assert spec.create["environment"] == ["B=false", "E=", "F=1.5", "FROM_SHELL=here", "N=2"]
+    assert spec.labels["a"] == "1" and spec.labels["b"] == ""
