@@ -19,8 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from deployer.config import compose
-from deployer.config import loader  # noqa: E402
+from deployer.config import compose_spec, loader  # noqa: E402
 from deployer.engine.plan import plan_node  # noqa: E402
 from deployer.engine.state import NodeState  # noqa: E402
 
@@ -61,8 +60,8 @@ def plan_repo(root: Path) -> int:
     empty = NodeState(managed=[], names={})
     changes = 0
     for node in infra.nodes():
-        specs = [compose.container_spec(node, node.services[name], root)
-                 for name in compose.start_order(node.services)]
+        specs = [compose_spec.container_spec(node, node.services[name], root)
+                 for name in compose_spec.start_order(node.services)]
         changes += len(plan_node(specs, empty, {}))
     return changes
 

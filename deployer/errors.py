@@ -44,6 +44,15 @@ class ConfigError(DeployerError):
         return hash(self.render())
 
 
+class EditVerificationError(DeployerError):
+    """Internal error: an edit would have changed more (or other) data than intended.
+
+    This is the safety net behind every edit (``config.yamledit``); seeing it
+    means a bug in the editor or a YAML construct it does not understand. The
+    file is not changed.
+    """
+
+
 class ValidationFailed(DeployerError):
     """The repo has one or more ConfigErrors; all of them are listed."""
 

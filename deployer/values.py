@@ -1,4 +1,4 @@
-"""The one value grammar: durations and byte sizes, wherever a user writes one.
+"""The one value grammar: durations, byte sizes and port numbers, wherever a user writes one.
 
 CLI options, compose keys, ``deployer.*`` labels and the templates config file
 all parse their durations and sizes here, so the same string means the same
@@ -16,6 +16,10 @@ exactly 100,000,000 ns.
 Byte sizes are an integer of bytes, or a number with a binary unit: ``b``,
 ``k``/``kb``/``kib``, ``m``, ``g``, ``t`` (case-insensitive): ``512m``,
 ``1.5g``, ``64MiB``. That is Docker's reading (``docker run -m 512m``).
+
+Port numbers are 1-65535, written as an integer or a string of digits; a port
+range is ``lo-hi`` (or one port) with ``lo <= hi``. The messages name the port
+by the ``what`` the caller passes ('host port', 'published', ...).
 
 Errors are :class:`BadValue` (a ValueError) whose message says what is wrong
 and how to write it; callers put the field name in front.
@@ -144,3 +148,34 @@ def parse_bytes(value: Any) -> int:
     if not m:
         raise BadValue(f"invalid size {value!r}: write bytes or a number with a unit b, k, m, g, like '512m'")
     return int(Fraction(m.group(1)) * _BYTE_UNITS[(m.group(2) or "").lower()])
+
+
+MAX_PORT = 65535
+_PORT_RANGE_RE = re.compile(r"(\d+)(?:-(\d+))?")
+
+
+def parse_port_number(value: Any, what: str = "port") -> int:
+    """A port number 1-65535: an int, or a string of digits like '8080'."""
+    if isinstance(value, int) and kind(value) == "an integer":
+        port = int(value)
+    elif isinstance(value, str) and value.strip().isdecimal():
+        port = int(value.strip())
+    else:
+        raise BadValue(f"{what} must be a port number, not {kind(value)}" + (f" {value!r}" if isinstance(value, str) else ""))
+    if not 1 <= port <= MAX_PORT:
+        raise BadValue(f"{what} {port} is out of range 1-{MAX_PORT}")
+    return port
+
+
+def parse_port_range(text: str, what: str = "port") -> tuple[int, int]:
+    """'8000-8010' -> (8000, 8010); '80' -> (80, 80). Both ends 1-65535, the first not above the last."""
+    m = _PORT_RANGE_RE.fullmatch(text.strip())
+    if not m:
+        raise BadValue(f"invalid {what} {text!r}")
+    lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+    for p in (lo, hi):
+        if not 1 <= p <= MAX_PORT:
+            raise BadValue(f"{what} {p} is out of range 1-{MAX_PORT}")
+    if hi < lo:
+        raise BadValue(f"invalid {what} range {text!r}: the first port must not be greater than the last")
+    return lo, hi

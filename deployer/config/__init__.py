@@ -1,8 +1,12 @@
 """config: the repository on disk -> the model.
 
-The loader, the fast YAML path, byte-preserving YAML edits, Docker image
-references, the compose check (every key supported exactly or refused with
-file:line) and the compose -> container spec translation. Pure: no Docker, no
-network; reads files. May import only the shared modules (errors, model,
-labels, values, spec, files) and gitrepo for "is this file tracked" answers.
+``loader`` reads the repository (``fastyaml`` is its fast YAML path);
+``compose_keys`` holds the supported compose keys and one parser per kind of
+value, ``compose_check`` and ``compose_check_service`` the compose check (every
+key supported exactly or refused with file:line), ``compose_spec`` the compose
+service -> container spec translation; ``yamledit`` makes byte-preserving YAML
+edits, with ``yamltext`` finding nodes in the text, quoting values and
+verifying every edit. Pure: no Docker, no network; reads files. May import
+only the shared modules (errors, model, labels, values, spec, imageref, files)
+and ``gitrepo.git`` for "is this file tracked" answers.
 """

@@ -12,12 +12,24 @@ problem; ``check(root)`` returns the problems instead of raising.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any, Callable
 
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from deployer.config.compose_check import validate_compose
+from deployer.config.compose_keys import to_plain
+from deployer.config.compose_spec import container_name
 from deployer.errors import ConfigError, ValidationFailed
 from deployer.model import Datacenter, Infrastructure, Location, Node, Service, TLSFiles
+
+try:
+    from deployer.config import fastyaml
+except ImportError:  # no PyYAML libyaml binding: ruamel's loader reads every file
+    fastyaml = None
 
 DATACENTERS = "datacenters"
 DATACENTER_FILE = "datacenter.yml"
@@ -33,9 +45,6 @@ DOCKER_URL_RE = re.compile(r"^(unix://.+|ssh://([^@/\s]+@)?[^:/\s]+(:\d+)?/?|tcp
 
 def parse_yaml(text: str, path: str) -> Any:
     """Round-trip parse (keys keep their line numbers); malformed YAML is a ConfigError."""
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import MarkedYAMLError, YAMLError
-
     yaml = YAML()
     try:
         return yaml.load(text)
@@ -59,14 +68,11 @@ def load_fast(text: str) -> Any:
     (round-trip, with lines) only when something is wrong and needs a line in
     its message.
     """
-    try:
-        from deployer.config import fastyaml
-
-        return fastyaml.load(text)
-    except Exception:
-        pass
-    from ruamel.yaml import YAML
-
+    if fastyaml is not None:
+        try:
+            return fastyaml.load(text)
+        except Exception:
+            pass
     return YAML(typ="safe", pure=False).load(text)
 
 
@@ -246,8 +252,6 @@ def _node_from_yml(root: Path, dc: str, name: str, rel: str, doc: Any, problems:
 
 
 def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError], text: str | None = None) -> None:
-    from deployer.config import compose
-
     node.compose_path = rel
     if text is None:
         text = _read_text(root, rel, problems)
@@ -256,7 +260,7 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
     plain = True  # data from load_fast is plain dicts and lists already
     try:
         doc = load_fast(text)
-        found = compose.validate_compose(doc, rel, root) if isinstance(doc, dict) else [None]
+        found = validate_compose(doc, rel, root) if isinstance(doc, dict) else [None]
     except Exception:
         found = [None]
     if found:  # read again with line numbers, for the messages
@@ -267,13 +271,13 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
         if not isinstance(doc, dict):
             problems.append(ConfigError(rel, "the file must hold a mapping with a 'services' key", line=1))
             return
-        found = compose.validate_compose(doc, rel, root)
+        found = validate_compose(doc, rel, root)
         if found:
             problems.extend(found)
             return
         # Valid for the round-trip loader although the fast one refused it (a
         # construct only ruamel accepts): the round-trip data is the truth.
-    to_plain = (lambda data: data) if plain else compose.to_plain
+    plain_data = (lambda data: data) if plain else to_plain
     services = doc.get("services") or {}
     for name, svc_doc in services.items():
         node.services[name] = Service(
@@ -281,18 +285,16 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
             node=node.name,
             name=str(name),
             image=str(svc_doc["image"]),
-            config=to_plain(svc_doc),
+            config=plain_data(svc_doc),
             location=Location(rel),
         )
-    node.volumes = to_plain(doc.get("volumes") or {})
-    node.networks = to_plain(doc.get("networks") or {})
-    node.secrets = to_plain(doc.get("secrets") or {})
+    node.volumes = plain_data(doc.get("volumes") or {})
+    node.networks = plain_data(doc.get("networks") or {})
+    node.secrets = plain_data(doc.get("secrets") or {})
 
 
 def with_compose_text(root: str | Path, node: Node, text: str) -> Node:
     """A copy of ``node`` whose services come from ``text`` (an edited compose file), validated."""
-    import dataclasses
-
     rel = node.compose_path or f"{node.path}/{COMPOSE_FILES[0]}"
     copy = dataclasses.replace(node, services={}, volumes={}, networks={}, secrets={})
     problems: list[ConfigError] = []
@@ -330,8 +332,6 @@ def check(root: str | Path) -> tuple[Infrastructure, list[ConfigError]]:
 
 
 def _check_container_names(root: Path, infra: Infrastructure) -> list[ConfigError]:
-    from deployer.config.compose import container_name
-
     problems = []
     for node in infra.nodes():
         seen: dict[str, str] = {}

@@ -9,7 +9,9 @@ line endings, a missing final newline) untouched.
 
 Every edit is checked afterwards: the result is parsed again and its data must
 equal the original data with exactly the intended change. If it does not, the
-edit is refused with EditVerificationError and nothing is written.
+edit is refused with EditVerificationError and nothing is written. How nodes
+are found in the text, how a scalar is written and that check are
+``yamltext``'s.
 
 Public functions:
 
@@ -23,337 +25,28 @@ from __future__ import annotations
 
 import difflib
 import io
-import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
-from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, TaggedScalar
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.events import (
-    AliasEvent,
-    CollectionStartEvent,
-    DocumentEndEvent,
-    MappingEndEvent,
-    MappingStartEvent,
-    ScalarEvent,
-    SequenceEndEvent,
-    SequenceStartEvent,
-)
-from ruamel.yaml.scalarbool import ScalarBoolean
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
-from deployer.errors import ConfigError, DeployerError, ImageReferenceError, TargetError
+from deployer.config.yamltext import (
+    Node, Tree, check_value, double_quoted, ends_with_break, eol_of, event_tree, key_text, line_end, line_start,
+    load, new_yaml, plain_ok, prev_line, scalar_text, single_quoted, untag, verify,
+)  # fmt: skip
+from deployer.errors import ConfigError, EditVerificationError, TargetError
 
 __all__ = [
-    "EditVerificationError",
     "add_service",
     "get_service_image",
     "set_service_image",
     "yaml_diff",
 ]
 
-_BREAK = re.compile(r"\r\n|\n|\r")  # the line breaks YAML knows (besides \x85, \u2028, \u2029)
 _SERVICE_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._-]*", re.ASCII)
-
-
-class EditVerificationError(DeployerError):
-    """Internal error: an edit would have changed more (or other) data than intended.
-
-    This is the safety net behind every edit; seeing it means a bug in this
-    module or a YAML construct it does not understand. The file is not changed.
-    """
-
-
-# --------------------------------------------------------------------------
-# Parsing helpers
-
-
-def _yaml() -> YAML:
-    y = YAML(typ="rt")
-    y.allow_duplicate_keys = False
-    return y
-
-
-def _yaml_error(path: str, exc: Exception) -> ConfigError:
-    line = None
-    if isinstance(exc, MarkedYAMLError):
-        mark = exc.problem_mark or exc.context_mark
-        if mark is not None:
-            line = mark.line + 1
-        parts = [p for p in (exc.context, exc.problem) if p]
-        message = "; ".join(parts) if parts else str(exc)
-    else:
-        message = str(exc)
-    return ConfigError(path, "invalid YAML: " + " ".join(message.split()), line=line)
-
-
-def _load(text: str, path: str) -> Any:
-    try:
-        return _yaml().load(text)
-    except YAMLError as exc:
-        raise _yaml_error(path, exc) from None
-
-
-@dataclass
-class _Node:
-    """A node of the event stream, with the events that start and end it."""
-
-    kind: str  # "scalar" | "alias" | "map" | "seq"
-    start: Any
-    end: Any
-    items: list = field(default_factory=list)  # map: [(key, value)], seq: [node]
-
-    @property
-    def flow(self) -> bool:
-        return bool(isinstance(self.start, CollectionStartEvent) and self.start.flow_style)
-
-    @property
-    def anchor(self) -> str | None:
-        return getattr(self.start, "anchor", None) if self.kind != "alias" else None
-
-    @property
-    def line(self) -> int:
-        return self.start.start_mark.line + 1
-
-    def get(self, key: str) -> tuple["_Node", "_Node"] | None:
-        """The (key, value) pair written directly in this mapping for a plain string key."""
-        if self.kind != "map":
-            return None
-        for k, v in self.items:
-            if k.kind == "scalar" and k.start.tag is None and k.start.value == key:
-                return k, v
-        return None
-
-
-@dataclass
-class _Tree:
-    root: _Node | None
-    aliases: set[str]  # anchor names some alias refers to
-
-
-def _build(events: list, i: int) -> tuple[_Node, int]:
-    ev = events[i]
-    if isinstance(ev, ScalarEvent):
-        return _Node("scalar", ev, ev), i + 1
-    if isinstance(ev, AliasEvent):
-        return _Node("alias", ev, ev), i + 1
-    if isinstance(ev, MappingStartEvent):
-        items = []
-        i += 1
-        while not isinstance(events[i], MappingEndEvent):
-            k, i = _build(events, i)
-            v, i = _build(events, i)
-            items.append((k, v))
-        return _Node("map", ev, events[i], items), i + 1
-    if isinstance(ev, SequenceStartEvent):
-        items = []
-        i += 1
-        while not isinstance(events[i], SequenceEndEvent):
-            item, i = _build(events, i)
-            items.append(item)
-        return _Node("seq", ev, events[i], items), i + 1
-    raise EditVerificationError(f"internal error: unexpected YAML event {type(ev).__name__}")
-
-
-def _tree(text: str, path: str) -> _Tree:
-    try:
-        events = list(_yaml().parse(text))
-    except YAMLError as exc:
-        raise _yaml_error(path, exc) from None
-    aliases = {ev.anchor for ev in events if isinstance(ev, AliasEvent)}
-    # StreamStart, DocumentStart, <root>, DocumentEnd, StreamEnd
-    if len(events) < 3 or isinstance(events[2], DocumentEndEvent):
-        return _Tree(None, aliases)
-    root, _ = _build(events, 2)
-    return _Tree(root, aliases)
-
-
-def _eol(text: str) -> str:
-    m = _BREAK.search(text)
-    return m.group(0) if m else "\n"
-
-
-def _ends_with_break(text: str) -> bool:
-    return text.endswith(("\n", "\r"))
-
-
-def _line_end(text: str, pos: int) -> int:
-    """Index just after the line break of the line containing ``pos`` (len(text) if none)."""
-    m = _BREAK.search(text, pos)
-    return m.end() if m else len(text)
-
-
-def _line_start(text: str, pos: int) -> int:
-    """Index of the first character of the line containing ``pos``."""
-    return max(text.rfind("\n", 0, pos), text.rfind("\r", 0, pos)) + 1
-
-
-def _prev_line(text: str, ls: int) -> tuple[int, str] | None:
-    """(start, content without line break) of the line before the line starting at ``ls``."""
-    if ls <= 0:
-        return None
-    end = ls - 2 if text[ls - 2 : ls] == "\r\n" else ls - 1
-    start = _line_start(text, end)
-    return start, text[start:end]
-
-
-# --------------------------------------------------------------------------
-# Scalars: when a value can stay plain, and how to quote it
-
-
-def _check_value(value: Any, what: str) -> None:
-    if not isinstance(value, str):
-        raise ImageReferenceError(f"invalid {what} {value!r}: not a string")
-    if value == "" or value.strip() != value:
-        raise ImageReferenceError(f"invalid {what} {value!r}: empty or surrounded by whitespace")
-    for ch in value:
-        if not ch.isprintable():
-            raise ImageReferenceError(f"invalid {what} {ascii(value)}: contains non-printable character {ascii(ch)}")
-
-
-def _loads_as_str(doc: str, key: str, value: str) -> bool:
-    try:
-        data = _yaml().load(doc)
-    except (YAMLError, ValueError):  # ruamel's YAML 1.1 resolver can crash on values like '._'
-        return False
-    if not isinstance(data, Mapping) or key not in data:
-        return False
-    got = data[key]
-    return type(got) is str and got == value
-
-
-def _plain_ok(value: str, flow: bool) -> bool:
-    """Whether ``value`` reads back as the same string when written unquoted.
-
-    Checked by parsing, under YAML 1.2 and 1.1 (so ``on``, ``1:20`` and the
-    like, which other compose implementations read as non-strings, get quoted).
-    """
-    if value == "" or value.strip() != value:
-        return False
-    docs = [f"{{k: {value}, z: 0}}\n", f"{{k: {value}}}\n"] if flow else [f"k: {value}\n", f"k: {value} # c\n"]
-    for doc in docs:
-        for prefix in ("", "%YAML 1.1\n---\n"):
-            if not _loads_as_str(prefix + doc, "k", value):
-                return False
-    return True
-
-
-def _key_plain_ok(key: str, flow: bool) -> bool:
-    if key == "" or key.strip() != key:
-        return False
-    docs = [f"{{{key}: x, z: 0}}\n"] if flow else [f"{key}: x\n"]
-    for doc in docs:
-        for prefix in ("", "%YAML 1.1\n---\n"):
-            try:
-                data = _yaml().load(prefix + doc)
-            except (YAMLError, ValueError):
-                return False
-            if not isinstance(data, Mapping) or [type(k) for k in data][:1] != [str] or list(data)[0] != key:
-                return False
-    return True
-
-
-def _double_quoted(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _single_quoted(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _scalar_text(value: str, flow: bool) -> str:
-    return value if _plain_ok(value, flow) else _double_quoted(value)
-
-
-def _key_text(key: str, flow: bool) -> str:
-    return key if _key_plain_ok(key, flow) else _double_quoted(key)
-
-
-# --------------------------------------------------------------------------
-# Data comparison (the safety net)
-
-
-@dataclass(frozen=True)
-class _Tagged:
-    tag: str
-    value: Any
-
-
-def _untag(x: Any) -> Any:
-    return x.value if isinstance(x, _Tagged) else x
-
-
-def _tag_of(x: Any) -> str | None:
-    tag = getattr(x, "tag", None)
-    value = getattr(tag, "value", None)
-    return value if isinstance(value, str) else None
-
-
-def _plain(x: Any) -> Any:
-    """ruamel round-trip data -> plain Python (dict/list/str/int/float/bool/None/...)."""
-    if isinstance(x, TaggedScalar):
-        return _Tagged(_tag_of(x) or "", x.value)
-    if isinstance(x, Mapping):
-        out: Any = {_plain_key(k): _plain(v) for k, v in x.items()}
-    elif isinstance(x, (list, tuple)):
-        out = [_plain(v) for v in x]
-    elif isinstance(x, (bool, ScalarBoolean)):
-        return bool(x)
-    elif isinstance(x, int):
-        return int(x)
-    elif isinstance(x, float):
-        return float(x)
-    elif isinstance(x, str):
-        return str(x)
-    else:
-        return x
-    tag = _tag_of(x)
-    return _Tagged(tag, out) if tag else out
-
-
-def _plain_key(k: Any) -> Any:
-    p = _plain(k)
-    try:
-        hash(p)
-    except TypeError:
-        return ("<complex key>", repr(p))
-    return p
-
-
-def _same(a: Any, b: Any) -> bool:
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, _Tagged):
-        return a.tag == b.tag and _same(a.value, b.value)
-    if isinstance(a, float):
-        return a == b or (math.isnan(a) and math.isnan(b))
-    return a == b
-
-
-def _verify(old_text: str, new_text: str, path: str, change: Callable[[Any], Any], what: str) -> None:
-    """Raise EditVerificationError unless data(new_text) == change(data(old_text))."""
-    try:
-        expected = change(_plain(_load(old_text, path)))
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise EditVerificationError(f"{path}: internal error: {what}: cannot model the change ({exc!r})") from None
-    try:
-        got = _plain(_yaml().load(new_text))
-    except YAMLError as exc:
-        raise EditVerificationError(
-            f"{path}: internal error: {what} produced invalid YAML "
-            f"({' '.join(str(exc).split())}); the file was not changed"
-        ) from None
-    if not _same(expected, got):
-        raise EditVerificationError(
-            f"{path}: internal error: {what} would change other data in the file; the file was not changed"
-        )
 
 
 # --------------------------------------------------------------------------
@@ -382,7 +75,7 @@ def get_service_image(text: str, service: str, path: str = "<compose>") -> str |
     Merge keys (``<<``) are followed, as compose does. Raises ConfigError only
     when the text is not valid YAML.
     """
-    data = _load(text, path)
+    data = load(text, path)
     if not isinstance(data, Mapping):
         return None
     services = data.get("services")
@@ -412,9 +105,9 @@ def set_service_image(text: str, service: str, image: str, path: str = "<compose
     key, or inside a mapping shared through an anchor). Raises
     ImageReferenceError for an empty, multi-line or non-printable ``image``.
     """
-    _check_value(image, "image")
+    check_value(image, "image")
     fld = f"services.{service}.image"
-    data = _load(text, path)
+    data = load(text, path)
     services = _services_map(data, path, fld)
     if service not in services:
         known = ", ".join(str(k) for k in services) or "none"
@@ -427,7 +120,7 @@ def set_service_image(text: str, service: str, image: str, path: str = "<compose
     if "image" not in svc:
         raise ConfigError(path, "the service has no image", line=_key_line(services, service), field=fld)
 
-    tree = _tree(text, path)
+    tree = event_tree(text, path)
     value = _locate_image(tree, service, path, fld)
     ev = value.start
     start, end = ev.start_mark.index, ev.end_mark.index
@@ -436,25 +129,25 @@ def set_service_image(text: str, service: str, image: str, path: str = "<compose
     if ev.style is None:
         if raw != ev.value:
             raise EditVerificationError(f"{path}:{line}: internal error: could not locate {fld} in the text")
-        new_raw = image if _plain_ok(image, value.in_flow) else _double_quoted(image)
+        new_raw = image if plain_ok(image, value.in_flow) else double_quoted(image)
     elif ev.style == "'":
         if len(raw) < 2 or raw[0] != "'" or raw[-1] != "'":
             raise EditVerificationError(f"{path}:{line}: internal error: could not locate {fld} in the text")
-        new_raw = _single_quoted(image)
+        new_raw = single_quoted(image)
     elif ev.style == '"':
         if len(raw) < 2 or raw[0] != '"' or raw[-1] != '"':
             raise EditVerificationError(f"{path}:{line}: internal error: could not locate {fld} in the text")
-        new_raw = _double_quoted(image)
+        new_raw = double_quoted(image)
     else:  # pragma: no cover - block styles are refused in _locate_image
         raise ConfigError(path, f"unsupported scalar style {ev.style!r}", line=line, field=fld)
 
     new_text = text[:start] + new_raw + text[end:]
 
     def change(d: Any) -> Any:
-        _untag(_untag(_untag(d)["services"])[service])["image"] = image
+        untag(untag(untag(d)["services"])[service])["image"] = image
         return d
 
-    _verify(text, new_text, path, change, f"setting {fld}")
+    verify(text, new_text, path, change, f"setting {fld}")
     return new_text
 
 
@@ -465,7 +158,7 @@ class _Located:
     in_flow: bool  # the service mapping is a flow mapping
 
 
-def _locate_image(tree: _Tree, service: str, path: str, fld: str) -> "_Located":
+def _locate_image(tree: Tree, service: str, path: str, fld: str) -> "_Located":
     root = tree.root
     if root is None or root.kind != "map":
         raise ConfigError(path, "the file is not a mapping with a 'services' key", field=fld)
@@ -521,7 +214,7 @@ def _locate_image(tree: _Tree, service: str, path: str, fld: str) -> "_Located":
 
 
 def _refuse_shared(
-    node: _Node, what: str, tree: _Tree, path: str, fld: str,
+    node: Node, what: str, tree: Tree, path: str, fld: str,
     consequence: str = "changing the image here would change every copy",
 ) -> None:
     anchor = node.anchor
@@ -557,9 +250,9 @@ def add_service(text: str, service: str, image: str, path: str = "<compose>") ->
         raise TargetError(
             f"invalid service name {service!r}: use letters, digits, '.', '_' and '-', starting with a letter or digit"
         )
-    _check_value(image, "image")
+    check_value(image, "image")
     fld = f"services.{service}"
-    data = _load(text, path)
+    data = load(text, path)
     if data is not None and not isinstance(data, Mapping):
         raise ConfigError(path, "the file is not a mapping with a 'services' key", line=1, field=fld)
     services = data.get("services") if data is not None else None
@@ -572,9 +265,9 @@ def add_service(text: str, service: str, image: str, path: str = "<compose>") ->
     def change(d: Any) -> Any:
         if d is None:
             d = {}
-        if _untag(d).get("services") is None:
-            _untag(d)["services"] = {}
-        _untag(_untag(d)["services"])[service] = {"image": image}
+        if untag(d).get("services") is None:
+            untag(d)["services"] = {}
+        untag(untag(d)["services"])[service] = {"image": image}
         return d
 
     what = f"adding {fld}"
@@ -584,12 +277,12 @@ def add_service(text: str, service: str, image: str, path: str = "<compose>") ->
         new_text = None
     if new_text is not None:
         try:
-            _verify(text, new_text, path, change, what)
+            verify(text, new_text, path, change, what)
             return new_text
         except EditVerificationError:
             pass  # fall back to a full round trip below
     new_text = _add_round_trip(text, service, image, path)
-    _verify(text, new_text, path, change, what)
+    verify(text, new_text, path, change, what)
     return new_text
 
 
@@ -598,17 +291,17 @@ class _CannotEditInPlace(Exception):
 
 
 def _add_in_place(text: str, service: str, image: str, path: str, has_key: bool) -> str:
-    tree = _tree(text, path)
+    tree = event_tree(text, path)
     root = tree.root
-    eol = _eol(text)
+    eol = eol_of(text)
     if root is None or (root.kind == "map" and not root.flow and not has_key):
         # No services key at all: append a services block at the end.
         col = root.items[0][0].start.start_mark.column if root is not None and root.items else 0
         step = _guess_step(root) if root is not None else 2
         lines = [
             " " * col + "services:",
-            " " * (col + step) + _key_text(service, False) + ":",
-            " " * (col + 2 * step) + "image: " + _scalar_text(image, False),
+            " " * (col + step) + key_text(service, False) + ":",
+            " " * (col + 2 * step) + "image: " + scalar_text(image, False),
         ]
         return _insert_lines(text, len(text), lines, eol, blank_before=False)
     if root.kind != "map":
@@ -638,7 +331,7 @@ def _add_in_place(text: str, service: str, image: str, path: str, has_key: bool)
         lines = _new_service_lines(service, image, key_col + step, step)
         if ev.value == "":
             # "services:" with nothing after it.
-            return _insert_lines(text, _line_end(text, key.start.end_mark.index), lines, eol, blank_before=False)
+            return _insert_lines(text, line_end(text, key.start.end_mark.index), lines, eol, blank_before=False)
         # "services: ~" / "services: null"
         return _replace_empty_value(text, ev.start_mark.index, ev.end_mark.index, lines, eol)
 
@@ -651,7 +344,7 @@ def _add_in_place(text: str, service: str, image: str, path: str, has_key: bool)
             lines = _new_service_lines(service, image, key_col + step, step)
             return _replace_empty_value(text, services.start.start_mark.index, services.end.end_mark.index, lines, eol)
         at = _last_content_end(text, services.items[-1][1])
-        entry = f", {_key_text(service, True)}: {{image: {_scalar_text(image, True)}}}"
+        entry = f", {key_text(service, True)}: {{image: {scalar_text(image, True)}}}"
         return text[:at] + entry + text[at:]
 
     # Block-style services mapping.
@@ -669,12 +362,12 @@ def _add_in_place(text: str, service: str, image: str, path: str, has_key: bool)
     if last_end > 0 and text[last_end - 1] in "\r\n":
         pos = last_end
     else:
-        pos = _line_end(text, last_end)
+        pos = line_end(text, last_end)
     # Comment lines indented under 'services' (e.g. a commented-out service)
     # still belong to the block; insert after them.
     scan = pos
     while scan < len(text):
-        le = _line_end(text, scan)
+        le = line_end(text, scan)
         line = text[scan:le].rstrip("\r\n")
         stripped = line.lstrip(" ")
         if stripped == "":
@@ -687,11 +380,11 @@ def _add_in_place(text: str, service: str, image: str, path: str, has_key: bool)
     # Services separated by blank lines get a blank line before the new one.
     blank_before = False
     if len(services.items) >= 2:
-        ls = _line_start(text, services.items[-1][0].start.start_mark.index)
-        prev = _prev_line(text, ls)
+        ls = line_start(text, services.items[-1][0].start.start_mark.index)
+        prev = prev_line(text, ls)
         while prev is not None and prev[1].strip().startswith("#"):
             ls = prev[0]
-            prev = _prev_line(text, ls)
+            prev = prev_line(text, ls)
         blank_before = prev is not None and prev[1].strip() == ""
     lines = _new_service_lines(service, image, svc_col, child)
     return _insert_lines(text, pos, lines, eol, blank_before=blank_before)
@@ -702,8 +395,8 @@ def _replace_empty_value(text: str, start: int, end: int, lines: list[str], eol:
 
     A comment after the value stays on the key's line.
     """
-    ls = _line_start(text, start)
-    le = _line_end(text, end)
+    ls = line_start(text, start)
+    le = line_end(text, end)
     rest = text[end:le]
     rest_body = rest.rstrip("\r\n")
     line_break = rest[len(rest_body) :]
@@ -717,7 +410,7 @@ def _replace_empty_value(text: str, start: int, end: int, lines: list[str], eol:
     return text[:ls] + body  # the file had no final line break
 
 
-def _last_content_end(text: str, node: _Node) -> int:
+def _last_content_end(text: str, node: Node) -> int:
     """Index just after the last character that belongs to ``node``'s content.
 
     A block scalar's events end after its trailing blank lines; unless it keeps
@@ -726,12 +419,12 @@ def _last_content_end(text: str, node: _Node) -> int:
     """
     best = node.start.end_mark.index
 
-    def walk(n: _Node) -> None:
+    def walk(n: Node) -> None:
         nonlocal best
         end = n.start.end_mark.index
         if n.kind == "scalar" and n.start.style in ("|", ">"):
             start = n.start.start_mark.index
-            header = text[start:_line_end(text, start)].split(" #", 1)[0]
+            header = text[start:line_end(text, start)].split(" #", 1)[0]
             if "+" not in header:
                 end = start + len(text[start:end].rstrip())
         best = max(best, end)
@@ -747,7 +440,7 @@ def _last_content_end(text: str, node: _Node) -> int:
     return best
 
 
-def _guess_step(root: _Node | None) -> int:
+def _guess_step(root: Node | None) -> int:
     """The indentation step of the file: the first nested block mapping's offset from its parent key."""
     if root is None or root.kind != "map":
         return 2
@@ -762,8 +455,8 @@ def _guess_step(root: _Node | None) -> int:
 
 def _new_service_lines(service: str, image: str, col: int, child: int) -> list[str]:
     return [
-        " " * col + _key_text(service, False) + ":",
-        " " * (col + child) + "image: " + _scalar_text(image, False),
+        " " * col + key_text(service, False) + ":",
+        " " * (col + child) + "image: " + scalar_text(image, False),
     ]
 
 
@@ -774,13 +467,13 @@ def _insert_lines(text: str, pos: int, lines: list[str], eol: str, blank_before:
     if pos >= len(text):
         if text == "":
             return body + eol
-        if _ends_with_break(text):
+        if ends_with_break(text):
             return text + body + eol
         return text + eol + body  # keep the missing final line break missing
     return text[:pos] + body + eol + text[pos:]
 
 
-def _guess_seq_offset(node: _Node | None) -> int:
+def _guess_seq_offset(node: Node | None) -> int:
     """How far block sequence dashes are indented from their parent key (0 or more)."""
     stack = [node] if node is not None else []
     while stack:
@@ -796,10 +489,10 @@ def _guess_seq_offset(node: _Node | None) -> int:
 
 
 def _add_round_trip(text: str, service: str, image: str, path: str) -> str:
-    tree = _tree(text, path)
+    tree = event_tree(text, path)
     step = _guess_step(tree.root)
     offset = _guess_seq_offset(tree.root)
-    y = _yaml()
+    y = new_yaml()
     y.preserve_quotes = True
     y.width = 4096
     y.indent(mapping=step, sequence=offset + 2, offset=offset)
@@ -808,15 +501,15 @@ def _add_round_trip(text: str, service: str, image: str, path: str) -> str:
         data = CommentedMap()
     if data.get("services") is None:
         data["services"] = CommentedMap()
-    value = image if _plain_ok(image, False) else DoubleQuotedScalarString(image)
+    value = image if plain_ok(image, False) else DoubleQuotedScalarString(image)
     data["services"][service] = CommentedMap([("image", value)])
     out = io.StringIO()
     y.dump(data, out)
     result = out.getvalue()
-    eol = _eol(text)
+    eol = eol_of(text)
     if eol != "\n":
         result = result.replace("\n", eol)
-    if text and not _ends_with_break(text) and result.endswith(eol):
+    if text and not ends_with_break(text) and result.endswith(eol):
         result = result[: -len(eol)]
     if text.startswith("\ufeff") and not result.startswith("\ufeff"):
         result = "\ufeff" + result

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deployer.config import compose
+from deployer.config import compose_spec
 from deployer.discovery.consul_catalog import ConsulCatalog
 from deployer.discovery.docker_catalog import catalog_for
 from deployer.discovery.label_settings import compose_labels, parse_labels
@@ -50,7 +50,7 @@ def expected_services(datacenter: "Datacenter", root: str | Path) -> dict[tuple[
         for svc in node.services.values():
             try:
                 settings = parse_labels(compose_labels(svc.config))
-                spec = compose.container_spec(node, svc, Path(root))
+                spec = compose_spec.container_spec(node, svc, Path(root))
             except (LabelError, DeployerError, OSError, ValueError):
                 continue
             if not settings.register:

@@ -12,6 +12,7 @@ from typing import Any
 
 from deployer.labels import LABEL_CONFIG
 from deployer.spec import ContainerSpec
+from deployer.values import parse_bytes
 from deployer.engine.state import ContainerState, NodeState
 
 CREATE = "create"
@@ -77,8 +78,6 @@ def config_fields_differing(spec: ContainerSpec, container: ContainerState) -> l
 
 def _host_drift(spec: ContainerSpec, container: ContainerState) -> list[str]:
     """Fields changed on the host with 'docker update' (the labels cannot see those)."""
-    from docker.utils import parse_bytes
-
     reasons = []
     want_restart = spec.host.get("restart_policy") or {}
     have_restart = container.host.get("restart_policy") or {}

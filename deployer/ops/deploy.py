@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from deployer.config import loader, yamledit
-from deployer.config.compose import container_spec, node_resources
+from deployer.config.compose_spec import container_spec, node_resources
 from deployer.engine.apply import SwapOptions
 from deployer.engine.plan import NONE
 from deployer.engine.session import EngineSession

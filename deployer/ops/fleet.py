@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from deployer.config.compose import container_spec, node_resources, start_order
+from deployer.config.compose_spec import container_spec, node_resources, start_order
 from deployer.engine.apply import Hooks, SwapOptions
 from deployer.engine.plan import CREATE, NONE, TIDY, Change
 from deployer.engine.session import EngineSession

@@ -42,7 +42,7 @@ from ruamel.yaml import YAML
 
 # The one import of the compose spec builder in the fast tier's helpers (the capture script takes it from
 # here too): when compose.py is split, this line follows container_spec and node_resources.
-from deployer.config.compose import container_spec, node_resources  # noqa: F401 - node_resources: for the capture
+from deployer.config.compose_spec import container_spec, node_resources  # noqa: F401 - node_resources: for the capture
 from deployer.config.loader import load
 from deployer.spec import ContainerSpec
 

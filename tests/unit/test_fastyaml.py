@@ -30,8 +30,10 @@ from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
 from deployer.config import fastyaml
-from deployer.config.compose import RESERVED_LABELS, ContainerSpec, SecretFile, to_plain
+from deployer.config.compose_keys import to_plain
 from deployer.config.loader import load_fast
+from deployer.labels import RESERVED_LABELS
+from deployer.spec import ContainerSpec, SecretFile
 
 PROJECT = Path(__file__).resolve().parents[2]
 

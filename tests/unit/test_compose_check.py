@@ -1,114 +1,26 @@
-"""compose.py: validation of compose files and the container spec a service becomes.
+"""config.compose_check (and compose_check_service): every problem in a compose file, with file:line.
 
-Pure and fast: no Docker engine. docker-py is used only to check that the
-generated keyword arguments are accepted (it builds the request bodies offline).
+Pure and fast: no Docker engine; the secret checks run git on temporary repositories.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import subprocess
-import textwrap
-from dataclasses import asdict
 from pathlib import Path
 
-import docker
 import pytest
-from ruamel.yaml import YAML
 
-from deployer.config.compose import (
-    LABEL_CONFIG,
-    LABEL_CONFIG_HASH,
-    LABEL_DC,
-    LABEL_IMAGE,
-    LABEL_NODE,
-    LABEL_SERVICE,
-    ContainerSpec,
-    NetworkSpec,
-    SecretFile,
-    VolumeSpec,
-    container_name,
-    container_spec,
-    node_resources,
-    parse_bytes,
-    parse_duration,
-    parse_port,
-    start_order,
-    to_plain,
-    validate_compose,
-)
+from deployer.config.compose_check import validate_compose
+from deployer.config.compose_keys import parse_port, to_plain
 from deployer.errors import ConfigError
-from deployer.model import Location, Node, Service
-
-NODE_DIR = "datacenters/dc1/n1"
-COMPOSE = f"{NODE_DIR}/docker-compose.yml"
-
-
-def load(text: str):
-    return YAML().load(io.StringIO(textwrap.dedent(text)))
-
-
-def problems(text: str, root: Path = Path("/nonexistent-repo")) -> list[str]:
-    return [e.render() for e in validate_compose(load(text), COMPOSE, root)]
-
-
-def one_problem(text: str, root: Path = Path("/nonexistent-repo")) -> str:
-    found = problems(text, root)
-    assert len(found) == 1, found
-    return found[0]
-
-
-def make_node(text: str, *, name: str = "n1") -> Node:
-    plain = to_plain(load(text))
-    node = Node(
-        dc="dc1",
-        name=name,
-        docker="unix:///var/run/docker.sock",
-        path=NODE_DIR,
-        location=Location(f"{NODE_DIR}/node.yml"),
-        compose_path=COMPOSE,
-        volumes=plain.get("volumes") or {},
-        networks=plain.get("networks") or {},
-        secrets=plain.get("secrets") or {},
-    )
-    for svc, config in plain["services"].items():
-        node.services[svc] = Service(
-            dc="dc1",
-            node=name,
-            name=svc,
-            image=config["image"],
-            config=config,
-            location=Location(COMPOSE),
-        )
-    return node
-
-
-def spec_of(text: str, service: str, root: Path, environ=None) -> ContainerSpec:
-    assert validate_compose(load(text), COMPOSE, root) == []
-    node = make_node(text)
-    return container_spec(node, node.services[service], root, environ=environ or {})
-
-
-def api_client() -> docker.APIClient:
-    # No daemon is contacted: with an explicit version docker-py never asks the engine.
-    return docker.APIClient(base_url="unix:///nonexistent", version="1.41")
+from tests.support.compose import (
+    COMPOSE, NODE_DIR, SECRET_COMPOSE, git, load, node_repo, one_problem, problems, write_secret,
+)  # fmt: skip
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     """A git repository with the node directory in it."""
-    (tmp_path / NODE_DIR).mkdir(parents=True)
-    git(tmp_path, "init", "-q")
-    return tmp_path
-
-
-def git(root: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "commit.gpgsign=false", "-C", str(root), *args],
-        check=True,
-        capture_output=True,
-    )
+    return node_repo(tmp_path)
 
 
 # --------------------------------------------------------------------------
@@ -324,14 +236,6 @@ def test_ports_with_host_network_mode():
 # Durations, sizes, simple values
 
 
-@pytest.mark.parametrize(
-    "text, ns",
-    [("1m30s", 90 * 10**9), ("10s", 10**10), ("500ms", 5 * 10**8), ("1h", 3600 * 10**9), ("1.5s", 1_500_000_000), ("0", 0), ("2h45m", 9900 * 10**9), ("250us", 250_000)],
-)
-def test_durations(text, ns):
-    assert parse_duration(text) == ns
-
-
 def test_bad_durations():
     assert problems("""
         services:
@@ -351,14 +255,6 @@ def test_bad_durations():
         f"{COMPOSE}:10: services.web.healthcheck.start_period: must be 0 or at least 1ms",
         f"{COMPOSE}:11: services.web.healthcheck.retries: must be a whole number of 0 or more, not a string",
     ]
-
-
-@pytest.mark.parametrize(
-    "text, size",
-    [(1024, 1024), ("100k", 102400), ("512m", 512 * 2**20), ("1g", 2**30), ("1.5g", 3 * 2**29), ("64mb", 64 * 2**20), ("2GiB", 2 * 2**30), ("100", 100)],
-)
-def test_sizes(text, size):
-    assert parse_bytes(text) == size
 
 
 def test_bad_simple_values():
@@ -655,53 +551,8 @@ def test_depends_on_cycles():
     ]
 
 
-def test_start_order():
-    node = make_node("""
-        services:
-          web: {image: x, depends_on: [api, cache]}
-          api: {image: x, depends_on: {db: {condition: service_healthy}}}
-          db: {image: x}
-          cache: {image: x}
-          admin: {image: x}
-          sidecar: {image: x, network_mode: "service:web"}
-    """)
-    assert start_order(node.services) == ["admin", "cache", "db", "api", "web", "sidecar"]
-
-
-def test_start_order_survives_a_cycle():
-    node = make_node("""
-        services:
-          b: {image: x, depends_on: [a]}
-          a: {image: x, depends_on: [b]}
-          c: {image: x}
-    """)
-    assert start_order(node.services) == ["c", "a", "b"]
-
-
 # --------------------------------------------------------------------------
 # Secrets
-
-
-SECRET_COMPOSE = """
-    services:
-      web:
-        image: nginx
-        secrets:
-          - db_password
-          - source: db_password
-            target: pw
-            mode: 0440
-    secrets:
-      db_password:
-        file: secrets/db_password.txt
-"""
-
-
-def write_secret(repo: Path, content: str = "s3cret\n") -> Path:
-    path = repo / NODE_DIR / "secrets" / "db_password.txt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(content)
-    return path
 
 
 def test_untracked_secret_file_is_fine(repo):
@@ -765,429 +616,6 @@ def test_secret_definitions_and_references(repo):
     ]
 
 
-def test_secret_spec(repo):
-    path = write_secret(repo)
-    (repo / ".gitignore").write_text("secrets/\n")
-    spec = spec_of(SECRET_COMPOSE, "web", repo)
-    digest = "82ba9d712d21dc7585dd6a1f29790679985547f009baee10ea2e3edd41ce957d"  # sha256 of "s3cret\n"
-    assert spec.secrets == [
-        SecretFile("db_password", str(path), "/run/secrets/db_password", digest, 0o444),
-        SecretFile("db_password", str(path), "/run/secrets/pw", digest, 0o440),
-    ]
-    before = spec.config_hash()
-    write_secret(repo, "rotated\n")
-    assert spec_of(SECRET_COMPOSE, "web", repo).config_hash() != before
-
-
-# --------------------------------------------------------------------------
-# The container spec
-
-
-RICH = """
-    services:
-      web:
-        image: registry.example.com/web:1.2
-        command: gunicorn -b 0.0.0.0:8000 "app:create()"
-        entrypoint: ["/entry.sh"]
-        user: "1000:1000"
-        working_dir: /app
-        hostname: web1
-        environment:
-          B: 2
-          A: "x y"
-          C: true
-          FROM_SHELL:
-          NOT_SET:
-        ports:
-          - "127.0.0.1:8080:8000"
-          - "5353:53/udp"
-          - 9000
-          - target: 443
-            published: 8443
-            host_ip: 0.0.0.0
-        expose: ["7000", "7001/udp", 8000]
-        volumes:
-          - data:/var/lib/web
-          - /etc/ssl/certs:/etc/ssl/certs:ro
-          - type: volume
-            source: shared
-            target: /shared
-            read_only: true
-          - type: tmpfs
-            target: /cache
-            tmpfs: {size: 64m}
-        tmpfs: [/run]
-        healthcheck:
-          test: ["CMD-SHELL", "curl -f http://localhost:8000/ || exit 1"]
-          interval: 1m30s
-          timeout: 500ms
-          retries: 3
-          start_period: 10s
-        restart: on-failure:5
-        mem_limit: 1.5g
-        shm_size: 64m
-        cpus: 0.5
-        logging:
-          driver: json-file
-          options: {max-size: 10m, max-file: 3}
-        networks:
-          front:
-            aliases: [www, web]
-          back:
-        labels: {team: web, tier: 1}
-        cap_add: [NET_ADMIN, SYS_TIME]
-        cap_drop: [ALL]
-        extra_hosts: {db.local: 10.0.0.5}
-        dns: [10.0.0.2, 10.0.0.3]
-        stop_signal: SIGQUIT
-        stop_grace_period: 1m
-        init: true
-        read_only: true
-        depends_on: [db]
-      db:
-        image: postgres:16
-    volumes:
-      data:
-      shared:
-        external: true
-    networks:
-      front:
-      back:
-        name: shared-back
-        external: true
-"""
-
-
-def test_rich_container_spec():
-    spec = spec_of(RICH, "web", Path("/repo"), environ={"FROM_SHELL": "hello"})
-    assert (spec.dc, spec.node, spec.service, spec.name, spec.image) == (
-        "dc1", "n1", "web", "n1-web", "registry.example.com/web:1.2",
-    )  # fmt: skip
-    assert spec.create == {
-        "command": ["gunicorn", "-b", "0.0.0.0:8000", "app:create()"],
-        "entrypoint": ["/entry.sh"],
-        "environment": ["A=x y", "B=2", "C=true", "FROM_SHELL=hello"],
-        "user": "1000:1000",
-        "working_dir": "/app",
-        "hostname": "web1",
-        "ports": [(53, "udp"), 443, 7000, (7001, "udp"), 8000, 9000],
-        "healthcheck": {
-            "Test": ["CMD-SHELL", "curl -f http://localhost:8000/ || exit 1"],
-            "Interval": 90_000_000_000,
-            "Timeout": 500_000_000,
-            "Retries": 3,
-            "StartPeriod": 10_000_000_000,
-        },
-        "stop_signal": "SIGQUIT",
-        "stop_timeout": 60,
-    }
-    assert spec.host == {
-        "port_bindings": {
-            "53/udp": [("", 5353)],
-            "443/tcp": [("0.0.0.0", 8443)],
-            "8000/tcp": [("127.0.0.1", 8080)],
-            "9000/tcp": [("", None)],
-        },
-        "binds": [
-            "/etc/ssl/certs:/etc/ssl/certs:ro",
-            "shared:/shared:ro",
-            "n1_data:/var/lib/web:rw",
-        ],
-        "tmpfs": {"/cache": "size=67108864", "/run": ""},
-        "restart_policy": {"Name": "on-failure", "MaximumRetryCount": 5},
-        "cap_add": ["NET_ADMIN", "SYS_TIME"],
-        "cap_drop": ["ALL"],
-        "mem_limit": 1_610_612_736,
-        "shm_size": 67_108_864,
-        "nano_cpus": 500_000_000,
-        "log_config": {"Type": "json-file", "Config": {"max-file": "3", "max-size": "10m"}},
-        "init": True,
-        "read_only": True,
-        "extra_hosts": ["db.local:10.0.0.5"],
-        "dns": ["10.0.0.2", "10.0.0.3"],
-        "network_mode": "shared-back",  # the first network, as compose does: no default bridge besides
-    }
-    assert spec.networks == [("shared-back", ["web"]), ("n1_front", ["web", "www"])]
-    assert spec.ipv4_addresses == {}
-    assert spec.labels == {
-        "team": "web",
-        "tier": "1",
-        LABEL_DC: "dc1",
-        LABEL_NODE: "n1",
-        LABEL_SERVICE: "web",
-        LABEL_IMAGE: "registry.example.com/web:1.2",
-    }
-    assert spec.secrets == []
-    assert spec.stop_timeout == 60
-    assert spec.has_healthcheck is True
-    assert spec.published_ports is True
-    assert set(spec.all_labels()) == set(spec.labels) | {LABEL_CONFIG_HASH, LABEL_CONFIG}
-    json.dumps(asdict(spec))  # serializable without help
-
-
-def test_minimal_container_spec_joins_the_default_network():
-    spec = spec_of("services:\n  app:\n    image: app:1\n", "app", Path("/repo"))
-    assert spec.name == "n1-app"
-    assert spec.create == {"stop_timeout": 10}
-    assert spec.host == {"network_mode": "n1_default"}
-    assert spec.networks == [("n1_default", ["app"])]
-    assert (spec.has_healthcheck, spec.published_ports) == (False, False)
-
-
-def test_docker_py_accepts_the_host_config():
-    spec = spec_of(RICH, "web", Path("/repo"))
-    host_config = api_client().create_host_config(**spec.host)
-    assert host_config["PortBindings"] == {
-        "53/udp": [{"HostIp": "", "HostPort": "5353"}],
-        "443/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8443"}],
-        "8000/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}],
-        "9000/tcp": [{"HostIp": "", "HostPort": ""}],
-    }
-    assert host_config["Binds"] == spec.host["binds"]
-    assert host_config["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 5}
-    assert host_config["LogConfig"] == {"Type": "json-file", "Config": {"max-file": "3", "max-size": "10m"}}
-    assert host_config["Memory"] == 1_610_612_736
-    assert host_config["ShmSize"] == 67_108_864
-    assert host_config["NanoCpus"] == 500_000_000
-    assert host_config["Tmpfs"] == {"/cache": "size=67108864", "/run": ""}
-    assert host_config["ExtraHosts"] == ["db.local:10.0.0.5"]
-    assert host_config["Dns"] == ["10.0.0.2", "10.0.0.3"]
-    assert host_config["CapAdd"] == ["NET_ADMIN", "SYS_TIME"]
-    assert host_config["CapDrop"] == ["ALL"]
-    assert (host_config["Init"], host_config["ReadonlyRootfs"]) == (True, True)
-    assert host_config["NetworkMode"] == "shared-back"
-
-
-def test_docker_py_accepts_the_create_arguments():
-    spec = spec_of(RICH, "web", Path("/repo"))
-    config = api_client().create_container_config(spec.image, **{"command": None, **spec.create})
-    assert config["ExposedPorts"] == {
-        "53/udp": {}, "443/tcp": {}, "7000/tcp": {}, "7001/udp": {}, "8000/tcp": {}, "9000/tcp": {},
-    }  # fmt: skip
-    assert config["Healthcheck"] == spec.create["healthcheck"]
-    assert config["Cmd"] == ["gunicorn", "-b", "0.0.0.0:8000", "app:create()"]
-    assert config["Env"] == ["A=x y", "B=2", "C=true"]
-    assert (config["StopTimeout"], config["StopSignal"], config["User"]) == (60, "SIGQUIT", "1000:1000")
-
-
-def test_network_mode_and_static_addresses():
-    text = """
-        services:
-          vpn:
-            image: vpn
-            container_name: the-vpn
-          app:
-            image: app
-            network_mode: "service:vpn"
-          host:
-            image: h
-            network_mode: host
-          static:
-            image: s
-            networks:
-              lan:
-                ipv4_address: 192.168.1.20
-        networks:
-          lan:
-            external: true
-    """
-    node = make_node(text)
-    assert validate_compose(load(text), COMPOSE, Path("/repo")) == []
-    app = container_spec(node, node.services["app"], Path("/repo"))
-    assert (app.host["network_mode"], app.networks) == ("container:the-vpn", [])
-    host = container_spec(node, node.services["host"], Path("/repo"))
-    assert (host.host["network_mode"], host.networks) == ("host", [])
-    static = container_spec(node, node.services["static"], Path("/repo"))
-    assert static.networks == [("lan", ["static"])]
-    assert static.ipv4_addresses == {"lan": "192.168.1.20"}
-    assert api_client().create_host_config(**app.host)["NetworkMode"] == "container:the-vpn"
-
-
-def test_healthcheck_disabled_and_inherited():
-    text = """
-        services:
-          off:
-            image: x
-            healthcheck: {disable: true}
-          none:
-            image: x
-            healthcheck: {test: [NONE]}
-          tune:
-            image: x
-            healthcheck: {interval: 5s}
-          shell:
-            image: x
-            healthcheck: {test: "pg_isready -U app"}
-    """
-    node = make_node(text)
-    assert validate_compose(load(text), COMPOSE, Path("/repo")) == []
-    specs = {n: container_spec(node, s, Path("/repo")) for n, s in node.services.items()}
-    assert specs["off"].create["healthcheck"] == {"Test": ["NONE"]}
-    assert specs["none"].create["healthcheck"] == {"Test": ["NONE"]}
-    assert specs["tune"].create["healthcheck"] == {"Interval": 5_000_000_000}  # the image's test stays
-    assert specs["shell"].create["healthcheck"] == {"Test": ["CMD-SHELL", "pg_isready -U app"]}
-    assert [specs[n].has_healthcheck for n in ("off", "none", "tune", "shell")] == [False, False, False, True]
-
-
-def test_restart_policies_in_the_spec():
-    def policy(restart: str):
-        return spec_of(f"services:\n  a:\n    image: x\n    restart: {restart}\n", "a", Path("/r")).host.get("restart_policy")
-
-    assert policy("no") is None
-    assert policy("always") == {"Name": "always"}
-    assert policy("unless-stopped") == {"Name": "unless-stopped"}
-    assert policy("on-failure") == {"Name": "on-failure", "MaximumRetryCount": 0}
-
-
-def test_environment_list_form_and_port_ranges():
-    spec = spec_of("""
-        services:
-          a:
-            image: x
-            environment: ["Z=1", "A=a=b", "Z=2", "EMPTY="]
-            ports: ["8000-8001:80-81/udp"]
-            container_name: custom
-    """, "a", Path("/r"))
-    assert spec.name == "custom"
-    assert spec.create["environment"] == ["A=a=b", "EMPTY=", "Z=2"]
-    assert spec.host["port_bindings"] == {"80/udp": [("", 8000)], "81/udp": [("", 8001)]}
-    assert spec.create["ports"] == [(80, "udp"), (81, "udp")]
-
-
-# --------------------------------------------------------------------------
-# Hash stability
-
-
-def test_config_hash_is_stable_and_sensitive():
-    first = spec_of(RICH, "web", Path("/repo")).config_hash()
-    assert spec_of(RICH, "web", Path("/repo")).config_hash() == first
-    assert len(first) == 16
-    changed = RICH.replace('A: "x y"', 'A: "x z"')
-    assert spec_of(changed, "web", Path("/repo")).config_hash() != first
-
-
-def test_config_hash_ignores_order_that_does_not_matter():
-    a = """
-        services:
-          s:
-            image: x
-            environment: {A: 1, B: 2}
-            cap_add: [NET_ADMIN, SYS_TIME]
-            ports: ["81:81", "80:80"]
-            networks: [one, two]
-            labels: [x=1, y=2]
-        networks: {one: , two: }
-    """
-    b = """
-        services:
-          s:
-            labels: [y=2, x=1]
-            networks: [two, one]
-            ports: ["80:80", "81:81"]
-            cap_add: [SYS_TIME, NET_ADMIN]
-            environment: ["B=2", "A=1"]
-            image: x
-        networks: {two: , one: }
-    """
-    assert spec_of(a, "s", Path("/r")).config_hash() == spec_of(b, "s", Path("/r")).config_hash()
-
-
-def test_config_json_label_hides_values_but_shows_changes(repo):
-    write_secret(repo)
-    text = SECRET_COMPOSE.replace("        image: nginx\n", "        image: nginx\n        environment: {DB_PASSWORD: hunter2, MODE: prod}\n")
-    spec = spec_of(text, "web", repo)
-    recorded = spec.all_labels()[LABEL_CONFIG]
-    assert recorded == spec.config_json()
-    assert "hunter2" not in recorded and spec.secrets[0].sha256 not in recorded and str(repo) not in recorded
-    data = json.loads(recorded)
-    assert [e.split("=")[0] for e in data["create"]["environment"]] == ["DB_PASSWORD", "MODE"]
-    assert data["image"] == "nginx" and data["name"] == "n1-web"
-    changed = spec_of(text.replace("hunter2", "hunter3"), "web", repo)
-    new = json.loads(changed.config_json())
-    assert new["create"]["environment"][0] != data["create"]["environment"][0]
-    assert new["create"]["environment"][1] == data["create"]["environment"][1]
-    write_secret(repo, "rotated\n")
-    assert json.loads(spec_of(text, "web", repo).config_json())["secrets"] != data["secrets"]
-
-
-def test_hash_does_not_depend_on_where_the_checkout_is(tmp_path):
-    hashes = []
-    for where in ("one", "two"):
-        root = tmp_path / where
-        (root / NODE_DIR).mkdir(parents=True)
-        subprocess.run(["git", "init", "-q", str(root)], check=True)
-        write_secret(root)
-        hashes.append(spec_of(SECRET_COMPOSE, "web", root).config_hash())
-    assert hashes[0] == hashes[1]
-
-
-def test_container_name():
-    node = make_node("""
-        services:
-          a: {image: x}
-          b: {image: y, container_name: fixed}
-    """)
-    assert container_name(node, node.services["a"]) == "n1-a"
-    assert container_name(node, node.services["b"]) == "fixed"
-
-
-# --------------------------------------------------------------------------
-# Node resources and plain data
-
-
-def test_node_resources():
-    node = make_node("""
-        services:
-          a: {image: x, volumes: ["data:/d"]}
-          b: {image: y, networks: [front]}
-        volumes:
-          data:
-          tuned:
-            driver: local
-            driver_opts: {type: tmpfs, device: tmpfs, o: "size=100m"}
-            labels: {purpose: scratch}
-          old:
-            external: true
-          renamed:
-            name: legacy_volume
-        networks:
-          front:
-            internal: true
-            driver_opts: {com.docker.network.bridge.enable_icc: false}
-          shared:
-            external: true
-            name: corp-net
-    """)
-    identity = {LABEL_DC: "dc1", LABEL_NODE: "n1"}
-    volumes, networks = node_resources(node)
-    assert volumes == [
-        VolumeSpec("n1_data", labels=identity),
-        VolumeSpec("old", labels={}, external=True),
-        VolumeSpec("legacy_volume", labels=identity),
-        VolumeSpec(
-            "n1_tuned",
-            driver_opts={"device": "tmpfs", "o": "size=100m", "type": "tmpfs"},
-            labels={"purpose": "scratch", **identity},
-        ),
-    ]
-    assert networks == [
-        NetworkSpec("n1_default", labels=identity),
-        NetworkSpec("n1_front", options={"com.docker.network.bridge.enable_icc": "false"}, internal=True, labels=identity),
-        NetworkSpec("corp-net", labels={}, external=True),
-    ]
-
-
-def test_no_default_network_when_nobody_uses_it():
-    node = make_node("""
-        services:
-          a: {image: x, networks: [front]}
-          b: {image: y, network_mode: host}
-        networks:
-          front:
-    """)
-    assert [n.name for n in node_resources(node)[1]] == ["n1_front"]
-
-
 def test_to_plain():
     doc = load("""
         a: 0440
@@ -1202,3 +630,38 @@ def test_to_plain():
     assert type(plain) is dict and type(plain["b"]) is list and type(plain["c"]) is dict
     assert [type(v) for v in plain["b"]] == [int, float, bool, type(None), str]
     assert type(plain["a"]) is int and type(plain["f"]) is str
+
+
+def test_names_targets_and_secret_files_that_cannot_be_used(repo):
+    (repo / "datacenters/dc1/n1/secrets/dir").mkdir(parents=True)
+    outside = repo.parent / "outside-secret.txt"
+    outside.write_text("x\n")
+    assert problems(f"""
+        name: 5
+        services:
+          web:
+            image: x
+            secrets: [{{source: s, target: ../x}}, {{target: y}}]
+            networks: {{5: {{}}}}
+            hostname: a b
+            user: 1000
+            depends_on: {{5: {{}}}}
+        volumes:
+          bad name:
+          v: {{name: bad name}}
+        secrets:
+          bad name: {{file: x}}
+          s: {{file: secrets/dir}}
+          out: {{file: {outside}}}
+    """, repo) == [
+        f"{COMPOSE}:2: name: must be a string, not an integer",
+        f"{COMPOSE}:6: services.web.secrets[0].target: invalid target '../x': '..' is not allowed",
+        f"{COMPOSE}:6: services.web.secrets[1]: missing required key 'source'",
+        f"{COMPOSE}:7: services.web.networks: network names must be strings, not an integer",
+        f"{COMPOSE}:8: services.web.hostname: invalid hostname 'a b'",
+        f"{COMPOSE}:10: services.web.depends_on: service names must be strings, not an integer",
+        f"{COMPOSE}:12: volumes.bad name: invalid volume name 'bad name': use letters, digits, '_', '.', '-'",
+        f"{COMPOSE}:13: volumes.v.name: invalid volume name 'bad name'",
+        f"{COMPOSE}:15: secrets.bad name: invalid secret name 'bad name'",
+        f"{COMPOSE}:16: secrets.s.file: secret file {NODE_DIR}/secrets/dir is not a regular file",
+    ]

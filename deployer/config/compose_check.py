@@ -1,0 +1,222 @@
+"""The compose check: every problem in a compose file, with file:line.
+
+``validate_compose(doc, path, repo_root)`` checks a parsed compose document
+(ruamel round-trip data, so every key knows its line) and returns every
+problem as a ConfigError naming file, line and field, ordered by line. A key
+the deployer does not support is an error, never silently ignored.
+
+This module checks the document around the services: the top-level keys, the
+volumes, networks and secrets declared there, and what involves several
+services (unknown or circular dependencies, a container name or host port used
+twice). Each service itself is checked by ``compose_check_service``.
+
+The one read outside the compose document: a secret file must exist and must
+not be tracked by git (asked through ``gitrepo.git``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from deployer.config.compose_check_service import At, ServiceChecker
+from deployer.config.compose_keys import (
+    CONTAINER_NAME_RE, NAME_RE, TOP_KEYS, TOP_NETWORK_KEYS, TOP_SECRET_KEYS, TOP_VOLUME_KEYS, Binding,
+)  # fmt: skip
+from deployer.errors import ConfigError
+from deployer.gitrepo import git
+from deployer.values import kind
+
+
+class _Checker(ServiceChecker):
+    """A whole compose document: the top level, each service, and the checks across services."""
+
+    # -- top level --------------------------------------------------------
+
+    def check(self, doc: Any) -> list[ConfigError]:
+        top = At(doc, None, None)
+        if not isinstance(doc, dict):
+            self.errors.append(
+                ConfigError(self.path, f"a compose file must be a mapping with a 'services' key, not {kind(doc)}", line=1)
+            )
+            return self.errors
+        self.keys(top, TOP_KEYS)
+        for key, at in top.entries():
+            if key == "volumes":
+                self.top_definitions(at, TOP_VOLUME_KEYS, self.volumes, "volume")
+            elif key == "networks":
+                self.top_definitions(at, TOP_NETWORK_KEYS, self.networks, "network")
+            elif key == "secrets":
+                self.top_secrets(at)
+            elif key == "name" and not isinstance(at.value, str):
+                self.err(at, f"must be a string, not {kind(at.value)}")
+        services = top.get("services")
+        if services is None:
+            self.errors.append(ConfigError(self.path, "missing required key 'services'", line=1))
+        elif self.mapping(services):
+            self.service_names = [k for k in services.value if isinstance(k, str)]
+            for name, at in services.entries():
+                self.service(name, at)
+            self.cross_service_checks()
+        return sorted(self.errors, key=lambda e: e.line or 0)
+
+    def top_definitions(self, at: At, allowed: set[str], declared: dict[str, Any], what: str) -> None:
+        if at.value is None:
+            return
+        if not self.mapping(at):
+            return
+        for name, child in at.entries():
+            if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+                self.err(child, f"invalid {what} name {name!r}: use letters, digits, '_', '.', '-'")
+                continue
+            declared[name] = child.value
+            if child.value is None:
+                continue
+            if not self.mapping(child):
+                continue
+            self.keys(child, allowed)
+            external = False
+            for key, sub in child.entries():
+                if key == "driver":
+                    self.string(sub)
+                elif key == "driver_opts":
+                    self.string_map(sub)
+                elif key == "labels":
+                    self.labels(sub)
+                elif key in ("external", "internal"):
+                    if self.boolean(sub) and key == "external":
+                        external = bool(sub.value)
+                elif key == "name":
+                    if self.string(sub) and not CONTAINER_NAME_RE.fullmatch(sub.value):
+                        self.err(sub, f"invalid {what} name {sub.value!r}")
+            if external:
+                for key, sub in child.entries():
+                    if key in ("driver", "driver_opts", "labels", "internal"):
+                        self.err(sub, f"an external {what} is not created by the deployer, so {key!r} cannot be set")
+
+    def top_secrets(self, at: At) -> None:
+        if at.value is None or not self.mapping(at):
+            return
+        compose_dir = self.repo_root / PurePosixPath(self.path).parent
+        for name, child in at.entries():
+            if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+                self.err(child, f"invalid secret name {name!r}")
+                continue
+            self.secrets.add(name)
+            if not self.mapping(child):
+                continue
+            for key, sub in child.entries():
+                if key == "environment":
+                    self.err(sub, "secrets from 'environment' are not supported: use 'file'")
+                elif key == "external":
+                    self.err(sub, "external secrets are for swarm and not supported: use 'file'")
+            self.keys(child, TOP_SECRET_KEYS | {"environment", "external"})
+            file_at = child.get("file")
+            if file_at is None:
+                if child.get("environment") is None and child.get("external") is None:
+                    self.err(child, "missing required key 'file'")
+                continue
+            if self.string(file_at):
+                self.secret_file(file_at, compose_dir / file_at.value)
+
+    def secret_file(self, at: At, file: Path) -> None:
+        file = Path(os.path.normpath(file))
+        root = Path(os.path.normpath(self.repo_root))
+        try:
+            shown = file.relative_to(root).as_posix()
+            inside = True
+        except ValueError:
+            shown, inside = str(file), False
+        if not file.exists():
+            self.err(at, f"secret file {shown} does not exist")
+            return
+        if not file.is_file():
+            self.err(at, f"secret file {shown} is not a regular file")
+            return
+        if not inside:
+            return
+        if git.is_tracked(root, shown):
+            self.err(at, f"secret file {shown} is tracked by git; secrets must stay out of the repository")
+    # -- across services --------------------------------------------------
+
+    def cross_service_checks(self) -> None:
+        known = set(self.service_names)
+        listing = ", ".join(sorted(known))
+        edges: dict[str, list[tuple[str, At]]] = {}
+        for name, facts in self.facts.items():
+            for dep, at in facts.deps:
+                if dep not in known:
+                    self.err(at, f"unknown service {dep!r} (services in this file: {listing})")
+                else:
+                    edges.setdefault(name, []).append((dep, at))
+        self.cycles(edges)
+
+        names: dict[str, str] = {}
+        for name, facts in self.facts.items():
+            if facts.container_name:
+                cname, at = facts.container_name
+                if cname in names:
+                    self.err(at, f"container name {cname!r} is also used by service {names[cname]!r}")
+                names[cname] = name
+
+        published: list[tuple[Binding, str, At]] = []
+        for name, facts in self.facts.items():
+            for binding, at in facts.bindings:
+                _, proto, ip, port = binding
+                if port is None:
+                    continue
+                for (_, o_proto, o_ip, o_port), o_name, o_at in published:
+                    if o_proto == proto and o_port == port and _ips_overlap(ip, o_ip):
+                        self.err(at, f"host port {port}/{proto} is already published by service {o_name!r} ({o_at.field})")
+                        break
+                published.append((binding, name, at))
+
+    def cycles(self, edges: dict[str, list[tuple[str, At]]]) -> None:
+        reported: set[tuple[str, ...]] = set()
+        state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+        stack: list[str] = []
+
+        def visit(node: str) -> None:
+            state[node] = 1
+            stack.append(node)
+            for dep, _ in sorted(edges.get(node, []), key=lambda e: e[0]):
+                if state.get(dep) == 1:
+                    cycle = stack[stack.index(dep) :]
+                    first = cycle.index(min(cycle))
+                    cycle = cycle[first:] + cycle[:first]
+                    if tuple(cycle) not in reported:
+                        reported.add(tuple(cycle))
+                        at = next(a for d, a in edges[cycle[0]] if d == (cycle[1] if len(cycle) > 1 else cycle[0]))
+                        self.err(at, "depends_on cycle: " + " -> ".join(cycle + [cycle[0]]))
+                elif dep not in state:
+                    visit(dep)
+            stack.pop()
+            state[node] = 2
+
+        for node in sorted(edges):
+            if node not in state:
+                visit(node)
+
+
+def _ips_overlap(a: str, b: str) -> bool:
+    if a == b or not a or not b:
+        return True
+    try:
+        ia, ib = ipaddress.ip_address(a), ipaddress.ip_address(b)
+    except ValueError:
+        return False
+    if ia.version != ib.version:
+        return False
+    return ia.is_unspecified or ib.is_unspecified
+
+
+def validate_compose(doc: Any, path: str, repo_root: Path) -> list[ConfigError]:
+    """Every problem in a parsed compose document, ordered by line.
+
+    ``doc`` is ruamel round-trip data (plain data works too, without lines);
+    ``path`` is the file's repo-relative path, used in the errors and to find
+    secret files (relative to the compose file's directory) under ``repo_root``.
+    """
+    return _Checker(path, Path(repo_root)).check(doc)

@@ -1,0 +1,490 @@
+"""Compose keys: which are supported, and how each value is read.
+
+The tables of supported keys (``TOP_KEYS``, ``SERVICE_KEYS`` and the keys of
+each nested mapping) and the word on why some well-known keys are refused
+(``UNSUPPORTED_HINTS``); ruamel data -> plain data (``to_plain``); and one
+parser per kind of value (ports, expose, volumes, tmpfs, restart, command,
+healthcheck test, file mode, extra hosts, environment and label pairs, cpus).
+The parsers take plain or ruamel data and raise ``values.BadValue`` with the
+message the validator reports; the spec builder calls the same parsers on
+validated data, so both read a value the same way. Durations, byte sizes and
+port numbers are the shared grammar of ``deployer.values`` (compose durations
+need a unit, as the Compose spec says).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import shlex
+from typing import Any, Mapping
+
+from ruamel.yaml.scalarbool import ScalarBoolean
+from ruamel.yaml.scalarint import OctalInt
+
+from deployer.spec import SECRETS_DIR
+from deployer.values import BadValue, kind, parse_bytes, parse_port_number, parse_port_range
+
+# --------------------------------------------------------------------------
+# What is supported
+
+TOP_KEYS = {"services", "volumes", "networks", "secrets", "version", "name"}
+
+SERVICE_KEYS = {
+    "ports", "image", "volumes", "restart", "environment", "build", "networks",
+    "depends_on", "command", "secrets", "container_name", "expose", "healthcheck",
+    "entrypoint", "labels", "user", "working_dir", "hostname", "extra_hosts",
+    "cap_add", "cap_drop", "mem_limit", "cpus", "logging", "init", "stop_signal",
+    "stop_grace_period", "network_mode", "privileged", "read_only", "tmpfs", "dns",
+    "shm_size",
+}  # fmt: skip
+
+# A word on why some well-known compose keys are refused.
+UNSUPPORTED_HINTS = {
+    "env_file": "write the variables under 'environment'",
+    "deploy": "it is for swarm; use restart, mem_limit and cpus",
+    "links": "services on a shared network reach each other by service name",
+    "profiles": "every service in a node's compose file is deployed",
+    "extends": "use YAML anchors or x-* extension keys",
+    "configs": "mount a bind volume or bake the file into the image",
+}
+
+HEALTHCHECK_KEYS = {"test", "interval", "timeout", "retries", "start_period", "disable"}
+PORT_LONG_KEYS = {"target", "published", "host_ip", "protocol", "mode"}
+VOLUME_LONG_KEYS = {"type", "source", "target", "read_only", "tmpfs"}
+TOP_VOLUME_KEYS = {"driver", "driver_opts", "labels", "external", "name"}
+TOP_NETWORK_KEYS = {"driver", "driver_opts", "internal", "labels", "external", "name"}
+TOP_SECRET_KEYS = {"file"}
+SERVICE_SECRET_KEYS = {"source", "target", "mode"}
+SERVICE_NETWORK_KEYS = {"aliases", "ipv4_address"}
+DEPENDS_ON_KEYS = {"condition"}
+DEPENDS_ON_CONDITIONS = ("service_started", "service_healthy", "service_completed_successfully")
+BUILD_KEYS = {"context", "dockerfile", "args"}
+LOGGING_KEYS = {"driver", "options"}
+RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
+PROTOCOLS = ("tcp", "udp", "sctp")
+
+# Keys whose value is a list or mapping: written empty (null) they mean "none".
+NULL_MEANS_EMPTY = {
+    "ports", "volumes", "environment", "networks", "depends_on", "secrets", "expose",
+    "labels", "extra_hosts", "cap_add", "cap_drop", "tmpfs", "dns",
+}  # fmt: skip
+
+NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")  # compose keys of services, volumes, networks
+CONTAINER_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
+SIGNAL_RE = re.compile(r"[A-Za-z0-9+-]+")
+_RELATIVE_BIND = "relative bind mount paths are not supported: the path would be resolved on the Docker host"
+
+
+# --------------------------------------------------------------------------
+# ruamel data -> plain data, and type names
+
+
+def is_bool(v: Any) -> bool:
+    return isinstance(v, (bool, ScalarBoolean))
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not is_bool(v)
+
+
+def _is_number(v: Any) -> bool:
+    return is_int(v) or isinstance(v, float)
+
+
+def is_scalar(v: Any) -> bool:
+    return v is None or is_bool(v) or isinstance(v, (str, int, float))
+
+
+def to_plain(obj: Any) -> Any:
+    """ruamel round-trip data -> plain dicts, lists, str, int, float, bool, None (recursively)."""
+    if isinstance(obj, dict):
+        return {to_plain(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if is_bool(obj):
+        return bool(obj)
+    if isinstance(obj, str):
+        return str(obj)
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj)
+    return obj
+
+
+def scalar_str(v: Any) -> str:
+    """A scalar as the string the engine gets (YAML booleans as true/false, null as '')."""
+    if v is None:
+        return ""
+    if is_bool(v):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return repr(float(v))
+    if isinstance(v, int):
+        return str(int(v))
+    return str(v)
+
+
+# --------------------------------------------------------------------------
+# Value parsers shared by validation and the spec (plain or ruamel input)
+
+
+def parse_cpus(value: Any) -> float:
+    if _is_number(value):
+        cpus = float(value)
+    elif isinstance(value, str):
+        try:
+            cpus = float(value.strip())
+        except ValueError:
+            raise BadValue(f"invalid number of CPUs {value!r}") from None
+    else:
+        raise BadValue(f"must be a number, like 0.5 or 2, not {kind(value)}")
+    if not math.isfinite(cpus) or cpus <= 0:
+        raise BadValue(f"must be a number greater than 0, got {value!r}")
+    return cpus
+
+
+def check_ip(text: str) -> str:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise BadValue(f"invalid IP address {text!r}") from None
+    return text
+
+
+def _check_protocol(proto: Any) -> str:
+    if proto not in PROTOCOLS:
+        raise BadValue(f"invalid protocol {proto!r}: use {', '.join(PROTOCOLS)}")
+    return proto
+
+
+# One published port: (container port, protocol, host IP or '', host port or None for any free port)
+Binding = tuple[int, str, str, "int | None"]
+
+
+def parse_port(value: Any) -> list[Binding]:
+    """A ports entry in short syntax ("80", "8080:80", "127.0.0.1:8080:80/udp", ranges, an int)."""
+    if is_int(value):
+        return [(parse_port_number(value, "container port"), "tcp", "", None)]
+    if not isinstance(value, str):
+        raise BadValue(f"must be a string like '8080:80', a port number or a mapping with 'target', not {kind(value)}")
+    text = value.strip()
+    proto = "tcp"
+    if "/" in text:
+        text, proto = text.rsplit("/", 1)
+        _check_protocol(proto)
+    ip = ""
+    host: str | None
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or text[end + 1 : end + 2] != ":":
+            raise BadValue(f"invalid port {value!r}: write '[ipv6]:host:container'")
+        ip = text[1:end]
+        parts = text[end + 2 :].split(":")
+        if len(parts) != 2:
+            raise BadValue(f"invalid port {value!r}: write '[ipv6]:host:container'")
+        host, container = parts
+    else:
+        parts = text.split(":")
+        if len(parts) == 1:
+            host, container = None, parts[0]
+        elif len(parts) == 2:
+            host, container = parts
+        elif len(parts) == 3:
+            ip, host, container = parts
+        else:
+            raise BadValue(f"invalid port {value!r}: write '[ip:]host:container', with IPv6 addresses in brackets")
+    if ip:
+        check_ip(ip)
+    c_lo, c_hi = parse_port_range(container, "container port")
+    count = c_hi - c_lo + 1
+    if not host or host.strip() == "0":  # 0: any free port, like an empty host port
+        hosts: list[int | None] = [None] * count
+    else:
+        h_lo, h_hi = parse_port_range(host, "host port")
+        if h_hi - h_lo + 1 != count:
+            raise BadValue(f"invalid port {value!r}: the host and container port ranges must have the same length")
+        hosts = list(range(h_lo, h_hi + 1))
+    return [(c_lo + i, proto, ip, hosts[i]) for i in range(count)]
+
+
+def parse_port_long(value: Mapping[str, Any]) -> list[Binding]:
+    """A ports entry in long syntax (target, published, host_ip, protocol, mode)."""
+    target = parse_port_number(value.get("target"), "target")
+    proto = _check_protocol(value.get("protocol", "tcp"))
+    ip = value.get("host_ip") or ""
+    if not isinstance(ip, str):
+        raise BadValue(f"host_ip must be a string, not {kind(ip)}")
+    if ip:
+        check_ip(ip)
+    published = value.get("published")
+    host = None if published in (None, "", 0, "0") else parse_port_number(published, "published")
+    mode = value.get("mode", "host")
+    if mode not in ("host", "ingress"):
+        raise BadValue(f"invalid mode {mode!r}: use host or ingress")
+    return [(target, proto, ip, host)]
+
+
+def parse_expose(value: Any) -> list[tuple[int, str]]:
+    """An expose entry: 80, "80", "80/udp", "8000-8010"."""
+    if is_int(value):
+        return [(parse_port_number(value, "port"), "tcp")]
+    if not isinstance(value, str):
+        raise BadValue(f"must be a port number or a string like '80/udp', not {kind(value)}")
+    text, proto = value.strip(), "tcp"
+    if "/" in text:
+        text, proto = text.rsplit("/", 1)
+        _check_protocol(proto)
+    lo, hi = parse_port_range(text, "port")
+    return [(p, proto) for p in range(lo, hi + 1)]
+
+
+def _volume_mode(text: str) -> tuple[bool, str]:
+    """'ro', 'rw', 'z', 'ro,Z', ... -> (read_only, selinux label option)."""
+    read_only, selinux, seen_access = False, "", False
+    for opt in text.split(","):
+        if opt in ("ro", "rw"):
+            if seen_access:
+                raise BadValue(f"invalid volume mode {text!r}: give ro or rw once")
+            seen_access, read_only = True, opt == "ro"
+        elif opt in ("z", "Z"):
+            if selinux:
+                raise BadValue(f"invalid volume mode {text!r}: give z or Z once")
+            selinux = opt
+        else:
+            raise BadValue(f"invalid volume mode {opt!r}: use ro or rw (optionally with z or Z)")
+    return read_only, selinux
+
+
+def _check_target(target: Any) -> str:
+    if not isinstance(target, str) or not target.startswith("/"):
+        raise BadValue(f"the mount target must be an absolute path in the container, not {target!r}")
+    return target
+
+
+def _source_kind(source: str) -> str:
+    """'bind' for an absolute path, 'volume' for a volume name; relative paths are refused."""
+    if source.startswith("/"):
+        return "bind"
+    if source.startswith("~"):
+        raise BadValue(f"'~' is not expanded in {source!r}: write the absolute path on the Docker host")
+    if source.startswith(".") or "/" in source:
+        raise BadValue(_RELATIVE_BIND)
+    if not NAME_RE.fullmatch(source):
+        raise BadValue(f"invalid volume name {source!r}")
+    return "volume"
+
+
+_ANONYMOUS = (
+    "anonymous volumes are not supported (they are lost when the container is recreated): "
+    "name the volume ('data:/path') and declare it under the top-level volumes"
+)
+
+
+def parse_volume(value: Any) -> dict[str, Any]:
+    """A service volumes entry (short string or long mapping) -> a normalized mount dict.
+
+    Keys: type (volume|bind|tmpfs), source, target, read_only, selinux, tmpfs_size.
+    """
+    if isinstance(value, str):
+        parts = value.split(":")
+        if len(parts) == 1:
+            raise BadValue(_ANONYMOUS)
+        if len(parts) > 3:
+            raise BadValue(f"invalid volume {value!r}: write 'source:target[:ro|rw]'")
+        source, target = parts[0], parts[1]
+        read_only, selinux = _volume_mode(parts[2]) if len(parts) == 3 else (False, "")
+        if not source:
+            raise BadValue(f"invalid volume {value!r}: the source is empty")
+        mount_type = _source_kind(source)
+        return {"type": mount_type, "source": source, "target": _check_target(target),
+                "read_only": read_only, "selinux": selinux, "tmpfs_size": None}  # fmt: skip
+    if not isinstance(value, dict):
+        raise BadValue(f"must be a string like 'data:/var/lib/data' or a mapping with 'type', not {kind(value)}")
+    mount_type = value.get("type")
+    if mount_type not in ("volume", "bind", "tmpfs"):
+        raise BadValue(f"type must be volume, bind or tmpfs, not {mount_type!r}")
+    target = _check_target(value.get("target"))
+    read_only = value.get("read_only", False)
+    if not is_bool(read_only):
+        raise BadValue(f"read_only must be true or false, not {kind(read_only)}")
+    source = value.get("source")
+    size = None
+    if mount_type == "tmpfs":
+        if source not in (None, ""):
+            raise BadValue("a tmpfs mount has no source")
+        opts = value.get("tmpfs")
+        if opts is not None:
+            if not isinstance(opts, dict) or set(opts) - {"size"}:
+                raise BadValue("tmpfs must be a mapping with only 'size'")
+            if "size" in opts:
+                size = parse_bytes(opts["size"])
+    else:
+        if "tmpfs" in value:
+            raise BadValue("'tmpfs' options are only for type tmpfs")
+        if source in (None, ""):
+            raise BadValue(_ANONYMOUS if mount_type == "volume" else "a bind mount needs a source")
+        if not isinstance(source, str):
+            raise BadValue(f"source must be a string, not {kind(source)}")
+        actual = _source_kind(source)
+        if actual != mount_type:
+            raise BadValue(
+                f"source {source!r} is a volume name, but type is bind: bind sources are absolute paths"
+                if mount_type == "bind"
+                else f"source {source!r} is a path, but type is volume: write a volume name or use type bind"
+            )
+    return {"type": mount_type, "source": source, "target": target, "read_only": bool(read_only),
+            "selinux": "", "tmpfs_size": size}  # fmt: skip
+
+
+def parse_tmpfs(value: Any) -> tuple[str, str]:
+    """A tmpfs entry "/run" or "/run:size=64m,mode=1777" -> (path, options)."""
+    if not isinstance(value, str):
+        raise BadValue(f"must be a string like '/run' or '/run:size=64m', not {kind(value)}")
+    path, _, options = value.partition(":")
+    return _check_target(path), options
+
+
+def split_assignment(item: Any, what: str) -> tuple[str, str | None]:
+    """'K=V' -> (K, V), 'K' -> (K, None)."""
+    if not isinstance(item, str):
+        raise BadValue(f"must be a string like 'KEY=value', not {kind(item)}")
+    key, eq, val = item.partition("=")
+    if not key or key != key.strip():
+        raise BadValue(f"invalid {what} {item!r}: the name is empty or has surrounding spaces")
+    return key, (val if eq else None)
+
+
+def env_pairs(env: Any) -> list[tuple[str, str | None]]:
+    """environment (list or mapping) -> (name, value or None for 'take from the deployer's environment')."""
+    if env is None:
+        return []
+    if isinstance(env, list):
+        return [split_assignment(item, "environment variable") for item in env]
+    return [(str(k), None if v is None else scalar_str(v)) for k, v in env.items()]
+
+
+def label_pairs(labels: Any) -> dict[str, str]:
+    if labels is None:
+        return {}
+    if isinstance(labels, list):
+        out = {}
+        for item in labels:
+            k, v = split_assignment(item, "label")
+            out[k] = v or ""
+        return out
+    return {str(k): scalar_str(v) for k, v in labels.items()}
+
+
+def parse_restart(value: Any) -> dict[str, Any] | None:
+    """restart -> the engine's RestartPolicy, or None for 'no'."""
+    if value is False or value is None:  # `restart: no` read as YAML 1.1
+        return None
+    if not isinstance(value, str):
+        raise BadValue(f"must be one of {', '.join(RESTART_POLICIES)} or on-failure:N, not {kind(value)}")
+    if value == "no":
+        return None
+    if value in ("always", "unless-stopped"):
+        return {"Name": value}
+    m = re.fullmatch(r"on-failure(?::(\d+))?", value)
+    if m:
+        return {"Name": "on-failure", "MaximumRetryCount": int(m.group(1) or 0)}
+    raise BadValue(f"invalid restart policy {value!r}: use no, always, on-failure[:N] or unless-stopped")
+
+
+def parse_command(value: Any) -> list[str]:
+    """command/entrypoint: a string (split like a shell) or a list -> list of arguments."""
+    if isinstance(value, str):
+        try:
+            return shlex.split(value)
+        except ValueError as exc:
+            raise BadValue(f"cannot split {value!r} into arguments: {exc}") from None
+    if isinstance(value, list):
+        out = []
+        for i, arg in enumerate(value):
+            if not isinstance(arg, (str, int, float)) or is_bool(arg):
+                raise BadValue(f"argument [{i}] must be a string, not {kind(arg)}")
+            out.append(scalar_str(arg))
+        return out
+    raise BadValue(f"must be a string or a list of strings, not {kind(value)}")
+
+
+def parse_healthcheck_test(value: Any) -> list[str]:
+    if isinstance(value, str):
+        if not value.strip():
+            raise BadValue("the test command is empty")
+        return ["CMD-SHELL", value]
+    if not isinstance(value, list):
+        raise BadValue(f"must be a string or a list like ['CMD', 'curl', ...], not {kind(value)}")
+    if not value:
+        raise BadValue("must not be empty: leave test out to keep the image's own check")
+    if not all(isinstance(x, str) for x in value):
+        raise BadValue("every element must be a string")
+    head, args = value[0], value[1:]
+    if head == "NONE":
+        if args:
+            raise BadValue("['NONE'] takes no arguments")
+    elif head == "CMD":
+        if not args:
+            raise BadValue("['CMD', ...] needs the command to run")
+    elif head == "CMD-SHELL":
+        if len(args) != 1:
+            raise BadValue("['CMD-SHELL', ...] takes exactly one shell command string")
+    else:
+        raise BadValue(f"must start with CMD, CMD-SHELL or NONE, not {head!r}")
+    return [str(x) for x in value]
+
+
+def parse_mode(value: Any) -> int:
+    """A file mode written in octal: 0440, '0440', '440'. 0o440 is refused (see below)."""
+    if isinstance(value, OctalInt):
+        # the plain data handed to container_spec cannot tell 0o640 from 640, so one notation only
+        raise BadValue(f"write the mode as octal digits with a leading 0, like 0{value:o}, not 0o{value:o}")
+    if is_int(value):
+        digits = str(int(value))
+    elif isinstance(value, str):
+        digits = value.strip()
+    else:
+        raise BadValue(f"must be an octal file mode like 0440, not {kind(value)}")
+    if not re.fullmatch(r"[0-7]{1,4}", digits):
+        raise BadValue(f"invalid file mode {value!r}: write octal digits, like 0440")
+    return int(digits, 8)
+
+
+def extra_host_pairs(value: Any) -> list[tuple[str, str]]:
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [(str(k), scalar_str(v)) for k, v in value.items()]
+    out = []
+    for item in value:
+        if not isinstance(item, str):
+            raise BadValue(f"must be a string like 'host:10.0.0.1', not {kind(item)}")
+        sep = min((i for i in (item.find("="), item.find(":")) if i >= 0), default=-1)
+        if sep <= 0:
+            raise BadValue(f"invalid extra host {item!r}: write 'hostname:ip'")
+        out.append((item[:sep], item[sep + 1 :]))
+    return out
+
+
+def check_extra_host(hostname: str, ip: str) -> None:
+    if not hostname or re.search(r"\s", hostname):
+        raise BadValue(f"invalid host name {hostname!r}")
+    if ip != "host-gateway":
+        check_ip(ip.strip("[]"))
+
+
+def as_list(value: Any) -> list[Any]:
+    """A value that may be one item or a list (tmpfs, dns) -> a list."""
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def secret_target(name: str, target: str | None) -> str:
+    """Where a service's secret is mounted: ``target`` (absolute, or relative to /run/secrets), else /run/secrets/<name>."""
+    if not target:
+        return f"{SECRETS_DIR}/{name}"
+    return target if target.startswith("/") else f"{SECRETS_DIR}/{target}"
