@@ -313,3 +313,21 @@ class NodeNotEmpty(TargetError):
         super().__init__(
             f"{target} still has containers written for it: {', '.join(self.services)}; remove them first"
         )
+
+
+# -- Signals between the deployer's own modules: never shown to a user ----------------
+
+
+class BadValue(ValueError):
+    """A value that does not follow the value grammar (``values.py``); the message says why and how to write it.
+
+    Callers put the field in front: a compose key becomes a ConfigError with file:line, a CLI option a usage error.
+    """
+
+
+class FastYamlUnsupported(Exception):
+    """The fast YAML path cannot promise ruamel's result for this text: load it with ruamel (``config.fastyaml``)."""
+
+
+class CannotEditInPlace(Exception):
+    """A service cannot be added by editing the text in place: ``config.yamledit`` falls back to a round trip."""

@@ -31,6 +31,8 @@ import re
 from fractions import Fraction
 from typing import Any
 
+from deployer.errors import BadValue
+
 NS_PER_SECOND = 10**9
 
 _DURATION_UNITS = {
@@ -45,10 +47,6 @@ MAX_DURATION_TEXT = 100
 _BYTES_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([kmgt])(?:i?b)?|b)?", re.IGNORECASE)
 _BYTE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 MAX_SIZE_TEXT = 100
-
-
-class BadValue(ValueError):
-    """A value that does not follow the grammar; the message says why and how to write it."""
 
 
 def kind(value: Any) -> str:

@@ -42,11 +42,9 @@ from ruamel.yaml.resolver import VersionedResolver
 from yaml._yaml import CParser  # PyYAML's libyaml binding; ImportError means no fast path
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
+from deployer.errors import FastYamlUnsupported as Unsupported
+
 __all__ = ["Unsupported", "load"]
-
-
-class Unsupported(Exception):
-    """The fast path cannot promise ruamel's result for this text: load it with ruamel."""
 
 
 _T = "tag:yaml.org,2002:"

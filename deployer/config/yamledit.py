@@ -37,7 +37,7 @@ from deployer.config.yamltext import (
     Node, Tree, check_value, double_quoted, ends_with_break, eol_of, event_tree, key_text, line_end, line_start,
     load, new_yaml, plain_ok, prev_line, scalar_text, single_quoted, untag, verify,
 )  # fmt: skip
-from deployer.errors import ConfigError, EditVerificationError, TargetError
+from deployer.errors import CannotEditInPlace, ConfigError, EditVerificationError, TargetError
 
 __all__ = [
     "add_service",
@@ -273,7 +273,7 @@ def add_service(text: str, service: str, image: str, path: str = "<compose>") ->
     what = f"adding {fld}"
     try:
         new_text = _add_in_place(text, service, image, path, has_key)
-    except _CannotEditInPlace:
+    except CannotEditInPlace:
         new_text = None
     if new_text is not None:
         try:
@@ -284,10 +284,6 @@ def add_service(text: str, service: str, image: str, path: str = "<compose>") ->
     new_text = _add_round_trip(text, service, image, path)
     verify(text, new_text, path, change, what)
     return new_text
-
-
-class _CannotEditInPlace(Exception):
-    pass
 
 
 def _add_in_place(text: str, service: str, image: str, path: str, has_key: bool) -> str:
@@ -305,10 +301,10 @@ def _add_in_place(text: str, service: str, image: str, path: str, has_key: bool)
         ]
         return _insert_lines(text, len(text), lines, eol, blank_before=False)
     if root.kind != "map":
-        raise _CannotEditInPlace
+        raise CannotEditInPlace
     pair = root.get("services")
     if pair is None:
-        raise _CannotEditInPlace
+        raise CannotEditInPlace
     key, services = pair
     fld = f"services.{service}"
     if services.kind == "alias":
@@ -318,16 +314,16 @@ def _add_in_place(text: str, service: str, image: str, path: str, has_key: bool)
         )
     _refuse_shared(services, "'services'", tree, path, fld, "adding a service here would add it to every copy")
     if services.start.tag is not None:
-        raise _CannotEditInPlace
+        raise CannotEditInPlace
     key_col = key.start.start_mark.column
     step = _guess_step(root)
 
     if root.flow and (services.kind == "scalar" or not services.items):
-        raise _CannotEditInPlace
+        raise CannotEditInPlace
     if services.kind == "scalar":
         ev = services.start
         if ev.style is not None or ev.value not in ("", "~", "null", "Null", "NULL"):
-            raise _CannotEditInPlace
+            raise CannotEditInPlace
         lines = _new_service_lines(service, image, key_col + step, step)
         if ev.value == "":
             # "services:" with nothing after it.
@@ -336,7 +332,7 @@ def _add_in_place(text: str, service: str, image: str, path: str, has_key: bool)
         return _replace_empty_value(text, ev.start_mark.index, ev.end_mark.index, lines, eol)
 
     if services.kind != "map":
-        raise _CannotEditInPlace
+        raise CannotEditInPlace
 
     if services.flow:
         if not services.items:
@@ -349,7 +345,7 @@ def _add_in_place(text: str, service: str, image: str, path: str, has_key: bool)
 
     # Block-style services mapping.
     if not services.items:
-        raise _CannotEditInPlace
+        raise CannotEditInPlace
     svc_col = services.items[0][0].start.start_mark.column
     child = None
     for _, v in services.items:
@@ -401,7 +397,7 @@ def _replace_empty_value(text: str, start: int, end: int, lines: list[str], eol:
     rest_body = rest.rstrip("\r\n")
     line_break = rest[len(rest_body) :]
     if rest_body.strip() and not rest_body.strip().startswith("#"):
-        raise _CannotEditInPlace
+        raise CannotEditInPlace
     head = text[ls:start].rstrip(" ")
     new_line = head + rest_body if rest_body.strip() else head
     body = eol.join(([new_line] if new_line.strip() else []) + lines)

@@ -194,7 +194,7 @@ def check_value(value: Any, what: str) -> None:
 def _loads_as_str(doc: str, key: str, value: str) -> bool:
     try:
         data = new_yaml().load(doc)
-    except (YAMLError, ValueError):  # ruamel's YAML 1.1 resolver can crash on values like '._'
+    except (YAMLError, ValueError, IndexError):  # ruamel's resolvers crash on values like '._' and '-_'
         return False
     if not isinstance(data, Mapping) or key not in data:
         return False

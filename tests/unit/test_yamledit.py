@@ -329,6 +329,13 @@ def test_double_quoted_escapes_quote_and_backslash():
     assert get_service_image(new, "web") == 'a"b\\c'
 
 
+@pytest.mark.parametrize("image", ["-_", "._", "+_", "0_"])
+def test_values_ruamel_crashes_on_are_quoted(image):
+    """Found by the property test below: ruamel's int resolver raises IndexError on a plain '-_'."""
+    new = set_service_image("services:\n  web:\n    image: a:1\n", "web", image)
+    assert get_service_image(new, "web") == image
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     template=st.sampled_from(

@@ -9,7 +9,7 @@ from ruamel.yaml import YAML
 
 from deployer.config import yamledit
 from deployer.config.yamledit import add_service, get_service_image, yaml_diff
-from deployer.errors import ConfigError, EditVerificationError, TargetError
+from deployer.errors import CannotEditInPlace, ConfigError, EditVerificationError, TargetError
 
 
 def replace_once(text: str, old: str, new: str) -> str:
@@ -190,7 +190,7 @@ def test_add_service_quotes_in_flow_context():
 
 def test_add_service_falls_back_to_a_verified_round_trip(monkeypatch):
     def refuse(*args, **kwargs):
-        raise yamledit._CannotEditInPlace
+        raise CannotEditInPlace
 
     monkeypatch.setattr(yamledit, "_add_in_place", refuse)
     text = "# head\nx:\n    l:\n    - a\n    - 'b'   # keep\nservices:\n    web:\n        image: \"a:1\"\n"
