@@ -21,6 +21,7 @@ import os
 import socket
 import sys
 import threading
+import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -221,7 +222,6 @@ def _ssh_adapter_class():
             self.ssh_params["timeout"] = self._connect_timeout
             self.ssh_params["banner_timeout"] = self._connect_timeout
             self.ssh_params["auth_timeout"] = self._connect_timeout
-            import urllib.parse
 
             jump = _proxy_jump(urllib.parse.urlparse(base_url).hostname or self.ssh_params["hostname"])
             if jump and "sock" not in self.ssh_params:
@@ -300,8 +300,6 @@ def known_hosts_name(host: str, port: int) -> str:
 def ssh_endpoint(url: str) -> tuple[str, int]:
     """The (hostname, port) an ``ssh://`` URL connects to, after ``~/.ssh/config``
     (``HostName``, and ``Port`` when the URL has none) -- as the SSH transport does."""
-    import urllib.parse
-
     parsed = urllib.parse.urlparse(url)
     host, port = parsed.hostname, parsed.port
     if not host:
@@ -322,8 +320,6 @@ def fetch_host_key(host: str, port: int = 22, timeout: float = CONNECT_TIMEOUT,
     With ``url``, ``~/.ssh/config``'s ProxyCommand / ProxyJump for the URL's host
     are used to get there, as the SSH transport does.
     """
-    import urllib.parse
-
     import paramiko
 
     hops: list = []

@@ -76,18 +76,35 @@ def config_fields_differing(spec: ContainerSpec, container: ContainerState) -> l
     return [k for k in keys if old.get(k) != new.get(k)]
 
 
+def created_with(spec: ContainerSpec, container: ContainerState) -> dict[str, Any]:
+    """The host settings the container was created with: the spec's when its hash matches, else the recorded ones."""
+    if container.config_hash == spec.config_hash():
+        return spec.host
+    try:
+        recorded = json.loads(container.labels.get(LABEL_CONFIG) or "")
+    except ValueError:
+        return spec.host
+    host = recorded.get("host") if isinstance(recorded, dict) else None
+    return host if isinstance(host, dict) else spec.host
+
+
 def _host_drift(spec: ContainerSpec, container: ContainerState) -> list[str]:
-    """Fields changed on the host with 'docker update' (the labels cannot see those)."""
+    """Fields changed on the host with 'docker update' (the labels cannot see those).
+
+    Compared with what the container was created with, not with what the repository
+    wants now: a limit changed in the repository is a changed field, not host drift.
+    """
+    created = created_with(spec, container)
     reasons = []
-    want_restart = spec.host.get("restart_policy") or {}
+    want_restart = created.get("restart_policy") or {}
     have_restart = container.host.get("restart_policy") or {}
     if (want_restart.get("Name") or "no") != (have_restart.get("Name") or "no"):
         reasons.append(f"restart policy changed on the host ({have_restart.get('Name') or 'no'})")
-    want_mem = spec.host.get("mem_limit")
+    want_mem = created.get("mem_limit")
     want_mem = parse_bytes(want_mem) if want_mem else 0
     if want_mem != (container.host.get("memory") or 0):
         reasons.append("memory limit changed on the host")
-    if (spec.host.get("nano_cpus") or 0) != (container.host.get("nano_cpus") or 0):
+    if (created.get("nano_cpus") or 0) != (container.host.get("nano_cpus") or 0):
         reasons.append("cpu limit changed on the host")
     return reasons
 

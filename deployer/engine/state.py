@@ -8,12 +8,12 @@ the repository says.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from deployer.engine.connect import import_docker
 from deployer.labels import LABEL_CONFIG_HASH, LABEL_DC, LABEL_IMAGE, LABEL_NODE, LABEL_SERVICE
 
-if TYPE_CHECKING:  # pragma: no cover
-    import docker
+docker = import_docker()  # without docker-py's SSH support until an ssh:// node needs it (engine.connect)
 
 
 @dataclass
@@ -155,8 +155,6 @@ def read_node(client: "docker.DockerClient", dc: str, node: str) -> NodeState:
 
 def image_id(client: "docker.DockerClient", ref: str) -> str | None:
     """The id the reference resolves to on this engine, or None when it is not there."""
-    import docker
-
     try:
         return client.api.inspect_image(ref)["Id"]
     except docker.errors.ImageNotFound:

@@ -142,9 +142,14 @@ def test_a_limit_changed_in_the_repository_is_named_as_a_field(fake_client, node
     wanted = wanted_specs(edited("web", mem_limit="128m"))
     change = plan(fake_client, node_state, wanted, "web")
     assert change.action == REPLACE
-    assert change.reasons[0] == "changed: host.mem_limit"
-    # NOTE: today the host-drift check also fires, saying "memory limit changed on the host", although it
-    # was the repository that changed (reported to the lead; not pinned here).
+    assert change.reasons == ["changed: host.mem_limit"]  # the repository changed it, not the host
+
+
+def test_a_restart_policy_changed_in_the_repository_is_not_called_host_drift(fake_client, node_state):
+    wanted = wanted_specs(edited("web", restart="always"))
+    change = plan(fake_client, node_state, wanted, "web")
+    assert change.action == REPLACE
+    assert change.reasons == ["changed: host.restart_policy.Name"]
 
 
 def test_more_than_six_differing_fields_are_cut_short(fake_client, node_state):
