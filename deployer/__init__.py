@@ -1,22 +1,20 @@
 """deployer: deploy Docker containers from an infrastructure git repository.
 
-The deploy path reads top to bottom (docs/design.md has the whole layout):
+The package is one folder per layer; imports go one way, down (docs/design.md
+has the map, the import rule and the deploy path as a route through it):
 
-    cli.py        click commands: parse, call the API, print
-    api.py        the operations a user asks for: deploy, rollback, status, plan, apply
-    loader.py     the infrastructure repo on disk -> model.py dataclasses
-    compose.py    a compose service -> the container spec the engine is asked for
-    yamledit.py   surgical, byte-preserving edits of compose files
-    hosts.py      how to reach a Docker engine (unix socket, SSH, TLS)
-    state.py      what actually runs on an engine, as plain data
-    plan.py       wanted vs actual -> changes (no side effects)
-    apply.py      carries out changes, health-gated, restoring on failure
-    history.py    git: commits with trailers, history, older images, sync and push
-    lock.py       the deploy lock on a repository and its crash journal
+    cli/        the `deployer` command: parse, call the layers below, print
+    ops/        what a user asks for: deploy, rollback, status, plan/apply, nodes, init, release
+    build/      builders, the image builder, the registry client
+    discovery/  Consul: registration around deploys, the registrator, catalogs, config templates
+    engine/     one Docker engine: connect, state, plan (pure), apply (health-gated), the session
+    config/     the repository on disk -> the model: loader, compose check and spec, YAML edits
+    gitrepo/    the repository as git: commits, history, remote, lock, the transaction
 
-Beside it: nodes.py (node add/rm), build.py, registry.py and release.py (builders,
-images, releases), catalog.py, templates.py and discovery.py (Consul, config
-templates, registration), errors.py (every error type).
+and the shared modules every layer may use: errors.py (every error type),
+model.py (plain data), labels.py (container label names), values.py (the one
+duration/size/port grammar), spec.py (the container spec), imageref.py (image
+references), files.py (durable writes).
 """
 
 __version__ = "0.1.0"

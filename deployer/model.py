@@ -38,7 +38,7 @@ class Service:
     """One compose service written for one node.
 
     ``config`` is the service's compose mapping as plain Python data (dicts,
-    lists, str, int, ...), exactly as written; ``compose.py`` turns it into a
+    lists, str, int, ...), exactly as written; ``config.compose_spec`` turns it into a
     container spec.
     """
 
