@@ -162,27 +162,29 @@ class Applier:
         return image_id
 
     def ensure_resources(self, volumes: list[VolumeSpec], networks: list[NetworkSpec]) -> None:
+        """Create the node's volumes and networks that are missing; an external one must already exist."""
         for vol in volumes:
-            if vol.external:
-                try:
-                    self.api.inspect_volume(vol.name)
-                except docker.errors.NotFound:
-                    raise ResourceMissing(f"external volume {vol.name} does not exist on the node") from None
-                continue
-            try:
-                self.api.inspect_volume(vol.name)
-            except docker.errors.NotFound:
+            if not self._exists("volume", vol.name, vol.external, self.api.inspect_volume):
                 self.api.create_volume(vol.name, driver=vol.driver, driver_opts=vol.driver_opts or None, labels=vol.labels)
         for net in networks:
-            if net.external:
-                try:
-                    self.api.inspect_network(net.name)
-                except docker.errors.NotFound:
-                    raise ResourceMissing(f"external network {net.name} does not exist on the node") from None
-                continue
-            if not any(n["Name"] == net.name for n in self.api.networks(names=[net.name])):  # names= matches prefixes
+            if not self._exists("network", net.name, net.external, self._inspect_network):
                 self.api.create_network(net.name, driver=net.driver, options=net.options or None,
                                         internal=net.internal, labels=net.labels, check_duplicate=True)
+
+    def _exists(self, kind: str, name: str, external: bool, inspect: Callable[[str], object]) -> bool:
+        """Whether the engine has it; a missing external one is ResourceMissing (the deployer never creates those)."""
+        try:
+            inspect(name)
+            return True
+        except docker.errors.NotFound:
+            if external:
+                raise ResourceMissing(f"external {kind} {name} does not exist on the node") from None
+            return False
+
+    def _inspect_network(self, name: str) -> None:
+        """By exact name: the engine's network lookup by name also matches prefixes and ids."""
+        if not any(n["Name"] == name for n in self.api.networks(names=[name])):
+            raise docker.errors.NotFound(f"network {name} not found")
 
     # -- containers --------------------------------------------------------------
 

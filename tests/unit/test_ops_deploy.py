@@ -4,8 +4,6 @@ exercised by tests/engines/; here, what deploy does with it)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,25 +14,10 @@ from deployer.engine.state import ContainerState, NodeState
 from deployer.errors import HealthCheckFailed, HostError, ServiceMatchError
 from deployer.ops import deploy as ops_deploy
 from deployer.ops.deploy import Deployer
+from tests.support.repos import git
 
 NODE = "datacenters/dev/dev1"
 COMPOSE = f"{NODE}/docker-compose.yml"
-
-
-def git(root: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True, text=True).stdout.strip()
-
-
-@pytest.fixture(autouse=True)
-def git_env(tmp_path, monkeypatch):
-    home = tmp_path / "home"
-    home.mkdir()
-    for var in list(os.environ):
-        if var.startswith("GIT_"):
-            monkeypatch.delenv(var, raising=False)
-    for k, v in {"HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "T", "GIT_AUTHOR_EMAIL": "t@x",
-                 "GIT_COMMITTER_NAME": "T", "GIT_COMMITTER_EMAIL": "t@x"}.items():
-        monkeypatch.setenv(k, v)
 
 
 @pytest.fixture

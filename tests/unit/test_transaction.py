@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,28 +11,9 @@ from deployer.errors import DirtyFileError, LockHeld, RepoError
 from deployer.gitrepo.commit import ACTION_DEPLOY, ACTION_NODE_ADD, deployer_trailers
 from deployer.gitrepo.lock import DeployLock
 from deployer.gitrepo.transaction import RepoTransaction, sha256_text
+from tests.support.repos import git
 
 COMPOSE = "datacenters/dev/dev1/docker-compose.yml"
-
-
-def git(root: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True, text=True).stdout.strip()
-
-
-@pytest.fixture(autouse=True)
-def git_env(tmp_path, monkeypatch):
-    home = tmp_path / "home"
-    home.mkdir()
-    for var in list(os.environ):
-        if var.startswith("GIT_"):
-            monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    monkeypatch.setenv("GIT_AUTHOR_NAME", "Test")
-    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "test@example.org")
-    monkeypatch.setenv("GIT_COMMITTER_NAME", "Test")
-    monkeypatch.setenv("GIT_COMMITTER_EMAIL", "test@example.org")
 
 
 @pytest.fixture
