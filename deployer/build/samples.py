@@ -9,6 +9,7 @@ user can deploy something on a machine that cannot pull images.
 from __future__ import annotations
 
 import io
+import sys
 import tarfile
 from pathlib import Path
 from typing import Callable
@@ -76,3 +77,27 @@ def build_all(client: docker.DockerClient, progress: Callable[[str], None] | Non
             build_sample(client, name, version)
             tags.append(f"{name}:{version}")
     return tags
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m deployer.build.samples [DOCKER_URL]``: build the sample images (``deployer init`` points here)."""
+    args = sys.argv[1:] if argv is None else argv
+    url = args[0] if args else "unix:///var/run/docker.sock"
+    try:
+        client = docker.DockerClient(base_url=url)
+    except docker.errors.DockerException as exc:
+        print(f"error: the Docker engine at {url} did not answer: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    try:
+        for tag in build_all(client, progress=lambda msg: print(msg, file=sys.stderr)):
+            print(tag)
+    except (DeployerError, docker.errors.DockerException) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
