@@ -102,7 +102,7 @@ class RollbackError(DeployerError):
 
 
 class PartialDeploy(DeployerError):
-    """Some targets of a multi-node deploy failed; ``result`` (an api.DeployResult) says what happened to each."""
+    """Some targets of a multi-node deploy failed; ``result`` (an ops.results.DeployResult) says what happened to each."""
 
     def __init__(self, result: object, message: str):
         self.result = result

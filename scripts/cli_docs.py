@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Write docs/cli.md from the click commands themselves: every command, argument and option.
+
+    python3 scripts/cli_docs.py            # rewrite docs/cli.md
+    python3 scripts/cli_docs.py --check    # exit 1 when docs/cli.md is not what the code says
+
+tests/unit/test_cli_docs.py runs the check, so a command or option that is added,
+removed or changed without regenerating the page fails the fast test tier.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from pathlib import Path
+
+import click
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from deployer import errors  # noqa: E402
+from deployer.cli.main import main  # noqa: E402
+
+DOC = ROOT / "docs" / "cli.md"
+
+
+def _commands(group: click.Group, prefix: str) -> list[tuple[str, click.Command]]:
+    out = []
+    for name in sorted(group.commands):
+        cmd = group.commands[name]
+        path = f"{prefix} {name}"
+        out.append((path, cmd))
+        if isinstance(cmd, click.Group):
+            out.extend(_commands(cmd, path))
+    return out
+
+
+def _type_name(param: click.Parameter) -> str:
+    if isinstance(param, click.Option) and param.is_flag:
+        return "flag"
+    t = param.type
+    if isinstance(t, click.Choice):
+        return " | ".join(t.choices)
+    return getattr(t, "name", str(t)).lower()
+
+
+def _default(param: click.Option) -> str:
+    value = param.default
+    if param.is_flag or value is None or value is False or value == () or "Sentinel" in type(value).__name__ \
+            or "UNSET" in repr(value):
+        return ""
+    value = value() if callable(value) else value
+    return f"`{value}`"
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _options(cmd: click.Command) -> list[str]:
+    rows = []
+    for p in cmd.params:
+        if not isinstance(p, click.Option) or p.hidden:
+            continue
+        names = ", ".join(f"`{o}`" for o in [*p.opts, *p.secondary_opts])
+        env = f"`{p.envvar}`" if isinstance(p.envvar, str) else ""
+        rows.append(f"| {names} | {_type_name(p)} | {_default(p)} | {env} | {_cell(p.help or '')} |")
+    if not rows:
+        return []
+    return ["| option | type | default | environment | meaning |", "| --- | --- | --- | --- | --- |", *rows, ""]
+
+
+def _arguments(cmd: click.Command) -> list[str]:
+    args = [p for p in cmd.params if isinstance(p, click.Argument)]
+    if not args:
+        return []
+    return [", ".join(f"`{a.human_readable_name}`" + (" (one or more)" if a.nargs == -1 else "")
+                      + ("" if a.required else " (optional)") for a in args), ""]
+
+
+def _exit_codes() -> list[str]:
+    rows = []
+    for name, cls in inspect.getmembers(errors, inspect.isclass):
+        if issubclass(cls, errors.DeployerError) and cls.__module__ == errors.__name__:
+            doc = (cls.__doc__ or "").strip().split("\n")[0]
+            rows.append((cls.exit_code, name, doc))
+    lines = ["| exit | error | when |", "| --- | --- | --- |"]
+    lines += [f"| {code} | `{name}` | {_cell(doc)} |" for code, name, doc in sorted(rows)]
+    return lines
+
+
+def render() -> str:
+    ctx = click.Context(main, info_name="deployer", terminal_width=80, max_content_width=80)
+    lines = [
+        "# The `deployer` command",
+        "",
+        "Generated from the code by `python3 scripts/cli_docs.py`; `tests/unit/test_cli_docs.py` fails when",
+        "this page and the commands disagree. `deployer COMMAND --help` prints the same.",
+        "",
+        "```",
+        main.get_help(ctx).replace("Usage: deployer", "deployer", 1),
+        "```",
+        "",
+        "Errors print one line, `error: ...`, on stderr and exit with their code. A usage",
+        "error (an unknown option, a bad value) exits 2 with click's message. Exit codes by error:",
+        "",
+        *_exit_codes(),
+        "",
+    ]
+    for path, cmd in _commands(main, "deployer"):
+        lines += [f"## `{path}`", ""]
+        sub = click.Context(cmd, info_name=path)
+        usage = " ".join(cmd.collect_usage_pieces(sub))
+        lines += [f"    {path} {usage}".rstrip(), ""]
+        if cmd.help:
+            lines += [inspect.cleandoc(cmd.help).replace("\b\n", ""), ""]
+        if isinstance(cmd, click.Group):
+            lines += ["Commands: " + ", ".join(f"`{path} {n}`" for n in sorted(cmd.commands)), ""]
+            continue
+        lines += _arguments(cmd)
+        lines += _options(cmd)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main_(argv: list[str]) -> int:
+    text = render()
+    if "--check" in argv:
+        if not DOC.exists() or DOC.read_text(encoding="utf-8") != text:
+            print(f"{DOC.relative_to(ROOT)} is stale: run python3 scripts/cli_docs.py", file=sys.stderr)
+            return 1
+        return 0
+    DOC.write_text(text, encoding="utf-8")
+    print(f"wrote {DOC.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main_(sys.argv[1:]))
