@@ -168,10 +168,11 @@ def _secret_files(node: Node, config: Mapping[str, Any], repo_root: Path) -> lis
             name, target = entry["source"], entry.get("target")
             mode = parse_mode(entry["mode"]) if entry.get("mode") is not None else DEFAULT_SECRET_MODE
         if name not in read:
+            definition = node.secrets.get(name)
+            written = definition.get("file") if isinstance(definition, dict) else None
             try:
                 source, data = read_secret_file(
-                    node.secrets[name]["file"], name=name, compose_path=compose_path, repo_root=repo_root,
-                    secrets_dirs=node.secrets_dirs,
+                    written, name=name, compose_path=compose_path, repo_root=repo_root, secrets_dirs=node.secrets_dirs
                 )
             except ConfigError as err:
                 if err.line is None:  # plain data has no lines: find the one the value is written on

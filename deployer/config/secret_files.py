@@ -96,7 +96,7 @@ def _shown(path: str, root: str) -> str:
 
 
 def resolve_secret_file(
-    written: str,
+    written: str | None,
     *,
     name: str,
     compose_path: str,
@@ -119,6 +119,8 @@ def resolve_secret_file(
     where = _Where(compose_path, name, line)
     root_lex = os.path.abspath(repo_root)
     root_real = os.path.realpath(root_lex)
+    if not isinstance(written, str) or not written:
+        raise where.refuse("must be a non-empty string: the path of the secret file")
     if "\0" in written:
         raise where.refuse(f"secret file {printable(written)} contains a NUL byte")
     try:
@@ -146,7 +148,8 @@ def resolve_secret_file(
         raise where.refuse(f"secret file {shown} does not exist") from None
     except OSError as exc:
         raise where.refuse(f"secret file {shown} cannot be resolved: {exc.strerror or exc}") from None
-    via = "" if resolved == candidate else f" (resolves to {_shown(resolved, root_real)})"
+    shown_resolved = _shown(resolved, root_real)
+    via = "" if shown_resolved == shown else f" (resolves to {shown_resolved})"
     system = _system_dir(resolved)
     if system:
         raise where.refuse(f"secret file {shown}{via} is under {system}: system files are never secrets")
@@ -210,7 +213,7 @@ def open_secret_file(source: SecretSource, *, name: str, compose_path: str, line
 
 
 def read_secret_file(
-    written: str,
+    written: str | None,
     *,
     name: str,
     compose_path: str,

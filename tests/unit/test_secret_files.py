@@ -437,3 +437,14 @@ def test_validate_refuses_with_exit_2_and_one_printable_line(tmp_path):
         "datacenters/dev/n2/docker-compose.yml:7: secrets.s.file: secret file /proc/self/environ is under /proc: "
         "system files are never secrets",
     ]
+
+
+def test_the_spec_builder_called_on_unchecked_data_refuses_a_missing_or_wrong_file_value(repo):
+    for secrets in ({"s": {"environment": "X"}}, {"s": {"file": 5}}, {}):
+        node = make_node(compose_with("x"))
+        node.secrets = secrets
+        with pytest.raises(ConfigError) as info:
+            container_spec(node, node.services["web"], repo)
+        assert info.value.render() == (
+            f"{COMPOSE}: secrets.s.file: must be a non-empty string: the path of the secret file"
+        )
