@@ -78,6 +78,8 @@ class Node:
     volumes: dict[str, dict[str, Any]] = field(default_factory=dict)
     networks: dict[str, dict[str, Any]] = field(default_factory=dict)
     secrets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # its datacenter's secrets_dir folders (copied by the loader): where secret files outside the repository may lie
+    secrets_dirs: tuple[str, ...] = ()
 
     @property
     def target(self) -> str:
@@ -96,6 +98,7 @@ class Datacenter:
     description: str = ""
     consul: str | None = None
     registry: str | None = None
+    secrets_dirs: tuple[str, ...] = ()  # datacenter.yml secrets_dir: absolute folders secret files may come from
     location: Location | None = None  # datacenter.yml, when there is one
     nodes: dict[str, Node] = field(default_factory=dict)
 

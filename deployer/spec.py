@@ -31,6 +31,9 @@ class SecretFile:
     target: str  # absolute path in the container (/run/secrets/<name> by default)
     sha256: str  # of the file's content, so a changed secret changes the config hash
     mode: int = DEFAULT_SECRET_MODE  # file mode in the container (compose ``mode:``)
+    # the bytes read (once, after the secret-file policy) when the spec was built: what is copied into the
+    # container; not part of the hash (sha256 is) and never shown
+    content: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass

@@ -4,9 +4,10 @@
 ``compose_keys`` holds the supported compose keys and one parser per kind of
 value, ``compose_check`` and ``compose_check_service`` the compose check (every
 key supported exactly or refused with file:line), ``compose_spec`` the compose
-service -> container spec translation; ``yamledit`` makes byte-preserving YAML
-edits, with ``yamltext`` finding nodes in the text, quoting values and
-verifying every edit. Pure: no Docker, no network; reads files. May import
+service -> container spec translation, ``secret_files`` the secret-file policy
+both of them apply (which files a compose secret may name, read once);
+``yamledit`` makes byte-preserving YAML edits, with ``yamltext`` finding nodes
+in the text, quoting values and verifying every edit. Pure: no Docker, no network; reads files. May import
 only the shared modules (errors, model, labels, values, spec, imageref, files)
 and ``gitrepo.git`` for "is this file tracked" answers.
 """

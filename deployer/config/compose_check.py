@@ -10,28 +10,32 @@ volumes, networks and secrets declared there, and what involves several
 services (unknown or circular dependencies, a container name or host port used
 twice). Each service itself is checked by ``compose_check_service``.
 
-The one read outside the compose document: a secret file must exist and must
-not be tracked by git (asked through ``gitrepo.git``).
+The one read outside the compose document: a secret file must pass the
+secret-file policy (``secret_files``: in bounds, not tracked by git, small).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-from pathlib import Path, PurePosixPath
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
 from deployer.config.compose_check_service import At, ServiceChecker
 from deployer.config.compose_keys import (
     CONTAINER_NAME_RE, NAME_RE, TOP_KEYS, TOP_NETWORK_KEYS, TOP_SECRET_KEYS, TOP_VOLUME_KEYS, Binding,
 )  # fmt: skip
+from deployer.config.secret_files import open_secret_file, resolve_secret_file
 from deployer.errors import ConfigError
-from deployer.gitrepo import git
 from deployer.values import kind
 
 
 class _Checker(ServiceChecker):
     """A whole compose document: the top level, each service, and the checks across services."""
+
+    def __init__(self, path: str, repo_root: Path, secrets_dirs: Sequence[str] = ()):
+        super().__init__(path, repo_root)
+        self.secrets_dirs = tuple(secrets_dirs)
 
     # -- top level --------------------------------------------------------
 
@@ -99,7 +103,6 @@ class _Checker(ServiceChecker):
     def top_secrets(self, at: At) -> None:
         if at.value is None or not self.mapping(at):
             return
-        compose_dir = self.repo_root / PurePosixPath(self.path).parent
         for name, child in at.entries():
             if not isinstance(name, str) or not NAME_RE.fullmatch(name):
                 self.err(child, f"invalid secret name {name!r}")
@@ -119,26 +122,19 @@ class _Checker(ServiceChecker):
                     self.err(child, "missing required key 'file'")
                 continue
             if self.string(file_at):
-                self.secret_file(file_at, compose_dir / file_at.value)
+                self.secret_file(name, file_at)
 
-    def secret_file(self, at: At, file: Path) -> None:
-        file = Path(os.path.normpath(file))
-        root = Path(os.path.normpath(self.repo_root))
+    def secret_file(self, name: str, at: At) -> None:
+        """The secret-file policy (``secret_files``): resolved, in bounds, untracked, small, and openable."""
         try:
-            shown = file.relative_to(root).as_posix()
-            inside = True
-        except ValueError:
-            shown, inside = str(file), False
-        if not file.exists():
-            self.err(at, f"secret file {shown} does not exist")
-            return
-        if not file.is_file():
-            self.err(at, f"secret file {shown} is not a regular file")
-            return
-        if not inside:
-            return
-        if git.is_tracked(root, shown):
-            self.err(at, f"secret file {shown} is tracked by git; secrets must stay out of the repository")
+            source = resolve_secret_file(
+                at.value, name=name, compose_path=self.path, repo_root=self.repo_root,
+                secrets_dirs=self.secrets_dirs, line=at.line,
+            )
+            os.close(open_secret_file(source, name=name, compose_path=self.path, line=at.line))
+        except ConfigError as err:
+            self.errors.append(err)
+
     # -- across services --------------------------------------------------
 
     def cross_service_checks(self) -> None:
@@ -212,11 +208,13 @@ def _ips_overlap(a: str, b: str) -> bool:
     return ia.is_unspecified or ib.is_unspecified
 
 
-def validate_compose(doc: Any, path: str, repo_root: Path) -> list[ConfigError]:
+def validate_compose(doc: Any, path: str, repo_root: Path, *, secrets_dirs: Sequence[str] = ()) -> list[ConfigError]:
     """Every problem in a parsed compose document, ordered by line.
 
     ``doc`` is ruamel round-trip data (plain data works too, without lines);
     ``path`` is the file's repo-relative path, used in the errors and to find
-    secret files (relative to the compose file's directory) under ``repo_root``.
+    secret files (relative to the compose file's directory) under ``repo_root``;
+    ``secrets_dirs`` are the datacenter's ``secrets_dir`` folders, where secret
+    files outside the repository may lie.
     """
-    return _Checker(path, Path(repo_root)).check(doc)
+    return _Checker(path, Path(repo_root), secrets_dirs).check(doc)

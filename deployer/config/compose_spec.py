@@ -7,8 +7,10 @@ of it. ``node_resources(node)`` lists the named volumes and networks a node's
 engine must have, ``container_name`` says what a service's container is
 called, ``start_order`` in which order a node's services start.
 
-Pure apart from one read: a secret file's content is hashed into the spec, so
-that changing a secret recreates the container. The values were checked by
+Pure apart from one read: a secret file is read once, through the secret-file
+policy (``secret_files``), its content carried in the spec (the applier copies
+those bytes, it does not read the file again) and hashed into it, so that
+changing a secret recreates the container. The values were checked by
 ``compose_check``; they are read with the same parsers (``compose_keys``).
 """
 
@@ -18,7 +20,7 @@ import hashlib
 import heapq
 import math
 import os
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Mapping
 
 from deployer.config.compose_keys import (
@@ -26,6 +28,7 @@ from deployer.config.compose_keys import (
     parse_healthcheck_test, parse_mode, parse_port, parse_port_long, parse_restart, parse_tmpfs, parse_volume,
     scalar_str, secret_target,
 )  # fmt: skip
+from deployer.config.secret_files import read_secret_file, secret_line
 from deployer.errors import ConfigError
 from deployer.labels import LABEL_DC, LABEL_IMAGE, LABEL_NODE, LABEL_SERVICE
 from deployer.model import Node, Service
@@ -154,7 +157,9 @@ def _environment(config: Mapping[str, Any], environ: Mapping[str, str]) -> list[
 
 
 def _secret_files(node: Node, config: Mapping[str, Any], repo_root: Path) -> list[SecretFile]:
-    compose_dir = Path(repo_root) / PurePosixPath(node.compose_path or node.path).parent
+    """Each secret the service mounts, its file read once through the secret-file policy (``secret_files``)."""
+    compose_path = node.compose_path or node.path
+    read: dict[str, tuple[str, bytes]] = {}  # secret name -> (resolved path, content): each file read once
     out = []
     for entry in config.get("secrets") or []:
         if isinstance(entry, str):
@@ -162,16 +167,22 @@ def _secret_files(node: Node, config: Mapping[str, Any], repo_root: Path) -> lis
         else:
             name, target = entry["source"], entry.get("target")
             mode = parse_mode(entry["mode"]) if entry.get("mode") is not None else DEFAULT_SECRET_MODE
-        source = Path(os.path.abspath(compose_dir / node.secrets[name]["file"]))
-        try:
-            digest = hashlib.sha256(source.read_bytes()).hexdigest()
-        except OSError as exc:
-            raise ConfigError(
-                node.compose_path or node.path,
-                f"cannot read secret file {source}: {exc.strerror or exc}",
-                field=f"secrets.{name}.file",
-            ) from None
-        out.append(SecretFile(name=name, source=str(source), target=secret_target(name, target), sha256=digest, mode=mode))
+        if name not in read:
+            definition = node.secrets.get(name)
+            written = definition.get("file") if isinstance(definition, dict) else None
+            try:
+                source, data = read_secret_file(
+                    written, name=name, compose_path=compose_path, repo_root=repo_root, secrets_dirs=node.secrets_dirs
+                )
+            except ConfigError as err:
+                if err.line is None:  # plain data has no lines: find the one the value is written on
+                    err = ConfigError(err.path, err.message, line=secret_line(repo_root, compose_path, name),
+                                      field=err.field)
+                raise err from None
+            read[name] = (source.path, data)
+        path, data = read[name]
+        out.append(SecretFile(name=name, source=path, target=secret_target(name, target),
+                              sha256=hashlib.sha256(data).hexdigest(), mode=mode, content=data))
     return sorted(out, key=lambda s: s.target)
 
 

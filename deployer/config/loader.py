@@ -2,7 +2,7 @@
 
 Layout::
 
-    datacenters/<dc>/datacenter.yml             optional: description, consul, registry
+    datacenters/<dc>/datacenter.yml             optional: description, consul, registry, secrets_dir
     datacenters/<dc>/<node>/node.yml            required: docker (how to reach the engine)
     datacenters/<dc>/<node>/docker-compose.yml  optional: the containers the node must run
 
@@ -13,6 +13,7 @@ problem; ``check(root)`` returns the problems instead of raising.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -37,7 +38,7 @@ NODE_FILE = "node.yml"
 COMPOSE_FILES = ("docker-compose.yml", "docker-compose.yaml", "compose.yml", "compose.yaml")
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-DATACENTER_KEYS = {"description", "consul", "registry"}
+DATACENTER_KEYS = {"description", "consul", "registry", "secrets_dir"}
 NODE_KEYS = {"docker", "description", "address", "tls", "identity_file"}
 TLS_KEYS = {"ca", "cert", "key"}
 DOCKER_URL_RE = re.compile(r"^(unix://.+|ssh://([^@/\s]+@)?[^:/\s]+(:\d+)?/?|tcp://[^:/\s]+(:\d+)?/?)$")
@@ -174,12 +175,50 @@ def _load_datacenter(root: Path, name: str, problems: list[ConfigError]) -> Data
                 dc.description = _string(doc, "description", rel, found) or ""
                 dc.consul = _string(doc, "consul", rel, found)
                 dc.registry = _string(doc, "registry", rel, found)
+                dc.secrets_dirs = _secrets_dirs(doc, rel, found)
 
         _read_checked(root, rel, problems, build)
     return dc
 
 
-def _load_node(root: Path, dc: str, name: str, problems: list[ConfigError]) -> Node | None:
+def _secrets_dirs(doc: dict, rel: str, problems: list[ConfigError]) -> tuple[str, ...]:
+    """datacenter.yml ``secrets_dir``: an absolute folder, or a list of them, each an existing directory."""
+    value = doc.get("secrets_dir")
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        items = [(value, value_line(doc, "secrets_dir"), "secrets_dir")]
+    elif isinstance(value, list):
+        items = []
+        for i, item in enumerate(value):
+            try:
+                line = value.lc.item(i)[0] + 1
+            except Exception:  # plain data: no lines
+                line = value_line(doc, "secrets_dir")
+            items.append((item, line, f"secrets_dir[{i}]"))
+    else:
+        problems.append(ConfigError(rel, "must be an absolute path or a list of them",
+                                    line=value_line(doc, "secrets_dir"), field="secrets_dir"))
+        return ()
+    out = []
+    for item, line, field in items:
+        if not isinstance(item, str) or not item.strip():
+            why = "must be a non-empty string"
+        elif not os.path.isabs(item):
+            why = f"{item!r} is not an absolute path"
+        elif not os.path.isdir(item):
+            why = f"{item!r} does not exist or is not a directory"
+        elif os.path.realpath(item) == "/":
+            why = f"{item!r} is the root folder: every file of the machine would be a possible secret"
+        else:
+            out.append(os.path.normpath(item))
+            continue
+        problems.append(ConfigError(rel, why, line=line, field=field))
+    return tuple(out)
+
+
+def _load_node(root: Path, dc: str, name: str, problems: list[ConfigError],
+               secrets_dirs: tuple[str, ...] = ()) -> Node | None:
     node_path = f"{DATACENTERS}/{dc}/{name}"
     rel = f"{node_path}/{NODE_FILE}"
     if not (root / rel).is_file():
@@ -188,6 +227,7 @@ def _load_node(root: Path, dc: str, name: str, problems: list[ConfigError]) -> N
     node = _read_checked(root, rel, problems, lambda doc, found: _node_from_yml(root, dc, name, rel, doc, found))
     if node is None:
         return None
+    node.secrets_dirs = secrets_dirs
     compose = [f for f in COMPOSE_FILES if (root / node.path / f).is_file()]
     if len(compose) > 1:
         problems.append(ConfigError(f"{node.path}/{compose[1]}", f"a node has one compose file; {compose[0]} is here too"))
@@ -260,7 +300,7 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
     plain = True  # data from load_fast is plain dicts and lists already
     try:
         doc = load_fast(text)
-        found = validate_compose(doc, rel, root) if isinstance(doc, dict) else [None]
+        found = validate_compose(doc, rel, root, secrets_dirs=node.secrets_dirs) if isinstance(doc, dict) else [None]
     except Exception:
         found = [None]
     if found:  # read again with line numbers, for the messages
@@ -271,7 +311,7 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
         if not isinstance(doc, dict):
             problems.append(ConfigError(rel, "the file must hold a mapping with a 'services' key", line=1))
             return
-        found = validate_compose(doc, rel, root)
+        found = validate_compose(doc, rel, root, secrets_dirs=node.secrets_dirs)
         if found:
             problems.extend(found)
             return
@@ -324,7 +364,7 @@ def check(root: str | Path) -> tuple[Infrastructure, list[ConfigError]]:
             if not NAME_RE.match(node_dir.name):
                 problems.append(ConfigError(f"{dc.path}/{node_dir.name}", "node names are lowercase letters, digits, '.', '_' or '-'"))
                 continue
-            node = _load_node(root, dc.name, node_dir.name, problems)
+            node = _load_node(root, dc.name, node_dir.name, problems, dc.secrets_dirs)
             if node is not None:
                 dc.nodes[node.name] = node
     problems.extend(_check_container_names(root, infra))
@@ -373,7 +413,8 @@ def find_root(start: str | Path) -> Path:
 def load_node(root: str | Path, dc: str, name: str) -> Node:
     """One node (its node.yml and compose file) read from disk and validated; ValidationFailed otherwise."""
     problems: list[ConfigError] = []
-    node = _load_node(Path(root), dc, name, problems)
+    datacenter = _load_datacenter(Path(root), dc, problems)  # its secrets_dir, for the compose check
+    node = _load_node(Path(root), dc, name, problems, datacenter.secrets_dirs)
     if problems or node is None:
         raise ValidationFailed(problems or [ConfigError(f"{DATACENTERS}/{dc}/{name}/{NODE_FILE}", "could not be read back")])
     return node

@@ -321,7 +321,9 @@ class Applier:
         with tarfile.open(fileobj=buf, mode="w") as tar:
             dirs = set()
             for secret in spec.secrets:
-                data = open(secret.source, "rb").read()
+                data = secret.content  # read once by the spec builder, after the secret-file policy
+                if data is None:
+                    raise ValueError(f"secret {secret.name}: the spec carries no content (not built by compose_spec)")
                 parts = secret.target.strip("/").split("/")
                 for i in range(1, len(parts)):
                     d = "/".join(parts[:i])

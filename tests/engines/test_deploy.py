@@ -446,3 +446,41 @@ def test_node_add_and_rm_through_the_cli(engine, tmp_path):
     assert cli(root, "node", "rm", "test/extra").exit_code == 0
     assert not (root / "datacenters/test/extra").exists()
     assert git(root, "status", "--porcelain") == ""
+
+
+def test_secrets_are_copied_from_the_checked_files_and_refused_out_of_bounds(engine, client, tmp_path):
+    """The secret-file policy (docs/compose.md, Secrets) on a real engine: what lands in /run/secrets is the file
+    checked; a file out of bounds stops the deploy with exit 2 before the engine is touched."""
+    secrets_dir = tmp_path / "secrets-dev"
+    secrets_dir.mkdir()
+    (secrets_dir / "api_key").write_text("from the secrets_dir\n")
+    extra = ("    secrets: [db, {source: api_key, target: keys/api, mode: 0400}]\n"
+             "secrets:\n  db:\n    file: secrets/db.txt\n"
+             f"  api_key:\n    file: {secrets_dir / 'api_key'}\n")
+    root, node = make_repo(tmp_path / "infra", engine.unix_url, web_compose(WEB1, extra),
+                           extra_files={"datacenters/test/datacenter.yml": f"secrets_dir: {secrets_dir}\n",
+                                        ".gitignore": "secrets/\n"})
+    node_dir = root / "datacenters" / "test" / node
+    (node_dir / "secrets").mkdir()
+    (node_dir / "secrets" / "db.txt").write_text("untracked in the repo\n")
+    try:
+        result = cli(root, "deploy", WEB2, f"test/{node}")
+        assert result.exit_code == 0, result.output
+        (c,) = managed(client, node)
+        assert c.exec_run(["cat", "/run/secrets/db"]).output == b"untracked in the repo\n"
+        assert c.exec_run(["cat", "/run/secrets/keys/api"]).output == b"from the secrets_dir\n"
+        assert c.exec_run(["stat", "-c", "%a", "/run/secrets/keys/api"]).output == b"400\n"
+
+        # the same file outside the datacenter's secrets_dir: refused, nothing changed on the engine
+        (root / "datacenters/test/datacenter.yml").write_text("description: no secrets_dir\n")
+        git(root, "commit", "-q", "-am", "no secrets_dir")
+        before = head(root)
+        done = run(root, "deploy", WEB3, f"test/{node}", timeout=60)
+        assert (done.returncode, done.stdout) == (2, "")
+        assert done.stderr == (
+            f"error: datacenters/test/{node}/docker-compose.yml:17: secrets.api_key.file: secret file "
+            f"{secrets_dir / 'api_key'} is outside the repository and the datacenter's secrets_dir (none set in "
+            "datacenter.yml); a secret file is an untracked file of the repository or lies under a secrets_dir\n")
+        assert containers(client, node) == [(f"{node}-web", WEB2, "running")] and head(root) == before
+    finally:
+        remove_node_containers(client, node)

@@ -664,4 +664,7 @@ def test_names_targets_and_secret_files_that_cannot_be_used(repo):
         f"{COMPOSE}:13: volumes.v.name: invalid volume name 'bad name'",
         f"{COMPOSE}:15: secrets.bad name: invalid secret name 'bad name'",
         f"{COMPOSE}:16: secrets.s.file: secret file {NODE_DIR}/secrets/dir is not a regular file",
+        f"{COMPOSE}:17: secrets.out.file: secret file {outside} is outside the repository and the datacenter's "
+        "secrets_dir (none set in datacenter.yml); a secret file is an untracked file of the repository or lies "
+        "under a secrets_dir",
     ]

@@ -80,7 +80,7 @@ def test_a_secret_file_gone_after_validation_is_a_config_error(repo):
     with pytest.raises(ConfigError) as info:
         container_spec(node, node.services["web"], repo)
     assert info.value.render() == (
-        f"{COMPOSE}: secrets.db_password.file: cannot read secret file {path}: No such file or directory"
+        f"{COMPOSE}: secrets.db_password.file: secret file {NODE_DIR}/secrets/db_password.txt does not exist"
     )
 
 
