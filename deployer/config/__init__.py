@@ -3,11 +3,13 @@
 ``loader`` reads the repository (``fastyaml`` is its fast YAML path);
 ``compose_keys`` holds the supported compose keys and one parser per kind of
 value, ``compose_check`` and ``compose_check_service`` the compose check (every
-key supported exactly or refused with file:line), ``compose_spec`` the compose
-service -> container spec translation, ``secret_files`` the secret-file policy
-both of them apply (which files a compose secret may name, read once);
-``yamledit`` makes byte-preserving YAML edits, with ``yamltext`` finding nodes
-in the text, quoting values and verifying every edit. Pure: no Docker, no network; reads files. May import
+key supported exactly or refused with file:line), ``label_check`` the grammar
+of the ``deployer.*`` labels discovery reads (the compose check runs it; discovery
+reads labels through it), ``compose_spec`` the compose service -> container spec
+translation, ``secret_files`` the secret-file policy both of them apply (which
+files a compose secret may name, read once); ``yamledit`` makes byte-preserving
+YAML edits, with ``yamltext`` finding nodes in the text, quoting values and
+verifying every edit. Pure: no Docker, no network; reads files. May import
 only the shared modules (errors, model, labels, values, spec, imageref, files)
 and ``gitrepo.git`` for "is this file tracked" answers.
 """

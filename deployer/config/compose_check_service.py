@@ -28,6 +28,7 @@ from deployer.config.compose_keys import (
     parse_healthcheck_test, parse_mode, parse_port, parse_port_long, parse_restart, parse_tmpfs, parse_volume,
     secret_target, split_assignment,
 )  # fmt: skip
+from deployer.config.label_check import label_problems, parse_labels, service_name_problem
 from deployer.errors import ConfigError
 from deployer.labels import RESERVED_LABELS
 from deployer.values import BadValue, kind, parse_bytes, parse_duration_ns
@@ -187,6 +188,33 @@ class ServiceChecker:
                 if name in RESERVED_LABELS:
                     self.err(at, f"label {name!r} is set by the deployer and cannot be written")
 
+    def discovery_labels(self, name: str, at: At, facts: ServiceFacts) -> None:
+        """The deployer.* labels discovery reads (``config.label_check``), after every key of the service:
+        each bad one at its own line, then whether the service's Consul names are usable."""
+        labels_at = at.get("labels")
+        entries: dict[str, tuple[str, At]] = {}  # label -> (the string the container carries, where)
+        if labels_at is not None and isinstance(labels_at.value, dict):
+            for key, child in labels_at.entries():
+                if isinstance(key, str) and is_scalar(child.value):
+                    entries[key] = (label_pairs({key: child.value})[key], child)
+        elif labels_at is not None and isinstance(labels_at.value, list):
+            for _, item in labels_at.items():
+                try:
+                    entries.update((k, (v, item)) for k, v in label_pairs([item.value]).items())
+                except BadValue:
+                    continue  # reported by labels()
+        labels = {key: text for key, (text, _) in entries.items()}
+        problems = label_problems(labels)
+        for problem in problems:
+            where = entries[problem.label][1]
+            self.err(where, problem.message, field=f"services.{name}.labels.{problem.label}")
+        if problems:
+            return
+        ports = [binding[0] for binding, _ in facts.bindings if binding[1] == "tcp"]
+        why = service_name_problem(name, parse_labels(labels), ports)
+        if why:
+            self.err(at, why, field=f"services.{name}")
+
     def string_map(self, at: At) -> None:
         """driver_opts, logging options: name -> string or number."""
         if not self.mapping(at):
@@ -222,6 +250,7 @@ class ServiceChecker:
             if child.value is None and key in NULL_MEANS_EMPTY:
                 continue
             getattr(self, f"s_{key}")(name, child, facts, network_mode)
+        self.discovery_labels(name, at, facts)
 
     def s_image(self, name, at, facts, network_mode) -> None:
         if self.string(at) and re.search(r"\s", at.value):

@@ -14,7 +14,7 @@ follows what templates read):
 Everything read from Consul is untrusted: anyone who can register a service can
 choose its name, tags, address and meta. ``validate_instance`` checks every
 field that can end up in a config file (names and node names against
-``NAME_RE``, tags against ``TAG_RE``, the address is an IP or an RFC 1123 host
+``NAME_RE``, tags against ``TAG_RE``: the labels' grammar of ``config.label_check``, the address is an IP or an RFC 1123 host
 name, the port 1-65535); an instance that fails is dropped with a logged
 warning and never reaches a template. Meta entries that are not plain tokens
 are dropped one by one (``safe_meta``). That is what makes a service named
@@ -32,27 +32,24 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol, Union, runtime_checkable
 
+from deployer.config.label_check import (  # noqa: F401 - the grammar, re-exported for discovery's modules
+    META_KEY_RE,
+    META_VALUE_RE,
+    NAME_RE,
+    TAG_RE,
+    meta_ok,
+    valid_name,
+    valid_tag,
+)
+
 log = logging.getLogger(__name__)
 
 STATUSES = ("passing", "warning", "critical")
 
-# What may appear in a config file unquoted. Deliberately narrower than what
-# Consul accepts: no whitespace, quotes, ';', '{', '}', '$', '#', '\' or controls.
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")  # service and node names
-TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:=/@+,-]{0,254}\Z")
+# The token rules (NAME_RE for service and node names, TAG_RE, the meta rules) are the
+# labels' grammar, defined once in config.label_check; ID_RE and the address are Consul's side.
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,254}\Z")  # registrator ids: host:name:port
-META_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}\Z")
-META_VALUE_RE = re.compile(r"[A-Za-z0-9._:=/@+,-]{0,512}\Z")
 _LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
-
-
-def valid_name(value: object) -> bool:
-    """A service or node name that is safe to write into a config file."""
-    return isinstance(value, str) and NAME_RE.match(value) is not None
-
-
-def valid_tag(value: object) -> bool:
-    return isinstance(value, str) and TAG_RE.match(value) is not None
 
 
 def valid_port(value: object) -> bool:
@@ -129,12 +126,6 @@ def warn_once(message: str) -> None:
         if first:
             _warned.add(message)
     log.log(logging.WARNING if first else logging.DEBUG, "%s", message)
-
-
-def meta_ok(key: object, value: object) -> bool:
-    return isinstance(key, str) and META_KEY_RE.match(key) is not None and (
-        isinstance(value, str) and META_VALUE_RE.match(value) is not None
-    )
 
 
 def safe_meta(meta: Any, where: str) -> dict[str, str]:

@@ -11,143 +11,64 @@ files: ``deployer.consul.register`` (opt out with ``"false"``),
 after it left the passing set). Durations are read by
 ``deployer.values.parse_duration`` (``1m30s``, ``250ms``, bare seconds).
 
-Every value is validated before anything reaches Consul (names with ``;``,
-``}``, spaces... are refused), with the rules ``catalog.py`` applies to what it
-reads back: ``parse_labels`` raises ``LabelError`` naming the label, and
-``check_node_labels`` turns that into a ``ConfigError`` naming the compose file.
+Their grammar lives in ``config.label_check`` (pure), which the compose check
+runs on every service, so ``deployer validate`` and every command that loads
+the repository refuse a bad label with file:line before anything reaches
+Consul. This module is discovery's side of it: ``parse_labels`` (re-exported)
+reads a running container's labels (``LabelError`` naming the label), and
+``check_node_labels`` runs the same checks on a loaded node as a
+``ConfigError`` naming the compose file (the deploy hooks' guard).
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from deployer.discovery.catalog import valid_name, valid_tag
-from deployer.errors import ConfigError, LabelError
-from deployer.labels import (
-    LABEL_CONSUL_CHECK,
-    LABEL_CONSUL_INTERVAL,
-    LABEL_CONSUL_NAME,
-    LABEL_CONSUL_PORT,
-    LABEL_CONSUL_REGISTER,
-    LABEL_CONSUL_TAGS,
-    LABEL_CONSUL_TIMEOUT,
-    LABEL_CONSUL_WAIT,
-    LABEL_DRAIN,
+from deployer.config.compose_keys import label_pairs, parse_port, parse_port_long
+from deployer.config.label_check import (
+    DEFAULT_DRAIN,
+    PATH_RE,
+    Settings,
+    label_problems,
+    parse_labels,
+    service_name_problem,
 )
-from deployer.values import BadValue, parse_duration
+from deployer.errors import BadValue, ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from deployer.model import Node
 
-DEFAULT_DRAIN = 2.0  # seconds a retiring container keeps running after it left the passing set
-
-#: A URL path an HTTP check may probe (no spaces, quotes or shell characters).
-PATH_RE = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]{0,1000}\Z")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What a container's labels say about its registration."""
-
-    register: bool = True
-    name: str | None = None
-    tags: tuple[str, ...] = ()
-    check: str | None = None  # None (derive) | "none" | "tcp" | "http:/path"
-    interval: float | None = None
-    timeout: float | None = None
-    port: int | None = None
-    wait: float | None = None
-    drain: float = DEFAULT_DRAIN
-
-
-def _duration(labels: dict[str, str], label: str, positive: bool = True) -> float | None:
-    if label not in labels:
-        return None
-    try:
-        value = parse_duration(labels[label])
-    except BadValue as exc:
-        raise LabelError(label, f"invalid {label}: {exc}") from None
-    if positive and value <= 0:
-        raise LabelError(label, "must be more than 0")
-    return value
-
-
-def parse_labels(labels: dict[str, str]) -> Settings:
-    """The discovery settings in ``labels``; LabelError names the first bad one."""
-    labels = {str(k): str(v) for k, v in (labels or {}).items()}
-    register = True
-    if LABEL_CONSUL_REGISTER in labels:
-        text = labels[LABEL_CONSUL_REGISTER].strip().lower()
-        if text not in ("true", "false", "yes", "no", "1", "0"):
-            raise LabelError(LABEL_CONSUL_REGISTER, f"{labels[LABEL_CONSUL_REGISTER]!r} is not true or false")
-        register = text in ("true", "yes", "1")
-    name = labels.get(LABEL_CONSUL_NAME)
-    if name is not None and not valid_name(name):
-        raise LabelError(LABEL_CONSUL_NAME, f"unsafe service name {name!r}: use letters, digits, '.', '_' and '-' "
-                                            "(at most 128, starting with a letter or digit)")
-    tags: list[str] = []
-    for tag in (labels.get(LABEL_CONSUL_TAGS) or "").split(","):
-        tag = tag.strip()
-        if not tag:
-            continue
-        if not valid_tag(tag):
-            raise LabelError(LABEL_CONSUL_TAGS, f"unsafe tag {tag!r}: no spaces, quotes, ';', '{{', '}}', '$', '#'")
-        if tag not in tags:
-            tags.append(tag)
-    check = labels.get(LABEL_CONSUL_CHECK)
-    if check is not None:
-        check = check.strip()
-        if check in ("http", "http:"):
-            check = "http:/"
-        if check.startswith("http:"):
-            if not PATH_RE.match(check[5:]):
-                raise LabelError(LABEL_CONSUL_CHECK, f"{check!r}: write http:/path (a URL path without spaces)")
-        elif check not in ("tcp", "none"):
-            raise LabelError(LABEL_CONSUL_CHECK, f"{check!r}: write http:/path, tcp or none")
-    port = None
-    if LABEL_CONSUL_PORT in labels:
-        text = labels[LABEL_CONSUL_PORT].strip().removesuffix("/tcp")
-        if not text.isdigit() or not 1 <= int(text) <= 65535:
-            raise LabelError(LABEL_CONSUL_PORT, f"{labels[LABEL_CONSUL_PORT]!r} is not a container port")
-        port = int(text)
-    drain = _duration(labels, LABEL_DRAIN, positive=False)
-    return Settings(
-        register=register,
-        name=name,
-        tags=tuple(tags),
-        check=check,
-        interval=_duration(labels, LABEL_CONSUL_INTERVAL),
-        timeout=_duration(labels, LABEL_CONSUL_TIMEOUT),
-        port=port,
-        wait=_duration(labels, LABEL_CONSUL_WAIT),
-        drain=DEFAULT_DRAIN if drain is None else drain,
-    )
+__all__ = ["DEFAULT_DRAIN", "PATH_RE", "Settings", "check_node_labels", "compose_labels", "parse_labels",
+           "published_tcp_container_ports"]
 
 
 def compose_labels(config: dict[str, Any]) -> dict[str, str]:
-    """A compose service's ``labels:`` (list of k=v or mapping) as a dict."""
-    raw = config.get("labels") or {}
-    if isinstance(raw, list):
-        out = {}
-        for item in raw:
-            key, _, value = str(item).partition("=")
-            out[key] = value
-        return out
-    return {str(k): "" if v is None else (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in raw.items()}
+    """A compose service's ``labels:`` (list of k=v or mapping) as the strings its container carries."""
+    return label_pairs(config.get("labels"))
+
+
+def published_tcp_container_ports(config: dict[str, Any]) -> list[int]:
+    """The TCP container ports a (validated) compose service publishes on its host."""
+    ports: set[int] = set()
+    for entry in config.get("ports") or []:
+        try:
+            bindings = parse_port_long(entry) if isinstance(entry, dict) else parse_port(entry)
+        except BadValue:
+            continue
+        ports.update(container for container, proto, _, _ in bindings if proto == "tcp")
+    return sorted(ports)
 
 
 def check_node_labels(node: "Node") -> None:
-    """Refuse (ConfigError, file and label) any service of ``node`` whose discovery labels are unusable."""
-    for svc in node.services.values():
-        try:
-            settings = parse_labels(compose_labels(svc.config))
-        except LabelError as exc:
-            raise ConfigError(node.compose_path or svc.location.path, exc.message,
-                              field=f"services.{svc.name}.labels.{exc.label}") from None
-        if settings.name is None and not valid_name(svc.name):
-            raise ConfigError(node.compose_path or svc.location.path,
-                              f"service name {svc.name!r} cannot be a Consul service name; set {LABEL_CONSUL_NAME}",
-                              field=f"services.{svc.name}")
+    """Refuse (ConfigError, file and label) any service of ``node`` whose discovery labels are unusable.
 
+    The same checks as the compose check (``config.label_check``), on the loaded node."""
+    for svc in node.services.values():
+        path = node.compose_path or svc.location.path
+        labels = compose_labels(svc.config)
+        problems = label_problems(labels)
+        if problems:
+            raise ConfigError(path, problems[0].message, field=f"services.{svc.name}.labels.{problems[0].label}")
+        why = service_name_problem(svc.name, parse_labels(labels), published_tcp_container_ports(svc.config))
+        if why:
+            raise ConfigError(path, why, field=f"services.{svc.name}")
