@@ -29,7 +29,8 @@ from deployer.config.compose_keys import (
     secret_target, split_assignment,
 )  # fmt: skip
 from deployer.config.label_check import label_problems, parse_labels, service_name_problem
-from deployer.errors import ConfigError
+from deployer.errors import ConfigError, ImageReferenceError
+from deployer.imageref import ImageRef
 from deployer.labels import RESERVED_LABELS
 from deployer.values import BadValue, kind, parse_bytes, parse_duration_ns
 
@@ -253,8 +254,15 @@ class ServiceChecker:
         self.discovery_labels(name, at, facts)
 
     def s_image(self, name, at, facts, network_mode) -> None:
-        if self.string(at) and re.search(r"\s", at.value):
+        if not self.string(at):
+            return
+        if re.search(r"\s", at.value):
             self.err(at, f"invalid image reference {at.value!r}: it contains whitespace")
+            return
+        try:
+            ImageRef.parse(at.value)  # what the engine pulls: Docker's reference grammar
+        except ImageReferenceError as exc:
+            self.err(at, exc.one_line())
 
     def s_build(self, name, at, facts, network_mode) -> None:
         if isinstance(at.value, str):
