@@ -157,8 +157,9 @@ def _unknown(label: str) -> LabelError | None:
     """A ``deployer.consul.*`` label discovery does not read, or a near miss of one it does (``deployer.drian``)."""
     if label in DISCOVERY_LABELS or label in RESERVED_LABELS or not label.startswith("deployer."):
         return None
-    known = {name.removeprefix("deployer."): name for name in DISCOVERY_LABELS}
-    close = difflib.get_close_matches(label.removeprefix("deployer.").lower(), list(known), n=1, cutoff=0.8)
+    prefix = _CONSUL_PREFIX if label.startswith(_CONSUL_PREFIX) else "deployer."
+    known = {name.removeprefix(prefix): name for name in DISCOVERY_LABELS if name.startswith(prefix)}
+    close = difflib.get_close_matches(label.removeprefix(prefix).lower(), list(known), n=1, cutoff=0.8)
     if not close and not label.startswith(_CONSUL_PREFIX):
         return None  # another deployer.* label of the user's
     hint = f"did you mean {known[close[0]]!r}?" if close else f"known: {', '.join(DISCOVERY_LABELS)}"

@@ -7,6 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from deployer.config import label_check
+from deployer.config.label_check import label_problems
+from deployer.discovery import catalog, label_settings
 from deployer.discovery.catalog import Instance
 from deployer.discovery.hooks import ConsulHooks
 from deployer.discovery.label_settings import DEFAULT_DRAIN, Settings, parse_labels
@@ -22,6 +25,7 @@ from deployer.discovery.registration import (
 from deployer.discovery.template_config import load_config
 from deployer.engine.state import inspect_to_state
 from deployer.errors import ConfigError, HealthCheckFailed, LabelError
+from deployer.labels import DISCOVERY_LABELS
 from deployer.model import Datacenter, Location, Node
 
 EVIL = "evil; } server { listen 81; }"
@@ -114,6 +118,38 @@ def test_unusable_labels_are_refused_with_the_label_named(label, value, message)
     with pytest.raises(LabelError) as info:
         parse_labels({label: value})
     assert info.value.one_line().startswith(f"{label}: ") and message in info.value.one_line()
+
+
+def test_label_problems_lists_every_bad_label_in_one_order():
+    labels = {"deployer.drain": "-1s", "deployer.consul.name": EVIL, "deployer.consul.port": "0",
+              "deployer.consul.register": "maybe", "deployer.consul.nmae": "x"}
+    assert [p.label for p in label_problems(labels)] == [
+        "deployer.consul.register", "deployer.consul.name", "deployer.consul.port", "deployer.drain",
+        "deployer.consul.nmae"]
+    with pytest.raises(LabelError) as info:
+        parse_labels(labels)
+    assert info.value.label == "deployer.consul.register"  # the first of them
+
+
+@pytest.mark.parametrize("label, problem", [
+    ("deployer.consul.tag", "unknown discovery label (did you mean 'deployer.consul.tags'?)"),
+    ("deployer.consul_name", "unknown discovery label (did you mean 'deployer.consul.name'?)"),
+    ("deployer.Drain", "unknown discovery label (did you mean 'deployer.drain'?)"),
+    ("deployer.consul.meta", "unknown discovery label (known: " + ", ".join(DISCOVERY_LABELS) + ")"),
+    ("deployer.team", None), ("deployer.domain", None), ("com.example.drain", None), ("deployer.drain", None),
+])
+def test_unknown_discovery_labels_are_refused_in_what_is_written_and_ignored_when_read(label, problem):
+    assert [p.message for p in label_problems({label: "3s"})] == ([problem] if problem else [])
+    if label != "deployer.drain":
+        assert parse_labels({label: "3s"}) == Settings()  # a running container is read as it is
+
+
+def test_the_grammar_is_defined_once_and_discovery_reads_through_it():
+    for name in ("NAME_RE", "TAG_RE", "META_KEY_RE", "META_VALUE_RE", "valid_name", "valid_tag", "meta_ok"):
+        assert getattr(catalog, name) is getattr(label_check, name), name
+    assert label_settings.parse_labels is label_check.parse_labels
+    assert label_settings.Settings is label_check.Settings
+    assert catalog.valid_name("shop") and not catalog.valid_name(EVIL) and not catalog.valid_tag("a\nb")
 
 
 # --- durations: the one grammar (deployer.values), through the labels and the config file ----
