@@ -13,7 +13,8 @@ every service (``compose_check_service``, with file:line), and discovery reads
 the labels through it (``discovery.label_settings``, which adds what only
 Consul needs). The token rules (``NAME_RE``, ``TAG_RE``, the meta rules) are
 also the ones ``discovery.catalog`` applies to what it reads back from Consul:
-what may appear unquoted in a config file.
+what may appear unquoted in a config file; ``valid_address`` too, which a
+node.yml ``address:`` (where the node's registrations point) must follow.
 
 * ``label_problems(labels)``: every unusable discovery label (``LabelError``
   naming it), in a fixed order; an unknown ``deployer.consul.*`` label and a
@@ -27,6 +28,7 @@ what may appear unquoted in a config file.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping
@@ -71,6 +73,26 @@ def valid_name(value: object) -> bool:
 
 def valid_tag(value: object) -> bool:
     return isinstance(value, str) and TAG_RE.match(value) is not None
+
+
+_HOST_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+
+
+def valid_address(value: object) -> bool:
+    """An IPv4/IPv6 address (no zone index) or an RFC 1123 host name: what a registration's address
+    may be (node.yml ``address:``, and what Consul hands back)."""
+    if not isinstance(value, str) or not value or len(value) > 253:
+        return False
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        pass
+    else:
+        return "%" not in value
+    labels = value[:-1].split(".") if value.endswith(".") else value.split(".")
+    if not all(_HOST_LABEL_RE.match(label) for label in labels):
+        return False
+    return not labels[-1].isdigit()  # "1.2.3" is a broken IP, not a host name
 
 
 def meta_ok(key: object, value: object) -> bool:

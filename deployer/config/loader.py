@@ -24,6 +24,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from deployer.config.compose_check import validate_compose
 from deployer.config.compose_keys import to_plain
 from deployer.config.compose_spec import container_name
+from deployer.config.label_check import valid_address
 from deployer.errors import ConfigError, ValidationFailed
 from deployer.model import Datacenter, Infrastructure, Location, Node, Service, TLSFiles
 
@@ -275,6 +276,11 @@ def _node_from_yml(root: Path, dc: str, name: str, rel: str, doc: Any, problems:
     identity = _string(doc, "identity_file", rel, problems)
     if identity is not None:
         identity = str((root / node_path / Path(identity).expanduser()).resolve())
+    address = _string(doc, "address", rel, problems)
+    if address is not None and not valid_address(address.strip()):
+        problems.append(ConfigError(rel, f"invalid address {address!r}: write the IP address or host name other "
+                                         "hosts reach the node's published ports at", line=value_line(doc, "address"),
+                                    field="address"))
     known_hosts = f"{node_path}/known_hosts"
     node = Node(
         dc=dc,
@@ -285,7 +291,7 @@ def _node_from_yml(root: Path, dc: str, name: str, rel: str, doc: Any, problems:
         tls=tls,
         identity_file=identity,
         known_hosts=known_hosts if (root / known_hosts).is_file() else None,
-        address=_string(doc, "address", rel, problems),
+        address=address,
         description=_string(doc, "description", rel, problems) or "",
     )
     return node

@@ -25,7 +25,6 @@ filter (``port``, ``token``).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 import threading
@@ -38,6 +37,7 @@ from deployer.config.label_check import (  # noqa: F401 - the grammar, re-export
     NAME_RE,
     TAG_RE,
     meta_ok,
+    valid_address,
     valid_name,
     valid_tag,
 )
@@ -47,29 +47,13 @@ log = logging.getLogger(__name__)
 STATUSES = ("passing", "warning", "critical")
 
 # The token rules (NAME_RE for service and node names, TAG_RE, the meta rules) are the
-# labels' grammar, defined once in config.label_check; ID_RE and the address are Consul's side.
+# labels' grammar, defined once in config.label_check (with valid_address, which node.yml's
+# address: follows); ID_RE is Consul's side.
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,254}\Z")  # registrator ids: host:name:port
-_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 
 
 def valid_port(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
-
-
-def valid_address(value: object) -> bool:
-    """An IPv4/IPv6 address (no zone index) or an RFC 1123 host name."""
-    if not isinstance(value, str) or not value or len(value) > 253:
-        return False
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        pass
-    else:
-        return "%" not in value
-    labels = value[:-1].split(".") if value.endswith(".") else value.split(".")
-    if not all(_LABEL_RE.match(label) for label in labels):
-        return False
-    return not labels[-1].isdigit()  # "1.2.3" is a broken IP, not a host name
 
 
 def endpoint(address: str, port: int) -> str:

@@ -201,3 +201,21 @@ def test_valid_labels_still_pass_and_say_what_they_said(tmp_path):
     listed = "".join(f'      - "{line.strip().replace(": ", "=", 1)}"\n' for line in VALID.splitlines())
     (root / COMPOSE).write_text(compose(listed.replace('"public,v1"', "public,v1").replace('="80"', "=80")))
     assert cli(root, "validate").exit_code == 0
+
+
+def test_a_node_address_no_registration_can_carry_is_refused_everywhere(tmp_path):
+    """The registration refused it only after the new container had started; now nothing starts."""
+    root = repo(tmp_path, compose())
+    node_yml = root / "datacenters/dc1/n1/node.yml"
+    node_yml.write_text("docker: unix:///nonexistent/docker.sock\naddress: \"1.2.3.4; evil\"\n")
+    assert_refused_everywhere(root, ["datacenters/dc1/n1/node.yml:2: address: invalid address '1.2.3.4; evil': "
+                                     "write the IP address or host name other hosts reach the node's published "
+                                     "ports at"])
+    state = inspect_to_state({"Id": "c" * 64, "Config": {"Labels": {"deployer.service": "web"}},
+                              "NetworkSettings": {"Ports": {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}}})
+    with pytest.raises(LabelError, match="is not an IP address or host name"):
+        registrations("dc1", "n1", "1.2.3.4; evil", state)
+    for good in ("10.0.0.5", "web1.example.com", "fd00::5", "localhost"):
+        node_yml.write_text(f"docker: unix:///nonexistent/docker.sock\naddress: \"{good}\"\n")
+        assert cli(root, "validate").exit_code == 0, good
+        assert registrations("dc1", "n1", good, state)[0].address == good
