@@ -345,6 +345,8 @@ def with_compose_text(root: str | Path, node: Node, text: str) -> Node:
     copy = dataclasses.replace(node, services={}, volumes={}, networks={}, secrets={})
     problems: list[ConfigError] = []
     _load_compose(Path(root), copy, rel, problems, text=text)
+    if not problems:  # the node-wide checks ``check`` runs too
+        problems = _node_container_names(Path(root), copy)
     if problems:
         raise ValidationFailed(problems)
     return copy
@@ -378,16 +380,19 @@ def check(root: str | Path) -> tuple[Infrastructure, list[ConfigError]]:
 
 
 def _check_container_names(root: Path, infra: Infrastructure) -> list[ConfigError]:
+    return [problem for node in infra.nodes() for problem in _node_container_names(root, node)]
+
+
+def _node_container_names(root: Path, node: Node) -> list[ConfigError]:
     problems = []
-    for node in infra.nodes():
-        seen: dict[str, str] = {}
-        for svc in node.services.values():
-            name = container_name(node, svc)
-            if name in seen:
-                problems.append(ConfigError(svc.location.path, f"container name {name!r} is also used by service {seen[name]!r}",
-                                            line=service_line(root, svc.location.path, svc.name),
-                                            field=f"services.{svc.name}.container_name"))
-            seen[name] = svc.name
+    seen: dict[str, str] = {}
+    for svc in node.services.values():
+        name = container_name(node, svc)
+        if name in seen:
+            problems.append(ConfigError(svc.location.path, f"container name {name!r} is also used by service {seen[name]!r}",
+                                        line=service_line(root, svc.location.path, svc.name),
+                                        field=f"services.{svc.name}.container_name"))
+        seen[name] = svc.name
     return problems
 
 

@@ -219,3 +219,17 @@ def test_a_node_address_no_registration_can_carry_is_refused_everywhere(tmp_path
         node_yml.write_text(f"docker: unix:///nonexistent/docker.sock\naddress: \"{good}\"\n")
         assert cli(root, "validate").exit_code == 0, good
         assert registrations("dc1", "n1", good, state)[0].address == good
+
+
+def test_a_deploy_that_adds_a_service_runs_the_node_wide_checks_validate_runs(tmp_path):
+    """The edited compose text goes through what ``check`` runs on a node, the container names included."""
+    text = compose().replace("    image: nginx:1.25\n", "    image: nginx:1.25\n    container_name: n1-api\n")
+    root = repo(tmp_path, text)
+    with pytest.raises(ValidationFailed) as info:
+        Deployer(root, consul=False).deploy("registry.example.com/api:1", "dc1/n1", service="api")
+    assert [p.render() for p in info.value.problems] == [
+        f"{COMPOSE}: services.api.container_name: container name 'n1-api' is also used by service 'web'"]
+    assert (root / COMPOSE).read_text() == text  # nothing written
+    (root / COMPOSE).write_text(text + "  api:\n    image: registry.example.com/api:1\n")
+    assert cli(root, "validate").stdout.splitlines() == [
+        f"{COMPOSE}:6: services.api.container_name: container name 'n1-api' is also used by service 'web'"]
