@@ -146,11 +146,18 @@ def test_crafted_service_name_is_refused_before_consul_and_before_any_container(
     done = run(root, "deploy", WEB1, f"test/{node}")
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
-    assert line.startswith(f"error: datacenters/test/{node}/docker-compose.yml: "
+    assert line.startswith(f"error: datacenters/test/{node}/docker-compose.yml:12: "
                            "services.web.labels.deployer.consul.name: unsafe service name")
     assert container_ids(client, node) == []
     catalog = ConsulCatalog(consul_agent.address)
     assert not any("evil" in e["Service"] for e in agent_services(catalog).values())
+    # validate says the same, and so does every command that loads the repository (the registrator too)
+    validated = cli(root, "validate")
+    assert validated.exit_code == 2 and validated.stdout.splitlines() == [line.removeprefix("error: ")]
+    refused = cli(root, "registrator", f"test/{node}", "--once", "--json")
+    assert refused.exit_code == 2 and refused.stderr.strip() == line
+    compose_file = root / f"datacenters/test/{node}/docker-compose.yml"
+    compose_file.write_text(compose_file.read_text().replace(EVIL, f"{tag}-web"))
 
     # The same label on a container started by hand: the registrator refuses it too...
     hand = client.containers.run(WEB1, detach=True, name=f"{node}-hand", ports={"80/tcp": None}, labels={
