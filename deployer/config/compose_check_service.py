@@ -28,7 +28,7 @@ from deployer.config.compose_keys import (
     parse_healthcheck_test, parse_mode, parse_port, parse_port_long, parse_restart, parse_tmpfs, parse_volume,
     secret_target, split_assignment,
 )  # fmt: skip
-from deployer.config.label_check import label_problems, parse_labels, service_name_problem
+from deployer.config.label_check import check_labels, service_name_problem
 from deployer.errors import ConfigError, ImageReferenceError
 from deployer.imageref import ImageRef
 from deployer.labels import RESERVED_LABELS
@@ -193,26 +193,29 @@ class ServiceChecker:
         """The deployer.* labels discovery reads (``config.label_check``), after every key of the service:
         each bad one at its own line, then whether the service's Consul names are usable."""
         labels_at = at.get("labels")
-        entries: dict[str, tuple[str, At]] = {}  # label -> (the string the container carries, where)
-        if labels_at is not None and isinstance(labels_at.value, dict):
-            for key, child in labels_at.entries():
-                if isinstance(key, str) and is_scalar(child.value):
-                    entries[key] = (label_pairs({key: child.value})[key], child)
-        elif labels_at is not None and isinstance(labels_at.value, list):
-            for _, item in labels_at.items():
+        value = labels_at.value if labels_at is not None else None
+        labels: dict[str, str] = {}  # label -> the string the container carries
+        if isinstance(value, dict):
+            pairs = label_pairs(value)
+            labels = {k: pairs[k] for k, v in value.items() if isinstance(k, str) and is_scalar(v)}
+        elif isinstance(value, list):
+            for item in value:
                 try:
-                    entries.update((k, (v, item)) for k, v in label_pairs([item.value]).items())
+                    key, text = split_assignment(item, "label")
                 except BadValue:
                     continue  # reported by labels()
-        labels = {key: text for key, (text, _) in entries.items()}
-        problems = label_problems(labels)
-        for problem in problems:
-            where = entries[problem.label][1]
-            self.err(where, problem.message, field=f"services.{name}.labels.{problem.label}")
-        if problems:
+                labels[key] = text or ""
+        settings, problems = check_labels(labels)
+        if problems:  # where each label is written (a later list entry wins, as in label_pairs)
+            where = {}
+            for key, child in (labels_at.entries() if isinstance(value, dict) else labels_at.items()):
+                label = key if isinstance(value, dict) else str(child.value).partition("=")[0]
+                where[label] = child
+            for problem in problems:
+                self.err(where[problem.label], problem.message, field=f"services.{name}.labels.{problem.label}")
             return
         ports = [binding[0] for binding, _ in facts.bindings if binding[1] == "tcp"]
-        why = service_name_problem(name, parse_labels(labels), ports)
+        why = service_name_problem(name, settings, ports)
         if why:
             self.err(at, why, field=f"services.{name}")
 

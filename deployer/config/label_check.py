@@ -16,6 +16,7 @@ also the ones ``discovery.catalog`` applies to what it reads back from Consul:
 what may appear unquoted in a config file; ``valid_address`` too, which a
 node.yml ``address:`` (where the node's registrations point) must follow.
 
+* ``check_labels(labels)``: both at once (the compose check's call).
 * ``label_problems(labels)``: every unusable discovery label (``LabelError``
   naming it), in a fixed order; an unknown ``deployer.consul.*`` label and a
   near miss of a known one (``deployer.drian``) are problems too.
@@ -191,15 +192,17 @@ def _unknown(label: str) -> LabelError | None:
 # -- every label --------------------------------------------------------------------------
 
 
+_READERS = [(LABEL_CONSUL_REGISTER, _register), (LABEL_CONSUL_NAME, _name), (LABEL_CONSUL_TAGS, _tags),
+            (LABEL_CONSUL_CHECK, _check), (LABEL_CONSUL_PORT, _port)] + [
+    (label, lambda text, label=label, positive=positive: _duration(label, text, positive))
+    for label, positive in _DURATIONS]
+
+
 def _read(labels: Mapping[str, str]) -> tuple[dict, list[LabelError]]:
     """(label -> its value, every problem), in one fixed order."""
     values: dict = {}
     problems: list[LabelError] = []
-    readers = [(LABEL_CONSUL_REGISTER, _register), (LABEL_CONSUL_NAME, _name), (LABEL_CONSUL_TAGS, _tags),
-               (LABEL_CONSUL_CHECK, _check), (LABEL_CONSUL_PORT, _port)]
-    readers += [(label, lambda text, label=label, positive=positive: _duration(label, text, positive))
-                for label, positive in _DURATIONS]
-    for label, read in readers:
+    for label, read in _READERS:
         if label in labels:
             try:
                 values[label] = read(labels[label])
@@ -208,21 +211,7 @@ def _read(labels: Mapping[str, str]) -> tuple[dict, list[LabelError]]:
     return values, problems
 
 
-def label_problems(labels: Mapping[str, str]) -> list[LabelError]:
-    """Every unusable discovery label in ``labels`` (label -> the string the container carries), unknown
-    ``deployer.consul.*`` labels and near misses included: what a compose file may not write."""
-    unknown = [p for p in (_unknown(label) for label in sorted(labels)) if p is not None]
-    return _read(labels)[1] + unknown
-
-
-def parse_labels(labels: Mapping[str, str] | None) -> Settings:
-    """The discovery settings in ``labels``; LabelError names the first bad one.
-
-    Labels discovery does not know are ignored here (a running container is read as it is);
-    ``label_problems`` refuses them in what a compose file writes."""
-    values, problems = _read({str(k): str(v) for k, v in (labels or {}).items()})
-    if problems:
-        raise problems[0]
+def _settings(values: dict) -> Settings:
     drain = values.get(LABEL_DRAIN)
     return Settings(
         register=values.get(LABEL_CONSUL_REGISTER, True),
@@ -235,6 +224,33 @@ def parse_labels(labels: Mapping[str, str] | None) -> Settings:
         wait=values.get(LABEL_CONSUL_WAIT),
         drain=DEFAULT_DRAIN if drain is None else drain,
     )
+
+
+def check_labels(labels: Mapping[str, str]) -> tuple[Settings, list[LabelError]]:
+    """(the settings, every problem) of the labels a compose service writes: ``label_problems`` and
+    ``parse_labels`` in one reading (the settings mean something only without problems)."""
+    if not any(label.startswith("deployer.") for label in labels):
+        return Settings(), []
+    values, problems = _read(labels)
+    problems += [p for p in (_unknown(label) for label in sorted(labels)) if p is not None]
+    return _settings(values), problems
+
+
+def label_problems(labels: Mapping[str, str]) -> list[LabelError]:
+    """Every unusable discovery label in ``labels`` (label -> the string the container carries), unknown
+    ``deployer.consul.*`` labels and near misses included: what a compose file may not write."""
+    return check_labels(labels)[1]
+
+
+def parse_labels(labels: Mapping[str, str] | None) -> Settings:
+    """The discovery settings in ``labels``; LabelError names the first bad one.
+
+    Labels discovery does not know are ignored here (a running container is read as it is);
+    ``label_problems`` refuses them in what a compose file writes."""
+    values, problems = _read({str(k): str(v) for k, v in (labels or {}).items()})
+    if problems:
+        raise problems[0]
+    return _settings(values)
 
 
 # -- the names a service registers under ---------------------------------------------------

@@ -135,6 +135,12 @@ def test_list_form_labels_are_refused_at_their_item(tmp_path):
     root = repo(tmp_path, compose('      - "deployer.consul.check=tcp"\n      - "deployer.drain=-5s"\n'))
     assert_refused_everywhere(root, [f"{COMPOSE}:7: services.web.labels.deployer.drain: "
                                      "invalid deployer.drain: must not be negative, got '-5s'"])
+    # written twice: the later entry is what the container gets, and what is checked
+    (root / COMPOSE).write_text(compose('      - "deployer.drain=-5s"\n      - "deployer.drain=1s"\n'))
+    assert cli(root, "validate").exit_code == 0
+    (root / COMPOSE).write_text(compose('      - "deployer.drain=1s"\n      - "deployer.drain=-5s"\n'))
+    assert cli(root, "validate").stdout.splitlines() == [
+        f"{COMPOSE}:7: services.web.labels.deployer.drain: invalid deployer.drain: must not be negative, got '-5s'"]
 
 
 def test_an_image_the_engine_cannot_pull_by_name_is_refused_everywhere(tmp_path):
