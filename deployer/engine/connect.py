@@ -109,8 +109,8 @@ def describe(exc: BaseException, timeout: float = CONNECT_TIMEOUT, ca: str | Non
             return why
     verify = _first(chain, ssl.SSLCertVerificationError)
     if verify is not None:
-        what = verify.verify_message or verify.reason or "certificate verify failed"
-        if verify.verify_code in (18, 19, 20, 21):  # self-signed / issuer unknown
+        what = getattr(verify, "verify_message", None) or verify.reason or "certificate verify failed"
+        if getattr(verify, "verify_code", None) in (18, 19, 20, 21):  # self-signed, issuer unknown
             what += f": the engine's certificate is not signed by {f'ca file {ca}' if ca else 'the CA in tls.ca'}"
         return f"TLS certificate verification failed (CERTIFICATE_VERIFY_FAILED): {what}"
     tls = _first(chain, ssl.SSLError)
@@ -120,6 +120,9 @@ def describe(exc: BaseException, timeout: float = CONNECT_TIMEOUT, ca: str | Non
             return f"TLS handshake refused by the engine ({reason}): it does not accept the client certificate"
         if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
             return f"TLS handshake failed ({reason}): the port does not speak TLS (plain HTTP, or another service?)"
+        if isinstance(tls, ssl.SSLEOFError):
+            return ("TLS handshake cut off: the engine closed the connection "
+                    "(does it accept this client certificate, signed by its CA?)")
         return f"TLS error: {reason or ' '.join(str(tls).split())}"
     gai = _first(chain, socket.gaierror)
     if gai is not None:
