@@ -72,7 +72,8 @@ def connect(node: "Node", root: str | Path, timeout: float = DEFAULT_TIMEOUT) ->
 
 
 def _chain(exc: BaseException):
-    """``exc`` and what it wraps, outermost first: causes, contexts, urllib3's ``reason``, exceptions in ``args``."""
+    """``exc`` and what it wraps, outermost first: causes, contexts, urllib3's ``reason``, exceptions in
+    ``args``, and the error per address of paramiko's NoValidConnectionsError (``errors``)."""
     seen: set[int] = set()
     todo: list[BaseException] = [exc]
     while todo:
@@ -81,8 +82,9 @@ def _chain(exc: BaseException):
             continue
         seen.add(id(e))
         yield e
-        inner = [getattr(e, "reason", None), e.__cause__,
-                 None if e.__suppress_context__ else e.__context__, *e.args]
+        per_address = getattr(e, "errors", None)
+        inner = [getattr(e, "reason", None), e.__cause__, None if e.__suppress_context__ else e.__context__,
+                 *e.args, *(per_address.values() if isinstance(per_address, dict) else ())]
         todo += [i for i in inner if isinstance(i, BaseException)]
 
 
@@ -93,6 +95,10 @@ def _first(chain: list[BaseException], kind) -> BaseException | None:
 #: ssl's reasons for an engine that refused our client certificate (TLS alerts it sent).
 _CLIENT_CERT_REFUSED = ("TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE", "TLSV13_ALERT_CERTIFICATE_REQUIRED",
                         "SSLV3_ALERT_CERTIFICATE_UNKNOWN", "TLSV1_ALERT_ACCESS_DENIED", "TLSV1_ALERT_DECRYPT_ERROR")
+
+
+_SOCKET_ERRORS = {errno.EHOSTUNREACH: "no route to host", errno.ENETUNREACH: "network is unreachable",
+                  errno.ECONNRESET: "connection reset by the engine"}
 
 
 def describe(exc: BaseException, timeout: float = CONNECT_TIMEOUT, ca: str | None = None) -> str:
@@ -136,10 +142,9 @@ def describe(exc: BaseException, timeout: float = CONNECT_TIMEOUT, ca: str | Non
             return "timed out waiting for the engine's answer"
     if _first(chain, TimeoutError) is not None:
         return "timed out"
-    failed = _first(chain, OSError)
-    if failed is not None and failed.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNRESET):
-        return {errno.EHOSTUNREACH: "no route to host", errno.ENETUNREACH: "network is unreachable",
-                errno.ECONNRESET: "connection reset by the engine"}[failed.errno]
+    for e in chain:
+        if isinstance(e, OSError) and e.errno in _SOCKET_ERRORS:
+            return _SOCKET_ERRORS[e.errno]
     text = str(exc)
     for marker in ("CERTIFICATE_VERIFY_FAILED", "Connection refused", "timed out", "No route to host",
                    "Name or service not known", "No such file or directory", "Permission denied"):

@@ -8,6 +8,7 @@ builds it (a lookup would leave the machine).
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
@@ -301,6 +302,47 @@ def test_connection_refused():
     exc = failure(lambda: requests.get(f"http://127.0.0.1:{port}/", timeout=5))
     assert "Max retries exceeded" in str(exc)
     assert describe(exc) == "connection refused"
+
+
+def test_ssh_to_a_closed_port():
+    """paramiko wraps the error per address (NoValidConnectionsError, "[Errno None] Unable to connect...")."""
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    with closing(paramiko.SSHClient()) as client:
+        exc = failure(lambda: client.connect("127.0.0.1", port=port, timeout=5))
+    assert isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError) and "[Errno None]" in str(exc)
+    assert describe(exc) == "connection refused"
+
+
+def test_ssh_connect_timeout():
+    """A real TCP connect timeout on loopback: a listener whose accept queue is full drops further SYNs."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    queued = []
+    for _ in range(3):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(server.getsockname())
+        queued.append(s)
+    time.sleep(0.1)
+    try:
+        with closing(paramiko.SSHClient()) as client:
+            started = time.monotonic()
+            exc = failure(lambda: client.connect("127.0.0.1", port=server.getsockname()[1], timeout=0.5))
+            assert time.monotonic() - started < 3
+    finally:
+        for s in queued:
+            s.close()
+        server.close()
+    assert describe(exc) == "timed out"
+
+
+def test_no_route_to_host_as_paramiko_reports_it():
+    unreachable = OSError(errno.EHOSTUNREACH, "No route to host")
+    exc = paramiko.ssh_exception.NoValidConnectionsError({("10.0.0.9", 2222): unreachable})
+    assert describe(exc) == "no route to host"
 
 
 def test_dns_failure_as_urllib3_reports_it():
