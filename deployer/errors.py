@@ -123,6 +123,12 @@ class HostUnreachable(HostError):
     """Connection refused, timeout, DNS, auth or TLS failure."""
 
 
+class TLSFileError(HostError):
+    """A node's tls.ca, tls.cert or tls.key is missing, unreadable, not PEM or encrypted, or cert and key differ."""
+
+    exit_code = 2
+
+
 class ImageNotFound(DeployerError):
     """The image is not on the node and could not be pulled."""
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from deployer.cli.options import DURATION, json_option, quiet_option, repo_root, verbose_option
+from deployer.cli.options import DURATION, json_option, quiet_option, repo_root, setup_logging, verbose_option
 from deployer.cli.output import print_json, table
 
 
@@ -41,6 +41,7 @@ def _logging(quiet: bool, verbose: bool) -> None:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     for noisy in ("urllib3", "docker", "paramiko"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    setup_logging(verbose)  # their records reach the log only with -v (or DEPLOYER_DEBUG=1)
 
 
 def _pick_dc(infra, dc: str | None):

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from deployer.cli import build, deploy, discovery, fleet, nodes, repo
-from deployer.cli.options import repo_option
+from deployer.cli.options import repo_option, setup_logging
 from deployer.errors import DeployerError, HealthCheckFailed
 
 
@@ -53,6 +53,7 @@ def main(ctx: click.Context, repo: str) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["repo"] = repo
+    setup_logging()
 
 
 for _subject in (repo, deploy, fleet, nodes, build, discovery):

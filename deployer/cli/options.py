@@ -13,6 +13,7 @@ Only click and the shared modules are imported here: ``deployer --help`` stays f
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Callable
 
 import click
@@ -77,6 +78,43 @@ def quiet_option(help: str = "No progress lines.") -> Callable:
 
 def verbose_option(help: str) -> Callable:
     return click.option("--verbose", "-v", is_flag=True, help=help)
+
+
+DEBUG_ENV = "DEPLOYER_DEBUG"
+
+
+def debug_requested() -> bool:
+    """``DEPLOYER_DEBUG=1``: debug logging on stderr for every command; ``0`` or unset: none. Other values are refused."""
+    value = os.environ.get(DEBUG_ENV, "")
+    if value not in ("", "0", "1"):
+        raise click.UsageError(f"{DEBUG_ENV}={value!r}: write {DEBUG_ENV}=1 for debug logging on stderr, or 0")
+    return value == "1"
+
+
+#: The libraries that log on their own while engines are reached: paramiko (a
+#: 20-line traceback for an ssh port that sends no banner), urllib3 (its retries), docker-py.
+TRANSPORT_LOGGERS = ("paramiko", "urllib3", "docker")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Every command, before it runs: the transport libraries' own log records stay off stderr,
+    unless ``verbose`` (a command's -v) or DEPLOYER_DEBUG=1, which also logs everything at DEBUG to stderr.
+
+    Off, each of TRANSPORT_LOGGERS gets a NullHandler (so Python's last-resort
+    handler, which prints warnings to stderr when nothing is configured, stays
+    silent) and does not propagate; on, their records reach the root logger's handlers.
+    """
+    import logging
+
+    debug = debug_requested()
+    if debug:
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in TRANSPORT_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+            logger.addHandler(logging.NullHandler())
+        logger.propagate = verbose or debug
 
 
 # -- commands that change the repository and the nodes --------------------------------

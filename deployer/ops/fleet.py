@@ -47,7 +47,7 @@ def node_status(root: Path, node: Node, services: list[Service]) -> list[StatusR
         with EngineSession(node, root, timeout=READ_TIMEOUT) as session:
             changes = session.plan(specs)
     except HostError as exc:
-        return [StatusRow(s.target, s.image, None, None, "unreachable", False, exc.message) for s in services]
+        return [StatusRow(s.target, s.image, None, None, "unreachable", False, exc.one_line()) for s in services]
     return [status_row(spec, change) for spec, change in zip(specs, changes)]
 
 
