@@ -438,3 +438,15 @@ def test_the_checker_resolves_relative_and_function_level_imports(tmp_path, monk
     finally:
         for cached in (modules, tree, imports, _classes):
             cached.cache_clear()
+
+
+def test_test_modules_have_unique_names_across_the_tiers():
+    """pytest imports tests/unit and tests/engines by basename: two files of one name break collection."""
+    tests = Path(__file__).resolve().parents[1]
+    seen: dict[str, Path] = {}
+    clashes = []
+    for path in sorted(tests.rglob("test_*.py")):
+        if path.name in seen:
+            clashes.append(f"{seen[path.name].relative_to(tests)} and {path.relative_to(tests)}")
+        seen.setdefault(path.name, path)
+    assert not clashes, "; ".join(clashes)
