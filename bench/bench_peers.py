@@ -31,7 +31,10 @@ repository against ``python -c pass`` and against the same engine reads done by 
 warm process (the engine round trips). The load average is printed at the start,
 in the middle and at the end. No timed assertions: this prints numbers.
 
-    python3 bench/bench_peers.py [--runs 15] [--startup-runs 10]
+    python3 bench/bench_peers.py [--runs 15] [--startup-runs 10] [--compare ../main]
+
+``--compare CHECKOUT`` adds the three deployer runs of another checkout (its code, this
+benchmark), so a change is measured before and after in the same run, under the same load.
 """
 
 from __future__ import annotations
@@ -298,6 +301,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15, help="rounds per tool (median of these; default 15)")
     parser.add_argument("--startup-runs", type=int, default=10, help="runs of each start-up command (default 10)")
     parser.add_argument("--only", default="", help="comma-separated tool names to run (default: all)")
+    parser.add_argument("--compare", metavar="CHECKOUT", default="",
+                        help="also run the deployer of another checkout (e.g. main), side by side in the same run")
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -319,12 +324,17 @@ def main() -> None:
         (tmp / "sdk.py").write_text(SDK)
 
         repos = {"fixed": ("18084:80", True), "ephemeral": ("80", True), "plain": ("18086:80", False)}
+        if args.compare:
+            repos.update({"cfixed": ("18184:80", True), "cephemeral": ("80", True), "cplain": ("18186:80", False)})
         for name, (ports, health) in repos.items():
             make_repo(tmp / name, url, {f"dpl-{name}": compose_text(IMAGES[0], ports, health)})
 
-        def deployer(repo: str, target: str, *extra: str) -> Callable[[str], list[str]]:
-            return lambda image: [py, "-m", "deployer", "--repo", str(tmp / repo), "deploy", "-q", *extra,
-                                  image, target]
+        ours = str(ROOT)
+
+        def deployer(repo: str, target: str, *extra: str, checkout: str = ours) -> Callable[[str], list[str]]:
+            # every deployer run names its checkout the same way, so the compared ones differ only in code
+            return lambda image: ["/usr/bin/env", f"PYTHONPATH={checkout}", py, "-m", "deployer", "--repo",
+                                  str(tmp / repo), "deploy", "-q", *extra, image, target]
 
         def script(*argv: str) -> Callable[[str], list[str]]:
             return lambda image: [*argv, image]
@@ -350,6 +360,17 @@ def main() -> None:
             Tool("deployer deploy, not gated (--settle 0)", deployer("plain", "bench/dpl-plain", "--settle", "0"),
                  18086, "dpl-plain-web"),
         ]
+        if args.compare:
+            other, label = str(Path(args.compare).resolve()), Path(args.compare).name
+            tools += [
+                Tool(f"deployer deploy, gated, fixed port [{label}]",
+                     deployer("cfixed", "bench/dpl-cfixed", checkout=other), 18184, "dpl-cfixed-web"),
+                Tool(f"deployer deploy, gated, ephemeral port [{label}]",
+                     deployer("cephemeral", "bench/dpl-cephemeral", checkout=other), None, "dpl-cephemeral-web"),
+                Tool(f"deployer deploy, not gated (--settle 0) [{label}]",
+                     deployer("cplain", "bench/dpl-cplain", "--settle", "0", checkout=other), 18186,
+                     "dpl-cplain-web"),
+            ]
         if args.only:
             wanted = [w.strip() for w in args.only.split(",") if w.strip()]
             tools = [t for t in tools if any(t.name.startswith(w) for w in wanted)]
@@ -372,15 +393,23 @@ def main() -> None:
         # start-up: a 3-node repository, every node on this engine, converged
         three = tmp / "three"
         make_repo(three, url, {f"n{i}": compose_text(IMAGES[0], f"{18090 + i}:80", True) for i in range(3)})
-        base = [py, "-m", "deployer", "--repo", str(three)]
+        def env(checkout: str = ours) -> list[str]:
+            return ["/usr/bin/env", f"PYTHONPATH={checkout}", py]
+
+        base = [*env(), "-m", "deployer", "--repo", str(three)]
         timed(launcher, [*base, "apply", "-q"])
         startup = {
-            "python -c pass": [py, "-c", "pass"],
+            "python -c pass": [*env(), "-c", "pass"],
             "deployer --help": [*base, "--help"],
             "deployer status (3 nodes)": [*base, "status"],
             "deployer plan (3 nodes)": [*base, "plan"],
-            "engine reads, fresh SDK script": [py, "-c", ROUND_TRIPS, url, IMAGES[0]],
+            "engine reads, fresh SDK script": [*env(), "-c", ROUND_TRIPS, url, IMAGES[0]],
         }
+        if args.compare:
+            other_base = [*env(other), "-m", "deployer", "--repo", str(three)]
+            startup.update({f"deployer --help [{label}]": [*other_base, "--help"],
+                            f"deployer status (3 nodes) [{label}]": [*other_base, "status"],
+                            f"deployer plan (3 nodes) [{label}]": [*other_base, "plan"]})
         start_times: dict[str, list[float]] = {k: [] for k in startup}
         start_rss: dict[str, list[int]] = {k: [] for k in startup}
         for r in range(args.startup_runs):
@@ -414,12 +443,12 @@ def main() -> None:
     cli = median(tools[0].times) if tools and tools[0].name == "docker CLI" else float("nan")
     cli_plain = next((median(t.times) for t in tools if t.name == "docker CLI, no health"), float("nan"))
     comp = next((median(t.times) for t in tools if t.name.startswith("docker compose")), None)
-    print(f"  {'tool':44} {'median s':>8} {'min':>6} {'max':>6} {'/CLI':>6} {'/CLI nh':>7}"
+    print(f"  {'tool':52} {'median s':>8} {'min':>6} {'max':>6} {'/CLI':>6} {'/CLI nh':>7}"
           f"{' /compose' if comp else ''} {'peak RSS MB':>11}")
     for tool in tools:
         m = median(tool.times)
         rss = median(tool.rss_kb) / 1024
-        line = (f"  {tool.name:44} {m:8.3f} {min(tool.times):6.3f} {max(tool.times):6.3f} {m / cli:6.2f} "
+        line = (f"  {tool.name:52} {m:8.3f} {min(tool.times):6.3f} {max(tool.times):6.3f} {m / cli:6.2f} "
                 f"{m / cli_plain:7.2f}")
         if comp:
             line += f" {m / comp:8.2f}"
@@ -433,10 +462,10 @@ def main() -> None:
     m_warm = median(warm)
     for name, values in start_times.items():
         m = median(values)
-        print(f"  {name:34} {m:6.3f} s   (+{m - m_pass:.3f} over python -c pass)   "
+        print(f"  {name:40} {m:6.3f} s   (+{m - m_pass:.3f} over python -c pass)   "
               f"peak RSS {median(start_rss[name]) / 1024:5.1f} MB")
-    print(f"  {'engine reads, warm process':34} {m_warm:6.3f} s")
-    for name in ("deployer status (3 nodes)", "deployer plan (3 nodes)"):
+    print(f"  {'engine reads, warm process':40} {m_warm:6.3f} s")
+    for name in [n for n in start_times if n.startswith(("deployer status", "deployer plan"))]:
         print(f"  {name} above the engine round trips: {median(start_times[name]) - m_warm:.3f} s (target < 0.2)")
     print("load average (1, 5, 15 min): " + "; ".join(f"{when} {value}" for when, value in loads))
     print(f"cpus: {os.cpu_count()}")
