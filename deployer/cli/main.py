@@ -11,6 +11,7 @@ the console script and ``python -m deployer``.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -30,8 +31,36 @@ def _fail(exc: DeployerError) -> None:
     sys.exit(exc.exit_code)
 
 
+def _leave_at_once() -> None:
+    """After a successful command run as the program: flush and leave without tearing the interpreter down.
+
+    Freeing every module and object at exit costs tens of milliseconds the OS does for nothing.
+    Only after success (nothing left to report), and only when the output flushed cleanly: a
+    flush that fails (a closed pipe) takes the normal exit, with its messages and status.
+    """
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return
+    os._exit(0)
+
+
 class DeployerGroup(click.Group):
     """Turns DeployerError into one line on stderr and its exit code."""
+
+    def main(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
+        # Called without args only as the program (the console script, python -m deployer);
+        # callers that pass args (click's CliRunner, tests) get click's behaviour unchanged.
+        if args is not None or rest or kwargs:
+            return super().main(args, *rest, **kwargs)
+        try:
+            super().main()
+        except SystemExit as exc:
+            if exc.code in (0, None):
+                _leave_at_once()
+            raise
+        _leave_at_once()  # pragma: no cover - click's standalone mode always exits
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

