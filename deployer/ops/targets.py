@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from deployer.discovery.hooks import deploy_hooks
 from deployer.engine.apply import Hooks
 from deployer.engine.connect import describe
 from deployer.engine.plan import REMOVE, Change
@@ -113,6 +112,10 @@ def discovery_hooks(datacenter: Datacenter | None, node: Node, root: Path, enabl
     Consul must answer before any container is touched (``--no-consul`` skips it)."""
     if not enabled or datacenter is None or not datacenter.consul:
         return None
+    # Imported here, not at the top: the Consul client and the catalog cost about 15 ms of every
+    # deploy's start-up (python -X importtime), and a datacenter without Consul never needs them.
+    from deployer.discovery.hooks import deploy_hooks
+
     return deploy_hooks(datacenter, node, root, progress=progress)
 
 
