@@ -37,7 +37,7 @@ class _Checker(ServiceChecker):
     # -- top level --------------------------------------------------------
 
     def check(self, doc: Any) -> list[ConfigError]:
-        top = At(doc, None, None)
+        top = At(doc, None, 1)  # line 1 for keys merged into the top level (they have no line of their own)
         if not isinstance(doc, dict):
             self.errors.append(
                 ConfigError(self.path, f"a compose file must be a mapping with a 'services' key, not {kind(doc)}", line=1)

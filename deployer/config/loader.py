@@ -22,12 +22,13 @@ from __future__ import annotations
 import dataclasses
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 from ruamel.yaml import YAML
-from ruamel.yaml.constructor import RoundTripConstructor
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.constructor import RoundTripConstructor, SafeConstructor
+from ruamel.yaml.error import MarkedYAMLError, YAMLError, YAMLFutureWarning, YAMLWarning
 from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent, ScalarEvent
 
 from deployer.config.compose_check import validate_compose
@@ -44,6 +45,11 @@ try:
     from ruamel.yaml.cyaml import CParser as _CEventParser  # libyaml via ruamel.yaml.clib
 except ImportError:
     _CEventParser = None
+
+# ruamel warns on stderr, over several lines, about legal YAML (a reused anchor name)
+# and about what it may refuse one day; the loader reports every problem itself.
+warnings.filterwarnings("ignore", category=YAMLWarning)
+warnings.filterwarnings("ignore", category=YAMLFutureWarning)
 
 DATACENTERS = "datacenters"
 DATACENTER_FILE = "datacenter.yml"
@@ -171,21 +177,45 @@ def _events(parser: Any) -> Any:
         parser.dispose()
 
 
-class _Constructor(RoundTripConstructor):
-    """ruamel's round-trip constructor; what a value's conversion raises names the value's line."""
+class _CheckedValues:
+    """What a value's conversion raises names the value's line; an int too long to write in decimal is refused.
+
+    (ruamel builds ``0x`` + 5,000 digits as an int, which Python then cannot
+    turn into a string: every message and label would raise.)
+    """
 
     def construct_object(self, node: Any, deep: bool = False) -> Any:
         try:
-            return super().construct_object(node, deep=deep)
+            data = super().construct_object(node, deep=deep)
         except (YamlValueError, MarkedYAMLError, RecursionError, MemoryError):
             raise
         except Exception as exc:  # the innermost node: its line
             raise _value_problem(node.start_mark, exc) from None
+        if data.__class__ is not bool and isinstance(data, int) and _too_long(data):
+            raise YamlValueError(_TOO_LONG(), node.start_mark.line + 1)
+        return data
+
+
+def _too_long(number: int) -> bool:
+    digits = sys.get_int_max_str_digits()
+    return digits > 0 and number.bit_length() > 3 * digits and abs(number) >= 10**digits
+
+
+def _TOO_LONG() -> str:
+    return f"a number of more than {sys.get_int_max_str_digits():,} digits"
+
+
+class _Constructor(_CheckedValues, RoundTripConstructor):
+    """The round-trip constructor, values checked."""
+
+
+class _SafeConstructor(_CheckedValues, SafeConstructor):
+    """The safe constructor (``load_fast``'s fallback), values checked."""
 
 
 def _value_problem(mark: Any, exc: Exception) -> YamlValueError:
     if isinstance(exc, ValueError) and "integer string conversion" in str(exc):
-        problem = f"a number of more than {sys.get_int_max_str_digits():,} digits"
+        problem = _TOO_LONG()
     else:
         problem = " ".join(str(exc).split()) or type(exc).__name__
     return YamlValueError(problem, mark.line + 1)
@@ -232,7 +262,9 @@ def load_fast(text: str) -> Any:
             return fastyaml.load(text)
         except Exception:
             pass
-    return YAML(typ="safe", pure=False).load(text)
+    yaml = YAML(typ="safe", pure=False)
+    yaml.Constructor = _SafeConstructor
+    return yaml.load(text)
 
 
 def key_line(mapping: Any, key: Any) -> int | None:
