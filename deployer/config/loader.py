@@ -177,20 +177,15 @@ def _events(parser: Any) -> Any:
         parser.dispose()
 
 
-class _CheckedValues:
-    """What a value's conversion raises names the value's line; an int too long to write in decimal is refused.
+class _RefuseLongInts:
+    """An int too long to write in decimal is refused, with its line.
 
-    (ruamel builds ``0x`` + 5,000 digits as an int, which Python then cannot
-    turn into a string: every message and label would raise.)
+    (ruamel builds ``0x`` and 5,000 digits as an int, which Python then cannot
+    turn into a string: every message, label and environment value would raise.)
     """
 
     def construct_object(self, node: Any, deep: bool = False) -> Any:
-        try:
-            data = super().construct_object(node, deep=deep)
-        except (YamlValueError, MarkedYAMLError, RecursionError, MemoryError):
-            raise
-        except Exception as exc:  # the innermost node: its line
-            raise _value_problem(node.start_mark, exc) from None
+        data = super().construct_object(node, deep=deep)
         if data.__class__ is not bool and isinstance(data, int) and _too_long(data):
             raise YamlValueError(_TOO_LONG(), node.start_mark.line + 1)
         return data
@@ -205,12 +200,20 @@ def _TOO_LONG() -> str:
     return f"a number of more than {sys.get_int_max_str_digits():,} digits"
 
 
-class _Constructor(_CheckedValues, RoundTripConstructor):
-    """The round-trip constructor, values checked."""
+class _Constructor(_RefuseLongInts, RoundTripConstructor):
+    """The round-trip constructor: long ints refused, and what a value's conversion raises names its line."""
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (YamlValueError, MarkedYAMLError, RecursionError, MemoryError):
+            raise
+        except Exception as exc:  # the innermost node: its line
+            raise _value_problem(node.start_mark, exc) from None
 
 
-class _SafeConstructor(_CheckedValues, SafeConstructor):
-    """The safe constructor (``load_fast``'s fallback), values checked."""
+class _SafeConstructor(_RefuseLongInts, SafeConstructor):
+    """The safe constructor of ``load_fast``'s fallback: ruamel's, long ints refused."""
 
 
 def _value_problem(mark: Any, exc: Exception) -> YamlValueError:
@@ -255,7 +258,8 @@ def load_fast(text: str) -> Any:
     is read by ruamel's safe loader, so the result never depends on which one
     read it. Callers validate this first and re-read with ``parse_yaml``
     (round-trip, with lines) only when something is wrong and needs a line in
-    its message.
+    its message. One difference from ruamel: an int too long for Python to
+    write in decimal raises YamlValueError.
     """
     if fastyaml is not None:
         try:
