@@ -31,6 +31,8 @@ WEB = "services:\n  web:\n    image: nginx:1\n"
 CASES = {
     "ports 1-65535:1-65535": WEB + '    ports: ["1-65535:1-65535"]\n',
     "20 MB scalar": WEB + "    labels:\n      x: " + "a" * 20_000_000 + "\n",
+    "20 MB scalar and an unsupported key (read again with lines)": WEB + "    labels:\n      x: " + "a" * 20_000_000
+    + "\n    foo: 1\n",
     "ports 1-16384 twice (the largest ranges allowed, clashing)": WEB
     + '    ports: ["1-16384:1-16384"]\n  db:\n    image: nginx:1\n    ports: ["1-16384:1-16384"]\n',
     "flow nesting 20,000 deep": "services: " + "[" * 20_000 + "]" * 20_000 + "\n",
@@ -61,6 +63,7 @@ def child(root: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--timeout", type=float, default=300, help="seconds before a case counts as hung")
+    parser.add_argument("--only", default="", help="run only the cases whose name contains this")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -71,6 +74,8 @@ def main() -> None:
         env["PYTHONPATH"] = str(ROOT)
     print(f"{'case':60} {'seconds':>9}  result")
     for name, text in CASES.items():
+        if args.only not in name:
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             root = make_repo(Path(tmp), text)
             try:
