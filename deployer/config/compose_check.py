@@ -221,16 +221,18 @@ class _Ports:
         """Take the ports of lo-hi that are free; taken ones keep their first owner."""
         i = bisect_left(self.ends, lo)
         j = bisect_right(self.starts, hi, lo=i)
-        starts, ends, owners = [], [], []
+        ranges = []  # ranges i..j-1 meet lo-hi: keep them, and take the gaps around them
         cur = lo
         for k in range(i, j):
             if self.starts[k] > cur:
-                starts.append(cur), ends.append(self.starts[k] - 1), owners.append(owner)
-            starts.append(self.starts[k]), ends.append(self.ends[k]), owners.append(self.owners[k])
+                ranges.append((cur, self.starts[k] - 1, owner))
+            ranges.append((self.starts[k], self.ends[k], self.owners[k]))
             cur = self.ends[k] + 1
         if cur <= hi:
-            starts.append(cur), ends.append(hi), owners.append(owner)
-        self.starts[i:j], self.ends[i:j], self.owners[i:j] = starts, ends, owners
+            ranges.append((cur, hi, owner))
+        self.starts[i:j] = [r[0] for r in ranges]
+        self.ends[i:j] = [r[1] for r in ranges]
+        self.owners[i:j] = [r[2] for r in ranges]
 
 
 class _Published:

@@ -86,11 +86,12 @@ def _could_exceed(text: str) -> bool:
     """
     if "*" in text or len(text) > MAX_SCALAR_CHARS:
         return True
-    lead = max(map(len, _LEAD_RE.findall(text)), default=0)
+    lead = max(map(len, _LEAD_RE.findall(text)), default=0)  # one more than the lead: the line break
     return 2 * lead + 2 + text.count("[") + text.count("{") > MAX_DEPTH
 
 
-_LEAD_RE = re.compile(r"^[ \t?:-]*", re.MULTILINE)
+# A line's leading indentation and indicators, after any line break ruamel knows (not only '\n').
+_LEAD_RE = re.compile("(?:\\A|[\r\n\x85\u2028\u2029])[ \t?:-]*")
 
 
 def _scan(events: Any, path: str) -> ConfigError | None:
