@@ -3,7 +3,7 @@
 ``load(text)`` returns what ``ruamel.yaml.YAML(typ="safe").load(text)`` returns
 (dicts, lists, str, int, float, bool, None, dates), several times faster, or
 raises. It raises ``Unsupported`` for every text whose result it cannot
-guarantee to be the same; any exception means "ask ruamel" (``loader.load_fast``
+guarantee to be the same; any exception means "ask ruamel" (``yamlread.load_fast``
 does), never "the file is invalid".
 
 How it stays identical to ruamel:

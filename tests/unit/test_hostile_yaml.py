@@ -19,7 +19,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from deployer.cli.main import main
-from deployer.config import loader
+from deployer.config import loader, yamlread
 from deployer.config.compose_check_service import MAX_PORTS_PER_FILE
 from deployer.config.compose_keys import MAX_PORTS_PER_ENTRY, parse_port
 from deployer.errors import ConfigError, ValidationFailed, printable
@@ -66,17 +66,17 @@ def one_error(tmp_path: Path, files: dict[str, str | bytes], command: str = "val
 
 @pytest.mark.parametrize("text, expected", [
     (WEB + "    cpus: !!float x\n",
-     f"{COMPOSE_YML}:4: cannot read this value: could not convert string to float: 'x'"),
+     f"{COMPOSE_YML}:4: cannot read 'x' as !!float: could not convert string to float: 'x'"),
     (WEB + "x: &x {<<: *x}\n",
      f"{COMPOSE_YML}:4: alias *x is inside the node it names: a recursive structure is not data the deployer can use"),
     (WEB + "x-loop: &y [*y]\n",
      f"{COMPOSE_YML}:4: alias *y is inside the node it names: a recursive structure is not data the deployer can use"),
-    (WEB + "    cpus: " + "9" * 5000 + "\n", f"{COMPOSE_YML}:4: cannot read this value: a number of more than 4,300 digits"),
+    (WEB + "    cpus: " + "9" * 5000 + "\n", f"{COMPOSE_YML}:4: a number of more than 4,300 digits (see 'Limits' in docs/compose.md)"),
     # found by the property test: hex, octal and binary ints are built, then cannot be written in decimal
     (WEB + "    labels:\n      team: 0x" + "9" * 5000 + "\n",
-     f"{COMPOSE_YML}:5: cannot read this value: a number of more than 4,300 digits"),
+     f"{COMPOSE_YML}:5: a number of more than 4,300 digits (see 'Limits' in docs/compose.md)"),
     (WEB + "    environment: {A: 0o" + "7" * 6000 + "}\n",
-     f"{COMPOSE_YML}:4: cannot read this value: a number of more than 4,300 digits"),
+     f"{COMPOSE_YML}:4: a number of more than 4,300 digits (see 'Limits' in docs/compose.md)"),
     ("services:\n" + "".join("  " * (i + 1) + "a:\n" for i in range(3000)),
      f"{COMPOSE_YML}:1: 9,012,010 bytes: a YAML file may have at most 1,048,576 (see 'Limits' in docs/compose.md)"),
     ("services:\n" + "".join("  " * (i + 1) + "a:\n" for i in range(150)),
@@ -110,7 +110,7 @@ def test_a_20_mb_scalar_is_refused_before_it_is_read(tmp_path):
 
 def test_every_command_that_loads_the_repository_gives_the_same_line(tmp_path):
     line = one_error(tmp_path, {COMPOSE_YML: WEB + "    cpus: !!float x\n"}, command="ls")
-    assert line == f"{COMPOSE_YML}:4: cannot read this value: could not convert string to float: 'x'"
+    assert line == f"{COMPOSE_YML}:4: cannot read 'x' as !!float: could not convert string to float: 'x'"
     control = one_error(tmp_path / "b", {COMPOSE_YML: WEB + '    container_name: "a\\e[31m\\u202e\\ud800"\n'},
                         command="ls")
     assert control == (f"{COMPOSE_YML}:4: services.web.container_name: invalid container name "
@@ -118,13 +118,16 @@ def test_every_command_that_loads_the_repository_gives_the_same_line(tmp_path):
 
 
 @pytest.mark.parametrize("rel, text, expected", [
-    (NODE_YML, "docker: !!int x\n", f"{NODE_YML}:1: cannot read this value: invalid literal for int() with base 10: 'x'"),
+    (NODE_YML, "docker: !!int x\n", f"{NODE_YML}:1: cannot read 'x' as !!int: invalid literal for int() with base 10: 'x'"),
     (NODE_YML, "docker: &d [*d]\n", f"{NODE_YML}:1: alias *d is inside the node it names: a recursive structure is "
                                     "not data the deployer can use"),
     (NODE_YML, "docker: " + "[" * 101 + "]" * 101, f"{NODE_YML}:1: nested more than 100 levels deep (see 'Limits' in "
                                                    "docs/compose.md)"),
-    (DC_YML, "consul: 0b" + "1" * 20000 + "\n", f"{DC_YML}:1: cannot read this value: a number of more than 4,300 digits"),
+    (DC_YML, "consul: 0b" + "1" * 20000 + "\n", f"{DC_YML}:1: a number of more than 4,300 digits (see 'Limits' in docs/compose.md)"),
     (DC_YML, b"description: caf\xe9\n", f"{DC_YML}:1: not UTF-8 text"),
+    # found by the property test (on main: no line, and the position in characters)
+    (DC_YML, "consul: x\ndescription: a\x7fb\n", f"{DC_YML}:2: malformed YAML: special characters are not allowed: U+007F"),
+    (NODE_YML, "docker: !!int 0x\n", f"{NODE_YML}:1: cannot read '0x' as !!int: string index out of range"),
     (DC_YML, "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8)),
      f"{DC_YML}:5: aliases stand for more than 100,000 nodes (see 'Limits' in docs/compose.md)"),
@@ -146,25 +149,25 @@ def nested(depth: int, flow: bool) -> str:
 
 @pytest.mark.parametrize("flow", [True, False])
 def test_depth_limit_edge(tmp_path, flow):
-    ok, _ = run(repo(tmp_path / "ok", {COMPOSE_YML: nested(loader.MAX_DEPTH, flow)}), "validate")
+    ok, _ = run(repo(tmp_path / "ok", {COMPOSE_YML: nested(yamlread.MAX_DEPTH, flow)}), "validate")
     assert ok.exit_code == 0, ok.output
-    line = one_error(tmp_path / "bad", {COMPOSE_YML: nested(loader.MAX_DEPTH + 1, flow)})
+    line = one_error(tmp_path / "bad", {COMPOSE_YML: nested(yamlread.MAX_DEPTH + 1, flow)})
     assert line.endswith(": nested more than 100 levels deep (see 'Limits' in docs/compose.md)")
 
 
 def test_scalar_limit_edge(tmp_path):
-    ok, _ = run(repo(tmp_path / "ok", {COMPOSE_YML: WEB + "x-big: " + "a" * loader.MAX_SCALAR_CHARS + "\n"}), "validate")
+    ok, _ = run(repo(tmp_path / "ok", {COMPOSE_YML: WEB + "x-big: " + "a" * yamlread.MAX_SCALAR_CHARS + "\n"}), "validate")
     assert ok.exit_code == 0, ok.output
-    line = one_error(tmp_path / "bad", {COMPOSE_YML: WEB + "x-big: '" + "a" * (loader.MAX_SCALAR_CHARS + 1) + "'\n"})
+    line = one_error(tmp_path / "bad", {COMPOSE_YML: WEB + "x-big: '" + "a" * (yamlread.MAX_SCALAR_CHARS + 1) + "'\n"})
     assert line == f"{COMPOSE_YML}:4: a scalar of 262,145 characters: the limit is 262,144 (see 'Limits' in docs/compose.md)"
 
 
 def test_file_size_limit_edge(tmp_path):
     filler = "# " + "x" * 98 + "\n"
-    text = WEB + filler * ((loader.MAX_FILE_BYTES - len(WEB)) // len(filler))
-    text += "#" * (loader.MAX_FILE_BYTES - len(text) - 1) + "\n"
-    assert len(text.encode()) == loader.MAX_FILE_BYTES
-    ok, elapsed = run(repo(tmp_path / "ok", {COMPOSE_YML: text}), "validate")
+    text = WEB + filler * ((yamlread.MAX_FILE_BYTES - len(WEB)) // len(filler))
+    text += "#" * (yamlread.MAX_FILE_BYTES - len(text) - 1) + "\n"
+    assert len(text.encode()) == yamlread.MAX_FILE_BYTES
+    ok, _ = run(repo(tmp_path / "ok", {COMPOSE_YML: text}), "validate")
     assert ok.exit_code == 0, ok.output
     line = one_error(tmp_path / "bad", {COMPOSE_YML: text + "\n"})
     assert line == f"{COMPOSE_YML}:1: 1,048,577 bytes: a YAML file may have at most 1,048,576 (see 'Limits' in docs/compose.md)"
@@ -190,7 +193,7 @@ def test_limits_apply_to_an_edited_compose_text_too(tmp_path):
 def test_parse_yaml_checks_the_limits():
     with pytest.raises(ConfigError, match="nested more than 100 levels deep"):
         loader.parse_yaml("[" * 101 + "]" * 101, "f.yml")
-    with pytest.raises(ConfigError, match=r"^f.yml:2: cannot read this value: could not convert string to float"):
+    with pytest.raises(ConfigError, match=r"^f.yml:2: cannot read 'x' as !!float: could not convert string to float"):
         loader.parse_yaml("a: 1\nb: !!float x\n", "f.yml")
 
 
@@ -225,16 +228,16 @@ def test_the_cheap_depth_bound_is_never_below_the_real_depth(data, indent, offse
     except YAMLError:
         assume(False)  # not a line break here (YAML 1.2 reads '\x85' and '\u2028' as text)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(loader, "MAX_DEPTH", depth - 1)
-        assert loader._could_exceed(text), text
+        patch.setattr(yamlread, "MAX_DEPTH", depth - 1)
+        assert yamlread._could_exceed(text), text
 
 
 @pytest.mark.parametrize("text", ["- - - - - a\n", "a:\n- b:\n  - c:\n    - d\n", "? - - a\n: - - b\n",
                                   "- {a: [b, {c: [d]}]}\n", "--- [[a]]\n", "- &x !!seq\n  - - a\n"])
 def test_the_cheap_depth_bound_on_compact_forms(text):
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(loader, "MAX_DEPTH", real_depth(text) - 1)
-        assert loader._could_exceed(text), text
+        patch.setattr(yamlread, "MAX_DEPTH", real_depth(text) - 1)
+        assert yamlread._could_exceed(text), text
 
 
 # -- ports: ranges checked as ranges --------------------------------------------------------------

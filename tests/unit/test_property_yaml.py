@@ -14,7 +14,6 @@ import time
 import unicodedata
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -140,7 +139,7 @@ def mutated_repo(draw):
 
 
 def validate(tmp: Path, which: str, text: str):
-    for rel, content in (v for v in FILES.values()):
+    for rel, content in FILES.values():
         path = tmp / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content.encode())
@@ -177,6 +176,15 @@ EXAMPLES = int(os.environ.get("PROPERTY_YAML_EXAMPLES", "300"))  # more for a lo
 @settings(max_examples=EXAMPLES, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
 @given(case=mutated_repo())
+# The cases this test found (each also in test_hostile_yaml, with its exact line):
+@example(case=("compose", COMPOSE.replace("volumes:\n  data", "<<: *defaults\nvolumes:\n  data")))  # merged top keys
+@example(case=("compose", COMPOSE.replace("team: web", "team: 0x" + "9" * 5000)))  # an int Python cannot print
+@example(case=("compose", COMPOSE.replace("restart: unless-stopped", "restart: unless-stopped\ud7fc\n"
+                                                                     "  restart: unless-stopped")))
+@example(case=("datacenter", DATACENTER.replace("the test", "the\x7ftest")))  # no line from the reader
+@example(case=("node", "docker: !!int 0x\n"))  # IndexError inside ruamel
+@example(case=("node", "x: &x {<<: *x}\n" + NODE))  # AttributeError inside ruamel
+@example(case=("datacenter", "description: !!float x\n"))  # ValueError
 def test_validate_never_crashes_or_hangs(tmp_path_factory, case):
     which, text = case
     tmp = tmp_path_factory.mktemp("repo")
