@@ -57,11 +57,14 @@ def limit_error(path: str, what: str, line: int | None = 1) -> ConfigError:
 def _could_exceed(text: str) -> bool:
     """False when no event scan is needed: the text cannot break a depth, scalar or alias limit.
 
-    Every level of block nesting takes at least one character of a line's
-    leading indentation and indicators ('- ', '? ', ': ') for every two
-    levels, every flow level an opening bracket, a scalar is never longer
-    than the text, and expansion needs an alias ('*'). So this bound, counted
-    at C speed, is safe; most files are far below it.
+    In block style, every two levels of nesting take at least one more
+    character of a line's lead (its indentation and the indicators '- ', '? ',
+    ': ' before the content; a sequence may sit at its key's indentation, so
+    one character for two levels); in flow style every level takes an opening
+    bracket. So a document is at most 2 * (longest lead) + 2 + (number of '['
+    and '{') deep. A scalar is never longer than the text, and expansion needs
+    an alias ('*'). The bound is counted at C speed; most files are far below
+    it (tests/unit/test_hostile_yaml.py checks it against the real depth).
     """
     if "*" in text or len(text) > MAX_SCALAR_CHARS:
         return True
@@ -123,24 +126,25 @@ def yaml_limits(text: str, path: str) -> ConfigError | None:
         return None
     # libyaml's event parser first (fast, linear). Text it refuses is scanned by
     # the pure-Python parser the round trip uses (it accepts a little more, like
-    # surrogate escapes), so that what the round trip reads is bounded too; but
-    # that parser's scanner is quadratic in flow nesting, so with more than
-    # MAX_PURE_FLOW flow openings libyaml's refusal is the answer.
+    # surrogate escapes), so that what the round trip reads is bounded too. That
+    # parser is about 30 times slower and quadratic in flow nesting: beyond
+    # MAX_PURE_BYTES or MAX_PURE_FLOW flow openings, libyaml's refusal is the answer.
     if _CEventParser is not None:
         try:
             return _scan(_events(_CEventParser(text)), path)
-        except MarkedYAMLError as exc:
-            if text.count("[") + text.count("{") > MAX_PURE_FLOW:
-                return _malformed(path, exc)
-        except Exception:
-            pass
+        except Exception as exc:
+            if size > MAX_PURE_BYTES or text.count("[") + text.count("{") > MAX_PURE_FLOW:
+                if isinstance(exc, MarkedYAMLError):
+                    return _malformed(path, exc)
+                return ConfigError(path, f"malformed YAML: {' '.join(str(exc).split())}", line=1)
     try:
         return _scan(YAML().parse(text), path)
     except Exception:  # malformed: parse_yaml says where
         return None
 
 
-MAX_PURE_FLOW = 10_000
+MAX_PURE_BYTES = 128 * 1024  # the largest text libyaml refuses that the pure-Python parser is asked about
+MAX_PURE_FLOW = 10_000  # ... and the most flow openings ('[', '{') in it
 
 
 def _malformed(path: str, exc: MarkedYAMLError) -> ConfigError:
@@ -167,7 +171,7 @@ class _RefuseLongInts:
     def construct_object(self, node: Any, deep: bool = False) -> Any:
         data = super().construct_object(node, deep=deep)
         if data.__class__ is not bool and isinstance(data, int) and _too_long(data):
-            raise YamlValueError(_TOO_LONG(), node.start_mark.line + 1)
+            raise YamlValueError(_too_long_message(), node.start_mark.line + 1)
         return data
 
 
@@ -176,7 +180,7 @@ def _too_long(number: int) -> bool:
     return digits > 0 and number.bit_length() > 3 * digits and abs(number) >= 10**digits
 
 
-def _TOO_LONG() -> str:
+def _too_long_message() -> str:
     return f"a number of more than {sys.get_int_max_str_digits():,} digits (see 'Limits' in docs/compose.md)"
 
 
@@ -199,7 +203,7 @@ class _SafeConstructor(_RefuseLongInts, SafeConstructor):
 def _value_problem(node: Any, exc: Exception) -> YamlValueError:
     """What the constructor raised for ``node``, as a message: the value and its tag when it is a scalar."""
     if isinstance(exc, ValueError) and "integer string conversion" in str(exc):
-        return YamlValueError(_TOO_LONG(), node.start_mark.line + 1)
+        return YamlValueError(_too_long_message(), node.start_mark.line + 1)
     problem = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(node, ScalarNode) and isinstance(node.value, str):
         value = node.value if len(node.value) <= 40 else node.value[:40] + "..."
