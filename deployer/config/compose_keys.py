@@ -420,7 +420,7 @@ def parse_restart(value: Any) -> dict[str, Any] | None:
         return None
     if value in ("always", "unless-stopped"):
         return {"Name": value}
-    m = re.fullmatch(r"on-failure(?::(\d+))?", value)
+    m = re.fullmatch(r"on-failure(?::(\d{1,18}))?", value)  # a count Python and the engine can read
     if m:
         return {"Name": "on-failure", "MaximumRetryCount": int(m.group(1) or 0)}
     raise BadValue(f"invalid restart policy {value!r}: use no, always, on-failure[:N] or unless-stopped")

@@ -68,12 +68,13 @@ def _could_exceed(text: str) -> bool:
     """
     if "*" in text or len(text) > MAX_SCALAR_CHARS:
         return True
-    lead = max(map(len, _LEAD_RE.findall(text)), default=0)  # one more than the lead: the line break
+    first = len(text) - len(text.lstrip(" \t?:-"))
+    lead = max(first, max(map(len, _LEAD_RE.findall(text)), default=0))  # (one more than a lead: the break)
     return 2 * lead + 2 + text.count("[") + text.count("{") > MAX_DEPTH
 
 
 # A line's leading indentation and indicators, after any line break ruamel knows (not only '\n').
-_LEAD_RE = re.compile("(?:\\A|[\r\n\x85\u2028\u2029])[ \t?:-]*")
+_LEAD_RE = re.compile("[\r\n\x85\u2028\u2029][ \t?:-]+")
 
 
 def _scan(events: Any, path: str) -> ConfigError | None:
@@ -119,7 +120,7 @@ def _scan(events: Any, path: str) -> ConfigError | None:
 
 def yaml_limits(text: str, path: str) -> ConfigError | None:
     """The first limit ``text`` breaks (docs/compose.md, "Limits"), or None; cheap, and before any parser builds."""
-    size = len(text.encode("utf-8", "surrogatepass"))
+    size = len(text) if len(text) * 3 <= MAX_FILE_BYTES else len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_FILE_BYTES:
         return limit_error(path, f"{size:,} bytes: a YAML file may have at most {MAX_FILE_BYTES:,}")
     if not _could_exceed(text):
@@ -128,12 +129,12 @@ def yaml_limits(text: str, path: str) -> ConfigError | None:
     # the pure-Python parser the round trip uses (it accepts a little more, like
     # surrogate escapes), so that what the round trip reads is bounded too. That
     # parser is about 30 times slower and quadratic in flow nesting: beyond
-    # MAX_PURE_BYTES or MAX_PURE_FLOW flow openings, libyaml's refusal is the answer.
+    # MAX_PURE_CHARS or MAX_PURE_FLOW flow openings, libyaml's refusal is the answer.
     if _CEventParser is not None:
         try:
             return _scan(_events(_CEventParser(text)), path)
         except Exception as exc:
-            if size > MAX_PURE_BYTES or text.count("[") + text.count("{") > MAX_PURE_FLOW:
+            if len(text) > MAX_PURE_CHARS or text.count("[") + text.count("{") > MAX_PURE_FLOW:
                 if isinstance(exc, MarkedYAMLError):
                     return _malformed(path, exc)
                 return ConfigError(path, f"malformed YAML: {' '.join(str(exc).split())}", line=1)
@@ -143,7 +144,7 @@ def yaml_limits(text: str, path: str) -> ConfigError | None:
         return None
 
 
-MAX_PURE_BYTES = 128 * 1024  # the largest text libyaml refuses that the pure-Python parser is asked about
+MAX_PURE_CHARS = 128 * 1024  # the longest text libyaml refuses that the pure-Python parser is asked about
 MAX_PURE_FLOW = 10_000  # ... and the most flow openings ('[', '{') in it
 
 

@@ -240,6 +240,20 @@ def test_the_cheap_depth_bound_on_compact_forms(text):
         assert yamlread._could_exceed(text), text
 
 
+@pytest.mark.parametrize("entry, expected", [
+    # found by the property test: Python cannot convert a string of more than 4,300 digits to an int
+    ('ports: ["' + "9" * 4301 + '"]', "services.web.ports[0]: container port 999999999999... is out of range 1-65535"),
+    ('ports: ["8080:' + "9" * 5000 + '"]', "services.web.ports[0]: container port 999999999999... is out of range 1-65535"),
+    ('ports: [{target: "' + "9" * 5000 + '"}]', "services.web.ports[0]: target 999999999999... is out of range 1-65535"),
+    ("expose: ['00000000000080']", None),
+    ("restart: on-failure:" + "9" * 5000, "services.web.restart: invalid restart policy 'on-failure:" + "9" * 5000
+     + "': use no, always, on-failure[:N] or unless-stopped"),
+])  # fmt: skip
+def test_long_digit_strings_are_values_not_crashes(entry, expected):
+    found = problems(f"services:\n  web:\n    image: nginx\n    {entry}\n")
+    assert found == ([f"{COMPOSE}:4: {expected}"] if expected else [])
+
+
 # -- ports: ranges checked as ranges --------------------------------------------------------------
 
 

@@ -185,6 +185,7 @@ EXAMPLES = int(os.environ.get("PROPERTY_YAML_EXAMPLES", "300"))  # more for a lo
 @example(case=("node", "docker: !!int 0x\n"))  # IndexError inside ruamel
 @example(case=("node", "x: &x {<<: *x}\n" + NODE))  # AttributeError inside ruamel
 @example(case=("datacenter", "description: !!float x\n"))  # ValueError
+@example(case=("compose", COMPOSE.replace('"8080:80"', "'" + "9" * 4301 + "'")))  # int() of 4,301 digits
 def test_validate_never_crashes_or_hangs(tmp_path_factory, case):
     which, text = case
     tmp = tmp_path_factory.mktemp("repo")
