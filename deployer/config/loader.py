@@ -190,7 +190,7 @@ def _node_from_yml(root: Path, dc: str, name: str, rel: str, doc: Any, problems:
                                              "(unix:///var/run/docker.sock, ssh://user@host, tcp://host:2376)",
                                         line=1, field="docker"))
         return None
-    if not DOCKER_URL_RE.match(docker_url):
+    if not DOCKER_URL_RE.match(docker_url) or not docker_url.isprintable():  # printed by ls and in errors
         problems.append(ConfigError(rel, f"invalid Docker URL {docker_url!r}: use unix://PATH, ssh://[user@]host[:port] "
                                          "or tcp://host:port", line=value_line(doc, "docker"), field="docker"))
         return None

@@ -125,6 +125,9 @@ def test_every_command_that_loads_the_repository_gives_the_same_line(tmp_path):
                                                    "docs/compose.md)"),
     (DC_YML, "consul: 0b" + "1" * 20000 + "\n", f"{DC_YML}:1: a number of more than 4,300 digits (see 'Limits' in docs/compose.md)"),
     (DC_YML, b"description: caf\xe9\n", f"{DC_YML}:1: not UTF-8 text"),
+    # `ls` prints the URL: a lone surrogate crashed it
+    (NODE_YML, 'docker: "unix://\\ud800"\n', f"{NODE_YML}:1: docker: invalid Docker URL 'unix://\\ud800': use "
+                                             "unix://PATH, ssh://[user@]host[:port] or tcp://host:port"),
     # found by the property test (on main: no line, and the position in characters)
     (DC_YML, "consul: x\ndescription: a\x7fb\n", f"{DC_YML}:2: malformed YAML: special characters are not allowed: U+007F"),
     (NODE_YML, "docker: !!int 0x\n", f"{NODE_YML}:1: cannot read '0x' as !!int: string index out of range"),
