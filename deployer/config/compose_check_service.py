@@ -23,8 +23,8 @@ from typing import Any, Iterator
 from deployer.config.compose_keys import (
     BUILD_KEYS, CONTAINER_NAME_RE, DEPENDS_ON_CONDITIONS, DEPENDS_ON_KEYS, HEALTHCHECK_KEYS, LOGGING_KEYS, NAME_RE,
     NULL_MEANS_EMPTY, PORT_LONG_KEYS, RESTART_POLICIES, SERVICE_KEYS, SERVICE_NETWORK_KEYS, SERVICE_SECRET_KEYS,
-    SIGNAL_RE, UNSUPPORTED_HINTS, VOLUME_LONG_KEYS, PortRun, as_list, check_extra_host, check_ip,
-    expose_range, extra_host_pairs, is_bool, is_int, is_scalar, label_pairs, parse_command, parse_cpus,
+    SIGNAL_RE, UNSUPPORTED_HINTS, VOLUME_LONG_KEYS, Binding, PortRun, as_list, check_extra_host, check_ip,
+    expand_run, expose_range, extra_host_pairs, is_bool, is_int, is_scalar, label_pairs, parse_command, parse_cpus,
     parse_healthcheck_test, parse_mode, parse_port_long, parse_port_run, parse_restart, parse_tmpfs, parse_volume,
     secret_target, split_assignment,
 )  # fmt: skip
@@ -86,7 +86,8 @@ class ServiceFacts:
 
     at: At
     deps: list[tuple[str, At]] = field(default_factory=list)  # (service, where it is named)
-    ports: list[tuple[PortRun, At]] = field(default_factory=list)  # each ports entry as a range
+    bindings: list[tuple[Binding, At]] = field(default_factory=list)  # each published port
+    ports: list[tuple[PortRun, At]] = field(default_factory=list)  # each ports entry as a range (the clash check)
     container_name: tuple[str, At] | None = None
 
 
@@ -263,6 +264,7 @@ class ServiceChecker:
                 run = self.parsed(item, parse_port_run)
             if run is not None and self.count_ports(item, run[4]):
                 facts.ports.append((run, item))
+                facts.bindings.extend((b, item) for b in expand_run(run))  # bounded by the port limits
 
     def s_expose(self, name, at, facts, network_mode) -> None:
         if self.seq(at):
