@@ -180,7 +180,7 @@ EXAMPLES = int(os.environ.get("PROPERTY_YAML_EXAMPLES", "300"))  # more for a lo
 @example(case=("compose", COMPOSE.replace("volumes:\n  data", "<<: *defaults\nvolumes:\n  data")))  # merged top keys
 @example(case=("compose", COMPOSE.replace("team: web", "team: 0x" + "9" * 5000)))  # an int Python cannot print
 @example(case=("compose", COMPOSE.replace("restart: unless-stopped", "restart: unless-stopped\ud7fc\n"
-                                                                     "  restart: unless-stopped")))
+                                                                     "  restart: unless-stopped")))  # U+D7FC
 @example(case=("datacenter", DATACENTER.replace("the test", "the\x7ftest")))  # no line from the reader
 @example(case=("node", "docker: !!int 0x\n"))  # IndexError inside ruamel
 @example(case=("node", "x: &x {<<: *x}\n" + NODE))  # AttributeError inside ruamel
