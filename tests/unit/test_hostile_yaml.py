@@ -32,6 +32,12 @@ DC_YML = "datacenters/dc/datacenter.yml"
 WEB = "services:\n  web:\n    image: nginx:1\n"
 
 
+def short(value):
+    """A test id for a long input: its first characters and its length."""
+    text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    return f"{text[:24]!r}+{len(text)}" if len(text) > 30 else None
+
+
 def repo(tmp_path: Path, files: dict[str, str | bytes]) -> Path:
     defaults = {NODE_YML: "docker: unix:///x.sock\n", COMPOSE_YML: WEB}
     for rel, content in {**defaults, **files}.items():
@@ -91,7 +97,7 @@ def one_error(tmp_path: Path, files: dict[str, str | bytes], command: str = "val
      "stand for at most 16,384 (see 'Limits' in docs/compose.md)"),
     # found by the property test: keys merged into the top level have no line of their own
     ("x-d: &d {restart: always}\n<<: *d\n" + WEB, f"{COMPOSE_YML}:1: restart: unsupported key 'restart'"),
-])  # fmt: skip
+], ids=short)  # fmt: skip
 def test_issue_cases_are_one_line_errors(tmp_path, text, expected):
     assert one_error(tmp_path, {COMPOSE_YML: text}) == expected
 
@@ -134,7 +140,7 @@ def test_every_command_that_loads_the_repository_gives_the_same_line(tmp_path):
     (DC_YML, "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8)),
      f"{DC_YML}:5: aliases stand for more than 100,000 nodes (see 'Limits' in docs/compose.md)"),
-])  # fmt: skip
+], ids=short)  # fmt: skip
 def test_node_and_datacenter_files(tmp_path, rel, text, expected):
     assert one_error(tmp_path, {rel: text}) == expected
 
@@ -251,7 +257,7 @@ def test_the_cheap_depth_bound_on_compact_forms(text):
     ("expose: ['00000000000080']", None),
     ("restart: on-failure:" + "9" * 5000, "services.web.restart: invalid restart policy 'on-failure:" + "9" * 5000
      + "': use no, always, on-failure[:N] or unless-stopped"),
-])  # fmt: skip
+], ids=short)  # fmt: skip
 def test_long_digit_strings_are_values_not_crashes(entry, expected):
     found = problems(f"services:\n  web:\n    image: nginx\n    {entry}\n")
     assert found == ([f"{COMPOSE}:4: {expected}"] if expected else [])
@@ -314,7 +320,7 @@ def test_overlapping_ranges_are_one_error_per_entry_and_fast():
     ("8000-8010:8000-8010", "127.0.0.1:8010:80", True),
     ("8000-8010:8000-8010", "8011-8020:8011-8020", False),
     ("80", "8080:80", False),  # any free host port
-])  # fmt: skip
+], ids=short)  # fmt: skip
 def test_which_addresses_clash(first, second, clash):
     found = problems(f"""
         services:
