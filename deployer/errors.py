@@ -6,6 +6,24 @@ field, node, URL). ``exit_code`` is what the CLI exits with.
 
 from __future__ import annotations
 
+import re
+
+# What a terminal must not be handed raw: control characters (C0, DEL, C1), lone
+# surrogates (not encodable, they crash printing), line and paragraph separators
+# and the bidirectional overrides that reorder what is shown.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal should not get raw written as an escape (\\n, \\x1b, \\ud800)."""
+    return _UNPRINTABLE.sub(_escape, text)
+
+
+def _escape(match: re.Match) -> str:
+    c = match.group()
+    escaped = c.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return escaped if escaped != c else f"\\x{ord(c):02x}"
+
 
 class DeployerError(Exception):
     """Base of every error the deployer raises on purpose."""
@@ -13,7 +31,7 @@ class DeployerError(Exception):
     exit_code = 1
 
     def one_line(self) -> str:
-        return " ".join(str(self).split())
+        return printable(" ".join(str(self).split()))
 
 
 class ConfigError(DeployerError):
@@ -33,9 +51,10 @@ class ConfigError(DeployerError):
         super().__init__(self.render())
 
     def render(self) -> str:
+        """``path:line: field: message``, one printable line whatever the file held."""
         where = self.path if self.line is None else f"{self.path}:{self.line}"
         what = f"{self.field}: {self.message}" if self.field else self.message
-        return f"{where}: {what}"
+        return printable(f"{where}: {what}")
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ConfigError) and self.render() == other.render()
@@ -337,3 +356,12 @@ class FastYamlUnsupported(Exception):
 
 class CannotEditInPlace(Exception):
     """A service cannot be added by editing the text in place: ``config.yamledit`` falls back to a round trip."""
+
+
+class YamlValueError(Exception):
+    """A YAML value ruamel's constructor could not convert (``config.loader``): ``line`` is where it is written."""
+
+    def __init__(self, problem: str, line: int):
+        super().__init__(problem)
+        self.problem = problem
+        self.line = line

@@ -157,7 +157,7 @@ def parse_port_number(value: Any, what: str = "port") -> int:
     if isinstance(value, int) and kind(value) == "an integer":
         port = int(value)
     elif isinstance(value, str) and value.strip().isdecimal():
-        port = int(value.strip())
+        port = _port_digits(value.strip(), what)
     else:
         raise BadValue(f"{what} must be a port number, not {kind(value)}" + (f" {value!r}" if isinstance(value, str) else ""))
     if not 1 <= port <= MAX_PORT:
@@ -165,12 +165,19 @@ def parse_port_number(value: Any, what: str = "port") -> int:
     return port
 
 
+def _port_digits(digits: str, what: str) -> int:
+    """int(digits), refusing a number too long to be a port before Python converts it (over 4,300 digits it cannot)."""
+    if len(digits.lstrip("0")) > len(str(MAX_PORT)):
+        raise BadValue(f"{what} {digits[:12]}... is out of range 1-{MAX_PORT}")
+    return int(digits)
+
+
 def parse_port_range(text: str, what: str = "port") -> tuple[int, int]:
     """'8000-8010' -> (8000, 8010); '80' -> (80, 80). Both ends 1-65535, the first not above the last."""
     m = _PORT_RANGE_RE.fullmatch(text.strip())
     if not m:
         raise BadValue(f"invalid {what} {text!r}")
-    lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+    lo, hi = _port_digits(m.group(1), what), _port_digits(m.group(2) or m.group(1), what)
     for p in (lo, hi):
         if not 1 <= p <= MAX_PORT:
             raise BadValue(f"{what} {p} is out of range 1-{MAX_PORT}")

@@ -1,6 +1,7 @@
 """config: the repository on disk -> the model.
 
-``loader`` reads the repository (``fastyaml`` is its fast YAML path);
+``loader`` reads the repository (``yamlread`` reads YAML text within the
+limits, every failure with its line; ``fastyaml`` is its fast YAML path);
 ``compose_keys`` holds the supported compose keys and one parser per kind of
 value, ``compose_check`` and ``compose_check_service`` the compose check (every
 key supported exactly or refused with file:line), ``label_check`` the grammar

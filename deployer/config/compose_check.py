@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from bisect import bisect_left, bisect_right
 from pathlib import Path
 from typing import Any, Sequence
 
 from deployer.config.compose_check_service import At, ServiceChecker
 from deployer.config.compose_keys import (
-    CONTAINER_NAME_RE, NAME_RE, TOP_KEYS, TOP_NETWORK_KEYS, TOP_SECRET_KEYS, TOP_VOLUME_KEYS, Binding,
+    CONTAINER_NAME_RE, NAME_RE, TOP_KEYS, TOP_NETWORK_KEYS, TOP_SECRET_KEYS, TOP_VOLUME_KEYS,
 )  # fmt: skip
 from deployer.config.secret_files import open_secret_file, resolve_secret_file
 from deployer.errors import ConfigError
@@ -40,7 +41,7 @@ class _Checker(ServiceChecker):
     # -- top level --------------------------------------------------------
 
     def check(self, doc: Any) -> list[ConfigError]:
-        top = At(doc, None, None)
+        top = At(doc, None, 1)  # line 1 for keys merged into the top level (they have no line of their own)
         if not isinstance(doc, dict):
             self.errors.append(
                 ConfigError(self.path, f"a compose file must be a mapping with a 'services' key, not {kind(doc)}", line=1)
@@ -157,17 +158,18 @@ class _Checker(ServiceChecker):
                     self.err(at, f"container name {cname!r} is also used by service {names[cname]!r}")
                 names[cname] = name
 
-        published: list[tuple[Binding, str, At]] = []
+        published = _Published()
         for name, facts in self.facts.items():
-            for binding, at in facts.bindings:
-                _, proto, ip, port = binding
-                if port is None:
+            for (_, proto, ip, lo, count), at in facts.ports:
+                if lo is None:
                     continue
-                for (_, o_proto, o_ip, o_port), o_name, o_at in published:
-                    if o_proto == proto and o_port == port and _ips_overlap(ip, o_ip):
-                        self.err(at, f"host port {port}/{proto} is already published by service {o_name!r} ({o_at.field})")
-                        break
-                published.append((binding, name, at))
+                hi = lo + count - 1
+                found = published.first_overlap(proto, ip, lo, hi)
+                if found is not None:
+                    a, b, (_, o_name, o_at) = found
+                    ports = f"host port {a}/{proto} is" if a == b else f"host ports {a}-{b}/{proto} are"
+                    self.err(at, f"{ports} already published by service {o_name!r} ({o_at.field})")
+                published.add(proto, ip, lo, hi, (name, at))
 
     def cycles(self, edges: dict[str, list[tuple[str, At]]]) -> None:
         reported: set[tuple[str, ...]] = set()
@@ -196,16 +198,76 @@ class _Checker(ServiceChecker):
                 visit(node)
 
 
-def _ips_overlap(a: str, b: str) -> bool:
-    if a == b or not a or not b:
-        return True
-    try:
-        ia, ib = ipaddress.ip_address(a), ipaddress.ip_address(b)
-    except ValueError:
-        return False
-    if ia.version != ib.version:
-        return False
-    return ia.is_unspecified or ib.is_unspecified
+class _Ports:
+    """Host ports taken, as sorted disjoint ranges, each with the first entry that took it."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self.owners: list[Any] = []
+
+    def first_overlap(self, lo: int, hi: int) -> tuple[int, int, Any] | None:
+        """The lowest taken range meeting lo-hi, cut to lo-hi, with its owner."""
+        i = bisect_left(self.ends, lo)
+        if i < len(self.starts) and self.starts[i] <= hi:
+            return max(lo, self.starts[i]), min(hi, self.ends[i]), self.owners[i]
+        return None
+
+    def add(self, lo: int, hi: int, owner: Any) -> None:
+        """Take the ports of lo-hi that are free; taken ones keep their first owner."""
+        i = bisect_left(self.ends, lo)
+        j = bisect_right(self.starts, hi, lo=i)
+        ranges = []  # ranges i..j-1 meet lo-hi: keep them, and take the gaps around them
+        cur = lo
+        for k in range(i, j):
+            if self.starts[k] > cur:
+                ranges.append((cur, self.starts[k] - 1, owner))
+            ranges.append((self.starts[k], self.ends[k], self.owners[k]))
+            cur = self.ends[k] + 1
+        if cur <= hi:
+            ranges.append((cur, hi, owner))
+        self.starts[i:j] = [r[0] for r in ranges]
+        self.ends[i:j] = [r[1] for r in ranges]
+        self.owners[i:j] = [r[2] for r in ranges]
+
+
+class _Published:
+    """The fixed host ports published so far, to find a new entry's clash in time linear in the entries.
+
+    Two bindings clash on the same protocol and port when their host IPs
+    overlap: the same address, either one empty (every address), or one the
+    unspecified address (0.0.0.0, ::) of the other's IP version. Each entry is
+    kept in three maps: all of its protocol, all of its IP version, its exact
+    address; a new entry asks the maps that hold every binding it overlaps.
+    """
+
+    def __init__(self) -> None:
+        self.maps: dict[tuple, _Ports] = {}
+        self.seq = 0
+
+    def _keys(self, proto: str, ip: str) -> tuple[list[tuple], list[tuple]]:
+        """(the maps an entry on ``ip`` goes into, the maps it must be checked against)."""
+        if not ip:
+            return [("all", proto), ("ip", proto, "")], [("all", proto)]
+        addr = ipaddress.ip_address(ip)  # checked by the ports parsers
+        unspecified = ipaddress.ip_address("0.0.0.0" if addr.version == 4 else "::")
+        into = [("all", proto), ("version", proto, addr.version), ("ip", proto, addr)]
+        if addr == unspecified:
+            return into, [("version", proto, addr.version), ("ip", proto, "")]
+        return into, [("ip", proto, addr), ("ip", proto, ""), ("ip", proto, unspecified)]
+
+    def first_overlap(self, proto: str, ip: str, lo: int, hi: int) -> tuple[int, int, Any] | None:
+        found = [hit for key in self._keys(proto, ip)[1] if key in self.maps
+                 for hit in [self.maps[key].first_overlap(lo, hi)] if hit is not None]
+        if not found:
+            return None
+        a, b, (_, name, at) = min(found, key=lambda hit: (hit[0], hit[2][0]))  # lowest port, then first entry
+        return a, b, (None, name, at)
+
+    def add(self, proto: str, ip: str, lo: int, hi: int, owner: tuple[str, At]) -> None:
+        self.seq += 1
+        for key in self._keys(proto, ip)[0]:
+            self.maps.setdefault(key, _Ports()).add(lo, hi, (self.seq, *owner))
 
 
 def validate_compose(doc: Any, path: str, repo_root: Path, *, secrets_dirs: Sequence[str] = ()) -> list[ConfigError]:

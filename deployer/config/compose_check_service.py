@@ -23,9 +23,9 @@ from typing import Any, Iterator
 from deployer.config.compose_keys import (
     BUILD_KEYS, CONTAINER_NAME_RE, DEPENDS_ON_CONDITIONS, DEPENDS_ON_KEYS, HEALTHCHECK_KEYS, LOGGING_KEYS, NAME_RE,
     NULL_MEANS_EMPTY, PORT_LONG_KEYS, RESTART_POLICIES, SERVICE_KEYS, SERVICE_NETWORK_KEYS, SERVICE_SECRET_KEYS,
-    SIGNAL_RE, UNSUPPORTED_HINTS, VOLUME_LONG_KEYS, Binding, as_list, check_extra_host, check_ip,
-    extra_host_pairs, is_bool, is_int, is_scalar, label_pairs, parse_command, parse_cpus, parse_expose,
-    parse_healthcheck_test, parse_mode, parse_port, parse_port_long, parse_restart, parse_tmpfs, parse_volume,
+    SIGNAL_RE, UNSUPPORTED_HINTS, VOLUME_LONG_KEYS, Binding, PortRun, as_list, check_extra_host, check_ip,
+    expand_run, expose_range, extra_host_pairs, is_bool, is_int, is_scalar, label_pairs, parse_command, parse_cpus,
+    parse_healthcheck_test, parse_mode, parse_port_long, parse_port_run, parse_restart, parse_tmpfs, parse_volume,
     secret_target, split_assignment,
 )  # fmt: skip
 from deployer.config.label_check import check_labels, service_name_problem
@@ -33,6 +33,9 @@ from deployer.errors import ConfigError, ImageReferenceError
 from deployer.imageref import ImageRef
 from deployer.labels import RESERVED_LABELS
 from deployer.values import BadValue, kind, parse_bytes, parse_duration_ns
+
+# The most ports the ports and expose entries of one compose file may stand for (docs/compose.md, "Limits").
+MAX_PORTS_PER_FILE = 65_536
 
 
 @dataclass
@@ -85,7 +88,8 @@ class ServiceFacts:
 
     at: At
     deps: list[tuple[str, At]] = field(default_factory=list)  # (service, where it is named)
-    bindings: list[tuple[Binding, At]] = field(default_factory=list)
+    bindings: list[tuple[Binding, At]] = field(default_factory=list)  # each published port
+    ports: list[tuple[PortRun, At]] = field(default_factory=list)  # each ports entry as a range (the clash check)
     container_name: tuple[str, At] | None = None
 
 
@@ -101,6 +105,8 @@ class ServiceChecker:
         self.secrets: set[str] = set()
         self.service_names: list[str] = []
         self.facts: dict[str, ServiceFacts] = {}
+        self.port_count = 0  # ports the ports and expose entries stand for, so far
+        self.too_many_ports = False
 
     # -- helpers ----------------------------------------------------------
 
@@ -293,15 +299,30 @@ class ServiceChecker:
                     self.err(item, "missing required key 'target'")
                     continue
                 bindings = self.parsed(item, parse_port_long)
+                run = None if bindings is None else (*bindings[0], 1)
             else:
-                bindings = self.parsed(item, parse_port)
-            for b in bindings or []:
-                facts.bindings.append((b, item))
+                run = self.parsed(item, parse_port_run)
+            if run is not None and self.count_ports(item, run[4]):
+                facts.ports.append((run, item))
+                facts.bindings.extend((b, item) for b in expand_run(run))  # bounded by the port limits
 
     def s_expose(self, name, at, facts, network_mode) -> None:
         if self.seq(at):
             for _, item in at.items():
-                self.parsed(item, parse_expose)
+                span = self.parsed(item, expose_range)
+                if span is not None:
+                    self.count_ports(item, span[1] - span[0] + 1)
+
+    def count_ports(self, at: At, count: int) -> bool:
+        """False (and one error for the file) once its ports and expose entries stand for too many ports."""
+        self.port_count += count
+        if self.port_count <= MAX_PORTS_PER_FILE:
+            return True
+        if not self.too_many_ports:
+            self.too_many_ports = True
+            self.err(at, f"the ports and expose entries of this file stand for more than {MAX_PORTS_PER_FILE:,} "
+                         "ports (see 'Limits' in docs/compose.md)")
+        return False
 
     def s_volumes(self, name, at, facts, network_mode) -> None:
         if not self.seq(at):

@@ -162,12 +162,36 @@ def _check_protocol(proto: Any) -> str:
 
 # One published port: (container port, protocol, host IP or '', host port or None for any free port)
 Binding = tuple[int, str, str, "int | None"]
+# A ports entry as a range, not expanded: (first container port, protocol, host IP or '',
+# first host port or None for any free ports, number of ports)
+PortRun = tuple[int, str, str, "int | None", int]
+
+# The most ports one ports or expose entry may stand for (docs/compose.md, "Limits").
+MAX_PORTS_PER_ENTRY = 16_384
+
+
+def _check_range_size(lo: int, hi: int, value: Any) -> None:
+    if hi - lo + 1 > MAX_PORTS_PER_ENTRY:
+        raise BadValue(f"the range {value!r} stands for {hi - lo + 1:,} ports: an entry may stand for at most "
+                       f"{MAX_PORTS_PER_ENTRY:,} (see 'Limits' in docs/compose.md)")
+
+
+def expand_run(run: PortRun) -> list[Binding]:
+    c_lo, proto, ip, h_lo, count = run
+    if h_lo is None:
+        return [(c_lo + i, proto, ip, None) for i in range(count)]
+    return [(c_lo + i, proto, ip, h_lo + i) for i in range(count)]
 
 
 def parse_port(value: Any) -> list[Binding]:
     """A ports entry in short syntax ("80", "8080:80", "127.0.0.1:8080:80/udp", ranges, an int)."""
+    return expand_run(parse_port_run(value))
+
+
+def parse_port_run(value: Any) -> PortRun:
+    """A ports entry in short syntax as one range, not expanded (checked in time linear in the text)."""
     if is_int(value):
-        return [(parse_port_number(value, "container port"), "tcp", "", None)]
+        return (parse_port_number(value, "container port"), "tcp", "", None, 1)
     if not isinstance(value, str):
         raise BadValue(f"must be a string like '8080:80', a port number or a mapping with 'target', not {kind(value)}")
     text = value.strip()
@@ -201,13 +225,13 @@ def parse_port(value: Any) -> list[Binding]:
     c_lo, c_hi = parse_port_range(container, "container port")
     count = c_hi - c_lo + 1
     if not host or host.strip() == "0":  # 0: any free port, like an empty host port
-        hosts: list[int | None] = [None] * count
+        h_lo = None
     else:
         h_lo, h_hi = parse_port_range(host, "host port")
         if h_hi - h_lo + 1 != count:
             raise BadValue(f"invalid port {value!r}: the host and container port ranges must have the same length")
-        hosts = list(range(h_lo, h_hi + 1))
-    return [(c_lo + i, proto, ip, hosts[i]) for i in range(count)]
+    _check_range_size(c_lo, c_hi, value)
+    return (c_lo, proto, ip, h_lo, count)
 
 
 def parse_port_long(value: Mapping[str, Any]) -> list[Binding]:
@@ -229,8 +253,15 @@ def parse_port_long(value: Mapping[str, Any]) -> list[Binding]:
 
 def parse_expose(value: Any) -> list[tuple[int, str]]:
     """An expose entry: 80, "80", "80/udp", "8000-8010"."""
+    lo, hi, proto = expose_range(value)
+    return [(p, proto) for p in range(lo, hi + 1)]
+
+
+def expose_range(value: Any) -> tuple[int, int, str]:
+    """An expose entry as (first port, last port, protocol), not expanded."""
     if is_int(value):
-        return [(parse_port_number(value, "port"), "tcp")]
+        port = parse_port_number(value, "port")
+        return port, port, "tcp"
     if not isinstance(value, str):
         raise BadValue(f"must be a port number or a string like '80/udp', not {kind(value)}")
     text, proto = value.strip(), "tcp"
@@ -238,7 +269,8 @@ def parse_expose(value: Any) -> list[tuple[int, str]]:
         text, proto = text.rsplit("/", 1)
         _check_protocol(proto)
     lo, hi = parse_port_range(text, "port")
-    return [(p, proto) for p in range(lo, hi + 1)]
+    _check_range_size(lo, hi, value)
+    return lo, hi, proto
 
 
 def _volume_mode(text: str) -> tuple[bool, str]:
@@ -388,7 +420,7 @@ def parse_restart(value: Any) -> dict[str, Any] | None:
         return None
     if value in ("always", "unless-stopped"):
         return {"Name": value}
-    m = re.fullmatch(r"on-failure(?::(\d+))?", value)
+    m = re.fullmatch(r"on-failure(?::(\d{1,18}))?", value)  # a count Python and the engine can read
     if m:
         return {"Name": "on-failure", "MaximumRetryCount": int(m.group(1) or 0)}
     raise BadValue(f"invalid restart policy {value!r}: use no, always, on-failure[:N] or unless-stopped")

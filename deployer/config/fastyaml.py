@@ -3,7 +3,7 @@
 ``load(text)`` returns what ``ruamel.yaml.YAML(typ="safe").load(text)`` returns
 (dicts, lists, str, int, float, bool, None, dates), several times faster, or
 raises. It raises ``Unsupported`` for every text whose result it cannot
-guarantee to be the same; any exception means "ask ruamel" (``loader.load_fast``
+guarantee to be the same; any exception means "ask ruamel" (``yamlread.load_fast``
 does), never "the file is invalid".
 
 How it stays identical to ruamel:
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import gc
 import re
+import sys
 import threading
 from typing import Any
 
@@ -91,8 +92,13 @@ _NOT_A_VALUE = object()  # cached for '<<' and '=': merge / value tags are not s
 
 
 def _construct_scalar(tag: str, value: str, style: str | None) -> Any:
-    """ruamel's SafeConstructor result for a scalar node with this tag."""
-    return _constructor.construct_non_recursive_object(_RuamelScalarNode(tag, value, style=style))
+    """ruamel's SafeConstructor result for a scalar node with this tag (an int too long to print: Unsupported)."""
+    result = _constructor.construct_non_recursive_object(_RuamelScalarNode(tag, value, style=style))
+    # An int with more bits may have more decimal digits than Python converts to a string
+    # (sys.get_int_max_str_digits): the loader refuses those, with their line.
+    if result.__class__ is int and result.bit_length() > 3 * sys.get_int_max_str_digits() > 0:
+        raise Unsupported("an int that may be too long to write in decimal")
+    return result
 
 
 def _resolve_plain(value: str) -> Any:

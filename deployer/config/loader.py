@@ -8,6 +8,11 @@ Layout::
 
 ``load(root)`` returns an Infrastructure or raises ValidationFailed listing every
 problem; ``check(root)`` returns the problems instead of raising.
+
+Every YAML file is bad input or data, never a crash: its size is checked before
+it is read, the rest of the limits of docs/compose.md ("Limits") before any
+parser builds anything, and whatever a parser or constructor raises is a
+ConfigError with the line it was at (``yamlread``).
 """
 
 from __future__ import annotations
@@ -18,20 +23,13 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from ruamel.yaml import YAML
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
-
 from deployer.config.compose_check import validate_compose
 from deployer.config.compose_keys import to_plain
 from deployer.config.compose_spec import container_name
 from deployer.config.label_check import valid_address
+from deployer.config.yamlread import MAX_FILE_BYTES, limit_error, load_fast, parse_yaml, yaml_limits
 from deployer.errors import ConfigError, ValidationFailed
 from deployer.model import Datacenter, Infrastructure, Location, Node, Service, TLSFiles
-
-try:
-    from deployer.config import fastyaml
-except ImportError:  # no PyYAML libyaml binding: ruamel's loader reads every file
-    fastyaml = None
 
 DATACENTERS = "datacenters"
 DATACENTER_FILE = "datacenter.yml"
@@ -43,39 +41,6 @@ DATACENTER_KEYS = {"description", "consul", "registry", "secrets_dir"}
 NODE_KEYS = {"docker", "description", "address", "tls", "identity_file"}
 TLS_KEYS = {"ca", "cert", "key"}
 DOCKER_URL_RE = re.compile(r"^(unix://.+|ssh://([^@/\s]+@)?[^:/\s]+(:\d+)?/?|tcp://[^:/\s]+(:\d+)?/?)$")
-
-
-def parse_yaml(text: str, path: str) -> Any:
-    """Round-trip parse (keys keep their line numbers); malformed YAML is a ConfigError."""
-    yaml = YAML()
-    try:
-        return yaml.load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise ConfigError(path, f"malformed YAML: {problem}", line=line) from None
-    except YAMLError as exc:
-        raise ConfigError(path, f"malformed YAML: {' '.join(str(exc).split())}") from None
-
-
-def load_fast(text: str) -> Any:
-    """Plain data, exactly as ruamel's YAML 1.2 safe loader returns it (or raises), but without line numbers.
-
-    ``fastyaml`` (PyYAML's libyaml binding, ruamel's resolver and scalar
-    constructors) does most files several times faster than ruamel's own C
-    loader; whatever it does not promise to read identically (it raises then)
-    is read by ruamel's safe loader, so the result never depends on which one
-    read it. Callers validate this first and re-read with ``parse_yaml``
-    (round-trip, with lines) only when something is wrong and needs a line in
-    its message.
-    """
-    if fastyaml is not None:
-        try:
-            return fastyaml.load(text)
-        except Exception:
-            pass
-    return YAML(typ="safe", pure=False).load(text)
 
 
 def key_line(mapping: Any, key: Any) -> int | None:
@@ -93,18 +58,34 @@ def value_line(mapping: Any, key: Any) -> int | None:
 
 
 def _read_text(root: Path, rel: str, problems: list[ConfigError]) -> str | None:
+    """The file's text if it can be read and is within the limits (size first, before reading it)."""
     try:
-        return (root / rel).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        problems.append(ConfigError(rel, "not UTF-8 text"))
+        size = (root / rel).stat().st_size
+        if size > MAX_FILE_BYTES:
+            problems.append(limit_error(rel, f"{size:,} bytes: a YAML file may have at most {MAX_FILE_BYTES:,}"))
+            return None
+        text = (root / rel).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = (root / rel).read_bytes()[: exc.start].count(b"\n") + 1
+        problems.append(ConfigError(rel, "not UTF-8 text", line=line))
+        return None
     except OSError as exc:
         problems.append(ConfigError(rel, f"cannot read: {exc.strerror}"))
-    return None
+        return None
+    return _within_limits(text, rel, problems)
+
+
+def _within_limits(text: str, rel: str, problems: list[ConfigError]) -> str | None:
+    err = yaml_limits(text, rel)
+    if err is not None:
+        problems.append(err)
+        return None
+    return text
 
 
 def _parse(text: str, rel: str, problems: list[ConfigError]) -> Any:
     try:
-        return parse_yaml(text, rel)
+        return parse_yaml(text, rel, limits=False)  # checked when read
     except ConfigError as err:
         problems.append(err)
         return None
@@ -250,7 +231,7 @@ def _node_from_yml(root: Path, dc: str, name: str, rel: str, doc: Any, problems:
                                              "(unix:///var/run/docker.sock, ssh://user@host, tcp://host:2376)",
                                         line=1, field="docker"))
         return None
-    if not DOCKER_URL_RE.match(docker_url):
+    if not DOCKER_URL_RE.match(docker_url) or not docker_url.isprintable():  # printed by ls and in errors
         problems.append(ConfigError(rel, f"invalid Docker URL {docker_url!r}: use unix://PATH, ssh://[user@]host[:port] "
                                          "or tcp://host:port", line=value_line(doc, "docker"), field="docker"))
         return None
@@ -299,10 +280,9 @@ def _node_from_yml(root: Path, dc: str, name: str, rel: str, doc: Any, problems:
 
 def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError], text: str | None = None) -> None:
     node.compose_path = rel
+    text = _read_text(root, rel, problems) if text is None else _within_limits(text, rel, problems)
     if text is None:
-        text = _read_text(root, rel, problems)
-        if text is None:
-            return
+        return
     plain = True  # data from load_fast is plain dicts and lists already
     try:
         doc = load_fast(text)

@@ -26,6 +26,7 @@ from typing import Sequence
 from ruamel.yaml import YAML
 
 from deployer.errors import ConfigError
+from deployer.errors import printable as errors_printable
 from deployer.gitrepo import git
 
 #: The most a secret file may hold (checked before it is read): secrets are small.
@@ -69,18 +70,8 @@ def secret_line(repo_root: str | os.PathLike[str], compose_path: str, name: str)
 
 
 def printable(text: str) -> str:
-    """``text`` with every character that cannot be printed as-is escaped (\\n, \\x1b, \\ud800, and backslash itself)."""
-    if text.isprintable() and "\\" not in text:
-        return text
-    out = []
-    for ch in text:
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch.isprintable():
-            out.append(ch)
-        else:
-            out.append(ascii(ch)[1:-1])  # \n, \x1b, \ud800, \U0010ffff
-    return "".join(out)
+    """A path with every character that cannot be printed as-is escaped, and backslash itself (so it reads back)."""
+    return errors_printable(text.replace("\\", "\\\\"))
 
 
 def _within(path: str, folder: str) -> bool:
