@@ -1,7 +1,8 @@
 """Every error the deployer reports, as types.
 
 Each error renders as one line that names what is wrong and where (file, line,
-field, node, URL). ``exit_code`` is what the CLI exits with.
+field, node, URL). ``exit_code`` is what the CLI exits with, one of the four
+codes below (docs/cli.md, "Exit codes", is generated from them and from the classes).
 """
 
 from __future__ import annotations
@@ -25,10 +26,21 @@ def _escape(match: re.Match) -> str:
     return escaped if escaped != c else f"\\x{ord(c):02x}"
 
 
+#: The command did what was asked; plan/status found nothing to change.
+EXIT_OK = 0
+#: Something failed: a node, an engine, a registry, Consul, a build, a health check, the lock.
+EXIT_FAILED = 1
+#: The command worked and found the nodes differ from the repository (plan: changes pending; status, services: drift).
+EXIT_CHANGES = 2
+#: Bad input, nothing was tried: an invalid repository, an unknown target, a bad image reference or
+#: option value, a usage error (the CLI gives click's usage errors this code too).
+EXIT_BAD_INPUT = 3
+
+
 class DeployerError(Exception):
     """Base of every error the deployer raises on purpose."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
 
     def one_line(self) -> str:
         return printable(" ".join(str(self).split()))
@@ -41,7 +53,7 @@ class ConfigError(DeployerError):
     ``field`` is a dotted path inside the file (``services.web.ports[0]``).
     """
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
     def __init__(self, path: str, message: str, line: int | None = None, field: str | None = None):
         self.path = str(path)
@@ -75,7 +87,7 @@ class EditVerificationError(DeployerError):
 class ValidationFailed(DeployerError):
     """The repo has one or more ConfigErrors; all of them are listed."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
     def __init__(self, problems: list[ConfigError]):
         self.problems = list(problems)
@@ -87,19 +99,19 @@ class ValidationFailed(DeployerError):
 class TargetError(DeployerError):
     """A target (dc, dc/node, dc/node/service) that does not exist or is ambiguous."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
 
 class ImageReferenceError(DeployerError):
     """A string that is not a valid Docker image reference."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
 
 class ServiceMatchError(DeployerError):
     """An image could not be matched to exactly one service on a node."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
 
 class RepoError(DeployerError):
@@ -117,7 +129,7 @@ class LockHeld(DeployerError):
 class RollbackError(DeployerError):
     """No older version to go back to, or a revision that did not touch the service."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
 
 class PartialDeploy(DeployerError):
@@ -145,7 +157,7 @@ class HostUnreachable(HostError):
 class TLSFileError(HostError):
     """A node's tls.ca, tls.cert or tls.key is missing, unreadable, not PEM or encrypted, or cert and key differ."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
 
 class ImageNotFound(DeployerError):
@@ -176,13 +188,13 @@ class BuildError(DeployerError):
 class UnknownBuilder(BuildError):
     """No builder fits the source (no go.mod, pyproject.toml, ...), or an unknown one was named."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
 
 class SourceError(BuildError):
     """The source directory cannot be built from: missing, not in git, no commit."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
 
 class DirtySource(SourceError):
@@ -192,7 +204,7 @@ class DirtySource(SourceError):
 class DockerfileMissing(BuildError):
     """The app has no Dockerfile where one is expected; ``path`` names it."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
     def __init__(self, path: str, message: str = "no Dockerfile"):
         self.path = str(path)
@@ -261,7 +273,7 @@ class EnginesUnavailable(ConsulUnavailable):
 class LabelError(DeployerError):
     """A discovery label (``deployer.consul.*``, ``deployer.drain``) with a value that cannot be used."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
     def __init__(self, label: str, message: str):
         self.label = label
@@ -280,7 +292,7 @@ class TemplateProblem(ValueError):
 class TemplateError(DeployerError):
     """A config template could not be parsed or rendered; names the file and line."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
     def __init__(self, path: str, message: str, line: int | None = None):
         self.path = str(path)
@@ -312,7 +324,7 @@ class ReloadFailed(DeployerError):
 class HostKeyNotTrusted(HostError):
     """The node's SSH host key is not known and was not accepted (--accept-host-key)."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
     def __init__(self, node: str, url: str, message: str, key: object):
         self.key = key
@@ -322,7 +334,7 @@ class HostKeyNotTrusted(HostError):
 class HostKeyChanged(HostError):
     """The node's SSH host key differs from the one already known for that host."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
     def __init__(self, node: str, url: str, message: str, key: object):
         self.key = key

@@ -19,6 +19,7 @@ import time
 
 import click
 
+from deployer.cli.completion import complete_targets
 from deployer.cli.options import (POSITIVE_DURATION, author_option, batch_option, health_timeout_option,
                                   json_option, message_option, no_consul_option, quiet_option, repo_root,
                                   service_option, settle_option, swap_settings, verbose_option, wait_option)
@@ -202,7 +203,7 @@ def build(app_source, builder, out, docker_url, as_json, quiet, verbose):
 @click.argument("app_source")
 @registry_option
 @click.option("--dc", metavar="DC", help="Push to the registry the datacenter's datacenter.yml names "
-                                         "(in --repo).")
+                                         "(in --repo).", shell_complete=complete_targets("dc"))
 @dirty_option
 @click.option("--no-push", is_flag=True, help="Build and tag REGISTRY/APP:VERSION here; do not push.")
 @builder_option
@@ -243,7 +244,7 @@ def image(ctx, app_source, registry, dc, allow_dirty, no_push, builder, docker_u
 
 @click.command()
 @click.argument("app_source")
-@click.argument("targets", nargs=-1, required=True)
+@click.argument("targets", nargs=-1, required=True, shell_complete=complete_targets())
 @registry_option
 @service_option
 @batch_option
@@ -299,10 +300,11 @@ def release(ctx, app_source, targets, registry, service, batch, allow_dirty, bui
                                               "(default: SOURCE_REPO's place in its working tree, else the top).")
 @click.option("--interval", type=POSITIVE_DURATION, default="10s", show_default=True,
               help="How often to look for new commits (500ms, 10s, 2m...).")
-@click.option("--deploy", "deploy_targets", multiple=True, metavar="TARGET",
+@click.option("--deploy", "deploy_targets", multiple=True, metavar="TARGET", shell_complete=complete_targets(),
               help="Deploy the head's image to TARGET (dc, dc/node, dc/node/service); repeatable.")
 @registry_option
-@click.option("--dc", metavar="DC", help="Without --deploy: push to DC's registry (datacenter.yml).")
+@click.option("--dc", metavar="DC", help="Without --deploy: push to DC's registry (datacenter.yml).",
+              shell_complete=complete_targets("dc"))
 @service_option
 @click.option("--once", is_flag=True, help="Process what is new, then exit (1 if something failed).")
 @click.option("--state", "state_path", metavar="FILE",

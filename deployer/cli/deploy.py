@@ -8,21 +8,23 @@ from __future__ import annotations
 
 import click
 
-from deployer.cli.options import (batch_option, json_option, parallel_option, repo_root, service_option, swap_options,
-                                  swap_settings)
+from deployer.cli.completion import complete_images, complete_targets
+from deployer.cli.options import (QUIET_NOTHING, VERBOSE_NOTHING, batch_option, json_option, parallel_option,
+                                  quiet_option, repo_root, service_option, swap_options, swap_settings,
+                                  verbose_option)
 from deployer.cli.output import print_deploy_result, print_json, progress, table
 
 
 @click.command()
-@click.argument("image")
-@click.argument("targets", nargs=-1, required=True)
+@click.argument("image", shell_complete=complete_images)
+@click.argument("targets", nargs=-1, required=True, shell_complete=complete_targets())
 @service_option
 @batch_option
 @parallel_option
 @swap_options
 @click.pass_context
 def deploy(ctx, image, targets, service, batch, parallel, wait, author, message, dry_run, settle, health_timeout,
-           no_consul, as_json, quiet):
+           no_consul, as_json, quiet, verbose):
     """Deploy IMAGE to TARGETS and commit the change.
 
     A target is dc/node, dc/node/service, or a whole dc (every node there
@@ -43,13 +45,13 @@ def deploy(ctx, image, targets, service, batch, parallel, wait, author, message,
 
 
 @click.command()
-@click.argument("target")
+@click.argument("target", shell_complete=complete_targets("service"))
 @click.option("--steps", type=click.IntRange(min=1), default=1, show_default=True, help="Go N deploys back.")
 @click.option("--to", "to_rev", metavar="REV", help="Go back to the image the service had at commit REV.")
 @swap_options
 @click.pass_context
 def rollback(ctx, target, steps, to_rev, wait, author, message, dry_run, settle, health_timeout, no_consul, as_json,
-             quiet):
+             quiet, verbose):
     """Deploy the image TARGET (dc/node/service) ran before, found in git history."""
     from deployer.ops.deploy import Deployer
 
@@ -60,11 +62,13 @@ def rollback(ctx, target, steps, to_rev, wait, author, message, dry_run, settle,
 
 
 @click.command()
-@click.argument("target", required=False)
+@click.argument("target", required=False, shell_complete=complete_targets())
 @click.option("-n", "limit", type=click.IntRange(min=1), default=None, help="Show the last N entries.")
 @json_option()
+@quiet_option(QUIET_NOTHING)
+@verbose_option(VERBOSE_NOTHING)
 @click.pass_context
-def history(ctx, target, limit, as_json):
+def history(ctx, target, limit, as_json, quiet, verbose):
     """One line per deploy or rollback: time, who, action, target, images, commit."""
     from deployer.ops.deploy import Deployer
 

@@ -15,8 +15,11 @@ from typing import Any
 
 import click
 
-from deployer.cli.options import DURATION, json_option, quiet_option, repo_root, setup_logging, verbose_option
+from deployer.cli.completion import complete_targets
+from deployer.cli.options import (DURATION, QUIET_NOTHING, json_option, quiet_option, repo_root, setup_logging,
+                                  verbose_option)
 from deployer.cli.output import print_json, table
+from deployer.errors import EXIT_CHANGES, EXIT_FAILED
 
 
 def _stop_on_signals():
@@ -76,7 +79,7 @@ logging_verbose_option = verbose_option("Debug logging.")
 
 
 @click.command()
-@click.argument("targets", nargs=-1, required=True)
+@click.argument("targets", nargs=-1, required=True, shell_complete=complete_targets("dc", "node"))
 @click.option("--resync", type=DURATION, default="30s", show_default=True, metavar="DURATION",
               help="Compare every node with Consul this often (events handle the rest).")
 @click.option("--once", is_flag=True, help="One resync of every node, then exit (for tests and cron).")
@@ -128,7 +131,7 @@ def registrator(ctx, targets, resync, once, as_json, quiet, verbose):
                     click.echo(f"{r.node}: in sync ({len(r.registered)} registered, {len(r.deregistered)} "
                                f"deregistered, {r.kept} unchanged)")
         if any(r.error for r in reports):
-            sys.exit(1)
+            sys.exit(EXIT_FAILED)
         return
     stop = _stop_on_signals()
     click.echo(f"registrator: following {', '.join(n.target for _, n in nodes)} (resync every {resync:g}s)", err=True)
@@ -137,17 +140,20 @@ def registrator(ctx, targets, resync, once, as_json, quiet, verbose):
 
 
 @click.command()
-@click.argument("dc", required=False)
+@click.argument("dc", required=False, shell_complete=complete_targets("dc"))
 @json_option()
+@quiet_option(QUIET_NOTHING)
+@verbose_option()
 @click.pass_context
-def services(ctx, dc, as_json):
+def services(ctx, dc, as_json, quiet, verbose):
     """What Consul knows (instances and health) beside what the repository says should run.
 
     States: passing, warning, critical (registered, by health), missing (written
     with a published port but not registered), extra (registered by the deployer
     but not in the repository), external (not registered by the deployer).
-    Exit 1 when anything is missing, critical or extra. A datacenter without
-    consul is read from its Docker engines.
+    Exit 2 when anything is missing, critical or extra, 1 when a datacenter
+    could not be read. A datacenter without consul is read from its Docker
+    engines.
     """
     from deployer.discovery.report import PROBLEM_STATES, ServiceRow, service_report
     from deployer.errors import DeployerError, TargetError
@@ -173,20 +179,27 @@ def services(ctx, dc, as_json):
     else:
         table(((r.dc, r.service, r.node or "-", r.instance or "-", r.endpoint or "-", r.state, r.detail)
                for r in rows), ["dc", "service", "node", "instance", "endpoint", "state", "detail"])
+    if any(r.state == "error" for r in rows):
+        sys.exit(EXIT_FAILED)
     if any(r.state in PROBLEM_STATES for r in rows):
-        sys.exit(1)
+        sys.exit(EXIT_CHANGES)
 
 
 @click.command()
 @click.argument("template", type=click.Path(dir_okay=False))
 @click.option("--out", "-o", "out", required=True, type=click.Path(dir_okay=False), help="The file to write.")
-@click.option("--dc", help="Read this datacenter's Consul (or, without consul, its Docker engines).")
+@click.option("--dc", help="Read this datacenter's Consul (or, without consul, its Docker engines).",
+              shell_complete=complete_targets("dc"))
 @click.option("--consul", "consul_address", metavar="HOST:PORT", help="Read this Consul instead of a datacenter's.")
 @click.option("--var", "variables", multiple=True, metavar="NAME=VALUE", help="A template variable (vars.NAME).")
 @click.option("--check", "check_command", metavar="CMD", help="Validate the candidate first ({file} is its path).")
 @click.option("--reload", "reload_command", metavar="CMD", help="Run after the file changed.")
+@json_option("Print the file, whether it was written and the catalog read, as JSON.")
+@quiet_option(QUIET_NOTHING)
+@verbose_option()
 @click.pass_context
-def render(ctx, template, out, dc, consul_address, variables, check_command, reload_command):
+def render(ctx, template, out, dc, consul_address, variables, check_command, reload_command, as_json, quiet,
+           verbose):
     """Render TEMPLATE once from the catalog into FILE (atomically, only when it changed)."""
     from pathlib import Path
 
@@ -213,7 +226,9 @@ def render(ctx, template, out, dc, consul_address, variables, check_command, rel
         close = getattr(catalog, "close", None)
         if callable(close):
             close()
-    if written:
+    if as_json:
+        print_json({"file": out, "written": bool(written), "source": source})
+    elif written:
         click.echo(f"wrote {out} (from {source})")
     else:
         click.echo(f"{out} is up to date (from {source})")
@@ -226,12 +241,14 @@ def templates():
 
 @templates.command()
 @click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--dc", help="With `consul: null` in CONFIG: read this datacenter's Docker engines.")
+@click.option("--dc", help="With `consul: null` in CONFIG: read this datacenter's Docker engines.",
+              shell_complete=complete_targets("dc"))
 @click.option("--once", is_flag=True, help="One pass (render, check, swap, reload), then exit.")
+@json_option("With --once: print the files written as JSON.")
 @logging_quiet_option
 @logging_verbose_option
 @click.pass_context
-def watch(ctx, config, dc, once, quiet, verbose):
+def watch(ctx, config, dc, once, as_json, quiet, verbose):
     """Render CONFIG's templates whenever the catalog changes, until SIGINT/SIGTERM.
 
     Changes wait for quiescence; each pass renders every template, checks the
@@ -252,7 +269,11 @@ def watch(ctx, config, dc, once, quiet, verbose):
         catalog = DockerCatalog(datacenter.nodes.values(), root)
     runner = Runner(cfg, catalog)
     if once:
-        for path in runner.run_once():
+        written = runner.run_once()
+        if as_json:
+            print_json({"written": [str(p) for p in written]})
+            return
+        for path in written:
             click.echo(f"wrote {path}")
         return
     stop = _stop_on_signals()

@@ -1,7 +1,8 @@
 """Status, plan, apply: the whole repository against every node, nodes in parallel.
 
-Each exits non-zero when the nodes differ from the repository (status 1,
-plan 2, or 1 when a node could not be read) or when apply failed somewhere.
+Exit codes (deployer.errors' EXIT_*): status and plan exit 2 when the nodes
+differ from the repository (drift, changes pending), 1 when a node could not be
+read; apply exits 1 when it failed somewhere; 0 otherwise.
 """
 
 from __future__ import annotations
@@ -10,18 +11,23 @@ import sys
 
 import click
 
-from deployer.cli.options import (health_timeout_option, json_option, no_consul_option, parallel_option,
-                                  quiet_option, repo_root, settle_option, swap_settings, wait_option)
+from deployer.cli.completion import complete_targets
+from deployer.cli.options import (QUIET_NOTHING, health_timeout_option, json_option, no_consul_option,
+                                  parallel_option, quiet_option, repo_root, settle_option, swap_settings,
+                                  verbose_option, wait_option)
 from deployer.cli.output import print_json, progress, table
+from deployer.errors import EXIT_CHANGES, EXIT_FAILED
 
 
 @click.command()
-@click.argument("targets", nargs=-1)
+@click.argument("targets", nargs=-1, shell_complete=complete_targets())
 @parallel_option
 @json_option()
+@quiet_option(QUIET_NOTHING)
+@verbose_option()
 @click.pass_context
-def status(ctx, targets, parallel, as_json):
-    """Compare what the repository says with what runs (exit 1 unless everything matches)."""
+def status(ctx, targets, parallel, as_json, quiet, verbose):
+    """Compare what the repository says with what runs (exit 0 all match, 2 drift, 1 a node unreadable)."""
     from deployer.ops.deploy import Deployer
 
     rows = Deployer(repo_root(ctx)).status(list(targets) or None, parallel=parallel)
@@ -30,18 +36,22 @@ def status(ctx, targets, parallel, as_json):
     else:
         table(((r.target, r.image, r.running_image or "-", r.state, r.detail) for r in rows),
               ["target", "written", "running", "state", "detail"])
+    if any(r.state == "unreachable" for r in rows):
+        sys.exit(EXIT_FAILED)
     if not all(r.match for r in rows):
-        sys.exit(1)
+        sys.exit(EXIT_CHANGES)
 
 
 @click.command()
-@click.argument("targets", nargs=-1)
+@click.argument("targets", nargs=-1, shell_complete=complete_targets())
 @click.option("--prune", is_flag=True, help="Also plan removing managed containers the repository no longer lists.")
 @parallel_option
 @json_option()
+@quiet_option(QUIET_NOTHING)
+@verbose_option()
 @click.pass_context
-def plan(ctx, targets, prune, parallel, as_json):
-    """What apply would do: compare the repository with every node (exit 0 none, 2 changes, 1 errors)."""
+def plan(ctx, targets, prune, parallel, as_json, quiet, verbose):
+    """What apply would do: compare the repository with every node (exit 0 none, 2 changes, 1 errors, 3 bad input)."""
     from deployer.ops.deploy import Deployer
 
     plans = Deployer(repo_root(ctx)).plan(list(targets) or None, prune=prune, parallel=parallel)
@@ -58,13 +68,13 @@ def plan(ctx, targets, prune, parallel, as_json):
         errors = sum(1 for p in plans if p.error)
         click.echo(f"plan: {pending} to change, {errors} nodes unreachable or failing")
     if any(p.error for p in plans):
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
     if any(p.pending for p in plans):
-        sys.exit(2)
+        sys.exit(EXIT_CHANGES)
 
 
 @click.command()
-@click.argument("targets", nargs=-1)
+@click.argument("targets", nargs=-1, shell_complete=complete_targets())
 @click.option("--prune", is_flag=True, help="Remove managed containers the repository no longer lists.")
 @parallel_option
 @wait_option
@@ -73,8 +83,9 @@ def plan(ctx, targets, prune, parallel, as_json):
 @no_consul_option
 @json_option()
 @quiet_option()
+@verbose_option()
 @click.pass_context
-def apply(ctx, targets, prune, parallel, wait, settle, health_timeout, no_consul, as_json, quiet):
+def apply(ctx, targets, prune, parallel, wait, settle, health_timeout, no_consul, as_json, quiet, verbose):
     """Converge the nodes to the repository, health-gated, nodes in parallel (exit 1 if any failed)."""
     from deployer.ops.deploy import Deployer
 
@@ -96,7 +107,7 @@ def apply(ctx, targets, prune, parallel, wait, settle, health_timeout, no_consul
             changed = sum(1 for i in r.items if i.action != "none")
             click.echo(f"{r.node}: {'ok' if r.ok else 'FAILED'}, {changed} changed")
     if not all(r.ok for r in results):
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
 
 
 COMMANDS = (status, plan, apply)

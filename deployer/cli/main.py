@@ -2,7 +2,12 @@
 
 Conventions for every command: ``--repo PATH`` (or DEPLOYER_REPO) picks the
 infrastructure repository, ``--json`` prints data for machines, errors are one
-line on stderr (``error: file:line: field: message``) with a non-zero exit.
+line on stderr (``error: file:line: field: message``) with a non-zero exit:
+1 a failure, 2 changes pending or drift (plan, status, services), 3 bad input,
+click's usage errors included (deployer.errors' EXIT_* codes). With ``--json``
+an error is also printed on stdout as ``{"error": "...", "exit_code": N}``
+unless the command printed its result already. Every option can be set from
+the environment, ``DEPLOYER_<COMMAND>_<OPTION>`` (options.assign_envvars).
 
 The commands live by subject (repo, deploy, fleet, nodes, build, discovery);
 this module imports them and adds them to the group. Nothing imports it but
@@ -17,18 +22,35 @@ from typing import Any
 
 import click
 
-from deployer.cli import build, deploy, discovery, fleet, nodes, repo
-from deployer.cli.options import repo_option, setup_logging
-from deployer.errors import DeployerError, HealthCheckFailed
+from deployer.cli import build, completion, deploy, discovery, fleet, nodes, repo
+from deployer.cli.options import JSON_META, JSON_PRINTED_META, assign_envvars, repo_option, setup_logging
+from deployer.cli.output import print_error_json
+from deployer.errors import EXIT_BAD_INPUT, DeployerError, HealthCheckFailed, printable
 
 
-def _fail(exc: DeployerError) -> None:
+def _fail(ctx: click.Context, exc: DeployerError) -> None:
     if isinstance(exc, HealthCheckFailed) and exc.logs:
         click.echo(f"--- last log lines of {exc.container or 'the new container'} ---", err=True)
         click.echo(exc.logs.rstrip("\n"), err=True)
         click.echo("---", err=True)
+    if ctx.meta.get(JSON_META) and not ctx.meta.get(JSON_PRINTED_META):
+        print_error_json(exc.one_line(), exc.exit_code)
     click.echo(f"error: {exc.one_line()}", err=True)
     sys.exit(exc.exit_code)
+
+
+def _json_in(args: list[str]) -> bool:
+    """``--json`` among the words before ``--`` (a usage error can come before the option is parsed)."""
+    words = list(args)
+    return "--json" in (words[:words.index("--")] if "--" in words else words)
+
+
+def _bad_usage(ctx: click.Context | None, exc: click.UsageError, args: list[str]) -> None:
+    """A usage error exits EXIT_BAD_INPUT (click's own code is 2, "changes pending" here); in JSON too with --json."""
+    exc.exit_code = EXIT_BAD_INPUT
+    meta = ctx.meta if ctx is not None else {}
+    if (meta.get(JSON_META) or _json_in(args)) and not meta.get(JSON_PRINTED_META):
+        print_error_json(printable(" ".join(exc.format_message().split())), exc.exit_code)
 
 
 def _leave_at_once() -> None:
@@ -62,11 +84,26 @@ class DeployerGroup(click.Group):
             raise
         _leave_at_once()  # pragma: no cover - click's standalone mode always exits
 
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            _bad_usage(exc.ctx, exc, args)
+            raise
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["deployer.args"] = list(args)
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except DeployerError as exc:
-            _fail(exc)
+            _fail(ctx, exc)
+        except click.UsageError as exc:
+            _bad_usage(exc.ctx or ctx, exc, ctx.meta.get("deployer.args", []))
+            raise
 
 
 @click.group(cls=DeployerGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -85,9 +122,10 @@ def main(ctx: click.Context, repo: str) -> None:
     setup_logging()
 
 
-for _subject in (repo, deploy, fleet, nodes, build, discovery):
+for _subject in (repo, deploy, fleet, nodes, build, discovery, completion):
     for _command in _subject.COMMANDS:
         main.add_command(_command)
+assign_envvars(main)
 
 
 if __name__ == "__main__":  # pragma: no cover

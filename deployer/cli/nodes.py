@@ -9,7 +9,9 @@ import os
 
 import click
 
-from deployer.cli.options import author_option, json_option, repo_root, wait_option
+from deployer.cli.completion import complete_targets
+from deployer.cli.options import (QUIET_NOTHING, author_option, json_option, quiet_option, repo_root,
+                                  verbose_option, wait_option)
 from deployer.cli.output import print_json
 
 
@@ -19,7 +21,7 @@ def node() -> None:
 
 
 @node.command(name="add")
-@click.argument("target", metavar="DC/NODE")
+@click.argument("target", metavar="DC/NODE", shell_complete=complete_targets("dc"))
 @click.option("--docker", "docker_url", required=True, metavar="URL",
               help="unix:///var/run/docker.sock | ssh://user@host[:port] | tcp://host:2376")
 @click.option("--accept-host-key", is_flag=True, help="Trust and pin the SSH host key the node presents now.")
@@ -32,9 +34,11 @@ def node() -> None:
 @author_option
 @wait_option
 @json_option()
+@quiet_option(QUIET_NOTHING)
+@verbose_option()
 @click.pass_context
 def node_add(ctx, target, docker_url, accept_host_key, identity_file, tls_ca, tls_cert, tls_key, address,
-             description, author, wait, as_json):
+             description, author, wait, as_json, quiet, verbose):
     """Record a node: pin its SSH host key, check its engine answers, commit node.yml."""
     from deployer.ops.nodes import add_node
 
@@ -54,15 +58,21 @@ def node_add(ctx, target, docker_url, accept_host_key, identity_file, tls_ca, tl
 
 
 @node.command(name="rm")
-@click.argument("target", metavar="DC/NODE")
+@click.argument("target", metavar="DC/NODE", shell_complete=complete_targets("node"))
 @author_option
 @wait_option
+@json_option("Print what was removed and the commit as JSON.")
+@quiet_option(QUIET_NOTHING)
+@verbose_option()
 @click.pass_context
-def node_rm(ctx, target, author, wait):
+def node_rm(ctx, target, author, wait, as_json, quiet, verbose):
     """Remove a node that no longer has containers written for it, and commit."""
     from deployer.ops.nodes import remove_node
 
     result = remove_node(repo_root(ctx), target, author=author, wait=wait)
+    if as_json:
+        print_json(result.to_json())
+        return
     click.echo(f"remove node {target} [{result.commit[:7]}]")
 
 

@@ -54,7 +54,7 @@ POSITIVE_DURATION = Duration(positive=True)
 # -- the repository -------------------------------------------------------------------
 
 repo_option = click.option(
-    "--repo", "-C", default=lambda: os.environ.get("DEPLOYER_REPO", "."), metavar="PATH",
+    "--repo", "-C", default=".", metavar="PATH",
     help="The infrastructure repository (default: DEPLOYER_REPO or the current directory).")
 
 
@@ -68,16 +68,76 @@ def repo_root(ctx: click.Context) -> str:
 # -- output ---------------------------------------------------------------------------
 
 
+#: ctx.meta keys (shared by a command's context and its parents'): --json was given; JSON was printed.
+JSON_META = "deployer.json"
+JSON_PRINTED_META = "deployer.json-printed"
+
+
+def _remember_json(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.meta[JSON_META] = True  # the group prints an error as JSON too
+    return value
+
+
 def json_option(help: str = "Print JSON instead of a table.") -> Callable:
-    return click.option("--json", "as_json", is_flag=True, help=help)
+    """``--json``: data as JSON on stdout; an error then prints ``{"error": ..., "exit_code": N}`` there too."""
+    return click.option("--json", "as_json", is_flag=True, help=help, callback=_remember_json)
+
+
+#: -q's help on a command that prints no progress lines: accepted by every command, it changes nothing there.
+QUIET_NOTHING = "Accepted by every command; this one prints no progress lines."
+#: -v's help on a command that reaches no engine, registry or Consul.
+VERBOSE_NOTHING = "Accepted by every command; this one has nothing more to show."
+#: -v's help where an engine, a registry or Consul is reached: their libraries' own log records.
+VERBOSE_TRANSPORT = "Also show the ssh/http libraries' own warnings on stderr."
+
+
+def _verbose_logging(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:
+        setup_logging(verbose=True)
+    return value
 
 
 def quiet_option(help: str = "No progress lines.") -> Callable:
     return click.option("--quiet", "-q", is_flag=True, help=help)
 
 
-def verbose_option(help: str) -> Callable:
-    return click.option("--verbose", "-v", is_flag=True, help=help)
+def verbose_option(help: str = VERBOSE_TRANSPORT) -> Callable:
+    return click.option("--verbose", "-v", is_flag=True, help=help, callback=_verbose_logging)
+
+
+# -- the environment ------------------------------------------------------------------
+
+#: Every option can be set from the environment: DEPLOYER_<COMMAND>_<OPTION> (see envvar_name).
+ENV_PREFIX = "DEPLOYER"
+
+
+def envvar_name(command_path: str, param: click.Option) -> str:
+    """``DEPLOYER_`` + the command's words + the option's long name, upper case, ``-`` as ``_``.
+
+    ``deploy --wait`` -> DEPLOYER_DEPLOY_WAIT, ``node add --docker`` -> DEPLOYER_NODE_ADD_DOCKER,
+    ``history -n`` (no long name) -> DEPLOYER_HISTORY_LIMIT (its parameter), the group's ``--repo`` -> DEPLOYER_REPO.
+    """
+    longs = [o for o in param.opts if o.startswith("--")]
+    name = longs[0][2:] if longs else (param.name or "")
+    words = [ENV_PREFIX, *command_path.split(), name]
+    return "_".join(w.replace("-", "_").upper() for w in words if w)
+
+
+def assign_envvars(group: click.Group, path: str = "") -> None:
+    """Give every option of ``group`` and its commands its DEPLOYER_ name (a name the option had stays, after it).
+
+    Eager options (``--version``, ``--help``) have none. Run once by ``main`` on the whole command tree.
+    """
+    for param in group.params:
+        if isinstance(param, click.Option) and not param.is_eager:
+            name = envvar_name(path, param)
+            own = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or [])
+            if name not in own:
+                param.envvar = name if not own else [name, *own]
+    if isinstance(group, click.Group):
+        for cmd_name, cmd in group.commands.items():
+            assign_envvars(cmd, f"{path} {cmd_name}".strip())
 
 
 DEBUG_ENV = "DEPLOYER_DEBUG"
@@ -141,7 +201,8 @@ service_option = click.option("--service", metavar="NAME",
 def swap_options(f: Callable) -> Callable:
     """The options every command that swaps containers and commits takes (deploy, rollback)."""
     for option in reversed([wait_option, author_option, message_option, dry_run_option, settle_option,
-                            health_timeout_option, no_consul_option, json_option(), quiet_option()]):
+                            health_timeout_option, no_consul_option, json_option(), quiet_option(),
+                            verbose_option()]):
         f = option(f)
     return f
 

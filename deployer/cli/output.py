@@ -11,6 +11,8 @@ from typing import Any, Callable, Iterable
 
 import click
 
+from deployer.cli.options import JSON_PRINTED_META
+
 
 def progress(quiet: bool) -> Callable[[str], None]:
     """A progress callback: each message as an indented line on stderr, or nothing when ``quiet``."""
@@ -32,7 +34,16 @@ def table(rows: Iterable[Iterable[Any]], headers: list[str]) -> None:
 
 
 def print_json(data: Any) -> None:
+    """``data`` as one JSON document on stdout (noted, so that an error after it does not print a second one)."""
     click.echo(json.dumps(data, indent=2, sort_keys=False))
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta[JSON_PRINTED_META] = True
+
+
+def print_error_json(message: str, exit_code: int) -> None:
+    """An error under ``--json``: ``{"error": "...", "exit_code": N}`` on stdout (the one line goes to stderr too)."""
+    click.echo(json.dumps({"error": message, "exit_code": exit_code}))
 
 
 def print_deploy_result(result, as_json: bool) -> None:

@@ -6,8 +6,10 @@ import sys
 
 import click
 
-from deployer.cli.options import json_option, repo_root
+from deployer.cli.completion import complete_targets
+from deployer.cli.options import QUIET_NOTHING, VERBOSE_NOTHING, json_option, quiet_option, repo_root, verbose_option
 from deployer.cli.output import print_json, progress, table
+from deployer.errors import EXIT_BAD_INPUT
 
 
 @click.command()
@@ -16,12 +18,20 @@ from deployer.cli.output import print_json, progress, table
 @click.option("--docker", "docker_url", default="unix:///var/run/docker.sock", show_default=True,
               help="How the 'local' node reaches its Docker engine.")
 @click.option("--no-images", is_flag=True, help="Do not build the sample images on the local engine.")
-def init(directory: str, example: bool, docker_url: str, no_images: bool) -> None:
+@json_option("Print the repository made (root, commit, targets, notes) as JSON.")
+@quiet_option("No progress lines (the sample image builds).")
+@verbose_option()
+def init(directory: str, example: bool, docker_url: str, no_images: bool, as_json: bool, quiet: bool,
+         verbose: bool) -> None:
     """Create a new infrastructure repository in DIRECTORY."""
     from deployer.ops.scaffold import init_repo
 
     result = init_repo(directory, example=example, docker_url=docker_url, build_images=not no_images,
-                       progress=progress(False))
+                       progress=progress(quiet or as_json))
+    if as_json:
+        print_json({"root": str(result.root), "commit": result.commit, "targets": list(result.targets),
+                    "notes": list(result.notes)})
+        return
     click.echo(f"created {result.root} ({result.commit[:7]}): {', '.join(result.targets)}")
     for line in result.notes:
         click.echo(line)
@@ -30,9 +40,11 @@ def init(directory: str, example: bool, docker_url: str, no_images: bool) -> Non
 @click.command()
 @click.argument("path", required=False)
 @json_option()
+@quiet_option(QUIET_NOTHING)
+@verbose_option(VERBOSE_NOTHING)
 @click.pass_context
-def validate(ctx: click.Context, path: str | None, as_json: bool) -> None:
-    """Load the whole repository and report every problem (exit 2 if any)."""
+def validate(ctx: click.Context, path: str | None, as_json: bool, quiet: bool, verbose: bool) -> None:
+    """Load the whole repository and report every problem (exit 3 if any: bad input)."""
     from deployer.config.loader import check, find_root
 
     root = find_root(path or ctx.obj["repo"])
@@ -48,14 +60,16 @@ def validate(ctx: click.Context, path: str | None, as_json: bool) -> None:
             n_svc = sum(1 for _ in infra.services())
             click.echo(f"ok: {len(infra.datacenters)} datacenters, {n_nodes} nodes, {n_svc} containers")
     if problems:
-        sys.exit(2)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 @click.command(name="ls")
-@click.argument("target", required=False)
+@click.argument("target", required=False, shell_complete=complete_targets())
 @json_option()
+@quiet_option(QUIET_NOTHING)
+@verbose_option(VERBOSE_NOTHING)
 @click.pass_context
-def ls_command(ctx: click.Context, target: str | None, as_json: bool) -> None:
+def ls_command(ctx: click.Context, target: str | None, as_json: bool, quiet: bool, verbose: bool) -> None:
     """List datacenters, nodes and containers with their images."""
     from deployer.config.loader import load
 

@@ -66,22 +66,22 @@ def test_repo_from_the_environment(repo, tmp_path):
 
 def test_an_error_is_one_line_with_its_exit_code(repo, tmp_path):
     result = cli(repo, "ls", "zzz")
-    assert result.exit_code == 2 and result.stdout == ""
+    assert result.exit_code == 3 and result.stdout == ""
     assert result.stderr.startswith("error: unknown target 'zzz'") and result.stderr.count("\n") == 1
     result = cli(tmp_path / "nowhere", "ls")
-    assert result.exit_code == 2 and result.stdout == ""
+    assert result.exit_code == 3 and result.stdout == ""
     assert result.stderr == (f"error: datacenters: no 'datacenters/' directory in {tmp_path / 'nowhere'}; is this "
                              "an infrastructure repository? ('deployer init DIR' makes one)\n")
 
 
 def test_usage_errors_are_clicks(repo):
     result = cli(repo, "image", "src")
-    assert result.exit_code == 2
+    assert result.exit_code == 3
     assert "Error: where to push: --registry HOST:PORT, or --dc DC (its datacenter.yml's registry)" in result.stderr
     result = cli(repo, "image", "src", "--registry", "r:5000", "--dc", "test")
-    assert result.exit_code == 2 and "Error: give --registry or --dc, not both" in result.stderr
+    assert result.exit_code == 3 and "Error: give --registry or --dc, not both" in result.stderr
     result = cli(repo, "deploy", "a:2")
-    assert result.exit_code == 2 and "Error: Missing argument 'TARGETS...'." in result.stderr
+    assert result.exit_code == 3 and "Error: Missing argument 'TARGETS...'." in result.stderr
 
 
 # -- deploy and fleet output, from a stand-in Deployer --------------------------------------------
@@ -177,13 +177,15 @@ def test_status_table_and_exit_code(repo, fake):
              match=False, to_json=lambda: {"target": "test/n1/web"})
     fake.answers["status"] = [row]
     result = cli(repo, "status", "--parallel", "3")
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # drift (it was 1 before the exit code scheme: 1 is now a node not read)
     assert result.stdout == ("TARGET       WRITTEN  RUNNING  STATE    DETAIL\n"
                              "test/n1/web  a:1      -        missing  not running\n")
     assert fake.calls[0] == ("status", (None,), {"parallel": 3})
     fake.answers["status"] = [NS(**{**row.__dict__, "match": True})]
     assert cli(repo, "status", "test", "--json").exit_code == 0
     assert fake.calls[-1] == ("status", (["test"],), {"parallel": 8})
+    fake.answers["status"] = [row, NS(**{**row.__dict__, "target": "test/n2/x", "state": "unreachable"})]
+    assert cli(repo, "status").exit_code == 1  # a node not read wins over drift
 
 
 def test_plan_lines_and_exit_codes(repo, fake):

@@ -5,6 +5,14 @@ each command's parameters as the CLI printed and declared them before
 deployer/cli/ was split by subject. The only deliberate change: the duration
 options' type is now the one duration type (it was float, or text for
 registrator --resync), so they accept ``1m30s`` like every other duration.
+
+Recaptured deliberately for issue 12's automation contract (the duration types
+kept as they were before, so the check above still holds): the ``completion``
+command; ``--json`` on init, node rm, render and templates watch; ``-q``/``-v``
+on every command (help saying where they change nothing); every option's
+``envvar`` (DEPLOYER_<COMMAND>_<OPTION>, ``--repo``'s DEPLOYER_REPO now through
+click's envvar, its default plain "."); the exit codes in the help of status,
+plan, validate and services.
 """
 
 from __future__ import annotations

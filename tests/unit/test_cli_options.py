@@ -81,11 +81,11 @@ def test_every_duration_option_takes_the_one_grammar(command, name):
 
 @pytest.mark.parametrize("command,name", sorted(DURATION_OPTIONS))
 def test_a_bad_duration_is_a_usage_error(command, name, tmp_path):
-    """Exit 2, click's usage message naming the option; nothing runs (no repository is even looked at)."""
+    """Exit 3 (bad input), click's usage message naming the option; nothing runs (no repository is even looked at)."""
     option = flag(command, name)
     result = CliRunner().invoke(main, ["--repo", str(tmp_path), *command.split(), *MINIMAL_ARGS[command],
                                        option, "ten"])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 3, result.output
     assert result.stdout == ""
     assert f"Error: Invalid value for '{option}': invalid duration 'ten': write seconds or a duration like 250ms, " \
            "2s, 1m30s" in result.stderr

@@ -471,6 +471,6 @@ def test_deployer_debug_takes_one_or_zero(tmp_path):
     env = {k: v for k, v in os.environ.items()} | {"DEPLOYER_DEBUG": "yes"}
     done = subprocess.run([sys.executable, "-m", "deployer", "--repo", str(tmp_path), "status"],
                           capture_output=True, text=True, env=env, timeout=30)
-    assert done.returncode == 2
+    assert done.returncode == 3
     assert "DEPLOYER_DEBUG='yes': write DEPLOYER_DEBUG=1 for debug logging on stderr, or 0" in done.stderr
     assert "Traceback" not in done.stderr

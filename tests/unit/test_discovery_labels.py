@@ -320,7 +320,7 @@ def test_discovery_errors_keep_their_messages_and_exit_codes():
     from deployer.errors import ConsulUnavailable, EnginesUnavailable
 
     err = LabelError("deployer.consul.port", "'http' is not a container port")
-    assert (err.one_line(), err.exit_code) == ("deployer.consul.port: 'http' is not a container port", 2)
+    assert (err.one_line(), err.exit_code) == ("deployer.consul.port: 'http' is not a container port", 3)
     down = EnginesUnavailable("node dc1/n1 (ssh://n1)", "connection refused")
     assert isinstance(down, ConsulUnavailable) and down.exit_code == 1
     assert down.one_line() == "node dc1/n1 (ssh://n1): connection refused"

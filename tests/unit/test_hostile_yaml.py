@@ -1,4 +1,4 @@
-"""Hostile YAML is bad input: one line with file:line and exit 2, fast, never a traceback or a hang.
+"""Hostile YAML is bad input: one line with file:line and exit 3, fast, never a traceback or a hang.
 
 Each case the issue listed (and each the property test in ``test_property_yaml`` found) is here, run
 through ``deployer validate`` in-process; the limits (docs/compose.md, "Limits") at their edges; the port
@@ -54,10 +54,10 @@ def run(root: Path, *args: str):
 
 
 def one_error(tmp_path: Path, files: dict[str, str | bytes], command: str = "validate") -> str:
-    """The one error line `deployer <command>` prints for this repository: exit 2, no traceback, under 2 s."""
+    """The one error line `deployer <command>` prints for this repository: exit 3, no traceback, under 2 s."""
     result, elapsed = run(repo(tmp_path, files), command)
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 3, result.output
     assert elapsed < 2, f"{elapsed:.1f}s"
     lines = result.output.splitlines()
     assert len(lines) == 1, lines

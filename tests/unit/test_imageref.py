@@ -149,10 +149,10 @@ def test_exact_message_for_uppercase():
     assert str(info.value) == "invalid image reference 'Worker:1.5': repository name must be lowercase"
 
 
-def test_error_is_a_deployer_error_with_exit_code_2():
+def test_error_is_a_deployer_error_with_exit_code_3():
     with pytest.raises(DeployerError) as info:
         ImageRef.parse("a:")
-    assert info.value.exit_code == 2
+    assert info.value.exit_code == 3
 
 
 def test_not_a_string():

@@ -152,9 +152,9 @@ def validate(tmp: Path, which: str, text: str):
 def check_outcome(result, elapsed: float, text: str) -> None:
     crashed = result.exception if not isinstance(result.exception, SystemExit) else None
     assert crashed is None, f"{type(crashed).__name__}: {crashed} for {text!r}"
-    assert result.exit_code in (0, 2), (result.exit_code, result.output, text)
+    assert result.exit_code in (0, 3), (result.exit_code, result.output, text)
     assert "Traceback" not in result.output
-    if result.exit_code == 2:
+    if result.exit_code == 3:
         for line in result.output.splitlines():
             line.encode("utf-8")  # printable on any UTF-8 terminal: no lone surrogates
             assert not any(unicodedata.category(c) in ("Cc", "Cs") for c in line), line

@@ -52,7 +52,7 @@ def test_validate_reports_every_problem_with_file_and_line(tmp_path):
         "datacenters/test/badurl/node.yml": "docker: http://nope\nfoo: 1\n",
     })
     result = cli(root, "validate")
-    assert result.exit_code == 2
+    assert result.exit_code == 3
     lines = result.output.strip().splitlines()
     assert any(l.startswith(f"datacenters/test/{node}/docker-compose.yml:12: services.web.privilegd: "
                             "unsupported key 'privilegd'") for l in lines), lines
@@ -80,7 +80,7 @@ def test_malformed_yaml_gives_one_line_error_on_deploy(tmp_path):
     root, node = make_repo(tmp_path, "unix:///x.sock", "services:\n  web:\n    image: a:1\n   bad: indent\n")
     done = subprocess.run([sys.executable, "-m", "deployer", "--repo", str(root), "deploy", "a:2", f"test/{node}"],
                           capture_output=True, text=True)
-    assert done.returncode == 2
+    assert done.returncode == 3
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith(f"error: datacenters/test/{node}/docker-compose.yml:4: malformed YAML")
 

@@ -419,10 +419,10 @@ def test_secrets_dir_must_be_existing_absolute_folders(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# The command line: exit 2, one line, whatever the path holds
+# The command line: exit 3, one line, whatever the path holds
 
 
-def test_validate_refuses_with_exit_2_and_one_printable_line(tmp_path):
+def test_validate_refuses_with_exit_3_and_one_printable_line(tmp_path):
     root = infra(tmp_path, {
         "datacenters/dev/n1/node.yml": "docker: unix:///x.sock\n",
         "datacenters/dev/n1/docker-compose.yml": compose_with("\ud800"),
@@ -430,7 +430,7 @@ def test_validate_refuses_with_exit_2_and_one_printable_line(tmp_path):
         "datacenters/dev/n2/docker-compose.yml": compose_with("/proc/self/environ"),
     })  # fmt: skip
     done = run(root, "validate", timeout=60)
-    assert (done.returncode, done.stderr) == (2, "")
+    assert (done.returncode, done.stderr) == (3, "")
     assert done.stdout.splitlines() == [
         "datacenters/dev/n1/docker-compose.yml:7: secrets.s.file: secret file \\ud800 is not a valid file name "
         "(it cannot be encoded)",

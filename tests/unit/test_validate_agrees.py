@@ -65,10 +65,10 @@ def refusals(root) -> dict[str, list[str]]:
     """The lines each entry point refuses the repository with (``validate`` prints them, one a line)."""
     out = {}
     result = cli(root, "validate")
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 3, result.output
     out["validate"] = result.stdout.splitlines()
     json_result = cli(root, "validate", "--json")
-    assert json_result.exit_code == 2
+    assert json_result.exit_code == 3
     _, problems = loader.check(root)
     out["check"] = [p.render() for p in problems]
     for what, call in (("load", lambda: loader.load(root)),
@@ -81,7 +81,7 @@ def refusals(root) -> dict[str, list[str]]:
             call()
         out[what] = [p.render() for p in info.value.problems]
     deploy_cli = cli(root, "deploy", "nginx:1.26", "dc1/n1")
-    assert deploy_cli.exit_code == 2
+    assert deploy_cli.exit_code == 3
     out["deploy (cli)"] = [deploy_cli.stderr.strip().removeprefix("error: ").split(" (and ")[0]]
     return out
 
