@@ -64,7 +64,8 @@ def _options(cmd: click.Command) -> list[str]:
         if not isinstance(p, click.Option) or p.hidden:
             continue
         names = ", ".join(f"`{o}`" for o in [*p.opts, *p.secondary_opts])
-        env = f"`{p.envvar}`" if isinstance(p.envvar, str) else ""
+        envvars = [p.envvar] if isinstance(p.envvar, str) else list(p.envvar or [])
+        env = ", ".join(f"`{e}`" for e in envvars)
         rows.append(f"| {names} | {_type_name(p)} | {_default(p)} | {env} | {_cell(p.help or '')} |")
     if not rows:
         return []
@@ -77,6 +78,50 @@ def _arguments(cmd: click.Command) -> list[str]:
         return []
     return [", ".join(f"`{a.human_readable_name}`" + (" (one or more)" if a.nargs == -1 else "")
                       + ("" if a.required else " (optional)") for a in args), ""]
+
+
+#: The scheme, code by code: what a script can rely on from every command.
+SCHEME = [
+    (errors.EXIT_OK, "ok", "The command did what was asked. `plan`, `status`, `services`: nothing differs."),
+    (errors.EXIT_FAILED, "failed", "Something failed while working: a node or engine (unreachable, an error), a health "
+     "check, the registry, Consul, a build, the lock held by another deployer. `plan` and `status`: a node could not "
+     "be read. `apply`, `deploy` to several targets: some failed (`--json` says which)."),
+    (errors.EXIT_CHANGES, "changes", "The command worked and the nodes differ from the repository: `plan` has changes "
+     "pending, `status` found drift, `services` found a registration missing, critical or extra. Only these three "
+     "commands exit 2 (as `terraform plan -detailed-exitcode` does)."),
+    (errors.EXIT_BAD_INPUT, "bad input", "Nothing was tried: an invalid repository (`validate` found problems), an "
+     "unknown or ambiguous target, a bad image reference, a bad option value, an unknown option or command, a missing "
+     "argument (click's usage errors, which click itself exits 2 with, exit 3 here)."),
+]
+
+
+def _scheme() -> list[str]:
+    lines = ["## Exit codes", "",
+             "Every command exits with one of four codes (`deployer.errors`' `EXIT_*`):", "",
+             "| exit | meaning | when |", "| --- | --- | --- |"]
+    lines += [f"| {code} | {name} | {_cell(text)} |" for code, name, text in SCHEME]
+    lines += ["", "A CI script in `-detailed-exitcode` style:", "", "```sh",
+              "deployer plan --json > plan.json; rc=$?",
+              "case $rc in 0) echo in sync ;; 2) deployer apply ;; 1) echo a node failed; exit 1 ;;",
+              "  *) echo bad input: \"$(jq -r .error plan.json)\"; exit $rc ;; esac", "```", "",
+              "`watch-builds` stopped by Ctrl-C exits 130. Errors print one line, `error: ...`, on stderr.",
+              "With `--json`, stdout holds one JSON document: the command's result, or, when the command",
+              "failed before it had one, `{\"error\": \"...\", \"exit_code\": N}` (usage errors too;",
+              "the `error:` line still goes to stderr). By error type:", ""]
+    return lines + _exit_codes()
+
+
+def _environment() -> list[str]:
+    return ["## The environment", "",
+            "Every option can be set from the environment: `DEPLOYER_` + the command's words + the option's",
+            "long name, upper case, `-` written `_` (`deploy --wait 30s` is `DEPLOYER_DEPLOY_WAIT=30s`,",
+            "`node add --docker` is `DEPLOYER_NODE_ADD_DOCKER`, `--repo` is `DEPLOYER_REPO`; a flag takes",
+            "`1`/`true` or `0`/`false`). The command line wins over the environment. The names are in each",
+            "command's table below. `DEPLOYER_DEBUG=1` logs everything at debug level on stderr.", "",
+            "## Shell completion", "",
+            "`deployer completion bash|zsh|fish` prints the script (see `deployer completion`); it completes",
+            "commands, options, targets (`dc`, `dc/node`, `dc/node/service`, read from the repository without",
+            "reaching an engine) and deploy's IMAGE (the compose files' images and the deploy log's).", ""]
 
 
 def _exit_codes() -> list[str]:
@@ -102,11 +147,9 @@ def render() -> str:
         main.get_help(ctx).replace("Usage: deployer", "deployer", 1),
         "```",
         "",
-        "Errors print one line, `error: ...`, on stderr and exit with their code. A usage",
-        "error (an unknown option, a bad value) exits 2 with click's message. Exit codes by error:",
+        *_scheme(),
         "",
-        *_exit_codes(),
-        "",
+        *_environment(),
     ]
     for path, cmd in _commands(main, "deployer"):
         lines += [f"## `{path}`", ""]
