@@ -211,7 +211,7 @@ def test_rollback_history_and_steps(repo, client):
     assert containers(client, node)[0][1] in (WEB1, WEB3)  # two distinct versions back from web:2
 
     result = cli(root, "rollback", target, "--steps", "50")
-    assert result.exit_code == 2
+    assert result.exit_code == 3
     assert "cannot go back" in result.output or "only" in result.output
 
     result = cli(root, "history", f"test/{node}", "--json")
@@ -228,14 +228,14 @@ def test_rollback_to_commit_that_did_not_touch_service_is_refused(repo):
     git(root, "add", "README.md")
     git(root, "commit", "-q", "-m", "docs")
     result = cli(root, "rollback", f"test/{node}/web", "--to", "HEAD")
-    assert result.exit_code == 2
+    assert result.exit_code == 3
     assert "did not change" in result.output
 
 
 def test_rollback_past_first_version_is_refused(repo):
     root, node = repo
     result = cli(root, "rollback", f"test/{node}/web")
-    assert result.exit_code == 2
+    assert result.exit_code == 3
     assert "error:" in result.output
 
 
@@ -324,7 +324,7 @@ def test_bad_input_is_one_clear_line(repo, args, message):
     root, node = repo
     before = head(root)
     result = run(root, *[a.replace("NODE", node) for a in args])
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == 3, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message.replace("NODE", node) in lines[0], lines
     assert head(root) == before
@@ -442,7 +442,7 @@ def test_node_add_and_rm_through_the_cli(engine, tmp_path):
     assert git(root, "log", "-1", "--format=%s") == "add node test/extra"
     assert (root / "datacenters/test/extra/node.yml").exists()
     refused = cli(root, "node", "rm", f"test/{node}")
-    assert refused.exit_code == 2 and "still has containers written for it: web" in refused.output
+    assert refused.exit_code == 3 and "still has containers written for it: web" in refused.output
     assert cli(root, "node", "rm", "test/extra").exit_code == 0
     assert not (root / "datacenters/test/extra").exists()
     assert git(root, "status", "--porcelain") == ""
@@ -450,7 +450,7 @@ def test_node_add_and_rm_through_the_cli(engine, tmp_path):
 
 def test_secrets_are_copied_from_the_checked_files_and_refused_out_of_bounds(engine, client, tmp_path):
     """The secret-file policy (docs/compose.md, Secrets) on a real engine: what lands in /run/secrets is the file
-    checked; a file out of bounds stops the deploy with exit 2 before the engine is touched."""
+    checked; a file out of bounds stops the deploy with exit 3 before the engine is touched."""
     secrets_dir = tmp_path / "secrets-dev"
     secrets_dir.mkdir()
     (secrets_dir / "api_key").write_text("from the secrets_dir\n")
@@ -476,7 +476,7 @@ def test_secrets_are_copied_from_the_checked_files_and_refused_out_of_bounds(eng
         git(root, "commit", "-q", "-am", "no secrets_dir")
         before = head(root)
         done = run(root, "deploy", WEB3, f"test/{node}", timeout=60)
-        assert (done.returncode, done.stdout) == (2, "")
+        assert (done.returncode, done.stdout) == (3, "")
         assert done.stderr == (
             f"error: datacenters/test/{node}/docker-compose.yml:17: secrets.api_key.file: secret file "
             f"{secrets_dir / 'api_key'} is outside the repository and the datacenter's secrets_dir (none set in "

@@ -144,7 +144,7 @@ def test_crafted_service_name_is_refused_before_consul_and_before_any_container(
     root, node, tag = make_site(tmp_path, engine, consul_agent.address, name=EVIL)
     cleanup[0].append(node)
     done = run(root, "deploy", WEB1, f"test/{node}")
-    assert done.returncode == 2
+    assert done.returncode == 3
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith(f"error: datacenters/test/{node}/docker-compose.yml:12: "
                            "services.web.labels.deployer.consul.name: unsafe service name")
@@ -153,9 +153,9 @@ def test_crafted_service_name_is_refused_before_consul_and_before_any_container(
     assert not any("evil" in e["Service"] for e in agent_services(catalog).values())
     # validate says the same, and so does every command that loads the repository (the registrator too)
     validated = cli(root, "validate")
-    assert validated.exit_code == 2 and validated.stdout.splitlines() == [line.removeprefix("error: ")]
+    assert validated.exit_code == 3 and validated.stdout.splitlines() == [line.removeprefix("error: ")]
     refused = cli(root, "registrator", f"test/{node}", "--once", "--json")
-    assert refused.exit_code == 2 and refused.stderr.strip() == line
+    assert refused.exit_code == 3 and refused.stderr.strip() == line
     compose_file = root / f"datacenters/test/{node}/docker-compose.yml"
     compose_file.write_text(compose_file.read_text().replace(EVIL, f"{tag}-web"))
 
@@ -270,7 +270,7 @@ def test_registrator_once_registers_deregisters_and_never_removes_what_it_does_n
     wait_until(lambda: catalog.instances(f"{tag}-hand") and catalog.instances(name, passing_only=True),
                what="both passing")
     result = cli(root, "services", "test", "--json")
-    assert result.exit_code == 1  # something extra
+    assert result.exit_code == 2  # something extra: drift
     rows = {(r["service"], r["instance"]): r for r in json.loads(result.output)}
     assert rows[(name, sid)]["state"] == "passing" and rows[(name, sid)]["node"] == node
     assert rows[(f"{tag}-hand", hand_sid)]["state"] == "extra"
@@ -332,7 +332,7 @@ def test_render_and_services_without_consul_read_the_engines(engine, client, tmp
                                                                          "docker engines")
     c.stop(timeout=5)
     result = cli(root, "services", "--json")
-    assert result.exit_code == 1 and json.loads(result.output)[0]["state"] == "missing"
+    assert result.exit_code == 2 and json.loads(result.output)[0]["state"] == "missing"
 
 
 def test_render_from_consul_and_templates_watch_until_sigterm(engine, client, consul_agent, tmp_path, cleanup):

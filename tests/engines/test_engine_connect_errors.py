@@ -138,7 +138,7 @@ def test_a_bad_tls_file_is_named(tmp_path, remote_engine, change, problem):
     assert expected in only_line(done.stdout.split("\n", 1)[1])
 
     done = run(root, "deploy", "deployer-test/web:2", f"test/{node}", timeout=60)
-    assert done.returncode == 2  # the repository's files are wrong: bad input
+    assert done.returncode == 3  # the repository's files are wrong: bad input
     assert only_line(done.stderr) == f"error: {expected}"
     assert "HTTPSConnectionPool" not in done.stderr and "SSLError" not in done.stderr
 

@@ -73,6 +73,7 @@ def test_plan_apply_status_across_three_transports(fleet_repo, nodes):
     assert code == 2
     assert {p["node"]: [c["action"] for c in p["changes"]] for p in plans} == {
         "east/fa": ["create"], "east/fb": ["create"], "west/fc": ["create"]}
+    assert cli(root, "status").exit_code == 2  # drift: nothing runs yet
 
     result = cli(root, "apply")
     assert result.exit_code == 0, result.output
@@ -119,7 +120,9 @@ def test_unreachable_node_during_plan_apply_status_and_deploy(fleet_repo, nodes)
     applied = {r["node"]: r for r in json.loads(result.output)}
     assert applied["east/fa"]["ok"] and applied["west/fc"]["ok"] and not applied["east/fb"]["ok"]
 
-    rows = {r["target"]: r for r in json.loads(cli(root, "status", "--json").output)}
+    status = cli(root, "status", "--json")
+    assert status.exit_code == 1  # a node not read: 1, not the 2 of drift
+    rows = {r["target"]: r for r in json.loads(status.output)}
     assert rows["east/fb/web"]["state"] == "unreachable" and rows["east/fa/web"]["state"] == "healthy"
 
     before = git(root, "rev-parse", "HEAD")

@@ -177,25 +177,25 @@ def test_release_refuses_before_building(build_engine, registry, node, tmp_path,
     url = build_engine.url
 
     r = cli(infra, "release", str(src), f"test/{node}", "--docker", url)
-    assert r.exit_code == 2, r.output
+    assert r.exit_code == 3, r.output
     assert errors(r.stderr) == ["error: datacenters/test/datacenter.yml: no 'registry: HOST:PORT' here, so there "
                                 "is nowhere to push the image (add it, or pass --registry)"]
 
     r = cli(infra, "release", str(src), "test/nope", "--registry", registry, "--docker", url)
-    assert r.exit_code == 2 and "unknown node test/nope" in r.stderr
+    assert r.exit_code == 3 and "unknown node test/nope" in r.stderr
 
     # the compose file's only service runs busybox: no service runs worker
     r = cli(infra, "release", str(src), f"test/{node}", "--registry", registry, "--docker", url)
-    assert r.exit_code == 2 and f"no service on test/{node} runs {registry}/worker" in r.stderr, r.output
+    assert r.exit_code == 3 and f"no service on test/{node} runs {registry}/worker" in r.stderr, r.output
 
     (src / "main.go").write_text((src / "main.go").read_text() + "\n// uncommitted\n")
     r = cli(infra, "release", str(src), f"test/{node}", "--registry", registry, "--docker", url)
-    assert r.exit_code == 2 and "uncommitted changes (main.go)" in r.stderr
+    assert r.exit_code == 3 and "uncommitted changes (main.go)" in r.stderr
 
     r = cli(infra, "image", str(src), "--docker", url)
-    assert r.exit_code == 2 and "--registry HOST:PORT, or --dc DC" in r.output
+    assert r.exit_code == 3 and "--registry HOST:PORT, or --dc DC" in r.output
     r = cli(infra, "build", str(tmp_path / "nope"), "--docker", url)
-    assert r.exit_code == 2 and errors(r.stderr) == [f"error: {tmp_path / 'nope'}: not a directory"]
+    assert r.exit_code == 3 and errors(r.stderr) == [f"error: {tmp_path / 'nope'}: not a directory"]
     r = cli(infra, "release", str(src), f"test/{node}", "--registry", registry, "--docker", "unix:///nonexistent.sock")
     assert r.exit_code == 1
     assert errors(r.stderr) == ["error: build engine unix:///nonexistent.sock: no such socket /nonexistent.sock: "
