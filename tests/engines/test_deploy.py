@@ -249,7 +249,7 @@ def test_status_reports_match_and_drift(repo, client):
     (c,) = managed(client, node)
     c.update(restart_policy={"Name": "always"})
     result = cli(root, "status", "--json")
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # drift
     (row,) = json.loads(result.output)
     assert row["state"] == "drifted" and "restart policy" in row["detail"]
 
