@@ -105,6 +105,9 @@ def completion(ctx: click.Context, shell: str, quiet: bool, verbose: bool) -> No
 
     Targets (dc, dc/node, dc/node/service) and deploy's IMAGE are read from
     the repository (--repo or DEPLOYER_REPO) as you type; no engine is reached.
+    Bash splits words at ':' (COMP_WORDBREAKS), so an image's tag completes
+    there only with COMP_WORDBREAKS=${COMP_WORDBREAKS//:} in ~/.bashrc; zsh
+    and fish need nothing.
     """
     root = ctx.find_root()
     cls = get_completion_class(shell)

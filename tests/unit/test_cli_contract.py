@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from deployer import errors
 from deployer.cli.main import main
 from deployer.cli.options import envvar_name
-from tests.support.repos import cli, make_repo, web_compose
+from tests.support.repos import cli, git, make_repo, web_compose
 
 
 def run(*args: str, env: dict | None = None):
@@ -213,6 +213,11 @@ def test_targets_complete_from_the_repository(repo):
 def test_images_complete_from_the_compose_files_and_the_deploy_log(repo):
     assert complete(f"deployer --repo {repo} deploy r") == ["reg:5000/a:1"]
     assert complete(f"deployer --repo {repo} deploy x") == []
+    # a deploy commit in the log names the image before and after
+    git(repo, "commit", "-q", "--allow-empty", "-m", "deploy test/n1/web: reg:5000/a:0 -> reg:5000/a:1\n\n"
+        "Deployer-Action: deploy\nDeployer-Target: test/n1/web\nDeployer-Image: reg:5000/a:1\n"
+        "Deployer-Previous-Image: reg:5000/old:0\n")
+    assert complete(f"deployer --repo {repo} deploy reg:5000/") == ["reg:5000/a:1", "reg:5000/old:0"]
 
 
 def test_a_broken_repository_completes_nothing_without_error(repo, tmp_path):
