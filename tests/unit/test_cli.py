@@ -224,3 +224,40 @@ def test_history_table(repo, fake):
     assert result.stdout == ("TIME              WHO  ACTION  TARGET       FROM  TO   COMMIT\n"
                              "2026-12-01 10:00  Ann  deploy  test/n1/web  a:1   a:2  abcdef0\n")
     assert fake.calls[0] == ("history", ("test/n1/web", 5), {})
+
+
+# -- the automation contract under --json (issue 12) ----------------------------------------------
+
+
+def test_a_partial_deploy_with_json_prints_one_document(repo, fake):
+    """The result printed first is the document; the error line goes to stderr, no second JSON."""
+    partial = deploy_result(target("test/n1/web"), target("test/n2/web", error="engine gone"))
+    fake.answers["deploy"] = PartialDeploy(partial, "1 of 2 targets failed: test/n2/web")
+    result = cli(repo, "deploy", "a:2", "test", "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout) == {"image": "a:2", "commit": "abcdef0123456789"}
+    assert result.stderr == "error: 1 of 2 targets failed: test/n2/web\n"
+
+
+def test_a_failure_with_json_is_an_error_document_with_exit_1(repo, fake):
+    from deployer.errors import HostUnreachable
+
+    fake.answers["apply"] = HostUnreachable("test/n1", "unix:///x.sock", "connection refused")
+    result = cli(repo, "apply", "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout) == {"error": "node test/n1 (unix:///x.sock): connection refused",
+                                         "exit_code": 1}
+    assert result.stderr == "error: node test/n1 (unix:///x.sock): connection refused\n"
+
+
+def test_plan_exit_codes_are_three_different_answers(repo, fake):
+    """0 nothing to do, 2 changes pending, 1 a node failed, 3 bad input: a script tells them apart."""
+    change = NS(target="test/n1/web", action="create", reasons=[], to_json=lambda: {})
+    fake.answers["plan"] = [NS(node="test/n1", error=None, changes=[], pending=[], to_json=lambda: {})]
+    assert cli(repo, "plan").exit_code == 0
+    fake.answers["plan"] = [NS(node="test/n1", error=None, changes=[change], pending=[change], to_json=lambda: {})]
+    assert cli(repo, "plan").exit_code == 2
+    fake.answers["plan"] = [NS(node="test/n1", error="gone", changes=[], pending=[], to_json=lambda: {})]
+    assert cli(repo, "plan").exit_code == 1
+    assert cli(repo, "plan", "--parallel", "x").exit_code == 3
+    assert cli(repo.parent / "nowhere", "plan").exit_code == 3
