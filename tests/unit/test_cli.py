@@ -251,7 +251,7 @@ def test_a_failure_with_json_is_an_error_document_with_exit_1(repo, fake):
 
 
 def test_plan_exit_codes_are_three_different_answers(repo, fake):
-    """0 nothing to do, 2 changes pending, 1 a node failed, 3 bad input: a script tells them apart."""
+    """0 nothing to do, 2 changes pending, 1 a node failed, 3 bad input (an invalid repository: test_cli_contract)."""
     change = NS(target="test/n1/web", action="create", reasons=[], to_json=lambda: {})
     fake.answers["plan"] = [NS(node="test/n1", error=None, changes=[], pending=[], to_json=lambda: {})]
     assert cli(repo, "plan").exit_code == 0
@@ -260,4 +260,3 @@ def test_plan_exit_codes_are_three_different_answers(repo, fake):
     fake.answers["plan"] = [NS(node="test/n1", error="gone", changes=[], pending=[], to_json=lambda: {})]
     assert cli(repo, "plan").exit_code == 1
     assert cli(repo, "plan", "--parallel", "x").exit_code == 3
-    assert cli(repo.parent / "nowhere", "plan").exit_code == 3
