@@ -19,7 +19,7 @@ from typing import Callable
 import click
 from click.shell_completion import CompletionItem, get_completion_class
 
-from deployer.cli.options import quiet_option, verbose_option, QUIET_NOTHING, VERBOSE_NOTHING
+from deployer.cli.options import QUIET_NOTHING, VERBOSE_NOTHING, quiet_option, verbose_option
 
 #: The variable click's completion protocol reads (``_DEPLOYER_COMPLETE=bash_complete``).
 COMPLETE_VAR = "_DEPLOYER_COMPLETE"
@@ -75,10 +75,11 @@ def image_names(infra) -> list[str]:
         from deployer.gitrepo.repo import InfraRepo
 
         with InfraRepo.open(infra.root) as repo:
-            for entry in repo.deploy_log(None, HISTORY_LIMIT):
-                names.update(i for i in (entry.image, entry.previous_image) if i)
+            entries = repo.deploy_log(None, HISTORY_LIMIT)
     except Exception:  # noqa: BLE001 - no git, no history: the compose files' images are enough
-        pass
+        entries = []
+    for entry in entries:
+        names.update(i for i in (entry.image, entry.previous_image) if i)
     return sorted(names)
 
 
