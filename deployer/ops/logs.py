@@ -12,7 +12,7 @@ A route through the layers::
 Without ``follow`` the sources are read in parallel and handed over one source
 after the other, in target order. With ``follow`` each source has a thread;
 a source whose stream ends (its container stopped, its node went away) is
-reported through ``ended`` and the others go on; ``follow`` returns when every
+reported through ``ended`` with the reason and the others go on; ``follow`` returns when every
 source ended, and on KeyboardInterrupt closes every stream and lets it through.
 """
 
@@ -27,7 +27,7 @@ from typing import Callable
 from deployer.engine.connect import describe
 from deployer.engine.containers import LineSplitter, LogStream
 from deployer.engine.session import EngineSession
-from deployer.engine.state import ContainerState
+from deployer.engine.state import ContainerState, read_container
 from deployer.errors import NotRunning
 from deployer.model import Infrastructure, Node
 from deployer.ops.targets import DEFAULT_PARALLEL, node_failure, run_parallel, selection
@@ -116,14 +116,17 @@ def follow(sources: list[Source], options: LogOptions, emit: Emit, ended: Callab
     Ctrl-C (KeyboardInterrupt in the calling thread) closes the streams and propagates."""
     streams: list[LogStream] = []
     guard = threading.Lock()
+    stopping = threading.Event()  # interrupted: the streams are closed under the readers, who say nothing
 
     def run(source: Source) -> None:
         try:
             _pump(source, options, emit, streams, guard)
         except Exception as exc:
-            ended(source.target, describe(exc))
+            if not stopping.is_set():
+                ended(source.target, describe(exc))
             return
-        ended(source.target, None)
+        if not stopping.is_set():
+            ended(source.target, _why_ended(source))
 
     threads = [threading.Thread(target=run, args=(s,), name=f"logs {s.target}", daemon=True) for s in sources]
     for t in threads:
@@ -133,6 +136,7 @@ def follow(sources: list[Source], options: LogOptions, emit: Emit, ended: Callab
             while t.is_alive():
                 t.join(0.5)
     finally:
+        stopping.set()
         with guard:
             for stream in streams:
                 stream.close()
@@ -156,3 +160,14 @@ def _pump(source: Source, options: LogOptions, emit: Emit, streams: list | None 
             for line in splitter.flush():
                 emit(source.target, kind, line)
 
+
+
+def _why_ended(source: Source) -> str | None:
+    """Why a followed log ended without an error: its container stopped, or its engine went away (None: unknown)."""
+    try:
+        state = read_container(source.session.client, source.container.id)
+    except Exception as exc:  # gone, or its engine is
+        if getattr(exc, "status_code", None) == 404:
+            return "the container was removed"
+        return f"node {source.session.node.target} went away ({describe(exc)})"
+    return None if state.running else f"the container stopped ({state.describe()})"
