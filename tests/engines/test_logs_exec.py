@@ -183,6 +183,36 @@ def test_exec_of_a_missing_command(web):
     done = run(root, "exec", f"test/{node}/web", "--", "no-such-command", timeout=60)
     assert done.returncode in (126, 127), done
     assert len(done.stderr.strip().splitlines()) == 1 and "no-such-command" in done.stderr, done.stderr
+    assert done.stderr.startswith(f"error: test/{node}/web: ") and done.stdout == "", done
+
+
+def test_exec_it_on_a_terminal_runs_an_interactive_shell(web):
+    import pty
+    import select
+
+    root, node = web
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "deployer", "--repo", str(root), "exec", "-it", f"test/{node}/web",
+                             "--", "sh"], stdin=slave, stdout=slave, stderr=subprocess.PIPE)
+    os.close(slave)
+    try:
+        seen, sent = b"", False
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    seen += os.read(master, 4096)
+                except OSError:
+                    break
+            if not sent and b"# " in seen:  # the shell's prompt: it reads what is typed now
+                time.sleep(0.3)
+                os.write(master, b"tty; echo shell-$((6*7)); exit 5\r")
+                sent = True
+        assert proc.wait(timeout=30) == 5, proc.stderr.read()
+    finally:
+        proc.kill()
+        os.close(master)
+    assert b"shell-42" in seen and b"/dev/pts/" in seen, seen
 
 
 def test_exec_needs_one_service_and_names_the_candidates(web):
