@@ -10,7 +10,8 @@ A route through the layers::
       split into whole lines, handed to ``emit``            (engine.containers.LineSplitter)
 
 Without ``follow`` the sources are read in parallel and handed over one source
-after the other, in target order. With ``follow`` each source has a thread;
+after the other, in target order (held in memory until their turn; a single
+source is handed over as it is read). With ``follow`` each source has a thread;
 a source whose stream ends (its container stopped, its node went away) is
 reported through ``ended`` with the reason and the others go on; ``follow`` returns when every
 source ended, and on KeyboardInterrupt closes every stream and lets it through.
@@ -93,7 +94,13 @@ def open_sources(root: Path, infra: Infrastructure, targets: list[str], stack: E
 
 
 def read(sources: list[Source], options: LogOptions, emit: Emit, parallel: int = DEFAULT_PARALLEL) -> None:
-    """Every source's log up to now, read in parallel, handed to ``emit`` source after source."""
+    """Every source's log up to now, read in parallel, handed to ``emit`` source after source
+    (one source: as it comes, nothing held)."""
+    if len(sources) == 1:
+        try:
+            return _pump(sources[0], options, emit)
+        except Exception as exc:
+            raise node_failure(sources[0].session.node, exc) from None
     lines: dict[int, list[tuple[int, bytes]]] = {}
 
     def fetch(i: int) -> None:
