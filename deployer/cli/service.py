@@ -5,15 +5,16 @@ per source when stdout is a terminal and NO_COLOR is unset); the container's
 stderr lines go to our stderr. ``exec`` passes the command's exit code through.
 ``restart`` restarts health-gated, one container at a time, and commits nothing.
 
-Exit codes: 0 done; 1 a target that is not running, a node that failed, a
-container not healthy after its restart, a followed log that ended by an
-error; 2 bad usage or a target that does not exist or is not one service
-(exec); 130 interrupted (Ctrl-C); for exec, otherwise the command's own code
-(126/127 when the engine could not start it).
+Exit codes (deployer.errors' scheme): 0 done; 1 a target that is not running,
+a node that failed, a container not healthy after its restart, a followed log
+that ended by an error; 3 bad usage or a target that does not exist or is not
+one service (exec); 130 interrupted (Ctrl-C); for exec, otherwise the
+command's own code (126/127 when the engine could not start it).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -22,8 +23,9 @@ from typing import Any, BinaryIO
 
 import click
 
-from deployer.cli.options import (health_timeout_option, json_option, parallel_option, quiet_option,
-                                  repo_root, settle_option, swap_settings, wait_option)
+from deployer.cli.options import (QUIET_NOTHING, health_timeout_option, json_option, parallel_option, quiet_option,
+                                  repo_root, settle_option, swap_settings, verbose_option, wait_option)
+from deployer.cli.completion import complete_targets
 from deployer.cli.output import print_json, progress
 from deployer.errors import printable
 from deployer.values import BadValue, parse_duration
@@ -69,8 +71,10 @@ class LinePrinter:
 
     One lock for both: a line is written at once, never interleaved with another thread's."""
 
-    def __init__(self, out: BinaryIO, err: BinaryIO, colour: bool, flush: bool = False):
+    def __init__(self, out: BinaryIO, err: BinaryIO, colour: bool, flush: bool = False, as_json: bool = False,
+                 quiet: bool = False):
         self.out, self.err, self.colour, self.flush = out, err, colour, flush
+        self.as_json, self.quiet = as_json, quiet
         self._prefixes: dict[str, bytes] = {}
         self._lock = threading.Lock()
 
@@ -83,14 +87,21 @@ class LinePrinter:
         return self._prefixes[source]
 
     def line(self, source: str, stream: int, data: bytes) -> None:
-        target = self.err if stream == 2 else self.out
+        if self.as_json:  # one JSON object a line, on stdout, whichever stream it came from
+            doc = {"source": source, "stream": "stderr" if stream == 2 else "stdout",
+                   "line": data.decode("utf-8", "replace").rstrip("\n")}
+            target, text = self.out, (json.dumps(doc) + "\n").encode("utf-8")
+        else:
+            target, text = (self.err if stream == 2 else self.out), self.prefix(source) + data
         with self._lock:
-            target.write(self.prefix(source) + data)
+            target.write(text)
             if self.flush:
                 target.flush()
 
     def notice(self, source: str, message: str) -> None:
-        """A line of ours about a source, on stderr."""
+        """A line of ours about a source, on stderr (none with quiet)."""
+        if self.quiet:
+            return
         with self._lock:
             self.out.flush()
             self.err.write(f"{source}: {printable(message)}\n".encode("utf-8"))
@@ -98,7 +109,7 @@ class LinePrinter:
 
 
 @click.command()
-@click.argument("targets", nargs=-1, required=True)
+@click.argument("targets", nargs=-1, required=True, shell_complete=complete_targets())
 @click.option("--follow", "-f", is_flag=True, help="Follow the logs live until Ctrl-C or every container stops.")
 @click.option("--since", type=Since(), default=None, metavar="DURATION|TIMESTAMP",
               help="Only lines since then: 10m ago, or 2026-12-01T10:00:00Z (UTC unless a zone is given).")
@@ -106,8 +117,11 @@ class LinePrinter:
               help="The last N lines of each container (default: all).")
 @click.option("--timestamps", "-t", is_flag=True, help="Show the engine's timestamp of each line.")
 @parallel_option
+@json_option("Each line as a JSON object on stdout: {\"source\", \"stream\": \"stdout\"|\"stderr\", \"line\"}.")
+@quiet_option("No 'log ended' lines on stderr.")
+@verbose_option()
 @click.pass_context
-def logs(ctx, targets, follow, since, tail, timestamps, parallel):
+def logs(ctx, targets, follow, since, tail, timestamps, parallel, as_json, quiet, verbose):
     """The log lines of the TARGETS' containers (dc, dc/node, dc/node/service), each prefixed with dc/node/service.
 
     The container's stdout lines go to stdout, its stderr lines to stderr.
@@ -120,7 +134,8 @@ def logs(ctx, targets, follow, since, tail, timestamps, parallel):
     from deployer.ops import logs as ops_logs
 
     root = repo_root(ctx)
-    printer = LinePrinter(sys.stdout.buffer, sys.stderr.buffer, colour_wanted(), flush=follow)
+    printer = LinePrinter(sys.stdout.buffer, sys.stderr.buffer, colour_wanted() and not as_json, flush=follow,
+                          as_json=as_json, quiet=quiet)
     options = ops_logs.LogOptions(follow=follow, tail=tail, since=since, timestamps=timestamps)
     failed: list[str] = []
 
@@ -155,10 +170,12 @@ def _interrupted() -> None:
 @click.command("exec", context_settings={"allow_interspersed_args": False})
 @click.option("--interactive", "-i", is_flag=True, help="Send our stdin to the command.")
 @click.option("--tty", "-t", is_flag=True, help="Give the command a terminal (ours must be one): -it for a shell.")
-@click.argument("target")
+@quiet_option(QUIET_NOTHING)
+@verbose_option()
+@click.argument("target", shell_complete=complete_targets("service"))
 @click.argument("command", nargs=-1, required=True)
 @click.pass_context
-def exec_(ctx, interactive, tty, target, command):
+def exec_(ctx, interactive, tty, quiet, verbose, target, command):
     """Run COMMAND in the running container of TARGET (dc/node/service); its exit code is ours.
 
     Write `--` before the command when it has options of its own:
@@ -200,14 +217,15 @@ def exec_(ctx, interactive, tty, target, command):
 
 
 @click.command()
-@click.argument("targets", nargs=-1, required=True)
+@click.argument("targets", nargs=-1, required=True, shell_complete=complete_targets())
 @wait_option
 @settle_option
 @health_timeout_option
 @json_option()
 @quiet_option()
+@verbose_option()
 @click.pass_context
-def restart(ctx, targets, wait, settle, health_timeout, as_json, quiet):
+def restart(ctx, targets, wait, settle, health_timeout, as_json, quiet, verbose):
     """Restart the TARGETS' containers one at a time, each health-gated as deploy does; no commit.
 
     Takes the repository's deploy lock, so it never runs during a deploy of

@@ -218,7 +218,7 @@ def test_exec_it_on_a_terminal_runs_an_interactive_shell(web):
 def test_exec_needs_one_service_and_names_the_candidates(web):
     root, node = web
     done = run(root, "exec", f"test/{node}", "--", "true", timeout=60)
-    assert done.returncode == 2
+    assert done.returncode == 3  # bad input
     assert done.stderr == (f"error: exec needs one service on one node: write dc/node/service "
                            f"(candidates for test/{node}: test/{node}/web)\n")
 

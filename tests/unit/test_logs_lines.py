@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import threading
 from datetime import datetime, timezone
 
@@ -121,3 +122,15 @@ def test_since_takes_a_duration_or_a_timestamp():
         datetime(2026, 12, 1, 10, tzinfo=timezone.utc).timestamp()
     with pytest.raises(click.BadParameter, match="neither a duration"):
         since.convert("yesterday", None, None)
+
+
+def test_json_lines_keep_the_stream_and_quiet_drops_our_notices():
+    out, err = io.BytesIO(), io.BytesIO()
+    p = LinePrinter(out, err, colour=True, as_json=True, quiet=True)
+    p.line("dc/n1/web", STDOUT, b"GET /\n")
+    p.line("dc/n1/web", STDERR, b"oops \xff\n")
+    p.notice("dc/n1/web", "log ended")
+    assert [json.loads(x) for x in out.getvalue().splitlines()] == [
+        {"source": "dc/n1/web", "stream": "stdout", "line": "GET /"},
+        {"source": "dc/n1/web", "stream": "stderr", "line": "oops \ufffd"}]
+    assert err.getvalue() == b""
