@@ -168,6 +168,10 @@ class ResourceMissing(DeployerError):
     """A volume or network the compose file declares external does not exist on the node."""
 
 
+class NotRunning(DeployerError):
+    """A service a command needs running (logs, exec, restart) has no running container on its node."""
+
+
 class ContainerConflict(DeployerError):
     """A container name the deployer needs is taken by a container it does not manage."""
 

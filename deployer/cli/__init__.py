@@ -7,7 +7,8 @@ commands: ``repo`` (init, validate, ls), ``deploy`` (deploy, rollback,
 history), ``fleet`` (status, plan, apply), ``nodes`` (node add/rm), ``build``
 (build, image, release, watch-builds), ``discovery`` (services, registrator,
 render, templates watch), ``completion`` (``deployer completion``, and what
-target and image arguments complete to). The subject modules import only
+target and image arguments complete to), ``service`` (logs, exec, restart;
+``terminal``: the terminal of ``exec -it``). The subject modules import only
 ``options`` (every shared option and the duration type, defined once),
 ``output`` (tables, --json, progress lines, a deploy's result) and
 ``completion``'s callbacks, never ``main``; they import the layers below

@@ -3,6 +3,8 @@
 ``deploy`` (deploy, rollback, and ``Deployer``, the front door the CLI and
 ``release`` use), ``fleet`` (status, plan, apply across nodes), ``nodes`` (node
 add / rm), ``scaffold`` (init), ``release`` (build, push, deploy; watch-builds),
+``logs`` (the services' log lines, read or followed across nodes),
+``service`` (exec's target, restart health-gated without a commit),
 ``targets`` (choosing services and nodes, parallel work, one-line node failures)
 and ``results`` (what they return, as plain data). Every operation is built on
 the two seams: the repository transaction (``gitrepo.transaction``) and the
