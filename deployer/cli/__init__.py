@@ -6,7 +6,7 @@ group, error translation) imports the subject modules and adds their
 commands: ``repo`` (init, validate, ls), ``deploy`` (deploy, rollback,
 history), ``fleet`` (status, plan, apply), ``nodes`` (node add/rm), ``build``
 (build, image, release, watch-builds), ``discovery`` (services, registrator,
-render, templates watch). The subject modules import only ``options`` (every
+render, templates watch), ``prune`` (prune). The subject modules import only ``options`` (every
 shared option and the duration type, defined once) and ``output`` (tables,
 --json, progress lines, a deploy's result), never ``main``; they import the
 layers below inside the command functions, so ``deployer --help`` stays fast.

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from deployer.cli import build, deploy, discovery, fleet, nodes, repo
+from deployer.cli import build, deploy, discovery, fleet, nodes, prune, repo
 from deployer.cli.options import repo_option, setup_logging
 from deployer.errors import DeployerError, HealthCheckFailed
 
@@ -85,7 +85,7 @@ def main(ctx: click.Context, repo: str) -> None:
     setup_logging()
 
 
-for _subject in (repo, deploy, fleet, nodes, build, discovery):
+for _subject in (repo, deploy, fleet, nodes, build, discovery, prune):
     for _command in _subject.COMMANDS:
         main.add_command(_command)
 

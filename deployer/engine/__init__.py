@@ -4,6 +4,7 @@
 TLS); ``state`` reads what runs there into plain data; ``plan`` decides what must
 change (pure, no I/O); ``apply`` carries the changes out, health-gated, restoring
 on failure; ``session`` ties them together for one node and one command (connect
-once, read once, plan, apply over the same connection, close). May import only
+once, read once, plan, apply over the same connection, close); ``images``
+lists and removes images and ``image_plan`` decides which a prune removes (pure). May import only
 the shared modules.
 """

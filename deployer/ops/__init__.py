@@ -3,7 +3,7 @@
 ``deploy`` (deploy, rollback, and ``Deployer``, the front door the CLI and
 ``release`` use), ``fleet`` (status, plan, apply across nodes), ``nodes`` (node
 add / rm), ``scaffold`` (init), ``release`` (build, push, deploy; watch-builds),
-``targets`` (choosing services and nodes, parallel work, one-line node failures)
+``prune`` (old images off the nodes), ``targets`` (choosing services and nodes, parallel work, one-line node failures)
 and ``results`` (what they return, as plain data). Every operation is built on
 the two seams: the repository transaction (``gitrepo.transaction``) and the
 engine session (``engine.session``). Printing is the CLI's job. May import
