@@ -5,7 +5,7 @@ The rule (``deployer prune``'s help and the README say the same):
 * an image any container on the engine uses, running or stopped, managed or not, stays;
 * an image whose id is one of ``keep`` (the last N versions of every service of
   the node, from git history, and the image each compose file names) stays;
-* an image that is the parent of an image that stays, stays (the engine would refuse);
+* an ancestor of an image that stays, stays (the engine would refuse);
 * of the rest, only the deployer's own go: images whose every reference (tag or
   digest) is in a repository some service of the node has run, per git history
   (``owned``), and dangling images (no tag and no digest) when the whole node is pruned. An image with a reference
@@ -71,6 +71,7 @@ def repository_of(reference: str) -> str | None:
 class PruneDecision:
     remove: list[ImageInfo] = field(default_factory=list)
     stay: list[tuple[ImageInfo, str]] = field(default_factory=list)  # (image, why)
+    ancestors: set[str] = field(default_factory=set)  # removed images another removed one is built on
 
     @property
     def bytes(self) -> int:
@@ -79,17 +80,25 @@ class PruneDecision:
 
 def images_to_remove(images: Iterable[ImageInfo], used_ids: Iterable[str], keep_ids: Iterable[str],
                      owned: Iterable[str], *, dangling: bool = True) -> PruneDecision:
-    """Split the engine's images into those a prune removes and those that stay (with why).
+    """Split the engine's images (``GET /images/json?all=1``) into those a prune removes and those that stay.
 
     ``used_ids``: the image id of every container on the engine; ``keep_ids``: the ids the
     kept versions resolve to on this engine; ``owned``: the repositories (any form) the
-    node's services have run; ``dangling``: whether untagged images go too (a whole node pruned). Order is the listing's, oldest first among the removed.
+    node's services have run; ``dangling``: whether untagged images go too (a whole node
+    pruned). Newest first: an image built on another comes before it (the order to remove them in).
     """
     images = list(images)
     used, keep = set(used_ids), set(keep_ids)
     mine = {r for r in (repository_of(o) for o in owned) if r}
+    by_id = {i.id: i for i in images}
+    # the classic builder's intermediate images (untagged, with children): never decided on, the engine
+    # removes them with their last child; walked through to find the ancestors of what stays
+    parents = {i.parent for i in images if i.parent}
+    intermediate = {i.id for i in images if i.dangling and i.id in parents}
     why: dict[str, str] = {}
     for image in images:
+        if image.id in intermediate:
+            continue
         if image.id in used:
             why[image.id] = IN_USE
         elif image.id in keep:
@@ -98,19 +107,25 @@ def images_to_remove(images: Iterable[ImageInfo], used_ids: Iterable[str], keep_
             why[image.id] = FOREIGN
         elif not image.dangling and not all(repository_of(r) in mine for r in image.references):
             why[image.id] = FOREIGN
-    # a parent of an image that stays stays too (the engine refuses to remove it), up the chain
-    by_id = {i.id: i for i in images}
-    changed = True
-    while changed:
-        changed = False
-        for image in images:
-            if image.id in why and image.parent in by_id and image.parent not in why:
-                why[image.parent] = PARENT
-                changed = True
+    # every ancestor of an image that stays stays too (the engine refuses to remove it)
+    for start in list(why):
+        parent = by_id[start].parent
+        while parent in by_id and parent not in why:
+            why[parent] = PARENT
+            parent = by_id[parent].parent
     decision = PruneDecision()
-    for image in sorted(images, key=lambda i: (i.created, i.id)):
+    for image in sorted(images, key=lambda i: (-i.created, i.id)):
+        if image.id in intermediate:
+            continue
         if image.id in why:
             decision.stay.append((image, why[image.id]))
         else:
             decision.remove.append(image)
+    going = {i.id for i in decision.remove}
+    for image in decision.remove:
+        parent = image.parent
+        while parent in by_id:
+            if parent in going:
+                decision.ancestors.add(parent)
+            parent = by_id[parent].parent
     return decision

@@ -19,8 +19,8 @@ docker = import_docker()  # without docker-py's SSH support until an ssh:// node
 
 
 def list_images(client: "docker_module.DockerClient") -> list[ImageInfo]:
-    """The engine's top-level images (``docker images -a`` minus the intermediate ones)."""
-    return [image_from_summary(s) for s in client.api.images(all=False)]
+    """Every image of the engine (``docker images -a``: the intermediate ones too, for the ancestry)."""
+    return [image_from_summary(s) for s in client.api.images(all=True)]
 
 
 def remove_image(client: "docker_module.DockerClient", image: ImageInfo) -> str | None:
@@ -32,11 +32,13 @@ def remove_image(client: "docker_module.DockerClient", image: ImageInfo) -> str 
     api = client.api
     for ref in (*image.references, image.id):
         try:
-            api.remove_image(ref, force=False, noprune=False)
+            answer = api.remove_image(ref, force=False, noprune=False)
         except docker.errors.NotFound:
             continue
         except docker.errors.APIError as exc:
             if getattr(exc, "status_code", None) == 409:
                 return " ".join(str(exc.explanation or exc).split())
             raise
+        if any(entry.get("Deleted") == image.id for entry in answer or ()):
+            return None  # the last reference took the image with it
     return None

@@ -19,6 +19,7 @@ of them keeps stays. A dry run takes no lock and removes nothing.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -36,6 +37,8 @@ from deployer.ops.targets import DEFAULT_PARALLEL, node_failure, run_parallel, s
 DEFAULT_KEEP = 3
 #: Seconds for one engine API call (removing a large image can take a while).
 PRUNE_TIMEOUT = 120
+#: Image removals at once on one engine.
+REMOVE_PARALLEL = 4
 
 
 @dataclass
@@ -143,16 +146,30 @@ def _prune_engine(root: Path, eng: _Engine, dry_run: bool, say: Callable[[str], 
             keep_ids = {i for i in (session.image_id(ref) for ref in sorted(eng.keep_refs)) if i}
             decision = images_to_remove(images, used, keep_ids, eng.owned, dangling=eng.whole)
             result.stayed = len(decision.stay)
-            for image in decision.remove:
-                if dry_run:
-                    result.removed.append(_pruned(image))
-                    continue
-                refused = remove_image(session.client, image)
+            if dry_run:
+                result.removed = [_pruned(image) for image in decision.remove]
+                return result
+            client = session.client
+
+            def remove(image: ImageInfo) -> None:
+                refused = remove_image(client, image)
                 if refused:
                     result.refused.append(_pruned(image, refused))
-                    continue
+                    return
                 say(f"{node.target}: removed {image.describe()}")
                 result.removed.append(_pruned(image))
+
+            # a few removals at once (the engine serves them in parallel); an image another removed
+            # one was built on goes after it, one at a time (newest first: children before parents)
+            later = decision.ancestors
+            with ThreadPoolExecutor(max_workers=REMOVE_PARALLEL) as pool:
+                list(pool.map(remove, [i for i in decision.remove if i.id not in later]))
+            for image in decision.remove:
+                if image.id in later:
+                    remove(image)
+            order = {i.id: n for n, i in enumerate(decision.remove)}
+            result.removed.sort(key=lambda p: order[p.id])
+            result.refused.sort(key=lambda p: order[p.id])
     except Exception as exc:  # ours, or the engine refused or went away: this engine only
         result.error = node_failure(node, exc).one_line()
     return result

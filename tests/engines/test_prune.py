@@ -17,7 +17,7 @@ import uuid
 import pytest
 
 from deployer.gitrepo.lock import DeployLock
-from tests.support.images import build_web_image
+from tests.support.images import BASE_TAG, build_web_image
 from tests.support.registry import RegistryServer
 from tests.support.repos import cli, git, make_repo, remove_node_containers, run, web_compose
 
@@ -36,12 +36,15 @@ def image_id(client, ref):
         return None
 
 
-def deployed_versions(client, engine, tmp_path, count, prefix=None):
-    """A repo whose one node's web service was deployed at versions 1..count (each its own image and commit)."""
+def deployed_versions(client, engine, tmp_path, count, prefix=None, built_on=None):
+    """A repo whose one node's web service was deployed at versions 1..count (each its own image and commit).
+
+    ``built_on``: version -> the version its image is built FROM (classic builder: a parent chain)."""
     repo = prefix or f"deployer-test/prune-{uuid.uuid4().hex[:8]}"
     refs = [f"{repo}:{i}" for i in range(1, count + 1)]
     for i, ref in enumerate(refs, 1):
-        build_web_image(client, ref, body=f"prune v{i} {repo}")
+        base = refs[built_on[i] - 1] if built_on and i in built_on else BASE_TAG
+        build_web_image(client, ref, body=f"prune v{i} {repo}", base=base)
     root, node = make_repo(tmp_path / "infra", engine.unix_url, web_compose(refs[0]))
     for ref in refs:
         r = cli(root, "deploy", ref, f"test/{node}", "--settle", "0")
@@ -78,6 +81,16 @@ def test_keep_3_of_5_removes_versions_1_and_2_only(client, clean_engine, tmp_pat
     assert running.attrs["Config"]["Image"] == refs[4]
     # a second prune finds nothing more to remove
     assert removed_refs(prune_json(root, f"test/{node}/web", "--keep", "3")) == []
+    remove_node_containers(client, node)
+
+
+def test_images_built_on_others_go_children_first_and_ancestors_of_kept_ones_stay(client, clean_engine, tmp_path):
+    # v2 is built on v1, v4 on v3; keeping v4 keeps v3 under it, v1 and v2 both go (v2 first)
+    root, node, refs = deployed_versions(client, clean_engine, tmp_path, 4, built_on={2: 1, 4: 3})
+    data = prune_json(root, f"test/{node}/web", "--keep", "1")
+    assert data[0]["refused"] == [] and data[0]["error"] is None
+    assert removed_refs(data) == sorted(refs[:2])
+    assert [image_id(client, ref) is None for ref in refs] == [True, True, False, False]
     remove_node_containers(client, node)
 
 

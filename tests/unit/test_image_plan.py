@@ -34,7 +34,7 @@ def test_old_versions_of_an_owned_repository_go_kept_and_used_stay():
     images = listing(*(summary(i, tags=[f"team/app:{i}"], size=100 * i) for i in range(1, 6)))
     decision = images_to_remove(images, used_ids=[sha(5)], keep_ids=[sha(5), sha(4), sha(3)],
                                 owned=["team/app:5"])
-    assert [i.id for i in decision.remove] == [sha(1), sha(2)]
+    assert [i.id for i in decision.remove] == [sha(2), sha(1)]  # newest first
     assert decision.bytes == 300
     assert dict((i.id, why) for i, why in decision.stay) == {sha(3): KEPT, sha(4): KEPT, sha(5): IN_USE}
 
@@ -49,7 +49,7 @@ def test_foreign_repositories_stay_dangling_go():
     images = listing(summary(1, tags=["postgres:16"]), summary(2), summary(3, tags=["team/app:1", "other/x:1"]),
                      summary(4, digests=["team/app@sha256:" + "cd" * 32]))
     decision = images_to_remove(images, used_ids=[], keep_ids=[], owned=["team/app:9"])
-    assert [i.id for i in decision.remove] == [sha(2), sha(4)]
+    assert [i.id for i in decision.remove] == [sha(4), sha(2)]
     assert dict((i.id, why) for i, why in decision.stay) == {sha(1): FOREIGN, sha(3): FOREIGN}
 
 
@@ -61,7 +61,7 @@ def test_dangling_images_stay_when_only_a_service_is_pruned():
 def test_repositories_compare_in_docker_short_form():
     images = listing(summary(1, tags=["nginx:1.25"]), summary(2, tags=["docker.io/library/nginx:1.24"]))
     decision = images_to_remove(images, [], [], ["docker.io/library/nginx:1.26"])
-    assert [i.id for i in decision.remove] == [sha(1), sha(2)]
+    assert [i.id for i in decision.remove] == [sha(2), sha(1)]
 
 
 def test_a_parent_of_an_image_that_stays_stays_up_the_chain():
@@ -70,6 +70,23 @@ def test_a_parent_of_an_image_that_stays_stays_up_the_chain():
     decision = images_to_remove(images, used_ids=[sha(3)], keep_ids=[], owned=["team/app"])
     assert [i.id for i in decision.remove] == [sha(4)]
     assert dict((i.id, why) for i, why in decision.stay) == {sha(1): PARENT, sha(2): PARENT, sha(3): IN_USE}
+
+
+def test_intermediate_images_are_walked_through_never_decided_on():
+    # the classic builder: 1 <- 2 (untagged intermediate) <- 3; 3 stays, so 1 does
+    images = listing(summary(1, tags=["team/app:1"]), summary(2, parent=1), summary(3, tags=["team/app:3"], parent=2),
+                     summary(4, tags=["team/app:4"]), summary(5, parent=4), summary(6, tags=["team/app:6"], parent=5))
+    decision = images_to_remove(images, used_ids=[sha(3)], keep_ids=[], owned=["team/app"])
+    assert [i.id for i in decision.remove] == [sha(6), sha(4)]
+    assert decision.ancestors == {sha(4)}  # removed after 6, which is built on it
+    assert dict((i.id, why) for i, why in decision.stay) == {sha(1): PARENT, sha(3): IN_USE}
+
+
+def test_children_are_removed_before_their_parents():
+    images = listing(summary(1, tags=["team/app:1"]), summary(2, tags=["team/app:2"], parent=1),
+                     summary(3, tags=["team/app:3"], parent=2))
+    decision = images_to_remove(images, [], [], ["team/app"])
+    assert [i.id for i in decision.remove] == [sha(3), sha(2), sha(1)]
 
 
 def test_unparseable_references_are_not_ours():
