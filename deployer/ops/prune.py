@@ -106,7 +106,7 @@ def prune(root: str | Path, targets: list[str] | None = None, *, keep: int = DEF
         engines = _engines(infra, targets)
         assert tx.repo is not None
         for eng in engines:
-            _from_history(tx.repo, infra, eng, keep)
+            _from_history(tx.repo, eng, keep)
         results: dict[int, NodePrune] = {}
         run_parallel(lambda item: results.__setitem__(item[0], _prune_engine(root, item[1], dry_run, say)),
                      list(enumerate(engines)), parallel)
@@ -123,7 +123,7 @@ def _engines(infra: Infrastructure, targets: list[str] | None) -> list[_Engine]:
     return list(chosen.values())
 
 
-def _from_history(repo: InfraRepo, infra: Infrastructure, eng: _Engine, keep: int) -> None:
+def _from_history(repo: InfraRepo, eng: _Engine, keep: int) -> None:
     """Fill in the references the engine keeps (every service of its nodes) and the repositories
     the selected services ever ran (only their images may go)."""
     for node in eng.nodes:

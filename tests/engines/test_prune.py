@@ -7,9 +7,6 @@ Each test builds its own busybox-based images under a repository of its own
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
