@@ -180,3 +180,17 @@ def test_rollback_to_a_pruned_image_the_registry_lacks_says_so(client, clean_eng
     r = cli(root, "deploy", f"{registry}/never-pushed:1", f"test/{node}", "--service", "web")
     assert r.exit_code == 1 and "(was it pushed?)" in r.stderr and "pruned" not in r.stderr
     remove_node_containers(client, node)
+
+
+def test_an_unreachable_node_fails_alone_the_others_are_pruned(client, clean_engine, tmp_path):
+    root, node, refs = deployed_versions(client, clean_engine, tmp_path, 3)
+    gone = root / "datacenters" / "test" / "gone"
+    gone.mkdir()
+    (gone / "node.yml").write_text(f"docker: unix://{tmp_path}/no-engine.sock\n")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "a node whose engine is down")
+    r = cli(root, "prune", "--keep", "1")
+    assert r.exit_code == 1
+    assert "test/gone: FAILED " in r.stdout and f"test/{node}: removed " in r.stdout, r.stdout
+    assert [image_id(client, ref) is None for ref in refs] == [True, True, False]
+    remove_node_containers(client, node)
