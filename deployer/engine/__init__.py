@@ -5,6 +5,7 @@ TLS); ``state`` reads what runs there into plain data; ``plan`` decides what mus
 change (pure, no I/O); ``apply`` carries the changes out, health-gated, restoring
 on failure; ``session`` ties them together for one node and one command (connect
 once, read once, plan, apply over the same connection, close); ``containers``
-streams a container's logs (stdout and stderr apart) and runs commands in it. May import only
+streams a container's logs (stdout and stderr apart) and runs commands in it; ``images``
+lists and removes images and ``image_plan`` decides which a prune removes (pure). May import only
 the shared modules.
 """

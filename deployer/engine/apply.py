@@ -90,8 +90,11 @@ class Outcome:
     steps: list[str] = field(default_factory=list)
 
 
-def pull_failed(ref: str, detail: str) -> ImageNotFound:
-    """One line saying why the node could not pull ``ref``, naming the image and its registry."""
+def pull_failed(ref: str, detail: str, needed_by: str | None = None) -> ImageNotFound:
+    """One line saying why the node could not pull ``ref``, naming the image and its registry.
+
+    ``needed_by`` (``"rollback"``) names the command that needed it: an image gone from
+    both the node and the registry is then said to be so (pruned?)."""
     detail = " ".join(str(detail).split())
     try:
         parsed = ImageRef.parse(ref)
@@ -100,7 +103,11 @@ def pull_failed(ref: str, detail: str) -> ImageNotFound:
     except Exception:  # noqa: BLE001 - the reference was checked long before; say what we can
         registry, name, version = "?", ref, "?"
     low = detail.lower()
-    if "manifest unknown" in low or "name unknown" in low or " not found" in low:
+    not_found = "manifest unknown" in low or "name unknown" in low or " not found" in low
+    if not_found and needed_by:
+        return ImageNotFound(f"the image {needed_by} needs, {ref}, is not on the node and the registry "
+                             f"{registry} has no {name}:{version} (pruned?)")
+    if not_found:
         why = f"registry {registry} has no {name}:{version} (was it pushed?)"
     elif "x509" in low or "certificate" in low:
         why = (f"the node does not trust registry {registry}'s TLS certificate (its CA goes in "
@@ -138,8 +145,8 @@ class Applier:
 
     # -- images, volumes, networks -------------------------------------------------
 
-    def ensure_image(self, ref: str) -> str:
-        """The image id of ``ref`` on the engine, pulling it when missing."""
+    def ensure_image(self, ref: str, needed_by: str | None = None) -> str:
+        """The image id of ``ref`` on the engine, pulling it when missing (``needed_by``: see pull_failed)."""
         try:
             return self.api.inspect_image(ref)["Id"]
         except docker.errors.NotFound:
@@ -150,7 +157,8 @@ class Applier:
         try:
             for event in self.api.pull(ref, stream=True, decode=True):
                 if "error" in event:
-                    raise pull_failed(ref, (event.get("errorDetail") or {}).get("message") or event["error"])
+                    raise pull_failed(ref, (event.get("errorDetail") or {}).get("message") or event["error"],
+                                      needed_by)
                 status, layer = event.get("status"), event.get("id")
                 if not status or not layer or status.startswith("Pulling from"):
                     continue
@@ -161,7 +169,7 @@ class Applier:
                     layers[layer] = (status, now)
                     self.progress(f"{layer}: {status} {event.get('progress') or ''}".rstrip())
         except docker.errors.APIError as exc:
-            raise pull_failed(ref, str(exc.explanation or exc)) from None
+            raise pull_failed(ref, str(exc.explanation or exc), needed_by) from None
         image_id = self.api.inspect_image(ref)["Id"]
         self.progress(f"pulled {ref} ({time.monotonic() - started:.1f}s)")
         return image_id

@@ -125,7 +125,7 @@ class Deployer:
             size = batch or len(edits)
             for i in range(0, len(edits), size):
                 group = edits[i:i + size]
-                run_parallel(lambda e: self._apply_edit(e, dry_run, swap), group, parallel)
+                run_parallel(lambda e: self._apply_edit(e, dry_run, swap, action), group, parallel)
                 if any(e.result.error for e in group):
                     break  # stop at the first failed batch
             done = [e for e in edits if e.applied and e.new_text != e.old_text]
@@ -165,7 +165,7 @@ class Deployer:
         return _Edit(target, node, new_node, rel, old_text, new_text, spec,
                      TargetResult(str(target), old_image, diff=diff), infra.datacenters[target.dc])
 
-    def _apply_edit(self, edit: _Edit, dry_run: bool, swap: SwapOptions | None) -> None:
+    def _apply_edit(self, edit: _Edit, dry_run: bool, swap: SwapOptions | None, action: str = ACTION_DEPLOY) -> None:
         """Plan the edited service on its node and, unless a dry run, apply it over one engine session."""
         try:
             hooks = None if dry_run else self._hooks(edit.datacenter, edit.new_node)  # labels as deployed
@@ -178,7 +178,8 @@ class Deployer:
                 applier = session.applier(swap, hooks, self.node_progress(edit.node))
                 if change.action != NONE:
                     if have is None:
-                        applier.ensure_image(edit.spec.image)
+                        needed_by = "rollback" if action == ACTION_ROLLBACK else None
+                        applier.ensure_image(edit.spec.image, needed_by=needed_by)
                     applier.ensure_resources(*node_resources(edit.new_node))
                 outcome = applier.apply(change, session.state)
                 edit.result.steps = outcome.steps

@@ -20,6 +20,7 @@ MINIMAL_ARGS = {
     "node add": ["dc/node", "--docker", "unix:///x.sock"],
     "node rm": ["dc/node"],
     "registrator": ["dc"],
+    "prune": [],
 }
 
 #: The defaults, as seconds (unchanged).

@@ -61,7 +61,7 @@ class FakeSession:
 
 
 class FakeApplier:
-    def ensure_image(self, ref):
+    def ensure_image(self, ref, needed_by=None):
         return "sha256:" + "ab" * 32
 
     def ensure_resources(self, volumes, networks):
