@@ -44,7 +44,6 @@ from deployer.errors import ConfigError, DeployerError, HealthCheckFailed, Label
 from deployer.spec import ContainerSpec
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pathlib import Path
 
     from deployer.model import Datacenter, Node
 
@@ -152,15 +151,14 @@ class ConsulHooks:
             self.progress(f"could not register {old.name} again: {exc.one_line()} (the registrator will)")
 
 
-def deploy_hooks(datacenter: "Datacenter", node: "Node", root: "str | Path | None" = None,
-                 progress: Callable[[str], None] | None = None) -> Hooks:
+def deploy_hooks(datacenter: "Datacenter", node: "Node", progress: Callable[[str], None] | None = None) -> Hooks:
     """The Applier hooks registering ``node``'s containers in ``datacenter``'s Consul.
 
     Called before any container is touched: refuses unusable discovery labels
     (ConfigError naming the compose file and label) and a Consul that does not
-    answer or has no leader (ConsulUnavailable naming its address). ``root`` is
-    not used (the hooks need no engine connection of their own); it stays so the
-    deploy's call keeps working, and can go when that call drops it."""
+    answer or has no leader (ConsulUnavailable naming its address). The hooks need
+    no engine connection of their own: the container states the applier reads carry
+    the published ports and the healthcheck."""
     check_node_labels(node)
     hooks = ConsulHooks(datacenter, node, progress)
     require_leader(hooks.catalog, "; nothing was changed (--no-consul deploys without registering)")

@@ -362,15 +362,14 @@ class Applier:
         until the stream is open) it polls.
         """
         target = f"{spec.dc}/{spec.node}/{spec.service}"
-        info = self.api.inspect_container(cid)
-        health_cfg = (info.get("Config") or {}).get("Healthcheck") or {}
+        state = read_container(self.client, cid)  # the first look also says whether there is a healthcheck
+        health_cfg = state.healthcheck or {}
         has_health = bool(health_cfg.get("Test")) and health_cfg["Test"][0] != "NONE"
         deadline = time.monotonic() + (self.health_timeout or self._default_timeout(health_cfg, has_health))
         since = time.monotonic()
         changes = _ContainerEvents(self.api, cid) if has_health else None
         try:
             while True:
-                state = read_container(self.client, cid)
                 if state.status in ("exited", "dead"):
                     raise HealthCheckFailed(f"{target}: new container {spec.image} exited with code "
                                             f"{state.exit_code}; restored the old container")
@@ -393,6 +392,7 @@ class Applier:
                     changes.wait(deadline - now)
                 else:
                     time.sleep(POLL)
+                state = read_container(self.client, cid)
         finally:
             if changes is not None:
                 changes.close()

@@ -27,8 +27,8 @@ def one_line(text: str) -> str:
 
 def git_plain(args: list[str], cwd: Path | None = None, env: Mapping[str, str] | None = None,
               timeout: float | None = None) -> tuple[int, str, str]:
-    """``git <args>``: (exit status, stdout, stderr). 124 when killed after ``timeout``."""
-    return tuple(_git.run(args, cwd, env=env, timeout=timeout))  # type: ignore[return-value]
+    """``git <args>``: (exit status, stdout, stderr). 124 when killed after ``timeout`` (git.DEFAULT_TIMEOUT if None)."""
+    return tuple(_git.run(args, cwd, env=env, timeout=timeout or _git.DEFAULT_TIMEOUT))  # type: ignore[return-value]
 
 
 class GitRepoBase:

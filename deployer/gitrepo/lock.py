@@ -65,10 +65,10 @@ def _now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
-def _default_command() -> str:
-    argv = list(sys.argv) or ["deployer"]
-    argv[0] = os.path.basename(argv[0]) or argv[0]
-    return shlex.join(argv)
+def command_line() -> str:
+    """This process's command line as a second deployer is shown it: ``deployer deploy web:2 dev/dev1``."""
+    args = sys.argv[1:]
+    return shlex.join(["deployer", *args]) if args else "deployer"
 
 
 def default_owner_info() -> dict[str, Any]:
@@ -81,7 +81,7 @@ def default_owner_info() -> dict[str, Any]:
         host = socket.gethostname()
     except OSError:  # pragma: no cover
         host = "unknown-host"
-    return {"pid": os.getpid(), "user": user, "host": host, "command": _default_command(), "since": _now_iso()}
+    return {"pid": os.getpid(), "user": user, "host": host, "command": command_line(), "since": _now_iso()}
 
 
 def describe_holder(info: dict[str, Any] | None) -> str:

@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -46,7 +44,7 @@ from typing import Callable, Iterable
 from deployer.errors import RepoError
 from deployer.files import atomic_write
 from deployer.gitrepo.commit import with_reason
-from deployer.gitrepo.lock import DeployLock
+from deployer.gitrepo.lock import DeployLock, command_line
 from deployer.gitrepo.repo import InfraRepo
 
 #: The marker of the deployer project's own checkout (its datacenters/ is an example).
@@ -61,12 +59,6 @@ class Committed:
     local: str  # the commit as made here, before any rebase on push
     pushed: str | None  # the sha the remote has now; None when there is no remote
     files: list[str]
-
-
-def command_line() -> str:
-    """This process's command line, as the lock shows it to a second deployer."""
-    args = sys.argv[1:]
-    return shlex.join(["deployer", *args]) if args else "deployer"
 
 
 def sha256_text(data: bytes) -> str:

@@ -224,7 +224,7 @@ class Deployer:
     # -- helpers ---------------------------------------------------------------------
 
     def _hooks(self, datacenter: Datacenter | None, node: Node) -> Any:
-        return discovery_hooks(datacenter, node, self.root, self.consul, self.node_progress(node))
+        return discovery_hooks(datacenter, node, self.consul, self.node_progress(node))
 
     def node_progress(self, node: Node) -> Callable[[str], None]:
         return lambda msg: self.progress(f"{node.target}: {msg}")

@@ -5,7 +5,6 @@ the discovery hooks of a node, and turning any failure on a node into one line.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Callable
 
 from deployer.engine.apply import Hooks
@@ -105,7 +104,7 @@ def node_failure(node: Node, exc: BaseException) -> DeployerError:
     return HostError(node.target, node.docker, describe(exc))
 
 
-def discovery_hooks(datacenter: Datacenter | None, node: Node, root: Path, enabled: bool,
+def discovery_hooks(datacenter: Datacenter | None, node: Node, enabled: bool,
                     progress: Callable[[str], None]) -> Hooks | None:
     """Consul registration around container switches, when the node's datacenter names a Consul.
 
@@ -116,7 +115,7 @@ def discovery_hooks(datacenter: Datacenter | None, node: Node, root: Path, enabl
     # deploy's start-up (python -X importtime), and a datacenter without Consul never needs them.
     from deployer.discovery.hooks import deploy_hooks
 
-    return deploy_hooks(datacenter, node, root, progress=progress)
+    return deploy_hooks(datacenter, node, progress=progress)
 
 
 def run_parallel(work: Callable[[Any], None], items: list, parallel: int) -> None:

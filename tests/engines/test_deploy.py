@@ -17,20 +17,9 @@ WEB1, WEB2, WEB3 = "deployer-test/web:1", "deployer-test/web:2", "deployer-test/
 
 
 @pytest.fixture
-def client(engine):
-    c = engine.client()
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def repo(engine, client, tmp_path):
-    """A repo whose node runs web:1 (deployed, committed)."""
-    root, node = make_repo(tmp_path / "infra", engine.unix_url, web_compose(WEB1))
-    result = cli(root, "deploy", WEB1, f"test/{node}")
-    assert result.exit_code == 0, result.output
-    yield root, node
-    remove_node_containers(client, node)
+def repo(deployed_web):
+    """A repo whose node runs web:1 (deployed, committed): tests/engines/conftest.py."""
+    return deployed_web
 
 
 def containers(client, node):

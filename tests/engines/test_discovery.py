@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -70,12 +69,6 @@ services:
       deployer.consul.wait: 4s
       deployer.drain: "{drain}"
 """
-
-
-@pytest.fixture
-def client(engine):
-    with closing(engine.client()) as c:
-        yield c
 
 
 def make_site(tmp_path, engine, consul_address: str | None, *, image=WEB1, port="80", check="http:/",

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from deployer.engine.connect import CONNECT_TIMEOUT
+from tests.support import network
 from tests.support.repos import git, make_repo, run, web_compose
 
 WEB1 = "deployer-test/web:1"
@@ -33,21 +32,9 @@ def only_line(text: str) -> str:
 @pytest.fixture
 def silent_port():
     """A loopback port that accepts connections and never sends a byte; its port number."""
-    server = socket.create_server(("127.0.0.1", 0))
-    accepted: list[socket.socket] = []
-
-    def accept():
-        while True:
-            try:
-                accepted.append(server.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
+    server, _accepted = network.silent_port()
     yield server.getsockname()[1]
     server.close()
-    for conn in accepted:
-        conn.close()
 
 
 def test_silent_ssh_port_is_one_line_within_the_banner_timeout(tmp_path, silent_port):

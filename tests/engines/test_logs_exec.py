@@ -27,20 +27,9 @@ TALKER = """\
 
 
 @pytest.fixture
-def client(engine):
-    c = engine.client()
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def web(engine, client, tmp_path):
-    """A repo whose node runs web:1 (deployed)."""
-    root, node = make_repo(tmp_path / "infra", engine.unix_url, web_compose(WEB1))
-    result = cli(root, "deploy", WEB1, f"test/{node}")
-    assert result.exit_code == 0, result.output
-    yield root, node
-    remove_node_containers(client, node)
+def web(deployed_web):
+    """A repo whose node runs web:1 (deployed, committed): tests/engines/conftest.py."""
+    return deployed_web
 
 
 def test_logs_tail_of_a_deployed_service_is_prefixed(web, client):

@@ -27,6 +27,7 @@ import requests
 import urllib3
 
 from deployer.engine.connect import describe, shown_path, tls_file_problem
+from tests.support.network import silent_port
 
 NODE_DIR = "datacenters/dc/n1"
 PROJECT = Path(__file__).resolve().parents[2]
@@ -371,22 +372,6 @@ def test_timeouts():
 
     assert describe(failure(connect_timeout)) == "connection timed out (no answer from the host)"
     assert describe(TimeoutError("timed out")) == "timed out"
-
-
-def silent_port():
-    """A loopback port that accepts connections and never sends a byte."""
-    server = socket.create_server(("127.0.0.1", 0))
-    accepted: list[socket.socket] = []
-
-    def accept():
-        while True:
-            try:
-                accepted.append(server.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    return server, accepted
 
 
 def test_ssh_banner_not_received():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,27 +11,9 @@ from deployer.gitrepo import git as gitmod
 from deployer.gitrepo.commit import ACTION_DEPLOY, deployer_trailers
 from deployer.gitrepo.repo import InfraRepo
 from deployer.gitrepo.transaction import RepoTransaction
+from tests.support.repos import git
 
 COMPOSE = "datacenters/dev/dev1/docker-compose.yml"
-
-
-def git(root: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True, text=True).stdout.strip()
-
-
-@pytest.fixture(autouse=True)
-def git_env(tmp_path, monkeypatch):
-    home = tmp_path / "home"
-    home.mkdir()
-    for var in list(os.environ):
-        if var.startswith("GIT_"):
-            monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    for role in ("AUTHOR", "COMMITTER"):
-        monkeypatch.setenv(f"GIT_{role}_NAME", "Test")
-        monkeypatch.setenv(f"GIT_{role}_EMAIL", "test@example.org")
 
 
 @pytest.fixture
