@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import closing
+
 import pytest
 
 from tests.support.repos import cli, make_repo, remove_node_containers, web_compose
@@ -9,19 +11,16 @@ from tests.support.repos import cli, make_repo, remove_node_containers, web_comp
 WEB1 = "deployer-test/web:1"
 
 
-@pytest.fixture
-def client(engine):
-    """A docker-py client of the test engine, closed after the test."""
-    c = engine.client()
-    yield c
-    c.close()
+# No `client` fixture here: the build tests' plugin (tests/support/build_fixtures.py) has a session-scoped
+# `client` of the build engine, and a conftest fixture of that name would shadow it.
 
 
 @pytest.fixture
-def deployed_web(engine, client, tmp_path):
+def deployed_web(engine, tmp_path):
     """(root, node): a repository whose node runs web:1, deployed and committed; its containers removed after."""
     root, node = make_repo(tmp_path / "infra", engine.unix_url, web_compose(WEB1))
     result = cli(root, "deploy", WEB1, f"test/{node}")
     assert result.exit_code == 0, result.output
     yield root, node
-    remove_node_containers(client, node)
+    with closing(engine.client()) as client:
+        remove_node_containers(client, node)

@@ -17,6 +17,13 @@ WEB1, WEB2, WEB3 = "deployer-test/web:1", "deployer-test/web:2", "deployer-test/
 
 
 @pytest.fixture
+def client(engine):
+    c = engine.client()
+    yield c
+    c.close()
+
+
+@pytest.fixture
 def repo(deployed_web):
     """A repo whose node runs web:1 (deployed, committed): tests/engines/conftest.py."""
     return deployed_web

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,12 @@ services:
       deployer.consul.wait: 4s
       deployer.drain: "{drain}"
 """
+
+
+@pytest.fixture
+def client(engine):
+    with closing(engine.client()) as c:
+        yield c
 
 
 def make_site(tmp_path, engine, consul_address: str | None, *, image=WEB1, port="80", check="http:/",

@@ -27,6 +27,13 @@ TALKER = """\
 
 
 @pytest.fixture
+def client(engine):
+    c = engine.client()
+    yield c
+    c.close()
+
+
+@pytest.fixture
 def web(deployed_web):
     """A repo whose node runs web:1 (deployed, committed): tests/engines/conftest.py."""
     return deployed_web
