@@ -238,6 +238,34 @@ class RegistryError(DeployerError):
         super().__init__(f"registry {registry}: {message}")
 
 
+class RegistryAuthError(RegistryError):
+    """The registry (or its token server) refused the credentials, or asked for some and none were found.
+
+    The message names the registry, the user and where the credentials came from; never a password or token."""
+
+
+class CredentialsFileError(DeployerError):
+    """A registry credentials file cannot be used: missing, open to group/others (refused as ssh refuses
+    such a key), or not a Docker config's ``auths``. Names the file, never what is in it."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, path: str, message: str):
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}")
+
+
+class CredentialHelperFailed(DeployerError):
+    """A Docker credential helper (``docker-credential-NAME get``) failed or answered nonsense."""
+
+    def __init__(self, program: str, registry: str, message: str):
+        self.program = program
+        self.registry = registry
+        self.message = message
+        super().__init__(f"credential helper {program} for registry {registry}: {message}")
+
+
 class PushFailed(BuildError):
     """An image was built and tagged locally but could not be pushed."""
 

@@ -80,6 +80,8 @@ class Node:
     secrets: dict[str, dict[str, Any]] = field(default_factory=dict)
     # its datacenter's secrets_dir folders (copied by the loader): where secret files outside the repository may lie
     secrets_dirs: tuple[str, ...] = ()
+    # its datacenter's registry_credentials file (copied by the loader): the account its pulls use
+    registry_credentials: str | None = None
 
     @property
     def target(self) -> str:
@@ -99,6 +101,7 @@ class Datacenter:
     consul: str | None = None
     registry: str | None = None
     secrets_dirs: tuple[str, ...] = ()  # datacenter.yml secrets_dir: absolute folders secret files may come from
+    registry_credentials: str | None = None  # datacenter.yml: an absolute path outside the repository (Docker auths JSON)
     location: Location | None = None  # datacenter.yml, when there is one
     nodes: dict[str, Node] = field(default_factory=dict)
 

@@ -3,6 +3,7 @@
 ``builders`` compiles an app in its builder container, one per technology
 (detection, ``deployer.yml``, the base and builder images); ``image`` is the
 image builder (version from git, tags, OCI labels, push); ``registry`` the
-registry's HTTP client; ``samples`` the tiny sample images. May import
+registry's HTTP client and ``registry_auth`` its answers to a 401 (Basic, the
+token flow); ``samples`` the tiny sample images. May import
 engine, config, gitrepo and the shared modules; never ops or cli.
 """

@@ -32,6 +32,7 @@ import docker.errors
 import requests
 
 from deployer.build import registry as _registry
+from deployer.engine import registry_credentials
 from deployer.build.builders import (
     AppConfig,
     BuildResult,
@@ -45,7 +46,7 @@ from deployer.build.builders import (
     load_app_config,
     lock_path,
 )
-from deployer.errors import DirtySource, DockerfileMissing, PushFailed, RegistryError, SourceError
+from deployer.errors import DirtySource, DockerfileMissing, PushFailed, RegistryAuthError, RegistryError, SourceError
 from deployer.gitrepo.source import read_source
 
 OCI = "org.opencontainers.image."
@@ -126,7 +127,8 @@ def image_ref(registry: str, name: str, version: str) -> str:
 
 def build_image(client, source_dir: str | os.PathLike, registry: str, allow_dirty: bool = False, *,
                 builder: str | None = None, ca: str | os.PathLike | None = None, push: bool = True,
-                progress: Progress | None = None, env: dict[str, str] | None = None) -> ImageResult:
+                progress: Progress | None = None, env: dict[str, str] | None = None,
+                credentials_file: str | os.PathLike | None = None) -> ImageResult:
     """Binaries -> Docker image ``REGISTRY/APP:VERSION`` -> pushed.
 
     Skips everything when the registry already has that tag for this revision
@@ -135,6 +137,8 @@ def build_image(client, source_dir: str | os.PathLike, registry: str, allow_dirt
     A failed push raises PushFailed; the local tag stays (it points at a
     complete image) and ``PushFailed.image_id`` names it. Builds of the same
     source and version run one at a time (file lock), in any process.
+    ``credentials_file``: the datacenter's registry credentials, looked at before the
+    operator's Docker config (``engine.registry_credentials``), for the check and the push.
     """
     src = Path(source_dir)
     if not src.is_dir():
@@ -145,13 +149,15 @@ def build_image(client, source_dir: str | os.PathLike, registry: str, allow_dirt
     info = source_info(src)
     if info.dirty and not allow_dirty:
         raise _dirty_error(source_dir, info)
+    if credentials_file:  # a file open to others (or unreadable) is refused before anything is built
+        registry_credentials.read_datacenter_file(credentials_file)
     _, reg_host = _registry.split_registry_url(registry)
     repository = f"{reg_host}/{app.name}"
     ref = f"{repository}:{info.version}"
 
     with file_lock(lock_path("source", str(info.path), info.version)):
         if not info.dirty:
-            existing = _existing(registry, app.name, info, ca, progress)
+            existing = _existing(registry, app.name, info, ca, progress, credentials_file)
             if existing is not None:
                 emit(progress, "image", {"status": f"{ref} is in the registry already (revision {info.revision[:12]})"})
                 return ImageResult(ref=ref, image_id=existing["digest"], pushed=False, built=False,
@@ -181,7 +187,8 @@ def build_image(client, source_dir: str | os.PathLike, registry: str, allow_dirt
         if push:
             started = time.monotonic()
             try:
-                out.digest = push_image(client, ref, image_id=out.image_id, progress=progress)
+                out.digest = push_image(client, ref, image_id=out.image_id, progress=progress,
+                                        credentials_file=credentials_file)
             except PushFailed as e:
                 raise PushFailed(ref, f"{e.message} (the image stays tagged here; running again pushes it without rebuilding)",
                                  image_id=out.image_id) from e
@@ -207,9 +214,12 @@ def _prune_artifacts(app_dir: Path, keep: int) -> None:
                 (app_dir / f".{old.name}.lock").unlink()
 
 
-def _existing(registry: str, name: str, info: SourceInfo, ca, progress: Progress | None) -> dict | None:
+def _existing(registry: str, name: str, info: SourceInfo, ca, progress: Progress | None,
+              credentials_file: str | os.PathLike | None = None) -> dict | None:
     try:
-        found = _registry.image_config(registry, name, info.version, ca=ca)
+        found = _registry.image_config(registry, name, info.version, ca=ca, credentials_file=credentials_file)
+    except RegistryAuthError:
+        raise  # refused credentials (or none, or no token server) would fail the push too: say so before building
     except RegistryError as e:
         # Can't tell: build anyway; the push will say whether the registry is really gone.
         emit(progress, "image", {"status": f"cannot check the registry ({e.one_line()}); building"})
@@ -264,12 +274,19 @@ def _build_app_image(client, app: AppConfig, info: SourceInfo, result: BuildResu
     return image_id
 
 
-def push_image(client, ref: str, image_id: str = "", progress: Progress | None = None) -> str:
-    """Push ``ref``; return the manifest digest the registry reported. Raises PushFailed."""
+def push_image(client, ref: str, image_id: str = "", progress: Progress | None = None,
+               credentials_file: str | os.PathLike | None = None) -> str:
+    """Push ``ref``; return the manifest digest the registry reported. Raises PushFailed.
+
+    The engine is handed the registry's credentials (``auth_config``, the datacenter's
+    file first, then the operator's Docker config); none found: the engine pushes anonymously."""
     repository, tag = ref.rsplit(":", 1)
+    host = _registry.split_registry_url(ref.split("/", 1)[0])[1]
+    found = registry_credentials.lookup(host, credentials_file)
+    auth_config = found.auth_config() if found is not None else None
     digest = ""
     try:
-        for event in client.api.push(repository, tag=tag, stream=True, decode=True):
+        for event in client.api.push(repository, tag=tag, stream=True, decode=True, auth_config=auth_config):
             emit(progress, "push", event)
             if "error" in event:
                 detail = (event.get("errorDetail") or {}).get("message") or event["error"]

@@ -10,6 +10,11 @@ the CA a Docker daemon would use is taken: ``/etc/docker/certs.d/HOST:PORT/ca.cr
 when it exists, else the system's trust store. Environment variables such as
 ``REQUESTS_CA_BUNDLE`` and proxies are ignored on purpose: they would silently
 replace that CA.
+
+A registry that answers 401 gets credentials (``build.registry_auth``: Basic, or
+the token flow), looked up in the Docker ecosystem's places
+(``engine.registry_credentials``), the datacenter's ``registry_credentials``
+file first when the caller names one (``credentials_file=``).
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from urllib.parse import quote
 
 import requests
 
-from deployer.errors import RegistryError
+from deployer.build.registry_auth import Authenticator, looked_in
+from deployer.engine import registry_credentials
+from deployer.errors import RegistryAuthError, RegistryError
 
 CERTS_D = Path("/etc/docker/certs.d")
 
@@ -58,7 +65,8 @@ def default_ca(registry_url: str) -> str | None:
 
 
 class _Registry:
-    def __init__(self, registry_url: str, ca: str | os.PathLike | None, timeout: float):
+    def __init__(self, registry_url: str, ca: str | os.PathLike | None, timeout: float,
+                 credentials_file: str | os.PathLike | None = None):
         self.scheme, self.host = split_registry_url(registry_url)
         self.base = f"{self.scheme}://{self.host}"
         self.display = self.host
@@ -68,22 +76,34 @@ class _Registry:
         self.timeout = timeout
         self.session = requests.Session()
         self.session.trust_env = False
+        where = looked_in(credentials_file, str(registry_credentials.docker_config_path()))
+        self.auth = Authenticator(self.host, self.session, self.verify, timeout,
+                                  lambda: registry_credentials.lookup(self.host, credentials_file), where)
 
-    def get(self, path: str, accept: str | None = None, allow_404: bool = True) -> requests.Response | None:
-        url = self.base + path
-        headers = {"Accept": accept} if accept else {}
+    def _send(self, path: str, headers: dict[str, str], auth: tuple[str, str] | None) -> requests.Response:
         try:
-            resp = self.session.get(url, headers=headers, verify=self.verify, timeout=self.timeout)
+            return self.session.get(self.base + path, headers=headers, auth=auth, verify=self.verify,
+                                    timeout=self.timeout)
         except requests.exceptions.SSLError as e:
             raise RegistryError(self.display, f"TLS failure: {_short(e)}") from e
         except requests.exceptions.ConnectionError as e:
             raise RegistryError(self.display, f"unreachable: {_short(e)}", unreachable=True) from e
         except requests.exceptions.Timeout as e:
             raise RegistryError(self.display, f"no answer within {self.timeout:g}s", unreachable=True) from e
+
+    def get(self, path: str, accept: str | None = None, allow_404: bool = True) -> requests.Response | None:
+        headers = {"Accept": accept} if accept else {}
+        extra, auth, sent = self.auth.first(path)
+        resp = self._send(path, {**headers, **extra}, auth)
+        for _ in range(3):  # a cached token refused, a fresh one, Basic: never more
+            if resp.status_code != 401:
+                break
+            extra, auth, sent = self.auth.answer(resp, path, sent)
+            resp = self._send(path, {**headers, **extra}, auth)
+        if resp.status_code == 401:
+            raise RegistryAuthError(self.display, f"GET {path}: still refused after authenticating")
         if resp.status_code == 404 and allow_404:
             return None
-        if resp.status_code == 401:
-            raise RegistryError(self.display, f"GET {path}: authentication required (not supported)")
         if resp.status_code >= 400:
             raise RegistryError(self.display, f"GET {path}: HTTP {resp.status_code} {_error_text(resp)}")
         return resp
@@ -111,9 +131,10 @@ def _path_name(name: str) -> str:
 
 
 def tags(registry_url: str, name: str, ca: str | os.PathLike | None = None,
-         timeout: float = DEFAULT_TIMEOUT) -> list[str]:
+         timeout: float = DEFAULT_TIMEOUT,
+         credentials_file: str | os.PathLike | None = None) -> list[str]:
     """Every tag of repository ``name``, sorted; ``[]`` if the repository does not exist."""
-    reg = _Registry(registry_url, ca, timeout)
+    reg = _Registry(registry_url, ca, timeout, credentials_file)
     try:
         resp = reg.get(f"/v2/{_path_name(name)}/tags/list")
         if resp is None:
@@ -124,9 +145,10 @@ def tags(registry_url: str, name: str, ca: str | os.PathLike | None = None,
 
 
 def has_tag(registry_url: str, name: str, tag: str, ca: str | os.PathLike | None = None,
-            timeout: float = DEFAULT_TIMEOUT) -> bool:
+            timeout: float = DEFAULT_TIMEOUT,
+         credentials_file: str | os.PathLike | None = None) -> bool:
     """True when the registry has a manifest for ``name:tag``."""
-    reg = _Registry(registry_url, ca, timeout)
+    reg = _Registry(registry_url, ca, timeout, credentials_file)
     try:
         return reg.get(f"/v2/{_path_name(name)}/manifests/{quote(tag, safe='')}", accept=MANIFEST_TYPES) is not None
     finally:
@@ -134,7 +156,8 @@ def has_tag(registry_url: str, name: str, tag: str, ca: str | os.PathLike | None
 
 
 def image_config(registry_url: str, name: str, tag: str, ca: str | os.PathLike | None = None,
-                 timeout: float = DEFAULT_TIMEOUT) -> dict | None:
+                 timeout: float = DEFAULT_TIMEOUT,
+         credentials_file: str | os.PathLike | None = None) -> dict | None:
     """The image config of ``name:tag`` plus its digest, or None if there is no such tag.
 
     Returns ``{"digest": ..., "manifest_digest": ..., "config": {...}, "labels": {...}}``:
@@ -142,7 +165,7 @@ def image_config(registry_url: str, name: str, tag: str, ca: str | os.PathLike |
     after pulling it; ``manifest_digest`` is what ``NAME@sha256:...`` pins. A
     manifest list is answered for its linux/amd64 (else first) entry.
     """
-    reg = _Registry(registry_url, ca, timeout)
+    reg = _Registry(registry_url, ca, timeout, credentials_file)
     try:
         path = f"/v2/{_path_name(name)}/manifests/{quote(tag, safe='')}"
         resp = reg.get(path, accept=MANIFEST_TYPES)
@@ -185,9 +208,10 @@ def _json(resp: requests.Response, reg: _Registry, path: str) -> dict:
 
 
 def ping(registry_url: str, ca: str | os.PathLike | None = None,
-         timeout: float = DEFAULT_TIMEOUT) -> None:
+         timeout: float = DEFAULT_TIMEOUT,
+         credentials_file: str | os.PathLike | None = None) -> None:
     """Raise RegistryError unless the registry answers its ``/v2/`` endpoint."""
-    reg = _Registry(registry_url, ca, timeout)
+    reg = _Registry(registry_url, ca, timeout, credentials_file)
     try:
         reg.get("/v2/", allow_404=False)
     finally:

@@ -220,22 +220,25 @@ def image(ctx, app_source, registry, dc, allow_dirty, no_push, builder, docker_u
     that tag built from the same commit already, nothing is built.
     """
     from deployer.build import image as B
-    from deployer.ops.release import build_client, image_to_json, registry_for
+    from deployer.ops.release import build_client, credentials_for, image_to_json, registry_for
 
     if registry and dc:
         raise click.UsageError("give --registry or --dc, not both")
     if not registry and not dc:
         raise click.UsageError("where to push: --registry HOST:PORT, or --dc DC (its datacenter.yml's registry)")
+    credentials = None
     if dc:
         from deployer.config.loader import load
 
-        registry = registry_for(load(repo_root(ctx)), dc=dc)
+        infra = load(repo_root(ctx))
+        registry = registry_for(infra, dc=dc)
+        credentials = credentials_for(infra, dc=dc)
     else:
         registry = registry_for(None, explicit=registry)
     client = build_client(docker_url)
     with contextlib.closing(client), compiler_output():
         result = B.build_image(client, app_source, registry, allow_dirty, builder=builder, push=not no_push,
-                               progress=BuildLines(quiet or as_json, verbose))
+                               progress=BuildLines(quiet or as_json, verbose), credentials_file=credentials)
     if as_json:
         print_json(image_to_json(result))
     else:
@@ -324,18 +327,20 @@ def watch_builds(ctx, source_repo, branch, app, interval, deploy_targets, regist
                  state_path, builder, docker_url, wait, message, settle, health_timeout, no_consul, as_json,
                  quiet, verbose):
     from deployer.gitrepo.git import forget_hook_env
-    from deployer.ops.release import BuildWatcher, build_client, registry_for
+    from deployer.ops.release import BuildWatcher, build_client, credentials_for, registry_for
 
     forget_hook_env()  # run from a git hook: GIT_DIR would redirect every git command
     targets = list(deploy_targets)
     if registry and dc:
         raise click.UsageError("give --registry or --dc, not both")
-    infra_root = None
+    infra_root, credentials = None, None
     if targets or dc:
         from deployer.config.loader import load
 
         infra_root = repo_root(ctx)
-        registry = registry_for(load(infra_root), targets=targets, dc=dc, explicit=registry)
+        infra = load(infra_root)
+        registry = registry_for(infra, targets=targets, dc=dc, explicit=registry)
+        credentials = credentials_for(infra, targets=targets, dc=dc)
     elif not registry:
         raise click.UsageError("where to push: --registry HOST:PORT, --dc DC, or --deploy TARGET "
                                "(the registry of its datacenter)")
@@ -358,6 +363,7 @@ def watch_builds(ctx, source_repo, branch, app, interval, deploy_targets, regist
         service=service, builder=builder, wait=wait, message=message,
         swap=swap_settings(settle, health_timeout), consul=not no_consul, state_path=state_path,
         progress=progress(quiet or as_json), build_progress=BuildLines(quiet or as_json, verbose),
+        credentials_file=credentials,
         report=report)
     say = progress(quiet or as_json)
     if not once:

@@ -2,7 +2,8 @@
 
 Layout::
 
-    datacenters/<dc>/datacenter.yml             optional: description, consul, registry, secrets_dir
+    datacenters/<dc>/datacenter.yml             optional: description, consul, registry, secrets_dir,
+                                                registry_credentials
     datacenters/<dc>/<node>/node.yml            required: docker (how to reach the engine)
     datacenters/<dc>/<node>/docker-compose.yml  optional: the containers the node must run
 
@@ -37,7 +38,7 @@ NODE_FILE = "node.yml"
 COMPOSE_FILES = ("docker-compose.yml", "docker-compose.yaml", "compose.yml", "compose.yaml")
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-DATACENTER_KEYS = {"description", "consul", "registry", "secrets_dir"}
+DATACENTER_KEYS = {"description", "consul", "registry", "secrets_dir", "registry_credentials"}
 NODE_KEYS = {"docker", "description", "address", "tls", "identity_file"}
 TLS_KEYS = {"ca", "cert", "key"}
 DOCKER_URL_RE = re.compile(r"^(unix://.+|ssh://([^@/\s]+@)?[^:/\s]+(:\d+)?/?|tcp://[^:/\s]+(:\d+)?/?)$")
@@ -158,9 +159,27 @@ def _load_datacenter(root: Path, name: str, problems: list[ConfigError]) -> Data
                 dc.consul = _string(doc, "consul", rel, found)
                 dc.registry = _string(doc, "registry", rel, found)
                 dc.secrets_dirs = _secrets_dirs(doc, rel, found)
+                dc.registry_credentials = _credentials_file(root, doc, rel, found)
 
         _read_checked(root, rel, problems, build)
     return dc
+
+
+def _credentials_file(root: Path, doc: dict, rel: str, problems: list[ConfigError]) -> str | None:
+    """datacenter.yml ``registry_credentials``: an absolute path outside the repository (never committed).
+    Its permissions and contents are checked where it is read (engine.registry_credentials)."""
+    value = _string(doc, "registry_credentials", rel, problems)
+    if value is None:
+        return None
+    why = None
+    if not os.path.isabs(value):
+        why = f"{value!r} is not an absolute path"
+    elif Path(os.path.realpath(value)).is_relative_to(os.path.realpath(root)):
+        why = f"{value!r} is inside the repository: credentials must never be committed"
+    if why:
+        problems.append(ConfigError(rel, why, line=value_line(doc, "registry_credentials"), field="registry_credentials"))
+        return None
+    return os.path.normpath(value)
 
 
 def _secrets_dirs(doc: dict, rel: str, problems: list[ConfigError]) -> tuple[str, ...]:
@@ -354,6 +373,7 @@ def check(root: str | Path) -> tuple[Infrastructure, list[ConfigError]]:
                 continue
             node = _load_node(root, dc.name, node_dir.name, problems, dc.secrets_dirs)
             if node is not None:
+                node.registry_credentials = dc.registry_credentials
                 dc.nodes[node.name] = node
     problems.extend(_check_container_names(root, infra))
     return infra, problems
@@ -406,6 +426,8 @@ def load_node(root: str | Path, dc: str, name: str) -> Node:
     problems: list[ConfigError] = []
     datacenter = _load_datacenter(Path(root), dc, problems)  # its secrets_dir, for the compose check
     node = _load_node(Path(root), dc, name, problems, datacenter.secrets_dirs)
+    if node is not None:
+        node.registry_credentials = datacenter.registry_credentials
     if problems or node is None:
         raise ValidationFailed(problems or [ConfigError(f"{DATACENTERS}/{dc}/{name}/{NODE_FILE}", "could not be read back")])
     return node

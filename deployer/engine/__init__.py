@@ -6,6 +6,8 @@ change (pure, no I/O); ``apply`` carries the changes out, health-gated, restorin
 on failure; ``session`` ties them together for one node and one command (connect
 once, read once, plan, apply over the same connection, close); ``containers``
 streams a container's logs (stdout and stderr apart) and runs commands in it; ``images``
-lists and removes images and ``image_plan`` decides which a prune removes (pure). May import only
-the shared modules.
+lists and removes images and ``image_plan`` decides which a prune removes (pure);
+``registry_credentials`` finds a registry's credentials where the Docker ecosystem keeps
+them (a datacenter's file, credential helpers, Docker's config ``auths``), for node pulls
+here and for the image builder's checks and pushes above. May import only the shared modules.
 """

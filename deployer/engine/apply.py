@@ -33,6 +33,7 @@ import requests
 from deployer.spec import NEXT_SUFFIX, ContainerSpec, NetworkSpec, VolumeSpec
 from deployer.errors import ContainerConflict, HealthCheckFailed, ImageNotFound, ResourceMissing
 from deployer.engine.plan import CREATE, NONE, REMOVE, REPLACE, TIDY, Change
+from deployer.engine import registry_credentials as credentials
 from deployer.engine.connect import import_docker
 from deployer.engine.state import ContainerState, NodeState, read_container
 from deployer.imageref import ImageRef
@@ -134,8 +135,10 @@ class Applier:
     """Applies changes to one node's engine."""
 
     def __init__(self, client: "docker.DockerClient", options: SwapOptions | None = None,
-                 hooks: Hooks | None = None, progress: Callable[[str], None] | None = None):
+                 hooks: Hooks | None = None, progress: Callable[[str], None] | None = None,
+                 registry_credentials: str | None = None):
         options = options or SwapOptions()
+        self.registry_credentials = registry_credentials  # the datacenter's file, for pulls (engine.registry_credentials)
         self.client = client
         self.api = client.api
         self.settle = DEFAULT_SETTLE if options.settle is None else options.settle
@@ -155,7 +158,7 @@ class Applier:
         started = time.monotonic()
         layers: dict[str, tuple[str, float]] = {}  # layer -> (last status shown, when)
         try:
-            for event in self.api.pull(ref, stream=True, decode=True):
+            for event in self.api.pull(ref, stream=True, decode=True, auth_config=self._pull_auth(ref)):
                 if "error" in event:
                     raise pull_failed(ref, (event.get("errorDetail") or {}).get("message") or event["error"],
                                       needed_by)
@@ -173,6 +176,13 @@ class Applier:
         image_id = self.api.inspect_image(ref)["Id"]
         self.progress(f"pulled {ref} ({time.monotonic() - started:.1f}s)")
         return image_id
+
+    def _pull_auth(self, ref: str) -> dict | None:
+        """The registry credentials the node pulls ``ref`` with (the datacenter's file, then this
+        machine's Docker config), handed to the engine: the node needs no ``docker login`` of its own."""
+        domain = ImageRef.parse(ref).domain or "docker.io"
+        found = credentials.lookup(domain, self.registry_credentials)
+        return found.auth_config() if found is not None else None
 
     def ensure_resources(self, volumes: list[VolumeSpec], networks: list[NetworkSpec]) -> None:
         """Create the node's volumes and networks that are missing; an external one must already exist."""

@@ -72,7 +72,8 @@ class EngineSession:
     def applier(self, options: SwapOptions | None = None, hooks: Hooks | None = None,
                 progress: Callable[[str], None] | None = None) -> Applier:
         """An Applier over this session's connection."""
-        return Applier(self._client, options, hooks=hooks, progress=progress)
+        return Applier(self._client, options, hooks=hooks, progress=progress,
+                       registry_credentials=self.node.registry_credentials)
 
     @property
     def _client(self) -> "docker.DockerClient":

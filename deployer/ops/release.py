@@ -163,6 +163,19 @@ def registry_for(infra, *, targets: Sequence[str] = (), dc: str | None = None, e
     return next(iter(found.values()))
 
 
+def credentials_for(infra, *, targets: Sequence[str] = (), dc: str | None = None) -> str | None:
+    """The ``registry_credentials`` file of ``dc`` (or of the targets' datacenters), None when none names one.
+    The push uses one account: datacenters naming different files are refused."""
+    if infra is None:
+        return None
+    names = [infra.resolve(dc).dc] if dc else [infra.resolve(t).dc for t in targets]
+    files = {infra.datacenters[n].registry_credentials for n in dict.fromkeys(names)}
+    if len(files) > 1:
+        raise TargetError("the targets' datacenters name different registry_credentials files; "
+                          "release to one datacenter at a time")
+    return files.pop() if files else None
+
+
 def image_to_json(result: image_builder.ImageResult) -> dict[str, Any]:
     build = result.build
     return {
@@ -249,7 +262,9 @@ def release(client, options: ReleaseOptions, *, progress: Progress | None = None
     if not targets:
         raise TargetError("release needs at least one target (dc, dc/node or dc/node/service)")
     deployer = Deployer(o.infra_root, progress=progress, consul=o.consul)
-    reg = registry_for(deployer.load(), targets=targets, explicit=o.registry)
+    infra = deployer.load()
+    reg = registry_for(infra, targets=targets, explicit=o.registry)
+    credentials = credentials_for(infra, targets=targets)
     src = Path(o.source_dir)
     app = builders.load_app_config(src)  # SourceError when it is not a directory
     if not app.dockerfile.is_file():
@@ -261,7 +276,7 @@ def release(client, options: ReleaseOptions, *, progress: Progress | None = None
     checked = time.monotonic()
 
     image = image_builder.build_image(client, src, reg, o.allow_dirty, builder=o.builder, ca=o.ca,
-                                      progress=build_progress)
+                                      progress=build_progress, credentials_file=credentials)
     pushed = time.monotonic()
     if on_image is not None:
         on_image(image)
@@ -374,8 +389,10 @@ class BuildWatcher:
                  swap: SwapOptions | None = None, consul: bool = True,
                  state_path: str | os.PathLike | None = None, backlog: int = DEFAULT_BACKLOG,
                  progress: Progress | None = None, build_progress: builders.Progress | None = None,
-                 report: Callable[[CommitOutcome], None] | None = None):
+                 report: Callable[[CommitOutcome], None] | None = None,
+                 credentials_file: str | os.PathLike | None = None):
         self.client = client
+        self.credentials_file = credentials_file  # the datacenter's registry_credentials, for checks and pushes
         self.repo = SourceRepo(source, branch, app)
         _registry.split_registry_url(registry)
         self.registry = registry
@@ -462,7 +479,8 @@ class BuildWatcher:
             with self.repo.checkout(sha, builders.cache_root() / "checkouts") as app_dir:
                 checkout = str(app_dir)
                 image = image_builder.build_image(self.client, app_dir, self.registry, builder=self.builder,
-                                                  ca=self.ca, progress=self.build_progress)
+                                                  ca=self.ca, progress=self.build_progress,
+                                                  credentials_file=self.credentials_file)
         except _SOURCE_ERRORS as exc:
             # name the source, not the temporary checkout (gone by now)
             where = str(self.repo.path / self.repo.app) if self.repo.app != "." else str(self.repo.path)
