@@ -245,8 +245,9 @@ class RegistryAuthError(RegistryError):
 
 
 class CredentialsFileError(DeployerError):
-    """A registry credentials file cannot be used: missing, open to group/others (refused as ssh refuses
-    such a key), or not a Docker config's ``auths``. Names the file, never what is in it."""
+    """A registry credentials file is missing, open to group or others (as ssh refuses a key), or unreadable.
+
+    It must hold a Docker config's ``auths``; the message names the file, never what is in it."""
 
     exit_code = EXIT_BAD_INPUT
 

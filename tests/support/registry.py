@@ -12,6 +12,9 @@ address and storage, for "registry down" tests.
     with RegistryServer("10.250.3.1") as reg:
         reg.address   # "10.250.3.1:41234", the prefix of image references
         reg.ca        # path of the CA certificate
+
+``auth=`` adds the config's ``auth:`` section: ``htpasswd_auth(write_htpasswd(path, users))``
+(bcrypt hashes), or ``token_auth(...)`` with the token server of tests/support/token_issuer.py.
 """
 
 from __future__ import annotations
@@ -76,9 +79,30 @@ def make_ca_and_server_cert(directory: Path, ip: str, name: str = "deployer test
     return ca_crt, crt, key
 
 
+def write_htpasswd(path: Path, users: dict[str, str]) -> Path:
+    """An htpasswd file of bcrypt hashes, the only kind distribution's htpasswd auth reads."""
+    import bcrypt
+
+    path.write_text("".join(f"{user}:{bcrypt.hashpw(pw.encode(), bcrypt.gensalt(rounds=6)).decode()}\n"
+                            for user, pw in users.items()))
+    return path
+
+
+def htpasswd_auth(path: Path, realm: str = "deployer-test") -> str:
+    """The registry config's ``auth:`` section for an htpasswd file."""
+    return f"auth:\n  htpasswd:\n    realm: {realm}\n    path: {path}\n"
+
+
+def token_auth(realm: str, service: str, issuer: str, rootcertbundle: Path) -> str:
+    """The registry config's ``auth:`` section for a token server (tests/support/token_issuer.py)."""
+    return (f"auth:\n  token:\n    realm: {realm}\n    service: {service}\n    issuer: {issuer}\n"
+            f"    rootcertbundle: {rootcertbundle}\n")
+
+
 class RegistryServer:
     def __init__(self, host: str, port: int | None = None, root: str | os.PathLike | None = None,
-                 trust_in_certs_d: bool = True):
+                 trust_in_certs_d: bool = True, auth: str = ""):
+        self.auth = auth  # the config's "auth:" section (htpasswd_auth(), token_auth()), "" for none
         self.host = host
         self.port = port or _free_port(host)
         self.address = f"{host}:{self.port}"
@@ -120,6 +144,7 @@ class RegistryServer:
                 "  tls:\n"
                 f"    certificate: {crt}\n"
                 f"    key: {key}\n"
+                + self.auth
             )
             self._save_state()
             if self.trust_in_certs_d:
