@@ -21,12 +21,14 @@ when a failed stop-first replace started the old container again.
 from __future__ import annotations
 
 import io
+import re
 import socket
 import tarfile
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import requests
 
@@ -115,9 +117,15 @@ def pull_failed(ref: str, detail: str, needed_by: str | None = None) -> ImageNot
                f"/etc/docker/certs.d/{registry}/ca.crt on the node): {detail}")
     elif any(m in low for m in ("connection refused", "no such host", "i/o timeout", "no route to host",
                                 "network is unreachable", "timeout exceeded", "connection reset")):
-        why = f"registry {registry} is unreachable from the node: {detail}"
+        # the registry answered with a token realm elsewhere, and that is what the node cannot reach
+        realm = next((u for u in re.findall(r'"(https?://[^"?]+)', detail) if urlsplit(u).netloc != registry), None)
+        if realm:
+            why = f"the token server of registry {registry}, {realm}, is unreachable from the node: {detail}"
+        else:
+            why = f"registry {registry} is unreachable from the node: {detail}"
     elif "denied" in low or "unauthorized" in low or "authentication required" in low:
-        why = f"registry {registry} refused the pull (no such repository, or the node must log in): {detail}"
+        why = (f"registry {registry} refused the pull (no such repository, or wrong or missing credentials: "
+               f"the datacenter's registry_credentials, else this machine's Docker config): {detail}")
     else:
         why = f"pulling it from registry {registry} failed: {detail}"
     return ImageNotFound(f"image {ref} is not on the node and {why}")

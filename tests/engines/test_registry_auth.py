@@ -331,6 +331,23 @@ def test_datacenter_file_push_and_node_pull(client, build_engine, token_registry
     no_secrets(r.stdout, r.stderr)
     assert git(infra, "rev-parse", "HEAD") == head and managed(client, node) == []
 
+    # the token server down while the node pulls: one line naming it, within seconds
+    creds.write_text(json.dumps({"auths": {reg: auth(T_USER, T_PASS)}}))
+    port = issuer.port
+    issuer.stop()
+    try:
+        t = time.monotonic()
+        r = cli(infra, "deploy", ref, f"test/{node}")
+        seconds = time.monotonic() - t
+    finally:
+        issuer.start(port=port)
+    assert r.exit_code == 1, r.output
+    (line,) = errors(r.stderr)
+    assert line.startswith(f"error: image {ref} is not on the node and the token server of registry {reg}, "
+                           f"{issuer.realm}, is unreachable from the node: "), line
+    assert seconds < 10
+    assert git(infra, "rev-parse", "HEAD") == head and managed(client, node) == []
+
 
 def test_world_readable_credentials_file_is_refused(client, build_engine, htpasswd_registry, source,
                                                     docker_config, node, tmp_path):

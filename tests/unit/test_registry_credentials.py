@@ -341,3 +341,20 @@ def test_unsupported_challenge():
     a = auth_with(TokenServer([]), None)
     with pytest.raises(RegistryAuthError, match=r"unsupported challenge \(schemes: negotiate\)"):
         a.answer(FakeResponse(401, {"WWW-Authenticate": "Negotiate"}), "/v2/", None)
+
+
+# --------------------------------------------------------------------------- a node's failed pull, said in one line
+
+
+def test_pull_failed_names_the_token_server_when_it_is_the_one_away():
+    from deployer.engine.apply import pull_failed
+
+    detail = ('Head "https://10.1.2.3:5000/v2/app/manifests/1": Get "http://10.1.2.3:4000/token?account=bob&'
+              'scope=repository%3Aapp%3Apull": dial tcp 10.1.2.3:4000: connect: connection refused')
+    msg = pull_failed("10.1.2.3:5000/app:1", detail).one_line()
+    assert msg.startswith("image 10.1.2.3:5000/app:1 is not on the node and the token server of registry "
+                          "10.1.2.3:5000, http://10.1.2.3:4000/token, is unreachable from the node: ")
+    away = pull_failed("10.1.2.3:5000/app:1", 'Head "https://10.1.2.3:5000/v2/": dial tcp: connection refused')
+    assert "and registry 10.1.2.3:5000 is unreachable from the node" in away.one_line()
+    refused = pull_failed("10.1.2.3:5000/app:1", "unauthorized: bad credentials").one_line()
+    assert "registry 10.1.2.3:5000 refused the pull (no such repository, or wrong or missing credentials" in refused
