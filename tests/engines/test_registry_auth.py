@@ -228,6 +228,24 @@ def test_image_to_token_registry_with_credential_helper(client, build_engine, to
     assert issuer.requests[before:] == [(T_USER, ["repository:authworker:pull"])]
 
 
+def test_identity_token_check_and_push(client, token_registry, issuer, source, docker_config):
+    """An ``identitytoken`` (what ``docker login`` keeps for OAuth registries): refresh_token grant, both ways."""
+    _, version = source
+    reg = token_registry.address
+    issuer.identity_tokens["idtok-7f3a"] = T_USER
+    docker_config(auths={reg: {"identitytoken": "idtok-7f3a"}})
+    ref = f"{reg}/authworker:idtoken"
+    client.api.tag(f"{reg}/authworker:{version}", f"{reg}/authworker", "idtoken", force=True)
+    before = len(issuer.requests)
+    digest = I.push_image(client, ref)  # the engine gets {"identitytoken": ...} and trades it itself
+    assert digest.startswith("sha256:")
+    assert R.has_tag(reg, "authworker", "idtoken")  # our client: POST grant_type=refresh_token
+    assert all(user == T_USER for user, _ in issuer.requests[before:]) and len(issuer.requests) > before + 1
+    issuer.identity_tokens.clear()
+    with pytest.raises(RegistryAuthError, match="refused the credentials of an identity token"):
+        R.has_tag(reg, "authworker", "idtoken")
+
+
 def test_wrong_password(client, build_engine, htpasswd_registry, token_registry, issuer, source, docker_config):
     src, version = source
     for reg, user, who in [(htpasswd_registry.address, H_USER, "registry"),
