@@ -226,8 +226,8 @@ def test_release_node_pulls_then_missing_tag(client, go_builder, build_engine, r
     real_push = I.push_image
     pushed: list[str] = []
 
-    def push_then_forget(client_, ref_, image_id="", progress=None):
-        digest = real_push(client_, ref_, image_id=image_id, progress=progress)
+    def push_then_forget(client_, ref_, image_id="", progress=None, **kwargs):
+        digest = real_push(client_, ref_, image_id=image_id, progress=progress, **kwargs)
         client_.images.remove(ref_, force=True)
         pushed.append(ref_)
         return digest
