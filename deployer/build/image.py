@@ -32,7 +32,6 @@ import docker.errors
 import requests
 
 from deployer.build import registry as _registry
-from deployer.engine import registry_credentials
 from deployer.build.builders import (
     AppConfig,
     BuildResult,
@@ -46,6 +45,7 @@ from deployer.build.builders import (
     load_app_config,
     lock_path,
 )
+from deployer.engine import registry_credentials
 from deployer.errors import DirtySource, DockerfileMissing, PushFailed, RegistryAuthError, RegistryError, SourceError
 from deployer.gitrepo.source import read_source
 

@@ -145,8 +145,7 @@ def tags(registry_url: str, name: str, ca: str | os.PathLike | None = None,
 
 
 def has_tag(registry_url: str, name: str, tag: str, ca: str | os.PathLike | None = None,
-            timeout: float = DEFAULT_TIMEOUT,
-         credentials_file: str | os.PathLike | None = None) -> bool:
+            timeout: float = DEFAULT_TIMEOUT, credentials_file: str | os.PathLike | None = None) -> bool:
     """True when the registry has a manifest for ``name:tag``."""
     reg = _Registry(registry_url, ca, timeout, credentials_file)
     try:
@@ -157,7 +156,7 @@ def has_tag(registry_url: str, name: str, tag: str, ca: str | os.PathLike | None
 
 def image_config(registry_url: str, name: str, tag: str, ca: str | os.PathLike | None = None,
                  timeout: float = DEFAULT_TIMEOUT,
-         credentials_file: str | os.PathLike | None = None) -> dict | None:
+                 credentials_file: str | os.PathLike | None = None) -> dict | None:
     """The image config of ``name:tag`` plus its digest, or None if there is no such tag.
 
     Returns ``{"digest": ..., "manifest_digest": ..., "config": {...}, "labels": {...}}``:
