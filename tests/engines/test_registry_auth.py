@@ -371,11 +371,12 @@ def test_world_readable_credentials_file_is_refused(client, build_engine, htpass
                                                     docker_config, node, tmp_path):
     src, version = source
     reg = htpasswd_registry.address
-    docker_config(auths={reg: auth(H_USER, H_PASS)})  # the operator's would work: the dc file is still refused
+    ref = f"{reg}/authworker:{version}"
+    docker_config(auths={reg: auth(H_USER, WRONG)})  # the operator's is wrong: only the dc file can work
     creds = tmp_path / "registry-test.json"
     creds.write_text(json.dumps({"auths": {reg: auth(H_USER, H_PASS)}}))
     infra = dc_infra(tmp_path, build_engine, node, reg, creds)
-    for mode in (0o644, 0o640):
+    for mode in (0o644, 0o640, 0o604):
         creds.chmod(mode)
         t = time.monotonic()
         r = cli(infra, "image", str(src), "--dc", "test", *build_engine_args(build_engine))
@@ -385,10 +386,27 @@ def test_world_readable_credentials_file_is_refused(client, build_engine, htpass
         assert time.monotonic() - t < 5
         no_secrets(r.stdout, r.stderr)
 
-    # a deploy that needs a pull refuses it too, and changes nothing
-    client.images.remove(f"{reg}/authworker:{version}", force=True)
+    # a deploy that needs a pull refuses it too (exit 3, bad input), and changes nothing
+    client.images.remove(ref, force=True)
     head = git(infra, "rev-parse", "HEAD")
-    r = cli(infra, "deploy", f"{reg}/authworker:{version}", f"test/{node}")
-    assert r.exit_code != 0
-    assert f"{creds}: permissions 0640 are too open" in r.stderr
+    r = cli(infra, "deploy", ref, f"test/{node}")
+    assert r.exit_code == 3, r.output
+    assert f"{creds}: permissions 0604 are too open" in r.stderr
+    no_secrets(r.stdout, r.stderr)
     assert git(infra, "rev-parse", "HEAD") == head and managed(client, node) == []
+
+    # owner-only: the file's credentials are used, before the operator's wrong ones, for the check and the push
+    creds.chmod(0o600)
+    client.api.tag(source_image_id(client, src, version), f"{reg}/authworker", version, force=True)
+    r = cli(infra, "image", str(src), "--dc", "test", "--json", *build_engine_args(build_engine))
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["ref"] == ref
+    no_secrets(r.stdout, r.stderr)
+    assert R.has_tag(reg, "authworker", version, credentials_file=creds)
+    with pytest.raises(RegistryAuthError, match="refused the credentials of user alice"):
+        R.has_tag(reg, "authworker", version)  # the operator's own: wrong
+
+
+def source_image_id(client, src: Path, version: str) -> str:
+    """The image built from ``src`` at ``version`` (the ``built`` fixture's tag)."""
+    return client.images.get(f"127.0.0.1:9/{src.name}:{version}").id
