@@ -265,6 +265,9 @@ def test_wrong_password(client, build_engine, htpasswd_registry, token_registry,
                             f"{user} (from {config}): wrong password, or no access")
         assert seconds < 10, "refused before building anything"
         no_secrets(r.stdout, r.stderr)
+        r = image(src, "--registry", reg, "--json", *build_engine_args(build_engine))
+        assert r.exit_code == 1
+        no_secrets(r.stdout, r.stderr)  # the error as JSON too
         with pytest.raises(RegistryAuthError):
             R.ping(reg)
 

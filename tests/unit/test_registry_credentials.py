@@ -358,3 +358,22 @@ def test_pull_failed_names_the_token_server_when_it_is_the_one_away():
     assert "and registry 10.1.2.3:5000 is unreachable from the node" in away.one_line()
     refused = pull_failed("10.1.2.3:5000/app:1", "unauthorized: bad credentials").one_line()
     assert "registry 10.1.2.3:5000 refused the pull (no such repository, or wrong or missing credentials" in refused
+
+
+def test_release_takes_the_targets_datacenter_file(tmp_path):
+    from deployer.errors import TargetError
+    from deployer.ops.release import credentials_for
+
+    root = tmp_path / "infra"
+    for dc, extra in [("dc1", "registry_credentials: /etc/deployer/dc1.json\n"),
+                      ("dc2", "registry_credentials: /etc/deployer/dc2.json\n"), ("dc3", "")]:
+        (root / "datacenters" / dc / "n1").mkdir(parents=True)
+        (root / "datacenters" / dc / "n1" / "node.yml").write_text("docker: unix:///var/run/docker.sock\n")
+        (root / "datacenters" / dc / "datacenter.yml").write_text("registry: h:5000\n" + extra)
+    infra = loader.load(root)
+    assert credentials_for(infra, dc="dc1") == "/etc/deployer/dc1.json"
+    assert credentials_for(infra, targets=["dc2/n1", "dc2"]) == "/etc/deployer/dc2.json"
+    assert credentials_for(infra, dc="dc3") is None
+    assert credentials_for(None, dc="dc1") is None
+    with pytest.raises(TargetError, match="different registry_credentials files"):
+        credentials_for(infra, targets=["dc1", "dc2"])
