@@ -413,3 +413,29 @@ def test_world_readable_credentials_file_is_refused(client, build_engine, htpass
 def source_image_id(client, src: Path, version: str) -> str:
     """The image built from ``src`` at ``version`` (the ``built`` fixture's tag)."""
     return client.images.get(f"127.0.0.1:9/{src.name}:{version}").id
+
+
+def test_release_checks_and_pushes_with_the_datacenter_file(client, build_engine, token_registry, issuer, built,
+                                                            docker_config, node, tmp_path):
+    """`release` takes the targets' datacenter's file for its check and push (the operator has no login)."""
+    src, version, image_id = built
+    reg = token_registry.address
+    ref = f"{reg}/authworker:rel-{version}"
+    git(src, "tag", f"rel-{version}")  # a new version: the registry does not have it yet
+    try:
+        client.api.tag(image_id, f"{reg}/authworker", f"rel-{version}", force=True)
+        docker_config()
+        creds = tmp_path / "registry-test.json"
+        creds.write_text(json.dumps({"auths": {reg: auth(T_USER, T_PASS)}}))
+        creds.chmod(0o600)
+        infra = dc_infra(tmp_path, build_engine, node, reg, creds)
+        before = len(issuer.requests)
+        r = cli(infra, "release", str(src), f"test/{node}", "--json", *build_engine_args(build_engine))
+        assert r.exit_code == 0, r.output
+        data = json.loads(r.stdout)
+        assert data["image"]["ref"] == ref and data["image"]["pushed"] is True
+        assert data["deploy"]["commit"]
+        assert {user for user, _ in issuer.requests[before:]} == {T_USER}
+        no_secrets(r.stdout, r.stderr, git(infra, "log", "-p", "--all"))
+    finally:
+        git(src, "tag", "-d", f"rel-{version}")
