@@ -96,6 +96,15 @@ class ValidationFailed(DeployerError):
         super().__init__(first + more)
 
 
+class BadTemplate(DeployerError):
+    """A compose interpolation that cannot be resolved: an unset variable, a required one, a malformed ``${``.
+
+    ``config.interpolate`` raises it with the message; the loader puts file, line and field in front.
+    """
+
+    exit_code = EXIT_BAD_INPUT
+
+
 class TargetError(DeployerError):
     """A target (dc, dc/node, dc/node/service) that does not exist or is ambiguous."""
 

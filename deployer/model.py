@@ -82,6 +82,9 @@ class Node:
     secrets_dirs: tuple[str, ...] = ()
     # its datacenter's registry_credentials file (copied by the loader): the account its pulls use
     registry_credentials: str | None = None
+    # what the compose file is interpolated with: node.yml variables > .env > datacenter.yml variables
+    variables: dict[str, str] = field(default_factory=dict)
+    compose_name: str | None = None  # the compose file's top-level `name:` (the project name), when written
 
     @property
     def target(self) -> str:
@@ -89,8 +92,8 @@ class Node:
 
     @property
     def project(self) -> str:
-        """Prefix for the names of containers, networks and volumes on the engine."""
-        return self.name
+        """Prefix for the names of containers, networks and volumes on the engine: `name:` or the node's name."""
+        return self.compose_name or self.name
 
 
 @dataclass
@@ -102,6 +105,7 @@ class Datacenter:
     registry: str | None = None
     secrets_dirs: tuple[str, ...] = ()  # datacenter.yml secrets_dir: absolute folders secret files may come from
     registry_credentials: str | None = None  # datacenter.yml: an absolute path outside the repository (Docker auths JSON)
+    variables: dict[str, str] = field(default_factory=dict)  # datacenter.yml variables: what every node shares
     location: Location | None = None  # datacenter.yml, when there is one
     nodes: dict[str, Node] = field(default_factory=dict)
 

@@ -46,7 +46,6 @@ UNSUPPORTED_HINTS = {
     "deploy": "it is for swarm; use restart, mem_limit and cpus",
     "links": "services on a shared network reach each other by service name",
     "profiles": "every service in a node's compose file is deployed",
-    "extends": "use YAML anchors or x-* extension keys",
     "configs": "mount a bind volume or bake the file into the image",
 }
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -142,15 +141,16 @@ def _healthcheck(config: Mapping[str, Any]) -> tuple[dict[str, Any] | None, bool
     return out, test is not None
 
 
-def _environment(config: Mapping[str, Any], environ: Mapping[str, str]) -> list[str]:
+def _environment(config: Mapping[str, Any], variables: Mapping[str, str], path: str) -> list[str]:
     values: dict[str, str] = {}
     for key, value in env_pairs(config.get("environment")):
         if value is None:
-            # like compose: a name without a value takes the deployer's environment, or is left out
-            if key in environ:
-                values[key] = environ[key]
-            else:
-                values.pop(key, None)
+            # a name without a value takes the repository's variable (never the operator's shell); the loader
+            # filled these in already (``variables.fill_environment``) and refused the ones the repository lacks
+            if key not in variables:
+                raise ConfigError(path, f"environment entry {key} has no value and the repository "
+                                                        f"sets no variable {key}", field="environment")
+            values[key] = variables[key]
         else:
             values[key] = value
     return [f"{k}={values[k]}" for k in sorted(values)]
@@ -192,10 +192,11 @@ def container_spec(
     """The container a validated service becomes on ``node``.
 
     ``service.config`` is plain data that passed ``validate_compose``. ``environ``
-    resolves environment entries written without a value (default: os.environ).
+    resolves environment entries written without a value: the repository's
+    variables (default: ``node.variables``); the operator's shell is never read.
     """
     cfg = service.config
-    env_source = os.environ if environ is None else environ
+    env_source = node.variables if environ is None else environ
     create: dict[str, Any] = {}
     host: dict[str, Any] = {}
 
@@ -204,7 +205,7 @@ def container_spec(
         create["command"] = parse_command(cfg["command"])
     if cfg.get("entrypoint") is not None:
         create["entrypoint"] = parse_command(cfg["entrypoint"])
-    environment = _environment(cfg, env_source)
+    environment = _environment(cfg, env_source, service.location.path)
     if environment:
         create["environment"] = environment
     for key in ("user", "working_dir", "hostname"):

@@ -3,9 +3,16 @@
 Layout::
 
     datacenters/<dc>/datacenter.yml             optional: description, consul, registry, secrets_dir,
-                                                registry_credentials
-    datacenters/<dc>/<node>/node.yml            required: docker (how to reach the engine)
+                                                registry_credentials, variables
+    datacenters/<dc>/<node>/node.yml            required: docker (how to reach the engine); optional variables
     datacenters/<dc>/<node>/docker-compose.yml  optional: the containers the node must run
+    datacenters/<dc>/<node>/.env                optional: variables of the compose file (``variables``)
+
+A compose file is interpolated with the node's variables (``interpolate``,
+``variables``) before anything reads it, then its shared definitions are
+resolved (``shared``: ``include`` and ``extends``), then environment entries
+written without a value take the repository's variable; the compose check sees
+the result, with the lines of the file.
 
 ``load(root)`` returns an Infrastructure or raises ValidationFailed listing every
 problem; ``check(root)`` returns the problems instead of raising.
@@ -27,6 +34,9 @@ from typing import Any, Callable
 from deployer.config.compose_check import validate_compose
 from deployer.config.compose_keys import to_plain
 from deployer.config.compose_spec import container_name
+from deployer.config.interpolate import interpolate_document
+from deployer.config.shared import resolve_shared
+from deployer.config.variables import ENV_FILE, fill_environment, node_variables, parse_dotenv, variables_mapping
 from deployer.config.label_check import valid_address
 from deployer.config.yamlread import MAX_FILE_BYTES, limit_error, load_fast, parse_yaml, yaml_limits
 from deployer.errors import ConfigError, ValidationFailed
@@ -38,8 +48,9 @@ NODE_FILE = "node.yml"
 COMPOSE_FILES = ("docker-compose.yml", "docker-compose.yaml", "compose.yml", "compose.yaml")
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-DATACENTER_KEYS = {"description", "consul", "registry", "secrets_dir", "registry_credentials"}
-NODE_KEYS = {"docker", "description", "address", "tls", "identity_file"}
+DATACENTER_KEYS = {"description", "consul", "registry", "secrets_dir", "registry_credentials", "variables"}
+NODE_KEYS = {"docker", "description", "address", "tls", "identity_file", "variables"}
+PROJECT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # Compose's project names
 TLS_KEYS = {"ca", "cert", "key"}
 DOCKER_URL_RE = re.compile(r"^(unix://.+|ssh://([^@/\s]+@)?[^:/\s]+(:\d+)?/?|tcp://[^:/\s]+(:\d+)?/?)$")
 
@@ -160,6 +171,7 @@ def _load_datacenter(root: Path, name: str, problems: list[ConfigError]) -> Data
                 dc.registry = _string(doc, "registry", rel, found)
                 dc.secrets_dirs = _secrets_dirs(doc, rel, found)
                 dc.registry_credentials = _credentials_file(root, doc, rel, found)
+                dc.variables = variables_mapping(doc, rel, found)
 
         _read_checked(root, rel, problems, build)
     return dc
@@ -219,7 +231,7 @@ def _secrets_dirs(doc: dict, rel: str, problems: list[ConfigError]) -> tuple[str
 
 
 def _load_node(root: Path, dc: str, name: str, problems: list[ConfigError],
-               secrets_dirs: tuple[str, ...] = ()) -> Node | None:
+               secrets_dirs: tuple[str, ...] = (), dc_variables: dict[str, str] | None = None) -> Node | None:
     node_path = f"{DATACENTERS}/{dc}/{name}"
     rel = f"{node_path}/{NODE_FILE}"
     if not (root / rel).is_file():
@@ -229,6 +241,8 @@ def _load_node(root: Path, dc: str, name: str, problems: list[ConfigError],
     if node is None:
         return None
     node.secrets_dirs = secrets_dirs
+    node.variables = node_variables(node.variables, dotenv_variables(root, f"{node.path}/{ENV_FILE}", dc_variables or {},
+                                                                     problems), dc_variables or {})
     compose = [f for f in COMPOSE_FILES if (root / node.path / f).is_file()]
     if len(compose) > 1:
         problems.append(ConfigError(f"{node.path}/{compose[1]}", f"a node has one compose file; {compose[0]} is here too"))
@@ -293,8 +307,54 @@ def _node_from_yml(root: Path, dc: str, name: str, rel: str, doc: Any, problems:
         known_hosts=known_hosts if (root / known_hosts).is_file() else None,
         address=address,
         description=_string(doc, "description", rel, problems) or "",
+        variables=variables_mapping(doc, rel, problems),  # node.yml's own: the loader adds .env and the datacenter's
     )
     return node
+
+
+def dotenv_variables(root: Path, rel: str, outer: dict[str, str], problems: list[ConfigError]) -> dict[str, str]:
+    """The variables of a ``.env`` file (none when there is no such file)."""
+    if not (root / rel).is_file():
+        return {}
+    size = (root / rel).stat().st_size
+    if size > MAX_FILE_BYTES:
+        problems.append(limit_error(rel, f"{size:,} bytes: a .env file may have at most {MAX_FILE_BYTES:,}"))
+        return {}
+    try:
+        text = (root / rel).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(ConfigError(rel, f"cannot read: {getattr(exc, 'strerror', None) or exc}"))
+        return {}
+    values, found = parse_dotenv(text, rel, outer)
+    problems.extend(found)
+    return values
+
+
+def _prepare(root: Path, node: Node, rel: str, doc: dict) -> list[ConfigError]:
+    """What Compose does before it reads a file: interpolate, resolve shared definitions, fill bare environment entries.
+
+    In place, on plain or round-trip data (the lines stay).
+    """
+    problems = interpolate_document(doc, node.variables, rel)
+    if problems:
+        return problems
+    problems = resolve_shared(doc, rel, root, node.variables, _shared_reader(root))
+    if problems:
+        return problems
+    problems = fill_environment(doc, node.variables, rel)
+    name = doc.get("name")
+    if isinstance(name, str) and not PROJECT_NAME_RE.match(name):
+        problems.append(ConfigError(rel, f"invalid project name {name!r}: lowercase letters, digits, '-' and '_', "
+                                         "starting with a letter or digit (as Compose requires)",
+                                    line=value_line(doc, "name"), field="name"))
+    return problems
+
+
+def _shared_reader(root: Path) -> Callable[[str, list[ConfigError]], Any]:
+    def read(rel: str, problems: list[ConfigError]) -> Any:
+        text = _read_text(root, rel, problems)
+        return None if text is None else _parse(text, rel, problems)
+    return read
 
 
 def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError], text: str | None = None) -> None:
@@ -305,7 +365,9 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
     plain = True  # data from load_fast is plain dicts and lists already
     try:
         doc = load_fast(text)
-        found = validate_compose(doc, rel, root, secrets_dirs=node.secrets_dirs) if isinstance(doc, dict) else [None]
+        found = _prepare(root, node, rel, doc) if isinstance(doc, dict) else [None]
+        if not found:
+            found = validate_compose(doc, rel, root, secrets_dirs=node.secrets_dirs)
     except Exception:
         found = [None]
     if found:  # read again with line numbers, for the messages
@@ -315,6 +377,10 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
             return
         if not isinstance(doc, dict):
             problems.append(ConfigError(rel, "the file must hold a mapping with a 'services' key", line=1))
+            return
+        found = _prepare(root, node, rel, doc)
+        if found:
+            problems.extend(found)
             return
         found = validate_compose(doc, rel, root, secrets_dirs=node.secrets_dirs)
         if found:
@@ -336,6 +402,7 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
     node.volumes = plain_data(doc.get("volumes") or {})
     node.networks = plain_data(doc.get("networks") or {})
     node.secrets = plain_data(doc.get("secrets") or {})
+    node.compose_name = str(doc["name"]) if doc.get("name") else None
 
 
 def with_compose_text(root: str | Path, node: Node, text: str) -> Node:
@@ -371,7 +438,7 @@ def check(root: str | Path) -> tuple[Infrastructure, list[ConfigError]]:
             if not NAME_RE.match(node_dir.name):
                 problems.append(ConfigError(f"{dc.path}/{node_dir.name}", "node names are lowercase letters, digits, '.', '_' or '-'"))
                 continue
-            node = _load_node(root, dc.name, node_dir.name, problems, dc.secrets_dirs)
+            node = _load_node(root, dc.name, node_dir.name, problems, dc.secrets_dirs, dc.variables)
             if node is not None:
                 node.registry_credentials = dc.registry_credentials
                 dc.nodes[node.name] = node

@@ -33,6 +33,7 @@ from typing import Any
 from ruamel.yaml.comments import CommentedMap, TaggedScalar
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
+from deployer.config.interpolate import references
 from deployer.config.yamltext import (
     Node, Tree, check_value, double_quoted, ends_with_break, eol_of, event_tree, key_text, line_end, line_start,
     load, new_yaml, plain_ok, prev_line, scalar_text, single_quoted, untag, verify,
@@ -118,11 +119,19 @@ def set_service_image(text: str, service: str, image: str, path: str = "<compose
     if not isinstance(svc, Mapping):
         raise ConfigError(path, f"service {service!r} is not a mapping", line=_key_line(services, service), field=fld)
     if "image" not in svc:
+        if "extends" in svc:
+            raise ConfigError(path, "the service takes its image from 'extends': write 'image:' in this service to "
+                                    "deploy an image to this node only", line=_key_line(services, service), field=fld)
         raise ConfigError(path, "the service has no image", line=_key_line(services, service), field=fld)
 
     tree = event_tree(text, path)
     value = _locate_image(tree, service, path, fld)
     ev = value.start
+    if references(ev.value):
+        raise ConfigError(path, f"the image is written with a variable ({ev.value}): a deploy would replace the "
+                                "variable with a fixed image; change the variable where it is set ('.env' beside the "
+                                "compose file, or 'variables:' in node.yml or datacenter.yml), commit, and run "
+                                "'deployer apply'", line=value.line, field=fld)
     start, end = ev.start_mark.index, ev.end_mark.index
     raw = text[start:end]
     line = value.line

@@ -102,7 +102,6 @@ RICH = """
           A: "x y"
           C: true
           FROM_SHELL:
-          NOT_SET:
         ports:
           - "127.0.0.1:8080:8000"
           - "5353:53/udp"
@@ -240,7 +239,7 @@ def test_minimal_container_spec_joins_the_default_network():
 
 
 def test_docker_py_accepts_the_host_config():
-    spec = spec_of(RICH, "web", Path("/repo"))
+    spec = spec_of(RICH, "web", Path("/repo"), environ={"FROM_SHELL": "hello"})
     host_config = api_client().create_host_config(**spec.host)
     assert host_config["PortBindings"] == {
         "53/udp": [{"HostIp": "", "HostPort": "5353"}],
@@ -264,14 +263,14 @@ def test_docker_py_accepts_the_host_config():
 
 
 def test_docker_py_accepts_the_create_arguments():
-    spec = spec_of(RICH, "web", Path("/repo"))
+    spec = spec_of(RICH, "web", Path("/repo"), environ={"FROM_SHELL": "hello"})
     config = api_client().create_container_config(spec.image, **{"command": None, **spec.create})
     assert config["ExposedPorts"] == {
         "53/udp": {}, "443/tcp": {}, "7000/tcp": {}, "7001/udp": {}, "8000/tcp": {}, "9000/tcp": {},
     }  # fmt: skip
     assert config["Healthcheck"] == spec.create["healthcheck"]
     assert config["Cmd"] == ["gunicorn", "-b", "0.0.0.0:8000", "app:create()"]
-    assert config["Env"] == ["A=x y", "B=2", "C=true"]
+    assert config["Env"] == ["A=x y", "B=2", "C=true", "FROM_SHELL=hello"]
     assert (config["StopTimeout"], config["StopSignal"], config["User"]) == (60, "SIGQUIT", "1000:1000")
 
 
@@ -364,11 +363,11 @@ def test_environment_list_form_and_port_ranges():
 
 
 def test_config_hash_is_stable_and_sensitive():
-    first = spec_of(RICH, "web", Path("/repo")).config_hash()
-    assert spec_of(RICH, "web", Path("/repo")).config_hash() == first
+    first = spec_of(RICH, "web", Path("/repo"), environ={"FROM_SHELL": "hello"}).config_hash()
+    assert spec_of(RICH, "web", Path("/repo"), environ={"FROM_SHELL": "hello"}).config_hash() == first
     assert len(first) == 16
     changed = RICH.replace('A: "x y"', 'A: "x z"')
-    assert spec_of(changed, "web", Path("/repo")).config_hash() != first
+    assert spec_of(changed, "web", Path("/repo"), environ={"FROM_SHELL": "hello"}).config_hash() != first
 
 
 def test_config_hash_ignores_order_that_does_not_matter():
@@ -530,8 +529,22 @@ def test_environment_values_as_the_engine_gets_them():
         services:
           web:
             image: x
-            environment: {F: 1.5, B: false, N: 2, E: "", FROM_SHELL: , UNSET: }
+            environment: {F: 1.5, B: false, N: 2, E: "", FROM_SHELL: }
             labels: [a=1, b]
     """, "web", Path("/r"), environ={"FROM_SHELL": "here"})
     assert spec.create["environment"] == ["B=false", "E=", "F=1.5", "FROM_SHELL=here", "N=2"]
     assert spec.labels["a"] == "1" and spec.labels["b"] == ""
+
+
+def test_environment_entry_without_value_never_reads_the_shell(monkeypatch):
+    """A name without a value is the repository's variable; one the repository lacks is refused, os.environ unread."""
+    monkeypatch.setenv("FROM_SHELL", "operator")
+    text = """
+        services:
+          web:
+            image: x
+            environment: [FROM_SHELL]
+    """
+    with pytest.raises(ConfigError, match="sets no variable FROM_SHELL"):
+        spec_of(text, "web", Path("/r"))
+    assert spec_of(text, "web", Path("/r"), environ={"FROM_SHELL": "repo"}).create["environment"] == ["FROM_SHELL=repo"]
