@@ -3,7 +3,8 @@
 Parses, calls ops/build/discovery, prints (tables or --json); errors print as
 one line and exit with their code. Nothing below imports it. ``main`` (the
 group, error translation) imports the subject modules and adds their
-commands: ``repo`` (init, validate, ls), ``deploy`` (deploy, rollback,
+commands: ``repo`` (init, validate, ls), ``compose_config`` (config: a node's
+resolved compose file), ``deploy`` (deploy, rollback,
 history), ``fleet`` (status, plan, apply), ``nodes`` (node add/rm), ``build``
 (build, image, release, watch-builds), ``discovery`` (services, registrator,
 render, templates watch), ``completion`` (``deployer completion``, and what

@@ -5,7 +5,8 @@ limits, every failure with its line; ``fastyaml`` is its fast YAML path);
 ``variables`` gathers the repository's variables of a node (node.yml, ``.env``,
 datacenter.yml) and ``interpolate`` resolves ``${...}`` in a compose document
 with them, as the Compose spec defines it; ``shared`` resolves ``include`` and
-``extends`` with Compose's merge rules (``compose_merge``);
+``extends`` with Compose's merge rules (``compose_merge``), ``resolved`` prints
+the result as ``docker compose config`` does;
 ``compose_keys`` holds the supported compose keys and one parser per kind of
 value, ``compose_check`` and ``compose_check_service`` the compose check (every
 key supported exactly or refused with file:line), ``label_check`` the grammar
