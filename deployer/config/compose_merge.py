@@ -188,8 +188,8 @@ def with_lines(merged: dict, over: Any) -> Any:
     out = CommentedMap()
     for key, value in merged.items():
         out[key] = value
-        if key in lc.data:
-            out.lc.data[key] = lc.data[key]
+        if key in (lc.data or {}):
+            out.lc.add_kv_line_col(key, lc.data[key])
     out.lc.line, out.lc.col = lc.line, lc.col
     return out
 

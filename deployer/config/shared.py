@@ -213,7 +213,9 @@ class _Resolver:
             if key != "extends":
                 over[key] = value
         if hasattr(svc, "lc"):
-            over.lc.data.update({k: v for k, v in svc.lc.data.items() if k != "extends"})
+            for k, v in (svc.lc.data or {}).items():
+                if k != "extends":
+                    over.lc.add_kv_line_col(k, v)
             over.lc.line, over.lc.col = svc.lc.line, svc.lc.col
         merged = merge_service(base, over)
         services[name] = merged
