@@ -5,6 +5,14 @@ loading and validating the repo, building every container spec with its hash, an
 planning. Prints seconds per size and the growth ratios (linear growth means
 time(10N)/time(N) close to 10). Target: 1,000 nodes x 10 containers under 2 s.
 
+Each size is generated twice, the same containers written two ways: ``plain``
+(every value written out in every node's file) and ``shared`` (every service
+``extends`` a definition in ``common/svc.yml``, its image and label come from
+variables of datacenter.yml and the node's ``.env``, a default from
+``${LOG_LEVEL:-info}``). The run checks that both give the same container specs
+and prints the shared repository's time as a ratio of the plain one's, measured
+in the same run.
+
     python3 bench/bench_plan.py [--sizes 100,1000,10000]
 """
 
@@ -43,27 +51,66 @@ SERVICE = """\
 """
 
 
-def generate(root: Path, nodes: int, per_node: int = 10) -> None:
+# The same services through extends and variables.
+COMMON = """\
+services:
+  base:
+    init: true
+    environment:
+      LOG_LEVEL: ${LOG_LEVEL:-info}
+    healthcheck:
+      test: ["CMD", "/svc", "-health"]
+      interval: 5s
+      timeout: 2s
+      retries: 3
+    restart: unless-stopped
+    labels:
+      team: ${TEAM}
+"""
+
+SHARED_SERVICE = """\
+  svc{i}:
+    extends: {{file: ../../../common/svc.yml, service: base}}
+    image: ${{REGISTRY}}/team/svc{i}:${{SVC{i}_VERSION}}
+    ports: ["{port}:8080"]
+    environment:
+      PEERS: "svc{j}:8080"
+    depends_on: [svc{j}]
+"""
+
+
+def generate(root: Path, nodes: int, per_node: int = 10, shared: bool = False) -> None:
+    if shared:
+        (root / "common").mkdir(parents=True)
+        (root / "common" / "svc.yml").write_text(COMMON)
     for n in range(nodes):
         dc = f"dc{n % 4}"
         node_dir = root / "datacenters" / dc / f"node{n:05d}"
         node_dir.mkdir(parents=True)
         (node_dir / "node.yml").write_text(f"docker: ssh://deploy@10.{n // 250 % 250}.{n % 250}.1\n")
+        template = SHARED_SERVICE if shared else SERVICE
         services = "".join(
-            SERVICE.format(i=i, j=i - 1, port=8000 + i).replace("    depends_on: [svc-1]\n", "")
+            template.format(i=i, j=i - 1, port=8000 + i).replace("    depends_on: [svc-1]\n", "")
             for i in range(per_node))
         (node_dir / "docker-compose.yml").write_text("services:\n" + services)
+        if shared:
+            (node_dir / ".env").write_text("".join(f"SVC{i}_VERSION=1.{i}\n" for i in range(per_node)))
+            if n < 4:
+                (root / "datacenters" / dc / "datacenter.yml").write_text(
+                    "variables:\n  REGISTRY: registry.example:5000\n  TEAM: core\n")
 
 
-def plan_repo(root: Path) -> int:
+def plan_repo(root: Path) -> tuple[int, dict]:
     infra = loader.load(root)
     empty = NodeState(managed=[], names={})
     changes = 0
+    hashes = {}
     for node in infra.nodes():
         specs = [compose_spec.container_spec(node, node.services[name], root)
                  for name in compose_spec.start_order(node.services)]
         changes += len(plan_node(specs, empty, {}))
-    return changes
+        hashes[node.target] = [s.config_hash() for s in specs]
+    return changes, hashes
 
 
 def main() -> None:
@@ -71,19 +118,27 @@ def main() -> None:
     parser.add_argument("--sizes", default="100,1000,10000")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    times = {}
+    times: dict[str, dict[int, float]] = {"plain": {}, "shared": {}}
     for size in sizes:
-        with tempfile.TemporaryDirectory() as tmp:
-            generate(Path(tmp), size)
-            start = time.perf_counter()
-            changes = plan_repo(Path(tmp))
-            times[size] = time.perf_counter() - start
-            assert changes == size * 10
-            print(f"{size:>6} nodes x 10 containers: {times[size]:7.2f} s  ({times[size] / size * 1000:.2f} ms/node)")
+        hashes = {}
+        for variant in ("plain", "shared"):
+            with tempfile.TemporaryDirectory() as tmp:
+                generate(Path(tmp), size, shared=variant == "shared")
+                start = time.perf_counter()
+                changes, hashes[variant] = plan_repo(Path(tmp))
+                took = times[variant][size] = time.perf_counter() - start
+                assert changes == size * 10
+                print(f"{size:>6} nodes x 10 containers, {variant:>6}: {took:7.2f} s  ({took / size * 1000:.2f} ms/node)")
+        assert hashes["plain"] == hashes["shared"], "extends and variables must give the same containers"
+        print(f"{size:>6} nodes: shared / plain x{times['shared'][size] / times['plain'][size]:.2f} "
+              "(same container specs)")
     for a, b in zip(sizes, sizes[1:]):
-        print(f"growth {a} -> {b} nodes: x{times[b] / times[a]:.1f} (linear would be x{b / a:.0f})")
-    if 1000 in times:
-        print(f"1,000 nodes x 10 containers: {times[1000]:.2f} s (target < 2 s)")
+        for variant in ("plain", "shared"):
+            print(f"growth {a} -> {b} nodes, {variant}: x{times[variant][b] / times[variant][a]:.1f} "
+                  f"(linear would be x{b / a:.0f})")
+    if 1000 in times["plain"]:
+        print(f"1,000 nodes x 10 containers: plain {times['plain'][1000]:.2f} s, shared {times['shared'][1000]:.2f} s "
+              "(target < 2 s)")
 
 
 if __name__ == "__main__":

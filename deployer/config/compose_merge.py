@@ -27,9 +27,6 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ruamel.yaml.comments import CommentedMap
-
-from deployer.config.compose_keys import to_plain
-
 REPLACED = {"command", "entrypoint"}
 BY_NAME = {"environment", "labels", "sysctls", "annotations"}
 UNIQUE_PORT_DEFAULT_PROTOCOL = "tcp"
@@ -194,6 +191,6 @@ def with_lines(merged: dict, over: Any) -> Any:
     return out
 
 
-def merge_service(base: Any, over: Any) -> Any:
-    """Service ``over`` extending ``base`` (``extends`` already taken out of both)."""
-    return with_lines(merge_mapping(to_plain(base), over, ()), over)
+def merge_service(base: dict, over: Any) -> Any:
+    """Service ``over`` extending ``base`` (plain data, a copy: ``to_plain``; ``extends`` taken out of both)."""
+    return with_lines(merge_mapping(base, over, ()), over)

@@ -330,15 +330,18 @@ def dotenv_variables(root: Path, rel: str, outer: dict[str, str], problems: list
     return values
 
 
-def _prepare(root: Path, node: Node, rel: str, doc: dict) -> list[ConfigError]:
+def _prepare(root: Path, node: Node, rel: str, doc: dict, fast: bool = False, text: str | None = None) -> list[ConfigError]:
     """What Compose does before it reads a file: interpolate, resolve shared definitions, fill bare environment entries.
 
-    In place, on plain or round-trip data (the lines stay).
+    In place, on plain or round-trip data (the lines stay). ``fast``: shared
+    files are read with the fast loader too (a problem makes the caller read
+    everything again with lines). ``text``: the file's text, when known (no '$': nothing to interpolate).
     """
-    problems = interpolate_document(doc, node.variables, rel)
-    if problems:
-        return problems
-    problems = resolve_shared(doc, rel, root, node.variables, _shared_reader(root))
+    if text is None or "$" in text:
+        problems = interpolate_document(doc, node.variables, rel)
+        if problems:
+            return problems
+    problems = resolve_shared(doc, rel, root, node.variables, _shared_reader(root, fast))
     if problems:
         return problems
     problems = fill_environment(doc, node.variables, rel)
@@ -350,10 +353,18 @@ def _prepare(root: Path, node: Node, rel: str, doc: dict) -> list[ConfigError]:
     return problems
 
 
-def _shared_reader(root: Path) -> Callable[[str, list[ConfigError]], Any]:
+def _shared_reader(root: Path, fast: bool) -> Callable[[str, list[ConfigError]], Any]:
     def read(rel: str, problems: list[ConfigError]) -> Any:
         text = _read_text(root, rel, problems)
-        return None if text is None else _parse(text, rel, problems)
+        if text is None:
+            return None
+        if fast:
+            try:
+                return load_fast(text)
+            except Exception:  # noqa: BLE001 - the caller reads it again with lines
+                problems.append(ConfigError(rel, "read again with lines"))
+                return None
+        return _parse(text, rel, problems)
     return read
 
 
@@ -365,7 +376,7 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
     plain = True  # data from load_fast is plain dicts and lists already
     try:
         doc = load_fast(text)
-        found = _prepare(root, node, rel, doc) if isinstance(doc, dict) else [None]
+        found = _prepare(root, node, rel, doc, fast=True, text=text) if isinstance(doc, dict) else [None]
         if not found:
             found = validate_compose(doc, rel, root, secrets_dirs=node.secrets_dirs)
     except Exception:
@@ -378,7 +389,7 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
         if not isinstance(doc, dict):
             problems.append(ConfigError(rel, "the file must hold a mapping with a 'services' key", line=1))
             return
-        found = _prepare(root, node, rel, doc)
+        found = _prepare(root, node, rel, doc, text=text)
         if found:
             problems.extend(found)
             return

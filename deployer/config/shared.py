@@ -134,6 +134,16 @@ class _Resolver:
         self.read = read
         self.variables = variables
         self.docs: dict[str, Any] = {}  # rel -> interpolated document, extends resolved lazily
+        self.paths: dict[tuple[str, str], str] = {}  # (folder, written) -> repo-relative path, checked
+
+    def path(self, base_dir: str, written: Any, rel: str, line: int | None, field: str) -> str:
+        key = (base_dir, written) if isinstance(written, str) else None
+        if key is not None and key in self.paths:
+            return self.paths[key]
+        found = repo_path(self.root, base_dir, written, rel, line, field)
+        if key is not None:
+            self.paths[key] = found
+        return found
 
     def load(self, rel: str, variables: dict[str, str], problems: list[ConfigError]) -> Any:
         key = rel
@@ -193,7 +203,7 @@ class _Resolver:
         if file is None:
             base_rel, base_doc = rel, doc
         else:
-            base_rel = repo_path(self.root, posixpath.dirname(rel), file, rel, line, f"{field}.file")
+            base_rel = self.path(posixpath.dirname(rel), file, rel, line, f"{field}.file")
             found: list[ConfigError] = []
             base_doc = self.load(base_rel, self.variables, found)
             if base_doc is None:
