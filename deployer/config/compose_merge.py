@@ -15,7 +15,10 @@ Compose specification's merge section defines it:
 - ``logging`` merges its options when the driver is the same (or one is
   unset), else the overriding one replaces it;
 - any other sequence appends the entries not already present (``dns``,
-  ``cap_add``, ``tmpfs``, ``expose``, ...); any other scalar is replaced.
+  ``cap_add``, ``tmpfs``, ``expose``, ...); any other scalar is replaced;
+- a value tagged ``!reset`` removes the attribute, one tagged ``!override``
+  replaces it whole, bypassing the rules above (``merge_tags`` applies them
+  where nothing is extended: ``!reset`` removes, ``!override`` is the value).
 
 The data is plain (``to_plain``) on the ``base`` side; ``over`` may be ruamel
 round-trip data, and the keys written in it keep their lines in the result
@@ -147,10 +150,49 @@ def _logging(base: Any, over: Any) -> Any:
     return merge_mapping(base, over, ("logging",))
 
 
+RESET, OVERRIDE = "!reset", "!override"
+
+
+def merge_tag(value: Any) -> str | None:
+    """``!reset`` / ``!override`` when the value is tagged so (round-trip data), else None."""
+    tag = getattr(value, "tag", None)
+    name = getattr(tag, "value", None) if tag is not None else None
+    return name if name in (RESET, OVERRIDE) else None
+
+
+def _untagged(value: Any) -> Any:
+    if hasattr(value, "value") and hasattr(value, "tag") and not isinstance(value, (dict, list)):
+        return value.value  # a TaggedScalar
+    return value
+
+
+def merge_tags(node: Any) -> None:
+    """Apply ``!reset`` (remove) and ``!override`` (the value, untagged) left in a document, in place."""
+    if isinstance(node, dict):
+        for key in list(node):
+            tag = merge_tag(node[key])
+            if tag == RESET:
+                del node[key]
+                continue
+            if tag == OVERRIDE:
+                node[key] = _untagged(node[key])
+            merge_tags(node[key])
+    elif isinstance(node, list):
+        for item in node:
+            merge_tags(item)
+
+
 def merge_mapping(base: dict, over: dict, path: tuple[str, ...]) -> dict:
     """``over`` merged onto ``base`` (both mappings), at ``path`` inside a service."""
     out = dict(base)
     for key, value in over.items():
+        tag = merge_tag(value)
+        if tag == RESET:
+            out.pop(key, None)
+            continue
+        if tag == OVERRIDE:
+            out[key] = _untagged(value)
+            continue
         if key not in out or out[key] is None or value is None:
             out[key] = value
             continue

@@ -34,6 +34,7 @@ from typing import Any, Callable
 from deployer.config.compose_check import validate_compose
 from deployer.config.compose_keys import to_plain
 from deployer.config.compose_spec import container_name
+from deployer.config.compose_merge import merge_tags
 from deployer.config.interpolate import interpolate_document
 from deployer.config.shared import resolve_shared
 from deployer.config.variables import ENV_FILE, fill_environment, node_variables, parse_dotenv, variables_mapping
@@ -344,6 +345,7 @@ def _prepare(root: Path, node: Node, rel: str, doc: dict, fast: bool = False, te
     problems = resolve_shared(doc, rel, root, node.variables, _shared_reader(root, fast))
     if problems:
         return problems
+    merge_tags(doc)
     problems = fill_environment(doc, node.variables, rel)
     name = doc.get("name")
     if isinstance(name, str) and not PROJECT_NAME_RE.match(name):

@@ -355,3 +355,25 @@ def test_config_prints_the_resolved_file(tmp_path):
     assert as_json["services"]["w"]["image"] == "reg.example/worker:1.4"
     bad = cli(tmp_path, "config", "dc")
     assert bad.exit_code == 3 and "name one node" in bad.output
+
+
+def test_reset_and_override_tags(tmp_path):
+    repo(tmp_path, {"common/worker.yml": NO_SECRETS.replace("${REGISTRY}", "reg"),
+                    f"{NODE}/docker-compose.yml": """\
+        services:
+          worker:
+            extends: {file: ../../../common/worker.yml, service: worker}
+            ports: !reset []
+            labels: !override {only: this}
+            environment: {LOG: !reset null}
+          alone:
+            image: a:1
+            dns: !reset [1.1.1.1]
+    """}, commit=False)
+    infra, problems = check(tmp_path)
+    assert problems == []
+    services = infra.node("dc", "n1").services
+    w = services["worker"].config
+    assert "ports" not in w and w["labels"] == {"only": "this"}
+    assert w["environment"] == {"QUEUE": "default"}
+    assert "dns" not in services["alone"].config
