@@ -140,6 +140,13 @@ def node_variables(node_vars: Mapping[str, str], dotenv: Mapping[str, str],
     return {**dc_vars, **dotenv, **node_vars}
 
 
+def _key_line(mapping: Any, key: Any) -> int | None:
+    try:
+        return mapping.lc.key(key)[0] + 1
+    except Exception:
+        return None
+
+
 def _item_line(seq: Any, i: int) -> int | None:
     try:
         return seq.lc.item(i)[0] + 1
@@ -168,6 +175,8 @@ def fill_environment(doc: Any, variables: Mapping[str, str], rel: str) -> list[C
     for sname, svc in services.items():
         env = svc.get("environment") if isinstance(svc, dict) else None
         field = f"services.{sname}.environment"
+        # merged by extends, the entries have no lines of their own: the environment's, else the service's
+        fallback = _key_line(svc, "environment") or _key_line(services, sname)
         if isinstance(env, list):
             for i, item in enumerate(env):
                 if isinstance(item, str) and "=" not in item and item.strip():
@@ -175,12 +184,12 @@ def fill_environment(doc: Any, variables: Mapping[str, str], rel: str) -> list[C
                     if name in variables:
                         env[i] = f"{name}={variables[name]}"
                     else:
-                        unset(name, _item_line(env, i), f"{field}[{i}]")
+                        unset(name, _item_line(env, i) or fallback, f"{field}[{i}]")
         elif isinstance(env, dict):
             for name in list(env):
                 if env[name] is None:
                     if str(name) in variables:
                         env[name] = variables[str(name)]
                     else:
-                        unset(str(name), _line_of(env, name), f"{field}.{name}")
+                        unset(str(name), _key_line(env, name) or fallback, f"{field}.{name}")
     return problems
