@@ -37,7 +37,8 @@ _BRACED_RE = re.compile(r"([_a-zA-Z][_a-zA-Z0-9]*)(?:(:?[-?+])(.*))?", re.S)
 
 #: Service keys whose value Compose casts from an interpolated string (the ones the compose check reads as bool/int).
 BOOL_KEYS = {"init", "privileged", "read_only", "disable", "external", "internal", "tty", "stdin_open", "required"}
-INT_KEYS = {"retries", "published", "target", "mode", "uid", "gid", "replicas", "scale", "pids_limit", "parallelism"}
+# (not ``mode``: a file mode is written in octal, "0440", and read by the check as written)
+INT_KEYS = {"retries", "published", "target", "uid", "gid", "replicas", "scale", "pids_limit", "parallelism"}
 
 
 def _closing_brace(text: str, start: int) -> int:
@@ -167,8 +168,12 @@ def interpolate_document(doc: Any, variables: Mapping[str, str], path: str,
     ``skip(field)`` may name subtrees to leave alone (none by default).
     """
     problems: list[ConfigError] = []
+    seen: set[int] = set()  # a collection an alias shares is resolved once (resolving "$$X" twice would read $X)
 
     def walk(node: Any, field: str | None, line: int | None) -> None:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
         if isinstance(node, dict):
             entries = [(k, v, False) for k, v in node.items()]
         elif isinstance(node, list):

@@ -112,8 +112,11 @@ def set_service_image(text: str, service: str, image: str, path: str = "<compose
     services = _services_map(data, path, fld)
     if service not in services:
         known = ", ".join(str(k) for k in services) or "none"
+        why = (": it comes from a file the node's compose file includes, and a deploy edits only the node's own "
+               "file; change the image in the included file (or a variable it uses), commit, and run 'deployer apply'"
+               if isinstance(data, Mapping) and "include" in data else "")
         raise ConfigError(
-            path, f"no service {service!r} (services: {known})", line=_key_line(data, "services"), field=fld
+            path, f"no service {service!r} (services: {known}){why}", line=_key_line(data, "services"), field=fld
         )
     svc = services[service]
     if not isinstance(svc, Mapping):

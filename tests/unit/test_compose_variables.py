@@ -377,3 +377,12 @@ def test_reset_and_override_tags(tmp_path):
     assert "ports" not in w and w["labels"] == {"only": "this"}
     assert w["environment"] == {"QUEUE": "default"}
     assert "dns" not in services["alone"].config
+
+
+def test_deploy_of_an_included_service_says_where_to_change_it(tmp_path):
+    repo(tmp_path, {"common/db.yml": "services:\n  db:\n    image: postgres:15\n",
+                    f"{NODE}/docker-compose.yml": "include: [../../../common/db.yml]\nservices: {}\n"})
+    result = cli(tmp_path, "deploy", "postgres:16", "dc/n1/db", "--dry-run")
+    assert result.exit_code == 3
+    assert "it comes from a file the node's compose file includes" in result.output, result.output
+    assert git(tmp_path, "rev-list", "--count", "HEAD") == "1"

@@ -125,3 +125,18 @@ def test_document_plain_data():
     doc = {"services": {"w": {"image": "x:${TAG}", "cpus": "${C:-0.5}"}}}
     assert interpolate_document(doc, V, "c.yml") == []
     assert doc == {"services": {"w": {"image": "x:1.5", "cpus": "0.5"}}}
+
+
+def test_a_collection_shared_by_an_alias_is_resolved_once():
+    from deployer.config.yamlread import load_fast
+
+    text = "x-env: &env {PRICE: '$$HOME', A: $A}\nservices:\n  a: {image: x, environment: *env}\n  b: {image: x, environment: *env}\n"
+    for doc in (parse_yaml(text, "c.yml"), load_fast(text)):
+        assert interpolate_document(doc, V, "c.yml") == []
+        assert doc["services"]["b"]["environment"] == {"PRICE": "$HOME", "A": "a"}
+
+
+def test_file_modes_stay_as_written():
+    doc = {"services": {"a": {"secrets": [{"source": "s", "mode": "${MODE}"}]}}}
+    assert interpolate_document(doc, {"MODE": "0440"}, "c.yml") == []
+    assert doc["services"]["a"]["secrets"][0]["mode"] == "0440"
