@@ -342,7 +342,8 @@ def _prepare(root: Path, node: Node, rel: str, doc: dict, fast: bool = False, te
         problems = interpolate_document(doc, node.variables, rel)
         if problems:
             return problems
-    problems = resolve_shared(doc, rel, root, node.variables, _shared_reader(root, fast))
+    problems = resolve_shared(doc, rel, root, node.variables, _shared_reader(root, fast),
+                              lambda inc, inc_rel: _check_included(inc, inc_rel, root, node))
     if problems:
         return problems
     merge_tags(doc)
@@ -353,6 +354,12 @@ def _prepare(root: Path, node: Node, rel: str, doc: dict, fast: bool = False, te
                                          "starting with a letter or digit (as Compose requires)",
                                     line=value_line(doc, "name"), field="name"))
     return problems
+
+
+def _check_included(doc: Any, rel: str, root: Path, node: Node) -> list[ConfigError]:
+    found = fill_environment(doc, node.variables, rel)
+    merge_tags(doc)
+    return found or validate_compose(doc, rel, root, secrets_dirs=node.secrets_dirs)
 
 
 def _shared_reader(root: Path, fast: bool) -> Callable[[str, list[ConfigError]], Any]:

@@ -9,8 +9,9 @@ document (already interpolated) into the one the compose check reads:
   node's variables plus its own ``.env`` (the one beside it, or the ``env_file``
   given; the node's variables win, as Compose lets the including project's
   environment win), and its own ``include`` and ``extends`` are resolved
-  relative to it. A name defined both by the file and by something it includes
-  is an error, as in Compose.
+  relative to it; it passes the compose check on its own (its problems at its
+  own lines), as Compose loads it as a project of its own. A name defined both
+  by the file and by something it includes is an error, as in Compose.
 - ``extends:`` (``service`` and an optional ``file``) builds a service from
   another one, in the same file or another file of the repository, with
   Compose's merge rules (``compose_merge``). The other file is interpolated with
@@ -40,6 +41,7 @@ from deployer.config.variables import ENV_FILE, parse_dotenv
 from deployer.errors import ConfigError
 
 Reader = Callable[[str, list[ConfigError]], Any]
+Checker = Callable[[Any, str], list[ConfigError]]
 TOP_SECTIONS = ("services", "networks", "volumes", "secrets", "configs")
 MAX_DEPTH = 32  # include / extends chains
 
@@ -129,9 +131,10 @@ def _rebase_top(section: str, definition: Any, from_dir: str, to_dir: str) -> An
 
 
 class _Resolver:
-    def __init__(self, root: Path, read: Reader, variables: dict[str, str]):
+    def __init__(self, root: Path, read: Reader, variables: dict[str, str], check: Checker | None = None):
         self.root = root
         self.read = read
+        self.check = check
         self.variables = variables
         self.docs: dict[str, Any] = {}  # rel -> interpolated document, extends resolved lazily
         self.paths: dict[tuple[str, str], str] = {}  # (folder, written) -> repo-relative path, checked
@@ -298,6 +301,13 @@ class _Resolver:
             if problems:
                 return
             self.extends(inc_doc, inc_rel, problems)
+            if problems:
+                return
+            if self.check is not None:  # a complete compose file of its own: its problems at its own lines
+                found = self.check(inc_doc, inc_rel)
+                if found:
+                    problems.extend(found)
+                    return
             self._add(doc, rel, inc_doc, inc_rel, at, field, node_dir)
 
     def _add(self, doc: dict, rel: str, inc: dict, inc_rel: str, line: int | None, field: str, node_dir: str) -> None:
@@ -323,14 +333,18 @@ class _Resolver:
                 mine[name] = plain
 
 
-def resolve_shared(doc: dict, rel: str, root: Path, variables: dict[str, str], read: Reader) -> list[ConfigError]:
-    """Resolve ``include`` and ``extends`` of a node's compose document in place; the problems found."""
+def resolve_shared(doc: dict, rel: str, root: Path, variables: dict[str, str], read: Reader,
+                   check: Checker | None = None) -> list[ConfigError]:
+    """Resolve ``include`` and ``extends`` of a node's compose document in place; the problems found.
+
+    ``check(doc, rel)``: the compose check an included file passes on its own first.
+    """
     services = doc.get("services")
     if "include" not in doc and not (isinstance(services, dict) and any(
             isinstance(s, dict) and "extends" in s for s in services.values())):
         return []
     problems: list[ConfigError] = []
-    resolver = _Resolver(root, read, variables)
+    resolver = _Resolver(root, read, variables, check)
     try:
         resolver.include(doc, rel, variables, problems, (), posixpath.dirname(rel))
         if not problems:  # after include, as Compose: a service may extend one the file includes

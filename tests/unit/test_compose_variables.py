@@ -386,3 +386,10 @@ def test_deploy_of_an_included_service_says_where_to_change_it(tmp_path):
     assert result.exit_code == 3
     assert "it comes from a file the node's compose file includes" in result.output, result.output
     assert git(tmp_path, "rev-list", "--count", "HEAD") == "1"
+
+
+def test_an_included_file_is_checked_at_its_own_lines(tmp_path):
+    repo(tmp_path, {"common/db.yml": "services:\n  db:\n    image: postgres:16\n    restart: sometimes\n",
+                    f"{NODE}/docker-compose.yml": "include: [../../../common/db.yml]\nservices: {}\n"}, commit=False)
+    got = rendered(tmp_path)
+    assert got and got[0].startswith("common/db.yml:4: services.db.restart:"), got
