@@ -43,6 +43,9 @@ from deployer.errors import ConfigError
 Reader = Callable[[str, list[ConfigError]], Any]
 Checker = Callable[[Any, str], list[ConfigError]]
 TOP_SECTIONS = ("services", "networks", "volumes", "secrets", "configs")
+#: Keys resolved here, before the compose check (which therefore never sees them): supported, for the coverage table.
+RESOLVED_TOP_KEYS = ("include",)
+RESOLVED_SERVICE_KEYS = ("extends",)
 MAX_DEPTH = 32  # include / extends chains
 
 
