@@ -393,3 +393,16 @@ def test_an_included_file_is_checked_at_its_own_lines(tmp_path):
                     f"{NODE}/docker-compose.yml": "include: [../../../common/db.yml]\nservices: {}\n"}, commit=False)
     got = rendered(tmp_path)
     assert got and got[0].startswith("common/db.yml:4: services.db.restart:"), got
+
+
+@pytest.mark.parametrize("compose", [
+    "services:\n  a:\n    extends: b\n    image: x:1\n  b:\n    extends: a\n",
+    "services:\n  a:\n    image: x:1\n    extends: {file: ../../../../outside.yml, service: a}\n",
+])
+def test_shared_definition_bad_input_deploys_and_commits_nothing(tmp_path, compose):
+    root = tmp_path / "infra"
+    repo(root, {f"{NODE}/docker-compose.yml": compose})
+    result = cli(root, "deploy", "x:2", "dc/n1/a")
+    assert result.exit_code == 3
+    assert result.output.startswith(f"error: {NODE}/docker-compose.yml:"), result.output
+    assert git(root, "rev-list", "--count", "HEAD") == "1" and git(root, "status", "--porcelain") == ""
