@@ -346,7 +346,8 @@ def _prepare(root: Path, node: Node, rel: str, doc: dict, fast: bool = False, te
                               lambda inc, inc_rel: _check_included(inc, inc_rel, root, node))
     if problems:
         return problems
-    merge_tags(doc)
+    if hasattr(doc, "lc"):  # only round-trip data carries tags (the fast loader refuses them)
+        merge_tags(doc)
     problems = fill_environment(doc, node.variables, rel)
     name = doc.get("name")
     if isinstance(name, str) and not PROJECT_NAME_RE.match(name):
@@ -358,7 +359,8 @@ def _prepare(root: Path, node: Node, rel: str, doc: dict, fast: bool = False, te
 
 def _check_included(doc: Any, rel: str, root: Path, node: Node) -> list[ConfigError]:
     found = fill_environment(doc, node.variables, rel)
-    merge_tags(doc)
+    if hasattr(doc, "lc"):
+        merge_tags(doc)
     return found or validate_compose(doc, rel, root, secrets_dirs=node.secrets_dirs)
 
 

@@ -16,7 +16,8 @@ unquoted values (an inline `` #`` starts a comment), single-quoted values taken
 literally, double-quoted ones with ``\\n``, ``\\t``, ``\\"`` and ``\\\\`` escapes;
 unquoted and double-quoted values are interpolated from the lines above them and
 from the datacenter's variables. A value spanning several lines is refused (with
-its line) rather than read differently from Compose.
+its line) rather than read differently from Compose, and so is a ``COMPOSE_*``
+variable (Compose would read it as its own setting: project name, files, profiles).
 
 ``variables_mapping`` checks a ``variables:`` mapping of node.yml or datacenter.yml.
 """
@@ -99,6 +100,12 @@ def parse_dotenv(text: str, rel: str, outer: Mapping[str, str] | None = None) ->
         if not NAME_RE.fullmatch(name):
             problems.append(ConfigError(rel, f"invalid variable name {name!r}: letters, digits and '_', "
                                              "not starting with a digit", line=number))
+            continue
+        if name.startswith("COMPOSE_"):
+            problems.append(ConfigError(rel, f"{name}: COMPOSE_* variables configure the docker compose program "
+                                             "(project name, files, profiles), which the deployer is not; write "
+                                             "what it means in the compose file or node.yml (e.g. 'name:')",
+                                        line=number, field=name))
             continue
         rest = rest.strip()
         interpolate = True

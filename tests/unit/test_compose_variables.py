@@ -406,3 +406,10 @@ def test_shared_definition_bad_input_deploys_and_commits_nothing(tmp_path, compo
     assert result.exit_code == 3
     assert result.output.startswith(f"error: {NODE}/docker-compose.yml:"), result.output
     assert git(root, "rev-list", "--count", "HEAD") == "1" and git(root, "status", "--porcelain") == ""
+
+
+def test_compose_settings_in_dotenv_are_refused():
+    _, problems = parse_dotenv("COMPOSE_PROJECT_NAME=shop\n", "n/.env")
+    assert [p.render() for p in problems] == [
+        "n/.env:1: COMPOSE_PROJECT_NAME: COMPOSE_* variables configure the docker compose program (project name, "
+        "files, profiles), which the deployer is not; write what it means in the compose file or node.yml (e.g. 'name:')"]
