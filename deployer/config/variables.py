@@ -102,7 +102,7 @@ def parse_dotenv(text: str, rel: str, outer: Mapping[str, str] | None = None) ->
                                              "not starting with a digit", line=number))
             continue
         if name.startswith("COMPOSE_"):
-            problems.append(ConfigError(rel, f"{name}: COMPOSE_* variables configure the docker compose program "
+            problems.append(ConfigError(rel, "COMPOSE_* variables configure the docker compose program "
                                              "(project name, files, profiles), which the deployer is not; write "
                                              "what it means in the compose file or node.yml (e.g. 'name:')",
                                         line=number, field=name))
