@@ -109,6 +109,7 @@ class Shipper:
         self._observed: set[int] = set()
         self.bytes_sent = 0  # archive bytes sent to the engine (secrets, files and sweeps)
         self.bundles_sent = 0
+        self.seconds = 0.0  # spent shipping and sweeping
 
     def observe(self, state: NodeState) -> None:
         """Learn what the node's managed containers mount (once per state read)."""
@@ -135,8 +136,10 @@ class Shipper:
         self.present.update(b.path for b in missing)
         self.bundles_sent += len(missing)
         self.bytes_sent += sent
+        took = time.monotonic() - started
+        self.seconds += took
         self.progress(f"shipped {len(missing)} bundle{'s' if len(missing) != 1 else ''} of files "
-                      f"({sent} bytes) in {time.monotonic() - started:.2f}s")
+                      f"({sent} bytes) in {took:.2f}s")
 
     def used(self, cid: str, spec: ContainerSpec) -> None:
         dirs = _spec_dirs(spec)
@@ -155,6 +158,7 @@ class Shipper:
         self.retired = set()
         if not unused:
             return
+        started = time.monotonic()
         by_parent: dict[str, list[str]] = {}
         for path in unused:
             store, digest = path.rsplit("/", 1)
@@ -164,6 +168,7 @@ class Shipper:
             # an empty file over each folder: the engine removes the folder it replaces
             self.bytes_sent += self._extract(image, parent, [_tar((n, 0o600, 0, 0, b"") for n in names)])
         self.present -= set(unused)
+        self.seconds += time.monotonic() - started
         self.progress(f"removed {len(unused)} unused bundle{'s' if len(unused) != 1 else ''} of files")
 
     def _extract(self, image: str, host_dir: str, archives: list[bytes]) -> int:
