@@ -17,9 +17,11 @@ from typing import Any
 
 from deployer.config.compose_files import read_env_file
 from deployer.config.compose_keys import (
-    ENV_FILE_KEYS, NAME_RE, SERVICE_CONFIG_KEYS, SERVICE_SECRET_KEYS, TOP_CONFIG_KEYS, is_bool, is_int, parse_mode,
-    secret_target,
+    ENV_FILE_KEYS, NAME_RE, SERVICE_CONFIG_KEYS, SERVICE_SECRET_KEYS, TOP_CONFIG_KEYS, as_list, is_bool, is_int,
+    parse_mode, parse_volume, secret_target,
 )  # fmt: skip
+from deployer.spec import SECRETS_DIR
+from deployer.values import BadValue
 from deployer.config.repo_files import (
     BIND, CONFIG, MAX_FILE_BYTES, MAX_SERVICE_BYTES, MIB, Where, open_checked, read_tree, resolve,
 )  # fmt: skip
@@ -98,6 +100,27 @@ class FilesChecks:
                 continue
             self.err(sub, f"must be a numeric {key} (a whole number of 0 or more), not {value!r}")
 
+    def _mounted_elsewhere(self, facts) -> dict[str, str]:
+        """The service's volume and tmpfs targets (what a config or secret mount may not take again)."""
+        taken: dict[str, str] = {}
+        volumes = facts.at.get("volumes")
+        if volumes is not None and isinstance(volumes.value, list):
+            for _, item in volumes.items():
+                try:
+                    taken[parse_volume(item.value)["target"].rstrip("/") or "/"] = item.field or ""
+                except BadValue:
+                    pass  # reported by s_volumes
+        tmpfs = facts.at.get("tmpfs")
+        if tmpfs is not None:
+            for item in as_list(tmpfs.value):
+                if isinstance(item, str):
+                    taken[item.partition(":")[0].rstrip("/") or "/"] = tmpfs.field or ""
+        return taken
+
+    def _clash(self, item, path: str, taken: dict[str, str]) -> None:
+        if path in taken:
+            self.err(item, f"mount target {path} is used twice (also by {taken[path]})")
+
     def _count(self, service: str, at, size: int) -> None:
         total = self.shipped_bytes.get(service, 0) + size
         self.shipped_bytes[service] = total
@@ -109,6 +132,7 @@ class FilesChecks:
         if not self.seq(at):
             return
         targets: dict[str, str] = {}
+        taken = self._mounted_elsewhere(facts)
         for _, item in at.items():
             source, target = None, None
             if isinstance(item.value, dict):
@@ -140,11 +164,17 @@ class FilesChecks:
             if path in targets:
                 self.err(item, f"secret target {path} is used twice (also by {targets[path]})")
             targets[path] = item.field or ""
+            # secrets under /run/secrets are one mount there (compose_files); others a mount of their own
+            self._clash(item, SECRETS_DIR if path.startswith(SECRETS_DIR + "/") else path, taken)
 
     def s_configs(self, name, at, facts, network_mode) -> None:
         if not self.seq(at):
             return
         targets: dict[str, str] = {}
+        taken = self._mounted_elsewhere(facts)
+        secrets = facts.at.get("secrets")
+        if secrets is not None and isinstance(secrets.value, list) and secrets.value:
+            taken.setdefault(SECRETS_DIR, secrets.field or "")
         for _, item in at.items():
             source, target = None, None
             if isinstance(item.value, dict):
@@ -176,6 +206,7 @@ class FilesChecks:
             if path in targets:
                 self.err(item, f"config target {path} is used twice (also by {targets[path]})")
             targets[path] = item.field or ""
+            self._clash(item, path.rstrip("/"), taken)
 
     def s_env_file(self, name, at, facts, network_mode) -> None:
         items = list(at.items()) if isinstance(at.value, list) else [(0, at)]

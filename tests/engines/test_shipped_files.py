@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import subprocess
 import tarfile
 from contextlib import closing
 
 import pytest
 
-from deployer.spec import STORE_ROOTS, node_store
+from deployer.spec import node_store
 from tests.support.repos import cli, git, make_repo, managed, remove_node_containers, run, web_compose
 
 WEB1, WEB2, WEB3 = "deployer-test/web:1", "deployer-test/web:2", "deployer-test/web:3"
@@ -30,13 +29,6 @@ def client(engine):
     c = engine.client()
     yield c
     c.close()
-
-
-def remove_node(client, node: str, dc: str = "test") -> None:
-    """Its containers, and its store folders (this fleet's nodes share the machine's filesystem)."""
-    remove_node_containers(client, node)
-    for root in STORE_ROOTS.values():
-        shutil.rmtree(f"{root}/{dc}/{node}", ignore_errors=True)
 
 
 def head(root):
@@ -86,7 +78,7 @@ def test_a_secret_works_with_read_only_and_stays_out_of_the_writable_layer(engin
         assert mount["Type"] == "bind" and mount["RW"] is False
         assert mount["Source"].startswith(node_store("secrets", "test", node) + "/")
     finally:
-        remove_node(client, node)
+        remove_node_containers(client, node)
 
 
 def test_a_config_file_is_shipped_over_ssh_and_tls(remote_engine, tmp_path):
@@ -118,7 +110,7 @@ def test_a_config_file_is_shipped_over_ssh_and_tls(remote_engine, tmp_path):
                 assert c.exec_run(["stat", "-c", "%a", "/etc/motd"]).output == b"400\n"
         finally:
             for _, node in roots.values():
-                remove_node(client, node)
+                remove_node_containers(client, node)
 
 
 def test_a_directory_bind_mount_changes_replace_and_the_old_files_go(engine, client, tmp_path):
@@ -165,7 +157,7 @@ def test_a_directory_bind_mount_changes_replace_and_the_old_files_go(engine, cli
         assert not os.path.isdir(old_dir) and os.path.getsize(old_dir) == 0  # an empty file where it was
         assert cli(root, "plan", f"test/{node}").exit_code == 0
     finally:
-        remove_node(client, node)
+        remove_node_containers(client, node)
 
 
 def test_env_file_values_reach_the_container(engine, client, tmp_path):
@@ -186,7 +178,7 @@ def test_env_file_values_reach_the_container(engine, client, tmp_path):
         assert (env["A"], env["B"], env["C"], env["WINS"], env["D"]) == ("2", "single $quoted", "two\nlines",
                                                                           "environment", "plain")
     finally:
-        remove_node(client, node)
+        remove_node_containers(client, node)
 
 
 BAD = {

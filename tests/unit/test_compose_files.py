@@ -144,10 +144,10 @@ def test_bad_files_are_named_with_their_line(repo):
             env_file: ./missing.env
             configs: [a, b, {source: c, target: rel}]
             volumes:
-              - ./out.conf:/a:ro
-              - ./conf.d:/b:ro
-              - ./big.bin:/c:ro
-              - ./nginx.conf:/d
+              - ./out.conf:/va:ro
+              - ./conf.d:/vb:ro
+              - ./big.bin:/vc:ro
+              - ./nginx.conf:/vd
         configs:
           a: {file: ../../../../etc/passwd}
           b: {environment: HOME}
@@ -162,7 +162,7 @@ def test_bad_files_are_named_with_their_line(repo):
         f"{COMPOSE}:10: services.web.volumes[2]: bind source {NODE_DIR}/big.bin holds {MAX_FILE_BYTES + 1} bytes; "
         f"a bind source may hold at most {MAX_FILE_BYTES} bytes (4 MiB)",
         f"{COMPOSE}:11: services.web.volumes[3]: ./nginx.conf is shipped from the repository and mounted read-only: "
-        "write './nginx.conf:/d:ro' (or read_only: true); the container must not write into the deployer's "
+        "write './nginx.conf:/vd:ro' (or read_only: true); the container must not write into the deployer's "
         "content-addressed copy",
         f"{COMPOSE}:13: configs.a.file: config file ../../../../etc/passwd climbs out of the repository (to "
         f"{os.path.normpath(str(repo / NODE_DIR / '../../../../etc/passwd'))}); a relative path must stay inside it",
@@ -203,3 +203,32 @@ def test_the_bundles_a_container_mounts_are_read_from_its_recorded_config(repo):
     assert bundle_dirs(c) == {b.path for b in spec.bundles}
     assert bundle_dirs(ContainerState(id="y", name="y", image="i", image_id="", status="running", health=None,
                                       exit_code=0, restart_count=0, labels={})) == set()
+
+
+def test_a_config_or_secret_may_not_take_a_mount_target_again(repo):
+    (repo / NODE_DIR / "db.txt").write_text("pw\n")
+    assert problems("""
+        services:
+          web:
+            image: nginx
+            volumes: ['./nginx.conf:/etc/nginx/nginx.conf:ro', 'data:/run/secrets']
+            tmpfs: [/etc/tmp.conf]
+            configs:
+              - {source: site, target: /etc/nginx/nginx.conf}
+              - {source: site, target: /etc/tmp.conf}
+              - {source: site, target: /run/secrets}
+            secrets: [db]
+        volumes: {data: {}}
+        configs:
+          site: {file: ./nginx.conf}
+        secrets:
+          db: {file: db.txt}
+    """, repo) == [
+        f"{COMPOSE}:8: services.web.configs[0]: mount target /etc/nginx/nginx.conf is used twice (also by "
+        "services.web.volumes[0])",
+        f"{COMPOSE}:9: services.web.configs[1]: mount target /etc/tmp.conf is used twice (also by services.web.tmpfs)",
+        f"{COMPOSE}:10: services.web.configs[2]: mount target /run/secrets is used twice (also by "
+        "services.web.volumes[1])",
+        f"{COMPOSE}:11: services.web.secrets[0]: mount target /run/secrets is used twice (also by "
+        "services.web.volumes[1])",
+    ]
