@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import tarfile
 from contextlib import closing
@@ -225,3 +226,29 @@ def test_bad_files_stop_the_deploy_before_the_engine(engine, client, tmp_path, c
     assert managed(client, node) == [] and head(root) == before
     assert subprocess.run(["git", "-C", str(root), "status", "--porcelain"], capture_output=True,
                           text=True).stdout == ""
+
+
+def test_a_store_lost_at_reboot_stops_the_container_and_the_next_apply_ships_again(engine, client, tmp_path):
+    """/run is a tmpfs on systemd hosts: a reboot empties the secrets store. The container must then fail to
+    start (not start with an empty /run/secrets), plan must say so, and apply must converge."""
+    extra = "    restart: unless-stopped\n    secrets: [db]\nsecrets:\n  db:\n    file: db.secret\n"
+    root, node = make_repo(tmp_path / "infra", engine.unix_url, web_compose(WEB1, extra),
+                           extra_files={".gitignore": "*.secret\n"})
+    (root / "datacenters/test" / node / "db.secret").write_text("pw\n")
+    try:
+        assert cli(root, "deploy", WEB2, f"test/{node}").exit_code == 0
+        c = only(client, node)
+        store = node_store("secrets", "test", node)
+        c.stop(timeout=1)
+        shutil.rmtree(store)  # what a reboot does to /run
+        with pytest.raises(Exception, match="bind source path does not exist"):
+            c.start()
+        plan = cli(root, "plan", f"test/{node}")
+        assert plan.exit_code == 2 and f"test/{node}/web: replace" in plan.output, plan.output
+        result = cli(root, "apply", f"test/{node}")
+        assert result.exit_code == 0, result.output
+        assert "shipped 1 bundle of files" in result.output
+        assert cat(only(client, node), "/run/secrets/db") == b"pw\n"
+        assert cli(root, "plan", f"test/{node}").exit_code == 0
+    finally:
+        remove_node_containers(client, node)
