@@ -105,7 +105,8 @@ class ServiceChecker(FilesChecks):
         self.networks: dict[str, Any] = {}
         self.secrets: set[str] = set()
         self.configs: set[str] = set()
-        self.shipped_bytes: dict[str, int] = {}  # service -> bytes of its relative bind sources
+        self.shipped_bytes: dict[str, int] = {}  # service -> bytes of its configs and relative bind sources
+        self.config_sizes: dict[str, int] = {}  # top-level config -> bytes
         self.service_names: list[str] = []
         self.facts: dict[str, ServiceFacts] = {}
         self.port_count = 0  # ports the ports and expose entries stand for, so far

@@ -37,6 +37,7 @@ class FilesChecks:
 
     configs: set[str]
     shipped_bytes: dict[str, int]
+    config_sizes: dict[str, int]
 
     def _where(self, at) -> Where:
         return Where(self.path, at.field or "", at.line)
@@ -69,22 +70,25 @@ class FilesChecks:
                     self.err(child, "missing required key 'file' (or 'content')")
             elif file_at is not None:
                 if self.string(file_at):
-                    self.config_file(file_at)
+                    self.config_sizes[name] = self.config_file(file_at)
             elif isinstance(content_at.value, str):
-                size = len(content_at.value.encode("utf-8"))
+                size = self.config_sizes[name] = len(content_at.value.encode("utf-8"))
                 if size > MAX_FILE_BYTES:
                     self.err(content_at, f"the content holds {size} bytes; a config may hold at most "
                                          f"{MAX_FILE_BYTES} bytes ({MAX_FILE_BYTES // MIB} MiB)")
             else:
                 self.err(content_at, f"must be a string, not {kind(content_at.value)}")
 
-    def config_file(self, at) -> None:
+    def config_file(self, at) -> int:
+        """The config file's size, once it passed the policy (0 when it did not: the error is recorded)."""
         where = self._where(at)
         try:
             source = resolve(at.value, CONFIG, where, repo_root=self.repo_root)
             os.close(open_checked(source, CONFIG, where))
         except ConfigError as err:
             self.errors.append(err)
+            return 0
+        return source.size
 
     # -- a service ---------------------------------------------------------
 
@@ -202,6 +206,8 @@ class FilesChecks:
                 continue
             if source not in self.configs:
                 self.err(item, f"config {source!r} is not declared in the top-level configs")
+            else:
+                self._count(name, item, self.config_sizes.get(source, 0))
             path = target or f"/{source}"
             if path in targets:
                 self.err(item, f"config target {path} is used twice (also by {targets[path]})")

@@ -232,3 +232,15 @@ def test_a_config_or_secret_may_not_take_a_mount_target_again(repo):
         f"{COMPOSE}:11: services.web.secrets[0]: mount target /run/secrets is used twice (also by "
         "services.web.volumes[1])",
     ]
+
+
+def test_configs_count_towards_the_service_limit(repo):
+    d = repo / NODE_DIR
+    count = MAX_SERVICE_BYTES // MAX_FILE_BYTES + 1
+    for i in range(count):
+        with open(d / f"c{i}", "wb") as f:
+            f.truncate(MAX_FILE_BYTES)
+    text = ("services:\n  web:\n    image: nginx\n    configs: [" + ", ".join(f"c{i}" for i in range(count)) + "]\n"
+            "configs:\n" + "".join(f"  c{i}: {{file: ./c{i}}}\n" for i in range(count)))
+    assert problems(text, repo) == [f"{COMPOSE}:4: services.web.configs[{count - 1}]: the files service web ships "
+                                    f"hold more than {MAX_SERVICE_BYTES} bytes (16 MiB, the most one service ships)"]
