@@ -78,6 +78,7 @@ class Node:
     volumes: dict[str, dict[str, Any]] = field(default_factory=dict)
     networks: dict[str, dict[str, Any]] = field(default_factory=dict)
     secrets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # top-level compose configs
     # its datacenter's secrets_dir folders (copied by the loader): where secret files outside the repository may lie
     secrets_dirs: tuple[str, ...] = ()
     # its datacenter's registry_credentials file (copied by the loader): the account its pulls use

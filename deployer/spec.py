@@ -24,16 +24,74 @@ NEXT_SUFFIX = "-next"
 
 @dataclass
 class SecretFile:
-    """A file secret: read on the deployer's machine, mounted read-only in the container."""
+    """A file secret: read on the deployer's machine, shipped to the node's tmpfs store, mounted read-only."""
 
     name: str
     source: str  # absolute path on the deployer's machine
     target: str  # absolute path in the container (/run/secrets/<name> by default)
     sha256: str  # of the file's content, so a changed secret changes the config hash
     mode: int = DEFAULT_SECRET_MODE  # file mode in the container (compose ``mode:``)
+    uid: int = 0  # owner in the container (compose ``uid:``)
+    gid: int = 0
     # the bytes read (once, after the secret-file policy) when the spec was built: what is copied into the
     # container; not part of the hash (sha256 is) and never shown
     content: bytes | None = field(default=None, repr=False, compare=False)
+
+
+#: Where shipped content lives on the Docker host, per kind of bundle: secrets in /run (a tmpfs on
+#: systemd hosts: gone at reboot, never on disk), files (configs, relative bind sources) on disk.
+STORE_ROOTS = {"secrets": "/run/deployer", "files": "/var/lib/deployer"}
+
+
+@dataclass
+class ShippedEntry:
+    """One file or folder of a bundle: its path inside the bundle, mode, owner and bytes (None: a folder)."""
+
+    rel: str
+    mode: int
+    uid: int = 0
+    gid: int = 0
+    data: bytes | None = field(default=None, repr=False)
+
+
+@dataclass
+class Bundle:
+    """Content shipped to the node, addressed by its digest: one directory in the node's store.
+
+    ``digest`` covers the node (dc/node: a salt, as the label fingerprints
+    have), the kind and every entry (path, mode, owner, bytes), so the same
+    content gives the same directory, and any change gives a new one.
+    """
+
+    kind: str  # a key of STORE_ROOTS
+    dc: str
+    node: str
+    entries: list[ShippedEntry] = field(default_factory=list, repr=False)
+    digest: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.digest:
+            h = hashlib.sha256(f"{self.dc}/{self.node}\0{self.kind}\0".encode())
+            for e in sorted(self.entries, key=lambda e: e.rel):
+                data = e.data if e.data is not None else b""
+                kind = "d" if e.data is None else "f"
+                h.update(f"{e.rel}\0{kind}\0{e.mode:o}\0{e.uid}\0{e.gid}\0{len(data)}\0".encode())
+                h.update(data)
+            self.digest = h.hexdigest()[:32]
+
+    @property
+    def path(self) -> str:
+        """The bundle's directory on the Docker host."""
+        return f"{node_store(self.kind, self.dc, self.node)}/{self.digest}"
+
+    @property
+    def size(self) -> int:
+        return sum(len(e.data) for e in self.entries if e.data is not None)
+
+
+def node_store(kind: str, dc: str, node: str) -> str:
+    """The folder of one node's bundles of one kind on the Docker host."""
+    return f"{STORE_ROOTS[kind]}/{dc}/{node}/{kind}"
 
 
 @dataclass
@@ -88,6 +146,10 @@ class ContainerSpec:
     has_healthcheck: bool = False
     published_ports: bool = False  # a fixed host port: it must be free before the new container starts
     ipv4_addresses: dict[str, str] = field(default_factory=dict)
+    # shipped from the repository: container path -> what it is and its digest (hashed, named by plan)
+    files: dict[str, str] = field(default_factory=dict)
+    # the content those mounts need on the node (not hashed: ``files`` and the mounts' paths are)
+    bundles: list[Bundle] = field(default_factory=list, repr=False, compare=False)
 
     def _data(self, redact: bool) -> dict[str, Any]:
         """Every field, as JSON-ready data (built fresh for each call: a spec may change between calls).
@@ -97,10 +159,12 @@ class ContainerSpec:
         redacting) is new; the rest is the spec's own values, which json.dumps
         only reads.
         """
-        data = {name: getattr(self, name) for name in _SPEC_FIELDS}
+        data = {name: getattr(self, name) for name in _SPEC_FIELDS if name != "bundles"}
+        if not self.files:
+            del data["files"]  # so a spec without shipped files hashes as it did before they existed
         if not redact:
             # not the source path: it depends on where the deployer's checkout is
-            data["secrets"] = [(s.name, s.target, s.sha256, s.mode) for s in self.secrets]
+            data["secrets"] = [(s.name, s.target, s.sha256, s.mode, s.uid, s.gid) for s in self.secrets]
             return data
         salt = f"{self.dc}/{self.node}/{self.service}"
         # the identity labels repeat dc, node, service and image, which are fields of their own
@@ -111,8 +175,9 @@ class ContainerSpec:
                 **self.create,
                 "environment": [f"{k}={_fingerprint(salt, k, v)}" for k, _, v in (e.partition("=") for e in env)],
             }
-        data["secrets"] = [(s.name, s.target, s.mode, _fingerprint(salt, s.name, s.sha256))
-                           for s in self.secrets]  # fmt: skip
+        # by target, so a plan names the secret that changed (secrets./run/secrets/db); [] when none, as before
+        data["secrets"] = {s.target: [s.name, s.mode, s.uid, s.gid, _fingerprint(salt, s.name, s.sha256)]
+                           for s in self.secrets} or []  # fmt: skip
         return data
 
     def config_hash(self) -> str:

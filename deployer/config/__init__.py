@@ -12,8 +12,11 @@ value, ``compose_check`` and ``compose_check_service`` the compose check (every
 key supported exactly or refused with file:line), ``label_check`` the grammar
 of the ``deployer.*`` labels discovery reads (the compose check runs it; discovery
 reads labels through it), ``compose_spec`` the compose service -> container spec
-translation, ``secret_files`` the secret-file policy both of them apply (which
-files a compose secret may name, read once); ``yamledit`` makes byte-preserving
+translation; ``repo_files`` is the one repository-files policy both of them apply
+(which files a compose file may ship to a node: secrets, configs, env_file, relative
+bind sources; in bounds, small, read once), ``secret_files`` its secret variant,
+``compose_files`` what a service ships (bundles, mounts, env_file values) and
+``compose_files_check`` its compose check, ``dotenv`` the env_file format; ``yamledit`` makes byte-preserving
 YAML edits, with ``yamltext`` finding nodes in the text, quoting values and
 verifying every edit. Pure: no Docker, no network; reads files. May import
 only the shared modules (errors, model, labels, values, spec, imageref, files)

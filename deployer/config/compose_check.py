@@ -55,6 +55,8 @@ class _Checker(ServiceChecker):
                 self.top_definitions(at, TOP_NETWORK_KEYS, self.networks, "network")
             elif key == "secrets":
                 self.top_secrets(at)
+            elif key == "configs":
+                self.top_configs(at)
             elif key == "name" and not isinstance(at.value, str):
                 self.err(at, f"must be a string, not {kind(at.value)}")
         services = top.get("services")
@@ -113,7 +115,8 @@ class _Checker(ServiceChecker):
                 continue
             for key, sub in child.entries():
                 if key == "environment":
-                    self.err(sub, "secrets from 'environment' are not supported: use 'file'")
+                    self.err(sub, "secrets from 'environment' are not supported: it reads the operator's shell, "
+                                  "so what runs would depend on who deploys: use 'file'")
                 elif key == "external":
                     self.err(sub, "external secrets are for swarm and not supported: use 'file'")
             self.keys(child, TOP_SECRET_KEYS | {"environment", "external"})

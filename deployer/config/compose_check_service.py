@@ -17,17 +17,18 @@ import difflib
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Iterator
 
 from deployer.config.compose_keys import (
     BUILD_KEYS, CONTAINER_NAME_RE, DEPENDS_ON_CONDITIONS, DEPENDS_ON_KEYS, HEALTHCHECK_KEYS, LOGGING_KEYS, NAME_RE,
-    NULL_MEANS_EMPTY, PORT_LONG_KEYS, RESTART_POLICIES, SERVICE_KEYS, SERVICE_NETWORK_KEYS, SERVICE_SECRET_KEYS,
+    NULL_MEANS_EMPTY, PORT_LONG_KEYS, RESTART_POLICIES, SERVICE_KEYS, SERVICE_NETWORK_KEYS,
     SIGNAL_RE, UNSUPPORTED_HINTS, VOLUME_LONG_KEYS, Binding, PortRun, as_list, check_extra_host, check_ip,
     expand_run, expose_range, extra_host_pairs, is_bool, is_int, is_scalar, label_pairs, parse_command, parse_cpus,
-    parse_healthcheck_test, parse_mode, parse_port_long, parse_port_run, parse_restart, parse_tmpfs, parse_volume,
-    secret_target, split_assignment,
+    parse_healthcheck_test, parse_port_long, parse_port_run, parse_restart, parse_tmpfs, parse_volume,
+    split_assignment,
 )  # fmt: skip
+from deployer.config.compose_files_check import FilesChecks
 from deployer.config.label_check import check_labels, service_name_problem
 from deployer.errors import ConfigError, ImageReferenceError
 from deployer.imageref import ImageRef
@@ -93,7 +94,7 @@ class ServiceFacts:
     container_name: tuple[str, At] | None = None
 
 
-class ServiceChecker:
+class ServiceChecker(FilesChecks):
     """Checks one service at a time; ``compose_check`` adds the document around the services."""
 
     def __init__(self, path: str, repo_root: Path):
@@ -103,6 +104,9 @@ class ServiceChecker:
         self.volumes: dict[str, Any] = {}
         self.networks: dict[str, Any] = {}
         self.secrets: set[str] = set()
+        self.configs: set[str] = set()
+        self.shipped_bytes: dict[str, int] = {}  # service -> bytes of its configs and relative bind sources
+        self.config_sizes: dict[str, int] = {}  # top-level config -> bytes
         self.service_names: list[str] = []
         self.facts: dict[str, ServiceFacts] = {}
         self.port_count = 0  # ports the ports and expose entries stand for, so far
@@ -339,6 +343,8 @@ class ServiceChecker:
             mount = self.parsed(item, parse_volume)
             if mount is None:
                 continue
+            if mount.get("relative"):
+                self.relative_bind(name, item, mount)
             if mount["type"] == "volume" and mount["source"] not in self.volumes:
                 self.err(item, f"volume {mount['source']!r} is not declared in the top-level volumes")
             target = mount["target"].rstrip("/") or "/"
@@ -487,39 +493,6 @@ class ServiceChecker:
         if mode.startswith("container:") and len(mode) > len("container:"):
             return
         self.err(at, f"invalid network_mode {mode!r}: use host, none, bridge, service:<name> or container:<name>")
-
-    def s_secrets(self, name, at, facts, network_mode) -> None:
-        if not self.seq(at):
-            return
-        targets: dict[str, str] = {}
-        for _, item in at.items():
-            source, target = None, None
-            if isinstance(item.value, dict):
-                self.keys(item, SERVICE_SECRET_KEYS, extensions=False)
-                src = item.get("source")
-                if src is None:
-                    self.err(item, "missing required key 'source'")
-                elif self.string(src):
-                    source = src.value
-                tgt = item.get("target")
-                if tgt is not None and self.string(tgt):
-                    if ".." in PurePosixPath(tgt.value).parts:
-                        self.err(tgt, f"invalid target {tgt.value!r}: '..' is not allowed")
-                    else:
-                        target = tgt.value
-                mode = item.get("mode")
-                if mode is not None:
-                    self.parsed(mode, parse_mode)
-            elif self.string(item):
-                source = item.value
-            if source is None:
-                continue
-            if source not in self.secrets:
-                self.err(item, f"secret {source!r} is not declared in the top-level secrets")
-            path = secret_target(source, target)
-            if path in targets:
-                self.err(item, f"secret target {path} is used twice (also by {targets[path]})")
-            targets[path] = item.field or ""
 
     def s_container_name(self, name, at, facts, network_mode) -> None:
         if not self.string(at):

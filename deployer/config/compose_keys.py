@@ -29,7 +29,7 @@ from deployer.values import BadValue, kind, parse_bytes, parse_port_number, pars
 # --------------------------------------------------------------------------
 # What is supported
 
-TOP_KEYS = {"services", "volumes", "networks", "secrets", "version", "name"}
+TOP_KEYS = {"services", "volumes", "networks", "secrets", "configs", "version", "name"}
 
 SERVICE_KEYS = {
     "ports", "image", "volumes", "restart", "environment", "build", "networks",
@@ -37,16 +37,14 @@ SERVICE_KEYS = {
     "entrypoint", "labels", "user", "working_dir", "hostname", "extra_hosts",
     "cap_add", "cap_drop", "mem_limit", "cpus", "logging", "init", "stop_signal",
     "stop_grace_period", "network_mode", "privileged", "read_only", "tmpfs", "dns",
-    "shm_size",
+    "shm_size", "configs", "env_file",
 }  # fmt: skip
 
 # A word on why some well-known compose keys are refused.
 UNSUPPORTED_HINTS = {
-    "env_file": "write the variables under 'environment'",
     "deploy": "it is for swarm; use restart, mem_limit and cpus",
     "links": "services on a shared network reach each other by service name",
     "profiles": "every service in a node's compose file is deployed",
-    "configs": "mount a bind volume or bake the file into the image",
 }
 
 HEALTHCHECK_KEYS = {"test", "interval", "timeout", "retries", "start_period", "disable"}
@@ -55,7 +53,10 @@ VOLUME_LONG_KEYS = {"type", "source", "target", "read_only", "tmpfs"}
 TOP_VOLUME_KEYS = {"driver", "driver_opts", "labels", "external", "name"}
 TOP_NETWORK_KEYS = {"driver", "driver_opts", "internal", "labels", "external", "name"}
 TOP_SECRET_KEYS = {"file"}
-SERVICE_SECRET_KEYS = {"source", "target", "mode"}
+SERVICE_SECRET_KEYS = {"source", "target", "mode", "uid", "gid"}
+TOP_CONFIG_KEYS = {"file", "content"}
+SERVICE_CONFIG_KEYS = {"source", "target", "mode", "uid", "gid"}
+ENV_FILE_KEYS = {"path", "required"}
 SERVICE_NETWORK_KEYS = {"aliases", "ipv4_address"}
 DEPENDS_ON_KEYS = {"condition"}
 DEPENDS_ON_CONDITIONS = ("service_started", "service_healthy", "service_completed_successfully")
@@ -67,13 +68,14 @@ PROTOCOLS = ("tcp", "udp", "sctp")
 # Keys whose value is a list or mapping: written empty (null) they mean "none".
 NULL_MEANS_EMPTY = {
     "ports", "volumes", "environment", "networks", "depends_on", "secrets", "expose",
-    "labels", "extra_hosts", "cap_add", "cap_drop", "tmpfs", "dns",
+    "labels", "extra_hosts", "cap_add", "cap_drop", "tmpfs", "dns", "configs", "env_file",
 }  # fmt: skip
 
 NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")  # compose keys of services, volumes, networks
 CONTAINER_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
 SIGNAL_RE = re.compile(r"[A-Za-z0-9+-]+")
-_RELATIVE_BIND = "relative bind mount paths are not supported: the path would be resolved on the Docker host"
+_RELATIVE_BIND = ("a bind source is an absolute path on the Docker host, or a path of the repository "
+                  "starting with './' or '../' (shipped to the node)")
 
 
 # --------------------------------------------------------------------------
@@ -295,9 +297,14 @@ def _check_target(target: Any) -> str:
     return target
 
 
+def is_relative_source(source: Any) -> bool:
+    """Whether a bind source names a path of the repository (shipped to the node): '.', './x', '../x'."""
+    return isinstance(source, str) and (source in (".", "..") or source.startswith(("./", "../")))
+
+
 def _source_kind(source: str) -> str:
-    """'bind' for an absolute path, 'volume' for a volume name; relative paths are refused."""
-    if source.startswith("/"):
+    """'bind' for an absolute path or a repository path ('./x', shipped), 'volume' for a volume name."""
+    if source.startswith("/") or is_relative_source(source):
         return "bind"
     if source.startswith("~"):
         raise BadValue(f"'~' is not expanded in {source!r}: write the absolute path on the Docker host")
@@ -331,7 +338,8 @@ def parse_volume(value: Any) -> dict[str, Any]:
             raise BadValue(f"invalid volume {value!r}: the source is empty")
         mount_type = _source_kind(source)
         return {"type": mount_type, "source": source, "target": _check_target(target),
-                "read_only": read_only, "selinux": selinux, "tmpfs_size": None}  # fmt: skip
+                "read_only": read_only, "selinux": selinux, "tmpfs_size": None,
+                "relative": is_relative_source(source)}  # fmt: skip
     if not isinstance(value, dict):
         raise BadValue(f"must be a string like 'data:/var/lib/data' or a mapping with 'type', not {kind(value)}")
     mount_type = value.get("type")
@@ -362,12 +370,13 @@ def parse_volume(value: Any) -> dict[str, Any]:
         actual = _source_kind(source)
         if actual != mount_type:
             raise BadValue(
-                f"source {source!r} is a volume name, but type is bind: bind sources are absolute paths"
+                f"source {source!r} is a volume name, but type is bind: bind sources are absolute paths "
+                "or repository paths starting with './'"
                 if mount_type == "bind"
                 else f"source {source!r} is a path, but type is volume: write a volume name or use type bind"
             )
     return {"type": mount_type, "source": source, "target": target, "read_only": bool(read_only),
-            "selinux": "", "tmpfs_size": size}  # fmt: skip
+            "selinux": "", "tmpfs_size": size, "relative": is_relative_source(source)}  # fmt: skip
 
 
 def parse_tmpfs(value: Any) -> tuple[str, str]:

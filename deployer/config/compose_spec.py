@@ -7,16 +7,17 @@ of it. ``node_resources(node)`` lists the named volumes and networks a node's
 engine must have, ``container_name`` says what a service's container is
 called, ``start_order`` in which order a node's services start.
 
-Pure apart from one read: a secret file is read once, through the secret-file
-policy (``secret_files``), its content carried in the spec (the applier copies
-those bytes, it does not read the file again) and hashed into it, so that
-changing a secret recreates the container. The values were checked by
+Pure apart from reading the files a service ships (secrets, configs,
+env_file, relative bind sources): each is read once, through the
+repository-files policy (``compose_files``, ``repo_files``), its content
+carried in the spec (the applier ships those bytes, it does not read the file
+again) and its digest hashed into it, so that changing a file recreates the
+container. The values were checked by
 ``compose_check``; they are read with the same parsers (``compose_keys``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import math
 from pathlib import Path
@@ -24,14 +25,14 @@ from typing import Any, Mapping
 
 from deployer.config.compose_keys import (
     Binding, as_list, env_pairs, extra_host_pairs, label_pairs, parse_command, parse_cpus, parse_expose,
-    parse_healthcheck_test, parse_mode, parse_port, parse_port_long, parse_restart, parse_tmpfs, parse_volume,
-    scalar_str, secret_target,
+    parse_healthcheck_test, parse_port, parse_port_long, parse_restart, parse_tmpfs, parse_volume,
+    scalar_str,
 )  # fmt: skip
-from deployer.config.secret_files import read_secret_file, secret_line
+from deployer.config.compose_files import env_file_environment, shipped_files
 from deployer.errors import ConfigError
 from deployer.labels import LABEL_DC, LABEL_IMAGE, LABEL_NODE, LABEL_SERVICE
 from deployer.model import Node, Service
-from deployer.spec import DEFAULT_SECRET_MODE, DEFAULT_STOP_TIMEOUT, ContainerSpec, NetworkSpec, SecretFile, VolumeSpec
+from deployer.spec import DEFAULT_STOP_TIMEOUT, ContainerSpec, NetworkSpec, VolumeSpec
 from deployer.values import parse_bytes, parse_duration_ns
 
 
@@ -156,36 +157,6 @@ def _environment(config: Mapping[str, Any], variables: Mapping[str, str], path: 
     return [f"{k}={values[k]}" for k in sorted(values)]
 
 
-def _secret_files(node: Node, config: Mapping[str, Any], repo_root: Path) -> list[SecretFile]:
-    """Each secret the service mounts, its file read once through the secret-file policy (``secret_files``)."""
-    compose_path = node.compose_path or node.path
-    read: dict[str, tuple[str, bytes]] = {}  # secret name -> (resolved path, content): each file read once
-    out = []
-    for entry in config.get("secrets") or []:
-        if isinstance(entry, str):
-            name, target, mode = entry, None, DEFAULT_SECRET_MODE
-        else:
-            name, target = entry["source"], entry.get("target")
-            mode = parse_mode(entry["mode"]) if entry.get("mode") is not None else DEFAULT_SECRET_MODE
-        if name not in read:
-            definition = node.secrets.get(name)
-            written = definition.get("file") if isinstance(definition, dict) else None
-            try:
-                source, data = read_secret_file(
-                    written, name=name, compose_path=compose_path, repo_root=repo_root, secrets_dirs=node.secrets_dirs
-                )
-            except ConfigError as err:
-                if err.line is None:  # plain data has no lines: find the one the value is written on
-                    err = ConfigError(err.path, err.message, line=secret_line(repo_root, compose_path, name),
-                                      field=err.field)
-                raise err from None
-            read[name] = (source.path, data)
-        path, data = read[name]
-        out.append(SecretFile(name=name, source=path, target=secret_target(name, target),
-                              sha256=hashlib.sha256(data).hexdigest(), mode=mode, content=data))
-    return sorted(out, key=lambda s: s.target)
-
-
 def container_spec(
     node: Node, service: Service, repo_root: Path, *, environ: Mapping[str, str] | None = None
 ) -> ContainerSpec:
@@ -206,6 +177,10 @@ def container_spec(
     if cfg.get("entrypoint") is not None:
         create["entrypoint"] = parse_command(cfg["entrypoint"])
     environment = _environment(cfg, env_source, service.location.path)
+    if cfg.get("env_file") is not None:  # the env_file values, under what 'environment' says (as Compose does)
+        merged = env_file_environment(node, service.name, cfg, repo_root)
+        merged.update(e.split("=", 1) for e in environment)
+        environment = [f"{k}={merged[k]}" for k in sorted(merged)]
     if environment:
         create["environment"] = environment
     for key in ("user", "working_dir", "hostname"):
@@ -247,6 +222,8 @@ def container_spec(
     tmpfs: dict[str, str] = {}
     for entry in cfg.get("volumes") or []:
         mount = parse_volume(entry)
+        if mount.get("relative"):  # shipped from the repository (compose_files)
+            continue
         if mount["type"] == "tmpfs":
             tmpfs[mount["target"]] = f"size={mount['tmpfs_size']}" if mount["tmpfs_size"] is not None else ""
             continue
@@ -312,6 +289,10 @@ def container_spec(
                 ipv4[engine] = str(opts["ipv4_address"])
         host["network_mode"] = networks[0][0]
 
+    shipped = shipped_files(node, service.name, cfg, repo_root)
+    if shipped.mounts:
+        host["mounts"] = shipped.mounts
+
     labels = label_pairs(cfg.get("labels"))
     labels.update({LABEL_DC: node.dc, LABEL_NODE: node.name, LABEL_SERVICE: service.name, LABEL_IMAGE: service.image})
 
@@ -325,11 +306,13 @@ def container_spec(
         host=host,
         networks=networks,
         labels=dict(sorted(labels.items())),
-        secrets=_secret_files(node, cfg, repo_root),
+        secrets=shipped.secrets,
         stop_timeout=stop_timeout,
         has_healthcheck=has_healthcheck,
         published_ports=any(host_port for _, _, _, host_port in bindings),  # fixed host ports only
         ipv4_addresses=ipv4,
+        files=shipped.files,
+        bundles=shipped.bundles,
     )
 
 

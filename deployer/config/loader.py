@@ -425,12 +425,13 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
     node.networks = plain_data(doc.get("networks") or {})
     node.secrets = plain_data(doc.get("secrets") or {})
     node.compose_name = str(doc["name"]) if doc.get("name") else None
+    node.configs = plain_data(doc.get("configs") or {})
 
 
 def with_compose_text(root: str | Path, node: Node, text: str) -> Node:
     """A copy of ``node`` whose services come from ``text`` (an edited compose file), validated."""
     rel = node.compose_path or f"{node.path}/{COMPOSE_FILES[0]}"
-    copy = dataclasses.replace(node, services={}, volumes={}, networks={}, secrets={})
+    copy = dataclasses.replace(node, services={}, volumes={}, networks={}, secrets={}, configs={})
     problems: list[ConfigError] = []
     _load_compose(Path(root), copy, rel, problems, text=text)
     if not problems:  # the node-wide checks ``check`` runs too

@@ -20,10 +20,8 @@ when a failed stop-first replace started the old container again.
 
 from __future__ import annotations
 
-import io
 import re
 import socket
-import tarfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ from deployer.errors import ContainerConflict, HealthCheckFailed, ImageNotFound,
 from deployer.engine.plan import CREATE, NONE, REMOVE, REPLACE, TIDY, Change
 from deployer.engine import registry_credentials as credentials
 from deployer.engine.connect import import_docker
+from deployer.engine.ship import Shipper
 from deployer.engine.state import ContainerState, NodeState, read_container
 from deployer.imageref import ImageRef
 
@@ -153,6 +152,7 @@ class Applier:
         self.health_timeout = options.health_timeout
         self.hooks = hooks or Hooks()
         self.progress = progress or (lambda msg: None)
+        self.shipper = Shipper(self.api, self.progress)
 
     # -- images, volumes, networks -------------------------------------------------
 
@@ -237,6 +237,7 @@ class Applier:
 
     def apply(self, change: Change, state: NodeState) -> Outcome:
         started = time.monotonic()
+        self.shipper.observe(state)
         outcome = Outcome(change, steps=Steps(self.progress))
         if change.action == NONE:
             outcome.container = change.current
@@ -292,6 +293,7 @@ class Applier:
                 raise
             logs = self._logs(new_id)
             self._remove(new_id)
+            self._sweep(spec.image)
             if old is not None:
                 restored = self._restore(old)
                 if stop_first and old.running and self.hooks.restored:
@@ -315,7 +317,17 @@ class Applier:
             if name != spec.name:
                 self.api.rename(new_id, spec.name)
                 steps.append(f"renamed {name} to {spec.name}")
+        self._sweep(spec.image)
         return read_container(self.client, new_id)
+
+    def _sweep(self, image: str) -> None:
+        """Remove the shipped files only removed containers mounted (engine.ship); a failure is only reported."""
+        if not self.shipper.retired:
+            return
+        try:
+            self.shipper.sweep(image)
+        except Exception as exc:  # noqa: BLE001 - what was deployed matters more; a later deploy sweeps again
+            self.progress(f"could not remove unused shipped files: {' '.join(str(exc).split())}")
 
     def _call_retiring(self, container: ContainerState) -> None:
         if self.hooks.retiring:
@@ -326,18 +338,18 @@ class Applier:
         networking = None
         if first_net is not None:
             networking = self.api.create_networking_config({first_net[0]: self._endpoint(spec, *first_net)})
+        self.shipper.ship(spec)  # secrets and files from the repository, into the node's store (engine.ship)
         host_config = self.api.create_host_config(**spec.host)
         created = self.api.create_container(
             spec.image, name=name, labels=spec.all_labels(), host_config=host_config,
             networking_config=networking, **spec.create,
         )
         cid = created["Id"]
+        self.shipper.used(cid, spec)
         try:
             for net, aliases in spec.networks[1:]:
                 self.api.connect_container_to_network(cid, net, aliases=aliases or None,
                                                       ipv4_address=spec.ipv4_addresses.get(net))
-            if spec.secrets:
-                self._put_secrets(cid, spec)
         except BaseException:
             self._remove(cid)
             raise
@@ -345,30 +357,6 @@ class Applier:
 
     def _endpoint(self, spec: ContainerSpec, net: str, aliases: list[str]):
         return self.api.create_endpoint_config(aliases=aliases or None, ipv4_address=spec.ipv4_addresses.get(net))
-
-    def _put_secrets(self, cid: str, spec: ContainerSpec) -> None:
-        """Secrets go into the created container as root-readable files (works on remote engines too)."""
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            dirs = set()
-            for secret in spec.secrets:
-                data = secret.content  # read once by the spec builder, after the secret-file policy
-                if data is None:
-                    raise ValueError(f"secret {secret.name}: the spec carries no content (not built by compose_spec)")
-                parts = secret.target.strip("/").split("/")
-                for i in range(1, len(parts)):
-                    d = "/".join(parts[:i])
-                    if d not in dirs:
-                        dirs.add(d)
-                        info = tarfile.TarInfo(d)
-                        info.type = tarfile.DIRTYPE
-                        info.mode = 0o755
-                        tar.addfile(info)
-                info = tarfile.TarInfo(secret.target.strip("/"))
-                info.size = len(data)
-                info.mode = secret.mode
-                tar.addfile(info, io.BytesIO(data))
-        self.api.put_archive(cid, "/", buf.getvalue())
 
     def wait_healthy(self, cid: str, spec: ContainerSpec) -> ContainerState:
         """Until healthy (healthcheck) or running for the settle period; HealthCheckFailed otherwise.
@@ -447,11 +435,13 @@ class Applier:
         if container.running:
             self._call_retiring(container)
         self._remove(container.id)
+        self._sweep(container.image_id)
 
     def _remove(self, cid: str, stop_timeout: int = 10) -> None:
         try:
             self.api.stop(cid, timeout=stop_timeout)
         except docker.errors.NotFound:
+            self.shipper.forget(cid)
             return
         except docker.errors.APIError:
             pass
@@ -459,6 +449,7 @@ class Applier:
             self.api.remove_container(cid, force=True, v=False)
         except docker.errors.NotFound:
             pass
+        self.shipper.forget(cid)
 
 
 class _ContainerEvents:

@@ -48,13 +48,13 @@ def test_unknown_top_level_key():
     """) == f"{COMPOSE}:5: foo: unsupported key 'foo'"
 
 
-def test_configs_top_level_is_unsupported():
+def test_a_config_file_that_does_not_exist_is_named():
     assert one_problem("""
         services:
           web: {image: nginx}
         configs:
           c: {file: x}
-    """) == f"{COMPOSE}:4: configs: unsupported key 'configs'"
+    """) == f"{COMPOSE}:5: configs.c.file: config file {NODE_DIR}/x does not exist"
 
 
 def test_missing_services_and_not_a_mapping():
@@ -77,13 +77,11 @@ def test_well_known_unsupported_keys_say_why():
         services:
           web:
             image: nginx
-            env_file: .env
             deploy: {replicas: 2}
             profiles: [debug]
     """) == [
-        f"{COMPOSE}:5: services.web.env_file: unsupported key 'env_file': write the variables under 'environment'",
-        f"{COMPOSE}:6: services.web.deploy: unsupported key 'deploy': it is for swarm; use restart, mem_limit and cpus",
-        f"{COMPOSE}:7: services.web.profiles: unsupported key 'profiles': every service in a node's compose file is deployed",
+        f"{COMPOSE}:5: services.web.deploy: unsupported key 'deploy': it is for swarm; use restart, mem_limit and cpus",
+        f"{COMPOSE}:6: services.web.profiles: unsupported key 'profiles': every service in a node's compose file is deployed",
     ]
 
 
@@ -367,8 +365,11 @@ def test_container_names_must_be_unique():
 # Volumes
 
 
-def test_relative_bind_mounts_are_refused():
-    msg = "relative bind mount paths are not supported: the path would be resolved on the Docker host"
+def test_relative_bind_mounts_are_shipped_read_only_from_the_repository(repo):
+    msg = ("a bind source is an absolute path on the Docker host, or a path of the repository "
+           "starting with './' or '../' (shipped to the node)")
+    (repo / NODE_DIR / "conf").mkdir()
+    (repo / NODE_DIR / "conf" / "a.conf").write_text("a\n")
     assert problems("""
         services:
           web:
@@ -380,11 +381,15 @@ def test_relative_bind_mounts_are_refused():
               - type: bind
                 source: ../data
                 target: /data
-    """) == [
-        f"{COMPOSE}:6: services.web.volumes[0]: {msg}",
+                read_only: true
+              - ./conf:/z
+    """, repo) == [
         f"{COMPOSE}:7: services.web.volumes[1]: {msg}",
         f"{COMPOSE}:8: services.web.volumes[2]: '~' is not expanded in '~/data': write the absolute path on the Docker host",
-        f"{COMPOSE}:9: services.web.volumes[3]: {msg}",
+        f"{COMPOSE}:9: services.web.volumes[3]: bind source datacenters/dc1/data does not exist",
+        f"{COMPOSE}:13: services.web.volumes[4]: ./conf is shipped from the repository and mounted read-only: "
+        "write './conf:/z:ro' (or read_only: true); the container must not write into the deployer's "
+        "content-addressed copy",
     ]
 
 
@@ -609,8 +614,8 @@ def test_secret_definitions_and_references(repo):
         f"{COMPOSE}:7: services.web.secrets[1]: secret 'nope' is not declared in the top-level secrets",
         f"{COMPOSE}:10: services.web.secrets[3]: secret target /run/secrets/db_password is used twice (also by services.web.secrets[2])",
         f"{COMPOSE}:11: services.web.secrets[3].mode: write the mode as octal digits with a leading 0, like 0440, not 0o440",
-        f"{COMPOSE}:12: services.web.secrets[3].uid: unsupported key 'uid'",
-        f"{COMPOSE}:15: secrets.api_key.environment: secrets from 'environment' are not supported: use 'file'",
+        f"{COMPOSE}:15: secrets.api_key.environment: secrets from 'environment' are not supported: it reads the "
+        "operator's shell, so what runs would depend on who deploys: use 'file'",
         f"{COMPOSE}:19: secrets.ext.external: external secrets are for swarm and not supported: use 'file'",
         f"{COMPOSE}:20: secrets.empty: missing required key 'file'",
     ]

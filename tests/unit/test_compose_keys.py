@@ -38,7 +38,8 @@ ANONYMOUS = (
     "anonymous volumes are not supported (they are lost when the container is recreated): "
     "name the volume ('data:/path') and declare it under the top-level volumes"
 )
-RELATIVE = "relative bind mount paths are not supported: the path would be resolved on the Docker host"
+RELATIVE = ("a bind source is an absolute path on the Docker host, or a path of the repository "
+            "starting with './' or '../' (shipped to the node)")
 
 
 def refused(parser, value) -> str:
@@ -113,10 +114,18 @@ def test_expose():
 def test_volume_short_syntax():
     assert parse_volume("data:/d:ro,z") == {
         "type": "volume", "source": "data", "target": "/d", "read_only": True, "selinux": "z", "tmpfs_size": None,
+        "relative": False,
     }  # fmt: skip
     assert parse_volume("/h:/c:rw,Z") == {
         "type": "bind", "source": "/h", "target": "/c", "read_only": False, "selinux": "Z", "tmpfs_size": None,
+        "relative": False,
     }  # fmt: skip
+    # a path of the repository: a bind, shipped to the node (compose_files)
+    assert parse_volume("./conf:/c:ro") == {
+        "type": "bind", "source": "./conf", "target": "/c", "read_only": True, "selinux": "", "tmpfs_size": None,
+        "relative": True,
+    }  # fmt: skip
+    assert parse_volume({"type": "bind", "source": "../x", "target": "/c"})["relative"] is True
 
 
 @pytest.mark.parametrize(
@@ -130,7 +139,7 @@ def test_volume_short_syntax():
         ("data", ANONYMOUS),
         ("bad name:/d", "invalid volume name 'bad name'"),
         ("~/x:/d", "'~' is not expanded in '~/x': write the absolute path on the Docker host"),
-        ("./x:/d", RELATIVE),
+        (".x:/d", RELATIVE),
         ("x/y:/d", RELATIVE),
         ("data:rel", "the mount target must be an absolute path in the container, not 'rel'"),
         (5, "must be a string like 'data:/var/lib/data' or a mapping with 'type', not an integer"),
@@ -143,7 +152,7 @@ def test_volume_short_syntax():
         ({"type": "volume", "target": "/d"}, ANONYMOUS),
         ({"type": "bind", "target": "/d"}, "a bind mount needs a source"),
         ({"type": "bind", "source": 5, "target": "/d"}, "source must be a string, not an integer"),
-        ({"type": "bind", "source": "data", "target": "/d"}, "source 'data' is a volume name, but type is bind: bind sources are absolute paths"),
+        ({"type": "bind", "source": "data", "target": "/d"}, "source 'data' is a volume name, but type is bind: bind sources are absolute paths or repository paths starting with './'"),
         ({"type": "volume", "source": "/x", "target": "/d"}, "source '/x' is a path, but type is volume: write a volume name or use type bind"),
     ],
 )  # fmt: skip

@@ -463,8 +463,12 @@ def test_round_trip_loader_agrees_in_block_context():
 def reference_data(spec: ContainerSpec, redact: bool) -> dict:
     """config_hash/config_json's data as computed before (dataclasses.asdict), to compare with."""
     data = asdict(spec)
+    del data["bundles"]  # the content shipped: its digests are in the mounts and in files
+    if not data["files"]:
+        del data["files"]
     if not redact:
-        data["secrets"] = [(s["name"], s["target"], s["sha256"], s["mode"]) for s in data["secrets"]]
+        data["secrets"] = [(s["name"], s["target"], s["sha256"], s["mode"], s["uid"], s["gid"])
+                           for s in data["secrets"]]
         return data
     salt = f"{spec.dc}/{spec.node}/{spec.service}"
 
@@ -475,7 +479,8 @@ def reference_data(spec: ContainerSpec, redact: bool) -> dict:
     env = data["create"].get("environment")
     if env:
         data["create"]["environment"] = [f"{k}={fingerprint(k, v)}" for k, _, v in (e.partition("=") for e in env)]
-    data["secrets"] = [(s["name"], s["target"], s["mode"], fingerprint(s["name"], s["sha256"])) for s in data["secrets"]]
+    data["secrets"] = {s["target"]: [s["name"], s["mode"], s["uid"], s["gid"], fingerprint(s["name"], s["sha256"])]
+                       for s in data["secrets"]} or []
     return data
 
 
@@ -540,8 +545,10 @@ def test_config_hash_covers_every_field_and_follows_changes():
         "networks": [("n1_default", ["web"])], "labels": {**spec.labels, "team": "edge"},
         "secrets": [replace(spec.secrets[0], sha256="cd" * 32)], "stop_timeout": 30, "has_healthcheck": False,
         "published_ports": False, "ipv4_addresses": {},
+        "files": {"/etc/app.conf": "config app (app.conf) 0123456789ab"},
     }  # fmt: skip
-    assert set(changed) == {f.name for f in fields(ContainerSpec)}, "a new field: add it here"
+    # bundles is the content behind files and the mounts: not hashed itself
+    assert set(changed) | {"bundles"} == {f.name for f in fields(ContainerSpec)}, "a new field: add it here"
     for name, value in changed.items():
         assert replace(spec, **{name: value}).config_hash() != before, name
     # a spec changed in place hashes anew (nothing is cached)
