@@ -82,6 +82,8 @@ class Node:
     secrets_dirs: tuple[str, ...] = ()
     # its datacenter's registry_credentials file (copied by the loader): the account its pulls use
     registry_credentials: str | None = None
+    # node.yml profiles: compose services with profiles run here only when one of theirs is listed
+    profiles: tuple[str, ...] = ()
 
     @property
     def target(self) -> str:

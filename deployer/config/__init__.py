@@ -4,7 +4,9 @@
 limits, every failure with its line; ``fastyaml`` is its fast YAML path);
 ``compose_keys`` holds the supported compose keys and one parser per kind of
 value, ``compose_check`` and ``compose_check_service`` the compose check (every
-key supported exactly or refused with file:line), ``label_check`` the grammar
+key supported exactly or refused with file:line), ``compose_deploy`` the
+``deploy:``/``scale``/``profiles`` keys and depends_on options (checked, and
+read into host settings and a service's rollout), ``label_check`` the grammar
 of the ``deployer.*`` labels discovery reads (the compose check runs it; discovery
 reads labels through it), ``compose_spec`` the compose service -> container spec
 translation, ``secret_files`` the secret-file policy both of them apply (which

@@ -38,14 +38,13 @@ SERVICE_KEYS = {
     "cap_add", "cap_drop", "mem_limit", "cpus", "logging", "init", "stop_signal",
     "stop_grace_period", "network_mode", "privileged", "read_only", "tmpfs", "dns",
     "shm_size",
+    "deploy", "scale", "profiles",  # config.compose_deploy
 }  # fmt: skip
 
 # A word on why some well-known compose keys are refused.
 UNSUPPORTED_HINTS = {
     "env_file": "write the variables under 'environment'",
-    "deploy": "it is for swarm; use restart, mem_limit and cpus",
     "links": "services on a shared network reach each other by service name",
-    "profiles": "every service in a node's compose file is deployed",
     "extends": "use YAML anchors or x-* extension keys",
     "configs": "mount a bind volume or bake the file into the image",
 }
@@ -58,7 +57,7 @@ TOP_NETWORK_KEYS = {"driver", "driver_opts", "internal", "labels", "external", "
 TOP_SECRET_KEYS = {"file"}
 SERVICE_SECRET_KEYS = {"source", "target", "mode"}
 SERVICE_NETWORK_KEYS = {"aliases", "ipv4_address"}
-DEPENDS_ON_KEYS = {"condition"}
+DEPENDS_ON_KEYS = {"condition", "restart", "required"}
 DEPENDS_ON_CONDITIONS = ("service_started", "service_healthy", "service_completed_successfully")
 BUILD_KEYS = {"context", "dockerfile", "args"}
 LOGGING_KEYS = {"driver", "options"}

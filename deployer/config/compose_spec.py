@@ -28,6 +28,7 @@ from deployer.config.compose_keys import (
     parse_healthcheck_test, parse_mode, parse_port, parse_port_long, parse_restart, parse_tmpfs, parse_volume,
     scalar_str, secret_target,
 )  # fmt: skip
+from deployer.config.compose_deploy import host_settings, rollout
 from deployer.config.secret_files import read_secret_file, secret_line
 from deployer.errors import ConfigError
 from deployer.labels import LABEL_DC, LABEL_IMAGE, LABEL_NODE, LABEL_SERVICE
@@ -288,6 +289,7 @@ def container_spec(
         host["extra_hosts"] = sorted({f"{h}:{ip}" for h, ip in extra_hosts})
     if cfg.get("dns"):
         host["dns"] = [str(d) for d in as_list(cfg["dns"])]
+    _deploy_settings(cfg, host)
 
     # networks
     networks: list[tuple[str, list[str]]] = []
@@ -329,7 +331,19 @@ def container_spec(
         has_healthcheck=has_healthcheck,
         published_ports=any(host_port for _, _, _, host_port in bindings),  # fixed host ports only
         ipv4_addresses=ipv4,
+        rollout=rollout(node.services, service.name) if service.name in node.services else rollout(
+            {service.name: cfg}, service.name),
     )
+
+
+def _deploy_settings(cfg: Mapping[str, Any], host: dict[str, Any]) -> None:
+    """deploy.resources and deploy.restart_policy (``compose_deploy``): the same host settings as mem_limit,
+    cpus, pids_limit, mem_reservation and restart (the check refused distinct values for one setting)."""
+    for key, value in host_settings(cfg).items():
+        if value is None:
+            host.pop(key, None)  # restart_policy condition: none
+        else:
+            host[key] = value
 
 
 # --------------------------------------------------------------------------

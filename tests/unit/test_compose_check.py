@@ -78,12 +78,8 @@ def test_well_known_unsupported_keys_say_why():
           web:
             image: nginx
             env_file: .env
-            deploy: {replicas: 2}
-            profiles: [debug]
     """) == [
         f"{COMPOSE}:5: services.web.env_file: unsupported key 'env_file': write the variables under 'environment'",
-        f"{COMPOSE}:6: services.web.deploy: unsupported key 'deploy': it is for swarm; use restart, mem_limit and cpus",
-        f"{COMPOSE}:7: services.web.profiles: unsupported key 'profiles': every service in a node's compose file is deployed",
     ]
 
 

@@ -33,7 +33,7 @@ from deployer.config import fastyaml
 from deployer.config.compose_keys import to_plain
 from deployer.config.loader import load_fast
 from deployer.labels import RESERVED_LABELS
-from deployer.spec import ContainerSpec, SecretFile
+from deployer.spec import Rollout, ContainerSpec, SecretFile
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -463,6 +463,7 @@ def test_round_trip_loader_agrees_in_block_context():
 def reference_data(spec: ContainerSpec, redact: bool) -> dict:
     """config_hash/config_json's data as computed before (dataclasses.asdict), to compare with."""
     data = asdict(spec)
+    del data["rollout"], data["replica"]  # not hashed: how a service is rolled out replaces no container
     if not redact:
         data["secrets"] = [(s["name"], s["target"], s["sha256"], s["mode"]) for s in data["secrets"]]
         return data
@@ -541,9 +542,12 @@ def test_config_hash_covers_every_field_and_follows_changes():
         "secrets": [replace(spec.secrets[0], sha256="cd" * 32)], "stop_timeout": 30, "has_healthcheck": False,
         "published_ports": False, "ipv4_addresses": {},
     }  # fmt: skip
-    assert set(changed) == {f.name for f in fields(ContainerSpec)}, "a new field: add it here"
+    unhashed = {"rollout": Rollout(replicas=3, parallelism=2), "replica": 2}  # scaling replaces no container
+    assert set(changed) | set(unhashed) == {f.name for f in fields(ContainerSpec)}, "a new field: add it here"
     for name, value in changed.items():
         assert replace(spec, **{name: value}).config_hash() != before, name
+    for name, value in unhashed.items():
+        assert replace(spec, **{name: value}).config_hash() == before, name
     # a spec changed in place hashes anew (nothing is cached)
     spec.host["mem_limit"] = 1
     assert spec.config_hash() != before
