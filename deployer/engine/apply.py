@@ -12,7 +12,19 @@ A replace goes like this:
 
 If the new container fails, its last log lines are kept, it is removed, and
 the old container is started again (and renamed back): the engine is as it
-was. Hooks let service discovery register the new container once healthy and
+was. A one-shot service (a dependant waits for it with depends_on condition
+service_completed_successfully) is not health-gated: it must run to
+completion and exit 0.
+
+A replicated service (a Change with ``parts``) is rolled out as its
+``spec.Rollout`` says: replicas replaced in batches of ``parallelism`` (each
+replica health-gated as above, the replicas of a batch at the same time),
+``delay`` between batches, ``monitor`` seconds more of health per container,
+``order`` start-first or stop-first; when more than ``max_failure_ratio`` of
+them fail, ``failure_action`` pause stops there (the failed replica restored,
+the ones replaced keep the new version), continue goes on, rollback puts every
+replaced replica back (their old containers are kept, stopped, until the last
+batch passed). Replicas beyond the count are removed after the others. Hooks let service discovery register the new container once healthy and
 deregister the old one before it stops; a ``healthy`` hook that raises fails the
 new container like a failed healthcheck (same restore), and ``restored`` is told
 when a failed stop-first replace started the old container again.
@@ -26,6 +38,7 @@ import socket
 import tarfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -49,6 +62,7 @@ POLL = 0.02  # seconds between health polls: detection latency, a few cheap insp
 EVENT_POLL = 0.5
 WAKE_EVENTS = ("health_status", "die", "restart", "oom", "kill", "stop", "pause", "destroy")
 LOG_LINES = 20
+ONE_SHOT_TIMEOUT = 600.0  # seconds a one-shot container may run, unless --health-timeout says otherwise
 
 
 @dataclass
@@ -83,6 +97,16 @@ class Steps(list):
     def append(self, step: str) -> None:
         super().append(step)
         self.progress(step)
+
+
+@dataclass
+class _Kept:
+    """A replica switched with its old container kept (stopped) until the whole rollout passed (rollback)."""
+
+    spec: ContainerSpec
+    old: ContainerState
+    new_id: str
+    name: str  # the new container's name until the old one is removed
 
 
 @dataclass
@@ -254,6 +278,8 @@ class Applier:
                 self.api.rename(change.current.id, change.spec.name)
                 outcome.steps.append(f"renamed {change.current.name} to {change.spec.name}")
             outcome.container = read_container(self.client, change.current.id)
+        elif change.parts:
+            outcome.container = self._rollout(change, state, outcome.steps)
         elif change.action in (CREATE, REPLACE):
             self.check_names(change, state)
             outcome.container = self._replace(change, outcome.steps)
@@ -262,7 +288,127 @@ class Applier:
         outcome.seconds = time.monotonic() - started
         return outcome
 
-    def _replace(self, change: Change, steps: list[str]) -> ContainerState:
+    # -- a replicated service ----------------------------------------------------
+
+    def _rollout(self, change: Change, state: NodeState, steps: list[str]) -> ContainerState | None:
+        """Every replica of a service as its Rollout says (see the module doc); the state of replica 1."""
+        spec = change.spec
+        assert spec is not None
+        rollout = spec.rollout
+        for part in change.parts:  # leftovers of an interrupted rollout: the right container runs
+            if part.action == TIDY:
+                done = self.apply(part, state)
+                steps.extend(s for s in done.steps if s not in steps)
+        updates = [p for p in change.parts if p.action in (CREATE, REPLACE)]
+        removes = [p for p in change.parts if p.action == REMOVE]
+        for part in updates:
+            self.check_names(part, state)
+        size = rollout.parallelism or len(updates) or 1
+        keep = rollout.failure_action == "rollback"
+        kept: list[_Kept] = []
+        failures: list[tuple[Change, BaseException]] = []
+        stopped = False
+        states: dict[int, ContainerState] = {}
+        for first in range(0, len(updates), size):
+            batch = updates[first:first + size]
+            if first and rollout.delay:
+                self.progress(f"waiting {rollout.delay:g}s before the next batch (update_config.delay)")
+                time.sleep(rollout.delay)
+            for part, result in zip(batch, self._batch(batch, steps, keep)):
+                if isinstance(result, BaseException):
+                    if lost_connection(result) or not isinstance(result, Exception):
+                        raise result
+                    failures.append((part, result))
+                    continue
+                new, kept_one = result
+                states[part.replica or 1] = new
+                if kept_one is not None:
+                    kept.append(kept_one)
+            if failures and len(failures) / len(updates) > rollout.max_failure_ratio:
+                if rollout.failure_action != "continue":
+                    stopped = True
+                    break
+        if stopped and keep:
+            for one in reversed(kept):
+                self._undo_kept(one, steps)
+            kept = []
+        for one in kept:
+            self._finish_kept(one, steps)
+        if not stopped:
+            for part in removes:
+                assert part.current is not None
+                self._retire(part.current)
+                steps.append(f"removed {part.current.name} ({part.reasons[0]})")
+        if failures and len(failures) / max(len(updates), 1) > rollout.max_failure_ratio:
+            self._rollout_failed(change, failures, len(updates), stopped)
+        for part, exc in failures:
+            steps.append(f"replica {part.replica} failed (within max_failure_ratio {rollout.max_failure_ratio:g}): "
+                         f"{' '.join(str(exc).split())}")
+        first_part = change.parts[0] if change.parts and change.parts[0].action != REMOVE else None
+        if first_part is None:
+            return None
+        if 1 in states:
+            return states[1]
+        return read_container(self.client, first_part.current.id) if first_part.current is not None else None
+
+    def _batch(self, batch: list[Change], steps: list[str], keep: bool) -> list[Any]:
+        """Replace the replicas of one batch at the same time; each result is (state, kept) or the exception."""
+        def one(part: Change) -> Any:
+            try:
+                return self._replace(part, steps, keep_old=keep)
+            except BaseException as exc:  # noqa: BLE001 - handed back, judged by the caller
+                return exc
+        if len(batch) == 1:
+            return [one(batch[0])]
+        with ThreadPoolExecutor(max_workers=len(batch)) as pool:
+            return list(pool.map(one, batch))
+
+    def _rollout_failed(self, change: Change, failures: list[tuple[Change, BaseException]], total: int,
+                        stopped: bool) -> None:
+        spec = change.spec
+        assert spec is not None
+        action = spec.rollout.failure_action
+        part, exc = failures[0]
+        if not stopped:
+            what = "went on with the other replicas (failure_action continue)"
+        elif action == "rollback":
+            what = "rolled back: every replica replaced runs its old container again (failure_action rollback)"
+        else:
+            what = "paused: the replicas replaced before keep the new version (failure_action pause)"
+        first = " ".join(str(exc).split())
+        message = (f"{change.target}: {len(failures)} of {total} replicas failed (first: replica {part.replica}: "
+                   f"{first}); the update {what}")
+        logs = exc.logs if isinstance(exc, HealthCheckFailed) else ""
+        raise HealthCheckFailed(message, getattr(exc, "container", ""), logs) from exc
+
+    def _finish_kept(self, kept: _Kept, steps: list[str]) -> None:
+        self._remove(kept.old.id, stop_timeout=kept.spec.stop_timeout)
+        steps.append(f"removed {kept.old.name}")
+        if kept.name != kept.spec.name:
+            self.api.rename(kept.new_id, kept.spec.name)
+            steps.append(f"renamed {kept.name} to {kept.spec.name}")
+
+    def _undo_kept(self, kept: _Kept, steps: list[str]) -> None:
+        """failure_action rollback: the new container goes, the old one (stopped, kept) serves again."""
+        try:
+            new = read_container(self.client, kept.new_id)
+            self._call_retiring(new)
+        except docker.errors.NotFound:
+            pass
+        self._remove(kept.new_id, stop_timeout=kept.spec.stop_timeout)
+        restored = self._restore(kept.old)
+        if kept.old.running and self.hooks.restored:
+            try:
+                self.hooks.restored(restored)
+            except Exception as hook_exc:  # noqa: BLE001 - the original failure matters more
+                self.progress(f"could not announce {kept.old.name} again: {hook_exc}")
+        steps.append(f"rolled back {kept.old.name}")
+
+    # -- one container -------------------------------------------------------------
+
+    def _replace(self, change: Change, steps: list[str], keep_old: bool = False) -> Any:
+        """Replace (or create) one container, health-gated; its state. With ``keep_old`` (a rollout that may
+        roll back) the old container is stopped, not removed, and (state, _Kept) is returned."""
         spec = change.spec
         assert spec is not None
         for c in change.stale:  # leftovers of an interrupted deploy
@@ -270,20 +416,29 @@ class Applier:
                 self._remove(c.id)
                 steps.append(f"removed leftover {c.name}")
         old = change.current
-        stop_first = old is not None and (spec.published_ports or old.publishes_ports)
+        stop_first = old is not None and (spec.published_ports or old.publishes_ports
+                                          or spec.rollout.order == "stop-first")
         if old is not None and stop_first and old.running:
             self._call_retiring(old)
             self.api.stop(old.id, timeout=spec.stop_timeout)
-            steps.append(f"stopped {old.name} (its host ports must be free)")
+            why = "update_config.order: stop-first" if not (spec.published_ports or old.publishes_ports) \
+                else "its host ports must be free"
+            steps.append(f"stopped {old.name} ({why})")
         name = spec.name if old is None or old.name != spec.name else spec.name + NEXT_SUFFIX
         new_id = self._create(spec, name)
         steps.append(f"created {name} ({spec.image})")
         try:
             self.api.start(new_id)
-            self.progress(f"started {name}, waiting until it is healthy")
-            new = self.wait_healthy(new_id, spec)
-            steps.append(f"{name} is {new.health or 'running'}")
-            if self.hooks.healthy:  # e.g. registered and passing in Consul; a failure here restores too
+            if spec.rollout.one_shot:
+                self.progress(f"started {name}, waiting until it completes")
+                new = self.wait_completed(new_id, spec)
+                steps.append(f"{name} completed (exit code 0)")
+            else:
+                self.progress(f"started {name}, waiting until it is healthy")
+                new = self.wait_healthy(new_id, spec)
+                steps.append(f"{name} is {new.health or 'running'}")
+            if self.hooks.healthy and not spec.rollout.one_shot:
+                # e.g. registered and passing in Consul; a failure here restores too
                 self.hooks.healthy(spec, new)
         except BaseException as exc:
             if lost_connection(exc):
@@ -307,6 +462,13 @@ class Applier:
                 raise HealthCheckFailed(f"{spec.dc}/{spec.node}/{spec.service}: starting {spec.image} failed: "
                                         f"{' '.join(str(exc).split())}; restored the old container", name, logs) from exc
             raise
+        if old is not None and keep_old:
+            if not stop_first:
+                self._call_retiring(old)
+                if old.running:
+                    self.api.stop(old.id, timeout=spec.stop_timeout)
+            steps.append(f"stopped {old.name} (kept until every replica passed: failure_action rollback)")
+            return read_container(self.client, new_id), _Kept(spec, old, new_id, name)
         if old is not None:
             if not stop_first:
                 self._call_retiring(old)
@@ -315,7 +477,8 @@ class Applier:
             if name != spec.name:
                 self.api.rename(new_id, spec.name)
                 steps.append(f"renamed {name} to {spec.name}")
-        return read_container(self.client, new_id)
+        final = read_container(self.client, new_id)
+        return (final, None) if keep_old else final
 
     def _call_retiring(self, container: ContainerState) -> None:
         if self.hooks.retiring:
@@ -385,6 +548,19 @@ class Applier:
         has_health = bool(health_cfg.get("Test")) and health_cfg["Test"][0] != "NONE"
         deadline = time.monotonic() + (self.health_timeout or self._default_timeout(health_cfg, has_health))
         since = time.monotonic()
+        monitor = spec.rollout.monitor  # update_config.monitor: healthy for this long more, then it passes
+        healthy_since: list[float] = []
+
+        def monitored(now_state: ContainerState) -> bool:
+            if not monitor:
+                return True
+            if not healthy_since:
+                healthy_since.append(time.monotonic())
+                self.progress(f"{now_state.name}: healthy; watching it {monitor:g}s more (update_config.monitor)")
+            return time.monotonic() - healthy_since[0] >= monitor
+
+        if monitor:
+            deadline += monitor
         changes = _ContainerEvents(self.api, cid) if has_health else None
         try:
             while True:
@@ -394,13 +570,17 @@ class Applier:
                 if state.restart_count > 0 or state.status == "restarting":
                     raise HealthCheckFailed(f"{target}: new container {spec.image} restarted "
                                             f"({state.restart_count} times); restored the old container")
+                if spec.rollout.healthcheck_required and not has_health:
+                    raise HealthCheckFailed(f"{target}: new container {spec.image} has no healthcheck, and a "
+                                            "service waits for it to be healthy (depends_on condition "
+                                            "service_healthy); restored the old container")
                 if has_health:
-                    if state.health == "healthy":
+                    if state.health == "healthy" and monitored(state):
                         return state
                     if state.health == "unhealthy":
                         raise HealthCheckFailed(f"{target}: new container {spec.image} is unhealthy; "
                                                 "restored the old container")
-                elif state.running and time.monotonic() - since >= self.settle:
+                elif state.running and time.monotonic() - since >= self.settle and monitored(state):
                     return state
                 now = time.monotonic()
                 if now > deadline:
@@ -414,6 +594,27 @@ class Applier:
         finally:
             if changes is not None:
                 changes.close()
+
+    def wait_completed(self, cid: str, spec: ContainerSpec) -> ContainerState:
+        """A one-shot container: until it exits; exit 0 is success, anything else HealthCheckFailed naming the
+        exit code and its last log lines (its dependants are then not started)."""
+        target = f"{spec.dc}/{spec.node}/{spec.service}"
+        timeout = self.health_timeout or ONE_SHOT_TIMEOUT
+        deadline = time.monotonic() + timeout
+        while True:
+            state = read_container(self.client, cid)
+            if state.status in ("exited", "dead"):
+                if state.exit_code == 0:
+                    return state
+                tail = [line for line in self._logs(cid).splitlines() if line.strip()][-5:]
+                said = f"; last log lines: {' | '.join(tail)}" if tail else "; it logged nothing"
+                raise HealthCheckFailed(f"{target}: one-shot container {spec.image} exited with code "
+                                        f"{state.exit_code} (depends_on service_completed_successfully wants 0)"
+                                        f"{said}; its dependants were not started")
+            if time.monotonic() > deadline:
+                raise HealthCheckFailed(f"{target}: one-shot container {spec.image} did not complete within "
+                                        f"{timeout:g}s (--health-timeout); its dependants were not started")
+            time.sleep(POLL * 5)
 
     def _default_timeout(self, health_cfg: dict, has_health: bool) -> float:
         if not has_health:

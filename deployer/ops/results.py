@@ -88,9 +88,15 @@ class StatusRow:
     state: str  # healthy | running | drifted | missing | stopped | unhealthy | starting | unreachable
     match: bool
     detail: str = ""
+    replicas: str = ""  # a replicated service: "ready/wanted", e.g. "3/3"; "" for one container
 
     def to_json(self) -> dict[str, Any]:
         return self.__dict__.copy()
+
+    @property
+    def shown_state(self) -> str:
+        """The state as the status table shows it: with the replica count of a replicated service."""
+        return f"{self.state} {self.replicas}" if self.replicas else self.state
 
 
 @dataclass
