@@ -11,7 +11,7 @@ of the ``deployer.*`` labels discovery reads (the compose check runs it; discove
 reads labels through it), ``compose_spec`` the compose service -> container spec
 translation, ``secret_files`` the secret-file policy both of them apply (which
 files a compose secret may name, read once); ``yamledit`` makes byte-preserving
-YAML edits, with ``yamltext`` finding nodes in the text, quoting values and
+YAML edits (``yamlreplicas`` the replica count's), with ``yamltext`` finding nodes in the text, quoting values and
 verifying every edit. Pure: no Docker, no network; reads files. May import
 only the shared modules (errors, model, labels, values, spec, imageref, files)
 and ``gitrepo.git`` for "is this file tracked" answers.

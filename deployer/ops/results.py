@@ -93,10 +93,6 @@ class StatusRow:
     def to_json(self) -> dict[str, Any]:
         return self.__dict__.copy()
 
-    @property
-    def shown_state(self) -> str:
-        """The state as the status table shows it: with the replica count of a replicated service."""
-        return f"{self.state} {self.replicas}" if self.replicas else self.state
 
 
 @dataclass
