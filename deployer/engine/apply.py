@@ -355,7 +355,8 @@ class Applier:
         """Replace the replicas of one batch at the same time; each result is (state, kept) or the exception."""
         def one(part: Change) -> Any:
             try:
-                return self._replace(part, steps, keep_old=keep)
+                done = self._replace(part, steps, keep_old=keep)
+                return done if keep else (done, None)
             except BaseException as exc:  # noqa: BLE001 - handed back, judged by the caller
                 return exc
         if len(batch) == 1:
