@@ -38,7 +38,6 @@ import socket
 import tarfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -50,6 +49,7 @@ from deployer.errors import ContainerConflict, HealthCheckFailed, ImageNotFound,
 from deployer.engine.plan import CREATE, NONE, REMOVE, REPLACE, TIDY, Change
 from deployer.engine import registry_credentials as credentials
 from deployer.engine.connect import import_docker
+from deployer.engine.rollout import RolloutSteps, _Kept
 from deployer.engine.state import ContainerState, NodeState, read_container
 from deployer.imageref import ImageRef
 
@@ -62,7 +62,6 @@ POLL = 0.02  # seconds between health polls: detection latency, a few cheap insp
 EVENT_POLL = 0.5
 WAKE_EVENTS = ("health_status", "die", "restart", "oom", "kill", "stop", "pause", "destroy")
 LOG_LINES = 20
-ONE_SHOT_TIMEOUT = 600.0  # seconds a one-shot container may run, unless --health-timeout says otherwise
 
 
 @dataclass
@@ -97,16 +96,6 @@ class Steps(list):
     def append(self, step: str) -> None:
         super().append(step)
         self.progress(step)
-
-
-@dataclass
-class _Kept:
-    """A replica switched with its old container kept (stopped) until the whole rollout passed (rollback)."""
-
-    spec: ContainerSpec
-    old: ContainerState
-    new_id: str
-    name: str  # the new container's name until the old one is removed
 
 
 @dataclass
@@ -163,8 +152,10 @@ class SwapOptions:
     health_timeout: float | None = None  # None: from the healthcheck's own timing
 
 
-class Applier:
+class Applier(RolloutSteps):
     """Applies changes to one node's engine."""
+
+    lost_connection = staticmethod(lost_connection)
 
     def __init__(self, client: "docker.DockerClient", options: SwapOptions | None = None,
                  hooks: Hooks | None = None, progress: Callable[[str], None] | None = None,
@@ -280,130 +271,15 @@ class Applier:
             outcome.container = read_container(self.client, change.current.id)
         elif change.parts:
             outcome.container = self._rollout(change, state, outcome.steps)
+            self._restart_dependants(change, state, outcome.steps)
         elif change.action in (CREATE, REPLACE):
             self.check_names(change, state)
             outcome.container = self._replace(change, outcome.steps)
+            self._restart_dependants(change, state, outcome.steps)
         else:  # pragma: no cover - plan only makes the actions above
             raise ValueError(change.action)
         outcome.seconds = time.monotonic() - started
         return outcome
-
-    # -- a replicated service ----------------------------------------------------
-
-    def _rollout(self, change: Change, state: NodeState, steps: list[str]) -> ContainerState | None:
-        """Every replica of a service as its Rollout says (see the module doc); the state of replica 1."""
-        spec = change.spec
-        assert spec is not None
-        rollout = spec.rollout
-        for part in change.parts:  # leftovers of an interrupted rollout: the right container runs
-            if part.action == TIDY:
-                done = self.apply(part, state)
-                steps.extend(s for s in done.steps if s not in steps)
-        updates = [p for p in change.parts if p.action in (CREATE, REPLACE)]
-        removes = [p for p in change.parts if p.action == REMOVE]
-        for part in updates:
-            self.check_names(part, state)
-        size = rollout.parallelism or len(updates) or 1
-        keep = rollout.failure_action == "rollback"
-        kept: list[_Kept] = []
-        failures: list[tuple[Change, BaseException]] = []
-        stopped = False
-        states: dict[int, ContainerState] = {}
-        for first in range(0, len(updates), size):
-            batch = updates[first:first + size]
-            if first and rollout.delay:
-                self.progress(f"waiting {rollout.delay:g}s before the next batch (update_config.delay)")
-                time.sleep(rollout.delay)
-            for part, result in zip(batch, self._batch(batch, steps, keep)):
-                if isinstance(result, BaseException):
-                    if lost_connection(result) or not isinstance(result, Exception):
-                        raise result
-                    failures.append((part, result))
-                    continue
-                new, kept_one = result
-                states[part.replica or 1] = new
-                if kept_one is not None:
-                    kept.append(kept_one)
-            if failures and len(failures) / len(updates) > rollout.max_failure_ratio:
-                if rollout.failure_action != "continue":
-                    stopped = True
-                    break
-        if stopped and keep:
-            for one in reversed(kept):
-                self._undo_kept(one, steps)
-            kept = []
-        for one in kept:
-            self._finish_kept(one, steps)
-        if not stopped:
-            for part in removes:
-                assert part.current is not None
-                self._retire(part.current)
-                steps.append(f"removed {part.current.name} ({part.reasons[0]})")
-        if failures and len(failures) / max(len(updates), 1) > rollout.max_failure_ratio:
-            self._rollout_failed(change, failures, len(updates), stopped)
-        for part, exc in failures:
-            steps.append(f"replica {part.replica} failed (within max_failure_ratio {rollout.max_failure_ratio:g}): "
-                         f"{' '.join(str(exc).split())}")
-        first_part = change.parts[0] if change.parts and change.parts[0].action != REMOVE else None
-        if first_part is None:
-            return None
-        if 1 in states:
-            return states[1]
-        return read_container(self.client, first_part.current.id) if first_part.current is not None else None
-
-    def _batch(self, batch: list[Change], steps: list[str], keep: bool) -> list[Any]:
-        """Replace the replicas of one batch at the same time; each result is (state, kept) or the exception."""
-        def one(part: Change) -> Any:
-            try:
-                done = self._replace(part, steps, keep_old=keep)
-                return done if keep else (done, None)
-            except BaseException as exc:  # noqa: BLE001 - handed back, judged by the caller
-                return exc
-        if len(batch) == 1:
-            return [one(batch[0])]
-        with ThreadPoolExecutor(max_workers=len(batch)) as pool:
-            return list(pool.map(one, batch))
-
-    def _rollout_failed(self, change: Change, failures: list[tuple[Change, BaseException]], total: int,
-                        stopped: bool) -> None:
-        spec = change.spec
-        assert spec is not None
-        action = spec.rollout.failure_action
-        part, exc = failures[0]
-        if not stopped:
-            what = "went on with the other replicas (failure_action continue)"
-        elif action == "rollback":
-            what = "rolled back: every replica replaced runs its old container again (failure_action rollback)"
-        else:
-            what = "paused: the replicas replaced before keep the new version (failure_action pause)"
-        first = " ".join(str(exc).split())
-        message = (f"{change.target}: {len(failures)} of {total} replicas failed (first: replica {part.replica}: "
-                   f"{first}); the update {what}")
-        logs = exc.logs if isinstance(exc, HealthCheckFailed) else ""
-        raise HealthCheckFailed(message, getattr(exc, "container", ""), logs) from exc
-
-    def _finish_kept(self, kept: _Kept, steps: list[str]) -> None:
-        self._remove(kept.old.id, stop_timeout=kept.spec.stop_timeout)
-        steps.append(f"removed {kept.old.name}")
-        if kept.name != kept.spec.name:
-            self.api.rename(kept.new_id, kept.spec.name)
-            steps.append(f"renamed {kept.name} to {kept.spec.name}")
-
-    def _undo_kept(self, kept: _Kept, steps: list[str]) -> None:
-        """failure_action rollback: the new container goes, the old one (stopped, kept) serves again."""
-        try:
-            new = read_container(self.client, kept.new_id)
-            self._call_retiring(new)
-        except docker.errors.NotFound:
-            pass
-        self._remove(kept.new_id, stop_timeout=kept.spec.stop_timeout)
-        restored = self._restore(kept.old)
-        if kept.old.running and self.hooks.restored:
-            try:
-                self.hooks.restored(restored)
-            except Exception as hook_exc:  # noqa: BLE001 - the original failure matters more
-                self.progress(f"could not announce {kept.old.name} again: {hook_exc}")
-        steps.append(f"rolled back {kept.old.name}")
 
     # -- one container -------------------------------------------------------------
 
@@ -534,7 +410,7 @@ class Applier:
                 tar.addfile(info, io.BytesIO(data))
         self.api.put_archive(cid, "/", buf.getvalue())
 
-    def wait_healthy(self, cid: str, spec: ContainerSpec) -> ContainerState:
+    def wait_healthy(self, cid: str, spec: ContainerSpec, restarted: bool = False) -> ContainerState:
         """Until healthy (healthcheck) or running for the settle period; HealthCheckFailed otherwise.
 
         With a healthcheck, the engine's event stream for the container (health_status, die, restart...)
@@ -545,6 +421,7 @@ class Applier:
         """
         target = f"{spec.dc}/{spec.node}/{spec.service}"
         state = read_container(self.client, cid)  # the first look also says whether there is a healthcheck
+        restarts = state.restart_count if restarted else 0  # a container restarted on purpose counts from here
         health_cfg = state.healthcheck or {}
         has_health = bool(health_cfg.get("Test")) and health_cfg["Test"][0] != "NONE"
         deadline = time.monotonic() + (self.health_timeout or self._default_timeout(health_cfg, has_health))
@@ -568,7 +445,7 @@ class Applier:
                 if state.status in ("exited", "dead"):
                     raise HealthCheckFailed(f"{target}: new container {spec.image} exited with code "
                                             f"{state.exit_code}; restored the old container")
-                if state.restart_count > 0 or state.status == "restarting":
+                if state.restart_count > restarts or state.status == "restarting":
                     raise HealthCheckFailed(f"{target}: new container {spec.image} restarted "
                                             f"({state.restart_count} times); restored the old container")
                 if spec.rollout.healthcheck_required and not has_health:
@@ -595,27 +472,6 @@ class Applier:
         finally:
             if changes is not None:
                 changes.close()
-
-    def wait_completed(self, cid: str, spec: ContainerSpec) -> ContainerState:
-        """A one-shot container: until it exits; exit 0 is success, anything else HealthCheckFailed naming the
-        exit code and its last log lines (its dependants are then not started)."""
-        target = f"{spec.dc}/{spec.node}/{spec.service}"
-        timeout = self.health_timeout or ONE_SHOT_TIMEOUT
-        deadline = time.monotonic() + timeout
-        while True:
-            state = read_container(self.client, cid)
-            if state.status in ("exited", "dead"):
-                if state.exit_code == 0:
-                    return state
-                tail = [line for line in self._logs(cid).splitlines() if line.strip()][-5:]
-                said = f"; last log lines: {' | '.join(tail)}" if tail else "; it logged nothing"
-                raise HealthCheckFailed(f"{target}: one-shot container {spec.image} exited with code "
-                                        f"{state.exit_code} (depends_on service_completed_successfully wants 0)"
-                                        f"{said}; its dependants were not started")
-            if time.monotonic() > deadline:
-                raise HealthCheckFailed(f"{target}: one-shot container {spec.image} did not complete within "
-                                        f"{timeout:g}s (--health-timeout); its dependants were not started")
-            time.sleep(POLL * 5)
 
     def _default_timeout(self, health_cfg: dict, has_health: bool) -> float:
         if not has_health:

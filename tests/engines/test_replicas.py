@@ -218,3 +218,57 @@ def test_a_profile_enabled_in_node_yml_is_deployed(engine, client, tmp_path):
         assert f"{node}-debug" in running(client, node)
     finally:
         remove_node_containers(client, node)
+
+
+DEPENDS = """\
+services:
+  db:
+    image: deployer-test/web:1
+    init: true
+    expose: ["80"]
+    healthcheck:
+      test: ["CMD", "test", "-f", "/www/index.html"]
+      interval: 200ms
+      retries: 2
+  api:
+    image: deployer-test/web:1
+    init: true
+    expose: ["80"]
+    depends_on:
+      db: {condition: service_healthy, restart: true}
+"""
+
+
+def test_restart_true_restarts_the_dependants_when_the_dependency_is_replaced(engine, client, tmp_path):
+    root, node = make_repo(tmp_path / "infra", engine.unix_url, DEPENDS)
+    try:
+        assert cli(root, "apply", f"test/{node}").exit_code == 0
+        api = client.containers.get(f"{node}-api")
+        started = api.attrs["State"]["StartedAt"]
+        result = cli(root, "deploy", WEB2, f"test/{node}", "--service", "db")
+        assert result.exit_code == 0, result.output
+        assert f"restarted {node}-api (api depends on db with restart: true)" in result.output
+        api.reload()
+        assert api.status == "running" and api.attrs["State"]["StartedAt"] != started  # the same container, restarted
+        assert cli(root, "status", f"test/{node}").exit_code == 0
+    finally:
+        remove_node_containers(client, node)
+
+
+def test_service_healthy_on_a_dependency_without_a_healthcheck_fails_clearly(engine, client, tmp_path):
+    root, node = make_repo(tmp_path / "infra", engine.unix_url, """\
+        services:
+          db:
+            image: deployer-test/busybox:base
+            command: ["sleep", "600"]
+          api:
+            image: deployer-test/web:1
+            depends_on: {db: {condition: service_healthy}}
+    """)
+    try:
+        result = cli(root, "apply", f"test/{node}")
+        assert result.exit_code == 1
+        assert "has no healthcheck, and a service waits for it to be healthy" in result.output
+        assert [c.name for c in managed(client, node)] == []
+    finally:
+        remove_node_containers(client, node)
