@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -331,3 +332,35 @@ def test_bad_node_profiles_are_refused(tmp_path: Path):
         loader.load(repo)
     assert caught.value.problems[0].render() == (
         "datacenters/dc1/n1/node.yml:2: profiles: must be a list of profile names, not a string")
+
+
+# -- bad input through the commands: one line with file:line, exit 3, nothing deployed or committed -------------
+
+
+@pytest.mark.parametrize("deploy, message", [
+    ("{replicas: -1}", "services.web.deploy.replicas: must be a whole number from 0 to 64, not -1"),
+    ("{replicas: many}", "services.web.deploy.replicas: must be a whole number from 0 to 64, not a string"),
+    ("{placement: {constraints: [node.role == manager]}}", "services.web.deploy.placement: unsupported key "
+     "'placement': placement constraints choose a Swarm node"),
+])
+def test_bad_deploy_keys_stop_validate_deploy_and_scale(tmp_path: Path, deploy, message):
+    from click.testing import CliRunner
+
+    from deployer.cli.main import main
+    from tests.support.compose import git
+
+    compose = f"services:\n  web:\n    image: nginx\n    ports: ['80']\n    deploy: {deploy}\n"
+    root = write_repo(tmp_path, compose, "docker: unix:///nonexistent/docker.sock\n")
+    git(root, "init", "-q")
+    git(root, "add", "-A")
+    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "initial")
+    def head() -> str:
+        return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+
+    before = head()
+    for args in (["validate"], ["deploy", "nginx:2", "dc1/n1"], ["scale", "dc1/n1/web", "2"]):
+        result = CliRunner().invoke(main, ["--repo", str(root), *args])
+        assert result.exit_code == 3, (args, result.output)
+        assert f"{COMPOSE}:5: {message}" in result.output, (args, result.output)
+    assert head() == before and before
+    assert (root / COMPOSE).read_text() == compose
