@@ -158,6 +158,11 @@ def replicas_of(cfg: Mapping[str, Any]) -> int:
     return 1 if replicas is None else int(replicas)
 
 
+def replica_names(name: str, cfg: Mapping[str, Any]) -> list[str]:
+    """The container names of a service's replicas (``spec.ContainerSpec.for_replica``): name, name-2, ..."""
+    return [name] + [f"{name}-{i}" for i in range(2, replicas_of(cfg) + 1)]
+
+
 def host_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The create_host_config arguments deploy.resources and deploy.restart_policy stand for.
 

@@ -410,12 +410,13 @@ def _node_container_names(root: Path, node: Node) -> list[ConfigError]:
     problems = []
     seen: dict[str, str] = {}
     for svc in node.services.values():
-        name = container_name(node, svc)
-        if name in seen:
-            problems.append(ConfigError(svc.location.path, f"container name {name!r} is also used by service {seen[name]!r}",
-                                        line=service_line(root, svc.location.path, svc.name),
-                                        field=f"services.{svc.name}.container_name"))
-        seen[name] = svc.name
+        for name in compose_deploy.replica_names(container_name(node, svc), svc.config):
+            if name in seen and seen[name] != svc.name:
+                problems.append(ConfigError(svc.location.path, f"container name {name!r} is also used by service "
+                                                               f"{seen[name]!r}",
+                                            line=service_line(root, svc.location.path, svc.name),
+                                            field=f"services.{svc.name}.container_name"))
+            seen[name] = svc.name
     return problems
 
 

@@ -364,3 +364,11 @@ def test_bad_deploy_keys_stop_validate_deploy_and_scale(tmp_path: Path, deploy, 
         assert f"{COMPOSE}:5: {message}" in result.output, (args, result.output)
     assert head() == before and before
     assert (root / COMPOSE).read_text() == compose
+
+
+def test_a_replica_name_taken_by_another_service_is_refused(tmp_path: Path):
+    repo = write_repo(tmp_path, "services:\n  web:\n    image: nginx\n    scale: 2\n  web-2:\n    image: nginx\n")
+    with pytest.raises(ValidationFailed) as caught:
+        loader.load(repo)
+    assert caught.value.problems[0].render() == (
+        f"{COMPOSE}:5: services.web-2.container_name: container name 'n1-web-2' is also used by service 'web'")
