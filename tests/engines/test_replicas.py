@@ -272,3 +272,34 @@ def test_service_healthy_on_a_dependency_without_a_healthcheck_fails_clearly(eng
         assert [c.name for c in managed(client, node)] == []
     finally:
         remove_node_containers(client, node)
+
+
+def test_update_config_monitor_catches_a_container_that_dies_after_its_health_gate(engine, client, tmp_path):
+    root, node = make_repo(tmp_path / "infra", engine.unix_url, """\
+        services:
+          web:
+            image: deployer-test/web:1
+            expose: ["80"]
+            healthcheck:
+              test: ["CMD", "test", "-f", "/www/index.html"]
+              interval: 200ms
+              retries: 2
+            deploy:
+              update_config: {monitor: 4s}
+    """)
+    compose = root / "datacenters" / "test" / node / "docker-compose.yml"
+    try:
+        assert cli(root, "apply", f"test/{node}").exit_code == 0
+        (before,) = managed(client, node)
+        # healthy within a second, then gone: without monitor this would pass the health gate
+        compose.write_text(compose.read_text().replace(
+            "    expose:", '    command: ["sh", "-c", "httpd -p 80 -h /www; sleep 2; exit 4"]\n    expose:'))
+        git(root, "commit", "-qam", "a web that dies")
+        result = cli(root, "apply", f"test/{node}")
+        assert result.exit_code == 1, result.output
+        assert "watching it 4s more (update_config.monitor)" in result.output
+        assert "exited with code 4; restored the old container" in result.output
+        (after,) = managed(client, node)
+        assert after.id == before.id and after.status == "running"
+    finally:
+        remove_node_containers(client, node)
