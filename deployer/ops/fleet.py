@@ -81,7 +81,10 @@ def replicated_row(spec: ContainerSpec, change: Change) -> StatusRow:
     images = sorted({c.image for c in current})
     running_image = images[0] if len(images) == 1 else (", ".join(images) if images else None)
     if change.action == NONE:
-        word = "completed" if spec.rollout.one_shot else (first.health or "running") if first else "running"
+        if first is None:
+            word = "none"  # replicas: 0, and none runs
+        else:
+            word = "completed" if spec.rollout.one_shot else (first.health or "running")
         return StatusRow(change.target, spec.image, first.name if first else None, running_image, word, True,
                          replicas=count)
     word = "missing" if not current else "drifted"

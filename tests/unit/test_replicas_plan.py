@@ -128,7 +128,10 @@ def test_zero_replicas_remove_all(tmp_path):
     spec = web(tmp_path)
     change = plan_rollout(web(tmp_path, replicas=0), [running(spec.for_replica(i)) for i in (1, 2)], IMAGE_ID)
     assert [p.action for p in change.parts] == [REMOVE, REMOVE] and change.wanted == 0
-    assert plan_rollout(web(tmp_path, replicas=0), [], IMAGE_ID).action == NONE
+    zero = plan_rollout(web(tmp_path, replicas=0), [], IMAGE_ID)
+    assert zero.action == NONE
+    row = status_row(zero.spec, zero)
+    assert (row.state, row.replicas, row.match) == ("none", "0/0", True)
 
 
 def test_a_one_shot_that_exited_0_is_done_and_one_that_failed_is_run_again(tmp_path):
