@@ -48,14 +48,14 @@ class Change:
     def wanted(self) -> int:
         """How many containers the service should run (its replicas)."""
         if not self.parts:
-            return 1 if self.spec is not None else 0
+            return min(self.spec.rollout.replicas, 1) if self.spec is not None else 0
         return sum(1 for p in self.parts if p.action != REMOVE)
 
     @property
     def ready(self) -> int:
         """How many of them run as written now (healthy, or completed for a one-shot)."""
         if not self.parts:
-            return 1 if self.action == NONE and self.spec is not None else 0
+            return self.wanted if self.action == NONE else 0
         return sum(1 for p in self.parts if p.action == NONE)
 
     def summary(self) -> str:
