@@ -24,8 +24,9 @@ replica health-gated as above, the replicas of a batch at the same time),
 them fail, ``failure_action`` pause stops there (the failed replica restored,
 the ones replaced keep the new version), continue goes on, rollback puts every
 replaced replica back (their old containers are kept, stopped, until the last
-batch passed). Replicas beyond the count are removed after the others. Hooks let service discovery register the new container once healthy and
-deregister the old one before it stops; a ``healthy`` hook that raises fails the
+batch passed). Replicas beyond the count are removed after the others
+(``rollout``). Hooks let service discovery register the new container once
+healthy and deregister the old one before it stops; a ``healthy`` hook that raises fails the
 new container like a failed healthcheck (same restore), and ``restored`` is told
 when a failed stop-first replace started the old container again.
 """
