@@ -303,3 +303,19 @@ def test_update_config_monitor_catches_a_container_that_dies_after_its_health_ga
         assert after.id == before.id and after.status == "running"
     finally:
         remove_node_containers(client, node)
+
+
+def test_a_sick_deploy_with_the_default_pause_stops_at_the_first_replica(engine, client, tmp_path):
+    root, node = replicated_repo(engine, tmp_path)
+    try:
+        assert cli(root, "apply", f"test/{node}").exit_code == 0
+        before = {c.name: c.id for c in managed(client, node)}
+        commit = head(root)
+        result = cli(root, "deploy", SICK, f"test/{node}")
+        assert result.exit_code == 1
+        assert "1 of 3 replicas failed (first: replica 1:" in result.output and "paused" in result.output
+        assert head(root) == commit
+        assert {c.name: c.id for c in managed(client, node) if c.status == "running"} == before
+        assert cli(root, "status", f"test/{node}").exit_code == 0  # nothing was replaced: 3/3 as written
+    finally:
+        remove_node_containers(client, node)
