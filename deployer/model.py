@@ -86,6 +86,8 @@ class Node:
     # what the compose file is interpolated with: node.yml variables > .env > datacenter.yml variables
     variables: dict[str, str] = field(default_factory=dict)
     compose_name: str | None = None  # the compose file's top-level `name:` (the project name), when written
+    # node.yml profiles: compose services with profiles run here only when one of theirs is listed
+    profiles: tuple[str, ...] = ()
 
     @property
     def target(self) -> str:

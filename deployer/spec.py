@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
-from deployer.labels import LABEL_CONFIG, LABEL_CONFIG_HASH, RESERVED_LABELS
+from deployer.labels import LABEL_CONFIG, LABEL_CONFIG_HASH, LABEL_REPLICA, RESERVED_LABELS
 
 SECRETS_DIR = "/run/secrets"
 DEFAULT_SECRET_MODE = 0o444
@@ -117,6 +117,25 @@ class NetworkSpec:
     external: bool = False
 
 
+@dataclass(frozen=True)
+class Rollout:
+    """How a service's containers are run and replaced (compose ``deploy.replicas`` / ``scale`` and
+    ``deploy.update_config``, and what its dependants wait for). Not part of the container's hash:
+    scaling, or changing how an update goes, replaces no container."""
+
+    replicas: int = 1
+    parallelism: int = 1  # containers replaced at once (update_config.parallelism; 0 means all at once)
+    delay: float = 0.0  # seconds between two batches
+    order: str = ""  # "start-first" | "stop-first" as written; "": start-first unless a fixed host port forbids it
+    failure_action: str = "pause"  # pause | continue | rollback
+    monitor: float = 0.0  # seconds a new container must stay healthy after its health gate passed
+    max_failure_ratio: float = 0.0
+    one_shot: bool = False  # a dependant waits for it to complete (service_completed_successfully): exit 0 is success
+    healthcheck_required: bool = False  # a dependant waits for it to be healthy (service_healthy): it needs a check
+    # services of the node to restart when this one's container is replaced (their depends_on says restart: true)
+    restart_dependants: tuple[str, ...] = ()
+
+
 @dataclass
 class ContainerSpec:
     """Everything the engine is asked for when this service's container is created.
@@ -150,6 +169,16 @@ class ContainerSpec:
     files: dict[str, str] = field(default_factory=dict)
     # the content those mounts need on the node (not hashed: ``files`` and the mounts' paths are)
     bundles: list[Bundle] = field(default_factory=list, repr=False, compare=False)
+    rollout: Rollout = field(default_factory=Rollout)  # not hashed (see Rollout)
+    replica: int = 1  # which replica this spec is (its name and LABEL_REPLICA say so too)
+
+    def for_replica(self, index: int) -> "ContainerSpec":
+        """The spec of replica ``index`` (1-based): replica 1 is this spec, unchanged (a service scaled from
+        one container keeps it); replica i > 1 is named ``<name>-<i>`` and labelled LABEL_REPLICA=i."""
+        if index == 1:
+            return self
+        return replace(self, name=f"{self.name}-{index}", labels={**self.labels, LABEL_REPLICA: str(index)},
+                       replica=index)
 
     def _data(self, redact: bool) -> dict[str, Any]:
         """Every field, as JSON-ready data (built fresh for each call: a spec may change between calls).
@@ -198,7 +227,9 @@ class ContainerSpec:
         return {**self.labels, LABEL_CONFIG_HASH: self.config_hash(), LABEL_CONFIG: self.config_json()}
 
 
-_SPEC_FIELDS = tuple(f.name for f in fields(ContainerSpec))
+# what the hash and the recorded JSON cover: not how the service is rolled out, nor the replica index
+# (the name and the replica label already differ between replicas)
+_SPEC_FIELDS = tuple(f.name for f in fields(ContainerSpec) if f.name not in ("rollout", "replica"))
 
 
 def _json_default(value: Any) -> Any:

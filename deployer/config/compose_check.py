@@ -147,6 +147,8 @@ class _Checker(ServiceChecker):
         edges: dict[str, list[tuple[str, At]]] = {}
         for name, facts in self.facts.items():
             for dep, at in facts.deps:
+                if dep not in known and dep in facts.optional:
+                    continue  # required: false: an absent dependency is no error (Compose warns)
                 if dep not in known:
                     self.err(at, f"unknown service {dep!r} (services in this file: {listing})")
                 else:

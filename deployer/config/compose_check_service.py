@@ -29,6 +29,7 @@ from deployer.config.compose_keys import (
     split_assignment,
 )  # fmt: skip
 from deployer.config.compose_files_check import FilesChecks
+from deployer.config.compose_deploy import DeployChecks
 from deployer.config.label_check import check_labels, service_name_problem
 from deployer.errors import ConfigError, ImageReferenceError
 from deployer.imageref import ImageRef
@@ -92,10 +93,12 @@ class ServiceFacts:
     bindings: list[tuple[Binding, At]] = field(default_factory=list)  # each published port
     ports: list[tuple[PortRun, At]] = field(default_factory=list)  # each ports entry as a range (the clash check)
     container_name: tuple[str, At] | None = None
+    optional: set[str] = field(default_factory=set)  # depends_on entries written with required: false
 
 
-class ServiceChecker(FilesChecks):
-    """Checks one service at a time; ``compose_check`` adds the document around the services."""
+class ServiceChecker(FilesChecks, DeployChecks):
+    """Checks one service at a time (files: ``compose_files_check.FilesChecks``; deploy, scale, profiles:
+    ``compose_deploy.DeployChecks``); ``compose_check`` adds the document around the services."""
 
     def __init__(self, path: str, repo_root: Path):
         self.path = path
@@ -264,6 +267,7 @@ class ServiceChecker(FilesChecks):
             if child.value is None and key in NULL_MEANS_EMPTY:
                 continue
             getattr(self, f"s_{key}")(name, child, facts, network_mode)
+        self.deploy_conflicts(name, at, facts)
         self.discovery_labels(name, at, facts)
 
     def s_image(self, name, at, facts, network_mode) -> None:
@@ -435,6 +439,7 @@ class ServiceChecker(FilesChecks):
                 cond = child.get("condition")
                 if cond is not None and cond.value not in DEPENDS_ON_CONDITIONS:
                     self.err(cond, f"invalid condition {cond.value!r}: use {', '.join(DEPENDS_ON_CONDITIONS)}")
+                self.depends_on_options(dep, child, facts)
         else:
             self.err(at, f"must be a list of service names or a mapping, not {kind(at.value)}")
 

@@ -38,13 +38,12 @@ SERVICE_KEYS = {
     "cap_add", "cap_drop", "mem_limit", "cpus", "logging", "init", "stop_signal",
     "stop_grace_period", "network_mode", "privileged", "read_only", "tmpfs", "dns",
     "shm_size", "configs", "env_file",
+    "deploy", "scale", "profiles",  # config.compose_deploy
 }  # fmt: skip
 
 # A word on why some well-known compose keys are refused.
 UNSUPPORTED_HINTS = {
-    "deploy": "it is for swarm; use restart, mem_limit and cpus",
     "links": "services on a shared network reach each other by service name",
-    "profiles": "every service in a node's compose file is deployed",
 }
 
 HEALTHCHECK_KEYS = {"test", "interval", "timeout", "retries", "start_period", "disable"}
@@ -58,7 +57,7 @@ TOP_CONFIG_KEYS = {"file", "content"}
 SERVICE_CONFIG_KEYS = {"source", "target", "mode", "uid", "gid"}
 ENV_FILE_KEYS = {"path", "required"}
 SERVICE_NETWORK_KEYS = {"aliases", "ipv4_address"}
-DEPENDS_ON_KEYS = {"condition"}
+DEPENDS_ON_KEYS = {"condition", "restart", "required"}
 DEPENDS_ON_CONDITIONS = ("service_started", "service_healthy", "service_completed_successfully")
 BUILD_KEYS = {"context", "dockerfile", "args"}
 LOGGING_KEYS = {"driver", "options"}

@@ -29,6 +29,7 @@ from deployer.config.compose_keys import (
     scalar_str,
 )  # fmt: skip
 from deployer.config.compose_files import env_file_environment, shipped_files
+from deployer.config.compose_deploy import host_settings, rollout
 from deployer.errors import ConfigError
 from deployer.labels import LABEL_DC, LABEL_IMAGE, LABEL_NODE, LABEL_SERVICE
 from deployer.model import Node, Service
@@ -266,6 +267,7 @@ def container_spec(
         host["extra_hosts"] = sorted({f"{h}:{ip}" for h, ip in extra_hosts})
     if cfg.get("dns"):
         host["dns"] = [str(d) for d in as_list(cfg["dns"])]
+    _deploy_settings(cfg, host)
 
     # networks
     networks: list[tuple[str, list[str]]] = []
@@ -313,7 +315,19 @@ def container_spec(
         ipv4_addresses=ipv4,
         files=shipped.files,
         bundles=shipped.bundles,
+        rollout=rollout(node.services, service.name) if service.name in node.services else rollout(
+            {service.name: cfg}, service.name),
     )
+
+
+def _deploy_settings(cfg: Mapping[str, Any], host: dict[str, Any]) -> None:
+    """deploy.resources and deploy.restart_policy (``compose_deploy``): the same host settings as mem_limit,
+    cpus, pids_limit, mem_reservation and restart (the check refused distinct values for one setting)."""
+    for key, value in host_settings(cfg).items():
+        if value is None:
+            host.pop(key, None)  # restart_policy condition: none
+        else:
+            host[key] = value
 
 
 # --------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+from deployer.config import compose_deploy
 from deployer.config.compose_check import validate_compose
 from deployer.config.compose_keys import to_plain
 from deployer.config.compose_spec import container_name
@@ -41,6 +42,7 @@ from deployer.config.variables import ENV_FILE, fill_environment, node_variables
 from deployer.config.label_check import valid_address
 from deployer.config.yamlread import MAX_FILE_BYTES, limit_error, load_fast, parse_yaml, yaml_limits
 from deployer.errors import ConfigError, ValidationFailed
+from deployer.values import BadValue
 from deployer.model import Datacenter, Infrastructure, Location, Node, Service, TLSFiles
 
 DATACENTERS = "datacenters"
@@ -50,7 +52,7 @@ COMPOSE_FILES = ("docker-compose.yml", "docker-compose.yaml", "compose.yml", "co
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 DATACENTER_KEYS = {"description", "consul", "registry", "secrets_dir", "registry_credentials", "variables"}
-NODE_KEYS = {"docker", "description", "address", "tls", "identity_file", "variables"}
+NODE_KEYS = {"docker", "description", "address", "tls", "identity_file", "variables", "profiles"}
 PROJECT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # Compose's project names
 TLS_KEYS = {"ca", "cert", "key"}
 DOCKER_URL_RE = re.compile(r"^(unix://.+|ssh://([^@/\s]+@)?[^:/\s]+(:\d+)?/?|tcp://[^:/\s]+(:\d+)?/?)$")
@@ -309,6 +311,7 @@ def _node_from_yml(root: Path, dc: str, name: str, rel: str, doc: Any, problems:
         address=address,
         description=_string(doc, "description", rel, problems) or "",
         variables=variables_mapping(doc, rel, problems),  # node.yml's own: the loader adds .env and the datacenter's
+        profiles=_node_profiles(doc, rel, problems),
     )
     return node
 
@@ -377,6 +380,14 @@ def _shared_reader(root: Path, fast: bool) -> Callable[[str, list[ConfigError]],
                 return None
         return _parse(text, rel, problems)
     return read
+def _node_profiles(doc: dict, rel: str, problems: list[ConfigError]) -> tuple[str, ...]:
+    if doc.get("profiles") is None:
+        return ()
+    try:
+        return compose_deploy.parse_node_profiles(doc["profiles"])
+    except BadValue as exc:
+        problems.append(ConfigError(rel, str(exc), line=value_line(doc, "profiles"), field="profiles"))
+        return ()
 
 
 def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError], text: str | None = None) -> None:
@@ -412,7 +423,10 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
         # construct only ruamel accepts): the round-trip data is the truth.
     plain_data = (lambda data: data) if plain else to_plain
     services = doc.get("services") or {}
+    every = {str(name): svc_doc for name, svc_doc in services.items()}
     for name, svc_doc in services.items():
+        if not compose_deploy.enabled(svc_doc, node.profiles):
+            continue  # a profile this node does not enable (node.yml profiles): not deployed, not missing
         node.services[name] = Service(
             dc=node.dc,
             node=node.name,
@@ -421,6 +435,13 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
             config=plain_data(svc_doc),
             location=Location(rel),
         )
+    if len(node.services) < len(every):
+        found = compose_deploy.disabled_dependencies(rel, node.services, every, node.profiles)
+        if found:  # with the lines the round-trip loader knows
+            lined = (doc if not plain else _parse(text, rel, [])) or {}
+            lines = {name: key_line(lined.get("services") or {}, name) for name in node.services}
+            problems.extend(compose_deploy.disabled_dependencies(rel, node.services, every, node.profiles, lines))
+            return
     node.volumes = plain_data(doc.get("volumes") or {})
     node.networks = plain_data(doc.get("networks") or {})
     node.secrets = plain_data(doc.get("secrets") or {})
@@ -477,12 +498,13 @@ def _node_container_names(root: Path, node: Node) -> list[ConfigError]:
     problems = []
     seen: dict[str, str] = {}
     for svc in node.services.values():
-        name = container_name(node, svc)
-        if name in seen:
-            problems.append(ConfigError(svc.location.path, f"container name {name!r} is also used by service {seen[name]!r}",
-                                        line=service_line(root, svc.location.path, svc.name),
-                                        field=f"services.{svc.name}.container_name"))
-        seen[name] = svc.name
+        for name in compose_deploy.replica_names(container_name(node, svc), svc.config):
+            if name in seen and seen[name] != svc.name:
+                problems.append(ConfigError(svc.location.path, f"container name {name!r} is also used by service "
+                                                               f"{seen[name]!r}",
+                                            line=service_line(root, svc.location.path, svc.name),
+                                            field=f"services.{svc.name}.container_name"))
+            seen[name] = svc.name
     return problems
 
 

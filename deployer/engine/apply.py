@@ -12,8 +12,21 @@ A replace goes like this:
 
 If the new container fails, its last log lines are kept, it is removed, and
 the old container is started again (and renamed back): the engine is as it
-was. Hooks let service discovery register the new container once healthy and
-deregister the old one before it stops; a ``healthy`` hook that raises fails the
+was. A one-shot service (a dependant waits for it with depends_on condition
+service_completed_successfully) is not health-gated: it must run to
+completion and exit 0.
+
+A replicated service (a Change with ``parts``) is rolled out as its
+``spec.Rollout`` says: replicas replaced in batches of ``parallelism`` (each
+replica health-gated as above, the replicas of a batch at the same time),
+``delay`` between batches, ``monitor`` seconds more of health per container,
+``order`` start-first or stop-first; when more than ``max_failure_ratio`` of
+them fail, ``failure_action`` pause stops there (the failed replica restored,
+the ones replaced keep the new version), continue goes on, rollback puts every
+replaced replica back (their old containers are kept, stopped, until the last
+batch passed). Replicas beyond the count are removed after the others
+(``rollout``). Hooks let service discovery register the new container once
+healthy and deregister the old one before it stops; a ``healthy`` hook that raises fails the
 new container like a failed healthcheck (same restore), and ``restored`` is told
 when a failed stop-first replace started the old container again.
 """
@@ -36,6 +49,7 @@ from deployer.engine.plan import CREATE, NONE, REMOVE, REPLACE, TIDY, Change
 from deployer.engine import registry_credentials as credentials
 from deployer.engine.connect import import_docker
 from deployer.engine.ship import Shipper
+from deployer.engine.rollout import RolloutSteps, _Kept
 from deployer.engine.state import ContainerState, NodeState, read_container
 from deployer.imageref import ImageRef
 
@@ -138,8 +152,10 @@ class SwapOptions:
     health_timeout: float | None = None  # None: from the healthcheck's own timing
 
 
-class Applier:
+class Applier(RolloutSteps):
     """Applies changes to one node's engine."""
+
+    lost_connection = staticmethod(lost_connection)
 
     def __init__(self, client: "docker.DockerClient", options: SwapOptions | None = None,
                  hooks: Hooks | None = None, progress: Callable[[str], None] | None = None,
@@ -255,15 +271,23 @@ class Applier:
                 self.api.rename(change.current.id, change.spec.name)
                 outcome.steps.append(f"renamed {change.current.name} to {change.spec.name}")
             outcome.container = read_container(self.client, change.current.id)
+        elif change.parts:
+            outcome.container = self._rollout(change, state, outcome.steps)
+            self._restart_dependants(change, state, outcome.steps)
         elif change.action in (CREATE, REPLACE):
             self.check_names(change, state)
             outcome.container = self._replace(change, outcome.steps)
+            self._restart_dependants(change, state, outcome.steps)
         else:  # pragma: no cover - plan only makes the actions above
             raise ValueError(change.action)
         outcome.seconds = time.monotonic() - started
         return outcome
 
-    def _replace(self, change: Change, steps: list[str]) -> ContainerState:
+    # -- one container -------------------------------------------------------------
+
+    def _replace(self, change: Change, steps: list[str], keep_old: bool = False) -> Any:
+        """Replace (or create) one container, health-gated; its state. With ``keep_old`` (a rollout that may
+        roll back) the old container is stopped, not removed, and (state, _Kept) is returned."""
         spec = change.spec
         assert spec is not None
         for c in change.stale:  # leftovers of an interrupted deploy
@@ -271,20 +295,29 @@ class Applier:
                 self._remove(c.id)
                 steps.append(f"removed leftover {c.name}")
         old = change.current
-        stop_first = old is not None and (spec.published_ports or old.publishes_ports)
+        stop_first = old is not None and (spec.published_ports or old.publishes_ports
+                                          or spec.rollout.order == "stop-first")
         if old is not None and stop_first and old.running:
             self._call_retiring(old)
             self.api.stop(old.id, timeout=spec.stop_timeout)
-            steps.append(f"stopped {old.name} (its host ports must be free)")
+            why = "update_config.order: stop-first" if not (spec.published_ports or old.publishes_ports) \
+                else "its host ports must be free"
+            steps.append(f"stopped {old.name} ({why})")
         name = spec.name if old is None or old.name != spec.name else spec.name + NEXT_SUFFIX
         new_id = self._create(spec, name)
         steps.append(f"created {name} ({spec.image})")
         try:
             self.api.start(new_id)
-            self.progress(f"started {name}, waiting until it is healthy")
-            new = self.wait_healthy(new_id, spec)
-            steps.append(f"{name} is {new.health or 'running'}")
-            if self.hooks.healthy:  # e.g. registered and passing in Consul; a failure here restores too
+            if spec.rollout.one_shot:
+                self.progress(f"started {name}, waiting until it completes")
+                new = self.wait_completed(new_id, spec)
+                steps.append(f"{name} completed (exit code 0)")
+            else:
+                self.progress(f"started {name}, waiting until it is healthy")
+                new = self.wait_healthy(new_id, spec)
+                steps.append(f"{name} is {new.health or 'running'}")
+            if self.hooks.healthy and not spec.rollout.one_shot:
+                # e.g. registered and passing in Consul; a failure here restores too
                 self.hooks.healthy(spec, new)
         except BaseException as exc:
             if lost_connection(exc):
@@ -309,6 +342,13 @@ class Applier:
                 raise HealthCheckFailed(f"{spec.dc}/{spec.node}/{spec.service}: starting {spec.image} failed: "
                                         f"{' '.join(str(exc).split())}; restored the old container", name, logs) from exc
             raise
+        if old is not None and keep_old:
+            if not stop_first:
+                self._call_retiring(old)
+                if old.running:
+                    self.api.stop(old.id, timeout=spec.stop_timeout)
+            steps.append(f"stopped {old.name} (kept until every replica passed: failure_action rollback)")
+            return read_container(self.client, new_id), _Kept(spec, old, new_id, name)
         if old is not None:
             if not stop_first:
                 self._call_retiring(old)
@@ -318,7 +358,8 @@ class Applier:
                 self.api.rename(new_id, spec.name)
                 steps.append(f"renamed {name} to {spec.name}")
         self._sweep(spec.image)
-        return read_container(self.client, new_id)
+        final = read_container(self.client, new_id)
+        return (final, None) if keep_old else final
 
     def _sweep(self, image: str) -> None:
         """Remove the shipped files only removed containers mounted (engine.ship); a failure is only reported."""
@@ -358,7 +399,7 @@ class Applier:
     def _endpoint(self, spec: ContainerSpec, net: str, aliases: list[str]):
         return self.api.create_endpoint_config(aliases=aliases or None, ipv4_address=spec.ipv4_addresses.get(net))
 
-    def wait_healthy(self, cid: str, spec: ContainerSpec) -> ContainerState:
+    def wait_healthy(self, cid: str, spec: ContainerSpec, restarted: bool = False) -> ContainerState:
         """Until healthy (healthcheck) or running for the settle period; HealthCheckFailed otherwise.
 
         With a healthcheck, the engine's event stream for the container (health_status, die, restart...)
@@ -369,26 +410,44 @@ class Applier:
         """
         target = f"{spec.dc}/{spec.node}/{spec.service}"
         state = read_container(self.client, cid)  # the first look also says whether there is a healthcheck
+        restarts = state.restart_count if restarted else 0  # a container restarted on purpose counts from here
         health_cfg = state.healthcheck or {}
         has_health = bool(health_cfg.get("Test")) and health_cfg["Test"][0] != "NONE"
         deadline = time.monotonic() + (self.health_timeout or self._default_timeout(health_cfg, has_health))
         since = time.monotonic()
+        monitor = spec.rollout.monitor  # update_config.monitor: healthy for this long more, then it passes
+        healthy_since: list[float] = []
+
+        def monitored(now_state: ContainerState) -> bool:
+            if not monitor:
+                return True
+            if not healthy_since:
+                healthy_since.append(time.monotonic())
+                self.progress(f"{now_state.name}: healthy; watching it {monitor:g}s more (update_config.monitor)")
+            return time.monotonic() - healthy_since[0] >= monitor
+
+        if monitor:
+            deadline += monitor
         changes = _ContainerEvents(self.api, cid) if has_health else None
         try:
             while True:
                 if state.status in ("exited", "dead"):
                     raise HealthCheckFailed(f"{target}: new container {spec.image} exited with code "
                                             f"{state.exit_code}; restored the old container")
-                if state.restart_count > 0 or state.status == "restarting":
+                if state.restart_count > restarts or state.status == "restarting":
                     raise HealthCheckFailed(f"{target}: new container {spec.image} restarted "
                                             f"({state.restart_count} times); restored the old container")
+                if spec.rollout.healthcheck_required and not has_health:
+                    raise HealthCheckFailed(f"{target}: new container {spec.image} has no healthcheck, and a "
+                                            "service waits for it to be healthy (depends_on condition "
+                                            "service_healthy); restored the old container")
                 if has_health:
-                    if state.health == "healthy":
+                    if state.health == "healthy" and monitored(state):
                         return state
                     if state.health == "unhealthy":
                         raise HealthCheckFailed(f"{target}: new container {spec.image} is unhealthy; "
                                                 "restored the old container")
-                elif state.running and time.monotonic() - since >= self.settle:
+                elif state.running and time.monotonic() - since >= self.settle and monitored(state):
                     return state
                 now = time.monotonic()
                 if now > deadline:

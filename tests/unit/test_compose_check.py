@@ -77,11 +77,9 @@ def test_well_known_unsupported_keys_say_why():
         services:
           web:
             image: nginx
-            deploy: {replicas: 2}
-            profiles: [debug]
+            links: [db]
     """) == [
-        f"{COMPOSE}:5: services.web.deploy: unsupported key 'deploy': it is for swarm; use restart, mem_limit and cpus",
-        f"{COMPOSE}:6: services.web.profiles: unsupported key 'profiles': every service in a node's compose file is deployed",
+        f"{COMPOSE}:5: services.web.links: unsupported key 'links': services on a shared network reach each other by service name",
     ]
 
 

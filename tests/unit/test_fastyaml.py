@@ -33,7 +33,7 @@ from deployer.config import fastyaml
 from deployer.config.compose_keys import to_plain
 from deployer.config.loader import load_fast
 from deployer.labels import RESERVED_LABELS
-from deployer.spec import ContainerSpec, SecretFile
+from deployer.spec import Rollout, ContainerSpec, SecretFile
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -466,6 +466,7 @@ def reference_data(spec: ContainerSpec, redact: bool) -> dict:
     del data["bundles"]  # the content shipped: its digests are in the mounts and in files
     if not data["files"]:
         del data["files"]
+    del data["rollout"], data["replica"]  # not hashed: how a service is rolled out replaces no container
     if not redact:
         data["secrets"] = [(s["name"], s["target"], s["sha256"], s["mode"], s["uid"], s["gid"])
                            for s in data["secrets"]]
@@ -548,9 +549,12 @@ def test_config_hash_covers_every_field_and_follows_changes():
         "files": {"/etc/app.conf": "config app (app.conf) 0123456789ab"},
     }  # fmt: skip
     # bundles is the content behind files and the mounts: not hashed itself
-    assert set(changed) | {"bundles"} == {f.name for f in fields(ContainerSpec)}, "a new field: add it here"
+    unhashed = {"rollout": Rollout(replicas=3, parallelism=2), "replica": 2}  # scaling replaces no container
+    assert set(changed) | set(unhashed) | {"bundles"} == {f.name for f in fields(ContainerSpec)}, "a new field: add it here"
     for name, value in changed.items():
         assert replace(spec, **{name: value}).config_hash() != before, name
+    for name, value in unhashed.items():
+        assert replace(spec, **{name: value}).config_hash() == before, name
     # a spec changed in place hashes anew (nothing is cached)
     spec.host["mem_limit"] = 1
     assert spec.config_hash() != before
