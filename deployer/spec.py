@@ -88,6 +88,9 @@ class ContainerSpec:
     has_healthcheck: bool = False
     published_ports: bool = False  # a fixed host port: it must be free before the new container starts
     ipv4_addresses: dict[str, str] = field(default_factory=dict)
+    # engine network name -> more endpoint settings (create_endpoint_config / connect_container_to_network
+    # keyword arguments: ipv6_address, link_local_ips, driver_opt)
+    endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def _data(self, redact: bool) -> dict[str, Any]:
         """Every field, as JSON-ready data (built fresh for each call: a spec may change between calls).
@@ -98,6 +101,9 @@ class ContainerSpec:
         only reads.
         """
         data = {name: getattr(self, name) for name in _SPEC_FIELDS}
+        for name in _OMITTED_WHEN_EMPTY:  # fields added later: containers created before keep their hash
+            if not data[name]:
+                del data[name]
         if not redact:
             # not the source path: it depends on where the deployer's checkout is
             data["secrets"] = [(s.name, s.target, s.sha256, s.mode) for s in self.secrets]
@@ -134,6 +140,7 @@ class ContainerSpec:
 
 
 _SPEC_FIELDS = tuple(f.name for f in fields(ContainerSpec))
+_OMITTED_WHEN_EMPTY = ("endpoints",)
 
 
 def _json_default(value: Any) -> Any:

@@ -8,7 +8,8 @@ with them, as the Compose spec defines it; ``shared`` resolves ``include`` and
 ``extends`` with Compose's merge rules (``compose_merge``), ``resolved`` prints
 the result as ``docker compose config`` does;
 ``compose_keys`` holds the supported compose keys and one parser per kind of
-value, ``compose_check`` and ``compose_check_service`` the compose check (every
+value (``compose_host`` those of the keys that are one engine argument each:
+process, kernel, resource and device settings), ``compose_check`` and ``compose_check_service`` the compose check (every
 key supported exactly or refused with file:line), ``label_check`` the grammar
 of the ``deployer.*`` labels discovery reads (the compose check runs it; discovery
 reads labels through it), ``compose_spec`` the compose service -> container spec

@@ -22,10 +22,11 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+from deployer.config.compose_host import host_arguments
 from deployer.config.compose_keys import (
-    Binding, as_list, env_pairs, extra_host_pairs, label_pairs, parse_command, parse_cpus, parse_expose,
-    parse_healthcheck_test, parse_mode, parse_port, parse_port_long, parse_restart, parse_tmpfs, parse_volume,
-    scalar_str, secret_target,
+    Binding, as_list, env_pairs, extra_host_pairs, label_pairs, needs_mount_api, parse_command, parse_cpus,
+    parse_expose, parse_healthcheck_test, parse_mode, parse_port, parse_port_long, parse_restart, parse_tmpfs,
+    parse_volume, scalar_str, secret_target,
 )  # fmt: skip
 from deployer.config.secret_files import read_secret_file, secret_line
 from deployer.errors import ConfigError
@@ -186,6 +187,41 @@ def _secret_files(node: Node, config: Mapping[str, Any], repo_root: Path) -> lis
     return sorted(out, key=lambda s: s.target)
 
 
+def _mounts(node: Node, cfg: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The service's volumes as the engine takes them: (bind strings, Mounts), see ``needs_mount_api``."""
+    binds: list[str] = []
+    mounts: list[dict[str, Any]] = []
+    for entry in cfg.get("volumes") or []:
+        mount = parse_volume(entry)
+        source = mount["source"]
+        if mount["type"] == "volume" and source:
+            source = _engine_name(node.project, source, node.volumes.get(source))
+        if needs_mount_api(mount):
+            m: dict[str, Any] = {"Type": mount["type"], "Source": source or "", "Target": mount["target"],
+                                 "ReadOnly": mount["read_only"]}  # fmt: skip
+            if mount["type"] == "tmpfs":
+                m.pop("Source")
+                tmpfs_opts = {}
+                if mount["tmpfs_size"] is not None:
+                    tmpfs_opts["SizeBytes"] = mount["tmpfs_size"]
+                if mount["tmpfs_mode"] is not None:
+                    tmpfs_opts["Mode"] = mount["tmpfs_mode"]
+                if tmpfs_opts:
+                    m["TmpfsOptions"] = tmpfs_opts
+            elif mount["type"] == "bind":
+                m["BindOptions"] = {"Propagation": mount["propagation"]} if mount["propagation"] else {}
+            elif mount["nocopy"]:
+                m["VolumeOptions"] = {"NoCopy": True}
+            mounts.append(m)
+            continue
+        options = ["ro" if mount["read_only"] else "rw"]
+        for opt in (mount["selinux"], mount["propagation"], "nocopy" if mount["nocopy"] else ""):
+            if opt:
+                options.append(opt)
+        binds.append(f"{source}:{mount['target']}:{','.join(options)}")
+    return binds, sorted(mounts, key=lambda m: m["Target"])
+
+
 def container_spec(
     node: Node, service: Service, repo_root: Path, *, environ: Mapping[str, str] | None = None
 ) -> ContainerSpec:
@@ -243,25 +279,15 @@ def container_spec(
         }
 
     # mounts
-    binds = []
+    binds, mounts = _mounts(node, cfg)
     tmpfs: dict[str, str] = {}
-    for entry in cfg.get("volumes") or []:
-        mount = parse_volume(entry)
-        if mount["type"] == "tmpfs":
-            tmpfs[mount["target"]] = f"size={mount['tmpfs_size']}" if mount["tmpfs_size"] is not None else ""
-            continue
-        source = mount["source"]
-        if mount["type"] == "volume":
-            source = _engine_name(node.project, source, node.volumes.get(source))
-        options = "ro" if mount["read_only"] else "rw"
-        if mount["selinux"]:
-            options += "," + mount["selinux"]
-        binds.append(f"{source}:{mount['target']}:{options}")
     for entry in as_list(cfg.get("tmpfs")):
         path, options = parse_tmpfs(entry)
         tmpfs[path] = options
     if binds:
         host["binds"] = sorted(binds, key=lambda b: (b.split(":")[1], b))
+    if mounts:
+        host["mounts"] = mounts
     if tmpfs:
         host["tmpfs"] = dict(sorted(tmpfs.items()))
 
@@ -289,10 +315,19 @@ def container_spec(
         host["extra_hosts"] = sorted({f"{h}:{ip}" for h, ip in extra_hosts})
     if cfg.get("dns"):
         host["dns"] = [str(d) for d in as_list(cfg["dns"])]
+    more_create, more_host = host_arguments(cfg)
+    for key in ("pid_mode", "ipc_mode"):  # service:<name> -> that service's container
+        if str(more_host.get(key, "")).startswith("service:"):
+            other = more_host[key][len("service:") :]
+            other_cfg = node.services[other].config if other in node.services else {}
+            more_host[key] = f"container:{_container_name(node, other, other_cfg)}"
+    create.update(more_create)
+    host.update(more_host)
 
     # networks
     networks: list[tuple[str, list[str]]] = []
     ipv4: dict[str, str] = {}
+    endpoints: dict[str, dict[str, Any]] = {}
     mode = cfg.get("network_mode")
     if mode:
         if mode.startswith("service:"):
@@ -303,13 +338,23 @@ def container_spec(
     else:
         nets = cfg.get("networks") or ["default"]
         entries = {n: None for n in nets} if isinstance(nets, list) else dict(nets)
-        for net in sorted(entries):
+        # the highest priority first (it is attached when the container is created), then by name
+        for net in sorted(entries, key=lambda n: (-int((entries[n] or {}).get("priority") or 0), n)):
             opts = entries[net] or {}
             engine = _network_engine_name(node, net)
             aliases = sorted({service.name, *(str(a) for a in opts.get("aliases") or [])})
             networks.append((engine, aliases))
             if opts.get("ipv4_address"):
                 ipv4[engine] = str(opts["ipv4_address"])
+            endpoint: dict[str, Any] = {}
+            if opts.get("ipv6_address"):
+                endpoint["ipv6_address"] = str(opts["ipv6_address"])
+            if opts.get("link_local_ips"):
+                endpoint["link_local_ips"] = [str(ip) for ip in opts["link_local_ips"]]
+            if opts.get("driver_opts"):
+                endpoint["driver_opt"] = _string_dict(opts["driver_opts"])
+            if endpoint:
+                endpoints[engine] = endpoint
         host["network_mode"] = networks[0][0]
 
     labels = label_pairs(cfg.get("labels"))
@@ -330,6 +375,7 @@ def container_spec(
         has_healthcheck=has_healthcheck,
         published_ports=any(host_port for _, _, _, host_port in bindings),  # fixed host ports only
         ipv4_addresses=ipv4,
+        endpoints=endpoints,
     )
 
 

@@ -463,6 +463,8 @@ def test_round_trip_loader_agrees_in_block_context():
 def reference_data(spec: ContainerSpec, redact: bool) -> dict:
     """config_hash/config_json's data as computed before (dataclasses.asdict), to compare with."""
     data = asdict(spec)
+    if not data["endpoints"]:  # a field added later, left out when empty: older containers keep their hash
+        del data["endpoints"]
     if not redact:
         data["secrets"] = [(s["name"], s["target"], s["sha256"], s["mode"]) for s in data["secrets"]]
         return data
@@ -539,7 +541,7 @@ def test_config_hash_covers_every_field_and_follows_changes():
         "create": {**spec.create, "user": "root"}, "host": {**spec.host, "init": False},
         "networks": [("n1_default", ["web"])], "labels": {**spec.labels, "team": "edge"},
         "secrets": [replace(spec.secrets[0], sha256="cd" * 32)], "stop_timeout": 30, "has_healthcheck": False,
-        "published_ports": False, "ipv4_addresses": {},
+        "published_ports": False, "ipv4_addresses": {}, "endpoints": {"n1_back": {"ipv6_address": "fd00::5"}},
     }  # fmt: skip
     assert set(changed) == {f.name for f in fields(ContainerSpec)}, "a new field: add it here"
     for name, value in changed.items():
