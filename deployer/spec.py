@@ -143,6 +143,36 @@ _SPEC_FIELDS = tuple(f.name for f in fields(ContainerSpec))
 _OMITTED_WHEN_EMPTY = ("endpoints",)
 
 
+def inherit_anonymous_volumes(host: dict[str, Any], old_mounts: list[dict[str, Any]],
+                              image_volumes: Any) -> dict[str, Any]:
+    """``host`` (create_host_config arguments) with the old container's anonymous volumes carried over.
+
+    What Docker Compose v2 does when it recreates a container: a volume the old container had at a target
+    where the service declares an anonymous volume (``- /data``), or at a VOLUME of the new image that
+    nothing else is mounted on, is mounted again at the same place. ``old_mounts`` is the old container's
+    inspect ``Mounts``; ``image_volumes`` the new image's ``Config.Volumes`` (a mapping, or None).
+    """
+    mounts = [dict(m) for m in host.get("mounts") or []]
+    anonymous = {m["Target"]: m for m in mounts if m.get("Type") == "volume" and not m.get("Source")}
+    taken = {b.split(":")[1] for b in host.get("binds") or []} | {m["Target"] for m in mounts} \
+        | set(host.get("tmpfs") or {})
+    added = False
+    for old in old_mounts or []:
+        if old.get("Type") != "volume" or not old.get("Name"):
+            continue
+        target = old.get("Destination")
+        if target in anonymous:
+            anonymous[target]["Source"] = old["Name"]
+            added = True
+        elif target in (image_volumes or {}) and target not in taken:
+            mounts.append({"Type": "volume", "Source": old["Name"], "Target": target, "ReadOnly": not old.get("RW", True)})
+            taken.add(target)
+            added = True
+    if not added:
+        return host
+    return {**host, "mounts": sorted(mounts, key=lambda m: m["Target"])}
+
+
 def _json_default(value: Any) -> Any:
     """What JSON cannot hold: a dataclass as its fields (as asdict would), anything else as str()."""
     if is_dataclass(value) and not isinstance(value, type):

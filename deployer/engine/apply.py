@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from deployer.spec import NEXT_SUFFIX, ContainerSpec, NetworkSpec, VolumeSpec
+from deployer.spec import NEXT_SUFFIX, ContainerSpec, NetworkSpec, VolumeSpec, inherit_anonymous_volumes
 from deployer.errors import ContainerConflict, HealthCheckFailed, ImageNotFound, ResourceMissing
 from deployer.engine.plan import CREATE, NONE, REMOVE, REPLACE, TIDY, Change
 from deployer.engine import registry_credentials as credentials
@@ -276,7 +276,7 @@ class Applier:
             self.api.stop(old.id, timeout=spec.stop_timeout)
             steps.append(f"stopped {old.name} (its host ports must be free)")
         name = spec.name if old is None or old.name != spec.name else spec.name + NEXT_SUFFIX
-        new_id = self._create(spec, name)
+        new_id = self._create(spec, name, inherit=old)
         steps.append(f"created {name} ({spec.image})")
         try:
             self.api.start(new_id)
@@ -321,12 +321,18 @@ class Applier:
         if self.hooks.retiring:
             self.hooks.retiring(container)
 
-    def _create(self, spec: ContainerSpec, name: str) -> str:
+    def _create(self, spec: ContainerSpec, name: str, inherit: ContainerState | None = None) -> str:
         first_net = spec.networks[0] if spec.networks else None
         networking = None
         if first_net is not None:
             networking = self.api.create_networking_config({first_net[0]: self._endpoint(spec, *first_net)})
-        host_config = self.api.create_host_config(**spec.host)
+        host = spec.host
+        if inherit is not None:  # the old container's anonymous volumes, as docker compose carries them over
+            old_mounts = self.api.inspect_container(inherit.id).get("Mounts") or []
+            if any(m.get("Type") == "volume" for m in old_mounts):
+                image_volumes = (self.api.inspect_image(spec.image).get("Config") or {}).get("Volumes")
+                host = inherit_anonymous_volumes(spec.host, old_mounts, image_volumes)
+        host_config = self.api.create_host_config(**host)
         created = self.api.create_container(
             spec.image, name=name, labels=spec.all_labels(), host_config=host_config,
             networking_config=networking, **spec.create,
@@ -335,7 +341,8 @@ class Applier:
         try:
             for net, aliases in spec.networks[1:]:
                 self.api.connect_container_to_network(cid, net, aliases=aliases or None,
-                                                      ipv4_address=spec.ipv4_addresses.get(net))
+                                                      ipv4_address=spec.ipv4_addresses.get(net),
+                                                      **spec.endpoints.get(net, {}))
             if spec.secrets:
                 self._put_secrets(cid, spec)
         except BaseException:
@@ -344,7 +351,8 @@ class Applier:
         return cid
 
     def _endpoint(self, spec: ContainerSpec, net: str, aliases: list[str]):
-        return self.api.create_endpoint_config(aliases=aliases or None, ipv4_address=spec.ipv4_addresses.get(net))
+        return self.api.create_endpoint_config(aliases=aliases or None, ipv4_address=spec.ipv4_addresses.get(net),
+                                               **spec.endpoints.get(net, {}))
 
     def _put_secrets(self, cid: str, spec: ContainerSpec) -> None:
         """Secrets go into the created container as root-readable files (works on remote engines too)."""
