@@ -54,7 +54,7 @@ def test_configs_top_level_is_unsupported():
           web: {image: nginx}
         configs:
           c: {file: x}
-    """) == f"{COMPOSE}:4: configs: unsupported key 'configs'"
+    """) == f"{COMPOSE}:4: configs: unsupported key 'configs': mount a bind volume or bake the file into the image"
 
 
 def test_missing_services_and_not_a_mapping():
