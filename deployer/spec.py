@@ -91,6 +91,10 @@ class ContainerSpec:
     # engine network name -> more endpoint settings (create_endpoint_config / connect_container_to_network
     # keyword arguments: ipv6_address, link_local_ips, driver_opt)
     endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # compose post_start / pre_stop: exec_create keyword arguments (cmd, user, privileged, environment, workdir),
+    # run after the container starts / before it stops
+    post_start: list[dict[str, Any]] = field(default_factory=list)
+    pre_stop: list[dict[str, Any]] = field(default_factory=list)
 
     def _data(self, redact: bool) -> dict[str, Any]:
         """Every field, as JSON-ready data (built fresh for each call: a spec may change between calls).
@@ -140,7 +144,7 @@ class ContainerSpec:
 
 
 _SPEC_FIELDS = tuple(f.name for f in fields(ContainerSpec))
-_OMITTED_WHEN_EMPTY = ("endpoints",)
+_OMITTED_WHEN_EMPTY = ("endpoints", "post_start", "pre_stop")
 
 
 def inherit_anonymous_volumes(host: dict[str, Any], old_mounts: list[dict[str, Any]],

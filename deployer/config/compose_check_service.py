@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
+from deployer.config.compose_hooks import parse_hooks
 from deployer.config.compose_host import HOST_KEYS
 from deployer.config.compose_keys import (
     BUILD_KEYS, CONTAINER_NAME_RE, DEPENDS_ON_CONDITIONS, DEPENDS_ON_KEYS, HEALTHCHECK_HINTS, HEALTHCHECK_KEYS,
@@ -277,6 +278,11 @@ class ServiceChecker:
         value = self.parsed(at, HOST_KEYS[key][2])
         if key in ("pid", "ipc") and isinstance(value, str) and value.startswith("service:"):
             facts.deps.append((value[len("service:"):], at))
+
+    def s_post_start(self, name, at, facts, network_mode) -> None:
+        self.parsed(at, parse_hooks)
+
+    s_pre_stop = s_post_start
 
     def s_pull_policy(self, name, at, facts, network_mode) -> None:
         if at.value in PULL_POLICIES:

@@ -45,7 +45,7 @@ SERVICE_KEYS = {
     "entrypoint", "labels", "user", "working_dir", "hostname", "extra_hosts",
     "cap_add", "cap_drop", "mem_limit", "cpus", "logging", "init", "stop_signal",
     "stop_grace_period", "network_mode", "privileged", "read_only", "tmpfs", "dns",
-    "shm_size", "pull_policy",
+    "shm_size", "pull_policy", "post_start", "pre_stop",
     *HOST_KEYS,  # one engine argument each (config.compose_host)
 }  # fmt: skip
 
@@ -62,8 +62,6 @@ UNSUPPORTED_HINTS = {
                     "every deploy, and its mounts with it",
     "annotations": "container annotations need Docker API 1.43; the engines here speak 1.41",
     "label_file": "write the labels under 'labels'",
-    "post_start": "the deployer runs no lifecycle hooks: run the step in the image's entrypoint",
-    "pre_stop": "the deployer runs no lifecycle hooks: handle the stop signal (stop_signal) in the process",
     "credential_spec": "credential specs are for Windows containers (gMSA); these are Linux engines",
     "cpu_count": "cpu_count is for Windows containers; on Linux use cpus or cpuset",
     "cpu_percent": "cpu_percent is for Windows containers; on Linux use cpus",

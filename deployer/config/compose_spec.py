@@ -22,6 +22,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+from deployer.config.compose_hooks import parse_hooks
 from deployer.config.compose_host import host_arguments
 from deployer.config.compose_keys import (
     Binding, as_list, env_pairs, extra_host_pairs, label_pairs, needs_mount_api, parse_command, parse_cpus,
@@ -376,6 +377,8 @@ def container_spec(
         published_ports=any(host_port for _, _, _, host_port in bindings),  # fixed host ports only
         ipv4_addresses=ipv4,
         endpoints=endpoints,
+        post_start=parse_hooks(cfg["post_start"]) if cfg.get("post_start") else [],
+        pre_stop=parse_hooks(cfg["pre_stop"]) if cfg.get("pre_stop") else [],
     )
 
 

@@ -273,28 +273,43 @@ class Applier:
         stop_first = old is not None and (spec.published_ports or old.publishes_ports)
         if old is not None and stop_first and old.running:
             self._call_retiring(old)
+            try:
+                self._run_hooks(old.id, spec.pre_stop, "pre_stop", spec, steps)  # a failure aborts the stop
+            except BaseException as exc:
+                if self.hooks.restored and not lost_connection(exc):
+                    self.hooks.restored(old)  # announced as retiring, still running
+                raise
             self.api.stop(old.id, timeout=spec.stop_timeout)
             steps.append(f"stopped {old.name} (its host ports must be free)")
         name = spec.name if old is None or old.name != spec.name else spec.name + NEXT_SUFFIX
         new_id = self._create(spec, name, inherit=old)
         steps.append(f"created {name} ({spec.image})")
+        new: ContainerState | None = None
+        retired = False  # the old container was announced as retiring inside the try (start-first pre_stop)
         try:
             self.api.start(new_id)
+            self._run_hooks(new_id, spec.post_start, "post_start", spec, steps)  # a failure fails the container
             self.progress(f"started {name}, waiting until it is healthy")
             new = self.wait_healthy(new_id, spec)
             steps.append(f"{name} is {new.health or 'running'}")
             if self.hooks.healthy:  # e.g. registered and passing in Consul; a failure here restores too
                 self.hooks.healthy(spec, new)
+            if old is not None and not stop_first and old.running and spec.pre_stop:
+                self._call_retiring(old)
+                retired = True
+                self._run_hooks(old.id, spec.pre_stop, "pre_stop", spec, steps)  # a failure aborts the switch
         except BaseException as exc:
             if lost_connection(exc):
                 # The engine went away: cleanup calls would only wait for it too. The
                 # leftover container is removed by the next plan/apply or deploy (a tidy).
                 raise
             logs = self._logs(new_id)
+            if retired and new is not None:  # the new one was announced healthy: take it back
+                self._call_retiring(new)
             self._remove(new_id)
             if old is not None:
                 restored = self._restore(old)
-                if stop_first and old.running and self.hooks.restored:
+                if (stop_first or retired) and old.running and self.hooks.restored:
                     try:
                         self.hooks.restored(restored)
                     except Exception as hook_exc:  # noqa: BLE001 - the original failure matters more
@@ -308,7 +323,7 @@ class Applier:
                                         f"{' '.join(str(exc).split())}; restored the old container", name, logs) from exc
             raise
         if old is not None:
-            if not stop_first:
+            if not stop_first and not retired:
                 self._call_retiring(old)
             self._remove(old.id, stop_timeout=spec.stop_timeout)
             steps.append(f"removed {old.name}")
@@ -349,6 +364,24 @@ class Applier:
             self._remove(cid)
             raise
         return cid
+
+    def _run_hooks(self, cid: str, hooks: list[dict[str, Any]], what: str, spec: ContainerSpec,
+                   steps: list[str]) -> None:
+        """Compose's post_start / pre_stop: each command exec'd in the container in turn; one that exits
+        non-zero is a HealthCheckFailed (post_start: the new container failed; pre_stop: the stop is aborted)."""
+        for i, hook in enumerate(hooks):
+            exec_id = self.api.exec_create(cid, hook["cmd"], user=hook.get("user") or "",
+                                           privileged=bool(hook.get("privileged")),
+                                           environment=hook.get("environment") or None,
+                                           workdir=hook.get("workdir") or None)["Id"]
+            output = self.api.exec_start(exec_id)
+            code = self.api.exec_inspect(exec_id).get("ExitCode")
+            if code != 0:
+                tail = "\n".join(output.decode("utf-8", "replace").splitlines()[-LOG_LINES:])
+                then = "the stop is aborted" if what == "pre_stop" else "the new container failed"
+                raise HealthCheckFailed(f"{spec.dc}/{spec.node}/{spec.service}: {what} hook {i + 1} "
+                                        f"({' '.join(hook['cmd'])}) exited with code {code}; {then}", logs=tail)
+            steps.append(f"ran {what} hook {i + 1} in {cid[:12]}")
 
     def _endpoint(self, spec: ContainerSpec, net: str, aliases: list[str]):
         return self.api.create_endpoint_config(aliases=aliases or None, ipv4_address=spec.ipv4_addresses.get(net),

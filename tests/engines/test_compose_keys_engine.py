@@ -149,3 +149,69 @@ def test_refused_keys_leave_the_engine_untouched(engine, tmp_path):
     assert "services.w.ports[0]: mode ingress is Swarm's routing mesh" in checked.output
     with closing(engine.client()) as client:
         assert managed(client, node) == []
+
+
+HOOKED = """\
+services:
+  hooked:
+    image: {image}
+    init: true
+    command: ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
+    labels: {{round: "{round}"}}
+    volumes: ["marks:/marks"]
+    post_start:
+      - command: ["sh", "-c", "echo post $STAGE {round} >> /marks/log; {post_exit}"]
+        environment: {{STAGE: started}}
+    pre_stop:
+      - command: ["sh", "-c", "echo pre {round} >> /marks/log; {pre_exit}"]
+volumes:
+  marks:
+"""
+
+
+def _hooked(root, node, round_: int, post_exit: str = "true", pre_exit: str = "true") -> None:
+    path = root / "datacenters" / "test" / node / "docker-compose.yml"
+    path.write_text(HOOKED.format(image=IMAGE, round=round_, post_exit=post_exit, pre_exit=pre_exit))
+    git(root, "commit", "-qam", f"round {round_}")
+
+
+def test_post_start_and_pre_stop_hooks_run_in_the_containers(engine, tmp_path):
+    root, node = make_repo(tmp_path / "infra", engine.unix_url,
+                           HOOKED.format(image=IMAGE, round=1, post_exit="true", pre_exit="true"))
+    try:
+        assert cli(root, "apply", "--settle", "0.5").exit_code == 0
+        _hooked(root, node, 2)
+        result = cli(root, "apply", "--settle", "0.5")
+        assert result.exit_code == 0, result.output
+        with closing(engine.client()) as client:
+            first = _container_named(client, node, "hooked")
+            # round 2's post_start ran in the new container, then round 2's pre_stop in the old one
+            assert _sh(first, "cat /marks/log").splitlines() == ["post started 1", "post started 2", "pre 2"]
+
+            # a post_start hook that fails fails the new container: the old one keeps running
+            _hooked(root, node, 3, post_exit="exit 3")
+            result = cli(root, "apply", "--settle", "0.5")
+            assert result.exit_code == 1, result.output
+            assert "post_start hook 1 (sh -c echo post $STAGE 3 >> /marks/log; exit 3) exited with code 3" \
+                in result.output
+            assert _container_named(client, node, "hooked").id == first.id
+
+            # a pre_stop hook that fails aborts the stop: the old container keeps running, the new one is gone
+            _hooked(root, node, 4, pre_exit="exit 4")
+            result = cli(root, "apply", "--settle", "0.5")
+            assert result.exit_code == 1, result.output
+            assert "pre_stop hook 1 (sh -c echo pre 4 >> /marks/log; exit 4) exited with code 4; the stop is aborted" \
+                in result.output
+            assert _container_named(client, node, "hooked").id == first.id
+            assert _sh(first, "cat /marks/log").splitlines()[-2:] == ["post started 4", "pre 4"]
+    finally:
+        with closing(engine.client()) as client:
+            remove_node_containers(client, node)
+            for vol in client.volumes.list(filters={"label": f"deployer.node={node}"}):
+                vol.remove(force=True)
+
+
+def _container_named(client, node: str, service: str):
+    found = [c for c in managed(client, node) if c.labels.get("deployer.service") == service]
+    assert len(found) == 1, [c.name for c in found]
+    return found[0]

@@ -258,3 +258,41 @@ def test_anonymous_volumes_are_carried_over_as_compose_does():
     ]
     assert carried["binds"] == host["binds"] and host["mounts"][0]["Source"] == ""  # the spec is not touched
     assert inherit_anonymous_volumes(host, [], None) is host
+
+
+def test_lifecycle_hooks_become_exec_arguments():
+    spec = spec_of("""
+        services:
+          w:
+            image: x
+            post_start:
+              - command: ["sh", "-c", "echo up > /tmp/up"]
+                user: root
+                privileged: false
+                working_dir: /tmp
+                environment: {STAGE: post}
+              - command: touch /tmp/second
+            pre_stop:
+              - command: ["sh", "-c", "echo down"]
+                environment: [STAGE=pre]
+    """, "w", ROOT)
+    assert spec.post_start == [
+        {"cmd": ["sh", "-c", "echo up > /tmp/up"], "user": "root", "privileged": False, "workdir": "/tmp",
+         "environment": ["STAGE=post"]},
+        {"cmd": ["touch", "/tmp/second"]},
+    ]
+    assert spec.pre_stop == [{"cmd": ["sh", "-c", "echo down"], "environment": ["STAGE=pre"]}]
+    assert "post_start" in spec.config_json() and spec_of("services:\n  w: {image: x}\n", "w", ROOT).post_start == []
+
+
+@pytest.mark.parametrize("hooks, message", [
+    ("{command: x}", "must be a list of hooks (mappings with 'command'), not a mapping"),
+    ("[{user: root}]", "[0]: missing required key 'command'"),
+    ("[{command: x, tty: true}]", "[0]: unsupported key 'tty': use command, environment, privileged, user, working_dir"),
+    ("[{command: 'a && b'}]", "[0].command: 'a && b' has '&&' outside quotes"),
+    ("[{command: [x], environment: [FOO]}]", "[0].environment: 'FOO' has no value: write FOO=value"),
+    ("[{command: [x], privileged: maybe}]", "[0].privileged: must be true or false, not a string"),
+])  # fmt: skip
+def test_bad_hooks(hooks, message):
+    problem = one_problem(f"services:\n  w:\n    image: x\n    post_start: {hooks}\n")
+    assert problem.startswith(f"datacenters/dc1/n1/docker-compose.yml:4: services.w.post_start: {message}"), problem

@@ -463,8 +463,9 @@ def test_round_trip_loader_agrees_in_block_context():
 def reference_data(spec: ContainerSpec, redact: bool) -> dict:
     """config_hash/config_json's data as computed before (dataclasses.asdict), to compare with."""
     data = asdict(spec)
-    if not data["endpoints"]:  # a field added later, left out when empty: older containers keep their hash
-        del data["endpoints"]
+    for name in ("endpoints", "post_start", "pre_stop"):  # added later, left out when empty: older hashes stay
+        if not data[name]:
+            del data[name]
     if not redact:
         data["secrets"] = [(s["name"], s["target"], s["sha256"], s["mode"]) for s in data["secrets"]]
         return data
@@ -542,6 +543,7 @@ def test_config_hash_covers_every_field_and_follows_changes():
         "networks": [("n1_default", ["web"])], "labels": {**spec.labels, "team": "edge"},
         "secrets": [replace(spec.secrets[0], sha256="cd" * 32)], "stop_timeout": 30, "has_healthcheck": False,
         "published_ports": False, "ipv4_addresses": {}, "endpoints": {"n1_back": {"ipv6_address": "fd00::5"}},
+        "post_start": [{"cmd": ["true"]}], "pre_stop": [{"cmd": ["true"]}],
     }  # fmt: skip
     assert set(changed) == {f.name for f in fields(ContainerSpec)}, "a new field: add it here"
     for name, value in changed.items():
