@@ -10,7 +10,8 @@ the result as ``docker compose config`` does;
 ``compose_keys`` holds the supported compose keys and one parser per kind of
 value (``compose_host`` those of the keys that are one engine argument each:
 process, kernel, resource and device settings; ``compose_hooks`` the
-post_start / pre_stop hooks the applier runs with the engine's exec), ``compose_check`` and ``compose_check_service`` the compose check (every
+post_start / pre_stop hooks the applier runs with the engine's exec), ``compose_check`` and ``compose_check_service`` (with ``compose_check_host``
+for the process, resource and hook keys) the compose check (every
 key supported exactly or refused with file:line), ``label_check`` the grammar
 of the ``deployer.*`` labels discovery reads (the compose check runs it; discovery
 reads labels through it), ``compose_spec`` the compose service -> container spec

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
-from deployer.config.compose_hooks import parse_hooks
+from deployer.config.compose_check_host import HostKeyChecks
 from deployer.config.compose_host import HOST_KEYS
 from deployer.config.compose_keys import (
     BUILD_KEYS, CONTAINER_NAME_RE, DEPENDS_ON_CONDITIONS, DEPENDS_ON_KEYS, HEALTHCHECK_HINTS, HEALTHCHECK_KEYS,
-    LOGGING_KEYS, NAME_RE, NULL_MEANS_EMPTY, PORT_LONG_KEYS, PULL_POLICIES, RESTART_POLICIES, SERVICE_KEYS,
+    LOGGING_KEYS, NAME_RE, NULL_MEANS_EMPTY, PORT_LONG_KEYS, RESTART_POLICIES, SERVICE_KEYS,
     SERVICE_NETWORK_HINTS, SERVICE_NETWORK_KEYS, SERVICE_SECRET_KEYS, SIGNAL_RE, UNSUPPORTED_HINTS,
     VOLUME_LONG_HINTS, VOLUME_LONG_KEYS, Binding, PortRun, as_list, check_extra_host, check_ip,
     expand_run, expose_range, extra_host_pairs, is_bool, is_int, is_scalar, label_pairs, parse_command, parse_cpus,
@@ -96,7 +96,7 @@ class ServiceFacts:
     container_name: tuple[str, At] | None = None
 
 
-class ServiceChecker:
+class ServiceChecker(HostKeyChecks):
     """Checks one service at a time; ``compose_check`` adds the document around the services."""
 
     def __init__(self, path: str, repo_root: Path):
@@ -268,27 +268,8 @@ class ServiceChecker:
                 self.host_key(key, child, facts)
                 continue
             getattr(self, f"s_{key}")(name, child, facts, network_mode)
+        self.conflicts(at, network_mode)
         self.discovery_labels(name, at, facts)
-
-    def host_key(self, key: str, at: At, facts: ServiceFacts) -> None:
-        """A key that is one engine argument (``compose_host``): its parser says whether the value is good."""
-        if at.value is None:
-            self.err(at, "must not be null")
-            return
-        value = self.parsed(at, HOST_KEYS[key][2])
-        if key in ("pid", "ipc") and isinstance(value, str) and value.startswith("service:"):
-            facts.deps.append((value[len("service:"):], at))
-
-    def s_post_start(self, name, at, facts, network_mode) -> None:
-        self.parsed(at, parse_hooks)
-
-    s_pre_stop = s_post_start
-
-    def s_pull_policy(self, name, at, facts, network_mode) -> None:
-        if at.value in PULL_POLICIES:
-            return
-        self.err(at, f"pull_policy {at.value!r} is not supported: the deployer pulls an image only when the node "
-                     "lacks it (missing); to run a new image, deploy a new tag or a digest")
 
     def s_image(self, name, at, facts, network_mode) -> None:
         if not self.string(at):

@@ -36,6 +36,7 @@ services:
     oom_score_adj: -500
     oom_kill_disable: true
     mem_swappiness: 10
+    mem_limit: 512m
     mem_reservation: 64m
     memswap_limit: 1g
     cpu_shares: 512
@@ -77,7 +78,7 @@ def test_every_key_becomes_its_engine_argument():
     assert host == {
         "pid_mode": "host", "ipc_mode": "shareable", "uts_mode": "host", "userns_mode": "host", "cgroupns": "private",
         "cgroup_parent": "/deployer", "runtime": "runc", "isolation": "default", "pids_limit": 100,
-        "oom_score_adj": -500, "oom_kill_disable": True, "mem_swappiness": 10, "mem_reservation": 64 * 2**20,
+        "oom_score_adj": -500, "oom_kill_disable": True, "mem_swappiness": 10, "mem_limit": 512 * 2**20, "mem_reservation": 64 * 2**20,
         "memswap_limit": 2**30, "cpu_shares": 512, "cpu_period": 100000, "cpu_quota": 50000,
         "cpu_rt_period": 1_000_000, "cpu_rt_runtime": 950, "cpuset_cpus": "0-1", "group_add": ["audio", "1001"],
         "dns_search": ["example.org"], "dns_opt": ["ndots:2"], "security_opt": ["no-new-privileges:true"],
@@ -296,3 +297,17 @@ def test_lifecycle_hooks_become_exec_arguments():
 def test_bad_hooks(hooks, message):
     problem = one_problem(f"services:\n  w:\n    image: x\n    post_start: {hooks}\n")
     assert problem.startswith(f"datacenters/dc1/n1/docker-compose.yml:4: services.w.post_start: {message}"), problem
+
+
+def test_keys_the_engine_refuses_together_are_refused_by_validate():
+    assert one_problem("services:\n  w:\n    image: x\n    uts: host\n    hostname: h\n").endswith(
+        "services.w.uts: uts: host shares the node's host name, so hostname cannot be set (the engine refuses both)")
+    assert one_problem("services:\n  w:\n    image: x\n    network_mode: host\n    mac_address: '02:42:ac:11:00:02'\n"
+                       ).endswith("services.w.mac_address: a MAC address cannot be set with network_mode 'host' "
+                                  "(the engine refuses both)")
+    assert one_problem("services:\n  w:\n    image: x\n    memswap_limit: 1g\n").endswith(
+        "services.w.memswap_limit: memswap_limit needs mem_limit (the engine refuses a swap limit without a memory limit)")
+    assert one_problem("services:\n  w:\n    image: x\n    mem_limit: 2g\n    memswap_limit: 1g\n").endswith(
+        "services.w.memswap_limit: memswap_limit is memory plus swap, so it cannot be below mem_limit")
+    assert spec_of("services:\n  w:\n    image: x\n    mem_limit: 1g\n    memswap_limit: -1\n", "w",
+                   ROOT).host["memswap_limit"] == -1
