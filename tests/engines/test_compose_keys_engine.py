@@ -215,3 +215,38 @@ def _container_named(client, node: str, service: str):
     found = [c for c in managed(client, node) if c.labels.get("deployer.service") == service]
     assert len(found) == 1, [c.name for c in found]
     return found[0]
+
+
+def test_network_priority_and_endpoint_settings(engine, tmp_path):
+    root, node = make_repo(tmp_path / "infra", engine.unix_url, f"""\
+services:
+  net:
+    image: {IMAGE}
+    init: true
+    command: ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
+    networks:
+      alpha:
+        priority: 1
+        link_local_ips: ["169.254.10.1"]
+      beta:
+        priority: 10
+        link_local_ips: ["169.254.10.2"]
+networks:
+  alpha:
+  beta:
+""")
+    try:
+        result = cli(root, "apply", "--settle", "0.5")
+        assert result.exit_code == 0, result.output
+        with closing(engine.client()) as client:
+            attrs = client.api.inspect_container(_container_named(client, node, "net").id)
+            beta, alpha = f"{node}_beta", f"{node}_alpha"
+            assert attrs["HostConfig"]["NetworkMode"] == beta  # the highest priority is attached at create
+            nets = attrs["NetworkSettings"]["Networks"]
+            # one endpoint made at create (beta), one by connecting afterwards (alpha): both carry the settings
+            assert nets[beta]["IPAMConfig"]["LinkLocalIPs"] == ["169.254.10.2"]
+            assert nets[alpha]["IPAMConfig"]["LinkLocalIPs"] == ["169.254.10.1"]
+            assert cli(root, "plan", f"test/{node}").exit_code == 0
+    finally:
+        with closing(engine.client()) as client:
+            remove_node_containers(client, node)
