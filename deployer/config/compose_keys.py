@@ -78,6 +78,7 @@ HEALTHCHECK_HINTS = {"start_interval": "needs Docker API 1.44; the engines here 
 PORT_MODES = ("host",)
 VOLUME_LONG_HINTS = {
     "consistency": "consistency options mean something only on Docker Desktop for Mac; these are Linux engines",
+    "image": "image mounts need Docker API 1.47; the engines here speak 1.41",
 }
 SERVICE_NETWORK_HINTS = {
     "mac_address": "a per-network MAC address needs Docker API 1.44; set the service's mac_address instead",

@@ -72,3 +72,27 @@ def test_every_refused_top_level_key_is_refused_with_its_reason():
     for key, hint in TOP_HINTS.items():
         found = problems(f"services:\n  w:\n    image: x\n{key}: {{}}\n")
         assert any(p.endswith(f"{key}: unsupported key {key!r}: {hint}") for p in found), found
+
+
+def test_nested_key_tables_know_every_key_of_the_specification():
+    """Each nested mapping's keys: supported or refused with a reason, none unknown (the table's prose says how)."""
+    from deployer.config.compose_hooks import HOOK_KEYS
+    from deployer.config.compose_keys import (
+        BUILD_KEYS, HEALTHCHECK_HINTS, HEALTHCHECK_KEYS, PORT_LONG_KEYS, SERVICE_NETWORK_HINTS, SERVICE_NETWORK_KEYS,
+        VOLUME_BIND_KEYS, VOLUME_LONG_HINTS, VOLUME_LONG_KEYS, VOLUME_TMPFS_KEYS, VOLUME_VOLUME_KEYS,
+    )  # fmt: skip
+
+    known = {
+        "service.build": BUILD_KEYS,
+        "service.healthcheck": HEALTHCHECK_KEYS | set(HEALTHCHECK_HINTS),
+        "service.ports[]": PORT_LONG_KEYS,
+        "service.volumes[]": VOLUME_LONG_KEYS | set(VOLUME_LONG_HINTS),
+        "service.volumes[].bind": VOLUME_BIND_KEYS,
+        "service.volumes[].volume": VOLUME_VOLUME_KEYS,
+        "service.volumes[].tmpfs": VOLUME_TMPFS_KEYS,
+        "service.networks.<name>": SERVICE_NETWORK_KEYS | set(SERVICE_NETWORK_HINTS),
+        "service.post_start[]": HOOK_KEYS,
+    }
+    assert sorted(known) == sorted(SPEC_KEYS["nested"])
+    for where, keys in known.items():
+        assert sorted(keys) == SPEC_KEYS["nested"][where], where
