@@ -250,3 +250,49 @@ networks:
     finally:
         with closing(engine.client()) as client:
             remove_node_containers(client, node)
+
+
+def test_a_failed_pre_stop_takes_back_what_discovery_was_told(engine, tmp_path):
+    """Start-first with a pre_stop hook: the old container is announced retiring before its hook runs; when
+    the hook fails the new one (already announced healthy) is taken back and the old one announced again."""
+    from deployer.config import loader
+    from deployer.config.compose_spec import container_spec, node_resources
+    from deployer.engine.apply import Hooks, SwapOptions
+    from deployer.engine.session import EngineSession
+    from deployer.errors import HealthCheckFailed
+
+    root, node = make_repo(tmp_path / "infra", engine.unix_url,
+                           HOOKED.format(image=IMAGE, round=1, post_exit="true", pre_exit="true"))
+    calls: list[tuple[str, str]] = []
+    hooks = Hooks(healthy=lambda spec, c: calls.append(("healthy", c.id)),
+                  retiring=lambda c: calls.append(("retiring", c.id)),
+                  restored=lambda c: calls.append(("restored", c.id)))
+
+    def apply_once() -> None:
+        target = loader.load_node(root, "test", node)
+        spec = container_spec(target, target.services["hooked"], root)
+        with EngineSession(target, root) as session:
+            applier = session.applier(SwapOptions(settle=0.3), hooks=hooks)
+            applier.ensure_resources(*node_resources(target))
+            change = session.plan([spec])[0]
+            applier.apply(change, session.state)
+
+    try:
+        apply_once()
+        with closing(engine.client()) as client:
+            old = _container_named(client, node, "hooked").id
+        _hooked(root, node, 2, pre_exit="exit 4")
+        calls.clear()
+        with pytest.raises(HealthCheckFailed, match="pre_stop hook 1 .* exited with code 4; the stop is aborted"):
+            apply_once()
+        kinds = [k for k, _ in calls]
+        assert kinds == ["healthy", "retiring", "retiring", "restored"], calls
+        new = calls[0][1]
+        assert calls[1] == ("retiring", old) and calls[2] == ("retiring", new) and calls[3] == ("restored", old)
+        with closing(engine.client()) as client:
+            assert _container_named(client, node, "hooked").id == old
+    finally:
+        with closing(engine.client()) as client:
+            remove_node_containers(client, node)
+            for vol in client.volumes.list(filters={"label": f"deployer.node={node}"}):
+                vol.remove(force=True)
