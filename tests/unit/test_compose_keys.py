@@ -111,7 +111,7 @@ def test_expose():
 # volumes and tmpfs
 
 
-NO_OPTIONS = {"tmpfs_size": None, "tmpfs_mode": None, "propagation": "", "create_host_path": None, "nocopy": False}
+NO_OPTIONS = {"tmpfs_size": None, "propagation": "", "create_host_path": None, "nocopy": False}
 
 
 def test_volume_short_syntax():
@@ -132,8 +132,8 @@ def test_anonymous_volumes():
 
 
 def test_long_volume_options():
-    tmpfs = parse_volume({"type": "tmpfs", "target": "/t", "read_only": True, "tmpfs": {"size": "1m", "mode": "1770"}})
-    assert (tmpfs["read_only"], tmpfs["tmpfs_size"], tmpfs["tmpfs_mode"]) == (True, 2**20, 0o1770)
+    tmpfs = parse_volume({"type": "tmpfs", "target": "/t", "read_only": True, "tmpfs": {"size": "1m"}})
+    assert (tmpfs["read_only"], tmpfs["tmpfs_size"]) == (True, 2**20)
     assert needs_mount_api(tmpfs)
     bind = parse_volume({"type": "bind", "source": "/h", "target": "/c",
                          "bind": {"propagation": "rshared", "selinux": "z", "create_host_path": True}})
@@ -163,7 +163,9 @@ def test_long_volume_options():
         ({"type": "x", "target": "/d"}, "type must be volume, bind or tmpfs, not 'x'"),
         ({"type": "volume", "source": "data", "target": "/d", "read_only": "yes"}, "read_only must be true or false, not a string"),
         ({"type": "tmpfs", "source": "x", "target": "/d"}, "a tmpfs mount has no source"),
-        ({"type": "tmpfs", "target": "/d", "tmpfs": {"mode": 9}}, "invalid file mode 9: write octal digits, like 0440"),
+        ({"type": "tmpfs", "target": "/d", "tmpfs": {"mode": 1777}},
+         "tmpfs.mode cannot be read as Compose reads it (1777 is decimal there, 01777 octal): "
+         "use the service's tmpfs key, '/path:mode=1777', which both read as octal"),
         ({"type": "tmpfs", "target": "/d", "tmpfs": {"uid": 1}}, "unsupported key 'uid' in tmpfs: use mode, size"),
         ({"type": "tmpfs", "target": "/d", "tmpfs": 5}, "tmpfs must be a mapping, not an integer"),
         ({"type": "bind", "source": "/x", "target": "/d", "bind": {"propagation": "up"}},
