@@ -121,6 +121,11 @@ class ContainerSpec:
                 **self.create,
                 "environment": [f"{k}={_fingerprint(salt, k, v)}" for k, _, v in (e.partition("=") for e in env)],
             }
+        for name in ("post_start", "pre_stop"):  # a hook's environment is redacted like the container's
+            if name in data and any(h.get("environment") for h in data[name]):
+                data[name] = [{**h, "environment": [f"{k}={_fingerprint(salt, k, v)}"
+                                                    for k, _, v in (e.partition("=") for e in h["environment"])]}
+                              if h.get("environment") else h for h in data[name]]
         data["secrets"] = [(s.name, s.target, s.mode, _fingerprint(salt, s.name, s.sha256))
                            for s in self.secrets]  # fmt: skip
         return data

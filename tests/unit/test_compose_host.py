@@ -311,3 +311,14 @@ def test_keys_the_engine_refuses_together_are_refused_by_validate():
         "services.w.memswap_limit: memswap_limit is memory plus swap, so it cannot be below mem_limit")
     assert spec_of("services:\n  w:\n    image: x\n    mem_limit: 1g\n    memswap_limit: -1\n", "w",
                    ROOT).host["memswap_limit"] == -1
+
+
+def test_a_hooks_environment_is_redacted_in_the_recorded_config():
+    spec = spec_of("services:\n  w:\n    image: x\n    post_start:\n      - command: [x]\n"
+                   "        environment: {TOKEN: s3cret-value}\n", "w", ROOT)
+    assert spec.post_start[0]["environment"] == ["TOKEN=s3cret-value"]  # what the exec gets
+    recorded = spec.config_json()
+    assert "s3cret-value" not in recorded and '"TOKEN=sha256:' in recorded
+    before = spec.config_hash()
+    spec.post_start[0]["environment"] = ["TOKEN=other"]
+    assert spec.config_hash() != before  # a changed value still changes the container
