@@ -35,7 +35,6 @@ TOP_KEYS = {"services", "volumes", "networks", "secrets", "version", "name"}
 # A word on why the top-level keys of the Compose specification the deployer lacks are refused.
 TOP_HINTS = {
     "configs": "mount a bind volume or bake the file into the image",
-    "include": "one compose file per node; share definitions with YAML anchors or x-* extension keys",
     "models": "AI models are run by Docker Model Runner, which these engines do not have",
 }
 

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from deployer.config.compose_keys import SERVICE_KEYS, TOP_HINTS, TOP_KEYS, UNSUPPORTED_HINTS
+from deployer.config.shared import RESOLVED_SERVICE_KEYS, RESOLVED_TOP_KEYS
 from tests.support.compose import one_problem, problems
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,12 +54,12 @@ def check(rows: dict[str, str], spec: list[str], supported: set[str], refused: d
 
 
 def test_top_level_table():
-    check(table("Top-level keys"), SPEC_KEYS["top_level"], TOP_KEYS, TOP_HINTS)
+    check(table("Top-level keys"), SPEC_KEYS["top_level"], TOP_KEYS | set(RESOLVED_TOP_KEYS), TOP_HINTS)
 
 
 def test_service_table():
     rows = table("Service keys")
-    check(rows, SPEC_KEYS["service"], SERVICE_KEYS, UNSUPPORTED_HINTS)
+    check(rows, SPEC_KEYS["service"], SERVICE_KEYS | set(RESOLVED_SERVICE_KEYS), UNSUPPORTED_HINTS)
     assert len(SPEC_KEYS["service"]) == 92
 
 
