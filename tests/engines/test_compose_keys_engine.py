@@ -162,7 +162,7 @@ services:
     labels: {{round: "{round}"}}
     volumes: ["marks:/marks"]
     post_start:
-      - command: ["sh", "-c", "echo post $STAGE {round} >> /marks/log; {post_exit}"]
+      - command: ["sh", "-c", "echo post $$STAGE {round} >> /marks/log; {post_exit}"]
         environment: {{STAGE: started}}
     pre_stop:
       - command: ["sh", "-c", "echo pre {round} >> /marks/log; {pre_exit}"]
