@@ -179,6 +179,13 @@ class ContainerSpec:
             return self
         return replace(self, name=f"{self.name}-{index}", labels={**self.labels, LABEL_REPLICA: str(index)},
                        replica=index)
+    # engine network name -> more endpoint settings (create_endpoint_config / connect_container_to_network
+    # keyword arguments: ipv6_address, link_local_ips, driver_opt)
+    endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # compose post_start / pre_stop: exec_create keyword arguments (cmd, user, privileged, environment, workdir),
+    # run after the container starts / before it stops
+    post_start: list[dict[str, Any]] = field(default_factory=list)
+    pre_stop: list[dict[str, Any]] = field(default_factory=list)
 
     def _data(self, redact: bool) -> dict[str, Any]:
         """Every field, as JSON-ready data (built fresh for each call: a spec may change between calls).
@@ -188,9 +195,10 @@ class ContainerSpec:
         redacting) is new; the rest is the spec's own values, which json.dumps
         only reads.
         """
-        data = {name: getattr(self, name) for name in _SPEC_FIELDS if name != "bundles"}
-        if not self.files:
-            del data["files"]  # so a spec without shipped files hashes as it did before they existed
+        data = {name: getattr(self, name) for name in _SPEC_FIELDS}
+        for name in _OMITTED_WHEN_EMPTY:  # fields added later: containers created before keep their hash
+            if not data[name]:
+                del data[name]
         if not redact:
             # not the source path: it depends on where the deployer's checkout is
             data["secrets"] = [(s.name, s.target, s.sha256, s.mode, s.uid, s.gid) for s in self.secrets]
@@ -204,6 +212,11 @@ class ContainerSpec:
                 **self.create,
                 "environment": [f"{k}={_fingerprint(salt, k, v)}" for k, _, v in (e.partition("=") for e in env)],
             }
+        for name in ("post_start", "pre_stop"):  # a hook's environment is redacted like the container's
+            if name in data and any(h.get("environment") for h in data[name]):
+                data[name] = [{**h, "environment": [f"{k}={_fingerprint(salt, k, v)}"
+                                                    for k, _, v in (e.partition("=") for e in h["environment"])]}
+                              if h.get("environment") else h for h in data[name]]
         # by target, so a plan names the secret that changed (secrets./run/secrets/db); [] when none, as before
         data["secrets"] = {s.target: [s.name, s.mode, s.uid, s.gid, _fingerprint(salt, s.name, s.sha256)]
                            for s in self.secrets} or []  # fmt: skip
@@ -228,8 +241,40 @@ class ContainerSpec:
 
 
 # what the hash and the recorded JSON cover: not how the service is rolled out, nor the replica index
-# (the name and the replica label already differ between replicas)
-_SPEC_FIELDS = tuple(f.name for f in fields(ContainerSpec) if f.name not in ("rollout", "replica"))
+# (the name and the replica label already differ between replicas), nor the shipped content itself
+# (``files`` and the mounts' paths name its digests)
+_SPEC_FIELDS = tuple(f.name for f in fields(ContainerSpec) if f.name not in ("rollout", "replica", "bundles"))
+_OMITTED_WHEN_EMPTY = ("files", "endpoints", "post_start", "pre_stop")
+
+
+def inherit_anonymous_volumes(host: dict[str, Any], old_mounts: list[dict[str, Any]],
+                              image_volumes: Any) -> dict[str, Any]:
+    """``host`` (create_host_config arguments) with the old container's anonymous volumes carried over.
+
+    What Docker Compose v2 does when it recreates a container: a volume the old container had at a target
+    where the service declares an anonymous volume (``- /data``), or at a VOLUME of the new image that
+    nothing else is mounted on, is mounted again at the same place. ``old_mounts`` is the old container's
+    inspect ``Mounts``; ``image_volumes`` the new image's ``Config.Volumes`` (a mapping, or None).
+    """
+    mounts = [dict(m) for m in host.get("mounts") or []]
+    anonymous = {m["Target"]: m for m in mounts if m.get("Type") == "volume" and not m.get("Source")}
+    taken = {b.split(":")[1] for b in host.get("binds") or []} | {m["Target"] for m in mounts} \
+        | set(host.get("tmpfs") or {})
+    added = False
+    for old in old_mounts or []:
+        if old.get("Type") != "volume" or not old.get("Name"):
+            continue
+        target = old.get("Destination")
+        if target in anonymous:
+            anonymous[target]["Source"] = old["Name"]
+            added = True
+        elif target in (image_volumes or {}) and target not in taken:
+            mounts.append({"Type": "volume", "Source": old["Name"], "Target": target, "ReadOnly": not old.get("RW", True)})
+            taken.add(target)
+            added = True
+    if not added:
+        return host
+    return {**host, "mounts": sorted(mounts, key=lambda m: m["Target"])}
 
 
 def _json_default(value: Any) -> Any:

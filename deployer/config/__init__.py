@@ -8,8 +8,11 @@ with them, as the Compose spec defines it; ``shared`` resolves ``include`` and
 ``extends`` with Compose's merge rules (``compose_merge``), ``resolved`` prints
 the result as ``docker compose config`` does;
 ``compose_keys`` holds the supported compose keys and one parser per kind of
-value, ``compose_check`` and ``compose_check_service`` the compose check (every
-key supported exactly or refused with file:line), ``compose_deploy`` the
+value (``compose_host`` those of the keys that are one engine argument each:
+process, kernel, resource and device settings; ``compose_hooks`` the
+post_start / pre_stop hooks the applier runs with the engine's exec), ``compose_check`` and
+``compose_check_service`` (with ``compose_check_host`` for the process, resource and hook keys) the compose
+check (every key supported exactly or refused with file:line), ``compose_deploy`` the
 ``deploy:``/``scale``/``profiles`` keys and depends_on options (checked, and
 read into host settings and a service's rollout), ``label_check`` the grammar
 of the ``deployer.*`` labels discovery reads (the compose check runs it; discovery

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 from deployer.config.compose_check_service import At, ServiceChecker
 from deployer.config.compose_keys import (
-    CONTAINER_NAME_RE, NAME_RE, TOP_KEYS, TOP_NETWORK_KEYS, TOP_SECRET_KEYS, TOP_VOLUME_KEYS,
+    CONTAINER_NAME_RE, NAME_RE, TOP_HINTS, TOP_KEYS, TOP_NETWORK_KEYS, TOP_SECRET_KEYS, TOP_VOLUME_KEYS,
 )  # fmt: skip
 from deployer.config.secret_files import open_secret_file, resolve_secret_file
 from deployer.errors import ConfigError
@@ -47,7 +47,7 @@ class _Checker(ServiceChecker):
                 ConfigError(self.path, f"a compose file must be a mapping with a 'services' key, not {kind(doc)}", line=1)
             )
             return self.errors
-        self.keys(top, TOP_KEYS)
+        self.keys(top, TOP_KEYS, hints=TOP_HINTS)
         for key, at in top.entries():
             if key == "volumes":
                 self.top_definitions(at, TOP_VOLUME_KEYS, self.volumes, "volume")

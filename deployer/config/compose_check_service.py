@@ -20,10 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from deployer.config.compose_check_host import HostKeyChecks
+from deployer.config.compose_host import HOST_KEYS
 from deployer.config.compose_keys import (
-    BUILD_KEYS, CONTAINER_NAME_RE, DEPENDS_ON_CONDITIONS, DEPENDS_ON_KEYS, HEALTHCHECK_KEYS, LOGGING_KEYS, NAME_RE,
-    NULL_MEANS_EMPTY, PORT_LONG_KEYS, RESTART_POLICIES, SERVICE_KEYS, SERVICE_NETWORK_KEYS,
-    SIGNAL_RE, UNSUPPORTED_HINTS, VOLUME_LONG_KEYS, Binding, PortRun, as_list, check_extra_host, check_ip,
+    BUILD_KEYS, CONTAINER_NAME_RE, DEPENDS_ON_CONDITIONS, DEPENDS_ON_KEYS, HEALTHCHECK_HINTS, HEALTHCHECK_KEYS,
+    LOGGING_KEYS, NAME_RE, NULL_MEANS_EMPTY, PORT_LONG_KEYS, RESTART_POLICIES, SERVICE_KEYS,
+    SERVICE_NETWORK_HINTS, SERVICE_NETWORK_KEYS, SIGNAL_RE, UNSUPPORTED_HINTS,
+    VOLUME_LONG_HINTS, VOLUME_LONG_KEYS, Binding, PortRun, as_list, check_extra_host, check_ip,
     expand_run, expose_range, extra_host_pairs, is_bool, is_int, is_scalar, label_pairs, parse_command, parse_cpus,
     parse_healthcheck_test, parse_port_long, parse_port_run, parse_restart, parse_tmpfs, parse_volume,
     split_assignment,
@@ -96,9 +99,10 @@ class ServiceFacts:
     optional: set[str] = field(default_factory=set)  # depends_on entries written with required: false
 
 
-class ServiceChecker(FilesChecks, DeployChecks):
-    """Checks one service at a time (files: ``compose_files_check.FilesChecks``; deploy, scale, profiles:
-    ``compose_deploy.DeployChecks``); ``compose_check`` adds the document around the services."""
+class ServiceChecker(HostKeyChecks, FilesChecks, DeployChecks):
+    """Checks one service at a time (process, resource and hook keys: ``compose_check_host.HostKeyChecks``;
+    files: ``compose_files_check.FilesChecks``; deploy, scale, profiles: ``compose_deploy.DeployChecks``);
+    ``compose_check`` adds the document around the services."""
 
     def __init__(self, path: str, repo_root: Path):
         self.path = path
@@ -156,7 +160,9 @@ class ServiceChecker(FilesChecks, DeployChecks):
             self.err(at, str(exc))
             return None
 
-    def keys(self, at: At, allowed: set[str], extensions: bool = True) -> None:
+    def keys(self, at: At, allowed: set[str], extensions: bool = True, hints: dict[str, str] | None = None) -> None:
+        if hints is None and allowed is SERVICE_KEYS:
+            hints = UNSUPPORTED_HINTS
         for key, child in at.entries():
             if not isinstance(key, str):
                 self.err(child, f"keys must be strings, not {kind(key)}", field=at.field)
@@ -164,7 +170,7 @@ class ServiceChecker(FilesChecks, DeployChecks):
             if key in allowed or (extensions and key.startswith("x-")):
                 continue
             message = f"unsupported key {key!r}"
-            hint = UNSUPPORTED_HINTS.get(key) if allowed is SERVICE_KEYS else None
+            hint = (hints or {}).get(key)
             close = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.8)
             if hint:
                 message += f": {hint}"
@@ -266,8 +272,12 @@ class ServiceChecker(FilesChecks, DeployChecks):
                 continue
             if child.value is None and key in NULL_MEANS_EMPTY:
                 continue
+            if key in HOST_KEYS:
+                self.host_key(key, child, facts)
+                continue
             getattr(self, f"s_{key}")(name, child, facts, network_mode)
         self.deploy_conflicts(name, at, facts)
+        self.conflicts(at, network_mode)
         self.discovery_labels(name, at, facts)
 
     def s_image(self, name, at, facts, network_mode) -> None:
@@ -282,6 +292,7 @@ class ServiceChecker(FilesChecks, DeployChecks):
             self.err(at, exc.one_line())
 
     def s_build(self, name, at, facts, network_mode) -> None:
+        """How the image was built: metadata beside 'image' (the deployer deploys the image, never builds)."""
         if isinstance(at.value, str):
             self.string(at)
             return
@@ -290,10 +301,13 @@ class ServiceChecker(FilesChecks, DeployChecks):
             return
         self.keys(at, BUILD_KEYS)
         for key, sub in at.entries():
-            if key in ("context", "dockerfile"):
+            if key in ("context", "dockerfile", "dockerfile_inline", "target", "network", "isolation") \
+                    and sub.value is not None:
                 self.string(sub)
-            elif key == "args" and sub.value is not None:
+            elif key in ("args", "labels") and sub.value is not None:
                 self.name_map(sub, self.scalar_value)
+            elif key in ("no_cache", "pull", "privileged") and sub.value is not None:
+                self.boolean(sub)
 
     def s_ports(self, name, at, facts, network_mode) -> None:
         if network_mode and network_mode != "bridge":
@@ -343,13 +357,13 @@ class ServiceChecker(FilesChecks, DeployChecks):
                     targets[item.partition(":")[0]] = "tmpfs"
         for _, item in at.items():
             if isinstance(item.value, dict):
-                self.keys(item, VOLUME_LONG_KEYS, extensions=False)
+                self.keys(item, VOLUME_LONG_KEYS, extensions=False, hints=VOLUME_LONG_HINTS)
             mount = self.parsed(item, parse_volume)
             if mount is None:
                 continue
             if mount.get("relative"):
                 self.relative_bind(name, item, mount)
-            if mount["type"] == "volume" and mount["source"] not in self.volumes:
+            if mount["type"] == "volume" and mount["source"] and mount["source"] not in self.volumes:
                 self.err(item, f"volume {mount['source']!r} is not declared in the top-level volumes")
             target = mount["target"].rstrip("/") or "/"
             if target in targets:
@@ -400,7 +414,7 @@ class ServiceChecker(FilesChecks, DeployChecks):
     def s_healthcheck(self, name, at, facts, network_mode) -> None:
         if not self.mapping(at):
             return
-        self.keys(at, HEALTHCHECK_KEYS)
+        self.keys(at, HEALTHCHECK_KEYS, hints=HEALTHCHECK_HINTS)
         disabled = False
         for key, sub in at.entries():
             if key == "test":
@@ -458,28 +472,42 @@ class ServiceChecker(FilesChecks, DeployChecks):
                 self.declared_network(net, child)
                 if child.value is None or not self.mapping(child):
                     continue
-                self.keys(child, SERVICE_NETWORK_KEYS)
-                aliases = child.get("aliases")
-                if aliases is not None and self.seq(aliases):
-                    for _, alias in aliases.items():
-                        if self.string(alias) and re.search(r"\s", alias.value):
-                            self.err(alias, f"invalid alias {alias.value!r}")
-                ip = child.get("ipv4_address")
-                if ip is not None and self.string(ip):
-                    try:
-                        ipaddress.IPv4Address(ip.value)
-                    except ValueError:
-                        self.err(ip, f"invalid IPv4 address {ip.value!r}")
-                    else:
-                        definition = self.networks.get(net)
-                        if not (isinstance(definition, dict) and definition.get("external") is True):
-                            self.err(
-                                ip,
-                                "a static address needs a network with a configured subnet; the deployer "
-                                "does not manage IPAM, so declare the network as external",
-                            )
+                self.keys(child, SERVICE_NETWORK_KEYS, hints=SERVICE_NETWORK_HINTS)
+                self.service_network(net, child)
         else:
             self.err(at, f"must be a list of network names or a mapping, not {kind(at.value)}")
+
+    def service_network(self, net: str, at: At) -> None:
+        """One network's settings of a service: aliases, static addresses, link-local IPs, priority, driver_opts."""
+        aliases = at.get("aliases")
+        if aliases is not None and self.seq(aliases):
+            for _, alias in aliases.items():
+                if self.string(alias) and re.search(r"\s", alias.value):
+                    self.err(alias, f"invalid alias {alias.value!r}")
+        for key, version in (("ipv4_address", 4), ("ipv6_address", 6)):
+            ip = at.get(key)
+            if ip is None or not self.string(ip):
+                continue
+            try:
+                (ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address)(ip.value)
+            except ValueError:
+                self.err(ip, f"invalid IPv{version} address {ip.value!r}")
+                continue
+            definition = self.networks.get(net)
+            if not (isinstance(definition, dict) and definition.get("external") is True):
+                self.err(ip, "a static address needs a network with a configured subnet; the deployer "
+                             "does not manage IPAM, so declare the network as external")
+        local = at.get("link_local_ips")
+        if local is not None and self.seq(local):
+            for _, item in local.items():
+                if self.string(item):
+                    self.parsed(item, check_ip)
+        priority = at.get("priority")
+        if priority is not None and not is_int(priority.value):
+            self.err(priority, f"must be a whole number, not {kind(priority.value)}")
+        opts = at.get("driver_opts")
+        if opts is not None:
+            self.string_map(opts)
 
     def declared_network(self, net: str, at: At) -> None:
         if net != "default" and net not in self.networks:
@@ -528,10 +556,12 @@ class ServiceChecker(FilesChecks, DeployChecks):
                     self.parsed(item, lambda _v, h=host, i=ip: check_extra_host(h, i))
         elif isinstance(at.value, dict):
             for host, child in at.entries():
-                if not isinstance(child.value, str):
-                    self.err(child, f"must be an IP address, not {kind(child.value)}")
+                ips = child.value if isinstance(child.value, list) else [child.value]
+                if not ips or not all(isinstance(ip, str) for ip in ips):
+                    self.err(child, f"must be an IP address or a list of them, not {kind(child.value)}")
                     continue
-                self.parsed(child, lambda _v, h=str(host): check_extra_host(h, child.value))
+                for _, ip in extra_host_pairs({str(host): ips}):
+                    self.parsed(child, lambda _v, h=str(host), i=ip: check_extra_host(h, i))
         else:
             self.err(at, f"must be a list of 'host:ip' or a mapping, not {kind(at.value)}")
 

@@ -23,10 +23,12 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+from deployer.config.compose_hooks import parse_hooks
+from deployer.config.compose_host import host_arguments
 from deployer.config.compose_keys import (
-    Binding, as_list, env_pairs, extra_host_pairs, label_pairs, parse_command, parse_cpus, parse_expose,
-    parse_healthcheck_test, parse_port, parse_port_long, parse_restart, parse_tmpfs, parse_volume,
-    scalar_str,
+    Binding, as_list, env_pairs, extra_host_pairs, label_pairs, needs_mount_api, parse_command, parse_cpus,
+    parse_expose, parse_healthcheck_test, parse_port, parse_port_long, parse_restart, parse_tmpfs,
+    parse_volume, scalar_str,
 )  # fmt: skip
 from deployer.config.compose_files import env_file_environment, shipped_files
 from deployer.config.compose_deploy import host_settings, rollout
@@ -158,6 +160,41 @@ def _environment(config: Mapping[str, Any], variables: Mapping[str, str], path: 
     return [f"{k}={values[k]}" for k in sorted(values)]
 
 
+def _mounts(node: Node, cfg: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The service's volumes as the engine takes them: (bind strings, Mounts), see ``needs_mount_api``."""
+    binds: list[str] = []
+    mounts: list[dict[str, Any]] = []
+    for entry in cfg.get("volumes") or []:
+        mount = parse_volume(entry)
+        if mount["relative"]:  # shipped from the repository (compose_files)
+            continue
+        source = mount["source"]
+        if mount["type"] == "volume" and source:
+            source = _engine_name(node.project, source, node.volumes.get(source))
+        if needs_mount_api(mount):
+            m: dict[str, Any] = {"Type": mount["type"], "Source": source or "", "Target": mount["target"],
+                                 "ReadOnly": mount["read_only"]}  # fmt: skip
+            if mount["type"] == "tmpfs":
+                m.pop("Source")
+                tmpfs_opts = {}
+                if mount["tmpfs_size"] is not None:
+                    tmpfs_opts["SizeBytes"] = mount["tmpfs_size"]
+                if tmpfs_opts:
+                    m["TmpfsOptions"] = tmpfs_opts
+            elif mount["type"] == "bind":
+                m["BindOptions"] = {"Propagation": mount["propagation"]} if mount["propagation"] else {}
+            else:  # a volume: as Compose sends it
+                m["VolumeOptions"] = {"NoCopy": True} if mount["nocopy"] else {}
+            mounts.append(m)
+            continue
+        options = ["ro" if mount["read_only"] else "rw"]
+        for opt in (mount["selinux"], mount["propagation"], "nocopy" if mount["nocopy"] else ""):
+            if opt:
+                options.append(opt)
+        binds.append(f"{source}:{mount['target']}:{','.join(options)}")
+    return binds, sorted(mounts, key=lambda m: m["Target"])
+
+
 def container_spec(
     node: Node, service: Service, repo_root: Path, *, environ: Mapping[str, str] | None = None
 ) -> ContainerSpec:
@@ -219,27 +256,15 @@ def container_spec(
         }
 
     # mounts
-    binds = []
+    binds, mounts = _mounts(node, cfg)
     tmpfs: dict[str, str] = {}
-    for entry in cfg.get("volumes") or []:
-        mount = parse_volume(entry)
-        if mount.get("relative"):  # shipped from the repository (compose_files)
-            continue
-        if mount["type"] == "tmpfs":
-            tmpfs[mount["target"]] = f"size={mount['tmpfs_size']}" if mount["tmpfs_size"] is not None else ""
-            continue
-        source = mount["source"]
-        if mount["type"] == "volume":
-            source = _engine_name(node.project, source, node.volumes.get(source))
-        options = "ro" if mount["read_only"] else "rw"
-        if mount["selinux"]:
-            options += "," + mount["selinux"]
-        binds.append(f"{source}:{mount['target']}:{options}")
     for entry in as_list(cfg.get("tmpfs")):
         path, options = parse_tmpfs(entry)
         tmpfs[path] = options
     if binds:
         host["binds"] = sorted(binds, key=lambda b: (b.split(":")[1], b))
+    if mounts:
+        host["mounts"] = mounts
     if tmpfs:
         host["tmpfs"] = dict(sorted(tmpfs.items()))
 
@@ -267,11 +292,20 @@ def container_spec(
         host["extra_hosts"] = sorted({f"{h}:{ip}" for h, ip in extra_hosts})
     if cfg.get("dns"):
         host["dns"] = [str(d) for d in as_list(cfg["dns"])]
+    more_create, more_host = host_arguments(cfg)
+    for key in ("pid_mode", "ipc_mode"):  # service:<name> -> that service's container
+        if str(more_host.get(key, "")).startswith("service:"):
+            other = more_host[key][len("service:") :]
+            other_cfg = node.services[other].config if other in node.services else {}
+            more_host[key] = f"container:{_container_name(node, other, other_cfg)}"
+    create.update(more_create)
+    host.update(more_host)
     _deploy_settings(cfg, host)
 
     # networks
     networks: list[tuple[str, list[str]]] = []
     ipv4: dict[str, str] = {}
+    endpoints: dict[str, dict[str, Any]] = {}
     mode = cfg.get("network_mode")
     if mode:
         if mode.startswith("service:"):
@@ -282,18 +316,28 @@ def container_spec(
     else:
         nets = cfg.get("networks") or ["default"]
         entries = {n: None for n in nets} if isinstance(nets, list) else dict(nets)
-        for net in sorted(entries):
+        # the highest priority first (it is attached when the container is created), then by name
+        for net in sorted(entries, key=lambda n: (-int((entries[n] or {}).get("priority") or 0), n)):
             opts = entries[net] or {}
             engine = _network_engine_name(node, net)
             aliases = sorted({service.name, *(str(a) for a in opts.get("aliases") or [])})
             networks.append((engine, aliases))
             if opts.get("ipv4_address"):
                 ipv4[engine] = str(opts["ipv4_address"])
+            endpoint: dict[str, Any] = {}
+            if opts.get("ipv6_address"):
+                endpoint["ipv6_address"] = str(opts["ipv6_address"])
+            if opts.get("link_local_ips"):
+                endpoint["link_local_ips"] = [str(ip) for ip in opts["link_local_ips"]]
+            if opts.get("driver_opts"):
+                endpoint["driver_opt"] = _string_dict(opts["driver_opts"])
+            if endpoint:
+                endpoints[engine] = endpoint
         host["network_mode"] = networks[0][0]
 
     shipped = shipped_files(node, service.name, cfg, repo_root)
     if shipped.mounts:
-        host["mounts"] = shipped.mounts
+        host["mounts"] = sorted([*host.get("mounts", []), *shipped.mounts], key=lambda m: m["Target"])
 
     labels = label_pairs(cfg.get("labels"))
     labels.update({LABEL_DC: node.dc, LABEL_NODE: node.name, LABEL_SERVICE: service.name, LABEL_IMAGE: service.image})
@@ -317,6 +361,9 @@ def container_spec(
         bundles=shipped.bundles,
         rollout=rollout(node.services, service.name) if service.name in node.services else rollout(
             {service.name: cfg}, service.name),
+        endpoints=endpoints,
+        post_start=parse_hooks(cfg["post_start"]) if cfg.get("post_start") else [],
+        pre_stop=parse_hooks(cfg["pre_stop"]) if cfg.get("pre_stop") else [],
     )
 
 

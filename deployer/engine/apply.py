@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from deployer.spec import NEXT_SUFFIX, ContainerSpec, NetworkSpec, VolumeSpec
+from deployer.spec import NEXT_SUFFIX, ContainerSpec, NetworkSpec, VolumeSpec, inherit_anonymous_volumes
 from deployer.errors import ContainerConflict, HealthCheckFailed, ImageNotFound, ResourceMissing
 from deployer.engine.plan import CREATE, NONE, REMOVE, REPLACE, TIDY, Change
 from deployer.engine import registry_credentials as credentials
@@ -299,13 +299,21 @@ class Applier(RolloutSteps):
                                           or spec.rollout.order == "stop-first")
         if old is not None and stop_first and old.running:
             self._call_retiring(old)
+            try:
+                self._run_hooks(old.id, spec.pre_stop, "pre_stop", spec, steps)  # a failure aborts the stop
+            except BaseException as exc:
+                if self.hooks.restored and not lost_connection(exc):
+                    self.hooks.restored(old)  # announced as retiring, still running
+                raise
             self.api.stop(old.id, timeout=spec.stop_timeout)
             why = "update_config.order: stop-first" if not (spec.published_ports or old.publishes_ports) \
                 else "its host ports must be free"
             steps.append(f"stopped {old.name} ({why})")
         name = spec.name if old is None or old.name != spec.name else spec.name + NEXT_SUFFIX
-        new_id = self._create(spec, name)
+        new_id = self._create(spec, name, inherit=old)
         steps.append(f"created {name} ({spec.image})")
+        new: ContainerState | None = None
+        retired = False  # the old container was announced as retiring inside the try (start-first pre_stop)
         try:
             self.api.start(new_id)
             if spec.rollout.one_shot:
@@ -313,23 +321,30 @@ class Applier(RolloutSteps):
                 new = self.wait_completed(new_id, spec)
                 steps.append(f"{name} completed (exit code 0)")
             else:
+                self._run_hooks(new_id, spec.post_start, "post_start", spec, steps)  # a failure fails the container
                 self.progress(f"started {name}, waiting until it is healthy")
                 new = self.wait_healthy(new_id, spec)
                 steps.append(f"{name} is {new.health or 'running'}")
             if self.hooks.healthy and not spec.rollout.one_shot:
                 # e.g. registered and passing in Consul; a failure here restores too
                 self.hooks.healthy(spec, new)
+            if old is not None and not stop_first and old.running and spec.pre_stop:
+                self._call_retiring(old)
+                retired = True
+                self._run_hooks(old.id, spec.pre_stop, "pre_stop", spec, steps)  # a failure aborts the switch
         except BaseException as exc:
             if lost_connection(exc):
                 # The engine went away: cleanup calls would only wait for it too. The
                 # leftover container is removed by the next plan/apply or deploy (a tidy).
                 raise
             logs = self._logs(new_id)
+            if retired and new is not None:  # the new one was announced healthy: take it back
+                self._call_retiring(new)
             self._remove(new_id)
             self._sweep(spec.image)
             if old is not None:
                 restored = self._restore(old)
-                if stop_first and old.running and self.hooks.restored:
+                if (stop_first or retired) and old.running and self.hooks.restored:
                     try:
                         self.hooks.restored(restored)
                     except Exception as hook_exc:  # noqa: BLE001 - the original failure matters more
@@ -350,7 +365,7 @@ class Applier(RolloutSteps):
             steps.append(f"stopped {old.name} (kept until every replica passed: failure_action rollback)")
             return read_container(self.client, new_id), _Kept(spec, old, new_id, name)
         if old is not None:
-            if not stop_first:
+            if not stop_first and not retired:
                 self._call_retiring(old)
             self._remove(old.id, stop_timeout=spec.stop_timeout)
             steps.append(f"removed {old.name}")
@@ -374,30 +389,69 @@ class Applier(RolloutSteps):
         if self.hooks.retiring:
             self.hooks.retiring(container)
 
-    def _create(self, spec: ContainerSpec, name: str) -> str:
+    def _create(self, spec: ContainerSpec, name: str, inherit: ContainerState | None = None) -> str:
         first_net = spec.networks[0] if spec.networks else None
         networking = None
         if first_net is not None:
             networking = self.api.create_networking_config({first_net[0]: self._endpoint(spec, *first_net)})
         self.shipper.ship(spec)  # secrets and files from the repository, into the node's store (engine.ship)
-        host_config = self.api.create_host_config(**spec.host)
-        created = self.api.create_container(
-            spec.image, name=name, labels=spec.all_labels(), host_config=host_config,
-            networking_config=networking, **spec.create,
-        )
+        host = spec.host
+        if inherit is not None:  # the old container's anonymous volumes, as docker compose carries them over
+            old_mounts = self.api.inspect_container(inherit.id).get("Mounts") or []
+            if any(m.get("Type") == "volume" for m in old_mounts):
+                image_volumes = (self.api.inspect_image(spec.image).get("Config") or {}).get("Volumes")
+                host = inherit_anonymous_volumes(spec.host, old_mounts, image_volumes)
+        host_config = self.api.create_host_config(**host)
+        created = self._create_container(spec, name, host_config, networking)
         cid = created["Id"]
         self.shipper.used(cid, spec)
         try:
             for net, aliases in spec.networks[1:]:
                 self.api.connect_container_to_network(cid, net, aliases=aliases or None,
-                                                      ipv4_address=spec.ipv4_addresses.get(net))
+                                                      ipv4_address=spec.ipv4_addresses.get(net),
+                                                      **spec.endpoints.get(net, {}))
         except BaseException:
             self._remove(cid)
             raise
         return cid
 
+    def _run_hooks(self, cid: str, hooks: list[dict[str, Any]], what: str, spec: ContainerSpec,
+                   steps: list[str]) -> None:
+        """Compose's post_start / pre_stop: each command exec'd in the container in turn; one that exits
+        non-zero is a HealthCheckFailed (post_start: the new container failed; pre_stop: the stop is aborted)."""
+        for i, hook in enumerate(hooks):
+            exec_id = self.api.exec_create(cid, hook["cmd"], user=hook.get("user") or "",
+                                           privileged=bool(hook.get("privileged")),
+                                           environment=hook.get("environment") or None,
+                                           workdir=hook.get("workdir") or None)["Id"]
+            output = self.api.exec_start(exec_id)
+            code = self.api.exec_inspect(exec_id).get("ExitCode")
+            if code != 0:
+                tail = "\n".join(output.decode("utf-8", "replace").splitlines()[-LOG_LINES:])
+                then = "the stop is aborted" if what == "pre_stop" else "the new container failed"
+                raise HealthCheckFailed(f"{spec.dc}/{spec.node}/{spec.service}: {what} hook {i + 1} "
+                                        f"({' '.join(hook['cmd'])}) exited with code {code}; {then}", logs=tail)
+            steps.append(f"ran {what} hook {i + 1} in {cid[:12]}")
+
+    def _create_container(self, spec: ContainerSpec, name: str, host_config: Any, networking: Any) -> dict:
+        if not spec.create.get("stdin_open"):
+            return self.api.create_container(spec.image, name=name, labels=spec.all_labels(), host_config=host_config,
+                                             networking_config=networking, **spec.create)
+        # with stdin_open docker-py also sets AttachStdin and StdinOnce (as `docker run -i` does); compose's
+        # stdin_open is OpenStdin alone: build the request, then send it with those two off
+        kwargs = dict(spec.create)
+        platform = kwargs.pop("platform", None)
+        proxies = getattr(self.api, "_proxy_configs", None)  # what create_container adds, as in the branch above
+        if proxies is not None:
+            kwargs["environment"] = proxies.inject_proxy_environment(kwargs.get("environment")) or None
+        config = self.api.create_container_config(spec.image, kwargs.pop("command", None), labels=spec.all_labels(),
+                                                  host_config=host_config, networking_config=networking, **kwargs)
+        config["AttachStdin"] = config["StdinOnce"] = False
+        return self.api.create_container_from_config(config, name, platform)
+
     def _endpoint(self, spec: ContainerSpec, net: str, aliases: list[str]):
-        return self.api.create_endpoint_config(aliases=aliases or None, ipv4_address=spec.ipv4_addresses.get(net))
+        return self.api.create_endpoint_config(aliases=aliases or None, ipv4_address=spec.ipv4_addresses.get(net),
+                                               **spec.endpoints.get(net, {}))
 
     def wait_healthy(self, cid: str, spec: ContainerSpec, restarted: bool = False) -> ContainerState:
         """Until healthy (healthcheck) or running for the settle period; HealthCheckFailed otherwise.

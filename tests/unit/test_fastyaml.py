@@ -464,9 +464,10 @@ def reference_data(spec: ContainerSpec, redact: bool) -> dict:
     """config_hash/config_json's data as computed before (dataclasses.asdict), to compare with."""
     data = asdict(spec)
     del data["bundles"]  # the content shipped: its digests are in the mounts and in files
-    if not data["files"]:
-        del data["files"]
     del data["rollout"], data["replica"]  # not hashed: how a service is rolled out replaces no container
+    for name in ("files", "endpoints", "post_start", "pre_stop"):  # added later, left out when empty: older hashes stay
+        if not data[name]:
+            del data[name]
     if not redact:
         data["secrets"] = [(s["name"], s["target"], s["sha256"], s["mode"], s["uid"], s["gid"])
                            for s in data["secrets"]]
@@ -545,7 +546,8 @@ def test_config_hash_covers_every_field_and_follows_changes():
         "create": {**spec.create, "user": "root"}, "host": {**spec.host, "init": False},
         "networks": [("n1_default", ["web"])], "labels": {**spec.labels, "team": "edge"},
         "secrets": [replace(spec.secrets[0], sha256="cd" * 32)], "stop_timeout": 30, "has_healthcheck": False,
-        "published_ports": False, "ipv4_addresses": {},
+        "published_ports": False, "ipv4_addresses": {}, "endpoints": {"n1_back": {"ipv6_address": "fd00::5"}},
+        "post_start": [{"cmd": ["true"]}], "pre_stop": [{"cmd": ["true"]}],
         "files": {"/etc/app.conf": "config app (app.conf) 0123456789ab"},
     }  # fmt: skip
     # bundles is the content behind files and the mounts: not hashed itself
