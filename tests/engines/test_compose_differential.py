@@ -18,9 +18,9 @@ left out.
 
 (a) ``test_same_resolved_model``: ``docker compose config --format json`` of a file (its ``.env``
 interpolated) and ``deployer config dc/node --json`` of the same file; the deployer's resolved
-file is fed back through ``docker compose config --no-interpolate`` so that Compose's own
-normalisation (short syntax to long, defaults) applies to both sides, and the two models must be
-equal.
+file (its final values, each '$' written '$$') is read back by ``docker compose config`` so that
+Compose's own normalisation (short syntax to long, defaults, absolute paths) applies to both sides,
+and the two models must be equal.
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ ALLOWED: dict[str, str] = {
     "exposes each port of the range, as written (docs/compose.md, 'Differences from docker compose v2')",
 }
 
-# Spellings that differ and mean the same to the engine: each folded to one form, for this reason.
+# Spellings that differ and mean the same to the engine: _fold writes each in one form, for this reason
+# (reason, what is folded).
 SAME_MEANING = [
     ("Config.Env is a list in no particular order (Compose writes a mapping's entries in Go's random map "
      "order); the process gets the same variables", "order of Config.Env"),
@@ -100,12 +101,15 @@ SAME_MEANING = [
 # Which keys the files use
 
 
+# The key tables of compose_keys this file knows where to look for (see _keys_used).
+KEY_TABLES = ("TOP_KEYS", "SERVICE_KEYS", "HEALTHCHECK_KEYS", "PORT_LONG_KEYS", "VOLUME_LONG_KEYS", "TOP_VOLUME_KEYS",
+              "TOP_NETWORK_KEYS", "TOP_SECRET_KEYS", "SERVICE_SECRET_KEYS", "SERVICE_NETWORK_KEYS", "DEPENDS_ON_KEYS",
+              "BUILD_KEYS", "LOGGING_KEYS")
+
+
 def _keys_used(doc: Any) -> dict[str, set[str]]:
     """table name -> keys the documents use in it (the tables of compose_keys)."""
-    used: dict[str, set[str]] = {name: set() for name in (
-        "TOP_KEYS", "SERVICE_KEYS", "HEALTHCHECK_KEYS", "PORT_LONG_KEYS", "VOLUME_LONG_KEYS", "TOP_VOLUME_KEYS",
-        "TOP_NETWORK_KEYS", "TOP_SECRET_KEYS", "SERVICE_SECRET_KEYS", "SERVICE_NETWORK_KEYS", "DEPENDS_ON_KEYS",
-        "BUILD_KEYS", "LOGGING_KEYS")}
+    used: dict[str, set[str]] = {name: set() for name in KEY_TABLES}
     used["TOP_KEYS"] |= set(doc)
     for d in (doc.get("volumes") or {}).values():
         used["TOP_VOLUME_KEYS"] |= set(d or {})
@@ -133,6 +137,9 @@ def _keys_used(doc: Any) -> dict[str, set[str]]:
 def test_fixtures_use_every_supported_key():
     """Every key the deployer accepts (each table of compose_keys) appears in one of the files: a key
     added to the deployer without a case here fails this test, not silently the differential one."""
+    tables = sorted(n for n, v in vars(compose_keys).items() if n.endswith("_KEYS") and isinstance(v, (set, frozenset)))
+    assert tables == sorted(KEY_TABLES), ("compose_keys has key tables this test does not look for: "
+                                          f"{sorted(set(tables) - set(KEY_TABLES))}; teach _keys_used where they live")
     used: dict[str, set[str]] = {}
     for name in CASES:
         doc = YAML(typ="safe").load((CASES_DIR / name).read_text())
