@@ -52,18 +52,25 @@ OWN_LABELS = ("com.docker.compose.", "deployer.")
 
 SECRETS_HOW = ("how a secret gets into the container: Compose bind-mounts the file from the machine it runs "
                "on, read-only; the deployer runs elsewhere and ships the content to the node (no shared "
-               "filesystem), so there is no host file to bind; the content, owner and path are compared")
+               "filesystem), so there is no host file to bind (it mounts what it shipped, or copied it in); "
+               "the content, owner and path are compared")
+
+FILE_MODES = ("a secret's or config's mode and owner: Compose bind-mounts the file and the container sees the "
+              "host file's own (0644 root here), ignoring mode, uid, gid and the spec's default 0444; the "
+              "deployer gives what the spec says")
 
 # Fields of the normalised snapshot that may differ, each with the reason: fnmatch patterns on
 # "<file>:<service>:<dotted path>". Nothing else is left out of the comparison.
 ALLOWED: dict[str, str] = {
-    "storage.yml:store:*Mounts./run/secrets/*": SECRETS_HOW,
+    "*:*:*Mounts./run/secrets*": SECRETS_HOW,  # one bind per file, or the folder of them
     "storage.yml:store:*Mounts./etc/token*": SECRETS_HOW,
-    "storage.yml:store:Probe.mounts./run/secrets/*": SECRETS_HOW,
+    "*:*:Probe.mounts./run/secrets*": SECRETS_HOW,
     "storage.yml:store:Probe.mounts./etc/token": SECRETS_HOW,
-    "storage.yml:store:Probe.secrets.*.mode": "a secret's file mode: Compose bind-mounts the file and the "
-    "container sees the host file's own mode (0644 here), ignoring 'mode:' and the spec's default 0444; the "
-    "deployer gives the mode the spec says (0444, or 'mode:')",
+    "*:*:Probe.files.*.mode": FILE_MODES,
+    "*:*:Probe.files.*.owner": FILE_MODES,
+    "files.yml:shipped:*/etc/inline.conf*": "a config written with content: is copied into the container's "
+    "writable layer by Compose; the deployer ships it to the node like any file and mounts it read-only "
+    "(its content, owner and mode are probed)",
     "process.yml:app:Ports": "Compose v2.40.3 sends the expose range '9001-9002/udp' to the engine as one "
     "key, which Engine 20.10 reads as port 0/udp: 9001/udp and 9002/udp are not exposed; the deployer "
     "exposes each port of the range, as written (docs/compose.md, 'Differences from docker compose v2')",
@@ -87,8 +94,13 @@ SAME_MEANING = [
      "deployer sorts them (and a name given twice is refused by validate)", "order of ExtraHosts"),
     ("the order of a network's aliases: a set to the engine's DNS", "order of Aliases"),
     ("the order of HostConfig.Ulimits: one limit per name", "order of Ulimits"),
-    ("the order of HostConfig.Binds: one mount per target, the engine mounts them the same",
-     "order of Binds"),
+    ("a bind asked for in HostConfig.Binds ('src:dst:ro') or in HostConfig.Mounts (type bind) is the same "
+     "mount: both are one table target -> source and read-only; the container's Mounts then differ only in "
+     "Mode, which echoes the Binds syntax (RW, compared, says what the mount is)", "one bind table"),
+    ("a file of the repository (a relative bind, a config, a secret) is bound by Compose from the node's "
+     "folder where Compose runs, by the deployer from the copy it shipped to the node (its store, "
+     "/var/lib/deployer or /run/deployer): both sources read '<shipped from the repository>' (the probe "
+     "compares content, owner and mode)", "shipped sources"),
     ("a tmpfs asked for in HostConfig.Mounts (type tmpfs: Compose, for the long syntax of volumes) or in "
      "HostConfig.Tmpfs (the deployer, for both syntaxes) is the same mount: both folded into one table "
      "target -> options; the container's Mounts list shows only the former, so tmpfs entries leave it "
@@ -105,7 +117,8 @@ SAME_MEANING = [
 # The key tables of compose_keys this file knows where to look for (see _keys_used).
 KEY_TABLES = ("TOP_KEYS", "SERVICE_KEYS", "HEALTHCHECK_KEYS", "PORT_LONG_KEYS", "VOLUME_LONG_KEYS", "TOP_VOLUME_KEYS",
               "TOP_NETWORK_KEYS", "TOP_SECRET_KEYS", "SERVICE_SECRET_KEYS", "SERVICE_NETWORK_KEYS", "DEPENDS_ON_KEYS",
-              "BUILD_KEYS", "LOGGING_KEYS", "VOLUME_BIND_KEYS", "VOLUME_VOLUME_KEYS", "VOLUME_TMPFS_KEYS")
+              "BUILD_KEYS", "LOGGING_KEYS", "VOLUME_BIND_KEYS", "VOLUME_VOLUME_KEYS", "VOLUME_TMPFS_KEYS",
+              "TOP_CONFIG_KEYS", "SERVICE_CONFIG_KEYS", "ENV_FILE_KEYS")
 
 # Keys of those tables no case can use, each with the reason. Nothing else may be missing.
 NOT_IN_CASES: dict[str, str] = {
@@ -132,14 +145,18 @@ def _keys_used(doc: Any) -> dict[str, set[str]]:
         used["TOP_NETWORK_KEYS"] |= set(d or {})
     for d in (doc.get("secrets") or {}).values():
         used["TOP_SECRET_KEYS"] |= set(d or {})
+    for d in (doc.get("configs") or {}).values():
+        used["TOP_CONFIG_KEYS"] |= set(d or {})
     for svc in doc["services"].values():
         used["SERVICE_KEYS"] |= set(svc)
         for key, table in (("healthcheck", "HEALTHCHECK_KEYS"), ("build", "BUILD_KEYS"), ("logging", "LOGGING_KEYS")):
             if isinstance(svc.get(key), dict):
                 used[table] |= set(svc[key])
         for key, table in (("ports", "PORT_LONG_KEYS"), ("volumes", "VOLUME_LONG_KEYS"),
-                           ("secrets", "SERVICE_SECRET_KEYS")):
-            for entry in svc.get(key) or []:
+                           ("secrets", "SERVICE_SECRET_KEYS"), ("configs", "SERVICE_CONFIG_KEYS"),
+                           ("env_file", "ENV_FILE_KEYS")):
+            entries = svc.get(key) or []
+            for entry in entries if isinstance(entries, list) else [entries]:
                 if isinstance(entry, dict):
                     used[table] |= set(entry)
                     if key == "volumes":
@@ -174,7 +191,7 @@ def test_fixtures_use_every_supported_key():
 # Snapshots of containers
 
 
-def _probe(container, secret_targets: list[str]) -> dict[str, Any]:
+def _probe(container, file_targets: list[str]) -> dict[str, Any]:
     """What the container sees: its mounts (mount point -> type and options), its secret files, PID 1's
     capabilities, and whether its own name resolves through the engine's DNS."""
     code, out = container.exec_run(["cat", "/proc/mounts"], user="0")
@@ -191,17 +208,18 @@ def _probe(container, secret_targets: list[str]) -> dict[str, Any]:
     code, out = container.exec_run(["grep", "^Cap", "/proc/1/status"], user="0")
     caps = out.decode().split("\n") if code == 0 else f"exit {code}: {out.decode()}"
     secrets = {}
-    for target in secret_targets:
+    for target in file_targets:
         code, stat = container.exec_run(["stat", "-c", "%a", target], user="0")
         _, owner = container.exec_run(["stat", "-c", "%u:%g %F", target], user="0")
         _, content = container.exec_run(["cat", target], user="0")
         secrets[target] = {"mode": stat.decode().strip() if code == 0 else f"exit {code}",
                            "owner": owner.decode().strip(), "content": content.decode()}
-    code, _ = container.exec_run(["nslookup", container.name], user="0")
-    return {"mounts": mounts, "secrets": secrets, "pid 1 capabilities": caps, "own name resolves": code == 0}
+    # a second try: on a loaded machine one lookup of the engine's DNS can time out
+    resolves = any(container.exec_run(["nslookup", container.name], user="0")[0] == 0 for _ in range(2))
+    return {"mounts": mounts, "files": secrets, "pid 1 capabilities": caps, "own name resolves": resolves}
 
 
-def _snapshot(client, cid: str, secret_targets: list[str]) -> dict[str, Any]:
+def _snapshot(client, cid: str, file_targets: list[str]) -> dict[str, Any]:
     container = client.containers.get(cid)
     attrs = container.attrs
     config = dict(attrs["Config"])
@@ -216,7 +234,7 @@ def _snapshot(client, cid: str, secret_targets: list[str]) -> dict[str, Any]:
     snap = {"Config": config, "HostConfig": attrs["HostConfig"], "Networks": networks, "Mounts": mounts,
             "Ports": ports}
     if attrs["State"]["Running"]:
-        snap["Probe"] = _probe(container, secret_targets)
+        snap["Probe"] = _probe(container, file_targets)
     else:
         snap["Probe"] = f"not running: {attrs['State']['Status']} exit {attrs['State']['ExitCode']}"
     return snap, attrs["Name"].lstrip("/"), attrs["Id"]
@@ -229,6 +247,18 @@ def _flatten(value: Any, path: str = "") -> dict[str, Any]:
             out.update(_flatten(v, f"{path}.{k}" if path else str(k)))
         return out or {path: {}}
     return {path: value}
+
+
+# Where the deployer keeps what it shipped to a node (configs, secrets, the repository's bind-mounted files).
+DEPLOYER_STORE = re.compile(r"^/(?:var/lib|run)/deployer/[^/]+/[^/]+/(?:files|secrets)/[0-9a-f]+(?:/[^:]*)?")
+
+
+def _shipped(source: str, node_dir: str) -> str:
+    """A bind source that is a file of the repository -> one token: Compose binds it where it runs (the node's
+    folder), the deployer binds the copy it shipped into its store on the node (SAME_MEANING)."""
+    if source == node_dir or source.startswith(node_dir + "/") or DEPLOYER_STORE.match(source):
+        return "<shipped from the repository>"
+    return source
 
 
 def _normalise(value: Any, names: dict[str, str], projects: list[str]) -> Any:
@@ -257,10 +287,19 @@ def _tmpfs_options(options: str) -> dict[str, str]:
     return dict(o.partition("=")[::2] for o in options.split(",") if o)
 
 
-def _fold(snap: dict, *, composed: bool, own_name: str) -> dict:
+def _fold(snap: dict, *, composed: bool, own_name: str, node_dir: str) -> dict:
     """One spelling for what means the same (SAME_MEANING), and COMPOSE_ONLY taken out of Compose's side."""
     snap = json.loads(json.dumps(snap))
     config, host = snap["Config"], snap["HostConfig"]
+    binds = []
+    for bind in host.get("Binds") or []:  # a bind of a file or folder: one entry of the mounts table
+        source, target, *opts = bind.split(":")
+        if source.startswith("/"):
+            host["Mounts"] = [*(host.get("Mounts") or []), {"Type": "bind", "Source": source, "Target": target,
+                                                            **({"ReadOnly": True} if "ro" in opts else {})}]
+        else:
+            binds.append(bind)
+    host["Binds"] = binds
     # tmpfs: HostConfig.Tmpfs (target -> options) or a HostConfig.Mounts entry of type tmpfs, one table
     tmpfs = {target: _tmpfs_options(opts) for target, opts in (host.get("Tmpfs") or {}).items()}
     mounts = {}
@@ -276,9 +315,16 @@ def _fold(snap: dict, *, composed: bool, own_name: str) -> dict:
                 entry["ro"] = ""
             tmpfs[m["Target"]] = entry
         else:
+            m = {k: v for k, v in m.items() if k != "BindOptions" or v}  # BindOptions {}: none
+            if m["Type"] == "bind":
+                m["Source"] = _shipped(m["Source"], node_dir)
             mounts[m["Target"]] = m
     host["Tmpfs"], host["Mounts"] = tmpfs or None, mounts or None
     snap["Mounts"] = {k: v for k, v in snap["Mounts"].items() if v["Type"] != "tmpfs"} or None
+    for m in (snap["Mounts"] or {}).values():
+        if m["Type"] == "bind":  # Mode echoes how the bind was asked for ('ro' in Binds); RW says what it is
+            m.pop("Mode", None)
+            m["Source"] = _shipped(m["Source"], node_dir)
     host["Binds"] = sorted(host["Binds"]) if host.get("Binds") else None
     config["Env"] = sorted(config.get("Env") or [])
     exposed = {}
@@ -326,11 +372,16 @@ def _differences(case: str, service: str, composed: dict, deployed: dict) -> lis
     return out
 
 
-def _secret_targets(doc: dict, service: str) -> list[str]:
+def _file_targets(doc: dict, service: str) -> list[str]:
+    """Where the service's secrets and configs are in the container (probed: content, owner, mode)."""
     targets = []
-    for entry in doc["services"][service].get("secrets") or []:
-        name, target = (entry, None) if isinstance(entry, str) else (entry["source"], entry.get("target"))
-        targets.append(compose_keys.secret_target(name, target))
+    for key in ("secrets", "configs"):
+        for entry in doc["services"][service].get(key) or []:
+            name, target = (entry, None) if isinstance(entry, str) else (entry["source"], entry.get("target"))
+            if key == "secrets":
+                targets.append(compose_keys.secret_target(name, target))
+            else:  # a config: at its target, else /<name> (the Compose specification)
+                targets.append(target if target and target.startswith("/") else f"/{target or name}")
     return targets
 
 
@@ -369,6 +420,10 @@ def _repo_for(tmp_path: Path, docker_url: str, case: str, cgroup_parent: str = "
     dotenv = CASES_DIR / case.replace(".yml", ".env")
     if dotenv.exists():
         extra[f"{node_rel}/.env"] = dotenv.read_text()
+    files = CASES_DIR / case.removesuffix(".yml")  # files of the repository the case names, beside its compose file
+    for path in sorted(files.rglob("*")) if files.is_dir() else []:
+        if path.is_file():
+            extra[f"{node_rel}/{path.relative_to(files)}"] = path.read_text()
     root, node = make_repo(tmp_path / "infra", docker_url, text, node=node, extra_files=extra)
     node_dir = root / node_rel
     (node_dir / "secrets").mkdir()
@@ -379,6 +434,7 @@ def _repo_for(tmp_path: Path, docker_url: str, case: str, cgroup_parent: str = "
 # Differences being fixed elsewhere right now, per test: strict, so the fix turns the expected failure into
 # a failure that says to remove the entry.
 KNOWN_BROKEN_ENGINE = {
+    "files.yml": "configs, env_file, relative binds and secret uid/gid need the 'files' branch",
     "tmpfs_read_only.yml": "a long-syntax tmpfs with read_only: true is mounted read-write by the deployer "
     "(the option is dropped); being fixed on the 'keys' branch",
     "interpolation.yml": "interpolation is being written on the 'interp' branch",
@@ -387,6 +443,7 @@ KNOWN_BROKEN_ENGINE = {
     "attached client leaves); and these keys need the 'keys' branch",
 }
 KNOWN_BROKEN_MODEL = {
+    "files.yml": "configs, env_file, relative binds and secret uid/gid need the 'files' branch",
     "storage.yml": "deployer config prints a secret's 'mode: 0440' as the number 440, which Compose (and YAML) "
     "read as decimal 440 = 0670; Compose prints the string '0440'",
     "host_settings.yml": "these keys need the 'keys' branch",
@@ -413,14 +470,14 @@ def test_same_engine_configuration(case, engine, tmp_path, compose_v2_binary, ex
             ids = compose.container_ids()
             assert sorted(ids) == services
             for svc, cid in ids.items():
-                composed[svc], name, full_id = _snapshot(client, cid, _secret_targets(doc, svc))
+                composed[svc], name, full_id = _snapshot(client, cid, _file_targets(doc, svc))
                 names.update({name: f"<{svc}>", full_id: f"<{svc}:id>", full_id[:12]: f"<{svc}:id>"})
         try:
             done = run(root, "apply", "-q", "--settle", "0.5", f"test/{node}")
             assert done.returncode == 0, done.stdout + done.stderr
             for c in client.containers.list(all=True, filters={"label": f"deployer.node={node}"}):
                 svc = c.labels["deployer.service"]
-                deployed[svc], name, full_id = _snapshot(client, c.id, _secret_targets(doc, svc))
+                deployed[svc], name, full_id = _snapshot(client, c.id, _file_targets(doc, svc))
                 names.update({name: f"<{svc}>", full_id: f"<{svc}:id>", full_id[:12]: f"<{svc}:id>"})
         finally:
             remove_node_containers(client, node)
@@ -430,8 +487,10 @@ def test_same_engine_configuration(case, engine, tmp_path, compose_v2_binary, ex
     projects = [project, ours]
     problems = []
     for svc in services:
-        a = _fold(_normalise(composed[svc], names, projects), composed=True, own_name=f"<{svc}>")
-        b = _fold(_normalise(deployed[svc], names, projects), composed=False, own_name=f"<{svc}>")
+        a = _fold(_normalise(composed[svc], names, projects), composed=True, own_name=f"<{svc}>",
+                  node_dir=str(node_dir))
+        b = _fold(_normalise(deployed[svc], names, projects), composed=False, own_name=f"<{svc}>",
+                  node_dir=str(node_dir))
         problems += [f"{svc}: {d}" for d in _differences(case, svc, a, b)]
     assert not problems, f"{case}: {len(problems)} differences:\n" + "\n".join(problems)
 
