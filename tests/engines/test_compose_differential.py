@@ -28,6 +28,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import shlex
 import shutil
 from contextlib import closing
 from pathlib import Path
@@ -170,19 +171,47 @@ def _keys_used(doc: Any) -> dict[str, set[str]]:
     return used
 
 
+# deploy: read by config/compose_deploy.py (where it exists): its key tables and where they are in deploy:
+DEPLOY_TABLES = {"DEPLOY_KEYS": (), "RESOURCES_KEYS": ("resources",), "LIMIT_KEYS": ("resources", "limits"),
+                 "RESERVATION_KEYS": ("resources", "reservations"), "RESTART_POLICY_KEYS": ("restart_policy",),
+                 "UPDATE_KEYS": ("update_config",)}
+
+
+def _deploy_tables() -> dict[str, set[str]]:
+    try:
+        from deployer.config import compose_deploy  # noqa: PLC0415 - only where deploy: is supported
+    except ImportError:
+        return {}
+    return {f"deploy.{t}": set(getattr(compose_deploy, t)) for t in DEPLOY_TABLES if hasattr(compose_deploy, t)}
+
+
+def _deploy_keys_used(doc: Any) -> dict[str, set[str]]:
+    used: dict[str, set[str]] = {f"deploy.{t}": set() for t in DEPLOY_TABLES}
+    for svc in doc["services"].values():
+        for table, path in DEPLOY_TABLES.items():
+            node = svc.get("deploy")
+            for part in path:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                used[f"deploy.{table}"] |= set(node)
+    return used
+
+
 def test_fixtures_use_every_supported_key():
     """Every key the deployer accepts (each table of compose_keys) appears in one of the files: a key
     added to the deployer without a case here fails this test, not silently the differential one."""
     tables = {n for n, v in vars(compose_keys).items() if n.endswith("_KEYS") and isinstance(v, (set, frozenset))}
+    deploy_tables = _deploy_tables()
     assert tables <= set(KEY_TABLES), ("compose_keys has key tables this test does not look for: "
                                        f"{sorted(tables - set(KEY_TABLES))}; teach _keys_used where they live")
     used: dict[str, set[str]] = {}
     for name in CASES:
         doc = YAML(typ="safe").load((CASES_DIR / name).read_text())
-        for table, keys in _keys_used(doc).items():
+        for table, keys in {**_keys_used(doc), **_deploy_keys_used(doc)}.items():
             used.setdefault(table, set()).update(keys)
-    missing = {table: sorted(k for k in getattr(compose_keys, table) - used[table]
-                             if f"{table}.{k}" not in NOT_IN_CASES) for table in sorted(tables)}
+    wanted = {**{t: getattr(compose_keys, t) for t in tables}, **deploy_tables}
+    missing = {table: sorted(k for k in keys - used.get(table, set()) if f"{table}.{k}" not in NOT_IN_CASES)
+               for table, keys in sorted(wanted.items())}
     missing = {t: k for t, k in missing.items() if k}
     assert not missing, f"keys the deployer supports that no file of {CASES_DIR.name}/ uses: {missing}"
 
@@ -191,13 +220,30 @@ def test_fixtures_use_every_supported_key():
 # Snapshots of containers
 
 
+END = "@@probe-end"
+
+
+def _run_in(container, argv: list[str]) -> tuple[int, str]:
+    """(exit code, output) of ``argv`` in the container, as root. The output must end with a marker the same
+    exec prints after it: on a loaded machine the engine (20.10) can lose an exec's output, so an exec
+    whose marker is missing is run again (three times at most, then the probe fails)."""
+    script = " ".join(shlex.quote(a) for a in argv)
+    for _ in range(3):
+        _, out = container.exec_run(["sh", "-c", f'{script}; echo "{END} $?"'], user="0")
+        text = out.decode()
+        found = re.search(rf"{END} (\d+)\n?$", text)
+        if found:
+            return int(found.group(1)), text[: found.start()]
+    raise AssertionError(f"{container.name}: no complete output from {script!r} in three tries")
+
+
 def _probe(container, file_targets: list[str]) -> dict[str, Any]:
-    """What the container sees: its mounts (mount point -> type and options), its secret files, PID 1's
-    capabilities, and whether its own name resolves through the engine's DNS."""
-    code, out = container.exec_run(["cat", "/proc/mounts"], user="0")
+    """What the container sees: its mounts (mount point -> type and options), its secret and config files,
+    PID 1's capabilities, and whether its own name resolves through the engine's DNS."""
+    code, out = _run_in(container, ["cat", "/proc/mounts"])
     assert code == 0, out
     mounts = {}
-    for line in out.decode().splitlines():
+    for line in out.splitlines():
         _device, point, fstype, options = line.split()[:4]
         opts = options.split(",")
         if point == "/":  # the overlay's layer paths are the container's own
@@ -205,18 +251,18 @@ def _probe(container, file_targets: list[str]) -> dict[str, Any]:
         if fstype in ("proc", "sysfs", "cgroup", "devpts", "mqueue") or point.startswith(("/proc", "/sys", "/dev")):
             opts = [o for o in opts if o in ("ro", "rw")]
         mounts[point] = f"{fstype} {','.join(sorted(opts))}"
-    code, out = container.exec_run(["grep", "^Cap", "/proc/1/status"], user="0")
-    caps = out.decode().split("\n") if code == 0 else f"exit {code}: {out.decode()}"
-    secrets = {}
+    code, out = _run_in(container, ["grep", "^Cap", "/proc/1/status"])
+    caps = out.split("\n") if code == 0 else f"exit {code}: {out}"
+    files = {}
     for target in file_targets:
-        code, stat = container.exec_run(["stat", "-c", "%a", target], user="0")
-        _, owner = container.exec_run(["stat", "-c", "%u:%g %F", target], user="0")
-        _, content = container.exec_run(["cat", target], user="0")
-        secrets[target] = {"mode": stat.decode().strip() if code == 0 else f"exit {code}",
-                           "owner": owner.decode().strip(), "content": content.decode()}
+        code, mode = _run_in(container, ["stat", "-c", "%a", target])
+        _, owner = _run_in(container, ["stat", "-c", "%u:%g %F", target])
+        _, content = _run_in(container, ["cat", target])
+        files[target] = {"mode": mode.strip() if code == 0 else f"exit {code}", "owner": owner.strip(),
+                         "content": content}
     # a second try: on a loaded machine one lookup of the engine's DNS can time out
-    resolves = any(container.exec_run(["nslookup", container.name], user="0")[0] == 0 for _ in range(2))
-    return {"mounts": mounts, "files": secrets, "pid 1 capabilities": caps, "own name resolves": resolves}
+    resolves = any(_run_in(container, ["nslookup", container.name])[0] == 0 for _ in range(2))
+    return {"mounts": mounts, "files": files, "pid 1 capabilities": caps, "own name resolves": resolves}
 
 
 def _snapshot(client, cid: str, file_targets: list[str]) -> dict[str, Any]:
@@ -434,6 +480,7 @@ def _repo_for(tmp_path: Path, docker_url: str, case: str, cgroup_parent: str = "
 # Differences being fixed elsewhere right now, per test: strict, so the fix turns the expected failure into
 # a failure that says to remove the entry.
 KNOWN_BROKEN_ENGINE = {
+    "replicas.yml": "deploy:, scale, profiles and depends_on restart/required need the 'replicas' branch",
     "files.yml": "configs, env_file, relative binds and secret uid/gid need the 'files' branch",
     "tmpfs_read_only.yml": "a long-syntax tmpfs with read_only: true is mounted read-write by the deployer "
     "(the option is dropped); being fixed on the 'keys' branch",
@@ -443,6 +490,7 @@ KNOWN_BROKEN_ENGINE = {
     "attached client leaves); and these keys need the 'keys' branch",
 }
 KNOWN_BROKEN_MODEL = {
+    "replicas.yml": "deploy:, scale, profiles and depends_on restart/required need the 'replicas' branch",
     "files.yml": "configs, env_file, relative binds and secret uid/gid need the 'files' branch",
     "storage.yml": "deployer config prints a secret's 'mode: 0440' as the number 440, which Compose (and YAML) "
     "read as decimal 440 = 0670; Compose prints the string '0440'",
@@ -459,39 +507,43 @@ def _cases(known_broken: dict[str, str]) -> list:
 def test_same_engine_configuration(case, engine, tmp_path, compose_v2_binary, external_resources):
     root, node, node_dir = _repo_for(tmp_path, engine.unix_url, case, engine.cgroup_parent)
     doc = YAML(typ="safe").load((CASES_DIR / case).read_text())
-    services = sorted(doc["services"])
+    # every service but those of a profile (neither tool starts them unless the profile is enabled)
+    services = sorted(name for name, svc in doc["services"].items() if not svc.get("profiles"))
     ours = doc.get("name") or node  # the deployer's project: the top-level name, else the node
     project = ours if doc.get("name") else f"c{node}"  # Compose's: the same name, or its own beside the node's
     names: dict[str, str] = {}
     composed, deployed = {}, {}
+
+    def take(into: dict, container, svc: str, number: str | None) -> None:
+        key = svc if number in (None, "1") else f"{svc}#{number}"  # a replica: by its number
+        into[key], name, full_id = _snapshot(client, container.id, _file_targets(doc, svc))
+        names.update({name: f"<{key}>", full_id: f"<{key}:id>", full_id[:12]: f"<{key}:id>"})
+
     with closing(engine.client()) as client:
         with ComposeV2(engine.unix_url, project, node_dir, files=["docker-compose.yml"]) as compose:
             compose.up()
-            ids = compose.container_ids()
-            assert sorted(ids) == services
-            for svc, cid in ids.items():
-                composed[svc], name, full_id = _snapshot(client, cid, _file_targets(doc, svc))
-                names.update({name: f"<{svc}>", full_id: f"<{svc}:id>", full_id[:12]: f"<{svc}:id>"})
+            for c in client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"}):
+                take(composed, c, c.labels["com.docker.compose.service"],
+                     c.labels.get("com.docker.compose.container-number"))
         try:
             done = run(root, "apply", "-q", "--settle", "0.5", f"test/{node}")
             assert done.returncode == 0, done.stdout + done.stderr
             for c in client.containers.list(all=True, filters={"label": f"deployer.node={node}"}):
-                svc = c.labels["deployer.service"]
-                deployed[svc], name, full_id = _snapshot(client, c.id, _file_targets(doc, svc))
-                names.update({name: f"<{svc}>", full_id: f"<{svc}:id>", full_id[:12]: f"<{svc}:id>"})
+                take(deployed, c, c.labels["deployer.service"], c.labels.get("deployer.replica"))
         finally:
             remove_node_containers(client, node)
             for v in client.volumes.list(filters={"label": f"deployer.node={node}"}):
                 v.remove(force=True)
-    assert sorted(deployed) == services
+    assert sorted({k.partition("#")[0] for k in composed}) == services
+    assert sorted(deployed) == sorted(composed), "the tools started different containers"
     projects = [project, ours]
     problems = []
-    for svc in services:
-        a = _fold(_normalise(composed[svc], names, projects), composed=True, own_name=f"<{svc}>",
+    for key in sorted(composed):
+        a = _fold(_normalise(composed[key], names, projects), composed=True, own_name=f"<{key}>",
                   node_dir=str(node_dir))
-        b = _fold(_normalise(deployed[svc], names, projects), composed=False, own_name=f"<{svc}>",
+        b = _fold(_normalise(deployed[key], names, projects), composed=False, own_name=f"<{key}>",
                   node_dir=str(node_dir))
-        problems += [f"{svc}: {d}" for d in _differences(case, svc, a, b)]
+        problems += [f"{key}: {d}" for d in _differences(case, key.partition("#")[0], a, b)]
     assert not problems, f"{case}: {len(problems)} differences:\n" + "\n".join(problems)
 
 
