@@ -503,6 +503,17 @@ def _cases(known_broken: dict[str, str]) -> list:
             for c in CASES]
 
 
+def _has_config_command() -> bool:
+    from deployer.cli.main import main  # noqa: PLC0415
+
+    return "config" in main.commands
+
+
+# `deployer config` is being written on the 'interp' branch: until it is there, part (a) cannot run at all.
+NO_CONFIG_COMMAND = pytest.mark.xfail(not _has_config_command(), strict=True,
+                                      reason="no `deployer config` command yet (the 'interp' branch)")
+
+
 @pytest.mark.parametrize("case", _cases(KNOWN_BROKEN_ENGINE))
 def test_same_engine_configuration(case, engine, tmp_path, compose_v2_binary, external_resources):
     root, node, node_dir = _repo_for(tmp_path, engine.unix_url, case, engine.cgroup_parent)
@@ -561,6 +572,7 @@ def _escape(value: Any) -> Any:
     return value.replace("$", "$$") if isinstance(value, str) else value
 
 
+@NO_CONFIG_COMMAND
 @pytest.mark.parametrize("case", _cases(KNOWN_BROKEN_MODEL))
 def test_same_resolved_model(case, tmp_path, compose_v2_binary):
     """``deployer config dc/node --json`` and ``docker compose config --format json`` agree on the model.
