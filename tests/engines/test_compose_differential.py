@@ -47,6 +47,8 @@ HOST_DIR = Path("/tmp/deployer-compose-diff")  # the absolute bind source of sto
 SECRET = "t0ken-for-the-differential-test\n"
 EXTERNAL_VOLUME = "deployer-diff-ext"
 EXTERNAL_NETWORK = ("deployer-diff-pinned", "192.0.2.0/24")
+EXTERNAL_V6_NETWORK = ("deployer-diff-v6", "192.0.3.0/24", "fd00:dead:beef::/64")  # endpoints.yml
+POST_START_FILE = "/tmp/post-start.out"  # what host_settings.yml's post_start hook writes
 
 # Labels each tool sets on its own containers: not part of what the compose file asks for.
 OWN_LABELS = ("com.docker.compose.", "deployer.")
@@ -95,9 +97,12 @@ SAME_MEANING = [
      "deployer sorts them (and a name given twice is refused by validate)", "order of ExtraHosts"),
     ("the order of a network's aliases: a set to the engine's DNS", "order of Aliases"),
     ("the order of HostConfig.Ulimits: one limit per name", "order of Ulimits"),
-    ("a bind asked for in HostConfig.Binds ('src:dst:ro') or in HostConfig.Mounts (type bind) is the same "
-     "mount: both are one table target -> source and read-only; the container's Mounts then differ only in "
-     "Mode, which echoes the Binds syntax (RW, compared, says what the mount is)", "one bind table"),
+    ("a bind or volume asked for in HostConfig.Binds ('src:dst:ro,nocopy') or in HostConfig.Mounts (type "
+     "bind or volume, ReadOnly, VolumeOptions.NoCopy) is the same mount: both are one table target -> "
+     "source, read-only, nocopy; BindOptions.Propagation 'rprivate' is the default written out; the "
+     "container's Mounts then differ only in Mode, which echoes the request's syntax (RW, compared, says "
+     "what the mount is; a 'z'/'Z' relabel option the deployer passes in Binds does nothing on these "
+     "hosts, which have no SELinux, and Compose's Mounts request has no such option)", "one mounts table"),
     ("a file of the repository (a relative bind, a config, a secret) is bound by Compose from the node's "
      "folder where Compose runs, by the deployer from the copy it shipped to the node (its store, "
      "/var/lib/deployer or /run/deployer): both sources read '<shipped from the repository>' (the probe "
@@ -128,8 +133,11 @@ NOT_IN_CASES: dict[str, str] = {
     "SERVICE_KEYS.cpu_rt_period": "needs a kernel with real-time group scheduling budget for the container's "
     "cgroup; the test machines' kernel refuses it",
     "SERVICE_KEYS.cpu_rt_runtime": "as cpu_rt_period",
-    "SERVICE_KEYS.post_start": "refused by the deployer (docs/compose.md): nothing to compare",
-    "SERVICE_KEYS.pre_stop": "refused by the deployer (docs/compose.md): nothing to compare",
+    "VOLUME_VOLUME_KEYS.labels": "refused by the deployer: Docker Compose does not apply them either (the "
+    "top-level volumes' labels are in storage.yml)",
+    "VOLUME_VOLUME_KEYS.subpath": "refused by the deployer: it needs Docker API 1.45, the engines here speak 1.41",
+    "VOLUME_TMPFS_KEYS.mode": "refused by the deployer: Compose reads 1777 as decimal, so no spelling means the "
+    "same to both (the service's tmpfs key, '/path:mode=1777', is in process.yml)",
 }
 
 # Stands in a case for the test engine's own cgroup parent (a cgroup_parent the fleet's teardown removes).
@@ -260,9 +268,11 @@ def _probe(container, file_targets: list[str]) -> dict[str, Any]:
         _, content = _run_in(container, ["cat", target])
         files[target] = {"mode": mode.strip() if code == 0 else f"exit {code}", "owner": owner.strip(),
                          "content": content}
+    _, hook = _run_in(container, ["sh", "-c", f"cat {POST_START_FILE} 2>/dev/null || true"])
     # a second try: on a loaded machine one lookup of the engine's DNS can time out
-    resolves = any(_run_in(container, ["nslookup", container.name])[0] == 0 for _ in range(2))
-    return {"mounts": mounts, "files": files, "pid 1 capabilities": caps, "own name resolves": resolves}
+    resolves = any(container.exec_run(["nslookup", container.name], user="0")[0] == 0 for _ in range(2))
+    return {"mounts": mounts, "files": files, "pid 1 capabilities": caps, "own name resolves": resolves,
+            "post_start output": hook}
 
 
 def _snapshot(client, cid: str, file_targets: list[str]) -> dict[str, Any]:
@@ -333,16 +343,27 @@ def _tmpfs_options(options: str) -> dict[str, str]:
     return dict(o.partition("=")[::2] for o in options.split(",") if o)
 
 
+PROPAGATIONS = ("rprivate", "private", "rshared", "shared", "rslave", "slave")
+
+
 def _fold(snap: dict, *, composed: bool, own_name: str, node_dir: str) -> dict:
     """One spelling for what means the same (SAME_MEANING), and COMPOSE_ONLY taken out of Compose's side."""
     snap = json.loads(json.dumps(snap))
     config, host = snap["Config"], snap["HostConfig"]
     binds = []
     for bind in host.get("Binds") or []:  # a bind of a file or folder: one entry of the mounts table
-        source, target, *opts = bind.split(":")
-        if source.startswith("/"):
-            host["Mounts"] = [*(host.get("Mounts") or []), {"Type": "bind", "Source": source, "Target": target,
-                                                            **({"ReadOnly": True} if "ro" in opts else {})}]
+        source, target, *rest = bind.split(":")
+        opts = ",".join(rest).split(",")
+        if target.startswith("/") and not set(opts) - {"ro", "rw", "nocopy", "z", "Z", "", *PROPAGATIONS}:
+            entry = {"Type": "bind" if source.startswith("/") else "volume", "Source": source, "Target": target}
+            if "ro" in opts:
+                entry["ReadOnly"] = True
+            if "nocopy" in opts:
+                entry["VolumeOptions"] = {"NoCopy": True}
+            propagation = next((o for o in opts if o in PROPAGATIONS and o != "rprivate"), None)
+            if propagation:
+                entry["BindOptions"] = {"Propagation": propagation}
+            host["Mounts"] = [*(host.get("Mounts") or []), entry]
         else:
             binds.append(bind)
     host["Binds"] = binds
@@ -361,15 +382,19 @@ def _fold(snap: dict, *, composed: bool, own_name: str, node_dir: str) -> dict:
                 entry["ro"] = ""
             tmpfs[m["Target"]] = entry
         else:
-            m = {k: v for k, v in m.items() if k != "BindOptions" or v}  # BindOptions {}: none
+            m = dict(m)
+            if (m.get("BindOptions") or {}).get("Propagation") == "rprivate":  # the default, written out
+                m["BindOptions"] = {k: v for k, v in m["BindOptions"].items() if k != "Propagation"}
+            m = {k: v for k, v in m.items() if k not in ("BindOptions", "VolumeOptions") or v}  # {}: none
             if m["Type"] == "bind":
                 m["Source"] = _shipped(m["Source"], node_dir)
             mounts[m["Target"]] = m
     host["Tmpfs"], host["Mounts"] = tmpfs or None, mounts or None
     snap["Mounts"] = {k: v for k, v in snap["Mounts"].items() if v["Type"] != "tmpfs"} or None
     for m in (snap["Mounts"] or {}).values():
-        if m["Type"] == "bind":  # Mode echoes how the bind was asked for ('ro' in Binds); RW says what it is
+        if m["Type"] in ("bind", "volume"):  # Mode echoes how the mount was asked for; RW says what it is
             m.pop("Mode", None)
+        if m["Type"] == "bind":
             m["Source"] = _shipped(m["Source"], node_dir)
     host["Binds"] = sorted(host["Binds"]) if host.get("Binds") else None
     config["Env"] = sorted(config.get("Env") or [])
@@ -448,9 +473,14 @@ def external_resources(engine):
 
         ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=EXTERNAL_NETWORK[1])])
         network = client.networks.create(EXTERNAL_NETWORK[0], driver="bridge", ipam=ipam)
+        name, v4, v6 = EXTERNAL_V6_NETWORK
+        ipam6 = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=v4),
+                                                      docker.types.IPAMPool(subnet=v6)])
+        network6 = client.networks.create(name, driver="bridge", ipam=ipam6, enable_ipv6=True)
         try:
             yield
         finally:
+            network6.remove()
             network.remove()
             volume.remove(force=True)
             shutil.rmtree(HOST_DIR, ignore_errors=True)
@@ -479,22 +509,25 @@ def _repo_for(tmp_path: Path, docker_url: str, case: str, cgroup_parent: str = "
 
 # Differences being fixed elsewhere right now, per test: strict, so the fix turns the expected failure into
 # a failure that says to remove the entry.
+KEYS_BRANCH = "these keys need the 'keys' branch (there, the case matches Compose)"
 KNOWN_BROKEN_ENGINE = {
     "replicas.yml": "deploy:, scale, profiles and depends_on restart/required need the 'replicas' branch",
     "files.yml": "configs, env_file, relative binds and secret uid/gid need the 'files' branch",
     "tmpfs_read_only.yml": "a long-syntax tmpfs with read_only: true is mounted read-write by the deployer "
     "(the option is dropped); being fixed on the 'keys' branch",
     "interpolation.yml": "interpolation is being written on the 'interp' branch",
-    "host_settings.yml": "stdin_open: true also sets AttachStdin and StdinOnce (docker-py's create_container "
-    "does that unless detach=True; Compose sets OpenStdin only, and StdinOnce closes stdin when the first "
-    "attached client leaves); and these keys need the 'keys' branch",
+    "host_settings.yml": KEYS_BRANCH,
+    "endpoints.yml": KEYS_BRANCH,
+    "volume_options.yml": KEYS_BRANCH,
 }
 KNOWN_BROKEN_MODEL = {
     "replicas.yml": "deploy:, scale, profiles and depends_on restart/required need the 'replicas' branch",
     "files.yml": "configs, env_file, relative binds and secret uid/gid need the 'files' branch",
     "storage.yml": "deployer config prints a secret's 'mode: 0440' as the number 440, which Compose (and YAML) "
     "read as decimal 440 = 0670; Compose prints the string '0440'",
-    "host_settings.yml": "these keys need the 'keys' branch",
+    "host_settings.yml": KEYS_BRANCH,
+    "endpoints.yml": KEYS_BRANCH,
+    "volume_options.yml": KEYS_BRANCH,
 }
 
 
