@@ -509,22 +509,21 @@ def _repo_for(tmp_path: Path, docker_url: str, case: str, cgroup_parent: str = "
 
 # Differences being fixed elsewhere right now, per test: strict, so the fix turns the expected failure into
 # a failure that says to remove the entry.
+MODE_PRINTED = ("deployer config prints a file mode written 0440 as the number 440, which Compose (and YAML) "
+                "read as decimal 440 = 0670; Compose prints the string '0440'")
 KEYS_BRANCH = "these keys need the 'keys' branch (there, the case matches Compose)"
 KNOWN_BROKEN_ENGINE = {
     "replicas.yml": "deploy:, scale, profiles and depends_on restart/required need the 'replicas' branch",
-    "files.yml": "configs, env_file, relative binds and secret uid/gid need the 'files' branch",
     "tmpfs_read_only.yml": "a long-syntax tmpfs with read_only: true is mounted read-write by the deployer "
     "(the option is dropped); being fixed on the 'keys' branch",
-    "interpolation.yml": "interpolation is being written on the 'interp' branch",
     "host_settings.yml": KEYS_BRANCH,
     "endpoints.yml": KEYS_BRANCH,
     "volume_options.yml": KEYS_BRANCH,
 }
 KNOWN_BROKEN_MODEL = {
     "replicas.yml": "deploy:, scale, profiles and depends_on restart/required need the 'replicas' branch",
-    "files.yml": "configs, env_file, relative binds and secret uid/gid need the 'files' branch",
-    "storage.yml": "deployer config prints a secret's 'mode: 0440' as the number 440, which Compose (and YAML) "
-    "read as decimal 440 = 0670; Compose prints the string '0440'",
+    "storage.yml": MODE_PRINTED,
+    "files.yml": MODE_PRINTED,
     "host_settings.yml": KEYS_BRANCH,
     "endpoints.yml": KEYS_BRANCH,
     "volume_options.yml": KEYS_BRANCH,
