@@ -546,7 +546,6 @@ KNOWN_BROKEN_ENGINE = {
     "decimal 440 = 0670 (YAML's integer), the deployer reads its digits as octal 0440; 0440 written with the "
     "0, or as a string, is 0440 to both. The deployer's model cannot tell 440 from 0440 once loaded, so "
     "the compose check should refuse a mode without a leading 0 (compose_keys.parse_mode)",
-    "replicas.yml": "deploy:, scale, profiles and depends_on restart/required need the 'replicas' branch",
     "tmpfs_read_only.yml": "a long-syntax tmpfs with read_only: true is mounted read-write by the deployer "
     "(the option is dropped); being fixed on the 'keys' branch",
     "host_settings.yml": KEYS_BRANCH,
@@ -554,7 +553,6 @@ KNOWN_BROKEN_ENGINE = {
     "volume_options.yml": KEYS_BRANCH,
 }
 KNOWN_BROKEN_MODEL = {
-    "replicas.yml": "deploy:, scale, profiles and depends_on restart/required need the 'replicas' branch",
     "storage.yml": MODE_PRINTED,
     "files.yml": MODE_PRINTED,
     "host_settings.yml": KEYS_BRANCH,
