@@ -87,12 +87,6 @@ class ComposeV2:
     def up(self, *args: str) -> None:
         self.run("up", "-d", *args)
 
-    def container_ids(self) -> dict[str, str]:
-        """service name -> container id of this project's containers (one per service)."""
-        out = self.run("ps", "-a", "--format", "json").stdout
-        rows = [json.loads(line) for line in out.splitlines() if line.strip()]
-        return {row["Service"]: row["ID"] for row in rows}
-
     def down(self) -> None:
         """Remove the project's containers and networks; its named volumes too (-v)."""
         self.run("down", "-v", "--remove-orphans", "-t", "1", check=False)
