@@ -540,24 +540,15 @@ def _repo_for(tmp_path: Path, docker_url: str, case: str, cgroup_parent: str = "
 # a failure that says to remove the entry.
 MODE_PRINTED = ("deployer config prints a file mode written 0440 as the number 440, which Compose (and YAML) "
                 "read as decimal 440 = 0670; Compose prints the string '0440'")
-KEYS_BRANCH = "these keys need the 'keys' branch (there, the case matches Compose)"
 KNOWN_BROKEN_ENGINE = {
     "mode_decimal.yml": "a file mode written without its leading 0 ('mode: 440'): Compose reads the number as "
     "decimal 440 = 0670 (YAML's integer), the deployer reads its digits as octal 0440; 0440 written with the "
     "0, or as a string, is 0440 to both. The deployer's model cannot tell 440 from 0440 once loaded, so "
     "the compose check should refuse a mode without a leading 0 (compose_keys.parse_mode)",
-    "tmpfs_read_only.yml": "a long-syntax tmpfs with read_only: true is mounted read-write by the deployer "
-    "(the option is dropped); being fixed on the 'keys' branch",
-    "host_settings.yml": KEYS_BRANCH,
-    "endpoints.yml": KEYS_BRANCH,
-    "volume_options.yml": KEYS_BRANCH,
 }
 KNOWN_BROKEN_MODEL = {
     "storage.yml": MODE_PRINTED,
     "files.yml": MODE_PRINTED,
-    "host_settings.yml": KEYS_BRANCH,
-    "endpoints.yml": KEYS_BRANCH,
-    "volume_options.yml": KEYS_BRANCH,
 }
 
 
