@@ -35,6 +35,22 @@ _ENVIRONMENT = ("'environment' reads the operator's shell, so what runs would de
 class FilesChecks:
     """Mixin: the checks of shipped files (see the module docstring)."""
 
+    def file_mode(self, at: Any) -> None:
+        """A secret's or config's mode: octal digits with a leading 0 (0440), as Compose reads it too.
+
+        Compose reads a YAML integer written without the leading 0 (``mode: 440``) as a decimal number
+        (440 is 0670); the deployer would read its digits as octal: refused, so both mean the same. Only
+        the round-trip data (with lines) tells 440 from 0440; the loader reads a file holding such a
+        mode that way (``loader.BARE_DECIMAL_MODE``).
+        """
+        value = at.value
+        if at.line is not None and is_int(value) and type(value) is int and value != 0:
+            self.err(at, f"mode {value} is the decimal number {value} to Compose, that is 0{value:o}: "
+                         f"write the octal digits with a leading 0, like 0{value}")
+            return
+        self.parsed(at, parse_mode)
+
+
     configs: set[str]
     shipped_bytes: dict[str, int]
     config_sizes: dict[str, int]
@@ -156,7 +172,7 @@ class FilesChecks:
                         target = tgt.value
                 mode = item.get("mode")
                 if mode is not None:
-                    self.parsed(mode, parse_mode)
+                    self.file_mode(mode)
                 self._owners(item)
             elif self.string(item):
                 source = item.value
@@ -198,7 +214,7 @@ class FilesChecks:
                         target = tgt.value
                 mode = item.get("mode")
                 if mode is not None:
-                    self.parsed(mode, parse_mode)
+                    self.file_mode(mode)
                 self._owners(item)
             elif self.string(item):
                 source = item.value

@@ -53,6 +53,9 @@ COMPOSE_FILES = ("docker-compose.yml", "docker-compose.yaml", "compose.yml", "co
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 DATACENTER_KEYS = {"description", "consul", "registry", "secrets_dir", "registry_credentials", "variables"}
 NODE_KEYS = {"docker", "description", "address", "tls", "identity_file", "variables", "profiles"}
+# a secret's or config's mode written as a YAML integer without its leading 0: only the round-trip
+# data tells it from 0440 (compose_files_check.file_mode), so such a file is read that way
+BARE_DECIMAL_MODE = re.compile(r"\bmode\s*:\s*[1-9][0-9]*\s*(?:[,}\]#\r\n]|$)")
 PROJECT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # Compose's project names
 TLS_KEYS = {"ca", "cert", "key"}
 DOCKER_URL_RE = re.compile(r"^(unix://.+|ssh://([^@/\s]+@)?[^:/\s]+(:\d+)?/?|tcp://[^:/\s]+(:\d+)?/?)$")
@@ -397,6 +400,8 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
         return
     plain = True  # data from load_fast is plain dicts and lists already
     try:
+        if BARE_DECIMAL_MODE.search(text):
+            raise ValueError("read with lines: a mode written without its leading 0")
         doc = load_fast(text)
         found = _prepare(root, node, rel, doc, fast=True, text=text) if isinstance(doc, dict) else [None]
         if not found:

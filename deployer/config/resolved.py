@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deployer.config.compose_keys import env_pairs
+from deployer.config.compose_keys import env_pairs, parse_mode
 from deployer.model import Node
 
 TOP_ORDER = ("networks", "volumes", "secrets", "configs")
@@ -28,8 +28,21 @@ def _service(config: dict[str, Any]) -> dict[str, Any]:
         value = config[key]
         if key == "environment" and value is not None:
             value = {name: v for name, v in sorted(env_pairs(value))}
+        elif key in ("secrets", "configs") and isinstance(value, list):
+            value = [_with_octal_mode(entry) for entry in value]
         out[key] = value
     return out
+
+
+def _with_octal_mode(entry: Any) -> Any:
+    """A long-syntax secret or config with its mode as the deployer applies it, written "0440".
+
+    The loaded number has lost its leading 0 (YAML 1.2 reads 0440 as 440), and a bare 440 is
+    decimal to Compose: the string with the leading 0 is octal to both.
+    """
+    if isinstance(entry, dict) and entry.get("mode") is not None:
+        return {**entry, "mode": f"0{parse_mode(entry['mode']):o}"}
+    return entry
 
 
 def resolved_document(node: Node) -> dict[str, Any]:

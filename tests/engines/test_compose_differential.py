@@ -536,20 +536,12 @@ def _repo_for(tmp_path: Path, docker_url: str, case: str, cgroup_parent: str = "
     return root, node, node_dir
 
 
-# Differences being fixed elsewhere right now, per test: strict, so the fix turns the expected failure into
-# a failure that says to remove the entry.
-MODE_PRINTED = ("deployer config prints a file mode written 0440 as the number 440, which Compose (and YAML) "
-                "read as decimal 440 = 0670; Compose prints the string '0440'")
-KNOWN_BROKEN_ENGINE = {
-    "mode_decimal.yml": "a file mode written without its leading 0 ('mode: 440'): Compose reads the number as "
-    "decimal 440 = 0670 (YAML's integer), the deployer reads its digits as octal 0440; 0440 written with the "
-    "0, or as a string, is 0440 to both. The deployer's model cannot tell 440 from 0440 once loaded, so "
-    "the compose check should refuse a mode without a leading 0 (compose_keys.parse_mode)",
-}
-KNOWN_BROKEN_MODEL = {
-    "storage.yml": MODE_PRINTED,
-    "files.yml": MODE_PRINTED,
-}
+# Differences being fixed, per test: strict, so the fix turns the expected failure into a failure that
+# says to remove the entry. None open now: a mode written without its leading 0 (decimal to Compose) is
+# refused by the compose check (tests/unit/test_compose_files.py), and `deployer config` prints modes
+# as Compose does ("0440").
+KNOWN_BROKEN_ENGINE: dict[str, str] = {}
+KNOWN_BROKEN_MODEL: dict[str, str] = {}
 
 
 def _cases(known_broken: dict[str, str]) -> list:

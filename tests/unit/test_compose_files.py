@@ -10,11 +10,14 @@ import io
 import json
 import os
 import tarfile
+import textwrap
 from pathlib import Path
 
 import pytest
 
 from deployer.config.compose_files import shipped_files
+from deployer.config.loader import check
+from deployer.config.resolved import resolved_document
 from deployer.config.repo_files import MAX_FILE_BYTES, MAX_SERVICE_BYTES
 from deployer.engine.ship import bundle_archive, bundle_dirs
 from deployer.engine.state import ContainerState
@@ -244,3 +247,35 @@ def test_configs_count_towards_the_service_limit(repo):
             "configs:\n" + "".join(f"  c{i}: {{file: ./c{i}}}\n" for i in range(count)))
     assert problems(text, repo) == [f"{COMPOSE}:4: services.web.configs[{count - 1}]: the files service web ships "
                                     f"hold more than {MAX_SERVICE_BYTES} bytes (16 MiB, the most one service ships)"]
+
+
+MODES = """
+    services:
+      web:
+        image: nginx
+        configs:
+          - {source: inline, target: /a, mode: 0440}
+          - {source: inline, target: /b, mode: "0400"}
+          - source: inline
+            target: /c
+            mode: 440
+    configs:
+      inline: {content: x}
+"""
+
+
+def test_a_mode_without_its_leading_zero_is_refused_as_compose_reads_it_as_decimal(repo):
+    # Compose reads `mode: 440` as the YAML integer 440, which is 0670; the deployer would read 0440
+    (repo / NODE_DIR / "node.yml").write_text("docker: unix:///var/run/docker.sock\n")
+    (repo / COMPOSE).write_text(textwrap.dedent(MODES))
+    _, found = check(repo)  # the loader's path: the fast reader cannot tell 440 from 0440, the check must
+    assert [e.render() for e in found] == [
+        f"{COMPOSE}:10: services.web.configs[2].mode: mode 440 is the decimal number 440 to Compose, that is "
+        "0670: write the octal digits with a leading 0, like 0440"
+    ]
+    (repo / COMPOSE).write_text(textwrap.dedent(MODES).replace("mode: 440", "mode: 0440"))
+    infra, found = check(repo)
+    assert found == []
+    node = infra.datacenters["dc1"].nodes["n1"]
+    # printed as Compose prints it, and as both read it: octal with the leading 0
+    assert [c["mode"] for c in resolved_document(node)["services"]["web"]["configs"]] == ["0440", "0400", "0440"]
