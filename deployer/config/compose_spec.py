@@ -27,6 +27,7 @@ from deployer.config.compose_keys import (
     parse_healthcheck_test, parse_mode, parse_port, parse_port_long, parse_restart, parse_tmpfs, parse_volume,
     scalar_str, secret_target,
 )  # fmt: skip
+from deployer.config.parse_cache import spec_from
 from deployer.config.secret_files import read_secret_file, secret_line
 from deployer.errors import ConfigError
 from deployer.labels import LABEL_DC, LABEL_IMAGE, LABEL_NODE, LABEL_SERVICE
@@ -195,6 +196,9 @@ def container_spec(
     resolves environment entries written without a value: the repository's
     variables (default: ``node.variables``); the operator's shell is never read.
     """
+    if service.cached_spec is not None and environ is None:  # the loader's parse cache: this text, this node
+        data, service.cached_spec = service.cached_spec, None  # used once: a later call builds a spec of its own
+        return spec_from(data)
     cfg = service.config
     env_source = node.variables if environ is None else environ
     create: dict[str, Any] = {}

@@ -25,6 +25,7 @@ ConfigError with the line it was at (``yamlread``).
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import os
 import re
@@ -33,12 +34,14 @@ from typing import Any, Callable
 
 from deployer.config.compose_check import validate_compose
 from deployer.config.compose_keys import to_plain
-from deployer.config.compose_spec import container_name
+from deployer.config.compose_spec import container_name, container_spec
 from deployer.config.compose_merge import merge_tags
 from deployer.config.interpolate import interpolate_document
 from deployer.config.shared import resolve_shared
 from deployer.config.variables import ENV_FILE, fill_environment, node_variables, parse_dotenv, variables_mapping
 from deployer.config.label_check import valid_address
+from deployer.config.parse_cache import ParseCache, blob_id, reads_other_files, spec_data, variables_id
+from deployer.config.parse_cache import key as cache_key
 from deployer.config.yamlread import MAX_FILE_BYTES, limit_error, load_fast, parse_yaml, yaml_limits
 from deployer.errors import ConfigError, ValidationFailed
 from deployer.model import Datacenter, Infrastructure, Location, Node, Service, TLSFiles
@@ -53,6 +56,9 @@ DATACENTER_KEYS = {"description", "consul", "registry", "secrets_dir", "registry
 NODE_KEYS = {"docker", "description", "address", "tls", "identity_file", "variables"}
 PROJECT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # Compose's project names
 TLS_KEYS = {"ca", "cert", "key"}
+#: The parse cache of the load in progress (``check`` sets it; None: nothing is cached).
+_CACHE: contextvars.ContextVar[ParseCache | None] = contextvars.ContextVar("deployer_parse_cache", default=None)
+
 DOCKER_URL_RE = re.compile(r"^(unix://.+|ssh://([^@/\s]+@)?[^:/\s]+(:\d+)?/?|tcp://[^:/\s]+(:\d+)?/?)$")
 
 
@@ -70,8 +76,9 @@ def value_line(mapping: Any, key: Any) -> int | None:
         return None
 
 
-def _read_text(root: Path, rel: str, problems: list[ConfigError]) -> str | None:
-    """The file's text if it can be read and is within the limits (size first, before reading it)."""
+def _read_text(root: Path, rel: str, problems: list[ConfigError], limits: bool = True) -> str | None:
+    """The file's text if it can be read and is within the limits (size first, before reading it;
+    the rest only with ``limits``: a text the parse cache has was within them when it was kept)."""
     try:
         size = (root / rel).stat().st_size
         if size > MAX_FILE_BYTES:
@@ -85,7 +92,7 @@ def _read_text(root: Path, rel: str, problems: list[ConfigError]) -> str | None:
     except OSError as exc:
         problems.append(ConfigError(rel, f"cannot read: {exc.strerror}"))
         return None
-    return _within_limits(text, rel, problems)
+    return _within_limits(text, rel, problems) if limits else text
 
 
 def _within_limits(text: str, rel: str, problems: list[ConfigError]) -> str | None:
@@ -106,17 +113,24 @@ def _parse(text: str, rel: str, problems: list[ConfigError]) -> Any:
 
 def _read_checked(root: Path, rel: str, problems: list[ConfigError], build: Callable[[Any, list], Any]) -> Any:
     """Read a YAML file and ``build(doc, problems)`` from it: fast first, again with line numbers if it has problems."""
-    text = _read_text(root, rel, problems)
+    cache = _CACHE.get()
+    text = _read_text(root, rel, problems, limits=cache is None)
     if text is None:
         return None
+    name = cache_key("yaml", blob_id(text)) if cache is not None else None
+    cached = cache.get(name) if cache is not None else None
+    if cache is not None and cached is None and _within_limits(text, rel, problems) is None:
+        return None
     try:
-        doc = load_fast(text)
+        doc = cached[0] if cached is not None else load_fast(text)
     except Exception:
         pass
     else:
         found: list[ConfigError] = []
         result = build(doc, found)
         if not found:
+            if cache is not None and cached is None:
+                cache.put(name, [doc])
             return result
     doc = _parse(text, rel, problems)
     if doc is None and text.strip() and problems and problems[-1].path == rel:
@@ -381,6 +395,17 @@ def _shared_reader(root: Path, fast: bool) -> Callable[[str, list[ConfigError]],
 
 def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError], text: str | None = None) -> None:
     node.compose_path = rel
+    cache = _CACHE.get() if text is None else None  # an edited text (deploy) is checked, not cached
+    if cache is not None:
+        text = _read_text(root, rel, problems, limits=False)
+        if text is None:
+            return
+        # what feeds the result besides the text: the node (dc, name) and the variables it is interpolated with
+        name = cache_key("compose", blob_id(text), node.dc, node.name, variables_id(node.variables))
+        cached = cache.get(name)
+        if cached is not None:  # this text was read and checked before, and had no problems
+            _fill_compose(node, rel, *cached)
+            return
     text = _read_text(root, rel, problems) if text is None else _within_limits(text, rel, problems)
     if text is None:
         return
@@ -411,20 +436,41 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
         # Valid for the round-trip loader although the fast one refused it (a
         # construct only ruamel accepts): the round-trip data is the truth.
     plain_data = (lambda data: data) if plain else to_plain
-    services = doc.get("services") or {}
+    parts = ({str(k): plain_data(v) for k, v in (doc.get("services") or {}).items()},
+             plain_data(doc.get("volumes") or {}), plain_data(doc.get("networks") or {}),
+             plain_data(doc.get("secrets") or {}), str(doc["name"]) if doc.get("name") else None)
+    _fill_compose(node, rel, *parts)
+    # not cached: secret files (the check reads them) and files that read others (include, extends: their
+    # contents are not in the key)
+    if cache is not None and plain and not parts[3] and not reads_other_files(text):
+        cache.put(name, [*parts, _spec_entries(root, node)])
+
+
+def _fill_compose(node: Node, rel: str, services: dict, volumes: dict, networks: dict, secrets: dict,
+                  compose_name: str | None = None, specs: dict | None = None) -> None:
+    location = Location(rel)
+    specs = specs or {}
     for name, svc_doc in services.items():
-        node.services[name] = Service(
-            dc=node.dc,
-            node=node.name,
-            name=str(name),
-            image=str(svc_doc["image"]),
-            config=plain_data(svc_doc),
-            location=Location(rel),
-        )
-    node.volumes = plain_data(doc.get("volumes") or {})
-    node.networks = plain_data(doc.get("networks") or {})
-    node.secrets = plain_data(doc.get("secrets") or {})
-    node.compose_name = str(doc["name"]) if doc.get("name") else None
+        node.services[name] = Service(dc=node.dc, node=node.name, name=name, image=str(svc_doc["image"]),
+                                      config=svc_doc, location=location, cached_spec=specs.get(name))
+    node.volumes = volumes
+    node.networks = networks
+    node.secrets = secrets
+    node.compose_name = compose_name
+
+
+def _spec_entries(root: Path, node: Node) -> dict:
+    """The container spec of each service for the parse cache (it depends on the text, the node and its variables:
+    all in the key)."""
+    out = {}
+    for name, svc in node.services.items():
+        try:
+            data = spec_data(container_spec(node, svc, root))
+        except Exception:  # noqa: BLE001 - not cached; the command that builds it reports the error
+            continue
+        if data is not None:
+            out[name] = data
+    return out
 
 
 def with_compose_text(root: str | Path, node: Node, text: str) -> Node:
@@ -441,8 +487,19 @@ def with_compose_text(root: str | Path, node: Node, text: str) -> Node:
 
 
 def check(root: str | Path) -> tuple[Infrastructure, list[ConfigError]]:
-    """Load everything that can be loaded, and every problem found on the way."""
+    """Load everything that can be loaded, and every problem found on the way (through the parse cache)."""
     root = Path(root).resolve()
+    cache = ParseCache.for_root(root)
+    token = _CACHE.set(cache if cache.enabled else None)
+    try:
+        infra, problems = _check(root)
+    finally:
+        _CACHE.reset(token)
+    cache.save(prune=True)
+    return infra, problems
+
+
+def _check(root: Path) -> tuple[Infrastructure, list[ConfigError]]:
     infra = Infrastructure(root=root)
     problems: list[ConfigError] = []
     base = root / DATACENTERS
