@@ -146,6 +146,8 @@ class Deployer:
             done = [e for e in edits if e.applied and e.new_text != e.old_text and not e.result.rolled_back]
             if done and not dry_run:
                 result.commit = self._commit(tx, done, edits, action, rollback_to, message, author)
+                for e in done:
+                    e.result.committed = True
             result.seconds = time.monotonic() - started
         failed = result.failed
         if failed:

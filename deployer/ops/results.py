@@ -22,6 +22,7 @@ class TargetResult:
     image: str | None = None  # the image this target was switched to (a rollback's may differ per target)
     rolled_back: bool = False  # switched, then back to previous_image by --on-failure rollback
     rollback_error: str | None = None  # the switch back failed: it still runs ``image``
+    committed: bool = False  # the command's commit holds this target
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -35,6 +36,7 @@ class TargetResult:
             "error": self.error,
             "rolled_back": self.rolled_back,
             "rollback_error": self.rollback_error,
+            "committed": self.committed,
         }
 
 
