@@ -159,6 +159,17 @@ def test_rollback_takes_a_whole_deploy(repo, fake):
     assert result.exit_code == 3 and "or --commit SHA" in result.output
 
 
+def test_a_rollout_names_the_rolled_back_failed_and_committed_targets(repo, fake):
+    ok = NS(target="test/n1/web", previous_image="a:1", error=None, change=None, diff="", committed=True, image="a:2")
+    back = NS(target="test/n2/web", previous_image="a:1", error=None, change=None, diff="", rolled_back=True)
+    bad = NS(target="test/n3/web", previous_image="a:1", error="unhealthy", change=None, diff="")
+    result = deploy_result(ok, back, bad)
+    fake.answers["deploy"] = PartialDeploy(result, "1 of 3 targets failed")
+    out = cli(repo, "deploy", "a:2", "test").stdout
+    assert out == ("test/n2/web: rolled back to a:1\ntest/n3/web: FAILED: unhealthy\n"
+                   "deploy test/n1/web: a:1 -> a:2 [abcdef0] (1.2s)\n")
+
+
 def test_deploy_dry_run_and_nothing_to_do(repo, fake):
     change = NS(action="recreate", summary=lambda: "recreate web (image a:1 -> a:2)")
     fake.answers["deploy"] = deploy_result(target("test/n1/web", diff="-a:1\n+a:2\n", change=change), commit=None,
