@@ -41,7 +41,7 @@ from deployer.config.interpolate import interpolate_document
 from deployer.config.shared import resolve_shared
 from deployer.config.variables import ENV_FILE, fill_environment, node_variables, parse_dotenv, variables_mapping
 from deployer.config.label_check import valid_address
-from deployer.config.parse_cache import ParseCache, blob_id, reads_other_files, spec_data, variables_id
+from deployer.config.parse_cache import ParseCache, blob_id, spec_data, variables_id
 from deployer.config.parse_cache import key as cache_key
 from deployer.config.yamlread import MAX_FILE_BYTES, limit_error, load_fast, parse_yaml, yaml_limits
 from deployer.errors import ConfigError, ValidationFailed
@@ -59,6 +59,9 @@ PROJECT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # Compose's project name
 TLS_KEYS = {"ca", "cert", "key"}
 #: The parse cache of the load in progress (``check`` sets it; None: nothing is cached).
 _CACHE: contextvars.ContextVar[ParseCache | None] = contextvars.ContextVar("deployer_parse_cache", default=None)
+
+#: The files an include or extends read while one compose file is loaded: [rel, blob id] (for the parse cache).
+_READS: contextvars.ContextVar[list | None] = contextvars.ContextVar("deployer_shared_reads", default=None)
 
 DOCKER_URL_RE = re.compile(r"^(unix://.+|ssh://([^@/\s]+@)?[^:/\s]+(:\d+)?/?|tcp://[^:/\s]+(:\d+)?/?)$")
 
@@ -390,6 +393,9 @@ def _shared_reader(root: Path, fast: bool) -> Callable[[str, list[ConfigError]],
         text = _read_text(root, rel, problems)
         if text is None:
             return None
+        reads = _READS.get()
+        if reads is not None:  # the parse cache keys the including file's entry by this file's content too
+            reads.append([rel, blob_id(text)])
         if fast:
             try:
                 return load_fast(text)
@@ -410,13 +416,15 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
         # what feeds the result besides the text: the node (dc, name) and the variables it is interpolated with
         name = cache_key("compose", blob_id(text), node.dc, node.name, variables_id(node.variables))
         cached = cache.get(name)
-        if cached is not None:  # this text was read and checked before, and had no problems
-            _fill_compose(node, rel, *cached)
+        if cached is not None and cache.same_files(root, cached[6]):  # read and checked before, no problems
+            _fill_compose(node, rel, *cached[:6])
             return
     text = _read_text(root, rel, problems) if text is None else _within_limits(text, rel, problems)
     if text is None:
         return
     plain = True  # data from load_fast is plain dicts and lists already
+    reads: list = []
+    token = _READS.set(reads)
     try:
         doc = load_fast(text)
         found = _prepare(root, node, rel, doc, fast=True, text=text) if isinstance(doc, dict) else [None]
@@ -424,6 +432,8 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
             found = validate_compose(doc, rel, root, secrets_dirs=node.secrets_dirs)
     except Exception:
         found = [None]
+    finally:
+        _READS.reset(token)
     if found:  # read again with line numbers, for the messages
         plain = False
         doc = _parse(text, rel, problems)
@@ -447,10 +457,10 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
              plain_data(doc.get("volumes") or {}), plain_data(doc.get("networks") or {}),
              plain_data(doc.get("secrets") or {}), str(doc["name"]) if doc.get("name") else None)
     _fill_compose(node, rel, *parts)
-    # not cached: secret files (the check reads them) and files that read others (include, extends: their
-    # contents are not in the key)
-    if cache is not None and plain and not parts[3] and not reads_other_files(text):
-        cache.put(name, [*parts, _spec_entries(root, node)])
+    # secret files are not cached (the check reads them); the files include and extends read are part of the
+    # entry (their blob ids, compared at the next load)
+    if cache is not None and plain and not parts[3]:
+        cache.put(name, [*parts, _spec_entries(root, node), reads])
 
 
 def _fill_compose(node: Node, rel: str, services: dict, volumes: dict, networks: dict, secrets: dict,

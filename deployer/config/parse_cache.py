@@ -25,8 +25,10 @@ What else an entry depends on is in the key too, or the entry is not made:
   fingerprint) from the same values; specs are not changed after they are built;
 * anything that feeds a node besides its own text is in the key as well: the
   variables it is interpolated with (node.yml, ``.env``, datacenter.yml: their
-  resolved names and values, ``variables_id``). A compose file that reads other
-  files (``include``, ``extends``) is not cached: their contents are not in the key.
+  resolved names and values, ``variables_id``); the files its ``include`` and
+  ``extends`` read are listed in the entry with their blob ids, and the entry is
+  used only while each of them still has that content (``same_files``; each file
+  is read and hashed once per load, however many nodes extend it).
 
 The cache lives in the repository's git directory (``.git/deployer/parse-cache``),
 one file written to a temporary name and renamed over the old one, so that
@@ -90,12 +92,6 @@ def variables_id(variables: dict[str, str]) -> str:
     return h.hexdigest()
 
 
-def reads_other_files(text: str) -> bool:
-    """Whether a compose text may read other files (``include``, ``extends``): then it is not cached.
-    A word test on the text: a file that only mentions the words is merely not cached."""
-    return "include" in text or "extends" in text
-
-
 def key(kind: str, *ids: str) -> str:
     """The key of an entry: its kind and every blob id (or other exact input) it was made from."""
     return kind + ":" + ":".join(ids)
@@ -145,6 +141,7 @@ class ParseCache:
         self.path = path
         self._entries: dict[str, Any] = {}
         self._used: set[str] = set()
+        self._blobs: dict[str, str] = {}  # repo-relative path -> blob id, for same_files
         self._changed = False
         self._lock = threading.Lock()
         if path is not None:
@@ -165,6 +162,21 @@ class ParseCache:
         if value is not None:
             self._used.add(name)
         return value
+
+    def same_files(self, root: Path, files: list) -> bool:
+        """Whether each [repo-relative path, blob id] still holds that content (each file read once per load)."""
+        for rel, wanted in files:
+            have = self._blobs.get(rel)
+            if have is None:
+                try:
+                    with open(os.path.join(root, rel), encoding="utf-8") as f:
+                        have = blob_id(f.read())
+                except (OSError, UnicodeDecodeError):
+                    have = ""
+                self._blobs[rel] = have
+            if have != wanted:
+                return False
+        return True
 
     def put(self, name: str, value: Any) -> None:
         """Keep ``value`` (plain data: dict, list, str, int, float, bool, None); anything else is not kept."""

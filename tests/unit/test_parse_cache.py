@@ -109,14 +109,18 @@ def test_the_variables_a_node_is_interpolated_with_are_in_the_key(root, monkeypa
     assert container_spec(node, node.services["web"], root).create["environment"] == ["MODE=two"]
 
 
-def test_a_compose_file_that_extends_another_is_not_kept(root):
+def test_a_compose_file_that_extends_another_is_kept_with_that_files_content(root, monkeypatch):
     (root / "common").mkdir()
     (root / "common/base.yml").write_text("services:\n  base:\n    init: true\n")
     (root / COMPOSE).write_text("services:\n  web:\n    extends: {file: ../../../common/base.yml, service: base}\n"
                                 "    image: web:1\n")
     loader.load(root)
-    assert not any(k.startswith("compose:") for k in entries(root))
-    (root / "common/base.yml").write_text("services:\n  base:\n    init: false\n")
+    (entry,) = [v for k, v in entries(root).items() if k.startswith("compose:")]
+    assert entry[-1] == [["common/base.yml", parse_cache.blob_id("services:\n  base:\n    init: true\n")]]
+    parsed = counting_parser(monkeypatch)
+    assert loader.load(root).node("dc", "n1").services["web"].config["init"] is True
+    assert parsed == []
+    (root / "common/base.yml").write_text("services:\n  base:\n    init: false\n")  # the node's file unchanged
     assert loader.load(root).node("dc", "n1").services["web"].config["init"] is False
 
 
