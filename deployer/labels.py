@@ -16,9 +16,11 @@ LABEL_SERVICE = "deployer.service"
 LABEL_CONFIG_HASH = "deployer.config-hash"
 LABEL_CONFIG = "deployer.config"  # the spec as JSON (values that may be secret fingerprinted), for plan's diff
 LABEL_IMAGE = "deployer.image"
+# Which replica of a replicated service (2, 3, ...); replica 1 has none, so a service scaled from one keeps its container.
+LABEL_REPLICA = "deployer.replica"
 
 # Labels the deployer sets itself; other deployer.* labels (deployer.consul.check, ...) are the user's.
-RESERVED_LABELS = (LABEL_DC, LABEL_NODE, LABEL_SERVICE, LABEL_IMAGE, LABEL_CONFIG_HASH, LABEL_CONFIG)
+RESERVED_LABELS = (LABEL_DC, LABEL_NODE, LABEL_SERVICE, LABEL_IMAGE, LABEL_CONFIG_HASH, LABEL_CONFIG, LABEL_REPLICA)
 
 # The user's discovery labels, read by discovery (docs/discovery.md says what each does).
 LABEL_CONSUL_NAME = "deployer.consul.name"

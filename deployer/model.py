@@ -81,6 +81,7 @@ class Node:
     volumes: dict[str, dict[str, Any]] = field(default_factory=dict)
     networks: dict[str, dict[str, Any]] = field(default_factory=dict)
     secrets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # top-level compose configs
     # its datacenter's secrets_dir folders (copied by the loader): where secret files outside the repository may lie
     secrets_dirs: tuple[str, ...] = ()
     # its datacenter's registry_credentials file (copied by the loader): the account its pulls use
@@ -88,6 +89,8 @@ class Node:
     # what the compose file is interpolated with: node.yml variables > .env > datacenter.yml variables
     variables: dict[str, str] = field(default_factory=dict)
     compose_name: str | None = None  # the compose file's top-level `name:` (the project name), when written
+    # node.yml profiles: compose services with profiles run here only when one of theirs is listed
+    profiles: tuple[str, ...] = ()
 
     @property
     def target(self) -> str:

@@ -9,7 +9,7 @@ history), ``fleet`` (status, plan, apply), ``nodes`` (node add/rm), ``build``
 (build, image, release, watch-builds), ``discovery`` (services, registrator,
 render, templates watch), ``completion`` (``deployer completion``, and what
 target and image arguments complete to), ``service`` (logs, exec, restart;
-``terminal``: the terminal of ``exec -it``), ``prune`` (prune). The subject modules import only
+``terminal``: the terminal of ``exec -it``), ``prune`` (prune), ``scale`` (scale). The subject modules import only
 ``options`` (every shared option and the duration type, defined once),
 ``output`` (tables, --json, progress lines, a deploy's result) and
 ``completion``'s callbacks, never ``main``; they import the layers below

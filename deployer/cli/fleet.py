@@ -34,7 +34,9 @@ def status(ctx, targets, parallel, as_json, quiet, verbose):
     if as_json:
         print_json([r.to_json() for r in rows])
     else:
-        table(((r.target, r.image, r.running_image or "-", r.state, r.detail) for r in rows),
+        # a replicated service's state carries its count: "healthy 3/3"
+        table(((r.target, r.image, r.running_image or "-", " ".join(filter(None, (r.state, getattr(r, "replicas", "")))),
+                r.detail) for r in rows),
               ["target", "written", "running", "state", "detail"])
     if any(r.state == "unreachable" for r in rows):
         sys.exit(EXIT_FAILED)

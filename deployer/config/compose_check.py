@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 from deployer.config.compose_check_service import At, ServiceChecker
 from deployer.config.compose_keys import (
-    CONTAINER_NAME_RE, NAME_RE, TOP_KEYS, TOP_NETWORK_KEYS, TOP_SECRET_KEYS, TOP_VOLUME_KEYS,
+    CONTAINER_NAME_RE, NAME_RE, TOP_HINTS, TOP_KEYS, TOP_NETWORK_KEYS, TOP_SECRET_KEYS, TOP_VOLUME_KEYS,
 )  # fmt: skip
 from deployer.config.secret_files import open_secret_file, resolve_secret_file
 from deployer.errors import ConfigError
@@ -47,7 +47,7 @@ class _Checker(ServiceChecker):
                 ConfigError(self.path, f"a compose file must be a mapping with a 'services' key, not {kind(doc)}", line=1)
             )
             return self.errors
-        self.keys(top, TOP_KEYS)
+        self.keys(top, TOP_KEYS, hints=TOP_HINTS)
         for key, at in top.entries():
             if key == "volumes":
                 self.top_definitions(at, TOP_VOLUME_KEYS, self.volumes, "volume")
@@ -55,6 +55,8 @@ class _Checker(ServiceChecker):
                 self.top_definitions(at, TOP_NETWORK_KEYS, self.networks, "network")
             elif key == "secrets":
                 self.top_secrets(at)
+            elif key == "configs":
+                self.top_configs(at)
             elif key == "name" and not isinstance(at.value, str):
                 self.err(at, f"must be a string, not {kind(at.value)}")
         services = top.get("services")
@@ -113,7 +115,8 @@ class _Checker(ServiceChecker):
                 continue
             for key, sub in child.entries():
                 if key == "environment":
-                    self.err(sub, "secrets from 'environment' are not supported: use 'file'")
+                    self.err(sub, "secrets from 'environment' are not supported: it reads the operator's shell, "
+                                  "so what runs would depend on who deploys: use 'file'")
                 elif key == "external":
                     self.err(sub, "external secrets are for swarm and not supported: use 'file'")
             self.keys(child, TOP_SECRET_KEYS | {"environment", "external"})
@@ -144,6 +147,8 @@ class _Checker(ServiceChecker):
         edges: dict[str, list[tuple[str, At]]] = {}
         for name, facts in self.facts.items():
             for dep, at in facts.deps:
+                if dep not in known and dep in facts.optional:
+                    continue  # required: false: an absent dependency is no error (Compose warns)
                 if dep not in known:
                     self.err(at, f"unknown service {dep!r} (services in this file: {listing})")
                 else:

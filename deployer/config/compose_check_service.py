@@ -17,17 +17,22 @@ import difflib
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Iterator
 
+from deployer.config.compose_check_host import HostKeyChecks
+from deployer.config.compose_host import HOST_KEYS
 from deployer.config.compose_keys import (
-    BUILD_KEYS, CONTAINER_NAME_RE, DEPENDS_ON_CONDITIONS, DEPENDS_ON_KEYS, HEALTHCHECK_KEYS, LOGGING_KEYS, NAME_RE,
-    NULL_MEANS_EMPTY, PORT_LONG_KEYS, RESTART_POLICIES, SERVICE_KEYS, SERVICE_NETWORK_KEYS, SERVICE_SECRET_KEYS,
-    SIGNAL_RE, UNSUPPORTED_HINTS, VOLUME_LONG_KEYS, Binding, PortRun, as_list, check_extra_host, check_ip,
+    BUILD_KEYS, CONTAINER_NAME_RE, DEPENDS_ON_CONDITIONS, DEPENDS_ON_KEYS, HEALTHCHECK_HINTS, HEALTHCHECK_KEYS,
+    LOGGING_KEYS, NAME_RE, NULL_MEANS_EMPTY, PORT_LONG_KEYS, RESTART_POLICIES, SERVICE_KEYS,
+    SERVICE_NETWORK_HINTS, SERVICE_NETWORK_KEYS, SIGNAL_RE, UNSUPPORTED_HINTS,
+    VOLUME_LONG_HINTS, VOLUME_LONG_KEYS, Binding, PortRun, as_list, check_extra_host, check_ip,
     expand_run, expose_range, extra_host_pairs, is_bool, is_int, is_scalar, label_pairs, parse_command, parse_cpus,
-    parse_healthcheck_test, parse_mode, parse_port_long, parse_port_run, parse_restart, parse_tmpfs, parse_volume,
-    secret_target, split_assignment,
+    parse_healthcheck_test, parse_port_long, parse_port_run, parse_restart, parse_tmpfs, parse_volume,
+    split_assignment,
 )  # fmt: skip
+from deployer.config.compose_files_check import FilesChecks
+from deployer.config.compose_deploy import DeployChecks
 from deployer.config.label_check import check_labels, service_name_problem
 from deployer.errors import ConfigError, ImageReferenceError
 from deployer.imageref import ImageRef
@@ -91,10 +96,13 @@ class ServiceFacts:
     bindings: list[tuple[Binding, At]] = field(default_factory=list)  # each published port
     ports: list[tuple[PortRun, At]] = field(default_factory=list)  # each ports entry as a range (the clash check)
     container_name: tuple[str, At] | None = None
+    optional: set[str] = field(default_factory=set)  # depends_on entries written with required: false
 
 
-class ServiceChecker:
-    """Checks one service at a time; ``compose_check`` adds the document around the services."""
+class ServiceChecker(HostKeyChecks, FilesChecks, DeployChecks):
+    """Checks one service at a time (process, resource and hook keys: ``compose_check_host.HostKeyChecks``;
+    files: ``compose_files_check.FilesChecks``; deploy, scale, profiles: ``compose_deploy.DeployChecks``);
+    ``compose_check`` adds the document around the services."""
 
     def __init__(self, path: str, repo_root: Path):
         self.path = path
@@ -103,6 +111,9 @@ class ServiceChecker:
         self.volumes: dict[str, Any] = {}
         self.networks: dict[str, Any] = {}
         self.secrets: set[str] = set()
+        self.configs: set[str] = set()
+        self.shipped_bytes: dict[str, int] = {}  # service -> bytes of its configs and relative bind sources
+        self.config_sizes: dict[str, int] = {}  # top-level config -> bytes
         self.service_names: list[str] = []
         self.facts: dict[str, ServiceFacts] = {}
         self.port_count = 0  # ports the ports and expose entries stand for, so far
@@ -149,7 +160,9 @@ class ServiceChecker:
             self.err(at, str(exc))
             return None
 
-    def keys(self, at: At, allowed: set[str], extensions: bool = True) -> None:
+    def keys(self, at: At, allowed: set[str], extensions: bool = True, hints: dict[str, str] | None = None) -> None:
+        if hints is None and allowed is SERVICE_KEYS:
+            hints = UNSUPPORTED_HINTS
         for key, child in at.entries():
             if not isinstance(key, str):
                 self.err(child, f"keys must be strings, not {kind(key)}", field=at.field)
@@ -157,7 +170,7 @@ class ServiceChecker:
             if key in allowed or (extensions and key.startswith("x-")):
                 continue
             message = f"unsupported key {key!r}"
-            hint = UNSUPPORTED_HINTS.get(key) if allowed is SERVICE_KEYS else None
+            hint = (hints or {}).get(key)
             close = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.8)
             if hint:
                 message += f": {hint}"
@@ -259,7 +272,12 @@ class ServiceChecker:
                 continue
             if child.value is None and key in NULL_MEANS_EMPTY:
                 continue
+            if key in HOST_KEYS:
+                self.host_key(key, child, facts)
+                continue
             getattr(self, f"s_{key}")(name, child, facts, network_mode)
+        self.deploy_conflicts(name, at, facts)
+        self.conflicts(at, network_mode)
         self.discovery_labels(name, at, facts)
 
     def s_image(self, name, at, facts, network_mode) -> None:
@@ -274,6 +292,7 @@ class ServiceChecker:
             self.err(at, exc.one_line())
 
     def s_build(self, name, at, facts, network_mode) -> None:
+        """How the image was built: metadata beside 'image' (the deployer deploys the image, never builds)."""
         if isinstance(at.value, str):
             self.string(at)
             return
@@ -282,10 +301,13 @@ class ServiceChecker:
             return
         self.keys(at, BUILD_KEYS)
         for key, sub in at.entries():
-            if key in ("context", "dockerfile"):
+            if key in ("context", "dockerfile", "dockerfile_inline", "target", "network", "isolation") \
+                    and sub.value is not None:
                 self.string(sub)
-            elif key == "args" and sub.value is not None:
+            elif key in ("args", "labels") and sub.value is not None:
                 self.name_map(sub, self.scalar_value)
+            elif key in ("no_cache", "pull", "privileged") and sub.value is not None:
+                self.boolean(sub)
 
     def s_ports(self, name, at, facts, network_mode) -> None:
         if network_mode and network_mode != "bridge":
@@ -335,11 +357,13 @@ class ServiceChecker:
                     targets[item.partition(":")[0]] = "tmpfs"
         for _, item in at.items():
             if isinstance(item.value, dict):
-                self.keys(item, VOLUME_LONG_KEYS, extensions=False)
+                self.keys(item, VOLUME_LONG_KEYS, extensions=False, hints=VOLUME_LONG_HINTS)
             mount = self.parsed(item, parse_volume)
             if mount is None:
                 continue
-            if mount["type"] == "volume" and mount["source"] not in self.volumes:
+            if mount.get("relative"):
+                self.relative_bind(name, item, mount)
+            if mount["type"] == "volume" and mount["source"] and mount["source"] not in self.volumes:
                 self.err(item, f"volume {mount['source']!r} is not declared in the top-level volumes")
             target = mount["target"].rstrip("/") or "/"
             if target in targets:
@@ -390,7 +414,7 @@ class ServiceChecker:
     def s_healthcheck(self, name, at, facts, network_mode) -> None:
         if not self.mapping(at):
             return
-        self.keys(at, HEALTHCHECK_KEYS)
+        self.keys(at, HEALTHCHECK_KEYS, hints=HEALTHCHECK_HINTS)
         disabled = False
         for key, sub in at.entries():
             if key == "test":
@@ -429,6 +453,7 @@ class ServiceChecker:
                 cond = child.get("condition")
                 if cond is not None and cond.value not in DEPENDS_ON_CONDITIONS:
                     self.err(cond, f"invalid condition {cond.value!r}: use {', '.join(DEPENDS_ON_CONDITIONS)}")
+                self.depends_on_options(dep, child, facts)
         else:
             self.err(at, f"must be a list of service names or a mapping, not {kind(at.value)}")
 
@@ -447,28 +472,42 @@ class ServiceChecker:
                 self.declared_network(net, child)
                 if child.value is None or not self.mapping(child):
                     continue
-                self.keys(child, SERVICE_NETWORK_KEYS)
-                aliases = child.get("aliases")
-                if aliases is not None and self.seq(aliases):
-                    for _, alias in aliases.items():
-                        if self.string(alias) and re.search(r"\s", alias.value):
-                            self.err(alias, f"invalid alias {alias.value!r}")
-                ip = child.get("ipv4_address")
-                if ip is not None and self.string(ip):
-                    try:
-                        ipaddress.IPv4Address(ip.value)
-                    except ValueError:
-                        self.err(ip, f"invalid IPv4 address {ip.value!r}")
-                    else:
-                        definition = self.networks.get(net)
-                        if not (isinstance(definition, dict) and definition.get("external") is True):
-                            self.err(
-                                ip,
-                                "a static address needs a network with a configured subnet; the deployer "
-                                "does not manage IPAM, so declare the network as external",
-                            )
+                self.keys(child, SERVICE_NETWORK_KEYS, hints=SERVICE_NETWORK_HINTS)
+                self.service_network(net, child)
         else:
             self.err(at, f"must be a list of network names or a mapping, not {kind(at.value)}")
+
+    def service_network(self, net: str, at: At) -> None:
+        """One network's settings of a service: aliases, static addresses, link-local IPs, priority, driver_opts."""
+        aliases = at.get("aliases")
+        if aliases is not None and self.seq(aliases):
+            for _, alias in aliases.items():
+                if self.string(alias) and re.search(r"\s", alias.value):
+                    self.err(alias, f"invalid alias {alias.value!r}")
+        for key, version in (("ipv4_address", 4), ("ipv6_address", 6)):
+            ip = at.get(key)
+            if ip is None or not self.string(ip):
+                continue
+            try:
+                (ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address)(ip.value)
+            except ValueError:
+                self.err(ip, f"invalid IPv{version} address {ip.value!r}")
+                continue
+            definition = self.networks.get(net)
+            if not (isinstance(definition, dict) and definition.get("external") is True):
+                self.err(ip, "a static address needs a network with a configured subnet; the deployer "
+                             "does not manage IPAM, so declare the network as external")
+        local = at.get("link_local_ips")
+        if local is not None and self.seq(local):
+            for _, item in local.items():
+                if self.string(item):
+                    self.parsed(item, check_ip)
+        priority = at.get("priority")
+        if priority is not None and not is_int(priority.value):
+            self.err(priority, f"must be a whole number, not {kind(priority.value)}")
+        opts = at.get("driver_opts")
+        if opts is not None:
+            self.string_map(opts)
 
     def declared_network(self, net: str, at: At) -> None:
         if net != "default" and net not in self.networks:
@@ -487,39 +526,6 @@ class ServiceChecker:
         if mode.startswith("container:") and len(mode) > len("container:"):
             return
         self.err(at, f"invalid network_mode {mode!r}: use host, none, bridge, service:<name> or container:<name>")
-
-    def s_secrets(self, name, at, facts, network_mode) -> None:
-        if not self.seq(at):
-            return
-        targets: dict[str, str] = {}
-        for _, item in at.items():
-            source, target = None, None
-            if isinstance(item.value, dict):
-                self.keys(item, SERVICE_SECRET_KEYS, extensions=False)
-                src = item.get("source")
-                if src is None:
-                    self.err(item, "missing required key 'source'")
-                elif self.string(src):
-                    source = src.value
-                tgt = item.get("target")
-                if tgt is not None and self.string(tgt):
-                    if ".." in PurePosixPath(tgt.value).parts:
-                        self.err(tgt, f"invalid target {tgt.value!r}: '..' is not allowed")
-                    else:
-                        target = tgt.value
-                mode = item.get("mode")
-                if mode is not None:
-                    self.parsed(mode, parse_mode)
-            elif self.string(item):
-                source = item.value
-            if source is None:
-                continue
-            if source not in self.secrets:
-                self.err(item, f"secret {source!r} is not declared in the top-level secrets")
-            path = secret_target(source, target)
-            if path in targets:
-                self.err(item, f"secret target {path} is used twice (also by {targets[path]})")
-            targets[path] = item.field or ""
 
     def s_container_name(self, name, at, facts, network_mode) -> None:
         if not self.string(at):
@@ -550,10 +556,12 @@ class ServiceChecker:
                     self.parsed(item, lambda _v, h=host, i=ip: check_extra_host(h, i))
         elif isinstance(at.value, dict):
             for host, child in at.entries():
-                if not isinstance(child.value, str):
-                    self.err(child, f"must be an IP address, not {kind(child.value)}")
+                ips = child.value if isinstance(child.value, list) else [child.value]
+                if not ips or not all(isinstance(ip, str) for ip in ips):
+                    self.err(child, f"must be an IP address or a list of them, not {kind(child.value)}")
                     continue
-                self.parsed(child, lambda _v, h=str(host): check_extra_host(h, child.value))
+                for _, ip in extra_host_pairs({str(host): ips}):
+                    self.parsed(child, lambda _v, h=str(host), i=ip: check_extra_host(h, i))
         else:
             self.err(at, f"must be a list of 'host:ip' or a mapping, not {kind(at.value)}")
 

@@ -23,13 +23,19 @@ from typing import Any, Mapping
 from ruamel.yaml.scalarbool import ScalarBoolean
 from ruamel.yaml.scalarint import OctalInt
 
+from deployer.config.compose_host import HOST_KEYS
 from deployer.spec import SECRETS_DIR
 from deployer.values import BadValue, kind, parse_bytes, parse_port_number, parse_port_range
 
 # --------------------------------------------------------------------------
 # What is supported
 
-TOP_KEYS = {"services", "volumes", "networks", "secrets", "version", "name"}
+TOP_KEYS = {"services", "volumes", "networks", "secrets", "configs", "version", "name"}
+
+# A word on why the top-level keys of the Compose specification the deployer lacks are refused.
+TOP_HINTS = {
+    "models": "AI models are run by Docker Model Runner, which these engines do not have",
+}
 
 SERVICE_KEYS = {
     "ports", "image", "volumes", "restart", "environment", "build", "networks",
@@ -37,29 +43,67 @@ SERVICE_KEYS = {
     "entrypoint", "labels", "user", "working_dir", "hostname", "extra_hosts",
     "cap_add", "cap_drop", "mem_limit", "cpus", "logging", "init", "stop_signal",
     "stop_grace_period", "network_mode", "privileged", "read_only", "tmpfs", "dns",
-    "shm_size",
+    "shm_size", "configs", "env_file", "pull_policy", "post_start", "pre_stop",
+    "deploy", "scale", "profiles",  # config.compose_deploy
+    *HOST_KEYS,  # one engine argument each (config.compose_host)
 }  # fmt: skip
 
-# A word on why some well-known compose keys are refused.
+# Why each service key of the Compose specification the deployer does not support is refused.
 UNSUPPORTED_HINTS = {
-    "env_file": "write the variables under 'environment'",
-    "deploy": "it is for swarm; use restart, mem_limit and cpus",
-    "links": "services on a shared network reach each other by service name",
-    "profiles": "every service in a node's compose file is deployed",
-    "configs": "mount a bind volume or bake the file into the image",
+    "links": "services on a shared network reach each other by service name (add an alias under networks)",
+    "external_links": "links are a legacy of the default bridge: join the other container's network and use its name",
+    "volumes_from": "name the volume and mount it in both services: the source container is replaced on "
+                    "every deploy, and its mounts with it",
+    "annotations": "container annotations need Docker API 1.43; the engines here speak 1.41",
+    "label_file": "write the labels under 'labels'",
+    "credential_spec": "credential specs are for Windows containers (gMSA); these are Linux engines",
+    "cpu_count": "cpu_count is for Windows containers; on Linux use cpus or cpuset",
+    "cpu_percent": "cpu_percent is for Windows containers; on Linux use cpus",
+    "develop": "develop is for 'docker compose watch' on a developer's machine; the deployer deploys images",
+    "models": "AI models are run by Docker Model Runner, which these engines do not have",
+    "provider": "a provider service is set up by a Compose plugin, not by an engine",
+    "use_api_socket": "it mounts the Docker socket and the operator's registry credentials into the container; "
+                      "bind-mount /var/run/docker.sock explicitly if that is really meant",
+    "pull_refresh_after": "the deployer pulls an image only when the node lacks it (pull_policy: missing)",
 }
 
+# Why some keys inside a service's mappings are refused (keyed by the key).
+HEALTHCHECK_HINTS = {"start_interval": "needs Docker API 1.44; the engines here speak 1.41"}
+PORT_MODES = ("host",)
+VOLUME_LONG_HINTS = {
+    "consistency": "consistency options mean something only on Docker Desktop for Mac; these are Linux engines",
+    "image": "image mounts need Docker API 1.47; the engines here speak 1.41",
+}
+SERVICE_NETWORK_HINTS = {
+    "mac_address": "a per-network MAC address needs Docker API 1.44; set the service's mac_address instead",
+    "gw_priority": "the gateway priority needs Docker API 1.48; the engines here speak 1.41",
+    "interface_name": "the interface name needs Docker API 1.49; the engines here speak 1.41",
+}
+PULL_POLICIES = ("missing", "if_not_present")
+
 HEALTHCHECK_KEYS = {"test", "interval", "timeout", "retries", "start_period", "disable"}
-PORT_LONG_KEYS = {"target", "published", "host_ip", "protocol", "mode"}
-VOLUME_LONG_KEYS = {"type", "source", "target", "read_only", "tmpfs"}
+PORT_LONG_KEYS = {"target", "published", "host_ip", "protocol", "mode", "name", "app_protocol"}
+VOLUME_LONG_KEYS = {"type", "source", "target", "read_only", "tmpfs", "bind", "volume"}
+VOLUME_BIND_KEYS = {"propagation", "create_host_path", "selinux", "recursive"}
+VOLUME_VOLUME_KEYS = {"nocopy", "subpath", "labels"}
+VOLUME_TMPFS_KEYS = {"size", "mode"}
+PROPAGATIONS = ("private", "rprivate", "shared", "rshared", "slave", "rslave")
 TOP_VOLUME_KEYS = {"driver", "driver_opts", "labels", "external", "name"}
 TOP_NETWORK_KEYS = {"driver", "driver_opts", "internal", "labels", "external", "name"}
 TOP_SECRET_KEYS = {"file"}
-SERVICE_SECRET_KEYS = {"source", "target", "mode"}
-SERVICE_NETWORK_KEYS = {"aliases", "ipv4_address"}
-DEPENDS_ON_KEYS = {"condition"}
+SERVICE_SECRET_KEYS = {"source", "target", "mode", "uid", "gid"}
+TOP_CONFIG_KEYS = {"file", "content"}
+SERVICE_CONFIG_KEYS = {"source", "target", "mode", "uid", "gid"}
+ENV_FILE_KEYS = {"path", "required"}
+SERVICE_NETWORK_KEYS = {"aliases", "ipv4_address", "ipv6_address", "link_local_ips", "priority", "driver_opts"}
+DEPENDS_ON_KEYS = {"condition", "restart", "required"}
 DEPENDS_ON_CONDITIONS = ("service_started", "service_healthy", "service_completed_successfully")
-BUILD_KEYS = {"context", "dockerfile", "args"}
+# build is what made the image (the deployer deploys 'image' and never builds): every key of the spec is allowed
+BUILD_KEYS = {
+    "context", "dockerfile", "args", "additional_contexts", "cache_from", "cache_to", "dockerfile_inline",
+    "entitlements", "extra_hosts", "isolation", "labels", "network", "no_cache", "platforms", "privileged",
+    "provenance", "pull", "sbom", "secrets", "shm_size", "ssh", "tags", "target", "ulimits",
+}  # fmt: skip
 LOGGING_KEYS = {"driver", "options"}
 RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
 PROTOCOLS = ("tcp", "udp", "sctp")
@@ -67,13 +111,15 @@ PROTOCOLS = ("tcp", "udp", "sctp")
 # Keys whose value is a list or mapping: written empty (null) they mean "none".
 NULL_MEANS_EMPTY = {
     "ports", "volumes", "environment", "networks", "depends_on", "secrets", "expose",
-    "labels", "extra_hosts", "cap_add", "cap_drop", "tmpfs", "dns",
+    "labels", "extra_hosts", "cap_add", "cap_drop", "tmpfs", "dns", "configs", "env_file", "group_add", "dns_search", "dns_opt",
+    "security_opt", "device_cgroup_rules", "storage_opt", "sysctls", "ulimits", "devices", "blkio_config",
 }  # fmt: skip
 
 NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")  # compose keys of services, volumes, networks
 CONTAINER_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
 SIGNAL_RE = re.compile(r"[A-Za-z0-9+-]+")
-_RELATIVE_BIND = "relative bind mount paths are not supported: the path would be resolved on the Docker host"
+_RELATIVE_BIND = ("a bind source is an absolute path on the Docker host, or a path of the repository "
+                  "starting with './' or '../' (shipped to the node)")
 
 
 # --------------------------------------------------------------------------
@@ -245,8 +291,14 @@ def parse_port_long(value: Mapping[str, Any]) -> list[Binding]:
     published = value.get("published")
     host = None if published in (None, "", 0, "0") else parse_port_number(published, "published")
     mode = value.get("mode", "host")
-    if mode not in ("host", "ingress"):
-        raise BadValue(f"invalid mode {mode!r}: use host or ingress")
+    if mode == "ingress":
+        raise BadValue("mode ingress is Swarm's routing mesh: one engine publishes the port on its own host, "
+                       "which is mode host (write host, or leave mode out)")
+    if mode not in PORT_MODES:
+        raise BadValue(f"invalid mode {mode!r}: use host")
+    for key in ("name", "app_protocol"):
+        if value.get(key) is not None and not isinstance(value.get(key), str):
+            raise BadValue(f"{key} must be a string, not {kind(value.get(key))}")
     return [(target, proto, ip, host)]
 
 
@@ -295,9 +347,14 @@ def _check_target(target: Any) -> str:
     return target
 
 
+def is_relative_source(source: Any) -> bool:
+    """Whether a bind source names a path of the repository (shipped to the node): '.', './x', '../x'."""
+    return isinstance(source, str) and (source in (".", "..") or source.startswith(("./", "../")))
+
+
 def _source_kind(source: str) -> str:
-    """'bind' for an absolute path, 'volume' for a volume name; relative paths are refused."""
-    if source.startswith("/"):
+    """'bind' for an absolute path or a repository path ('./x', shipped), 'volume' for a volume name."""
+    if source.startswith("/") or is_relative_source(source):
         return "bind"
     if source.startswith("~"):
         raise BadValue(f"'~' is not expanded in {source!r}: write the absolute path on the Docker host")
@@ -308,21 +365,18 @@ def _source_kind(source: str) -> str:
     return "volume"
 
 
-_ANONYMOUS = (
-    "anonymous volumes are not supported (they are lost when the container is recreated): "
-    "name the volume ('data:/path') and declare it under the top-level volumes"
-)
-
-
 def parse_volume(value: Any) -> dict[str, Any]:
     """A service volumes entry (short string or long mapping) -> a normalized mount dict.
 
-    Keys: type (volume|bind|tmpfs), source, target, read_only, selinux, tmpfs_size.
+    Keys: type (volume|bind|tmpfs), source ('' for an anonymous volume), target, read_only, selinux,
+    tmpfs_size, propagation, create_host_path (None: not written), nocopy.
     """
+    mount: dict[str, Any] = {"selinux": "", "tmpfs_size": None, "propagation": "",
+                             "create_host_path": None, "nocopy": False, "relative": False}  # fmt: skip
     if isinstance(value, str):
         parts = value.split(":")
-        if len(parts) == 1:
-            raise BadValue(_ANONYMOUS)
+        if len(parts) == 1:  # an anonymous volume: '/data'
+            return {**mount, "type": "volume", "source": "", "target": _check_target(value), "read_only": False}
         if len(parts) > 3:
             raise BadValue(f"invalid volume {value!r}: write 'source:target[:ro|rw]'")
         source, target = parts[0], parts[1]
@@ -330,44 +384,104 @@ def parse_volume(value: Any) -> dict[str, Any]:
         if not source:
             raise BadValue(f"invalid volume {value!r}: the source is empty")
         mount_type = _source_kind(source)
-        return {"type": mount_type, "source": source, "target": _check_target(target),
-                "read_only": read_only, "selinux": selinux, "tmpfs_size": None}  # fmt: skip
+        return {**mount, "type": mount_type, "source": source, "target": _check_target(target),
+                "read_only": read_only, "selinux": selinux,
+                "relative": is_relative_source(source)}  # fmt: skip
     if not isinstance(value, dict):
         raise BadValue(f"must be a string like 'data:/var/lib/data' or a mapping with 'type', not {kind(value)}")
     mount_type = value.get("type")
     if mount_type not in ("volume", "bind", "tmpfs"):
+        if mount_type in ("npipe", "cluster", "image"):
+            why = {"npipe": "named pipes exist on Windows engines", "cluster": "cluster volumes are for Swarm",
+                   "image": "image mounts need Docker API 1.47; the engines here speak 1.41"}[mount_type]
+            raise BadValue(f"type {mount_type} is not supported: {why}")
         raise BadValue(f"type must be volume, bind or tmpfs, not {mount_type!r}")
     target = _check_target(value.get("target"))
     read_only = value.get("read_only", False)
     if not is_bool(read_only):
         raise BadValue(f"read_only must be true or false, not {kind(read_only)}")
+    mount.update(type=mount_type, target=target, read_only=bool(read_only))
+    for key in ("tmpfs", "bind", "volume"):
+        if key in value and key != mount_type:
+            raise BadValue(f"'{key}' options are only for type {key}")
+        if value.get(key) is not None and not isinstance(value[key], dict):
+            raise BadValue(f"{key} must be a mapping, not {kind(value[key])}")
+    opts = value.get(mount_type) or {}
+    allowed = {"tmpfs": VOLUME_TMPFS_KEYS, "bind": VOLUME_BIND_KEYS, "volume": VOLUME_VOLUME_KEYS}[mount_type]
+    extra = sorted(k for k in opts if not str(k).startswith("x-") and k not in allowed)
+    if extra:
+        raise BadValue(f"unsupported key {extra[0]!r} in {mount_type}: use {', '.join(sorted(allowed))}")
     source = value.get("source")
-    size = None
     if mount_type == "tmpfs":
         if source not in (None, ""):
             raise BadValue("a tmpfs mount has no source")
-        opts = value.get("tmpfs")
-        if opts is not None:
-            if not isinstance(opts, dict) or set(opts) - {"size"}:
-                raise BadValue("tmpfs must be a mapping with only 'size'")
-            if "size" in opts:
-                size = parse_bytes(opts["size"])
+        if opts.get("size") is not None:
+            mount["tmpfs_size"] = parse_bytes(opts["size"])
+        if opts.get("mode") is not None:
+            # Compose reads `mode: 1777` as the decimal number 1777 and `mode: 01777` as octal, and refuses
+            # "1777"; both YAML readers here read 01777 as 1777, so which one was written cannot be known
+            raise BadValue("tmpfs.mode cannot be read as Compose reads it (1777 is decimal there, 01777 octal): "
+                           "use the service's tmpfs key, '/path:mode=1777', which both read as octal")
+        mount["source"] = None
+        return mount
+    if mount_type == "volume" and source in (None, ""):
+        mount["source"] = ""  # anonymous
     else:
-        if "tmpfs" in value:
-            raise BadValue("'tmpfs' options are only for type tmpfs")
         if source in (None, ""):
-            raise BadValue(_ANONYMOUS if mount_type == "volume" else "a bind mount needs a source")
+            raise BadValue("a bind mount needs a source")
         if not isinstance(source, str):
             raise BadValue(f"source must be a string, not {kind(source)}")
         actual = _source_kind(source)
         if actual != mount_type:
             raise BadValue(
-                f"source {source!r} is a volume name, but type is bind: bind sources are absolute paths"
+                f"source {source!r} is a volume name, but type is bind: bind sources are absolute paths "
+                "or repository paths starting with './'"
                 if mount_type == "bind"
                 else f"source {source!r} is a path, but type is volume: write a volume name or use type bind"
             )
-    return {"type": mount_type, "source": source, "target": target, "read_only": bool(read_only),
-            "selinux": "", "tmpfs_size": size}  # fmt: skip
+        mount["source"] = source
+        mount["relative"] = is_relative_source(source)
+    if mount_type == "bind":
+        prop = opts.get("propagation")
+        if prop is not None:
+            if prop not in PROPAGATIONS:
+                raise BadValue(f"invalid propagation {prop!r}: use {', '.join(PROPAGATIONS)}")
+            mount["propagation"] = prop
+        if opts.get("create_host_path") is not None:
+            if not is_bool(opts["create_host_path"]):
+                raise BadValue(f"create_host_path must be true or false, not {kind(opts['create_host_path'])}")
+            mount["create_host_path"] = bool(opts["create_host_path"])
+        if opts.get("selinux") is not None:
+            if opts["selinux"] not in ("z", "Z"):
+                raise BadValue(f"invalid selinux option {opts['selinux']!r}: use z or Z")
+            mount["selinux"] = opts["selinux"]
+        if mount["selinux"] and mount["create_host_path"] is False:
+            raise BadValue("selinux relabelling is an option of bind strings, which create a missing host path: "
+                           "drop create_host_path: false or selinux")
+        if opts.get("recursive") not in (None, "enabled"):
+            raise BadValue("recursive other than 'enabled' needs Docker API 1.44; the engines here speak 1.41")
+    else:
+        if opts.get("subpath") is not None:
+            raise BadValue("subpath needs Docker API 1.45; the engines here speak 1.41")
+        if opts.get("labels") is not None:
+            raise BadValue("volume labels here are not applied by Docker Compose either: "
+                           "label the volume under the top-level volumes")
+        if opts.get("nocopy") is not None:
+            if not is_bool(opts["nocopy"]):
+                raise BadValue(f"nocopy must be true or false, not {kind(opts['nocopy'])}")
+            mount["nocopy"] = bool(opts["nocopy"])
+    return mount
+
+
+def needs_mount_api(mount: Mapping[str, Any]) -> bool:
+    """Whether a parsed volume is given to the engine as a Mount rather than a 'source:target:mode' bind string.
+
+    Mounts for tmpfs and anonymous volumes (as Docker Compose v2), and for a bind with create_host_path:
+    false (an engine creates a missing bind source only for a bind string). Propagation, SELinux labels and
+    nocopy are options of the bind string ('src:dst:ro,rshared,z', 'vol:dst:rw,nocopy')."""
+    if mount["type"] == "tmpfs" or (mount["type"] == "volume" and not mount["source"]):
+        return True
+    return mount["create_host_path"] is False
 
 
 def parse_tmpfs(value: Any) -> tuple[str, str]:
@@ -425,13 +539,45 @@ def parse_restart(value: Any) -> dict[str, Any] | None:
     raise BadValue(f"invalid restart policy {value!r}: use no, always, on-failure[:N] or unless-stopped")
 
 
+_OPERATOR_CHARS = set("&|;<>()")
+
+
+def _shell_operator(value: str) -> str | None:
+    """The first shell operator (&&, |, ;, >, ...) or comment (#) outside quotes in ``value``, else None."""
+    lex = shlex.shlex(value, posix=True, punctuation_chars=True)
+    lex.whitespace_split = True
+    lex.commenters = ""
+    for token in lex:
+        if token and set(token) <= _OPERATOR_CHARS:
+            return token
+    try:
+        words = shlex.split(value)
+    except ValueError:
+        return None
+    # '#' starting a word that is not quoted: Compose's splitter drops the rest of the line as a comment
+    plain = shlex.shlex(value, posix=False)
+    plain.whitespace_split = True
+    plain.commenters = ""
+    return "#" if words and any(t.startswith("#") for t in plain) else None
+
+
 def parse_command(value: Any) -> list[str]:
-    """command/entrypoint: a string (split like a shell) or a list -> list of arguments."""
+    """command/entrypoint: a string (split like a shell, without operators) or a list -> list of arguments.
+
+    A string with a shell operator or comment outside quotes is refused: Compose's splitter stops or
+    splits at it where a shell would run it, and shell-style splitting would keep it as an argument;
+    neither is what a reader of the file expects."""
     if isinstance(value, str):
         try:
-            return shlex.split(value)
+            words = shlex.split(value)
         except ValueError as exc:
             raise BadValue(f"cannot split {value!r} into arguments: {exc}") from None
+        op = _shell_operator(value)
+        if op is not None:
+            raise BadValue(f"{value!r} has {op!r} outside quotes, which a shell would run (or read as a comment), "
+                           f"but no shell runs it: write a list of arguments, or ['sh', '-c', {value!r}] "
+                           "to have a shell run it")
+        return words
     if isinstance(value, list):
         out = []
         for i, arg in enumerate(value):
@@ -485,26 +631,38 @@ def parse_mode(value: Any) -> int:
 
 
 def extra_host_pairs(value: Any) -> list[tuple[str, str]]:
+    """extra_hosts (a list of 'host:ip' / 'host=ip', or a mapping of host -> ip or list of ips) -> (host, ip).
+
+    An IPv6 address may be written in brackets ('v6=[::1]'), as Compose allows; the brackets are dropped,
+    since the engine takes the bare address."""
     if value is None:
         return []
     if isinstance(value, dict):
-        return [(str(k), scalar_str(v)) for k, v in value.items()]
+        out = []
+        for k, v in value.items():
+            for ip in (v if isinstance(v, list) else [v]):
+                out.append((str(k), _unbracket(scalar_str(ip))))
+        return out
     out = []
     for item in value:
         if not isinstance(item, str):
-            raise BadValue(f"must be a string like 'host:10.0.0.1', not {kind(item)}")
+            raise BadValue(f"must be a string like 'host=10.0.0.1', not {kind(item)}")
         sep = min((i for i in (item.find("="), item.find(":")) if i >= 0), default=-1)
         if sep <= 0:
-            raise BadValue(f"invalid extra host {item!r}: write 'hostname:ip'")
-        out.append((item[:sep], item[sep + 1 :]))
+            raise BadValue(f"invalid extra host {item!r}: write 'hostname=ip'")
+        out.append((item[:sep], _unbracket(item[sep + 1 :])))
     return out
+
+
+def _unbracket(ip: str) -> str:
+    return ip[1:-1] if ip.startswith("[") and ip.endswith("]") else ip
 
 
 def check_extra_host(hostname: str, ip: str) -> None:
     if not hostname or re.search(r"\s", hostname):
         raise BadValue(f"invalid host name {hostname!r}")
     if ip != "host-gateway":
-        check_ip(ip.strip("[]"))
+        check_ip(ip)
 
 
 def as_list(value: Any) -> list[Any]:

@@ -7,32 +7,36 @@ of it. ``node_resources(node)`` lists the named volumes and networks a node's
 engine must have, ``container_name`` says what a service's container is
 called, ``start_order`` in which order a node's services start.
 
-Pure apart from one read: a secret file is read once, through the secret-file
-policy (``secret_files``), its content carried in the spec (the applier copies
-those bytes, it does not read the file again) and hashed into it, so that
-changing a secret recreates the container. The values were checked by
+Pure apart from reading the files a service ships (secrets, configs,
+env_file, relative bind sources): each is read once, through the
+repository-files policy (``compose_files``, ``repo_files``), its content
+carried in the spec (the applier ships those bytes, it does not read the file
+again) and its digest hashed into it, so that changing a file recreates the
+container. The values were checked by
 ``compose_check``; they are read with the same parsers (``compose_keys``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import math
 from pathlib import Path
 from typing import Any, Mapping
 
+from deployer.config.compose_hooks import parse_hooks
+from deployer.config.compose_host import host_arguments
 from deployer.config.compose_keys import (
-    Binding, as_list, env_pairs, extra_host_pairs, label_pairs, parse_command, parse_cpus, parse_expose,
-    parse_healthcheck_test, parse_mode, parse_port, parse_port_long, parse_restart, parse_tmpfs, parse_volume,
-    scalar_str, secret_target,
+    Binding, as_list, env_pairs, extra_host_pairs, label_pairs, needs_mount_api, parse_command, parse_cpus,
+    parse_expose, parse_healthcheck_test, parse_port, parse_port_long, parse_restart, parse_tmpfs,
+    parse_volume, scalar_str,
 )  # fmt: skip
+from deployer.config.compose_files import env_file_environment, shipped_files
+from deployer.config.compose_deploy import host_settings, rollout
 from deployer.config.parse_cache import spec_from
-from deployer.config.secret_files import read_secret_file, secret_line
 from deployer.errors import ConfigError
 from deployer.labels import LABEL_DC, LABEL_IMAGE, LABEL_NODE, LABEL_SERVICE
 from deployer.model import Node, Service
-from deployer.spec import DEFAULT_SECRET_MODE, DEFAULT_STOP_TIMEOUT, ContainerSpec, NetworkSpec, SecretFile, VolumeSpec
+from deployer.spec import DEFAULT_STOP_TIMEOUT, ContainerSpec, NetworkSpec, VolumeSpec
 from deployer.values import parse_bytes, parse_duration_ns
 
 
@@ -157,34 +161,39 @@ def _environment(config: Mapping[str, Any], variables: Mapping[str, str], path: 
     return [f"{k}={values[k]}" for k in sorted(values)]
 
 
-def _secret_files(node: Node, config: Mapping[str, Any], repo_root: Path) -> list[SecretFile]:
-    """Each secret the service mounts, its file read once through the secret-file policy (``secret_files``)."""
-    compose_path = node.compose_path or node.path
-    read: dict[str, tuple[str, bytes]] = {}  # secret name -> (resolved path, content): each file read once
-    out = []
-    for entry in config.get("secrets") or []:
-        if isinstance(entry, str):
-            name, target, mode = entry, None, DEFAULT_SECRET_MODE
-        else:
-            name, target = entry["source"], entry.get("target")
-            mode = parse_mode(entry["mode"]) if entry.get("mode") is not None else DEFAULT_SECRET_MODE
-        if name not in read:
-            definition = node.secrets.get(name)
-            written = definition.get("file") if isinstance(definition, dict) else None
-            try:
-                source, data = read_secret_file(
-                    written, name=name, compose_path=compose_path, repo_root=repo_root, secrets_dirs=node.secrets_dirs
-                )
-            except ConfigError as err:
-                if err.line is None:  # plain data has no lines: find the one the value is written on
-                    err = ConfigError(err.path, err.message, line=secret_line(repo_root, compose_path, name),
-                                      field=err.field)
-                raise err from None
-            read[name] = (source.path, data)
-        path, data = read[name]
-        out.append(SecretFile(name=name, source=path, target=secret_target(name, target),
-                              sha256=hashlib.sha256(data).hexdigest(), mode=mode, content=data))
-    return sorted(out, key=lambda s: s.target)
+def _mounts(node: Node, cfg: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The service's volumes as the engine takes them: (bind strings, Mounts), see ``needs_mount_api``."""
+    binds: list[str] = []
+    mounts: list[dict[str, Any]] = []
+    for entry in cfg.get("volumes") or []:
+        mount = parse_volume(entry)
+        if mount["relative"]:  # shipped from the repository (compose_files)
+            continue
+        source = mount["source"]
+        if mount["type"] == "volume" and source:
+            source = _engine_name(node.project, source, node.volumes.get(source))
+        if needs_mount_api(mount):
+            m: dict[str, Any] = {"Type": mount["type"], "Source": source or "", "Target": mount["target"],
+                                 "ReadOnly": mount["read_only"]}  # fmt: skip
+            if mount["type"] == "tmpfs":
+                m.pop("Source")
+                tmpfs_opts = {}
+                if mount["tmpfs_size"] is not None:
+                    tmpfs_opts["SizeBytes"] = mount["tmpfs_size"]
+                if tmpfs_opts:
+                    m["TmpfsOptions"] = tmpfs_opts
+            elif mount["type"] == "bind":
+                m["BindOptions"] = {"Propagation": mount["propagation"]} if mount["propagation"] else {}
+            else:  # a volume: as Compose sends it
+                m["VolumeOptions"] = {"NoCopy": True} if mount["nocopy"] else {}
+            mounts.append(m)
+            continue
+        options = ["ro" if mount["read_only"] else "rw"]
+        for opt in (mount["selinux"], mount["propagation"], "nocopy" if mount["nocopy"] else ""):
+            if opt:
+                options.append(opt)
+        binds.append(f"{source}:{mount['target']}:{','.join(options)}")
+    return binds, sorted(mounts, key=lambda m: m["Target"])
 
 
 def container_spec(
@@ -210,6 +219,10 @@ def container_spec(
     if cfg.get("entrypoint") is not None:
         create["entrypoint"] = parse_command(cfg["entrypoint"])
     environment = _environment(cfg, env_source, service.location.path)
+    if cfg.get("env_file") is not None:  # the env_file values, under what 'environment' says (as Compose does)
+        merged = env_file_environment(node, service.name, cfg, repo_root)
+        merged.update(e.split("=", 1) for e in environment)
+        environment = [f"{k}={merged[k]}" for k in sorted(merged)]
     if environment:
         create["environment"] = environment
     for key in ("user", "working_dir", "hostname"):
@@ -247,25 +260,15 @@ def container_spec(
         }
 
     # mounts
-    binds = []
+    binds, mounts = _mounts(node, cfg)
     tmpfs: dict[str, str] = {}
-    for entry in cfg.get("volumes") or []:
-        mount = parse_volume(entry)
-        if mount["type"] == "tmpfs":
-            tmpfs[mount["target"]] = f"size={mount['tmpfs_size']}" if mount["tmpfs_size"] is not None else ""
-            continue
-        source = mount["source"]
-        if mount["type"] == "volume":
-            source = _engine_name(node.project, source, node.volumes.get(source))
-        options = "ro" if mount["read_only"] else "rw"
-        if mount["selinux"]:
-            options += "," + mount["selinux"]
-        binds.append(f"{source}:{mount['target']}:{options}")
     for entry in as_list(cfg.get("tmpfs")):
         path, options = parse_tmpfs(entry)
         tmpfs[path] = options
     if binds:
         host["binds"] = sorted(binds, key=lambda b: (b.split(":")[1], b))
+    if mounts:
+        host["mounts"] = mounts
     if tmpfs:
         host["tmpfs"] = dict(sorted(tmpfs.items()))
 
@@ -293,10 +296,20 @@ def container_spec(
         host["extra_hosts"] = sorted({f"{h}:{ip}" for h, ip in extra_hosts})
     if cfg.get("dns"):
         host["dns"] = [str(d) for d in as_list(cfg["dns"])]
+    more_create, more_host = host_arguments(cfg)
+    for key in ("pid_mode", "ipc_mode"):  # service:<name> -> that service's container
+        if str(more_host.get(key, "")).startswith("service:"):
+            other = more_host[key][len("service:") :]
+            other_cfg = node.services[other].config if other in node.services else {}
+            more_host[key] = f"container:{_container_name(node, other, other_cfg)}"
+    create.update(more_create)
+    host.update(more_host)
+    _deploy_settings(cfg, host)
 
     # networks
     networks: list[tuple[str, list[str]]] = []
     ipv4: dict[str, str] = {}
+    endpoints: dict[str, dict[str, Any]] = {}
     mode = cfg.get("network_mode")
     if mode:
         if mode.startswith("service:"):
@@ -307,14 +320,28 @@ def container_spec(
     else:
         nets = cfg.get("networks") or ["default"]
         entries = {n: None for n in nets} if isinstance(nets, list) else dict(nets)
-        for net in sorted(entries):
+        # the highest priority first (it is attached when the container is created), then by name
+        for net in sorted(entries, key=lambda n: (-int((entries[n] or {}).get("priority") or 0), n)):
             opts = entries[net] or {}
             engine = _network_engine_name(node, net)
             aliases = sorted({service.name, *(str(a) for a in opts.get("aliases") or [])})
             networks.append((engine, aliases))
             if opts.get("ipv4_address"):
                 ipv4[engine] = str(opts["ipv4_address"])
+            endpoint: dict[str, Any] = {}
+            if opts.get("ipv6_address"):
+                endpoint["ipv6_address"] = str(opts["ipv6_address"])
+            if opts.get("link_local_ips"):
+                endpoint["link_local_ips"] = [str(ip) for ip in opts["link_local_ips"]]
+            if opts.get("driver_opts"):
+                endpoint["driver_opt"] = _string_dict(opts["driver_opts"])
+            if endpoint:
+                endpoints[engine] = endpoint
         host["network_mode"] = networks[0][0]
+
+    shipped = shipped_files(node, service.name, cfg, repo_root)
+    if shipped.mounts:
+        host["mounts"] = sorted([*host.get("mounts", []), *shipped.mounts], key=lambda m: m["Target"])
 
     labels = label_pairs(cfg.get("labels"))
     labels.update({LABEL_DC: node.dc, LABEL_NODE: node.name, LABEL_SERVICE: service.name, LABEL_IMAGE: service.image})
@@ -329,12 +356,29 @@ def container_spec(
         host=host,
         networks=networks,
         labels=dict(sorted(labels.items())),
-        secrets=_secret_files(node, cfg, repo_root),
+        secrets=shipped.secrets,
         stop_timeout=stop_timeout,
         has_healthcheck=has_healthcheck,
         published_ports=any(host_port for _, _, _, host_port in bindings),  # fixed host ports only
         ipv4_addresses=ipv4,
+        files=shipped.files,
+        bundles=shipped.bundles,
+        rollout=rollout(node.services, service.name) if service.name in node.services else rollout(
+            {service.name: cfg}, service.name),
+        endpoints=endpoints,
+        post_start=parse_hooks(cfg["post_start"]) if cfg.get("post_start") else [],
+        pre_stop=parse_hooks(cfg["pre_stop"]) if cfg.get("pre_stop") else [],
     )
+
+
+def _deploy_settings(cfg: Mapping[str, Any], host: dict[str, Any]) -> None:
+    """deploy.resources and deploy.restart_policy (``compose_deploy``): the same host settings as mem_limit,
+    cpus, pids_limit, mem_reservation and restart (the check refused distinct values for one setting)."""
+    for key, value in host_settings(cfg).items():
+        if value is None:
+            host.pop(key, None)  # restart_policy condition: none
+        else:
+            host[key] = value
 
 
 # --------------------------------------------------------------------------

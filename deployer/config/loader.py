@@ -33,6 +33,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+from deployer.config import compose_deploy
 from deployer.config.compose_check import validate_compose
 from deployer.config.compose_keys import to_plain
 from deployer.config.compose_spec import container_name, container_spec
@@ -45,6 +46,7 @@ from deployer.config.parse_cache import ParseCache, blob_id, spec_data, variable
 from deployer.config.parse_cache import key as cache_key
 from deployer.config.yamlread import MAX_FILE_BYTES, limit_error, load_fast, parse_yaml, yaml_limits
 from deployer.errors import ConfigError, ValidationFailed
+from deployer.values import BadValue
 from deployer.model import Datacenter, Infrastructure, Location, Node, Service, TLSFiles
 
 DATACENTERS = "datacenters"
@@ -54,7 +56,7 @@ COMPOSE_FILES = ("docker-compose.yml", "docker-compose.yaml", "compose.yml", "co
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 DATACENTER_KEYS = {"description", "consul", "registry", "secrets_dir", "registry_credentials", "variables"}
-NODE_KEYS = {"docker", "description", "address", "tls", "identity_file", "variables"}
+NODE_KEYS = {"docker", "description", "address", "tls", "identity_file", "variables", "profiles"}
 PROJECT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # Compose's project names
 TLS_KEYS = {"ca", "cert", "key"}
 #: The parse cache of the load in progress (``check`` sets it; None: nothing is cached).
@@ -333,6 +335,7 @@ def _node_from_yml(root: Path, dc: str, name: str, rel: str, doc: Any, problems:
         address=address,
         description=_string(doc, "description", rel, problems) or "",
         variables=variables_mapping(doc, rel, problems),  # node.yml's own: the loader adds .env and the datacenter's
+        profiles=_node_profiles(doc, rel, problems),
     )
     return node
 
@@ -404,6 +407,14 @@ def _shared_reader(root: Path, fast: bool) -> Callable[[str, list[ConfigError]],
                 return None
         return _parse(text, rel, problems)
     return read
+def _node_profiles(doc: dict, rel: str, problems: list[ConfigError]) -> tuple[str, ...]:
+    if doc.get("profiles") is None:
+        return ()
+    try:
+        return compose_deploy.parse_node_profiles(doc["profiles"])
+    except BadValue as exc:
+        problems.append(ConfigError(rel, str(exc), line=value_line(doc, "profiles"), field="profiles"))
+        return ()
 
 
 def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError], text: str | None = None) -> None:
@@ -414,10 +425,11 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
         if text is None:
             return
         # what feeds the result besides the text: the node (dc, name) and the variables it is interpolated with
-        name = cache_key("compose", blob_id(text), node.dc, node.name, variables_id(node.variables))
+        name = cache_key("compose", blob_id(text), node.dc, node.name, variables_id(node.variables),
+                         ",".join(node.profiles))
         cached = cache.get(name)
-        if cached is not None and cache.same_files(root, cached[6]):  # read and checked before, no problems
-            _fill_compose(node, rel, *cached[:6])
+        if cached is not None and cache.same_files(root, cached[7]):  # read and checked before, no problems
+            _fill_compose(node, rel, *cached[:7])
             return
     text = _read_text(root, rel, problems) if text is None else _within_limits(text, rel, problems)
     if text is None:
@@ -453,18 +465,49 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
         # Valid for the round-trip loader although the fast one refused it (a
         # construct only ruamel accepts): the round-trip data is the truth.
     plain_data = (lambda data: data) if plain else to_plain
-    parts = ({str(k): plain_data(v) for k, v in (doc.get("services") or {}).items()},
-             plain_data(doc.get("volumes") or {}), plain_data(doc.get("networks") or {}),
-             plain_data(doc.get("secrets") or {}), str(doc["name"]) if doc.get("name") else None)
+    services = doc.get("services") or {}
+    every = {str(svc): svc_doc for svc, svc_doc in services.items()}
+    enabled = {str(svc): plain_data(svc_doc) for svc, svc_doc in services.items()
+               if compose_deploy.enabled(svc_doc, node.profiles)}  # the others: a profile this node does not enable
+    for svc, svc_doc in enabled.items():
+        node.services[svc] = Service(dc=node.dc, node=node.name, name=svc, image=str(svc_doc["image"]),
+                                     config=svc_doc, location=Location(rel))
+    if len(node.services) < len(every):
+        found = compose_deploy.disabled_dependencies(rel, node.services, every, node.profiles)
+        if found:  # with the lines the round-trip loader knows
+            lined = (doc if not plain else _parse(text, rel, [])) or {}
+            lines = {name: key_line(lined.get("services") or {}, name) for name in node.services}
+            problems.extend(compose_deploy.disabled_dependencies(rel, node.services, every, node.profiles, lines))
+            return
+    node.services.clear()
+    parts = (enabled, plain_data(doc.get("volumes") or {}), plain_data(doc.get("networks") or {}),
+             plain_data(doc.get("secrets") or {}), str(doc["name"]) if doc.get("name") else None,
+             plain_data(doc.get("configs") or {}))
     _fill_compose(node, rel, *parts)
-    # secret files are not cached (the check reads them); the files include and extends read are part of the
-    # entry (their blob ids, compared at the next load)
-    if cache is not None and plain and not parts[3]:
+    # files that read others are kept with those files' blob ids (include, extends: compared at the next load);
+    # files whose check or containers read files beside the text (secrets, configs, env_file, relative binds)
+    # are not kept
+    if cache is not None and plain and _self_contained(doc):
         cache.put(name, [*parts, _spec_entries(root, node), reads])
 
 
+def _self_contained(doc: dict) -> bool:
+    """Whether checking the compose document and building its containers read no file but the text itself."""
+    if doc.get("secrets") or doc.get("configs"):
+        return False
+    for svc in (doc.get("services") or {}).values():
+        if not isinstance(svc, dict) or svc.get("env_file") or svc.get("configs") or svc.get("secrets"):
+            return False
+        for volume in svc.get("volumes") or []:
+            source = volume.split(":", 1)[0] if isinstance(volume, str) else str((volume or {}).get("source") or "")
+            if source.startswith((".", "~")) or (isinstance(volume, dict) and volume.get("type") == "bind"
+                                                 and not source.startswith("/")):
+                return False
+    return True
+
+
 def _fill_compose(node: Node, rel: str, services: dict, volumes: dict, networks: dict, secrets: dict,
-                  compose_name: str | None = None, specs: dict | None = None) -> None:
+                  compose_name: str | None = None, configs: dict | None = None, specs: dict | None = None) -> None:
     location = Location(rel)
     specs = specs or {}
     for name, svc_doc in services.items():
@@ -474,11 +517,12 @@ def _fill_compose(node: Node, rel: str, services: dict, volumes: dict, networks:
     node.networks = networks
     node.secrets = secrets
     node.compose_name = compose_name
+    node.configs = configs or {}
 
 
 def _spec_entries(root: Path, node: Node) -> dict:
-    """The container spec of each service for the parse cache (it depends on the text, the node and its variables:
-    all in the key)."""
+    """The container spec of each service for the parse cache (it depends on the text, the node, its variables
+    and profiles: all in the key)."""
     out = {}
     for name, svc in node.services.items():
         try:
@@ -493,7 +537,7 @@ def _spec_entries(root: Path, node: Node) -> dict:
 def with_compose_text(root: str | Path, node: Node, text: str) -> Node:
     """A copy of ``node`` whose services come from ``text`` (an edited compose file), validated."""
     rel = node.compose_path or f"{node.path}/{COMPOSE_FILES[0]}"
-    copy = dataclasses.replace(node, services={}, volumes={}, networks={}, secrets={})
+    copy = dataclasses.replace(node, services={}, volumes={}, networks={}, secrets={}, configs={})
     problems: list[ConfigError] = []
     _load_compose(Path(root), copy, rel, problems, text=text)
     if not problems:  # the node-wide checks ``check`` runs too
@@ -561,12 +605,13 @@ def _node_container_names(root: Path, node: Node) -> list[ConfigError]:
     problems = []
     seen: dict[str, str] = {}
     for svc in node.services.values():
-        name = container_name(node, svc)
-        if name in seen:
-            problems.append(ConfigError(svc.location.path, f"container name {name!r} is also used by service {seen[name]!r}",
-                                        line=service_line(root, svc.location.path, svc.name),
-                                        field=f"services.{svc.name}.container_name"))
-        seen[name] = svc.name
+        for name in compose_deploy.replica_names(container_name(node, svc), svc.config):
+            if name in seen and seen[name] != svc.name:
+                problems.append(ConfigError(svc.location.path, f"container name {name!r} is also used by service "
+                                                               f"{seen[name]!r}",
+                                            line=service_line(root, svc.location.path, svc.name),
+                                            field=f"services.{svc.name}.container_name"))
+            seen[name] = svc.name
     return problems
 
 

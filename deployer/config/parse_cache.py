@@ -46,6 +46,7 @@ import marshal
 import os
 import tempfile
 import threading
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -97,14 +98,16 @@ def key(kind: str, *ids: str) -> str:
     return kind + ":" + ":".join(ids)
 
 
-#: The fields of a spec an entry keeps (secrets are never there: a compose file with secrets is not cached).
-_SPEC_FIELDS = ("dc", "node", "service", "name", "image", "create", "host", "networks", "labels",
-                "stop_timeout", "has_healthcheck", "published_ports", "ipv4_addresses")
+#: The fields of a spec an entry keeps: all but what carries files (a spec with files is not kept) and the
+#: rollout settings (a spec with other than the default ones is not kept).
+_NOT_KEPT = ("secrets", "files", "bundles", "rollout")
+_SPEC_FIELDS = tuple(f.name for f in fields(ContainerSpec) if f.name not in _NOT_KEPT)
 
 
 def spec_data(spec: ContainerSpec) -> list | None:
-    """A spec as plain data for an entry; None when it has what an entry must not hold (secret files)."""
-    if spec.secrets:
+    """A spec as plain data for an entry; None when it has what an entry must not hold (files, secrets)."""
+    if spec.secrets or spec.files or spec.bundles or spec.rollout != ContainerSpec.__dataclass_fields__[
+            "rollout"].default_factory():
         return None
     return [*(getattr(spec, name) for name in _SPEC_FIELDS), spec.config_hash()]
 

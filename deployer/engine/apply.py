@@ -12,18 +12,29 @@ A replace goes like this:
 
 If the new container fails, its last log lines are kept, it is removed, and
 the old container is started again (and renamed back): the engine is as it
-was. Hooks let service discovery register the new container once healthy and
-deregister the old one before it stops; a ``healthy`` hook that raises fails the
+was. A one-shot service (a dependant waits for it with depends_on condition
+service_completed_successfully) is not health-gated: it must run to
+completion and exit 0.
+
+A replicated service (a Change with ``parts``) is rolled out as its
+``spec.Rollout`` says: replicas replaced in batches of ``parallelism`` (each
+replica health-gated as above, the replicas of a batch at the same time),
+``delay`` between batches, ``monitor`` seconds more of health per container,
+``order`` start-first or stop-first; when more than ``max_failure_ratio`` of
+them fail, ``failure_action`` pause stops there (the failed replica restored,
+the ones replaced keep the new version), continue goes on, rollback puts every
+replaced replica back (their old containers are kept, stopped, until the last
+batch passed). Replicas beyond the count are removed after the others
+(``rollout``). Hooks let service discovery register the new container once
+healthy and deregister the old one before it stops; a ``healthy`` hook that raises fails the
 new container like a failed healthcheck (same restore), and ``restored`` is told
 when a failed stop-first replace started the old container again.
 """
 
 from __future__ import annotations
 
-import io
 import re
 import socket
-import tarfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,11 +43,13 @@ from urllib.parse import urlsplit
 
 import requests
 
-from deployer.spec import NEXT_SUFFIX, ContainerSpec, NetworkSpec, VolumeSpec
+from deployer.spec import NEXT_SUFFIX, ContainerSpec, NetworkSpec, VolumeSpec, inherit_anonymous_volumes
 from deployer.errors import ContainerConflict, HealthCheckFailed, ImageNotFound, ResourceMissing
 from deployer.engine.plan import CREATE, NONE, REMOVE, REPLACE, TIDY, Change
 from deployer.engine import registry_credentials as credentials
 from deployer.engine.connect import import_docker
+from deployer.engine.ship import Shipper
+from deployer.engine.rollout import RolloutSteps, _Kept
 from deployer.engine.state import ContainerState, NodeState, read_container
 from deployer.imageref import ImageRef
 
@@ -139,8 +152,10 @@ class SwapOptions:
     health_timeout: float | None = None  # None: from the healthcheck's own timing
 
 
-class Applier:
+class Applier(RolloutSteps):
     """Applies changes to one node's engine."""
+
+    lost_connection = staticmethod(lost_connection)
 
     def __init__(self, client: "docker.DockerClient", options: SwapOptions | None = None,
                  hooks: Hooks | None = None, progress: Callable[[str], None] | None = None,
@@ -153,6 +168,7 @@ class Applier:
         self.health_timeout = options.health_timeout
         self.hooks = hooks or Hooks()
         self.progress = progress or (lambda msg: None)
+        self.shipper = Shipper(self.api, self.progress)
 
     # -- images, volumes, networks -------------------------------------------------
 
@@ -237,6 +253,7 @@ class Applier:
 
     def apply(self, change: Change, state: NodeState) -> Outcome:
         started = time.monotonic()
+        self.shipper.observe(state)
         outcome = Outcome(change, steps=Steps(self.progress))
         if change.action == NONE:
             outcome.container = change.current
@@ -254,15 +271,23 @@ class Applier:
                 self.api.rename(change.current.id, change.spec.name)
                 outcome.steps.append(f"renamed {change.current.name} to {change.spec.name}")
             outcome.container = read_container(self.client, change.current.id)
+        elif change.parts:
+            outcome.container = self._rollout(change, state, outcome.steps)
+            self._restart_dependants(change, state, outcome.steps)
         elif change.action in (CREATE, REPLACE):
             self.check_names(change, state)
             outcome.container = self._replace(change, outcome.steps)
+            self._restart_dependants(change, state, outcome.steps)
         else:  # pragma: no cover - plan only makes the actions above
             raise ValueError(change.action)
         outcome.seconds = time.monotonic() - started
         return outcome
 
-    def _replace(self, change: Change, steps: list[str]) -> ContainerState:
+    # -- one container -------------------------------------------------------------
+
+    def _replace(self, change: Change, steps: list[str], keep_old: bool = False) -> Any:
+        """Replace (or create) one container, health-gated; its state. With ``keep_old`` (a rollout that may
+        roll back) the old container is stopped, not removed, and (state, _Kept) is returned."""
         spec = change.spec
         assert spec is not None
         for c in change.stale:  # leftovers of an interrupted deploy
@@ -270,31 +295,56 @@ class Applier:
                 self._remove(c.id)
                 steps.append(f"removed leftover {c.name}")
         old = change.current
-        stop_first = old is not None and (spec.published_ports or old.publishes_ports)
+        stop_first = old is not None and (spec.published_ports or old.publishes_ports
+                                          or spec.rollout.order == "stop-first")
         if old is not None and stop_first and old.running:
             self._call_retiring(old)
+            try:
+                self._run_hooks(old.id, spec.pre_stop, "pre_stop", spec, steps)  # a failure aborts the stop
+            except BaseException as exc:
+                if self.hooks.restored and not lost_connection(exc):
+                    self.hooks.restored(old)  # announced as retiring, still running
+                raise
             self.api.stop(old.id, timeout=spec.stop_timeout)
-            steps.append(f"stopped {old.name} (its host ports must be free)")
+            why = "update_config.order: stop-first" if not (spec.published_ports or old.publishes_ports) \
+                else "its host ports must be free"
+            steps.append(f"stopped {old.name} ({why})")
         name = spec.name if old is None or old.name != spec.name else spec.name + NEXT_SUFFIX
-        new_id = self._create(spec, name)
+        new_id = self._create(spec, name, inherit=old)
         steps.append(f"created {name} ({spec.image})")
+        new: ContainerState | None = None
+        retired = False  # the old container was announced as retiring inside the try (start-first pre_stop)
         try:
             self.api.start(new_id)
-            self.progress(f"started {name}, waiting until it is healthy")
-            new = self.wait_healthy(new_id, spec)
-            steps.append(f"{name} is {new.health or 'running'}")
-            if self.hooks.healthy:  # e.g. registered and passing in Consul; a failure here restores too
+            if spec.rollout.one_shot:
+                self.progress(f"started {name}, waiting until it completes")
+                new = self.wait_completed(new_id, spec)
+                steps.append(f"{name} completed (exit code 0)")
+            else:
+                self._run_hooks(new_id, spec.post_start, "post_start", spec, steps)  # a failure fails the container
+                self.progress(f"started {name}, waiting until it is healthy")
+                new = self.wait_healthy(new_id, spec)
+                steps.append(f"{name} is {new.health or 'running'}")
+            if self.hooks.healthy and not spec.rollout.one_shot:
+                # e.g. registered and passing in Consul; a failure here restores too
                 self.hooks.healthy(spec, new)
+            if old is not None and not stop_first and old.running and spec.pre_stop:
+                self._call_retiring(old)
+                retired = True
+                self._run_hooks(old.id, spec.pre_stop, "pre_stop", spec, steps)  # a failure aborts the switch
         except BaseException as exc:
             if lost_connection(exc):
                 # The engine went away: cleanup calls would only wait for it too. The
                 # leftover container is removed by the next plan/apply or deploy (a tidy).
                 raise
             logs = self._logs(new_id)
+            if retired and new is not None:  # the new one was announced healthy: take it back
+                self._call_retiring(new)
             self._remove(new_id)
+            self._sweep(spec.image)
             if old is not None:
                 restored = self._restore(old)
-                if stop_first and old.running and self.hooks.restored:
+                if (stop_first or retired) and old.running and self.hooks.restored:
                     try:
                         self.hooks.restored(restored)
                     except Exception as hook_exc:  # noqa: BLE001 - the original failure matters more
@@ -307,70 +357,103 @@ class Applier:
                 raise HealthCheckFailed(f"{spec.dc}/{spec.node}/{spec.service}: starting {spec.image} failed: "
                                         f"{' '.join(str(exc).split())}; restored the old container", name, logs) from exc
             raise
-        if old is not None:
+        if old is not None and keep_old:
             if not stop_first:
+                self._call_retiring(old)
+                if old.running:
+                    self.api.stop(old.id, timeout=spec.stop_timeout)
+            steps.append(f"stopped {old.name} (kept until every replica passed: failure_action rollback)")
+            return read_container(self.client, new_id), _Kept(spec, old, new_id, name)
+        if old is not None:
+            if not stop_first and not retired:
                 self._call_retiring(old)
             self._remove(old.id, stop_timeout=spec.stop_timeout)
             steps.append(f"removed {old.name}")
             if name != spec.name:
                 self.api.rename(new_id, spec.name)
                 steps.append(f"renamed {name} to {spec.name}")
-        return read_container(self.client, new_id)
+        self._sweep(spec.image)
+        final = read_container(self.client, new_id)
+        return (final, None) if keep_old else final
+
+    def _sweep(self, image: str) -> None:
+        """Remove the shipped files only removed containers mounted (engine.ship); a failure is only reported."""
+        if not self.shipper.retired:
+            return
+        try:
+            self.shipper.sweep(image)
+        except Exception as exc:  # noqa: BLE001 - what was deployed matters more; a later deploy sweeps again
+            self.progress(f"could not remove unused shipped files: {' '.join(str(exc).split())}")
 
     def _call_retiring(self, container: ContainerState) -> None:
         if self.hooks.retiring:
             self.hooks.retiring(container)
 
-    def _create(self, spec: ContainerSpec, name: str) -> str:
+    def _create(self, spec: ContainerSpec, name: str, inherit: ContainerState | None = None) -> str:
         first_net = spec.networks[0] if spec.networks else None
         networking = None
         if first_net is not None:
             networking = self.api.create_networking_config({first_net[0]: self._endpoint(spec, *first_net)})
-        host_config = self.api.create_host_config(**spec.host)
-        created = self.api.create_container(
-            spec.image, name=name, labels=spec.all_labels(), host_config=host_config,
-            networking_config=networking, **spec.create,
-        )
+        self.shipper.ship(spec)  # secrets and files from the repository, into the node's store (engine.ship)
+        host = spec.host
+        if inherit is not None:  # the old container's anonymous volumes, as docker compose carries them over
+            old_mounts = self.api.inspect_container(inherit.id).get("Mounts") or []
+            if any(m.get("Type") == "volume" for m in old_mounts):
+                image_volumes = (self.api.inspect_image(spec.image).get("Config") or {}).get("Volumes")
+                host = inherit_anonymous_volumes(spec.host, old_mounts, image_volumes)
+        host_config = self.api.create_host_config(**host)
+        created = self._create_container(spec, name, host_config, networking)
         cid = created["Id"]
+        self.shipper.used(cid, spec)
         try:
             for net, aliases in spec.networks[1:]:
                 self.api.connect_container_to_network(cid, net, aliases=aliases or None,
-                                                      ipv4_address=spec.ipv4_addresses.get(net))
-            if spec.secrets:
-                self._put_secrets(cid, spec)
+                                                      ipv4_address=spec.ipv4_addresses.get(net),
+                                                      **spec.endpoints.get(net, {}))
         except BaseException:
             self._remove(cid)
             raise
         return cid
 
+    def _run_hooks(self, cid: str, hooks: list[dict[str, Any]], what: str, spec: ContainerSpec,
+                   steps: list[str]) -> None:
+        """Compose's post_start / pre_stop: each command exec'd in the container in turn; one that exits
+        non-zero is a HealthCheckFailed (post_start: the new container failed; pre_stop: the stop is aborted)."""
+        for i, hook in enumerate(hooks):
+            exec_id = self.api.exec_create(cid, hook["cmd"], user=hook.get("user") or "",
+                                           privileged=bool(hook.get("privileged")),
+                                           environment=hook.get("environment") or None,
+                                           workdir=hook.get("workdir") or None)["Id"]
+            output = self.api.exec_start(exec_id)
+            code = self.api.exec_inspect(exec_id).get("ExitCode")
+            if code != 0:
+                tail = "\n".join(output.decode("utf-8", "replace").splitlines()[-LOG_LINES:])
+                then = "the stop is aborted" if what == "pre_stop" else "the new container failed"
+                raise HealthCheckFailed(f"{spec.dc}/{spec.node}/{spec.service}: {what} hook {i + 1} "
+                                        f"({' '.join(hook['cmd'])}) exited with code {code}; {then}", logs=tail)
+            steps.append(f"ran {what} hook {i + 1} in {cid[:12]}")
+
+    def _create_container(self, spec: ContainerSpec, name: str, host_config: Any, networking: Any) -> dict:
+        if not spec.create.get("stdin_open"):
+            return self.api.create_container(spec.image, name=name, labels=spec.all_labels(), host_config=host_config,
+                                             networking_config=networking, **spec.create)
+        # with stdin_open docker-py also sets AttachStdin and StdinOnce (as `docker run -i` does); compose's
+        # stdin_open is OpenStdin alone: build the request, then send it with those two off
+        kwargs = dict(spec.create)
+        platform = kwargs.pop("platform", None)
+        proxies = getattr(self.api, "_proxy_configs", None)  # what create_container adds, as in the branch above
+        if proxies is not None:
+            kwargs["environment"] = proxies.inject_proxy_environment(kwargs.get("environment")) or None
+        config = self.api.create_container_config(spec.image, kwargs.pop("command", None), labels=spec.all_labels(),
+                                                  host_config=host_config, networking_config=networking, **kwargs)
+        config["AttachStdin"] = config["StdinOnce"] = False
+        return self.api.create_container_from_config(config, name, platform)
+
     def _endpoint(self, spec: ContainerSpec, net: str, aliases: list[str]):
-        return self.api.create_endpoint_config(aliases=aliases or None, ipv4_address=spec.ipv4_addresses.get(net))
+        return self.api.create_endpoint_config(aliases=aliases or None, ipv4_address=spec.ipv4_addresses.get(net),
+                                               **spec.endpoints.get(net, {}))
 
-    def _put_secrets(self, cid: str, spec: ContainerSpec) -> None:
-        """Secrets go into the created container as root-readable files (works on remote engines too)."""
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            dirs = set()
-            for secret in spec.secrets:
-                data = secret.content  # read once by the spec builder, after the secret-file policy
-                if data is None:
-                    raise ValueError(f"secret {secret.name}: the spec carries no content (not built by compose_spec)")
-                parts = secret.target.strip("/").split("/")
-                for i in range(1, len(parts)):
-                    d = "/".join(parts[:i])
-                    if d not in dirs:
-                        dirs.add(d)
-                        info = tarfile.TarInfo(d)
-                        info.type = tarfile.DIRTYPE
-                        info.mode = 0o755
-                        tar.addfile(info)
-                info = tarfile.TarInfo(secret.target.strip("/"))
-                info.size = len(data)
-                info.mode = secret.mode
-                tar.addfile(info, io.BytesIO(data))
-        self.api.put_archive(cid, "/", buf.getvalue())
-
-    def wait_healthy(self, cid: str, spec: ContainerSpec) -> ContainerState:
+    def wait_healthy(self, cid: str, spec: ContainerSpec, restarted: bool = False) -> ContainerState:
         """Until healthy (healthcheck) or running for the settle period; HealthCheckFailed otherwise.
 
         With a healthcheck, the engine's event stream for the container (health_status, die, restart...)
@@ -381,26 +464,44 @@ class Applier:
         """
         target = f"{spec.dc}/{spec.node}/{spec.service}"
         state = read_container(self.client, cid)  # the first look also says whether there is a healthcheck
+        restarts = state.restart_count if restarted else 0  # a container restarted on purpose counts from here
         health_cfg = state.healthcheck or {}
         has_health = bool(health_cfg.get("Test")) and health_cfg["Test"][0] != "NONE"
         deadline = time.monotonic() + (self.health_timeout or self._default_timeout(health_cfg, has_health))
         since = time.monotonic()
+        monitor = spec.rollout.monitor  # update_config.monitor: healthy for this long more, then it passes
+        healthy_since: list[float] = []
+
+        def monitored(now_state: ContainerState) -> bool:
+            if not monitor:
+                return True
+            if not healthy_since:
+                healthy_since.append(time.monotonic())
+                self.progress(f"{now_state.name}: healthy; watching it {monitor:g}s more (update_config.monitor)")
+            return time.monotonic() - healthy_since[0] >= monitor
+
+        if monitor:
+            deadline += monitor
         changes = _ContainerEvents(self.api, cid) if has_health else None
         try:
             while True:
                 if state.status in ("exited", "dead"):
                     raise HealthCheckFailed(f"{target}: new container {spec.image} exited with code "
                                             f"{state.exit_code}; restored the old container")
-                if state.restart_count > 0 or state.status == "restarting":
+                if state.restart_count > restarts or state.status == "restarting":
                     raise HealthCheckFailed(f"{target}: new container {spec.image} restarted "
                                             f"({state.restart_count} times); restored the old container")
+                if spec.rollout.healthcheck_required and not has_health:
+                    raise HealthCheckFailed(f"{target}: new container {spec.image} has no healthcheck, and a "
+                                            "service waits for it to be healthy (depends_on condition "
+                                            "service_healthy); restored the old container")
                 if has_health:
-                    if state.health == "healthy":
+                    if state.health == "healthy" and monitored(state):
                         return state
                     if state.health == "unhealthy":
                         raise HealthCheckFailed(f"{target}: new container {spec.image} is unhealthy; "
                                                 "restored the old container")
-                elif state.running and time.monotonic() - since >= self.settle:
+                elif state.running and time.monotonic() - since >= self.settle and monitored(state):
                     return state
                 now = time.monotonic()
                 if now > deadline:
@@ -447,11 +548,13 @@ class Applier:
         if container.running:
             self._call_retiring(container)
         self._remove(container.id)
+        self._sweep(container.image_id)
 
     def _remove(self, cid: str, stop_timeout: int = 10) -> None:
         try:
             self.api.stop(cid, timeout=stop_timeout)
         except docker.errors.NotFound:
+            self.shipper.forget(cid)
             return
         except docker.errors.APIError:
             pass
@@ -459,6 +562,7 @@ class Applier:
             self.api.remove_container(cid, force=True, v=False)
         except docker.errors.NotFound:
             pass
+        self.shipper.forget(cid)
 
 
 class _ContainerEvents:

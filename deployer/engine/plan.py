@@ -2,6 +2,12 @@
 
 Pure functions over plain data: no Docker calls, no git. ``apply.py`` carries
 the changes out.
+
+``plan_service`` plans one container; ``plan_rollout`` a whole service: a
+service of one replica (and no other replica left over) is exactly
+``plan_service``; a replicated one is one Change whose ``parts`` are the
+changes of its replicas (replica i against the containers labelled as replica
+i), then removals of the replicas beyond the count (scaled down).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ CREATE = "create"
 REPLACE = "replace"
 REMOVE = "remove"
 TIDY = "tidy"  # the right container runs; leftovers of an interrupted deploy go, the name is restored
+SCALE = "scale"  # a replicated service: replicas are added or removed, none replaced
 NONE = "none"
 
 
@@ -30,16 +37,41 @@ class Change:
     spec: ContainerSpec | None = None
     current: ContainerState | None = None  # the container that serves now (replaced or kept)
     stale: list[ContainerState] = field(default_factory=list)  # other managed containers of the service
+    replica: int | None = None  # which replica, in the parts of a replicated service's change
+    parts: list["Change"] = field(default_factory=list)  # a replicated service: one change per replica
 
     @property
     def changes_anything(self) -> bool:
         return self.action != NONE
+
+    @property
+    def wanted(self) -> int:
+        """How many containers the service should run (its replicas)."""
+        if not self.parts:
+            return min(self.spec.rollout.replicas, 1) if self.spec is not None else 0
+        return sum(1 for p in self.parts if p.action != REMOVE)
+
+    @property
+    def ready(self) -> int:
+        """How many of them run as written now (healthy, or completed for a one-shot)."""
+        if not self.parts:
+            return self.wanted if self.action == NONE else 0
+        return sum(1 for p in self.parts if p.action == NONE)
 
     def summary(self) -> str:
         why = f" ({'; '.join(self.reasons)})" if self.reasons else ""
         return f"{self.action} {self.target}{why}"
 
     def to_json(self) -> dict[str, Any]:
+        data = self._json()
+        if self.replica is not None:
+            data["replica"] = self.replica
+        if self.parts:
+            data["replicas"] = [p.to_json() for p in self.parts]
+            data["ready"], data["wanted"] = self.ready, self.wanted
+        return data
+
+    def _json(self) -> dict[str, Any]:
         return {
             "target": self.target,
             "action": self.action,
@@ -114,8 +146,11 @@ def plan_service(spec: ContainerSpec, containers: list[ContainerState], wanted_i
     target = f"{spec.dc}/{spec.node}/{spec.service}"
     want_hash = spec.config_hash()
 
+    one_shot = spec.rollout.one_shot
+
     def matches(c: ContainerState) -> bool:
-        return (c.config_hash == want_hash and c.ok and not _host_drift(spec, c)
+        done = c.completed if one_shot else c.ok  # a one-shot that exited 0 did its job
+        return (c.config_hash == want_hash and done and not _host_drift(spec, c)
                 and (wanted_image_id is None or c.image_id == wanted_image_id))
 
     def rank(c: ContainerState) -> tuple:
@@ -146,12 +181,54 @@ def plan_service(spec: ContainerSpec, containers: list[ContainerState], wanted_i
             reasons.append("changed: " + ", ".join(differing[:6]) + (" ..." if len(differing) > 6 else ""))
     elif wanted_image_id is not None and current.image_id != wanted_image_id:
         reasons.append(f"{spec.image} now points to {wanted_image_id[7:19]} (container runs {current.image_id[7:19]})")
-    if not current.running:
+    if one_shot and current.status == "exited" and current.exit_code == 0:
+        pass  # completed: what else differs is said above
+    elif not current.running:
         reasons.append(f"container {current.describe()}")
     elif current.health not in (None, "healthy"):
         reasons.append(f"container {current.health}")
     reasons.extend(_host_drift(spec, current))
     return Change(target, REPLACE, reasons or ["container differs"], spec, current, stale)
+
+
+def plan_rollout(spec: ContainerSpec, containers: list[ContainerState], wanted_image_id: str | None) -> Change:
+    """What to do so that the service runs ``spec.rollout.replicas`` healthy containers matching ``spec``."""
+    count = spec.rollout.replicas
+    extra = sorted((c for c in containers if c.replica > count), key=lambda c: (c.replica, c.name))
+    if count == 1 and not extra:
+        return plan_service(spec, containers, wanted_image_id)
+    target = f"{spec.dc}/{spec.node}/{spec.service}"
+    parts = []
+    for index in range(1, count + 1):
+        part = plan_service(spec.for_replica(index), [c for c in containers if c.replica == index], wanted_image_id)
+        part.replica = index
+        parts.append(part)
+    for c in extra:
+        parts.append(Change(target, REMOVE, [f"scaled to {count}"], None, c, [], replica=c.replica))
+    actions = {p.action for p in parts}
+    if not parts or actions == {NONE}:
+        action = NONE
+    elif actions == {CREATE}:
+        action = CREATE
+    elif actions <= {NONE, TIDY}:
+        action = TIDY
+    elif REPLACE in actions:
+        action = REPLACE
+    else:
+        action = SCALE
+    running = {c.replica for c in containers}
+    reasons = []
+    if len(running) != count:
+        reasons.append(f"scale {len(running)} -> {count}")
+    grouped: dict[str, list[int]] = {}
+    for p in parts:
+        if p.action not in (NONE, REMOVE) and p.reasons:
+            grouped.setdefault("; ".join(p.reasons), []).append(p.replica or 1)
+    for why, replicas in grouped.items():
+        which = f"replica {replicas[0]}" if len(replicas) == 1 else f"replicas {', '.join(map(str, replicas))}"
+        reasons.append(f"{which}: {why}")
+    first = parts[0] if parts and parts[0].action != REMOVE else None
+    return Change(target, action, reasons, spec, first.current if first else None, [], parts=parts)
 
 
 def plan_node(
@@ -163,7 +240,7 @@ def plan_node(
     node: str = "",
 ) -> list[Change]:
     """One Change per written service, in start order, then removals of unlisted managed containers."""
-    changes = [plan_service(s, state.for_service(s.service), image_ids.get(s.image)) for s in specs]
+    changes = [plan_rollout(s, state.for_service(s.service), image_ids.get(s.image)) for s in specs]
     if prune:
         written = {s.service for s in specs}
         for c in state.managed:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable
 
 from deployer.engine.apply import Applier, Hooks, SwapOptions
 from deployer.engine.connect import DEFAULT_TIMEOUT, connect
-from deployer.engine.plan import Change, plan_service
+from deployer.engine.plan import Change, plan_rollout
 from deployer.engine.state import NodeState, image_id, read_node
 from deployer.spec import ContainerSpec
 
@@ -65,9 +65,9 @@ class EngineSession:
         return self._image_ids[ref]
 
     def plan(self, specs: list[ContainerSpec]) -> list[Change]:
-        """What each spec needs on this node, in the order given."""
+        """What each spec's service needs on this node (all its replicas), in the order given."""
         state = self._state
-        return [plan_service(spec, state.for_service(spec.service), self.image_id(spec.image)) for spec in specs]
+        return [plan_rollout(spec, state.for_service(spec.service), self.image_id(spec.image)) for spec in specs]
 
     def applier(self, options: SwapOptions | None = None, hooks: Hooks | None = None,
                 progress: Callable[[str], None] | None = None) -> Applier:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deployer.engine.connect import import_docker
-from deployer.labels import LABEL_CONFIG_HASH, LABEL_DC, LABEL_IMAGE, LABEL_NODE, LABEL_SERVICE
+from deployer.labels import LABEL_CONFIG_HASH, LABEL_DC, LABEL_IMAGE, LABEL_NODE, LABEL_REPLICA, LABEL_SERVICE
 
 docker = import_docker()  # without docker-py's SSH support until an ssh:// node needs it (engine.connect)
 
@@ -56,6 +56,17 @@ class ContainerState:
     @property
     def image_written(self) -> str | None:
         return self.labels.get(LABEL_IMAGE)
+
+    @property
+    def replica(self) -> int:
+        """Which replica of its service (LABEL_REPLICA; replica 1 carries none)."""
+        text = self.labels.get(LABEL_REPLICA) or "1"
+        return int(text) if text.isdigit() and int(text) > 0 else 1
+
+    @property
+    def completed(self) -> bool:
+        """Exited with code 0: a one-shot container that did its job."""
+        return self.status == "exited" and self.exit_code == 0
 
     @property
     def running(self) -> bool:

@@ -31,7 +31,7 @@ from deployer.files import atomic_write
 from deployer.gitrepo.base import GitRepoBase, one_line
 
 # Trailer keys written into deploy commits.
-TRAILER_ACTION = "Deployer-Action"  # deploy | rollback
+TRAILER_ACTION = "Deployer-Action"  # deploy | rollback | scale | node-add | node-remove
 TRAILER_TARGET = "Deployer-Target"  # dc/node/service; repeated for multi-node deploys
 TRAILER_IMAGE = "Deployer-Image"
 TRAILER_PREVIOUS_IMAGE = "Deployer-Previous-Image"
@@ -45,6 +45,7 @@ ACTION_DEPLOY = "deploy"
 ACTION_ROLLBACK = "rollback"
 ACTION_NODE_ADD = "node-add"
 ACTION_NODE_REMOVE = "node-remove"
+ACTION_SCALE = "scale"
 
 DEPLOYER_TRAILERS = (
     TRAILER_ACTION,

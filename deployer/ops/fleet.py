@@ -52,10 +52,14 @@ def node_status(root: Path, node: Node, services: list[Service]) -> list[StatusR
 
 
 def status_row(spec: ContainerSpec, change: Change) -> StatusRow:
-    """One service's status word from its plan: healthy/running, missing, stopped, unhealthy, starting, drifted."""
+    """One service's status word from its plan: healthy/running, missing, stopped, unhealthy, starting, drifted;
+    completed for a one-shot; a replicated service's with its count (``replicated_row``)."""
+    if change.parts or spec.rollout.replicas != 1:
+        return replicated_row(spec, change)
     cur = change.current
     if change.action == NONE:
-        return StatusRow(change.target, spec.image, cur.name, cur.image, cur.health or "running", True)
+        word = "completed" if spec.rollout.one_shot and cur.completed else (cur.health or "running")
+        return StatusRow(change.target, spec.image, cur.name, cur.image, word, True)
     if change.action == CREATE:
         return StatusRow(change.target, spec.image, None, None, "missing", False, "no container")
     same = cur.config_hash == spec.config_hash()
@@ -66,6 +70,26 @@ def status_row(spec: ContainerSpec, change: Change) -> StatusRow:
     else:
         word = "drifted"
     return StatusRow(change.target, spec.image, cur.name, cur.image, word, False, "; ".join(change.reasons))
+
+
+def replicated_row(spec: ContainerSpec, change: Change) -> StatusRow:
+    """A replicated service: ``3/3`` ready of wanted; healthy/running only when every replica is."""
+    ready, wanted = change.ready, change.wanted
+    count = f"{ready}/{wanted}"
+    current = [p.current for p in change.parts if p.current is not None and p.action != "remove"]
+    first = current[0] if current else None
+    images = sorted({c.image for c in current})
+    running_image = images[0] if len(images) == 1 else (", ".join(images) if images else None)
+    if change.action == NONE:
+        if first is None:
+            word = "none"  # replicas: 0, and none runs
+        else:
+            word = "completed" if spec.rollout.one_shot else (first.health or "running")
+        return StatusRow(change.target, spec.image, first.name if first else None, running_image, word, True,
+                         replicas=count)
+    word = "missing" if not current else "drifted"
+    return StatusRow(change.target, spec.image, first.name if first else None, running_image, word, False,
+                     "; ".join(change.reasons), replicas=count)
 
 
 # -- plan -----------------------------------------------------------------------------

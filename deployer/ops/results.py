@@ -98,9 +98,11 @@ class StatusRow:
     state: str  # healthy | running | drifted | missing | stopped | unhealthy | starting | unreachable
     match: bool
     detail: str = ""
+    replicas: str = ""  # a replicated service: "ready/wanted", e.g. "3/3"; "" for one container
 
     def to_json(self) -> dict[str, Any]:
         return self.__dict__.copy()
+
 
 
 @dataclass

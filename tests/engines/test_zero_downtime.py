@@ -57,6 +57,11 @@ services:
       deployer.consul.interval: 1s
       deployer.drain: 2s
 """
+REPLICATED = COMPOSE + """\
+    deploy:
+      replicas: 3
+      update_config: {{parallelism: 1}}
+"""
 
 
 class Traffic:
@@ -125,10 +130,20 @@ class Watching:
 def site(engine, consul_agent, tmp_path):
     """A repo whose node (the fleet's `engine`, reachable at engine.address) runs web:1 registered in Consul,
     and an nginx on 127.0.0.1 rendered from Consul."""
+    yield from _site(engine, consul_agent, tmp_path, COMPOSE)
+
+
+@pytest.fixture
+def replicated_site(engine, consul_agent, tmp_path):
+    """The same with three replicas of web:1, each registered in Consul, each an nginx upstream server."""
+    yield from _site(engine, consul_agent, tmp_path, REPLICATED)
+
+
+def _site(engine, consul_agent, tmp_path, compose):
     tag = f"z{os.urandom(3).hex()}"
     name = f"{tag}-web"
     node = unique_node()
-    root, _ = make_repo(tmp_path / "infra", engine.unix_url, COMPOSE.format(image=WEB1, name=name, tag=tag),
+    root, _ = make_repo(tmp_path / "infra", engine.unix_url, compose.format(image=WEB1, name=name, tag=tag),
                         node=node, extra_files={
                             "datacenters/test/datacenter.yml": f"consul: {consul_agent.address}\n",
                             f"datacenters/test/{node}/node.yml": f"docker: {engine.unix_url}\naddress: {engine.address}\n",
@@ -237,4 +252,64 @@ def test_deploy_rollback_and_a_sick_deploy_behind_nginx_without_a_failed_request
     assert reg["Meta"][META_CONTAINER] == final.id and reg["Meta"][META_NODE] == site.node
     with capsys.disabled():
         print("\nzero-downtime: " + "; ".join(f"{p}: {n} requests, {f} failed" for p, (n, f) in numbers.items())
+              + f"; nginx reloads: {site.server.reloads()}, configs written: {len(watching.written)}")
+
+
+def upstream_servers(text: str, name: str) -> list[str]:
+    upstream = f"upstream {upstream_name(name)} {{"
+    block = text.split(upstream)[1].split("}")[0]
+    return [line.split()[1].rstrip(";") for line in block.splitlines() if line.strip().startswith("server ")]
+
+
+def test_a_3_replica_service_deploys_and_rolls_back_behind_nginx_without_a_failed_request(replicated_site, capsys):
+    site = replicated_site
+    containers = managed(site.client, site.node)
+    assert len(containers) == 3
+    wait_until(lambda: len(site.catalog.instances(site.name)) == 3, what="3 replicas passing in Consul")
+    assert sorted(e["Meta"][META_CONTAINER] for e in registrations_of(site).values()) == sorted(c.id for c in containers)
+
+    first_pass = WatchConfig([TemplateSpec(**{**site.config.templates[0].__dict__, "reload": None})],
+                             site.config.consul)
+    Runner(first_pass).run_once()
+    assert len(upstream_servers(site.server.conf.read_text(), site.name)) == 3  # every replica is an upstream
+    site.server.start()
+    url = f"http://127.0.0.1:{site.server.port}/{site.name}/"
+    assert site.server.get(f"/{site.name}/") == (200, "v1")
+
+    numbers = {}
+    with Watching(Runner(site.config)) as watching, Traffic(url) as traffic:
+        time.sleep(1.0)
+        phases = {}
+        for phase, action in (
+            ("deploy", lambda: site.api.deploy(WEB2, f"test/{site.node}")),
+            ("rollback", lambda: site.api.rollback(f"test/{site.node}/web")),
+        ):
+            start = time.monotonic()
+            result = action()
+            done = time.monotonic()
+            assert result.commit
+            time.sleep(1.0)
+            phases[phase] = (start, done, time.monotonic())
+
+    for phase, (start, done, end) in phases.items():
+        during = traffic.between(start, end)
+        failed = [r for r in during if not r[1]]
+        numbers[phase] = (len(during), len(failed))
+        assert not failed, f"{phase}: {len(failed)} of {len(during)} requests failed, e.g. {failed[:3]}"
+        assert len(during) >= 100, f"{phase}: only {len(during)} requests"
+    deploy_start, deploy_done, _ = phases["deploy"]
+    seen = bodies(traffic.between(deploy_start, deploy_done))
+    assert seen[0] == "v1" and "v2" in seen
+    assert set(bodies(traffic.between(deploy_done, phases["deploy"][2]))) == {"v2"}
+    assert set(bodies(traffic.between(phases["rollback"][1], phases["rollback"][2]))) == {"v1"}
+    assert not [r for r in traffic.results if not r[1]]
+    # nginx never lost its upstream while replicas were replaced one by one
+    for text in watching.written:
+        assert upstream_servers(text, site.name), "a config without a server for the service went live"
+    final = managed(site.client, site.node)
+    assert len(final) == 3 and {c.image.tags[0] for c in final} == {WEB1}
+    assert sorted(e["Meta"][META_CONTAINER] for e in registrations_of(site).values()) == sorted(c.id for c in final)
+    with capsys.disabled():
+        print("\nzero-downtime, 3 replicas: " + "; ".join(f"{p}: {n} requests, {f} failed"
+                                                         for p, (n, f) in numbers.items())
               + f"; nginx reloads: {site.server.reloads()}, configs written: {len(watching.written)}")

@@ -46,6 +46,7 @@ def make_node(text: str, *, name: str = "n1") -> Node:
         volumes=plain.get("volumes") or {},
         networks=plain.get("networks") or {},
         secrets=plain.get("secrets") or {},
+        configs=plain.get("configs") or {},
     )
     for svc, config in plain["services"].items():
         node.services[svc] = Service(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -79,3 +80,13 @@ def remove_node_containers(client, node: str) -> None:
         c.remove(force=True)
     for net in client.networks.list(filters={"label": f"deployer.node={node}"}):
         net.remove()
+    remove_node_store(node)
+
+
+def remove_node_store(node: str) -> None:
+    """The node's folders in the store of shipped files (engine.ship): this fleet's nodes share the filesystem."""
+    from deployer.spec import STORE_ROOTS
+
+    for root in STORE_ROOTS.values():
+        for folder in Path(root).glob(f"*/{node}"):
+            shutil.rmtree(folder, ignore_errors=True)

@@ -46,7 +46,7 @@ DURATION_OPTIONS = {
 
 #: Commands added since the capture: not in it. Their options are the shared ones (cli/options.py), their page
 #: docs/cli.md (checked by its own test); --help stays light for them too (below).
-ADDED = {"logs", "exec", "restart", "prune", "config"}
+ADDED = {"logs", "exec", "restart", "prune", "config", "scale"}
 
 
 def commands(group: click.Group = main, path: tuple[str, ...] = ()):

@@ -48,13 +48,13 @@ def test_unknown_top_level_key():
     """) == f"{COMPOSE}:5: foo: unsupported key 'foo'"
 
 
-def test_configs_top_level_is_unsupported():
+def test_a_config_file_that_does_not_exist_is_named():
     assert one_problem("""
         services:
           web: {image: nginx}
         configs:
           c: {file: x}
-    """) == f"{COMPOSE}:4: configs: unsupported key 'configs'"
+    """) == f"{COMPOSE}:5: configs.c.file: config file {NODE_DIR}/x does not exist"
 
 
 def test_missing_services_and_not_a_mapping():
@@ -77,13 +77,9 @@ def test_well_known_unsupported_keys_say_why():
         services:
           web:
             image: nginx
-            env_file: .env
-            deploy: {replicas: 2}
-            profiles: [debug]
+            links: [db]
     """) == [
-        f"{COMPOSE}:5: services.web.env_file: unsupported key 'env_file': write the variables under 'environment'",
-        f"{COMPOSE}:6: services.web.deploy: unsupported key 'deploy': it is for swarm; use restart, mem_limit and cpus",
-        f"{COMPOSE}:7: services.web.profiles: unsupported key 'profiles': every service in a node's compose file is deployed",
+        f"{COMPOSE}:5: services.web.links: unsupported key 'links': services on a shared network reach each other by service name (add an alias under networks)",
     ]
 
 
@@ -134,10 +130,17 @@ def test_image_required_and_build_only_beside_it():
               dockerfile: Dockerfile
               args: {VERSION: 1}
               target: prod
+              cache_from: [app:cache]
+              labels: {team: a}
+              network: host
+              shm_size: 2g
+              no_cache: yes-please
+              tagz: [x]
     """) == [
         f"{COMPOSE}:3: services.a: missing required key 'image': the deployer never builds, 'build' is allowed only beside 'image'",
         f"{COMPOSE}:6: services.b.image: invalid image reference 'my image': it contains whitespace",
-        f"{COMPOSE}:13: services.c.build.target: unsupported key 'target'",
+        f"{COMPOSE}:18: services.c.build.no_cache: must be true or false, not a string",
+        f"{COMPOSE}:19: services.c.build.tagz: unsupported key 'tagz'",
     ]
 
 
@@ -192,8 +195,10 @@ def test_bad_ports():
               - published: 8081
               - target: 80
                 published: 8082
-                name: web
+                name: 7
               - [80]
+              - target: 81
+                mode: ingress
     """) == [
         f"{COMPOSE}:7: services.web.ports[1]: invalid port '80:80:80:80': write '[ip:]host:container', with IPv6 addresses in brackets",
         f"{COMPOSE}:8: services.web.ports[2]: invalid container port 'http'",
@@ -203,8 +208,10 @@ def test_bad_ports():
         f"{COMPOSE}:12: services.web.ports[6]: container port 0 is out of range 1-65535",
         f"{COMPOSE}:13: services.web.ports[7]: target 70000 is out of range 1-65535",
         f"{COMPOSE}:14: services.web.ports[8]: missing required key 'target'",
-        f"{COMPOSE}:17: services.web.ports[9].name: unsupported key 'name'",
+        f"{COMPOSE}:15: services.web.ports[9]: name must be a string, not an integer",
         f"{COMPOSE}:18: services.web.ports[10]: must be a string like '8080:80', a port number or a mapping with 'target', not a list",
+        f"{COMPOSE}:19: services.web.ports[11]: mode ingress is Swarm's routing mesh: one engine publishes the port "
+        "on its own host, which is mode host (write host, or leave mode out)",
     ]
 
 
@@ -288,7 +295,7 @@ def test_bad_simple_values():
         f"{COMPOSE}:12: services.web.stop_signal: invalid signal 'SIG TERM'",
         f"{COMPOSE}:15: services.web.logging.options.max-size: must be a string or number, not a list",
         f"{COMPOSE}:16: services.web.dns[1]: invalid IP address 'dns.example.com'",
-        f"{COMPOSE}:17: services.web.extra_hosts[0]: invalid extra host 'db': write 'hostname:ip'",
+        f"{COMPOSE}:17: services.web.extra_hosts[0]: invalid extra host 'db': write 'hostname=ip'",
         f"{COMPOSE}:17: services.web.extra_hosts[1]: invalid IP address 'not-an-ip'",
         f"{COMPOSE}:18: services.web.cap_add[1]: invalid capability 'bad cap'",
         f"{COMPOSE}:19: services.web.command: cannot split \"echo 'unbalanced\" into arguments: No closing quotation",
@@ -351,7 +358,7 @@ def test_healthcheck_shapes():
         f"{COMPOSE}:6: services.a.healthcheck.test: ['CMD-SHELL', ...] takes exactly one shell command string",
         f"{COMPOSE}:10: services.b.healthcheck.test: must start with CMD, CMD-SHELL or NONE, not 'RUN'",
         f"{COMPOSE}:13: services.c.healthcheck: disable: true cannot be combined with test",
-        f"{COMPOSE}:20: services.d.healthcheck.start_interval: unsupported key 'start_interval'",
+        f"{COMPOSE}:20: services.d.healthcheck.start_interval: unsupported key 'start_interval': needs Docker API 1.44; the engines here speak 1.41",
     ]
 
 
@@ -367,8 +374,11 @@ def test_container_names_must_be_unique():
 # Volumes
 
 
-def test_relative_bind_mounts_are_refused():
-    msg = "relative bind mount paths are not supported: the path would be resolved on the Docker host"
+def test_relative_bind_mounts_are_shipped_read_only_from_the_repository(repo):
+    msg = ("a bind source is an absolute path on the Docker host, or a path of the repository "
+           "starting with './' or '../' (shipped to the node)")
+    (repo / NODE_DIR / "conf").mkdir()
+    (repo / NODE_DIR / "conf" / "a.conf").write_text("a\n")
     assert problems("""
         services:
           web:
@@ -380,11 +390,15 @@ def test_relative_bind_mounts_are_refused():
               - type: bind
                 source: ../data
                 target: /data
-    """) == [
-        f"{COMPOSE}:6: services.web.volumes[0]: {msg}",
+                read_only: true
+              - ./conf:/z
+    """, repo) == [
         f"{COMPOSE}:7: services.web.volumes[1]: {msg}",
         f"{COMPOSE}:8: services.web.volumes[2]: '~' is not expanded in '~/data': write the absolute path on the Docker host",
-        f"{COMPOSE}:9: services.web.volumes[3]: {msg}",
+        f"{COMPOSE}:9: services.web.volumes[3]: bind source datacenters/dc1/data does not exist",
+        f"{COMPOSE}:13: services.web.volumes[4]: ./conf is shipped from the repository and mounted read-only: "
+        "write './conf:/z:ro' (or read_only: true); the container must not write into the deployer's "
+        "content-addressed copy",
     ]
 
 
@@ -398,7 +412,7 @@ def test_volume_problems():
               - logs:/logs
               - /srv:relative
               - /srv:/srv:rx
-              - /data
+              - /anon
               - type: volume
                 source: /abs
                 target: /v
@@ -407,6 +421,10 @@ def test_volume_problems():
               - type: volume
                 source: data
                 target: /data
+                volume: {nocopy: true, subpath: x}
+              - type: volume
+                source: data
+                target: /data2
                 volume: {nocopy: true}
         volumes:
           data:
@@ -414,12 +432,9 @@ def test_volume_problems():
         f"{COMPOSE}:7: services.web.volumes[1]: volume 'logs' is not declared in the top-level volumes",
         f"{COMPOSE}:8: services.web.volumes[2]: the mount target must be an absolute path in the container, not 'relative'",
         f"{COMPOSE}:9: services.web.volumes[3]: invalid volume mode 'rx': use ro or rw (optionally with z or Z)",
-        f"{COMPOSE}:10: services.web.volumes[4]: anonymous volumes are not supported (they are lost when the container is "
-        "recreated): name the volume ('data:/path') and declare it under the top-level volumes",
         f"{COMPOSE}:11: services.web.volumes[5]: source '/abs' is a path, but type is volume: write a volume name or use type bind",
         f"{COMPOSE}:14: services.web.volumes[6]: type must be volume, bind or tmpfs, not 'nfs'",
-        f"{COMPOSE}:16: services.web.volumes[7]: mount target /data is used twice (also by services.web.volumes[0])",
-        f"{COMPOSE}:19: services.web.volumes[7].volume: unsupported key 'volume'",
+        f"{COMPOSE}:16: services.web.volumes[7]: subpath needs Docker API 1.45; the engines here speak 1.41",
     ]
 
 
@@ -609,8 +624,8 @@ def test_secret_definitions_and_references(repo):
         f"{COMPOSE}:7: services.web.secrets[1]: secret 'nope' is not declared in the top-level secrets",
         f"{COMPOSE}:10: services.web.secrets[3]: secret target /run/secrets/db_password is used twice (also by services.web.secrets[2])",
         f"{COMPOSE}:11: services.web.secrets[3].mode: write the mode as octal digits with a leading 0, like 0440, not 0o440",
-        f"{COMPOSE}:12: services.web.secrets[3].uid: unsupported key 'uid'",
-        f"{COMPOSE}:15: secrets.api_key.environment: secrets from 'environment' are not supported: use 'file'",
+        f"{COMPOSE}:15: secrets.api_key.environment: secrets from 'environment' are not supported: it reads the "
+        "operator's shell, so what runs would depend on who deploys: use 'file'",
         f"{COMPOSE}:19: secrets.ext.external: external secrets are for swarm and not supported: use 'file'",
         f"{COMPOSE}:20: secrets.empty: missing required key 'file'",
     ]

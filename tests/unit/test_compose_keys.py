@@ -9,6 +9,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from deployer.config.compose_keys import (
+    needs_mount_api,
     SERVICE_KEYS,
     UNSUPPORTED_HINTS,
     as_list,
@@ -34,11 +35,8 @@ from deployer.config.compose_keys import (
 )
 from deployer.values import BadValue
 
-ANONYMOUS = (
-    "anonymous volumes are not supported (they are lost when the container is recreated): "
-    "name the volume ('data:/path') and declare it under the top-level volumes"
-)
-RELATIVE = "relative bind mount paths are not supported: the path would be resolved on the Docker host"
+RELATIVE = ("a bind source is an absolute path on the Docker host, or a path of the repository "
+            "starting with './' or '../' (shipped to the node)")
 
 
 def refused(parser, value) -> str:
@@ -89,9 +87,13 @@ def test_bad_short_ports(value, message):
 
 def test_port_long_syntax():
     assert parse_port_long({"target": 80, "published": "8080", "protocol": "udp"}) == [(80, "udp", "", 8080)]
-    assert parse_port_long({"target": 80, "published": 0, "mode": "ingress"}) == [(80, "tcp", "", None)]
+    assert parse_port_long({"target": 80, "published": 0, "mode": "host", "name": "web", "app_protocol": "http"}) \
+        == [(80, "tcp", "", None)]
     assert refused(parse_port_long, {"target": 80, "host_ip": 5}) == "host_ip must be a string, not an integer"
-    assert refused(parse_port_long, {"target": 80, "mode": "x"}) == "invalid mode 'x': use host or ingress"
+    assert refused(parse_port_long, {"target": 80, "mode": "x"}) == "invalid mode 'x': use host"
+    assert refused(parse_port_long, {"target": 80, "mode": "ingress"}) == (
+        "mode ingress is Swarm's routing mesh: one engine publishes the port on its own host, which is mode host "
+        "(write host, or leave mode out)")
     assert refused(parse_port_long, {"target": "x"}) == "target must be a port number, not a string 'x'"
     assert refused(parse_port_long, {"target": 80, "protocol": "icmp"}) == "invalid protocol 'icmp': use tcp, udp, sctp"
     assert refused(parse_port_long, {"target": 80, "published": 70000}) == "published 70000 is out of range 1-65535"
@@ -110,13 +112,44 @@ def test_expose():
 # volumes and tmpfs
 
 
+NO_OPTIONS = {"tmpfs_size": None, "propagation": "", "create_host_path": None, "nocopy": False, "relative": False}
+
+
 def test_volume_short_syntax():
     assert parse_volume("data:/d:ro,z") == {
-        "type": "volume", "source": "data", "target": "/d", "read_only": True, "selinux": "z", "tmpfs_size": None,
+        "type": "volume", "source": "data", "target": "/d", "read_only": True, "selinux": "z", **NO_OPTIONS,
     }  # fmt: skip
     assert parse_volume("/h:/c:rw,Z") == {
-        "type": "bind", "source": "/h", "target": "/c", "read_only": False, "selinux": "Z", "tmpfs_size": None,
+        "type": "bind", "source": "/h", "target": "/c", "read_only": False, "selinux": "Z", **NO_OPTIONS,
     }  # fmt: skip
+    # a path of the repository: a bind, shipped to the node (compose_files)
+    assert parse_volume("./conf:/c:ro") == {
+        "type": "bind", "source": "./conf", "target": "/c", "read_only": True, "selinux": "", **NO_OPTIONS,
+        "relative": True,
+    }  # fmt: skip
+    assert parse_volume({"type": "bind", "source": "../x", "target": "/c"})["relative"] is True
+
+
+def test_anonymous_volumes():
+    anon = {"type": "volume", "source": "", "target": "/data", "read_only": False, "selinux": "", **NO_OPTIONS}
+    assert parse_volume("/data") == anon
+    assert parse_volume({"type": "volume", "target": "/data"}) == anon
+    assert parse_volume({"type": "volume", "target": "/data", "read_only": True}) == {**anon, "read_only": True}
+    assert needs_mount_api(anon)
+
+
+def test_long_volume_options():
+    tmpfs = parse_volume({"type": "tmpfs", "target": "/t", "read_only": True, "tmpfs": {"size": "1m"}})
+    assert (tmpfs["read_only"], tmpfs["tmpfs_size"]) == (True, 2**20)
+    assert needs_mount_api(tmpfs)
+    bind = parse_volume({"type": "bind", "source": "/h", "target": "/c",
+                         "bind": {"propagation": "rshared", "selinux": "z", "create_host_path": True}})
+    assert (bind["propagation"], bind["selinux"], bind["create_host_path"]) == ("rshared", "z", True)
+    assert not needs_mount_api(bind)
+    strict = parse_volume({"type": "bind", "source": "/h", "target": "/c", "bind": {"create_host_path": False}})
+    assert needs_mount_api(strict)
+    vol = parse_volume({"type": "volume", "source": "v", "target": "/c", "volume": {"nocopy": True}})
+    assert vol["nocopy"] and not needs_mount_api(vol)
 
 
 @pytest.mark.parametrize(
@@ -127,23 +160,38 @@ def test_volume_short_syntax():
         ("data:/d:x", "invalid volume mode 'x': use ro or rw (optionally with z or Z)"),
         ("a:b:c:d", "invalid volume 'a:b:c:d': write 'source:target[:ro|rw]'"),
         (":/d", "invalid volume ':/d': the source is empty"),
-        ("data", ANONYMOUS),
+        ("data", "the mount target must be an absolute path in the container, not 'data'"),
         ("bad name:/d", "invalid volume name 'bad name'"),
         ("~/x:/d", "'~' is not expanded in '~/x': write the absolute path on the Docker host"),
-        ("./x:/d", RELATIVE),
+        (".x:/d", RELATIVE),
         ("x/y:/d", RELATIVE),
         ("data:rel", "the mount target must be an absolute path in the container, not 'rel'"),
         (5, "must be a string like 'data:/var/lib/data' or a mapping with 'type', not an integer"),
         ({"type": "x", "target": "/d"}, "type must be volume, bind or tmpfs, not 'x'"),
         ({"type": "volume", "source": "data", "target": "/d", "read_only": "yes"}, "read_only must be true or false, not a string"),
         ({"type": "tmpfs", "source": "x", "target": "/d"}, "a tmpfs mount has no source"),
-        ({"type": "tmpfs", "target": "/d", "tmpfs": {"mode": 1}}, "tmpfs must be a mapping with only 'size'"),
+        ({"type": "tmpfs", "target": "/d", "tmpfs": {"mode": 1777}},
+         "tmpfs.mode cannot be read as Compose reads it (1777 is decimal there, 01777 octal): "
+         "use the service's tmpfs key, '/path:mode=1777', which both read as octal"),
+        ({"type": "tmpfs", "target": "/d", "tmpfs": {"uid": 1}}, "unsupported key 'uid' in tmpfs: use mode, size"),
+        ({"type": "tmpfs", "target": "/d", "tmpfs": 5}, "tmpfs must be a mapping, not an integer"),
+        ({"type": "bind", "source": "/x", "target": "/d", "bind": {"propagation": "up"}},
+         "invalid propagation 'up': use private, rprivate, shared, rshared, slave, rslave"),
+        ({"type": "bind", "source": "/x", "target": "/d", "bind": {"recursive": "readonly"}},
+         "recursive other than 'enabled' needs Docker API 1.44; the engines here speak 1.41"),
+        ({"type": "bind", "source": "/x", "target": "/d", "bind": {"create_host_path": False, "selinux": "z"}},
+         "selinux relabelling is an option of bind strings, which create a missing host path: "
+         "drop create_host_path: false or selinux"),
+        ({"type": "volume", "source": "v", "target": "/d", "volume": {"subpath": "a"}},
+         "subpath needs Docker API 1.45; the engines here speak 1.41"),
+        ({"type": "volume", "source": "v", "target": "/d", "bind": {}}, "'bind' options are only for type bind"),
+        ({"type": "image", "source": "x", "target": "/d"},
+         "type image is not supported: image mounts need Docker API 1.47; the engines here speak 1.41"),
         ({"type": "tmpfs", "target": "/d", "tmpfs": {"size": "lots"}}, "invalid size 'lots': write bytes or a number with a unit b, k, m, g, like '512m'"),
         ({"type": "bind", "source": "/x", "target": "/d", "tmpfs": {}}, "'tmpfs' options are only for type tmpfs"),
-        ({"type": "volume", "target": "/d"}, ANONYMOUS),
         ({"type": "bind", "target": "/d"}, "a bind mount needs a source"),
         ({"type": "bind", "source": 5, "target": "/d"}, "source must be a string, not an integer"),
-        ({"type": "bind", "source": "data", "target": "/d"}, "source 'data' is a volume name, but type is bind: bind sources are absolute paths"),
+        ({"type": "bind", "source": "data", "target": "/d"}, "source 'data' is a volume name, but type is bind: bind sources are absolute paths or repository paths starting with './'"),
         ({"type": "volume", "source": "/x", "target": "/d"}, "source '/x' is a path, but type is volume: write a volume name or use type bind"),
     ],
 )  # fmt: skip
@@ -236,11 +284,15 @@ def test_cpus():
 def test_extra_hosts():
     assert extra_host_pairs(None) == []
     assert extra_host_pairs({"a": "1.2.3.4"}) == [("a", "1.2.3.4")]
-    assert extra_host_pairs(["a:1.2.3.4", "b=::1", "c:[::1]"]) == [("a", "1.2.3.4"), ("b", "::1"), ("c", "[::1]")]
-    assert refused(extra_host_pairs, [5]) == "must be a string like 'host:10.0.0.1', not an integer"
-    assert refused(extra_host_pairs, ["nohost"]) == "invalid extra host 'nohost': write 'hostname:ip'"
-    assert refused(extra_host_pairs, [":1.2.3.4"]) == "invalid extra host ':1.2.3.4': write 'hostname:ip'"
-    for host, ip in (("db", "10.0.0.1"), ("gw", "host-gateway"), ("v6", "[::1]")):
+    # IPv6 in brackets, as Compose allows: the engine takes the bare address ('[::1]' is its 400 invalid IP)
+    assert extra_host_pairs(["a:1.2.3.4", "b=::1", "c:[::1]", "d=[::2]", "e:::3"]) == [
+        ("a", "1.2.3.4"), ("b", "::1"), ("c", "::1"), ("d", "::2"), ("e", "::3")]
+    assert extra_host_pairs({"m": ["10.0.0.1", "[::4]"]}) == [("m", "10.0.0.1"), ("m", "::4")]
+    assert refused(extra_host_pairs, [5]) == "must be a string like 'host=10.0.0.1', not an integer"
+    assert refused(extra_host_pairs, ["nohost"]) == "invalid extra host 'nohost': write 'hostname=ip'"
+    assert refused(extra_host_pairs, [":1.2.3.4"]) == "invalid extra host ':1.2.3.4': write 'hostname=ip'"
+    assert refused(lambda v: check_extra_host(*v), ("v6", "[::1]")) == "invalid IP address '[::1]'"
+    for host, ip in (("db", "10.0.0.1"), ("gw", "host-gateway"), ("v6", "::1")):
         check_extra_host(host, ip)
     assert refused(lambda v: check_extra_host(*v), ("", "1.2.3.4")) == "invalid host name ''"
     assert refused(lambda v: check_extra_host(*v), ("a b", "1.2.3.4")) == "invalid host name 'a b'"

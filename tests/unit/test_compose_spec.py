@@ -197,7 +197,9 @@ def test_rich_container_spec():
             "shared:/shared:ro",
             "n1_data:/var/lib/web:rw",
         ],
-        "tmpfs": {"/cache": "size=67108864", "/run": ""},
+        # long-syntax tmpfs is a Mount, as Docker Compose v2 makes it (read_only and mode are honoured)
+        "mounts": [{"Type": "tmpfs", "Target": "/cache", "ReadOnly": False, "TmpfsOptions": {"SizeBytes": 67_108_864}}],
+        "tmpfs": {"/run": ""},
         "restart_policy": {"Name": "on-failure", "MaximumRetryCount": 5},
         "cap_add": ["NET_ADMIN", "SYS_TIME"],
         "cap_drop": ["ALL"],
@@ -253,7 +255,8 @@ def test_docker_py_accepts_the_host_config():
     assert host_config["Memory"] == 1_610_612_736
     assert host_config["ShmSize"] == 67_108_864
     assert host_config["NanoCpus"] == 500_000_000
-    assert host_config["Tmpfs"] == {"/cache": "size=67108864", "/run": ""}
+    assert host_config["Tmpfs"] == {"/run": ""}
+    assert host_config["Mounts"] == spec.host["mounts"]
     assert host_config["ExtraHosts"] == ["db.local:10.0.0.5"]
     assert host_config["Dns"] == ["10.0.0.2", "10.0.0.3"]
     assert host_config["CapAdd"] == ["NET_ADMIN", "SYS_TIME"]

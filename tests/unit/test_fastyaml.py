@@ -33,7 +33,7 @@ from deployer.config import fastyaml
 from deployer.config.compose_keys import to_plain
 from deployer.config.loader import load_fast
 from deployer.labels import RESERVED_LABELS
-from deployer.spec import ContainerSpec, SecretFile
+from deployer.spec import Rollout, ContainerSpec, SecretFile
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -463,8 +463,14 @@ def test_round_trip_loader_agrees_in_block_context():
 def reference_data(spec: ContainerSpec, redact: bool) -> dict:
     """config_hash/config_json's data as computed before (dataclasses.asdict), to compare with."""
     data = asdict(spec)
+    del data["bundles"]  # the content shipped: its digests are in the mounts and in files
+    del data["rollout"], data["replica"]  # not hashed: how a service is rolled out replaces no container
+    for name in ("files", "endpoints", "post_start", "pre_stop"):  # added later, left out when empty: older hashes stay
+        if not data[name]:
+            del data[name]
     if not redact:
-        data["secrets"] = [(s["name"], s["target"], s["sha256"], s["mode"]) for s in data["secrets"]]
+        data["secrets"] = [(s["name"], s["target"], s["sha256"], s["mode"], s["uid"], s["gid"])
+                           for s in data["secrets"]]
         return data
     salt = f"{spec.dc}/{spec.node}/{spec.service}"
 
@@ -475,7 +481,8 @@ def reference_data(spec: ContainerSpec, redact: bool) -> dict:
     env = data["create"].get("environment")
     if env:
         data["create"]["environment"] = [f"{k}={fingerprint(k, v)}" for k, _, v in (e.partition("=") for e in env)]
-    data["secrets"] = [(s["name"], s["target"], s["mode"], fingerprint(s["name"], s["sha256"])) for s in data["secrets"]]
+    data["secrets"] = {s["target"]: [s["name"], s["mode"], s["uid"], s["gid"], fingerprint(s["name"], s["sha256"])]
+                       for s in data["secrets"]} or []
     return data
 
 
@@ -539,11 +546,17 @@ def test_config_hash_covers_every_field_and_follows_changes():
         "create": {**spec.create, "user": "root"}, "host": {**spec.host, "init": False},
         "networks": [("n1_default", ["web"])], "labels": {**spec.labels, "team": "edge"},
         "secrets": [replace(spec.secrets[0], sha256="cd" * 32)], "stop_timeout": 30, "has_healthcheck": False,
-        "published_ports": False, "ipv4_addresses": {},
+        "published_ports": False, "ipv4_addresses": {}, "endpoints": {"n1_back": {"ipv6_address": "fd00::5"}},
+        "post_start": [{"cmd": ["true"]}], "pre_stop": [{"cmd": ["true"]}],
+        "files": {"/etc/app.conf": "config app (app.conf) 0123456789ab"},
     }  # fmt: skip
-    assert set(changed) == {f.name for f in fields(ContainerSpec)}, "a new field: add it here"
+    # bundles is the content behind files and the mounts: not hashed itself
+    unhashed = {"rollout": Rollout(replicas=3, parallelism=2), "replica": 2}  # scaling replaces no container
+    assert set(changed) | set(unhashed) | {"bundles"} == {f.name for f in fields(ContainerSpec)}, "a new field: add it here"
     for name, value in changed.items():
         assert replace(spec, **{name: value}).config_hash() != before, name
+    for name, value in unhashed.items():
+        assert replace(spec, **{name: value}).config_hash() == before, name
     # a spec changed in place hashes anew (nothing is cached)
     spec.host["mem_limit"] = 1
     assert spec.config_hash() != before

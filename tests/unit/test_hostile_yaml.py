@@ -296,7 +296,7 @@ def test_overlapping_ranges_are_one_error_per_entry_and_fast():
             image: nginx
             ports: ["16000-32383:1-16384", "20005:80/udp", "16384:80"]
     """)
-    assert time.monotonic() - start < 0.5
+    assert time.monotonic() - start < 5  # a quadratic clash check would take minutes; 5 s stays clear of load
     assert found == [
         f"{COMPOSE}:8: services.b.ports[0]: host ports 16000-16384/tcp are already published by service 'a' "
         "(services.a.ports[0])",

@@ -196,3 +196,23 @@ def test_concurrent_writers_never_leave_a_torn_file(root):
             t.join()
     assert errors == []
     assert not [p for p in cache_file(root).parent.iterdir() if p.name.startswith(".parse-cache.")]
+
+
+@pytest.mark.parametrize("doc, kept", [
+    ({"services": {"web": {"image": "a", "volumes": ["/srv:/srv", "data:/data"]}}}, True),
+    ({"services": {"web": {"image": "a", "volumes": ["./site:/www:ro"]}}}, False),
+    ({"services": {"web": {"image": "a", "volumes": [{"type": "bind", "source": "site", "target": "/www"}]}}}, False),
+    ({"services": {"web": {"image": "a", "env_file": "web.env"}}}, False),
+    ({"services": {"web": {"image": "a", "configs": ["nginx"]}}, "configs": {"nginx": {"file": "n.conf"}}}, False),
+    ({"services": {"web": {"image": "a", "secrets": ["t"]}}, "secrets": {"t": {"file": "/s/t"}}}, False),
+])
+def test_only_a_compose_file_that_reads_no_other_file_is_kept(doc, kept):
+    assert loader._self_contained(doc) is kept
+
+
+def test_the_profiles_of_a_node_are_in_the_key(root):
+    (root / COMPOSE).write_text("services:\n  web:\n    image: web:1\n  debug:\n    image: dbg:1\n"
+                                "    profiles: [debug]\n")
+    assert sorted(loader.load(root).node("dc", "n1").services) == ["web"]
+    (root / NODE / "node.yml").write_text("docker: unix:///nonexistent.sock\nprofiles: [debug]\n")
+    assert sorted(loader.load(root).node("dc", "n1").services) == ["debug", "web"]
