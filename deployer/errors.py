@@ -141,6 +141,12 @@ class RollbackError(DeployerError):
     exit_code = EXIT_BAD_INPUT
 
 
+class BadRollout(DeployerError):
+    """Rollout options that contradict each other (``deploy --max-fail`` with ``--on-failure continue``)."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
 class PartialDeploy(DeployerError):
     """Some targets of a multi-node deploy failed; ``result`` (an ops.results.DeployResult) says what happened to each."""
 

@@ -224,6 +224,9 @@ class ContainerSpec:
 
     def config_hash(self) -> str:
         """A stable hash of everything that defines the container."""
+        kept = self.__dict__.get("_kept_hash")  # set by config.parse_cache for a spec it kept, with its hash
+        if kept is not None:
+            return kept
         blob = _CANONICAL_JSON.encode(self._data(redact=False))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -21,6 +21,9 @@ Port numbers are 1-65535, written as an integer or a string of digits; a port
 range is ``lo-hi`` (or one port) with ``lo <= hi``. The messages name the port
 by the ``what`` the caller passes ('host port', 'published', ...).
 
+A batch (``deploy --batch``) is a count of nodes, ``3``, or a share of them,
+``25%`` (0-100 exclusive of 0; rounded up, at least one node): :func:`parse_batch`.
+
 Errors are :class:`BadValue` (a ValueError) whose message says what is wrong
 and how to write it; callers put the field name in front.
 """
@@ -113,6 +116,23 @@ def parse_duration_ns(value: Any, *, bare_seconds: bool = False) -> int:
 def parse_duration(value: Any, *, bare_seconds: bool = True) -> float:
     """A duration -> seconds (float). Bare numbers are seconds unless ``bare_seconds=False``."""
     return parse_duration_ns(value, bare_seconds=bare_seconds) / NS_PER_SECOND
+
+
+_BATCH_RE = re.compile(r"(\d+)(%?)")
+
+
+def parse_batch(value: Any) -> tuple[int, bool]:
+    """A batch size -> (number, is_percent): ``3`` -> (3, False), ``25%`` -> (25, True).
+
+    A count is 1 or more; a share is 1% to 100%. Anything else is a BadValue."""
+    text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+    m = _BATCH_RE.fullmatch(text or "") if text is not None and len(text) <= 12 else None
+    if m is None:
+        raise BadValue(f"{value!r} is not a batch size: write a number of nodes (3) or a share of them (25%)")
+    number, percent = int(m.group(1)), bool(m.group(2))
+    if number < 1 or (percent and number > 100):
+        raise BadValue(f"{value!r}: a batch is 1 node or more, or 1% to 100% of them")
+    return number, percent
 
 
 def format_duration(seconds: float) -> str:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import click
 
 from deployer.cli.completion import complete_images, complete_targets
-from deployer.cli.options import (QUIET_NOTHING, VERBOSE_NOTHING, batch_option, json_option, parallel_option,
-                                  quiet_option, repo_root, service_option, swap_options, swap_settings,
-                                  verbose_option)
+from deployer.cli.options import (QUIET_NOTHING, VERBOSE_NOTHING, json_option, parallel_option, quiet_option,
+                                  repo_root, rollout_options, rollout_settings, service_option, swap_options,
+                                  swap_settings, verbose_option)
 from deployer.cli.output import print_deploy_result, print_json, progress, table
 
 
@@ -19,25 +19,29 @@ from deployer.cli.output import print_deploy_result, print_json, progress, table
 @click.argument("image", shell_complete=complete_images)
 @click.argument("targets", nargs=-1, required=True, shell_complete=complete_targets())
 @service_option
-@batch_option
+@rollout_options
 @parallel_option
 @swap_options
 @click.pass_context
-def deploy(ctx, image, targets, service, batch, parallel, wait, author, message, dry_run, settle, health_timeout,
-           no_consul, as_json, quiet, verbose):
+def deploy(ctx, image, targets, service, batch, canary, max_fail, on_failure, pause, parallel, wait, author, message,
+           dry_run, settle, health_timeout, no_consul, as_json, quiet, verbose):
     """Deploy IMAGE to TARGETS and commit the change.
 
     A target is dc/node, dc/node/service, or a whole dc (every node there
-    that runs the image's repository). Several targets make one commit.
+    that runs the image's repository). Several targets make one commit,
+    which holds the targets that run IMAGE at the end. Over many nodes,
+    --batch, --canary, --max-fail, --pause and --on-failure say in which
+    order they are switched and what a failure does.
     """
     from deployer.errors import PartialDeploy
     from deployer.ops.deploy import Deployer
 
+    rollout = rollout_settings(batch, canary, max_fail, on_failure, pause)
     api = Deployer(repo_root(ctx), progress=progress(quiet or as_json), consul=not no_consul)
     try:
         result = api.deploy(image, list(targets), service, wait=wait, dry_run=dry_run, author=author,
-                            message=message, swap=swap_settings(settle, health_timeout), batch=batch,
-                            parallel=parallel)
+                            message=message, swap=swap_settings(settle, health_timeout), parallel=parallel,
+                            rollout=rollout)
     except PartialDeploy as exc:
         print_deploy_result(exc.result, as_json)
         raise
@@ -45,19 +49,40 @@ def deploy(ctx, image, targets, service, batch, parallel, wait, author, message,
 
 
 @click.command()
-@click.argument("target", shell_complete=complete_targets("service"))
-@click.option("--steps", type=click.IntRange(min=1), default=1, show_default=True, help="Go N deploys back.")
-@click.option("--to", "to_rev", metavar="REV", help="Go back to the image the service had at commit REV.")
+@click.argument("targets", nargs=-1, shell_complete=complete_targets())
+@click.option("--commit", "commit", metavar="SHA",
+              help="Undo that deploy: every target it changed goes back to the image it had before it.")
+@click.option("--steps", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Go N deploys back (a target naming a service).")
+@click.option("--to", "to_rev", metavar="REV",
+              help="Go back to the image the service had at commit REV (a target naming a service).")
+@rollout_options
+@parallel_option
 @swap_options
 @click.pass_context
-def rollback(ctx, target, steps, to_rev, wait, author, message, dry_run, settle, health_timeout, no_consul, as_json,
-             quiet, verbose):
-    """Deploy the image TARGET (dc/node/service) ran before, found in git history."""
+def rollback(ctx, targets, commit, steps, to_rev, batch, canary, max_fail, on_failure, pause, parallel, wait, author,
+             message, dry_run, settle, health_timeout, no_consul, as_json, quiet, verbose):
+    """Deploy the image each target ran before, found in git history; one commit.
+
+    dc/node/service goes back one version (--steps, --to); a dc or dc/node
+    undoes the latest deploy there (each of its targets to its image before
+    it); --commit SHA undoes that deploy (only its targets under TARGETS,
+    when given). Health-gated like deploy.
+    """
+    from deployer.errors import PartialDeploy
     from deployer.ops.deploy import Deployer
 
+    if not targets and commit is None:
+        raise click.UsageError("give a target (dc, dc/node or dc/node/service) or --commit SHA")
+    rollout = rollout_settings(batch, canary, max_fail, on_failure, pause)
     api = Deployer(repo_root(ctx), progress=progress(quiet or as_json), consul=not no_consul)
-    result = api.rollback(target, steps=steps, to=to_rev, wait=wait, dry_run=dry_run, author=author,
-                          message=message, swap=swap_settings(settle, health_timeout))
+    try:
+        result = api.rollback(list(targets), steps=steps, to=to_rev, commit=commit, wait=wait, dry_run=dry_run,
+                              author=author, message=message, swap=swap_settings(settle, health_timeout),
+                              parallel=parallel, rollout=rollout)
+    except PartialDeploy as exc:
+        print_deploy_result(exc.result, as_json)
+        raise
     print_deploy_result(result, as_json)
 
 

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import click
 
-from deployer.values import BadValue, parse_duration
+from deployer.values import BadValue, parse_batch, parse_duration
 
 
 class Duration(click.ParamType):
@@ -194,6 +194,51 @@ parallel_option = click.option("--parallel", type=click.IntRange(min=1), default
                                help="Work on at most N nodes at once.")
 batch_option = click.option("--batch", type=click.IntRange(min=1), default=None, metavar="N",
                             help="Deploy to N nodes at a time; stop at the first batch that fails.")
+
+
+class BatchSize(click.ParamType):
+    """``--batch``: a number of nodes (``3``) or a share of them (``25%``) -> (number, is_percent)."""
+
+    name = "batch"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, bool]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_batch(value)
+        except BadValue as exc:
+            self.fail(str(exc), param, ctx)
+
+
+#: What ``--on-failure`` takes (ops.rollout.ON_FAILURE; written here so that --help imports no ops module).
+ON_FAILURE_CHOICES = ("stop", "rollback", "continue")
+
+
+def rollout_options(f: Callable) -> Callable:
+    """How a deploy or rollback goes over many nodes: batches, a canary, what a failure does (ops.rollout)."""
+    for option in reversed([
+        click.option("--batch", type=BatchSize(), default=None, metavar="N|N%",
+                     help="Switch N nodes (or N% of the targets, rounded up) at a time; default: all at once."),
+        click.option("--canary", is_flag=True, help="Switch one node first; if it fails, no other node is touched."),
+        click.option("--max-fail", type=click.IntRange(min=0), default=None, metavar="N",
+                     help="Failed nodes tolerated before --on-failure acts (default 0)."),
+        click.option("--on-failure", type=click.Choice(ON_FAILURE_CHOICES), default="stop", show_default=True,
+                     metavar="ACTION", help="When more than --max-fail nodes failed: stop (keep what switched), rollback (switch "
+                          "the nodes this command updated back), continue (every batch runs)."),
+        click.option("--pause", type=DURATION, default=0, metavar="SECONDS", help="Wait SECONDS between batches."),
+    ]):
+        f = option(f)
+    return f
+
+
+def rollout_settings(batch: tuple[int, bool] | None, canary: bool, max_fail: int | None, on_failure: str,
+                     pause: float):
+    """The rollout options as ``ops.rollout.Rollout`` (imported here, not at --help); BadRollout when they contradict."""
+    from deployer.ops.rollout import Rollout
+
+    return Rollout(batch=batch, max_fail=max_fail, pause=pause, canary=canary, on_failure=on_failure)
+
+
 service_option = click.option("--service", metavar="NAME",
                               help="The service to deploy to (a new name adds a service).")
 

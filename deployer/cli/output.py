@@ -61,14 +61,25 @@ def print_deploy_result(result, as_json: bool) -> None:
     for t in result.targets:  # the steps were shown as progress while they happened
         if t.error:
             click.echo(f"{t.target}: FAILED: {t.error}")
+        elif getattr(t, "rolled_back", False):
+            click.echo(f"{t.target}: rolled back to {t.previous_image}")
+        elif getattr(t, "rollback_error", None):
+            click.echo(f"{t.target}: runs {t.image}: could not roll back: {t.rollback_error}")
+    kept = [t for t in result.targets if not t.error and not getattr(t, "rolled_back", False)]
     if result.commit:
-        olds = {t.previous_image for t in result.targets if not t.error}
+        committed = [t for t in kept if getattr(t, "committed", False)] or kept
+        olds = {t.previous_image for t in committed}
         old = olds.pop() if len(olds) == 1 else "(various)"
-        click.echo(f"{result.action} {result.target}: {old or '(new service)'} -> {result.image} "
-                   f"[{result.commit[:7]}] ({result.seconds:.1f}s)")
+        news = {getattr(t, "image", None) or result.image for t in committed}
+        names = ", ".join(t.target for t in committed if getattr(t, "committed", False)) or result.target
+        click.echo(f"{result.action} {names}: {old or '(new service)'} -> "
+                   f"{news.pop() if len(news) == 1 else '(various)'} [{result.commit[:7]}] ({result.seconds:.1f}s)")
         return
-    for t in result.targets:
-        if t.error:
+    for t in kept:
+        if getattr(t, "rollback_error", None):
+            continue
+        if t.change is None and getattr(result, "stopped", None):
+            click.echo(f"{t.target}: not attempted")
             continue
         if t.change is not None and t.change.action != "none":
             click.echo(f"{t.target}: {result.image} is already written; repaired the container "

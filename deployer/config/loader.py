@@ -25,7 +25,9 @@ ConfigError with the line it was at (``yamlread``).
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import gc
 import os
 import re
 from pathlib import Path
@@ -34,12 +36,14 @@ from typing import Any, Callable
 from deployer.config import compose_deploy
 from deployer.config.compose_check import validate_compose
 from deployer.config.compose_keys import to_plain
-from deployer.config.compose_spec import container_name
+from deployer.config.compose_spec import container_name, container_spec
 from deployer.config.compose_merge import merge_tags
 from deployer.config.interpolate import interpolate_document
 from deployer.config.shared import resolve_shared
 from deployer.config.variables import ENV_FILE, fill_environment, node_variables, parse_dotenv, variables_mapping
 from deployer.config.label_check import valid_address
+from deployer.config.parse_cache import ParseCache, blob_id, spec_data, variables_id
+from deployer.config.parse_cache import key as cache_key
 from deployer.config.yamlread import MAX_FILE_BYTES, limit_error, load_fast, parse_yaml, yaml_limits
 from deployer.errors import ConfigError, ValidationFailed
 from deployer.values import BadValue
@@ -58,6 +62,12 @@ NODE_KEYS = {"docker", "description", "address", "tls", "identity_file", "variab
 BARE_DECIMAL_MODE = re.compile(r"\bmode\s*:\s*[1-9][0-9]*\s*(?:[,}\]#\r\n]|$)")
 PROJECT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # Compose's project names
 TLS_KEYS = {"ca", "cert", "key"}
+#: The parse cache of the load in progress (``check`` sets it; None: nothing is cached).
+_CACHE: contextvars.ContextVar[ParseCache | None] = contextvars.ContextVar("deployer_parse_cache", default=None)
+
+#: The files an include or extends read while one compose file is loaded: [rel, blob id] (for the parse cache).
+_READS: contextvars.ContextVar[list | None] = contextvars.ContextVar("deployer_shared_reads", default=None)
+
 DOCKER_URL_RE = re.compile(r"^(unix://.+|ssh://([^@/\s]+@)?[^:/\s]+(:\d+)?/?|tcp://[^:/\s]+(:\d+)?/?)$")
 
 
@@ -75,14 +85,17 @@ def value_line(mapping: Any, key: Any) -> int | None:
         return None
 
 
-def _read_text(root: Path, rel: str, problems: list[ConfigError]) -> str | None:
-    """The file's text if it can be read and is within the limits (size first, before reading it)."""
+def _read_text(root: Path, rel: str, problems: list[ConfigError], limits: bool = True) -> str | None:
+    """The file's text if it can be read and is within the limits (size first, before reading it;
+    the rest only with ``limits``: a text the parse cache has was within them when it was kept)."""
     try:
-        size = (root / rel).stat().st_size
-        if size > MAX_FILE_BYTES:
-            problems.append(limit_error(rel, f"{size:,} bytes: a YAML file may have at most {MAX_FILE_BYTES:,}"))
-            return None
-        text = (root / rel).read_text(encoding="utf-8")
+        path = os.path.join(root, rel)  # strings, not Paths: this runs for every file of 10,000 nodes
+        with open(path, encoding="utf-8") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                problems.append(limit_error(rel, f"{size:,} bytes: a YAML file may have at most {MAX_FILE_BYTES:,}"))
+                return None
+            text = f.read()
     except UnicodeDecodeError as exc:
         line = (root / rel).read_bytes()[: exc.start].count(b"\n") + 1
         problems.append(ConfigError(rel, "not UTF-8 text", line=line))
@@ -90,7 +103,7 @@ def _read_text(root: Path, rel: str, problems: list[ConfigError]) -> str | None:
     except OSError as exc:
         problems.append(ConfigError(rel, f"cannot read: {exc.strerror}"))
         return None
-    return _within_limits(text, rel, problems)
+    return _within_limits(text, rel, problems) if limits else text
 
 
 def _within_limits(text: str, rel: str, problems: list[ConfigError]) -> str | None:
@@ -111,17 +124,24 @@ def _parse(text: str, rel: str, problems: list[ConfigError]) -> Any:
 
 def _read_checked(root: Path, rel: str, problems: list[ConfigError], build: Callable[[Any, list], Any]) -> Any:
     """Read a YAML file and ``build(doc, problems)`` from it: fast first, again with line numbers if it has problems."""
-    text = _read_text(root, rel, problems)
+    cache = _CACHE.get()
+    text = _read_text(root, rel, problems, limits=cache is None)
     if text is None:
         return None
+    name = cache_key("yaml", blob_id(text)) if cache is not None else None
+    cached = cache.get(name) if cache is not None else None
+    if cache is not None and cached is None and _within_limits(text, rel, problems) is None:
+        return None
     try:
-        doc = load_fast(text)
+        doc = cached[0] if cached is not None else load_fast(text)
     except Exception:
         pass
     else:
         found: list[ConfigError] = []
         result = build(doc, found)
         if not found:
+            if cache is not None and cached is None:
+                cache.put(name, [doc])
             return result
     doc = _parse(text, rel, problems)
     if doc is None and text.strip() and problems and problems[-1].path == rel:
@@ -249,7 +269,11 @@ def _load_node(root: Path, dc: str, name: str, problems: list[ConfigError],
     node.secrets_dirs = secrets_dirs
     node.variables = node_variables(node.variables, dotenv_variables(root, f"{node.path}/{ENV_FILE}", dc_variables or {},
                                                                      problems), dc_variables or {})
-    compose = [f for f in COMPOSE_FILES if (root / node.path / f).is_file()]
+    try:
+        present = set(os.listdir(os.path.join(root, node.path)))  # one listing, not a stat per possible name
+    except OSError:
+        present = set()
+    compose = [f for f in COMPOSE_FILES if f in present and (root / node.path / f).is_file()]
     if len(compose) > 1:
         problems.append(ConfigError(f"{node.path}/{compose[1]}", f"a node has one compose file; {compose[0]} is here too"))
     if compose:
@@ -375,6 +399,9 @@ def _shared_reader(root: Path, fast: bool) -> Callable[[str, list[ConfigError]],
         text = _read_text(root, rel, problems)
         if text is None:
             return None
+        reads = _READS.get()
+        if reads is not None:  # the parse cache keys the including file's entry by this file's content too
+            reads.append([rel, blob_id(text)])
         if fast:
             try:
                 return load_fast(text)
@@ -395,10 +422,24 @@ def _node_profiles(doc: dict, rel: str, problems: list[ConfigError]) -> tuple[st
 
 def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError], text: str | None = None) -> None:
     node.compose_path = rel
+    cache = _CACHE.get() if text is None else None  # an edited text (deploy) is checked, not cached
+    if cache is not None:
+        text = _read_text(root, rel, problems, limits=False)
+        if text is None:
+            return
+        # what feeds the result besides the text: the node (dc, name) and the variables it is interpolated with
+        name = cache_key("compose", blob_id(text), node.dc, node.name, variables_id(node.variables),
+                         ",".join(node.profiles))
+        cached = cache.get(name)
+        if cached is not None and cache.same_files(root, cached[7]):  # read and checked before, no problems
+            _fill_compose(node, rel, *cached[:7])
+            return
     text = _read_text(root, rel, problems) if text is None else _within_limits(text, rel, problems)
     if text is None:
         return
     plain = True  # data from load_fast is plain dicts and lists already
+    reads: list = []
+    token = _READS.set(reads)
     try:
         if BARE_DECIMAL_MODE.search(text):
             raise ValueError("read with lines: a mode written without its leading 0")
@@ -408,6 +449,8 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
             found = validate_compose(doc, rel, root, secrets_dirs=node.secrets_dirs)
     except Exception:
         found = [None]
+    finally:
+        _READS.reset(token)
     if found:  # read again with line numbers, for the messages
         plain = False
         doc = _parse(text, rel, problems)
@@ -428,18 +471,12 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
         # construct only ruamel accepts): the round-trip data is the truth.
     plain_data = (lambda data: data) if plain else to_plain
     services = doc.get("services") or {}
-    every = {str(name): svc_doc for name, svc_doc in services.items()}
-    for name, svc_doc in services.items():
-        if not compose_deploy.enabled(svc_doc, node.profiles):
-            continue  # a profile this node does not enable (node.yml profiles): not deployed, not missing
-        node.services[name] = Service(
-            dc=node.dc,
-            node=node.name,
-            name=str(name),
-            image=str(svc_doc["image"]),
-            config=plain_data(svc_doc),
-            location=Location(rel),
-        )
+    every = {str(svc): svc_doc for svc, svc_doc in services.items()}
+    enabled = {str(svc): plain_data(svc_doc) for svc, svc_doc in services.items()
+               if compose_deploy.enabled(svc_doc, node.profiles)}  # the others: a profile this node does not enable
+    for svc, svc_doc in enabled.items():
+        node.services[svc] = Service(dc=node.dc, node=node.name, name=svc, image=str(svc_doc["image"]),
+                                     config=svc_doc, location=Location(rel))
     if len(node.services) < len(every):
         found = compose_deploy.disabled_dependencies(rel, node.services, every, node.profiles)
         if found:  # with the lines the round-trip loader knows
@@ -447,11 +484,59 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
             lines = {name: key_line(lined.get("services") or {}, name) for name in node.services}
             problems.extend(compose_deploy.disabled_dependencies(rel, node.services, every, node.profiles, lines))
             return
-    node.volumes = plain_data(doc.get("volumes") or {})
-    node.networks = plain_data(doc.get("networks") or {})
-    node.secrets = plain_data(doc.get("secrets") or {})
-    node.compose_name = str(doc["name"]) if doc.get("name") else None
-    node.configs = plain_data(doc.get("configs") or {})
+    node.services.clear()
+    parts = (enabled, plain_data(doc.get("volumes") or {}), plain_data(doc.get("networks") or {}),
+             plain_data(doc.get("secrets") or {}), str(doc["name"]) if doc.get("name") else None,
+             plain_data(doc.get("configs") or {}))
+    _fill_compose(node, rel, *parts)
+    # files that read others are kept with those files' blob ids (include, extends: compared at the next load);
+    # files whose check or containers read files beside the text (secrets, configs, env_file, relative binds)
+    # are not kept
+    if cache is not None and plain and _self_contained(doc):
+        cache.put(name, [*parts, _spec_entries(root, node), reads])
+
+
+def _self_contained(doc: dict) -> bool:
+    """Whether checking the compose document and building its containers read no file but the text itself."""
+    if doc.get("secrets") or doc.get("configs"):
+        return False
+    for svc in (doc.get("services") or {}).values():
+        if not isinstance(svc, dict) or svc.get("env_file") or svc.get("configs") or svc.get("secrets"):
+            return False
+        for volume in svc.get("volumes") or []:
+            source = volume.split(":", 1)[0] if isinstance(volume, str) else str((volume or {}).get("source") or "")
+            if source.startswith((".", "~")) or (isinstance(volume, dict) and volume.get("type") == "bind"
+                                                 and not source.startswith("/")):
+                return False
+    return True
+
+
+def _fill_compose(node: Node, rel: str, services: dict, volumes: dict, networks: dict, secrets: dict,
+                  compose_name: str | None = None, configs: dict | None = None, specs: dict | None = None) -> None:
+    location = Location(rel)
+    specs = specs or {}
+    for name, svc_doc in services.items():
+        node.services[name] = Service(dc=node.dc, node=node.name, name=name, image=str(svc_doc["image"]),
+                                      config=svc_doc, location=location, cached_spec=specs.get(name))
+    node.volumes = volumes
+    node.networks = networks
+    node.secrets = secrets
+    node.compose_name = compose_name
+    node.configs = configs or {}
+
+
+def _spec_entries(root: Path, node: Node) -> dict:
+    """The container spec of each service for the parse cache (it depends on the text, the node, its variables
+    and profiles: all in the key)."""
+    out = {}
+    for name, svc in node.services.items():
+        try:
+            data = spec_data(container_spec(node, svc, root))
+        except Exception:  # noqa: BLE001 - not cached; the command that builds it reports the error
+            continue
+        if data is not None:
+            out[name] = data
+    return out
 
 
 def with_compose_text(root: str | Path, node: Node, text: str) -> Node:
@@ -468,8 +553,30 @@ def with_compose_text(root: str | Path, node: Node, text: str) -> Node:
 
 
 def check(root: str | Path) -> tuple[Infrastructure, list[ConfigError]]:
-    """Load everything that can be loaded, and every problem found on the way."""
+    """Load everything that can be loaded, and every problem found on the way (through the parse cache)."""
     root = Path(root).resolve()
+    # A load makes millions of small objects and no garbage cycles: the cycle collector's passes over
+    # the growing heap made a 10,000-node load grow faster than linearly; it is paused meanwhile, and
+    # what was loaded (it lives as long as the command) is moved out of its later passes (gc.freeze:
+    # still freed by reference counting when dropped; the model has no cycles).
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        cache = ParseCache.for_root(root)
+        token = _CACHE.set(cache if cache.enabled else None)
+        try:
+            infra, problems = _check(root)
+        finally:
+            _CACHE.reset(token)
+        cache.save(prune=True)
+    finally:
+        gc.freeze()
+        if paused:
+            gc.enable()
+    return infra, problems
+
+
+def _check(root: Path) -> tuple[Infrastructure, list[ConfigError]]:
     infra = Infrastructure(root=root)
     problems: list[ConfigError] = []
     base = root / DATACENTERS

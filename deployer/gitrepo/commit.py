@@ -37,6 +37,8 @@ TRAILER_IMAGE = "Deployer-Image"
 TRAILER_PREVIOUS_IMAGE = "Deployer-Previous-Image"
 TRAILER_IMAGE_ID = "Deployer-Image-Id"
 TRAILER_ROLLBACK_TO = "Deployer-Rollback-To"  # full commit sha
+TRAILER_FAILED = "Deployer-Failed"  # a target of the deploy whose switch failed (it runs its old container)
+TRAILER_ROLLED_BACK = "Deployer-Rolled-Back"  # switched, then back to its old image (--on-failure rollback)
 
 # The Deployer-Action of each kind of commit.
 ACTION_DEPLOY = "deploy"
@@ -52,6 +54,8 @@ DEPLOYER_TRAILERS = (
     TRAILER_PREVIOUS_IMAGE,
     TRAILER_IMAGE_ID,
     TRAILER_ROLLBACK_TO,
+    TRAILER_FAILED,
+    TRAILER_ROLLED_BACK,
 )
 
 # Identity used for commits when neither the environment nor git config names one.
@@ -123,21 +127,30 @@ def format_message(
 
 def deployer_trailers(action: str, targets: Sequence[str], *, image: str | None = None,
                       previous_images: Sequence[str | None] = (), image_ids: Sequence[str] = (),
-                      rollback_to: str | None = None) -> list[tuple[str, str]]:
+                      rollback_to: str | None = None, images: Sequence[str] = (),
+                      failed: Sequence[str] = (), rolled_back: Sequence[str] = ()) -> list[tuple[str, str]]:
     """The trailer block of a deployer commit, in the order ``deploy_log`` reads it back.
 
     One Deployer-Target per target; for deploys and rollbacks the image, one
     Deployer-Previous-Image per target ("none" for a new service), the image
     ids the nodes ended up running (each once) and the commit a rollback went back to.
+    ``images`` (one per target) replaces ``image`` when the targets went to different images
+    (a rollback of a whole deploy). ``failed`` and ``rolled_back`` name the other targets of the
+    command, which are not in the commit: they run what they ran before it.
     """
     pairs = [(TRAILER_ACTION, action)]
     pairs += [(TRAILER_TARGET, str(t)) for t in targets]
-    if image is not None:
+    if images:
+        pairs += [(TRAILER_IMAGE, i) for i in images]
+    elif image is not None:
         pairs.append((TRAILER_IMAGE, image))
+    if image is not None or images:
         pairs += [(TRAILER_PREVIOUS_IMAGE, p or "none") for p in previous_images]
         pairs += [(TRAILER_IMAGE_ID, i) for i in dict.fromkeys(i for i in image_ids if i)]
     if rollback_to:
         pairs.append((TRAILER_ROLLBACK_TO, rollback_to))
+    pairs += [(TRAILER_FAILED, str(t)) for t in failed]
+    pairs += [(TRAILER_ROLLED_BACK, str(t)) for t in rolled_back]
     return pairs
 
 

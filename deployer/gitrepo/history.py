@@ -5,6 +5,7 @@
 * ``service_versions()`` -- the images one service had, newest first,
   read from each commit that touched its compose file (one persistent
   ``git cat-file --batch`` process, parse results cached per blob).
+* ``deploy_entry()`` -- one deployer commit by revision (``rollback --commit``).
 * ``resolve_rollback()`` -- which image (and which commit) a rollback
   goes back to.
 
@@ -22,6 +23,7 @@ from typing import Any, Iterable, Iterator
 
 from deployer.errors import RepoError, RollbackError
 from deployer.gitrepo.base import GitRepoBase
+from deployer.gitrepo.base import git_plain
 from deployer.gitrepo.commit import (
     TRAILER_ACTION, TRAILER_IMAGE, TRAILER_IMAGE_ID, TRAILER_PREVIOUS_IMAGE, TRAILER_ROLLBACK_TO, TRAILER_TARGET,
 )
@@ -105,27 +107,46 @@ class HistoryMixin(GitRepoBase):
         if not self._has_head():
             return []
         prefix = (target_prefix or "").strip().strip("/")
-        fields = ["%H", "%h", "%cI", "%an", "%ae", "%s", "%b", "%(trailers:only,unfold)"]
-        fmt = "%x00".join(fields) + "%x00"
-        out = self._run(
-            "log", "--no-show-signature", "--encoding=UTF-8", "--fixed-strings", "--regexp-ignore-case",
-            f"--grep={TRAILER_ACTION}", f"--format={fmt}", "HEAD", "--",
-            read_only=True, strip=False,
-        )
-        parts = out.split("\0")
-        n = len(fields)
         entries: list[HistoryEntry] = []
-        for i in range(0, len(parts) - n + 1, n):
-            sha, short, time, an, ae, subject, body, trailer_text = parts[i : i + n]
-            entry = _make_entry(sha.strip(), short, time, an, ae, subject, body, trailer_text)
-            if entry is None:
-                continue
+        for entry in self._entries("--fixed-strings", "--regexp-ignore-case", f"--grep={TRAILER_ACTION}", "HEAD"):
             if prefix and not any(t == prefix or t.startswith(prefix + "/") for t in entry.targets):
                 continue
             entries.append(entry)
             if limit is not None and len(entries) >= limit:
                 break
         return entries
+
+    def _entries(self, *args: str) -> Iterator[HistoryEntry]:
+        n = len(_LOG_FIELDS)
+        out = self._run("log", "--no-show-signature", "--encoding=UTF-8", f"--format={_LOG_FORMAT}", *args, "--",
+                        read_only=True, strip=False)
+        parts = out.split("\0")
+        for i in range(0, len(parts) - n + 1, n):
+            sha, short, time, an, ae, subject, body, trailer_text = parts[i : i + n]
+            entry = _make_entry(sha.strip(), short, time, an, ae, subject, body, trailer_text)
+            if entry is not None:
+                yield entry
+
+    def deploy_entry(self, rev: str) -> HistoryEntry:
+        """The deployer commit ``rev`` names, in the history of HEAD; RollbackError when it is not one."""
+        sha = self.rev_parse(rev.strip()) if rev else None
+        if sha is None:
+            raise RollbackError(f"unknown revision {rev}")
+        if not self._in_head_history(sha):
+            raise RollbackError(f"commit {sha[:7]} is not in the history of HEAD")
+        found = list(self._entries("-1", sha))
+        if not found:
+            raise RollbackError(f"commit {sha[:7]} is not a deploy or rollback (it has no {TRAILER_ACTION} trailer)")
+        return found[0]
+
+    def _in_head_history(self, sha: str) -> bool:
+        head = self.rev_parse("HEAD")
+        if head is None:
+            return False
+        if head == sha:
+            return True
+        status, _out, _err = git_plain(["merge-base", "--is-ancestor", sha, head], cwd=self.root)
+        return status == 0
 
     def _image_in_blob(self, rev: str, rel: str, service: str) -> str | None:
         """The service's image in the file at ``rev`` (None: no file, bad YAML, no such service)."""
@@ -287,6 +308,8 @@ class HistoryMixin(GitRepoBase):
 
 
 _MISSING: Any = object()
+_LOG_FIELDS = ["%H", "%h", "%cI", "%an", "%ae", "%s", "%b", "%(trailers:only,unfold)"]
+_LOG_FORMAT = "%x00".join(_LOG_FIELDS) + "%x00"
 
 
 def _make_entry(

@@ -1,7 +1,8 @@
 """ops: what a user asks for.
 
 ``deploy`` (deploy, rollback, and ``Deployer``, the front door the CLI and
-``release`` use), ``fleet`` (status, plan, apply across nodes), ``nodes`` (node
+``release`` use), ``rollout`` (fleet rollouts: batches, canary, what a failure
+does, and which images undo a whole deploy), ``fleet`` (status, plan, apply across nodes), ``nodes`` (node
 add / rm), ``scaffold`` (init), ``release`` (build, push, deploy; watch-builds),
 ``logs`` (the services' log lines, read or followed across nodes),
 ``service`` (exec's target, restart health-gated without a commit),

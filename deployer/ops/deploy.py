@@ -6,7 +6,7 @@
       load the repository under the lock                          (config.loader.load)
       choose the services: one per node                           (ops.targets.deploy_targets)
       edit each compose text in memory -> its container spec      (config.yamledit, compose spec)
-      per node, in batches, nodes in parallel:
+      per node, in batches (ops.rollout: --batch, --canary, --max-fail), nodes in parallel:
         EngineSession: connect, read the node once                (engine.session)
         plan the service                                          (engine.plan.plan_service)
         apply it, health-gated, Consul hooks around the switch    (engine.apply.Applier)
@@ -32,7 +32,7 @@ from typing import Any, Callable
 from deployer.config import loader, yamledit
 from deployer.config.compose_spec import container_spec, node_resources
 from deployer.engine.apply import SwapOptions
-from deployer.engine.plan import NONE
+from deployer.engine.plan import NONE, REMOVE, Change
 from deployer.engine.session import EngineSession
 from deployer.errors import PartialDeploy, TargetError
 from deployer.gitrepo.commit import ACTION_DEPLOY, ACTION_ROLLBACK, deployer_trailers
@@ -41,6 +41,7 @@ from deployer.gitrepo.transaction import RepoTransaction
 from deployer.imageref import ImageRef
 from deployer.model import Datacenter, Infrastructure, Node, Target
 from deployer.ops import fleet
+from deployer.ops.rollout import Rollout, rollback_targets, run_batches
 from deployer.ops.results import DeployResult, NodeApply, NodePlan, StatusRow, TargetResult
 from deployer.ops.targets import DEFAULT_PARALLEL, deploy_targets, discovery_hooks, node_failure, run_parallel
 from deployer.spec import ContainerSpec
@@ -88,60 +89,80 @@ class Deployer:
 
     def deploy(self, image: str, targets: str | list[str], service: str | None = None, *, wait: float = 0,
                dry_run: bool = False, author: str | None = None, message: str | None = None,
-               swap: SwapOptions | None = None, batch: int | None = None,
-               parallel: int = DEFAULT_PARALLEL) -> DeployResult:
-        """Deploy ``image`` to one or more targets (dc/node, dc/node/service, or a whole dc)."""
+               swap: SwapOptions | None = None, batch: int | tuple[int, bool] | None = None,
+               parallel: int = DEFAULT_PARALLEL, rollout: Rollout | None = None) -> DeployResult:
+        """Deploy ``image`` to one or more targets (dc/node, dc/node/service, or a whole dc).
+
+        ``rollout`` says in which batches and what a failure does (``ops.rollout``); ``batch`` alone
+        (a count, or (number, is_percent)) is the same as a rollout of that batch size."""
         ref = ImageRef.parse(image)
         chosen = deploy_targets(self.load(), ref, [targets] if isinstance(targets, str) else list(targets), service)
-        return self._deploy(chosen, str(ref), ACTION_DEPLOY, wait=wait, dry_run=dry_run, author=author,
-                            message=message, swap=swap, batch=batch, parallel=parallel)
+        return self._deploy({t: str(ref) for t in chosen}, ACTION_DEPLOY, wait=wait, dry_run=dry_run, author=author,
+                            message=message, swap=swap, parallel=parallel, rollout=_rollout(rollout, batch))
 
-    def rollback(self, target: str, *, steps: int = 1, to: str | None = None, wait: float = 0,
-                 dry_run: bool = False, author: str | None = None, message: str | None = None,
-                 swap: SwapOptions | None = None) -> DeployResult:
-        """Deploy the image ``target`` ran ``steps`` versions ago (or at commit ``to``), found in git history."""
+    def rollback(self, target: str | list[str] | None = None, *, steps: int = 1, to: str | None = None,
+                 commit: str | None = None, wait: float = 0, dry_run: bool = False, author: str | None = None,
+                 message: str | None = None, swap: SwapOptions | None = None, parallel: int = DEFAULT_PARALLEL,
+                 rollout: Rollout | None = None) -> DeployResult:
+        """Deploy the image each target ran before, found in git history (``ops.rollout.rollback_targets``):
+        a service ``steps`` versions ago (or at commit ``to``); every target of deploy ``commit``, or of the
+        latest deploy into a dc or node, to the image it had before that commit."""
+        texts = [target] if isinstance(target, str) else list(target or [])
         infra = self.load()
-        resolved = infra.resolve(target)
-        if resolved.service is None:
-            raise TargetError(f"rollback needs a service: write dc/node/service (got {target!r})")
-        svc = infra.node(resolved.dc, resolved.node).services[resolved.service]
+        for text in texts:
+            if commit is None and (steps != 1 or to is not None) and infra.resolve(text).service is None:
+                raise TargetError(f"--steps and --to need a service: write dc/node/service (got {text!r})")
         with self.repo() as repo:
-            image, commit = repo.resolve_rollback(
-                svc.location.path, svc.name, svc.image, target=svc.target, steps=steps, to_rev=to
-            )
-        return self._deploy([resolved], image, ACTION_ROLLBACK, rollback_to=commit, wait=wait, dry_run=dry_run,
-                            author=author, message=message, swap=swap)
+            images, undone = rollback_targets(infra, repo, texts, commit, steps=steps, to=to)
+        return self._deploy(images, ACTION_ROLLBACK, rollback_to=undone, wait=wait, dry_run=dry_run,
+                            author=author, message=message, swap=swap, parallel=parallel, rollout=rollout)
 
-    def _deploy(self, targets: list[Target], image: str, action: str, *, rollback_to: str | None = None,
+    def _deploy(self, images: dict[Target, str], action: str, *, rollback_to: str | None = None,
                 wait: float = 0, dry_run: bool = False, author: str | None = None, message: str | None = None,
-                swap: SwapOptions | None = None, batch: int | None = None,
-                parallel: int = DEFAULT_PARALLEL) -> DeployResult:
+                swap: SwapOptions | None = None, parallel: int = DEFAULT_PARALLEL,
+                rollout: Rollout | None = None) -> DeployResult:
         started = time.monotonic()
-        result = DeployResult(action, image, dry_run=dry_run, rollback_to=rollback_to)
+        rollout = rollout or Rollout()
+        shown = set(images.values())
+        result = DeployResult(action, shown.pop() if len(shown) == 1 else "(various)", dry_run=dry_run,
+                              rollback_to=rollback_to)
         with RepoTransaction(self.root, wait=wait, dry_run=dry_run, progress=self.progress) as tx:
             infra = self.load()  # under the lock, after the pull: someone may have deployed meanwhile
-            edits = [self._edit(infra, t, image, tx) for t in targets]
+            edits = [self._edit(infra, t, image, tx) for t, image in images.items()]
             result.targets = [e.result for e in edits]
-            size = batch or len(edits)
-            for i in range(0, len(edits), size):
-                group = edits[i:i + size]
+
+            def work(group: list[_Edit]) -> None:
                 run_parallel(lambda e: self._apply_edit(e, dry_run, swap, action), group, parallel)
-                if any(e.result.error for e in group):
-                    break  # stop at the first failed batch
-            done = [e for e in edits if e.applied and e.new_text != e.old_text]
+
+            if dry_run:
+                work(edits)
+            else:
+                run = run_batches(edits, rollout, work, lambda e: e.result.error is not None, say=self.progress)
+                result.stopped = run.stopped
+                if run.undo:
+                    switched = [e for e in edits if e.applied and e.result.change is not None
+                                and e.result.change.action != NONE]
+                    run_parallel(lambda e: self._roll_back_edit(e, swap), switched, parallel)
+            done = [e for e in edits if e.applied and e.new_text != e.old_text and not e.result.rolled_back]
             if done and not dry_run:
-                result.commit = self._commit(tx, done, action, image, rollback_to, message, author)
+                result.commit = self._commit(tx, done, edits, action, rollback_to, message, author)
+                for e in done:
+                    e.result.committed = True
             result.seconds = time.monotonic() - started
         failed = result.failed
         if failed:
             if len(edits) == 1:
                 raise edits[0].exception
             skipped = [e.result.target for e in edits if not e.applied and not e.result.error]
+            back = [e.result.target for e in edits if e.result.rolled_back]
+            stuck = [f"{e.result.target} ({e.result.rollback_error})" for e in edits if e.result.rollback_error]
             raise PartialDeploy(result, f"{len(failed)} of {len(edits)} targets failed: "
                                 + "; ".join(f"{t.target}: {t.error}" for t in failed)
                                 + (f"; not attempted: {', '.join(skipped)}" if skipped else "")
-                                + (f"; committed the ones that succeeded ({result.commit[:7]})" if result.commit else
-                                   "; nothing committed"))
+                                + (f"; rolled back: {', '.join(back)}" if back else "")
+                                + (f"; could not roll back: {', '.join(stuck)}" if stuck else "")
+                                + (f"; committed the ones that run {result.image} ({result.commit[:7]})"
+                                   if result.commit else "; nothing committed"))
         return result
 
     def _edit(self, infra: Infrastructure, target: Target, image: str, tx: RepoTransaction) -> _Edit:
@@ -163,7 +184,7 @@ class Deployer:
         spec = container_spec(new_node, new_node.services[target.service], self.root)
         diff = yamledit.yaml_diff(old_text, new_text, rel) if new_text != old_text else ""
         return _Edit(target, node, new_node, rel, old_text, new_text, spec,
-                     TargetResult(str(target), old_image, diff=diff), infra.datacenters[target.dc])
+                     TargetResult(str(target), old_image, diff=diff, image=image), infra.datacenters[target.dc])
 
     def _apply_edit(self, edit: _Edit, dry_run: bool, swap: SwapOptions | None, action: str = ACTION_DEPLOY) -> None:
         """Plan the edited service on its node and, unless a dry run, apply it over one engine session."""
@@ -189,15 +210,51 @@ class Deployer:
             edit.exception = node_failure(edit.node, exc)
             edit.result.error = edit.exception.one_line()
 
-    def _commit(self, tx: RepoTransaction, done: list[_Edit], action: str, image: str, rollback_to: str | None,
-                message: str | None, author: str | None) -> str:
+    def _roll_back_edit(self, edit: _Edit, swap: SwapOptions | None) -> None:
+        """Switch a target this command updated back to what it ran (``--on-failure rollback``)."""
+        svc = edit.target.service
+        if svc in edit.node.services:
+            back = _Edit(edit.target, edit.new_node, edit.node, edit.rel, edit.new_text, edit.old_text,
+                         container_spec(edit.node, edit.node.services[svc], self.root),
+                         TargetResult(str(edit.target), edit.result.image), edit.datacenter)
+            self.node_progress(edit.node)(f"rolling back to {edit.result.previous_image}")
+            self._apply_edit(back, False, swap, ACTION_ROLLBACK)
+            error = back.result.error
+            edit.result.steps += [f"rolled back: {step}" for step in back.result.steps]
+        else:  # the deploy added this service: rolling back removes its container
+            error = self._remove_added(edit)
+        if error is None:
+            edit.result.rolled_back = True
+        else:
+            edit.result.rollback_error = error
+
+    def _remove_added(self, edit: _Edit) -> str | None:
+        try:
+            with EngineSession(edit.node, self.root) as session:
+                hooks = self._hooks(edit.datacenter, edit.new_node)
+                applier = session.applier(None, hooks, self.node_progress(edit.node))
+                for c in session.state.managed:
+                    if c.service == edit.target.service:
+                        change = Change(str(edit.target), REMOVE, ["rolled back: new in this deploy"], None, c, [])
+                        edit.result.steps += applier.apply(change, session.state).steps
+            return None
+        except Exception as exc:
+            return node_failure(edit.node, exc).one_line()
+
+    def _commit(self, tx: RepoTransaction, done: list[_Edit], edits: list[_Edit], action: str,
+                rollback_to: str | None, message: str | None, author: str | None) -> str:
         olds = {e.result.previous_image for e in done}
         old = olds.pop() if len(olds) == 1 else "(various)"
-        subject = f"{action} {', '.join(str(e.target) for e in done)}: {old or '(new service)'} -> {image}"
+        news = {e.result.image for e in done}
+        image = news.pop() if len(news) == 1 else None
+        subject = f"{action} {', '.join(str(e.target) for e in done)}: {old or '(new service)'} -> {image or '(various)'}"
         trailers = deployer_trailers(action, [str(e.target) for e in done], image=image,
+                                     images=[] if image else [e.result.image for e in done],
                                      previous_images=[e.result.previous_image for e in done],
                                      image_ids=[e.result.image_id for e in done if e.result.image_id],
-                                     rollback_to=rollback_to)
+                                     rollback_to=rollback_to,
+                                     failed=[str(e.target) for e in edits if e.result.error],
+                                     rolled_back=[str(e.target) for e in edits if e.result.rolled_back])
         for e in done:
             tx.stage(e.rel, e.new_text)
         return tx.commit(subject, trailers, reason=message, author=author, world_changed=True).sha
@@ -228,3 +285,9 @@ class Deployer:
 
     def node_progress(self, node: Node) -> Callable[[str], None]:
         return lambda msg: self.progress(f"{node.target}: {msg}")
+
+
+def _rollout(rollout: Rollout | None, batch: int | tuple[int, bool] | None) -> Rollout:
+    if rollout is not None:
+        return rollout
+    return Rollout(batch=(batch, False) if isinstance(batch, int) else batch)

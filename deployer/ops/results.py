@@ -19,16 +19,24 @@ class TargetResult:
     image_id: str | None = None
     diff: str = ""
     error: str | None = None
+    image: str | None = None  # the image this target was switched to (a rollback's may differ per target)
+    rolled_back: bool = False  # switched, then back to previous_image by --on-failure rollback
+    rollback_error: str | None = None  # the switch back failed: it still runs ``image``
+    committed: bool = False  # the command's commit holds this target
 
     def to_json(self) -> dict[str, Any]:
         return {
             "target": self.target,
+            "image": self.image,
             "previous_image": self.previous_image,
             "image_id": self.image_id,
             "container_action": self.change.action if self.change else None,
             "reasons": self.change.reasons if self.change else [],
             "steps": self.steps,
             "error": self.error,
+            "rolled_back": self.rolled_back,
+            "rollback_error": self.rollback_error,
+            "committed": self.committed,
         }
 
 
@@ -41,6 +49,7 @@ class DeployResult:
     dry_run: bool = False
     rollback_to: str | None = None
     seconds: float = 0.0
+    stopped: str | None = None  # why the rollout stopped before its last batch (None: it did not)
 
     # The single-target view, which is what most deploys are.
     @property
@@ -74,6 +83,7 @@ class DeployResult:
             "commit": self.commit,
             "dry_run": self.dry_run,
             "rollback_to": self.rollback_to,
+            "stopped": self.stopped,
             "seconds": round(self.seconds, 3),
             "targets": [t.to_json() for t in self.targets],
         }

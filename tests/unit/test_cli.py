@@ -9,6 +9,7 @@ from types import SimpleNamespace as NS
 import pytest
 
 from deployer.engine.apply import SwapOptions
+from deployer.ops.rollout import Rollout
 from click.testing import CliRunner
 
 from deployer.cli.main import main
@@ -129,7 +130,7 @@ def deploy_result(*targets, commit="abcdef0123456789", dry_run=False):
 def test_deploy_passes_the_options_and_prints_the_commit_line(repo, fake):
     fake.answers["deploy"] = deploy_result(target("test/n1/web"))
     result = cli(repo, "deploy", "a:2", "test/n1", "--wait", "1m30s", "--settle", "250ms", "--health-timeout", "5",
-                 "--no-consul", "-q", "--batch", "2")
+                 "--no-consul", "-q", "--batch", "2", "--canary", "--pause", "1m", "--on-failure", "rollback")
     assert result.exit_code == 0, result.output
     assert result.stdout == "deploy test: a:1 -> a:2 [abcdef0] (1.2s)\n"
     ((root, made),) = fake.made
@@ -137,7 +138,36 @@ def test_deploy_passes_the_options_and_prints_the_commit_line(repo, fake):
     ((method, args, kwargs),) = fake.calls
     assert (method, args) == ("deploy", ("a:2", ["test/n1"], None))
     assert kwargs == {"wait": 90.0, "dry_run": False, "author": None, "message": None,
-                      "swap": SwapOptions(settle=0.25, health_timeout=5.0), "batch": 2, "parallel": 8}
+                      "swap": SwapOptions(settle=0.25, health_timeout=5.0), "parallel": 8,
+                      "rollout": Rollout(batch=(2, False), pause=60.0, canary=True, on_failure="rollback")}
+
+
+def test_deploy_refuses_rollout_options_that_contradict_before_anything_runs(repo, fake):
+    result = cli(repo, "deploy", "a:2", "test", "--max-fail", "1", "--on-failure", "continue")
+    assert result.exit_code == 3 and "--max-fail has no effect with --on-failure continue" in result.output
+    result = cli(repo, "deploy", "a:2", "test", "--batch", "0%")
+    assert result.exit_code == 3 and "a batch is 1 node or more" in result.output
+    assert fake.calls == []
+
+
+def test_rollback_takes_a_whole_deploy(repo, fake):
+    fake.answers["rollback"] = deploy_result(target("test/n1/web"))
+    assert cli(repo, "rollback", "--commit", "abc1234", "-q").exit_code == 0
+    ((method, args, kwargs),) = fake.calls
+    assert method == "rollback" and args == ([],) and kwargs["commit"] == "abc1234"
+    result = cli(repo, "rollback")
+    assert result.exit_code == 3 and "or --commit SHA" in result.output
+
+
+def test_a_rollout_names_the_rolled_back_failed_and_committed_targets(repo, fake):
+    ok = NS(target="test/n1/web", previous_image="a:1", error=None, change=None, diff="", committed=True, image="a:2")
+    back = NS(target="test/n2/web", previous_image="a:1", error=None, change=None, diff="", rolled_back=True)
+    bad = NS(target="test/n3/web", previous_image="a:1", error="unhealthy", change=None, diff="")
+    result = deploy_result(ok, back, bad)
+    fake.answers["deploy"] = PartialDeploy(result, "1 of 3 targets failed")
+    out = cli(repo, "deploy", "a:2", "test").stdout
+    assert out == ("test/n2/web: rolled back to a:1\ntest/n3/web: FAILED: unhealthy\n"
+                   "deploy test/n1/web: a:1 -> a:2 [abcdef0] (1.2s)\n")
 
 
 def test_deploy_dry_run_and_nothing_to_do(repo, fake):

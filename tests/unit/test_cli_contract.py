@@ -204,7 +204,7 @@ def test_targets_complete_from_the_repository(repo):
     assert complete(f"deployer --repo {repo} status test/n1") == ["test/n1", "test/n1/web"]
     assert complete("deployer status test/n", env={"DEPLOYER_REPO": str(repo)}) == [
         "test/n1", "test/n1/web", "test/n2"]
-    assert complete(f"deployer --repo {repo} rollback t") == ["test/n1/web"]
+    assert complete(f"deployer --repo {repo} rollback t") == ["test", "test/n1", "test/n1/web", "test/n2"]
     assert complete(f"deployer --repo {repo} node rm t") == ["test/n1", "test/n2"]
     assert complete(f"deployer --repo {repo} services ") == ["test"]
     assert complete(f"deployer --repo {repo} deploy reg:5000/a:1 test/n") == ["test/n1", "test/n1/web", "test/n2"]

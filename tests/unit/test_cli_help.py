@@ -12,7 +12,8 @@ command; ``--json`` on init, node rm, render and templates watch; ``-q``/``-v``
 on every command (help saying where they change nothing); every option's
 ``envvar`` (DEPLOYER_<COMMAND>_<OPTION>, ``--repo``'s DEPLOYER_REPO now through
 click's envvar, its default plain "."); the exit codes in the help of status,
-plan, validate and services.
+plan, validate and services. Recaptured for issue 11: deploy's and rollback's rollout options (--batch N|N%,
+--canary, --max-fail, --on-failure, --pause), rollback's TARGETS... and --commit, rollback's --parallel.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ DURATION_OPTIONS = {
     ("node add", "wait"): "float",
     ("node rm", "wait"): "float",
     ("watch-builds", "interval"): "duration",
+    ("deploy", "pause"): "duration",  # issue 11's rollout options, pinned as they were added
+    ("rollback", "pause"): "duration",
     ("registrator", "resync"): "text",
 }
 

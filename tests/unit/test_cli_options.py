@@ -24,7 +24,7 @@ MINIMAL_ARGS = {
 }
 
 #: The defaults, as seconds (unchanged).
-DEFAULTS = {"wait": 0.0, "settle": None, "health_timeout": None, "interval": 10.0, "resync": 30.0}
+DEFAULTS = {"wait": 0.0, "settle": None, "health_timeout": None, "interval": 10.0, "resync": 30.0, "pause": 0.0}
 
 #: Where zero is refused (as before: only watch-builds --interval).
 POSITIVE = {("watch-builds", "interval")}
