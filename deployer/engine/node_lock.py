@@ -1,10 +1,12 @@
 """The node lock on the node's own Docker engine, for datacenters without a Consul.
 
-The lock object is a container named ``deployer-lock`` that is created and never
-started. Container names are reserved atomically by the engine (a second
-``POST /containers/create?name=deployer-lock`` gets ``409 Conflict`` while the
-first exists), which is what makes it a lock that every deployer on every machine
-respects. Volumes and networks were tried and are not locks: ``volume create`` with
+The lock object is a container named ``deployer-lock.<dc>.<node>`` that is created
+and never started. Container names are reserved atomically by the engine (a second
+``POST /containers/create?name=deployer-lock.dc.node`` gets ``409 Conflict`` while
+the first exists), which is what makes it a lock that every deployer on every
+machine respects. One per node, so nodes that share an engine do not wait for each
+other (two names that could only collide for dc names with dots would make two
+nodes share a lock: more exclusion, never less). Volumes and networks were tried and are not locks: ``volume create`` with
 an existing name returns the existing volume, and ``network create`` with a name
 that exists makes a second network unless ``CheckDuplicate`` is set, which the
 engine checks before creating, not atomically.
@@ -64,7 +66,7 @@ from deployer.labels import LABEL_LOCK, LABEL_LOCK_HOLDER, LABEL_LOCK_ID, LABEL_
 
 docker = import_docker()
 
-LOCK_NAME = "deployer-lock"
+LOCK_PREFIX = "deployer-lock"
 LOCK_IMAGE = "deployer-lock:1"
 LEASE_FILE = "deployer-lease"
 MARGIN = 2.0  # seconds of engine time between the last renewal and the earliest break (Date has 1 s resolution)
@@ -90,6 +92,11 @@ def describe_holder(info: dict[str, Any] | None) -> str:
     if info.get("reason"):
         who += f": {info['reason']}"
     return who
+
+
+def lock_name(target: str) -> str:
+    """The lock object's name on the engine for node ``dc/node``."""
+    return f"{LOCK_PREFIX}." + target.replace("/", ".")
 
 
 def new_lock_id() -> str:
@@ -160,7 +167,7 @@ def lease_tar(expires: float) -> bytes:
 
 
 def _image_tar() -> bytes:
-    data = b"deployer-lock: this image only backs the never-started lock container 'deployer-lock'\n"
+    data = b"deployer-lock: this image only backs the never-started node lock containers 'deployer-lock.*'\n"
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         info = tarfile.TarInfo("deployer-lock.txt")
@@ -170,9 +177,9 @@ def _image_tar() -> bytes:
     return buf.getvalue()
 
 
-def read_lock(api: Any) -> LockObject | None:
-    """The engine's lock object now, or None when the node is not locked."""
-    response = api._get(api._url("/containers/{0}/json", LOCK_NAME))
+def read_lock(api: Any, name: str) -> LockObject | None:
+    """The node's lock object now (``name``: ``lock_name(target)``), or None when the node is not locked."""
+    response = api._get(api._url("/containers/{0}/json", name))
     if response.status_code == 404:
         return None
     api._raise_for_status(response)
@@ -180,7 +187,7 @@ def read_lock(api: Any) -> LockObject | None:
     now = http_date(response.headers) or time.time()
     labels = (data.get("Config") or {}).get("Labels") or {}
     if labels.get(LABEL_LOCK) != "1":
-        raise LockError(f"a container named {LOCK_NAME} that is not a deployer lock is on the engine "
+        raise LockError(f"a container named {name} that is not a deployer lock is on the engine "
                         f"({data.get('Id', '')[:12]}); rename or remove it")
     try:
         holder = json.loads(labels.get(LABEL_LOCK_HOLDER) or "{}")
@@ -230,6 +237,7 @@ class EngineLock:
         self.client = client
         self.api = client.api
         self.target = target
+        self.name = lock_name(target)
         self.ttl = 0.0 if manual else max(float(ttl), MIN_TTL)
         self.id = info.get("id") or new_lock_id()
         self.info = {**info, "id": self.id, "ttl": self.ttl, "manual": manual}
@@ -251,7 +259,7 @@ class EngineLock:
             created = self._try_create()
             if created:
                 return self
-            current = read_lock(self.api)
+            current = read_lock(self.api, self.name)
             if current is None:
                 continue  # released between our create and the read
             if current.expired():
@@ -283,7 +291,7 @@ class EngineLock:
         for attempt in (1, 2):
             try:
                 created = self.api.create_container(
-                    LOCK_IMAGE, command=["deployer-lock"], name=LOCK_NAME, labels=labels, network_disabled=True,
+                    LOCK_IMAGE, command=["deployer-lock"], name=self.name, labels=labels, network_disabled=True,
                     host_config=self.api.create_host_config(network_mode="none"))
                 break
             except docker.errors.APIError as exc:
@@ -295,7 +303,7 @@ class EngineLock:
                 raise
         self.cid = created["Id"]
         if self.ttl > 0:
-            current = read_lock(self.api)
+            current = read_lock(self.api, self.name)
             if current is None or current.id != self.cid:  # pragma: no cover - broken within milliseconds
                 self.cid = None
                 return False
@@ -324,7 +332,7 @@ class EngineLock:
             self.expires = current.engine_now + self.ttl
 
     def _mine(self) -> LockObject:
-        current = read_lock(self.api)
+        current = read_lock(self.api, self.name)
         if current is None or current.id != self.cid:
             raise LockLost(self.target, "the lock object on the engine was removed or replaced "
                            "(it had expired and another deployer broke it, or someone forced it)")
@@ -378,7 +386,7 @@ class EngineLock:
 
 def force_release(client: Any, target: str, *, force: bool) -> LockObject | None:
     """Remove the node's lock object: a manual one always, a deploy's only with ``force`` (else LockError)."""
-    current = read_lock(client.api)
+    current = read_lock(client.api, lock_name(target))
     if current is None:
         return None
     if not current.manual and not force and not current.expired():

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable
 
 from deployer.engine.connect import connect
 from deployer.engine.node_lock import DEFAULT_TTL as ENGINE_TTL
-from deployer.engine.node_lock import EngineLock, describe_holder, force_release, new_lock_id, read_lock
+from deployer.engine.node_lock import EngineLock, describe_holder, force_release, lock_name, new_lock_id, read_lock
 from deployer.errors import DeployerError, HostError, LockError
 from deployer.gitrepo.lock import command_line, default_owner_info
 from deployer.model import Datacenter, Infrastructure, Node
@@ -166,6 +166,9 @@ class LockStatus:
                 "manual": bool(self.holder.get("manual")) if self.holder else False,
                 "expires_in": None if self.expires_in is None else round(self.expires_in, 1), "error": self.error}
 
+    def describe_released(self) -> str:
+        return describe_holder(self.holder)
+
     def describe(self) -> str:
         if self.error:
             return self.error
@@ -202,7 +205,7 @@ def lock_status(root: str | Path, infra: Infrastructure, targets: list[str] | No
             else:
                 client = connect(node, Path(root), timeout=LOCK_TIMEOUT)
                 try:
-                    current = read_lock(client.api)
+                    current = read_lock(client.api, lock_name(node.target))
                 finally:
                     client.close()
                 out.append(LockStatus(node.target, kind, current is not None,
