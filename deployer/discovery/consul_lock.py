@@ -88,6 +88,9 @@ class ConsulLock:
         self.session = self.catalog.call("create a lock session", lambda c: c.session.create(
             name=name, ttl=int(self.ttl) if self.ttl else None, lock_delay=int(round(self.delay)),
             behavior="release", checks=[] if self.manual else None))
+        if self.ttl:  # renewed from now on, waiting included (a wait longer than the TTL would lose it)
+            self._thread = threading.Thread(target=self._renew_loop, name=f"lock-{self.target}", daemon=True)
+            self._thread.start()
         value = json.dumps(self.info, sort_keys=True, default=str)
         said = False
         try:
@@ -116,11 +119,9 @@ class ConsulLock:
                 else:
                     time.sleep(min(RETRY, remaining))
         except BaseException:
+            self._stop.set()
             self._destroy()
             raise
-        if self.ttl:
-            self._thread = threading.Thread(target=self._renew_loop, name=f"lock-{self.target}", daemon=True)
-            self._thread.start()
         return self
 
     # -- holding ---------------------------------------------------------------
