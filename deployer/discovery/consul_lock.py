@@ -207,8 +207,13 @@ def force_release_consul(catalog: ConsulCatalog, dc: str, node: str, *, force: b
     if not holder.get("manual") and not force:
         raise LockError(f"the lock of {dc}/{node} is held by a running deploy ({describe_holder(holder)}); "
                         "pass --force to break it")
-    catalog.call("destroy the lock session", lambda c: c.session.destroy(holder["session"]))
     key = lock_key(dc, node)
+    if holder.get("manual"):
+        # released cleanly first, as its holder would: no lock-delay for the next deployer
+        catalog.call(f"release {key}", lambda c: c.kv.put(key, "", release=holder["session"]))
+    # a running deploy's session is destroyed instead: the key then keeps its lock-delay, the time its
+    # holder gets to see the lock gone before anyone else can take it
+    catalog.call("destroy the lock session", lambda c: c.session.destroy(holder["session"]))
     index, pair = catalog.call(f"read {key}", lambda c: c.kv.get(key))
     if pair is not None and not pair.get("Session"):
         catalog.call(f"delete {key}", lambda c: c.kv.delete(key, cas=pair["ModifyIndex"]))
