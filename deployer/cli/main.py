@@ -22,8 +22,8 @@ from typing import Any
 
 import click
 
-from deployer.cli import build, compose_config, completion, deploy, discovery, fleet, lock, nodes, prune, repo, scale,
-                          service
+from deployer.cli import (build, compose_config, completion, deploy, discovery, fleet, lock, nodes, prune, repo,
+                          scale, service)
 from deployer.cli.options import JSON_META, JSON_PRINTED_META, assign_envvars, repo_option, setup_logging
 from deployer.cli.output import print_error_json
 from deployer.errors import EXIT_BAD_INPUT, DeployerError, HealthCheckFailed, printable

@@ -177,14 +177,21 @@ def _image_tar() -> bytes:
     return buf.getvalue()
 
 
+def _inspect(api: Any, name: str) -> tuple[dict[str, Any] | None, float]:
+    """The lock container's inspect (None: there is none) and the engine's clock at that answer."""
+    response = api._get(api._url("/containers/{0}/json", name))
+    now = http_date(response.headers) or time.time()
+    if response.status_code == 404:
+        return None, now
+    api._raise_for_status(response)
+    return response.json(), now
+
+
 def read_lock(api: Any, name: str) -> LockObject | None:
     """The node's lock object now (``name``: ``lock_name(target)``), or None when the node is not locked."""
-    response = api._get(api._url("/containers/{0}/json", name))
-    if response.status_code == 404:
+    data, now = _inspect(api, name)
+    if data is None:
         return None
-    api._raise_for_status(response)
-    data = response.json()
-    now = http_date(response.headers) or time.time()
     labels = (data.get("Config") or {}).get("Labels") or {}
     if labels.get(LABEL_LOCK) != "1":
         raise LockError(f"a container named {name} that is not a deployer lock is on the engine "
@@ -303,11 +310,11 @@ class EngineLock:
                 raise
         self.cid = created["Id"]
         if self.ttl > 0:
-            current = read_lock(self.api, self.name)
-            if current is None or current.id != self.cid:  # pragma: no cover - broken within milliseconds
+            data, _now = _inspect(self.api, self.name)  # its Created time, in the engine's clock
+            if data is None or data["Id"] != self.cid:  # pragma: no cover - broken within milliseconds
                 self.cid = None
                 return False
-            self.expires = current.expires
+            self.expires = expiry_of(parse_engine_time(data.get("Created")), self.ttl, None)
             self._thread = threading.Thread(target=self._renew_loop, name=f"lock-{self.target}", daemon=True)
             self._thread.start()
         return True
@@ -327,18 +334,20 @@ class EngineLock:
     def renew(self) -> None:
         """Push the expiry TTL further, unless the lock is no longer ours or about to expire (LockLost)."""
         with self._io:
-            current = self._mine()
-            self.api.put_archive(current.id, "/", lease_tar(current.engine_now + self.ttl))
-            self.expires = current.engine_now + self.ttl
+            now = self._mine()
+            self.api.put_archive(self.cid, "/", lease_tar(now + self.ttl))
+            self.expires = now + self.ttl
 
-    def _mine(self) -> LockObject:
-        current = read_lock(self.api, self.name)
-        if current is None or current.id != self.cid:
+    def _mine(self) -> float:
+        """The engine's clock, after making sure the lock object is still ours and not about to expire
+        (one inspect: the expiry is the one this holder last wrote)."""
+        data, now = _inspect(self.api, self.name)
+        if data is None or data.get("Id") != self.cid:
             raise LockLost(self.target, "the lock object on the engine was removed or replaced "
                            "(it had expired and another deployer broke it, or someone forced it)")
-        if self.expires is not None and current.engine_now >= self.expires - MARGIN:
+        if self.expires is not None and now >= self.expires - MARGIN:
             raise LockLost(self.target, f"its lease on the engine was not renewed in time (TTL {self.ttl:g}s)")
-        return current
+        return now
 
     def check(self) -> None:
         """LockLost unless the lock is still this deployer's and not about to expire (one engine call)."""
