@@ -11,7 +11,9 @@ One KV key per node, ``deployer/lock/<dc>/<node>``, held by a session:
 * acquire: ``PUT /v1/kv/<key>?acquire=<session>`` with the holder as the value
   (JSON: who, host, pid, command, since, reason, id) and Consul's lock flag. False
   means another session holds it (read it: wait with a blocking query on the key,
-  or fail naming the holder) or the key is in its lock-delay (retry shortly).
+  or fail naming the holder; a holder that provably died on this very machine,
+  ``engine.node_lock.holder_dead``, is released at once) or the key is in its
+  lock-delay (retry shortly).
 * hold: ``check()``, called before every container step, reads the key once: it
   must still carry our session. A Consul that does not answer is a lost lock too
   (we cannot know whether the session lives), and so is a renewal Consul refused
@@ -34,7 +36,7 @@ import time
 from typing import Any, Callable
 
 from deployer.discovery.consul_catalog import ConsulCatalog
-from deployer.engine.node_lock import describe_holder, new_lock_id
+from deployer.engine.node_lock import describe_holder, holder_dead, new_lock_id
 from deployer.errors import ConsulError, ConsulUnavailable, LockError, LockLost, NodeLockHeld
 
 KEY_PREFIX = "deployer/lock"
@@ -109,6 +111,13 @@ class ConsulLock:
                     if holder.get("manual"):
                         hint += f"; 'deployer lock release {self.target}' lifts it"
                     raise NodeLockHeld(self.target, what + hint, holder)
+                if held and not _holder(pair).get("manual") and holder_dead(_holder(pair)):
+                    # its holder died on this machine: release the key with the dead session, no lock-delay
+                    dead = pair["Session"]
+                    self.catalog.call(f"release {self.key}", lambda c: c.kv.put(self.key, "", release=dead))
+                    self.catalog.call("destroy a dead holder's session", lambda c: c.session.destroy(dead))
+                    self.progress(f"released the lock of {describe_holder(_holder(pair))}: that process is gone")
+                    continue
                 if held:
                     if not said:
                         said = True

@@ -34,7 +34,9 @@ therefore agree on whether a lock has expired.
 The protocol
 ------------
 * acquire: create the container. On 409, read it: expired (engine now > expiry +
-  ``MARGIN``) -> remove it BY ID and try again; removing by id is the compare-and-
+  ``MARGIN``), or taken by a process of this very machine that is gone
+  (``holder_dead``: same boot id and pid namespace, pid gone or reused) -> remove it
+  BY ID and try again; removing by id is the compare-and-
   swap: of two deployers breaking the same expired lock, one removes it, the other
   gets 404, and whichever then creates first holds the new lock. Not expired -> wait
   (``--wait``) or fail naming the holder (NodeLockHeld).
@@ -52,12 +54,14 @@ import datetime as _dt
 import email.utils
 import io
 import json
+import os
 import re
 import tarfile
 import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from deployer.engine.connect import import_docker
@@ -92,6 +96,40 @@ def describe_holder(info: dict[str, Any] | None) -> str:
     if info.get("reason"):
         who += f": {info['reason']}"
     return who
+
+
+def process_identity(pid: int | None = None) -> dict[str, Any] | None:
+    """What proves, on this machine, that a process is the one that took a lock: the boot id, the pid
+    namespace, the pid and its start time (``/proc``). None where there is no /proc to read."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        pidns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+    pid = pid or os.getpid()
+    start = _start_time(pid)
+    return None if start is None else {"boot": boot, "pidns": pidns, "pid": pid, "start": start}
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) ", comm may hold spaces and parentheses
+    return int(fields[19]) if len(fields) > 19 else None
+
+
+def holder_dead(holder: dict[str, Any] | None) -> bool:
+    """Whether the holder provably died: same boot and pid namespace as this process, and its pid is gone
+    or now belongs to a process started later. A holder elsewhere (or unknown) is never judged dead:
+    its lock ends with its TTL."""
+    proc = (holder or {}).get("proc")
+    mine = process_identity()
+    if not isinstance(proc, dict) or mine is None or proc.get("boot") != mine["boot"] \
+            or proc.get("pidns") != mine["pidns"] or not isinstance(proc.get("pid"), int):
+        return False
+    return _start_time(proc["pid"]) != proc.get("start")
 
 
 def lock_name(target: str) -> str:
@@ -273,6 +311,10 @@ class EngineLock:
                 if remove_lock(self.api, current.id):
                     self.progress(f"broke the expired lock of {describe_holder(current.holder)} "
                                   f"(expired {current.engine_now - (current.expires or 0):.0f}s ago)")
+                continue
+            if not current.manual and holder_dead(current.holder):
+                if remove_lock(self.api, current.id):
+                    self.progress(f"broke the lock of {describe_holder(current.holder)}: that process is gone")
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -34,7 +34,8 @@ from typing import Any, Callable, Iterable
 
 from deployer.engine.connect import connect
 from deployer.engine.node_lock import DEFAULT_TTL as ENGINE_TTL
-from deployer.engine.node_lock import EngineLock, describe_holder, force_release, lock_name, new_lock_id, read_lock
+from deployer.engine.node_lock import (EngineLock, describe_holder, force_release, lock_name, new_lock_id,
+                                       process_identity, read_lock)
 from deployer.errors import DeployerError, HostError, LockError
 from deployer.gitrepo.lock import command_line, default_owner_info
 from deployer.model import Datacenter, Infrastructure, Node
@@ -50,6 +51,9 @@ def holder_info(command: str | None = None, reason: str | None = None, lock_id: 
     own = default_owner_info()
     info = {"who": own["user"], "host": own["host"], "pid": own["pid"], "command": command or command_line(),
             "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "id": lock_id or new_lock_id()}
+    proc = process_identity()
+    if proc:
+        info["proc"] = proc  # lets a deployer on this machine see that a holder died (engine.node_lock.holder_dead)
     if reason:
         info["reason"] = reason
     return info

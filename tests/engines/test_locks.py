@@ -84,8 +84,11 @@ def team(engine, engine_client, tmp_path):
             engine_client.api.remove_container(c["Id"], force=True)
 
 
-def deployer(root: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "deployer", "--repo", str(root), *args],
+def deployer(root: Path, *args: str, elsewhere: bool = False) -> subprocess.Popen:
+    """The real program; ``elsewhere``: in a pid namespace of its own, so that this machine cannot tell whether
+    it is alive, as for a deployer on another machine (killing the returned process kills it: --kill-child)."""
+    prefix = ["unshare", "--pid", "--fork", "--kill-child"] if elsewhere else []
+    return subprocess.Popen([*prefix, sys.executable, "-m", "deployer", "--repo", str(root), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -252,7 +255,7 @@ def test_two_clones_deploying_to_different_nodes_both_succeed_without_waiting(te
 def test_a_sigkilled_holder_s_lock_expires_and_the_next_deployer_converges(team, engine_client, consul_dc, kind):
     remote, a, b, (node,) = team(_dc_yml(kind, consul_dc))
     target = f"test/{node}"
-    victim = deployer(a, "deploy", WEB2, target, "--settle", "60")
+    victim = deployer(a, "deploy", WEB2, target, "--settle", "60", elsewhere=True)
     holder = wait_for("the victim's lock", lambda: held(a, node))
     wait_for("its new container", lambda: [c for c in managed(engine_client, node)
                                           if c.labels.get(LABEL_LOCK_ID) == holder["id"] and c.status == "running"])

@@ -131,3 +131,23 @@ def test_a_node_lock_that_fails_releases_the_flock_and_pulls_nothing(tmp_path, m
     with RepoTransaction(root, dry_run=True, node_locks=_Locks(events)):
         pass
     assert events == ["node locks"]  # a dry run takes none
+
+
+def test_a_holder_is_dead_only_when_this_machine_can_prove_it():
+    import subprocess
+
+    from deployer.engine.node_lock import holder_dead, process_identity
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        alive = {"proc": process_identity(child.pid)}
+        assert not holder_dead(alive)
+    finally:
+        child.kill()
+        child.wait()
+    assert holder_dead(alive)  # same boot, same pid namespace, the pid gone
+    reused = {"proc": {**process_identity(), "start": 1}}  # our pid, but another start time: a reused pid
+    assert holder_dead(reused)
+    assert not holder_dead({"proc": {**alive["proc"], "pidns": 1}})  # another pid namespace: cannot tell
+    assert not holder_dead({"proc": {**alive["proc"], "boot": "another-machine"}})
+    assert not holder_dead({"who": "ana"}) and not holder_dead(None)  # no proof: the TTL decides
