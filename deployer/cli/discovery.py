@@ -83,11 +83,14 @@ logging_verbose_option = verbose_option("Debug logging.")
 @click.option("--resync", type=DURATION, default="30s", show_default=True, metavar="DURATION",
               help="Compare every node with Consul this often (events handle the rest).")
 @click.option("--once", is_flag=True, help="One resync of every node, then exit (for tests and cron).")
+@click.option("--leader", is_flag=True,
+              help="Act only while elected leader among the registrators of the same datacenters (a Consul "
+                   "session lock); the others wait and take over.")
 @json_option("With --once: print what was done as JSON.")
 @logging_quiet_option
 @logging_verbose_option
 @click.pass_context
-def registrator(ctx, targets, resync, once, as_json, quiet, verbose):
+def registrator(ctx, targets, resync, once, leader, as_json, quiet, verbose):
     """Keep Consul's registrations equal to the containers running on TARGETS (dc/node or dc).
 
     Follows each node's Docker events and resyncs periodically: a managed
@@ -109,6 +112,8 @@ def registrator(ctx, targets, resync, once, as_json, quiet, verbose):
                 nodes.append(pair)
     if not nodes:
         raise click.UsageError("no node selected")
+    if leader and (once or None in {dc.consul for dc, _ in nodes} or len({dc.consul for dc, _ in nodes}) != 1):
+        raise click.UsageError("--leader needs TARGETS whose datacenters name one Consul, and no --once")
     reg = Registrator(root, nodes, resync=resync)
     if once:
         try:
@@ -134,6 +139,21 @@ def registrator(ctx, targets, resync, once, as_json, quiet, verbose):
             sys.exit(EXIT_FAILED)
         return
     stop = _stop_on_signals()
+    if leader:
+        from deployer.discovery.consul_lock import lead
+        from deployer.discovery.registration import consul_for
+
+        name = "registrator/" + "+".join(sorted({dc.name for dc, _ in nodes}))
+
+        def follow(leading) -> None:
+            click.echo(f"registrator: leading; following {', '.join(n.target for _, n in nodes)} "
+                       f"(resync every {resync:g}s)", err=True)
+            reg.run(leading)
+
+        lead(consul_for(nodes[0][0]), name, stop, follow, command="deployer registrator --leader",
+             progress=lambda msg: click.echo(f"registrator: {msg}", err=True))
+        click.echo("registrator: stopped", err=True)
+        return
     click.echo(f"registrator: following {', '.join(n.target for _, n in nodes)} (resync every {resync:g}s)", err=True)
     reg.run(stop)
     click.echo("registrator: stopped", err=True)

@@ -67,10 +67,10 @@ class ConsulLock:
 
     def __init__(self, catalog: ConsulCatalog, dc: str, node: str, info: dict[str, Any], *,
                  ttl: float = DEFAULT_TTL, delay: float = DEFAULT_DELAY, manual: bool = False,
-                 progress: Callable[[str], None] | None = None):
+                 progress: Callable[[str], None] | None = None, key: str | None = None):
         self.catalog = catalog
-        self.target = f"{dc}/{node}"
-        self.key = lock_key(dc, node)
+        self.target = f"{dc}/{node}" if key is None else key
+        self.key = key or lock_key(dc, node)
         self.manual = manual
         self.ttl = 0.0 if manual else max(float(ttl), MIN_TTL)
         self.delay = max(0.0, float(delay))
@@ -227,3 +227,78 @@ def force_release_consul(catalog: ConsulCatalog, dc: str, node: str, *, force: b
     if pair is not None and not pair.get("Session"):
         catalog.call(f"delete {key}", lambda c: c.kv.delete(key, cas=pair["ModifyIndex"]))
     return holder
+
+
+# -- one leader among several instances ---------------------------------------------------
+
+LEADER_PREFIX = "deployer/leader"
+
+
+def leader_info() -> dict[str, Any]:
+    """who, host, pid, since and the process identity of this instance, as a leader key's value."""
+    import datetime as _dt
+    import getpass
+    import os
+    import socket
+
+    from deployer.engine.node_lock import process_identity
+
+    try:
+        who = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry
+        who = str(os.getuid())
+    info = {"who": who, "host": socket.gethostname(), "pid": os.getpid(), "command": "leader",
+            "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    proc = process_identity()
+    if proc:
+        info["proc"] = proc
+    return info
+
+
+def lead(catalog: ConsulCatalog, name: str, stop: threading.Event, work: Callable[[threading.Event], None], *,
+         ttl: float = 15.0, delay: float = DEFAULT_DELAY, progress: Callable[[str], None] | None = None,
+         command: str = "leader") -> None:
+    """Run ``work(leading)`` only while this instance holds the session lock ``deployer/leader/<name>``.
+
+    The same session mechanism as the node locks: a waiting instance blocks on the key; the leader's
+    session is renewed every TTL/2 and its key checked every TTL/4; when it is lost (Consul gone, session
+    expired) ``leading`` is set, ``work`` must return, and the instance campaigns again. Ends when
+    ``stop`` is set (``leading`` is set too)."""
+    say = progress or (lambda msg: None)
+    key = f"{LEADER_PREFIX}/{name}"
+    said = False
+    while not stop.is_set():
+        lock = ConsulLock(catalog, "", "", {**leader_info(), "command": command}, ttl=ttl, delay=delay, key=key)
+        try:
+            lock.acquire(wait=BLOCK)
+        except NodeLockHeld as exc:
+            if not said:
+                said = True
+                say(f"another instance leads ({exc.message.split(';')[0]}); waiting to take over")
+            continue
+        except ConsulError as exc:
+            say(f"cannot campaign for {key}: {exc.one_line()}; trying again")
+            stop.wait(min(ttl / 2, 5.0))
+            continue
+        said = False
+        say(f"leading ({key})")
+        leading = threading.Event()
+
+        def watch() -> None:
+            while not stop.is_set() and not leading.is_set():
+                try:
+                    lock.check()
+                except LockLost as exc:
+                    say(f"no longer leading: {exc.message}")
+                    break
+                stop.wait(ttl / 4)
+            leading.set()
+
+        watcher = threading.Thread(target=watch, name=f"leader {name}", daemon=True)
+        watcher.start()
+        try:
+            work(leading)
+        finally:
+            leading.set()
+            watcher.join(timeout=ttl)
+            lock.release()

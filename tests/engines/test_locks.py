@@ -363,3 +363,53 @@ def test_the_deploy_of_watch_builds_is_retried_while_a_manual_lock_holds(team, e
     watcher._deploy("c" * 40, record, {"commits": {}}, outcome)
     assert outcome.deploy == "deployed", outcome.deploy_error
     assert running(engine_client, node) == [f"{node}-web={WEB2}"]
+
+
+# -- one leader among several instances (registrator --leader) -------------------------------
+
+
+def test_one_leader_among_three_instances_and_a_takeover_when_it_stops(consul_dc):
+    from deployer.discovery.consul_catalog import ConsulCatalog
+    from deployer.discovery.consul_lock import lead
+
+    catalog = ConsulCatalog(consul_dc.address)
+    active: list[int] = []
+    leaders: list[int] = []
+    mutex = threading.Lock()
+    stops = [threading.Event() for _ in range(3)]
+
+    def instance(i: int) -> None:
+        def work(leading: threading.Event) -> None:
+            with mutex:
+                active.append(i)
+                leaders.append(i)
+            leading.wait()
+            with mutex:
+                active.remove(i)
+
+        lead(catalog, "test/leader", stops[i], work, ttl=10, delay=0)
+
+    threads = [threading.Thread(target=instance, args=(i,), daemon=True) for i in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for("a leader", lambda: leaders)
+        time.sleep(3)
+        assert len(active) == 1 and len(leaders) == 1  # the other two wait
+        first = leaders[0]
+        stops[first].set()  # the leader stops: its key is released, another takes over at once
+        wait_for("the takeover", lambda: len(leaders) == 2, timeout=15)
+        time.sleep(1)
+        assert len(active) == 1 and leaders[1] != first
+    finally:
+        for s in stops:
+            s.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert active == []
+
+
+def test_registrator_leader_is_refused_with_once(team, consul_dc):
+    _remote, a, _b, (node,) = team(_dc_yml("consul", consul_dc))
+    done = run(a, "registrator", f"test/{node}", "--leader", "--once")
+    assert done.returncode == 3 and "--leader needs TARGETS whose datacenters name one Consul" in done.stderr
