@@ -264,11 +264,14 @@ def templates():
 @click.option("--dc", help="With `consul: null` in CONFIG: read this datacenter's Docker engines.",
               shell_complete=complete_targets("dc"))
 @click.option("--once", is_flag=True, help="One pass (render, check, swap, reload), then exit.")
+@click.option("--leader", metavar="NAME",
+              help="Act only while elected leader NAME among several watchers (a session lock in CONFIG's "
+                   "Consul); the others wait and take over.")
 @json_option("With --once: print the files written as JSON.")
 @logging_quiet_option
 @logging_verbose_option
 @click.pass_context
-def watch(ctx, config, dc, once, as_json, quiet, verbose):
+def watch(ctx, config, dc, once, leader, as_json, quiet, verbose):
     """Render CONFIG's templates whenever the catalog changes, until SIGINT/SIGTERM.
 
     Changes wait for quiescence; each pass renders every template, checks the
@@ -287,6 +290,8 @@ def watch(ctx, config, dc, once, as_json, quiet, verbose):
         root = repo_root(ctx)
         datacenter = _pick_dc(load(root), dc)
         catalog = DockerCatalog(datacenter.nodes.values(), root)
+    if leader is not None and (once or cfg.consul is None or not leader.strip()):
+        raise click.UsageError("--leader NAME needs a CONFIG with a consul: to elect in, and no --once")
     runner = Runner(cfg, catalog)
     if once:
         written = runner.run_once()
@@ -298,6 +303,17 @@ def watch(ctx, config, dc, once, as_json, quiet, verbose):
         return
     stop = _stop_on_signals()
     source = cfg.consul.address if cfg.consul else f"the Docker engines of {datacenter.name}"
+    if leader is not None:
+        from deployer.discovery.consul_lock import lead
+
+        def follow(leading) -> None:
+            click.echo(f"templates: leading; watching {source} for {len(cfg.templates)} template(s)", err=True)
+            runner.watch(leading)
+
+        lead(runner.catalog, f"templates/{leader.strip()}", stop, follow, command="deployer templates watch --leader",
+             progress=lambda msg: click.echo(f"templates: {msg}", err=True))
+        click.echo("templates: stopped", err=True)
+        return
     click.echo(f"templates: watching {source} for {len(cfg.templates)} template(s)", err=True)
     runner.watch(stop)
     click.echo("templates: stopped", err=True)

@@ -413,3 +413,32 @@ def test_registrator_leader_is_refused_with_once(team, consul_dc):
     _remote, a, _b, (node,) = team(_dc_yml("consul", consul_dc))
     done = run(a, "registrator", f"test/{node}", "--leader", "--once")
     assert done.returncode == 3 and "--leader needs TARGETS whose datacenters name one Consul" in done.stderr
+
+
+def test_two_registrators_with_leader_one_acts_and_the_other_takes_over(team, consul_dc):
+    _remote, a, b, (node,) = team(_dc_yml("consul", consul_dc))
+    first = deployer(a, "registrator", f"test/{node}", "--leader", "--resync", "1")
+    lines: dict[str, list[str]] = {"first": [], "second": []}
+
+    def read(name: str, proc: subprocess.Popen) -> None:
+        for line in proc.stderr:
+            lines[name].append(line.strip())
+
+    threading.Thread(target=read, args=("first", first), daemon=True).start()
+    try:
+        wait_for("the first to lead", lambda: any("registrator: leading" in x for x in lines["first"]))
+        second = deployer(b, "registrator", f"test/{node}", "--leader", "--resync", "1")
+        threading.Thread(target=read, args=("second", second), daemon=True).start()
+        try:
+            wait_for("the second to wait", lambda: any("another instance leads" in x for x in lines["second"]))
+            assert not any("leading" in x for x in lines["second"])
+            first.send_signal(signal.SIGTERM)  # the leader stops: it releases its key
+            first.wait(timeout=30)
+            wait_for("the takeover", lambda: any("registrator: leading" in x for x in lines["second"]), timeout=20)
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
