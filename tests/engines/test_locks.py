@@ -9,7 +9,6 @@ datacenter.yml); each race is run for both kinds where it applies.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
