@@ -87,9 +87,13 @@ class ConsulLock:
     def acquire(self, wait: float = 0) -> "ConsulLock":
         deadline = time.monotonic() + max(0.0, float(wait or 0))
         name = f"deployer lock {self.target}" + (" (manual)" if self.manual else "")
-        self.session = self.catalog.call("create a lock session", lambda c: c.session.create(
-            name=name, ttl=int(self.ttl) if self.ttl else None, lock_delay=int(round(self.delay)),
-            behavior="release", checks=[] if self.manual else None))
+        try:
+            self.session = self.catalog.call(f"create a session to lock {self.target}", lambda c: c.session.create(
+                name=name, ttl=int(self.ttl) if self.ttl else None, lock_delay=int(round(self.delay)),
+                behavior="release", checks=[] if self.manual else None))
+        except ConsulUnavailable as exc:
+            raise ConsulUnavailable(self.catalog.address, f"{exc.message}; nothing was changed (--no-consul "
+                                    "deploys without Consul, with the lock on the node's engine)") from None
         if self.ttl:  # renewed from now on, waiting included (a wait longer than the TTL would lose it)
             self._thread = threading.Thread(target=self._renew_loop, name=f"lock-{self.target}", daemon=True)
             self._thread.start()
