@@ -13,7 +13,9 @@ after its own flock)::
 * elsewhere it lives on the node's engine (``engine.node_lock``).
 
 Sorted acquisition means two multi-node deploys never hold one node each while
-waiting for the other's. A lock that cannot be had within ``--wait`` fails the
+waiting for the other's. Without ``--wait`` nobody waits, so there is no order to
+keep: the locks are then taken in parallel (8 at a time), and all are released when
+one is held by another deployer. A lock that cannot be had within ``--wait`` fails the
 command naming its holder (NodeLockHeld) and the locks already taken are
 released. While held, ``guard(node)`` is what the Applier calls before each
 container step: it raises LockLost when the node's lock is gone, so the deployer
@@ -28,6 +30,8 @@ under the lock, and checked with ``guard`` first).
 from __future__ import annotations
 
 import datetime as _dt
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -44,6 +48,7 @@ from deployer.ops.targets import node_failure
 KIND_CONSUL = "consul"
 KIND_ENGINE = "engine"
 LOCK_TIMEOUT = 15  # seconds for one engine call of the lock
+PARALLEL = 8  # nodes locked at once when nobody waits (no --wait)
 
 
 def holder_info(command: str | None = None, reason: str | None = None, lock_id: str | None = None) -> dict[str, Any]:
@@ -111,32 +116,50 @@ class NodeLocks:
         # nodes whose engine (or Consul) could not be reached to take the lock: the command reports them as it
         # reports an unreachable node, works on the others, and never touches these (problem()).
         self.unreachable: dict[str, DeployerError] = {}
+        self._mutex = threading.Lock()
 
     def __enter__(self) -> "NodeLocks":
         try:
-            for node in self.nodes:  # sorted: no two deploys wait for each other
-                say = (lambda n: lambda msg: self.progress(f"{n.target}: {msg}"))(node)
-                lock = None
-                try:
-                    lock = open_lock(self.root, self.infra.datacenters[node.dc], node, self.info,
-                                     consul=self.consul, progress=say)
-                    lock.acquire(self.wait)
-                except BaseException as exc:
-                    if lock is not None:
-                        _close(lock)
-                    if isinstance(exc, HostError) or (isinstance(exc, Exception)
-                                                      and not isinstance(exc, DeployerError)):
-                        self.unreachable[node.target] = node_failure(node, exc)
-                        continue
-                    raise
-                self.held[node.target] = lock
+            if self.wait or len(self.nodes) <= 1:
+                for node in self.nodes:  # sorted, one after the other: no two waiting deploys wait for each other
+                    self._take(node)
+            else:  # nobody waits, so no order to keep: all at once (20 nodes cost about what one does)
+                failed: dict[str, BaseException] = {}
+
+                def take(node: Node) -> None:
+                    try:
+                        self._take(node)
+                    except BaseException as exc:  # noqa: BLE001 - raised below, the first node's first
+                        failed[node.target] = exc
+
+                with ThreadPoolExecutor(max_workers=min(PARALLEL, len(self.nodes))) as pool:
+                    list(pool.map(take, self.nodes))
+                if failed:
+                    raise failed[min(failed)]
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
 
+    def _take(self, node: Node) -> None:
+        """Take one node's lock; a node that cannot be reached is recorded in ``unreachable``, not raised."""
+        lock = None
+        try:
+            lock = open_lock(self.root, self.infra.datacenters[node.dc], node, self.info, consul=self.consul,
+                             progress=lambda msg: self.progress(f"{node.target}: {msg}"))
+            lock.acquire(self.wait)
+        except BaseException as exc:
+            if lock is not None:
+                _close(lock)
+            if isinstance(exc, HostError) or (isinstance(exc, Exception) and not isinstance(exc, DeployerError)):
+                self.unreachable[node.target] = node_failure(node, exc)
+                return
+            raise
+        with self._mutex:
+            self.held[node.target] = lock
+
     def __exit__(self, *exc: object) -> None:
-        for target in reversed(list(self.held)):
+        for target in sorted(self.held, reverse=True):
             lock = self.held.pop(target)
             try:
                 lock.release()

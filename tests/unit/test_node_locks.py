@@ -151,3 +151,52 @@ def test_a_holder_is_dead_only_when_this_machine_can_prove_it():
     assert not holder_dead({"proc": {**alive["proc"], "pidns": 1}})  # another pid namespace: cannot tell
     assert not holder_dead({"proc": {**alive["proc"], "boot": "another-machine"}})
     assert not holder_dead({"who": "ana"}) and not holder_dead(None)  # no proof: the TTL decides
+
+
+def _infra(tmp_path, nodes):
+    root = tmp_path / "infra"
+    for n in nodes:
+        (root / f"datacenters/dev/{n}").mkdir(parents=True)
+        (root / f"datacenters/dev/{n}/node.yml").write_text("docker: unix:///nonexistent.sock\n")
+    return root, loader.load(root)
+
+
+class _FakeLock:
+    taken: list[str] = []
+    released: list[str] = []
+    held_elsewhere: set[str] = set()
+
+    def __init__(self, root, dc, node, info, **kw):
+        self.target = node.target
+
+    def acquire(self, wait):
+        from deployer.errors import NodeLockHeld
+
+        if self.target in _FakeLock.held_elsewhere:
+            raise NodeLockHeld(self.target, "someone else")
+        _FakeLock.taken.append(self.target)
+
+    def release(self):
+        _FakeLock.released.append(self.target)
+
+
+@pytest.mark.parametrize("wait", [0, 5])
+def test_node_locks_are_all_taken_and_all_released_when_one_is_held(tmp_path, monkeypatch, wait):
+    from deployer.errors import NodeLockHeld
+    from deployer.ops import locks
+
+    monkeypatch.setattr(locks, "open_lock", _FakeLock)
+    root, infra = _infra(tmp_path, ["n3", "n1", "n2", "n4"])
+    _FakeLock.taken, _FakeLock.released, _FakeLock.held_elsewhere = [], [], set()
+    with locks.NodeLocks(root, infra, list(infra.nodes()), wait=wait) as held:
+        assert sorted(held.held) == ["dev/n1", "dev/n2", "dev/n3", "dev/n4"]
+    if wait:
+        assert _FakeLock.taken == ["dev/n1", "dev/n2", "dev/n3", "dev/n4"]  # sorted, one after the other
+    assert sorted(_FakeLock.released) == sorted(_FakeLock.taken)
+    _FakeLock.taken, _FakeLock.released, _FakeLock.held_elsewhere = [], [], {"dev/n3", "dev/n2"}
+    with pytest.raises(NodeLockHeld, match="^node dev/n2 is locked"):  # the first held one, in node order
+        with locks.NodeLocks(root, infra, list(infra.nodes()), wait=wait):
+            pass
+    assert sorted(_FakeLock.released) == sorted(_FakeLock.taken)  # nothing stays held
+    if wait:
+        assert _FakeLock.taken == ["dev/n1"]  # stopped at the first one held
