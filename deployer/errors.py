@@ -135,6 +135,31 @@ class LockHeld(DeployerError):
     """Another deployer holds the repository's deploy lock."""
 
 
+class NodeLockHeld(LockHeld):
+    """Another deployer (or an operator's manual lock) holds a node's lock, in Consul or on its engine."""
+
+    def __init__(self, node: str, message: str, holder: dict | None = None):
+        self.node = node
+        self.holder = holder or {}
+        self.message = message
+        super().__init__(f"node {node} is locked by {message}")
+
+
+class LockLost(DeployerError):
+    """A node lock this deployer held is gone (session expired, Consul or the engine unreachable, broken
+    by another deployer after it expired): the deployer stopped before its next container step."""
+
+    def __init__(self, node: str, message: str):
+        self.node = node
+        self.message = message
+        super().__init__(f"lost the lock of node {node}: {message}; stopped before the next container step")
+
+
+class LockError(DeployerError):
+    """A node lock cannot be taken, read or released for a reason other than another holder
+    (releasing a lock this deployer does not hold without --force, an unusable lock object)."""
+
+
 class RollbackError(DeployerError):
     """No older version to go back to, or a revision that did not touch the service."""
 

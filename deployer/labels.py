@@ -34,3 +34,10 @@ LABEL_CONSUL_REGISTER = "deployer.consul.register"
 LABEL_DRAIN = "deployer.drain"
 DISCOVERY_LABELS = (LABEL_CONSUL_NAME, LABEL_CONSUL_TAGS, LABEL_CONSUL_CHECK, LABEL_CONSUL_INTERVAL,
                     LABEL_CONSUL_TIMEOUT, LABEL_CONSUL_PORT, LABEL_CONSUL_WAIT, LABEL_CONSUL_REGISTER, LABEL_DRAIN)
+
+# Node locks (engine.node_lock): the lock object on an engine carries these, and every container a deploy
+# creates while it holds a node lock carries LABEL_LOCK_ID (which deploy made it, whoever finds it later).
+LABEL_LOCK = "deployer.lock"  # "1" on the lock object itself
+LABEL_LOCK_ID = "deployer.lock.id"
+LABEL_LOCK_HOLDER = "deployer.lock.holder"  # JSON: who, host, pid, command, since, reason, id, ttl
+LABEL_LOCK_TTL = "deployer.lock.ttl"  # seconds; "0": a manual lock, which never expires

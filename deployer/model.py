@@ -114,6 +114,9 @@ class Datacenter:
     variables: dict[str, str] = field(default_factory=dict)  # datacenter.yml variables: what every node shares
     location: Location | None = None  # datacenter.yml, when there is one
     nodes: dict[str, Node] = field(default_factory=dict)
+    # datacenter.yml lock: {ttl, delay}: the node locks' TTL and (Consul) lock-delay, seconds; None: the defaults
+    lock_ttl: float | None = None
+    lock_delay: float | None = None
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ one line and exit with their code. Nothing below imports it. ``main`` (the
 group, error translation) imports the subject modules and adds their
 commands: ``repo`` (init, validate, ls), ``compose_config`` (config: a node's
 resolved compose file), ``deploy`` (deploy, rollback,
-history), ``fleet`` (status, plan, apply), ``nodes`` (node add/rm), ``build``
+history), ``fleet`` (status, plan, apply), ``nodes`` (node add/rm), ``lock`` (lock
+status, acquire, release), ``build``
 (build, image, release, watch-builds), ``discovery`` (services, registrator,
 render, templates watch), ``completion`` (``deployer completion``, and what
 target and image arguments complete to), ``service`` (logs, exec, restart;

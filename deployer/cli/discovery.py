@@ -83,11 +83,14 @@ logging_verbose_option = verbose_option("Debug logging.")
 @click.option("--resync", type=DURATION, default="30s", show_default=True, metavar="DURATION",
               help="Compare every node with Consul this often (events handle the rest).")
 @click.option("--once", is_flag=True, help="One resync of every node, then exit (for tests and cron).")
+@click.option("--leader", is_flag=True,
+              help="Act only while elected leader among the registrators of the same datacenters (a Consul "
+                   "session lock); the others wait and take over.")
 @json_option("With --once: print what was done as JSON.")
 @logging_quiet_option
 @logging_verbose_option
 @click.pass_context
-def registrator(ctx, targets, resync, once, as_json, quiet, verbose):
+def registrator(ctx, targets, resync, once, leader, as_json, quiet, verbose):
     """Keep Consul's registrations equal to the containers running on TARGETS (dc/node or dc).
 
     Follows each node's Docker events and resyncs periodically: a managed
@@ -109,6 +112,8 @@ def registrator(ctx, targets, resync, once, as_json, quiet, verbose):
                 nodes.append(pair)
     if not nodes:
         raise click.UsageError("no node selected")
+    if leader and (once or None in {dc.consul for dc, _ in nodes} or len({dc.consul for dc, _ in nodes}) != 1):
+        raise click.UsageError("--leader needs TARGETS whose datacenters name one Consul, and no --once")
     reg = Registrator(root, nodes, resync=resync)
     if once:
         try:
@@ -134,6 +139,21 @@ def registrator(ctx, targets, resync, once, as_json, quiet, verbose):
             sys.exit(EXIT_FAILED)
         return
     stop = _stop_on_signals()
+    if leader:
+        from deployer.discovery.consul_lock import lead
+        from deployer.discovery.registration import consul_for
+
+        name = "registrator/" + "+".join(sorted({dc.name for dc, _ in nodes}))
+
+        def follow(leading) -> None:
+            click.echo(f"registrator: leading; following {', '.join(n.target for _, n in nodes)} "
+                       f"(resync every {resync:g}s)", err=True)
+            reg.run(leading)
+
+        lead(consul_for(nodes[0][0]), name, stop, follow, command="deployer registrator --leader",
+             progress=lambda msg: click.echo(f"registrator: {msg}", err=True))
+        click.echo("registrator: stopped", err=True)
+        return
     click.echo(f"registrator: following {', '.join(n.target for _, n in nodes)} (resync every {resync:g}s)", err=True)
     reg.run(stop)
     click.echo("registrator: stopped", err=True)
@@ -244,11 +264,14 @@ def templates():
 @click.option("--dc", help="With `consul: null` in CONFIG: read this datacenter's Docker engines.",
               shell_complete=complete_targets("dc"))
 @click.option("--once", is_flag=True, help="One pass (render, check, swap, reload), then exit.")
+@click.option("--leader", metavar="NAME",
+              help="Act only while elected leader NAME among several watchers (a session lock in CONFIG's "
+                   "Consul); the others wait and take over.")
 @json_option("With --once: print the files written as JSON.")
 @logging_quiet_option
 @logging_verbose_option
 @click.pass_context
-def watch(ctx, config, dc, once, as_json, quiet, verbose):
+def watch(ctx, config, dc, once, leader, as_json, quiet, verbose):
     """Render CONFIG's templates whenever the catalog changes, until SIGINT/SIGTERM.
 
     Changes wait for quiescence; each pass renders every template, checks the
@@ -267,6 +290,8 @@ def watch(ctx, config, dc, once, as_json, quiet, verbose):
         root = repo_root(ctx)
         datacenter = _pick_dc(load(root), dc)
         catalog = DockerCatalog(datacenter.nodes.values(), root)
+    if leader is not None and (once or cfg.consul is None or not leader.strip()):
+        raise click.UsageError("--leader NAME needs a CONFIG with a consul: to elect in, and no --once")
     runner = Runner(cfg, catalog)
     if once:
         written = runner.run_once()
@@ -278,6 +303,17 @@ def watch(ctx, config, dc, once, as_json, quiet, verbose):
         return
     stop = _stop_on_signals()
     source = cfg.consul.address if cfg.consul else f"the Docker engines of {datacenter.name}"
+    if leader is not None:
+        from deployer.discovery.consul_lock import lead
+
+        def follow(leading) -> None:
+            click.echo(f"templates: leading; watching {source} for {len(cfg.templates)} template(s)", err=True)
+            runner.watch(leading)
+
+        lead(runner.catalog, f"templates/{leader.strip()}", stop, follow, command="deployer templates watch --leader",
+             progress=lambda msg: click.echo(f"templates: {msg}", err=True))
+        click.echo("templates: stopped", err=True)
+        return
     click.echo(f"templates: watching {source} for {len(cfg.templates)} template(s)", err=True)
     runner.watch(stop)
     click.echo("templates: stopped", err=True)

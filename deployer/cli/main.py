@@ -22,7 +22,8 @@ from typing import Any
 
 import click
 
-from deployer.cli import build, compose_config, completion, deploy, discovery, fleet, nodes, prune, repo, scale, service
+from deployer.cli import (build, compose_config, completion, deploy, discovery, fleet, lock, nodes, prune, repo,
+                          scale, service)
 from deployer.cli.options import JSON_META, JSON_PRINTED_META, assign_envvars, repo_option, setup_logging
 from deployer.cli.output import print_error_json
 from deployer.errors import EXIT_BAD_INPUT, DeployerError, HealthCheckFailed, printable
@@ -122,7 +123,7 @@ def main(ctx: click.Context, repo: str) -> None:
     setup_logging()
 
 
-for _subject in (repo, compose_config, deploy, fleet, nodes, build, discovery, completion, service, prune, scale):
+for _subject in (repo, compose_config, deploy, fleet, nodes, lock, build, discovery, completion, service, prune, scale):
     for _command in _subject.COMMANDS:
         main.add_command(_command)
 assign_envvars(main)

@@ -189,7 +189,8 @@ settle_option = click.option("--settle", type=DURATION, default=None, metavar="S
 health_timeout_option = click.option("--health-timeout", type=DURATION, default=None, metavar="SECONDS",
                                      help="Give up waiting for health after SECONDS (default: from the healthcheck).")
 no_consul_option = click.option("--no-consul", is_flag=True,
-                                help="Do not register containers in Consul (deploy even when Consul is down).")
+                                help="Do not use Consul: no registration, and the node lock is taken on the engine "
+                                     "(deploy even when Consul is down).")
 parallel_option = click.option("--parallel", type=click.IntRange(min=1), default=8, show_default=True,
                                help="Work on at most N nodes at once.")
 batch_option = click.option("--batch", type=click.IntRange(min=1), default=None, metavar="N",

@@ -3,7 +3,7 @@
 Layout::
 
     datacenters/<dc>/datacenter.yml             optional: description, consul, registry, secrets_dir,
-                                                registry_credentials, variables
+                                                registry_credentials, variables, lock
     datacenters/<dc>/<node>/node.yml            required: docker (how to reach the engine); optional variables
     datacenters/<dc>/<node>/docker-compose.yml  optional: the containers the node must run
     datacenters/<dc>/<node>/.env                optional: variables of the compose file (``variables``)
@@ -48,6 +48,7 @@ from deployer.config.yamlread import MAX_FILE_BYTES, limit_error, load_fast, par
 from deployer.errors import ConfigError, ValidationFailed
 from deployer.values import BadValue
 from deployer.model import Datacenter, Infrastructure, Location, Node, Service, TLSFiles
+from deployer.values import parse_duration
 
 DATACENTERS = "datacenters"
 DATACENTER_FILE = "datacenter.yml"
@@ -55,7 +56,8 @@ NODE_FILE = "node.yml"
 COMPOSE_FILES = ("docker-compose.yml", "docker-compose.yaml", "compose.yml", "compose.yaml")
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-DATACENTER_KEYS = {"description", "consul", "registry", "secrets_dir", "registry_credentials", "variables"}
+DATACENTER_KEYS = {"description", "consul", "registry", "secrets_dir", "registry_credentials", "variables", "lock"}
+LOCK_KEYS = {"ttl", "delay"}
 NODE_KEYS = {"docker", "description", "address", "tls", "identity_file", "variables", "profiles"}
 # a secret's or config's mode written as a YAML integer without its leading 0: only the round-trip
 # data tells it from 0440 (compose_files_check.file_mode), so such a file is read that way
@@ -198,6 +200,7 @@ def _load_datacenter(root: Path, name: str, problems: list[ConfigError]) -> Data
                 dc.secrets_dirs = _secrets_dirs(doc, rel, found)
                 dc.registry_credentials = _credentials_file(root, doc, rel, found)
                 dc.variables = variables_mapping(doc, rel, found)
+                dc.lock_ttl, dc.lock_delay = _lock_settings(doc, rel, found)
 
         _read_checked(root, rel, problems, build)
     return dc
@@ -218,6 +221,37 @@ def _credentials_file(root: Path, doc: dict, rel: str, problems: list[ConfigErro
         problems.append(ConfigError(rel, why, line=value_line(doc, "registry_credentials"), field="registry_credentials"))
         return None
     return os.path.normpath(value)
+
+
+def _lock_settings(doc: dict, rel: str, problems: list[ConfigError]) -> tuple[float | None, float | None]:
+    """datacenter.yml ``lock: {ttl: 30s, delay: 5s}``: the node locks' TTL and Consul lock-delay (ops.locks)."""
+    value = doc.get("lock")
+    if value is None:
+        return None, None
+    if not isinstance(value, dict):
+        problems.append(ConfigError(rel, "must be a mapping with ttl and/or delay", line=value_line(doc, "lock"),
+                                    field="lock"))
+        return None, None
+    _unknown_keys(value, LOCK_KEYS, rel, "lock.", problems)
+    out: list[float | None] = []
+    for key, low in (("ttl", 10.0), ("delay", 0.0)):
+        if value.get(key) is None:
+            out.append(None)
+            continue
+        try:
+            seconds = parse_duration(value[key])
+        except BadValue as exc:
+            problems.append(ConfigError(rel, str(exc), line=value_line(value, key), field=f"lock.{key}"))
+            out.append(None)
+            continue
+        if seconds < low or seconds > 86400:
+            why = "at least 10s (Consul's shortest session TTL)" if key == "ttl" else "at most 24h"
+            problems.append(ConfigError(rel, f"must be {why}, got {value[key]!r}", line=value_line(value, key),
+                                        field=f"lock.{key}"))
+            out.append(None)
+            continue
+        out.append(seconds)
+    return out[0], out[1]
 
 
 def _secrets_dirs(doc: dict, rel: str, problems: list[ConfigError]) -> tuple[str, ...]:

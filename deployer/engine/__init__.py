@@ -13,5 +13,7 @@ ones; ``images``
 lists and removes images and ``image_plan`` decides which a prune removes (pure);
 ``registry_credentials`` finds a registry's credentials where the Docker ecosystem keeps
 them (a datacenter's file, credential helpers, Docker's config ``auths``), for node pulls
-here and for the image builder's checks and pushes above. May import only the shared modules.
+here and for the image builder's checks and pushes above; ``node_lock`` is the node lock
+kept on the engine itself (a created-never-started container, for datacenters without
+Consul). May import only the shared modules.
 """

@@ -44,7 +44,7 @@ from urllib.parse import urlsplit
 import requests
 
 from deployer.spec import NEXT_SUFFIX, ContainerSpec, NetworkSpec, VolumeSpec, inherit_anonymous_volumes
-from deployer.errors import ContainerConflict, HealthCheckFailed, ImageNotFound, ResourceMissing
+from deployer.errors import ContainerConflict, HealthCheckFailed, ImageNotFound, LockLost, ResourceMissing
 from deployer.engine.plan import CREATE, NONE, REMOVE, REPLACE, TIDY, Change
 from deployer.engine import registry_credentials as credentials
 from deployer.engine.connect import import_docker
@@ -52,6 +52,7 @@ from deployer.engine.ship import Shipper
 from deployer.engine.rollout import RolloutSteps, _Kept
 from deployer.engine.state import ContainerState, NodeState, read_container
 from deployer.imageref import ImageRef
+from deployer.labels import LABEL_LOCK_ID
 
 docker = import_docker()  # without docker-py's SSH support until an ssh:// node needs it (engine.connect)
 
@@ -159,9 +160,14 @@ class Applier(RolloutSteps):
 
     def __init__(self, client: "docker.DockerClient", options: SwapOptions | None = None,
                  hooks: Hooks | None = None, progress: Callable[[str], None] | None = None,
-                 registry_credentials: str | None = None):
+                 registry_credentials: str | None = None, guard: Callable[[], None] | None = None,
+                 lock_id: str | None = None):
         options = options or SwapOptions()
         self.registry_credentials = registry_credentials  # the datacenter's file, for pulls (engine.registry_credentials)
+        # The node lock (ops.locks): ``guard`` raises LockLost once it is gone and is called before every
+        # container step; containers created under it carry ``lock_id`` (label deployer.lock.id).
+        self.guard = guard or (lambda: None)
+        self.lock_id = lock_id
         self.client = client
         self.api = client.api
         self.settle = DEFAULT_SETTLE if options.settle is None else options.settle
@@ -255,6 +261,8 @@ class Applier(RolloutSteps):
         started = time.monotonic()
         self.shipper.observe(state)
         outcome = Outcome(change, steps=Steps(self.progress))
+        if change.action != NONE:
+            self.guard()  # only the holder of the node's lock changes (or tidies) its containers
         if change.action == NONE:
             outcome.container = change.current
         elif change.action == REMOVE:
@@ -328,6 +336,7 @@ class Applier(RolloutSteps):
             if self.hooks.healthy and not spec.rollout.one_shot:
                 # e.g. registered and passing in Consul; a failure here restores too
                 self.hooks.healthy(spec, new)
+            self.guard()  # the lock lost while waiting: put the old container back, touch nothing more
             if old is not None and not stop_first and old.running and spec.pre_stop:
                 self._call_retiring(old)
                 retired = True
@@ -349,6 +358,8 @@ class Applier(RolloutSteps):
                         self.hooks.restored(restored)
                     except Exception as hook_exc:  # noqa: BLE001 - the original failure matters more
                         self.progress(f"could not announce {old.name} again: {hook_exc}")
+            if isinstance(exc, LockLost):
+                raise  # the new container is gone and the old one back: nothing half-done stays
             if isinstance(exc, HealthCheckFailed):
                 exc.logs = exc.logs or logs
                 exc.container = name
@@ -434,8 +445,11 @@ class Applier(RolloutSteps):
             steps.append(f"ran {what} hook {i + 1} in {cid[:12]}")
 
     def _create_container(self, spec: ContainerSpec, name: str, host_config: Any, networking: Any) -> dict:
+        labels = spec.all_labels()
+        if self.lock_id:  # which locked command created it (ops.locks)
+            labels[LABEL_LOCK_ID] = self.lock_id
         if not spec.create.get("stdin_open"):
-            return self.api.create_container(spec.image, name=name, labels=spec.all_labels(), host_config=host_config,
+            return self.api.create_container(spec.image, name=name, labels=labels, host_config=host_config,
                                              networking_config=networking, **spec.create)
         # with stdin_open docker-py also sets AttachStdin and StdinOnce (as `docker run -i` does); compose's
         # stdin_open is OpenStdin alone: build the request, then send it with those two off
@@ -444,7 +458,7 @@ class Applier(RolloutSteps):
         proxies = getattr(self.api, "_proxy_configs", None)  # what create_container adds, as in the branch above
         if proxies is not None:
             kwargs["environment"] = proxies.inject_proxy_environment(kwargs.get("environment")) or None
-        config = self.api.create_container_config(spec.image, kwargs.pop("command", None), labels=spec.all_labels(),
+        config = self.api.create_container_config(spec.image, kwargs.pop("command", None), labels=labels,
                                                   host_config=host_config, networking_config=networking, **kwargs)
         config["AttachStdin"] = config["StdinOnce"] = False
         return self.api.create_container_from_config(config, name, platform)

@@ -70,10 +70,11 @@ class EngineSession:
         return [plan_rollout(spec, state.for_service(spec.service), self.image_id(spec.image)) for spec in specs]
 
     def applier(self, options: SwapOptions | None = None, hooks: Hooks | None = None,
-                progress: Callable[[str], None] | None = None) -> Applier:
-        """An Applier over this session's connection."""
+                progress: Callable[[str], None] | None = None, *, guard: Callable[[], None] | None = None,
+                lock_id: str | None = None) -> Applier:
+        """An Applier over this session's connection (``guard``/``lock_id``: the node lock, see ops.locks)."""
         return Applier(self._client, options, hooks=hooks, progress=progress,
-                       registry_credentials=self.node.registry_credentials)
+                       registry_credentials=self.node.registry_credentials, guard=guard, lock_id=lock_id)
 
     @property
     def _client(self) -> "docker.DockerClient":

@@ -11,7 +11,11 @@ node rm, and any later one) runs inside one ``RepoTransaction``::
         tx.commit(subject, trailers, reason=..., author=...)   # journal -> write -> commit -> push
                                                                # unlock on leaving the block
 
-Entering takes the deploy lock (waiting up to ``wait`` seconds), finishes the
+Entering takes the deploy lock (waiting up to ``wait`` seconds), then the node
+locks the caller hands in (``node_locks``: a context manager from ``ops.locks``
+taking the locks of the nodes the command changes, in Consul or on their engines,
+so that deployers on other machines wait too; gitrepo knows nothing of nodes),
+finishes the
 commit of a deployer that died between writing its files and committing them
 (the journal says which files, and their hashes prove they are the ones it
 wrote), and pulls from the team's remote. ``commit`` records the staged files
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -75,12 +80,16 @@ def refuse_project_repo(root: Path) -> None:
 
 
 class RepoTransaction:
-    """lock -> finish an interrupted commit -> pull -> (caller) -> journal -> write -> commit -> push -> unlock."""
+    """lock -> node locks -> finish an interrupted commit -> pull -> (caller) -> journal -> write -> commit -> push
+    -> release the node locks -> unlock."""
 
     def __init__(self, root: str | os.PathLike[str], *, wait: float = 0, dry_run: bool = False,
-                 command: str | None = None, progress: Callable[[str], None] | None = None):
+                 command: str | None = None, progress: Callable[[str], None] | None = None,
+                 node_locks: AbstractContextManager | None = None):
         self.root = Path(root).resolve()
         self.wait = wait
+        self.node_locks = None if dry_run else node_locks  # entered after the repository lock, before the pull
+        self._node_locks_held = False
         self.dry_run = dry_run
         self.command = command or command_line()
         self.progress = progress or (lambda msg: None)
@@ -102,6 +111,9 @@ class RepoTransaction:
             if not self.dry_run:
                 self.lock = DeployLock(self.repo.git_dir, {"command": self.command})
                 self.lock.acquire(wait=self.wait)
+                if self.node_locks is not None:
+                    self.node_locks.__enter__()
+                    self._node_locks_held = True
                 self._finish_interrupted()
                 self.remote = self.repo.has_remote()
                 if self.remote:
@@ -120,6 +132,14 @@ class RepoTransaction:
             self._leave()
 
     def _leave(self) -> None:
+        try:
+            if self._node_locks_held:
+                self._node_locks_held = False
+                self.node_locks.__exit__(None, None, None)
+        finally:
+            self._release_repository()
+
+    def _release_repository(self) -> None:
         if self.lock is not None and self.lock.held:
             self.lock.release()
         if self.repo is not None:

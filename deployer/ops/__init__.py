@@ -6,7 +6,8 @@ does, and which images undo a whole deploy), ``fleet`` (status, plan, apply acro
 add / rm), ``scaffold`` (init), ``release`` (build, push, deploy; watch-builds),
 ``logs`` (the services' log lines, read or followed across nodes),
 ``service`` (exec's target, restart health-gated without a commit),
-``prune`` (old images off the nodes), ``scale`` (a service's replica count, committed), ``targets`` (choosing services and nodes, parallel work, one-line node failures)
+``prune`` (old images off the nodes), ``scale`` (a service's replica count, committed), ``locks`` (the node
+locks a command takes before the pull, and ``deployer lock``), ``targets`` (choosing services and nodes, parallel work, one-line node failures)
 and ``results`` (what they return, as plain data). Every operation is built on
 the two seams: the repository transaction (``gitrepo.transaction``) and the
 engine session (``engine.session``). Printing is the CLI's job. May import

@@ -2,7 +2,7 @@
 
 ``deploy`` is a route through the layers, inside one repository transaction::
 
-    RepoTransaction: lock -> finish an interrupted commit -> pull   (gitrepo.transaction)
+    RepoTransaction: lock -> node locks -> finish -> pull          (gitrepo.transaction, ops.locks)
       load the repository under the lock                          (config.loader.load)
       choose the services: one per node                           (ops.targets.deploy_targets)
       edit each compose text in memory -> its container spec      (config.yamledit, compose spec)
@@ -42,8 +42,10 @@ from deployer.imageref import ImageRef
 from deployer.model import Datacenter, Infrastructure, Node, Target
 from deployer.ops import fleet
 from deployer.ops.rollout import Rollout, rollback_targets, run_batches
+from deployer.ops.locks import NodeLocks
 from deployer.ops.results import DeployResult, NodeApply, NodePlan, StatusRow, TargetResult
-from deployer.ops.targets import DEFAULT_PARALLEL, deploy_targets, discovery_hooks, node_failure, run_parallel
+from deployer.ops.targets import (DEFAULT_PARALLEL, deploy_targets, discovery_hooks, node_failure, run_parallel,
+                                   selection)
 from deployer.spec import ContainerSpec
 
 
@@ -71,6 +73,7 @@ class Deployer:
         self.root = Path(root).resolve()
         self.progress = progress or (lambda msg: None)
         self.consul = consul  # register containers in their datacenter's Consul (when it has one)
+        self.locks: NodeLocks | None = None  # the node locks of the deploy under way
 
     # -- reading -----------------------------------------------------------------
 
@@ -126,9 +129,11 @@ class Deployer:
         shown = set(images.values())
         result = DeployResult(action, shown.pop() if len(shown) == 1 else "(various)", dry_run=dry_run,
                               rollback_to=rollback_to)
-        with RepoTransaction(self.root, wait=wait, dry_run=dry_run, progress=self.progress) as tx:
-            infra = self.load()  # under the lock, after the pull: someone may have deployed meanwhile
+        locks = None if dry_run else self.node_locks([(t.dc, t.node) for t in images], wait)
+        with RepoTransaction(self.root, wait=wait, dry_run=dry_run, progress=self.progress, node_locks=locks) as tx:
+            infra = self.load()  # under the locks, after the pull: someone may have deployed meanwhile
             edits = [self._edit(infra, t, image, tx) for t, image in images.items()]
+            self.locks = locks
             result.targets = [e.result for e in edits]
 
             def work(group: list[_Edit]) -> None:
@@ -189,6 +194,9 @@ class Deployer:
     def _apply_edit(self, edit: _Edit, dry_run: bool, swap: SwapOptions | None, action: str = ACTION_DEPLOY) -> None:
         """Plan the edited service on its node and, unless a dry run, apply it over one engine session."""
         try:
+            problem = self.locks.problem(edit.node) if self.locks and not dry_run else None
+            if problem is not None:
+                raise problem  # its lock could not be taken (unreachable): never touched
             hooks = None if dry_run else self._hooks(edit.datacenter, edit.new_node)  # labels as deployed
             with EngineSession(edit.node, self.root) as session:
                 have = session.image_id(edit.spec.image)
@@ -196,7 +204,10 @@ class Deployer:
                 edit.result.change = change
                 if dry_run:
                     return
-                applier = session.applier(swap, hooks, self.node_progress(edit.node))
+                locks = self.locks
+                applier = session.applier(swap, hooks, self.node_progress(edit.node),
+                                          guard=locks.guard(edit.node) if locks else None,
+                                          lock_id=locks.id if locks else None)
                 if change.action != NONE:
                     if have is None:
                         needed_by = "rollback" if action == ACTION_ROLLBACK else None
@@ -232,7 +243,10 @@ class Deployer:
         try:
             with EngineSession(edit.node, self.root) as session:
                 hooks = self._hooks(edit.datacenter, edit.new_node)
-                applier = session.applier(None, hooks, self.node_progress(edit.node))
+                locks = self.locks
+                applier = session.applier(None, hooks, self.node_progress(edit.node),
+                                          guard=locks.guard(edit.node) if locks else None,
+                                          lock_id=locks.id if locks else None)
                 for c in session.state.managed:
                     if c.service == edit.target.service:
                         change = Change(str(edit.target), REMOVE, ["rolled back: new in this deploy"], None, c, [])
@@ -273,12 +287,22 @@ class Deployer:
     def apply(self, targets: list[str] | None = None, prune: bool = False, parallel: int = DEFAULT_PARALLEL, *,
               wait: float = 0, swap: SwapOptions | None = None) -> list[NodeApply]:
         """Converge the selected nodes to the repository, health-gated, nodes in parallel."""
-        with RepoTransaction(self.root, wait=wait, progress=self.progress):
+        before = self.load()
+        nodes = [(n.dc, n.name) for n, _, _ in selection(before, targets)]
+        locks = self.node_locks(nodes, wait, before)
+        with RepoTransaction(self.root, wait=wait, progress=self.progress, node_locks=locks):
             infra = self.load()
             return fleet.apply(self.root, infra, targets, prune, parallel, swap=swap,
-                               hooks=lambda dc, node: self._hooks(dc, node), progress=self.node_progress)
+                               hooks=lambda dc, node: self._hooks(dc, node), progress=self.node_progress,
+                               locks=locks)
 
     # -- helpers ---------------------------------------------------------------------
+
+    def node_locks(self, nodes: list[tuple[str, str]], wait: float, infra: Infrastructure | None = None) -> NodeLocks:
+        """The locks of these nodes (Consul or engine, ops.locks), for the transaction to take before the pull."""
+        infra = infra or self.load()
+        return NodeLocks(self.root, infra, [infra.node(dc, name) for dc, name in nodes], wait=wait,
+                         consul=self.consul, progress=self.progress)
 
     def _hooks(self, datacenter: Datacenter | None, node: Node) -> Any:
         return discovery_hooks(datacenter, node, self.consul, self.node_progress(node))

@@ -119,20 +119,24 @@ def plan_node(root: Path, node: Node, services: list[Service], whole: bool, prun
 
 def apply(root: Path, infra: Infrastructure, targets: list[str] | None, prune: bool, parallel: int, *,
           swap: SwapOptions | None, hooks: Callable[[Datacenter, Node], Hooks | None],
-          progress: Callable[[Node], Callable[[str], None]]) -> list[NodeApply]:
+          progress: Callable[[Node], Callable[[str], None]], locks=None) -> list[NodeApply]:
     chosen = selection(infra, targets)
     results: dict[str, NodeApply] = {}
     run_parallel(lambda item: results.__setitem__(
         item[0].target, apply_node(root, *item, datacenter=infra.datacenters[item[0].dc], prune=prune, swap=swap,
-                                   hooks=hooks, progress=progress(item[0]))), chosen, parallel)
+                                   hooks=hooks, progress=progress(item[0]), locks=locks)), chosen, parallel)
     return [results[node.target] for node, _, _ in chosen]
 
 
 def apply_node(root: Path, node: Node, services: list[Service], whole: bool, *, datacenter: Datacenter, prune: bool,
                swap: SwapOptions | None, hooks: Callable[[Datacenter, Node], Hooks | None],
-               progress: Callable[[str], None]) -> NodeApply:
+               progress: Callable[[str], None], locks=None) -> NodeApply:
     """Converge one node in one engine session; the first failed change skips the rest of the node."""
     result = NodeApply(node.target)
+    problem = locks.problem(node) if locks is not None else None
+    if problem is not None:  # its lock could not be taken (unreachable): never touched
+        result.error = problem.one_line()
+        return result
     try:
         node_hooks = hooks(datacenter, node)
         specs = ordered_specs(root, node, services)
@@ -144,7 +148,8 @@ def apply_node(root: Path, node: Node, services: list[Service], whole: bool, *, 
         changes = session.plan(specs)
         if prune and whole:
             changes += prune_changes(node, session.state)
-        applier = session.applier(swap, node_hooks, progress)
+        applier = session.applier(swap, node_hooks, progress, guard=locks.guard(node) if locks else None,
+                                  lock_id=locks.id if locks else None)  # the node locks (ops.locks)
         if any(c.action != NONE for c in changes):
             try:
                 applier.ensure_resources(*node_resources(node))

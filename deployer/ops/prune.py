@@ -31,6 +31,7 @@ from deployer.engine.session import EngineSession
 from deployer.errors import BadValue
 from deployer.gitrepo.repo import InfraRepo
 from deployer.gitrepo.transaction import RepoTransaction
+from deployer.ops.locks import NodeLocks
 from deployer.model import Infrastructure, Node
 from deployer.ops.targets import DEFAULT_PARALLEL, node_failure, run_parallel, selection
 
@@ -101,7 +102,10 @@ def prune(root: str | Path, targets: list[str] | None = None, *, keep: int = DEF
         raise BadValue(f"--keep {keep}: keep at least 1 version of each service (the one written)")
     say = progress or (lambda msg: None)
     root = Path(root).resolve()
-    with RepoTransaction(root, wait=wait, dry_run=dry_run, progress=say) as tx:
+    before = loader.load(root)  # every node of the engines pruned is locked: no deploy pulls an image meanwhile
+    locks = NodeLocks(root, before, [n for eng in _engines(before, targets) for n in eng.nodes], wait=wait,
+                      progress=say)
+    with RepoTransaction(root, wait=wait, dry_run=dry_run, progress=say, node_locks=locks) as tx:
         infra = loader.load(root)
         engines = _engines(infra, targets)
         assert tx.repo is not None

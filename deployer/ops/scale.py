@@ -2,7 +2,7 @@
 
 ``deployer scale dc/node/service N`` is a route through the same seams as a deploy::
 
-    RepoTransaction: lock -> finish an interrupted commit -> pull  (gitrepo.transaction)
+    RepoTransaction: lock -> node lock -> finish -> pull          (gitrepo.transaction, ops.locks)
       load under the lock, refuse a dirty compose file
       set deploy.replicas (or scale) in memory                    (config.yamlreplicas)
       validate the edited file, build the service's spec           (config.loader, compose_spec)
@@ -30,6 +30,7 @@ from deployer.engine.session import EngineSession
 from deployer.errors import TargetError
 from deployer.gitrepo.commit import ACTION_SCALE, deployer_trailers
 from deployer.gitrepo.transaction import RepoTransaction
+from deployer.ops.locks import NodeLocks
 from deployer.ops.results import DeployResult, TargetResult
 from deployer.ops.targets import discovery_hooks, node_failure
 
@@ -41,10 +42,13 @@ def scale(root: str | Path, target: str, count: int, *, wait: float = 0, dry_run
     root = Path(root).resolve()
     say = progress or (lambda msg: None)
     started = time.monotonic()
-    resolved = loader.load(root).resolve(target)
+    before_pull = loader.load(root)
+    resolved = before_pull.resolve(target)
     if resolved.service is None:
         raise TargetError(f"scale needs a service: write dc/node/service (got {target!r})")
-    with RepoTransaction(root, wait=wait, dry_run=dry_run, progress=say) as tx:
+    locks = NodeLocks(root, before_pull, [before_pull.node(resolved.dc, resolved.node)], wait=wait, consul=consul,
+                      progress=say)  # the node's lock, in Consul or on its engine (ops.locks)
+    with RepoTransaction(root, wait=wait, dry_run=dry_run, progress=say, node_locks=locks) as tx:
         infra = loader.load(root)  # under the lock, after the pull
         resolved = infra.resolve(str(resolved))
         node = infra.node(resolved.dc, resolved.node)
@@ -67,7 +71,10 @@ def scale(root: str | Path, target: str, count: int, *, wait: float = 0, dry_run
                 have = session.image_id(spec.image)
                 change = done.change = session.plan([spec])[0]
                 if not dry_run:
-                    applier = session.applier(swap, hooks, node_say)
+                    problem = locks.problem(node)
+                    if problem is not None:
+                        raise problem
+                    applier = session.applier(swap, hooks, node_say, guard=locks.guard(node), lock_id=locks.id)
                     if change.action != NONE:
                         if have is None:
                             applier.ensure_image(spec.image)

@@ -31,6 +31,7 @@ from deployer.engine.state import ContainerState, read_container
 from deployer.errors import HealthCheckFailed, NotRunning, TargetError
 from deployer.gitrepo.transaction import RepoTransaction
 from deployer.model import Infrastructure
+from deployer.ops.locks import NodeLocks
 from deployer.ops.targets import node_failure, selection
 
 RESTART_STOP_TIMEOUT = 10  # seconds the container gets to stop before it is killed, as docker restart
@@ -82,7 +83,9 @@ def restart(root: Path, targets: list[str], *, wait: float = 0, swap: SwapOption
     """Restart the targets' containers one at a time, each health-gated; no commit."""
     say = progress or (lambda msg: None)
     done: list[Restarted] = []
-    with RepoTransaction(root, wait=wait, progress=say):
+    before = loader.load(root)
+    locks = NodeLocks(root, before, [n for n, svcs, _ in selection(before, targets) if svcs], wait=wait, progress=say)
+    with RepoTransaction(root, wait=wait, progress=say, node_locks=locks):  # no deploy of these nodes meanwhile
         infra = loader.load(root)  # under the lock
         for node, services, _ in selection(infra, targets):
             if not services:

@@ -128,8 +128,9 @@ def test_consul_down_fails_before_any_container_is_touched_and_no_consul_deploys
     done = run(root, "deploy", WEB2, f"test/{node}")
     assert done.returncode == 1
     (line,) = done.stderr.strip().splitlines()
-    assert line == (f"error: Consul at {down}: leader: connection refused; nothing was changed "
-                    "(--no-consul deploys without registering)")
+    # the node lock is the first thing that needs Consul now (ops.locks)
+    assert line == (f"error: Consul at {down}: create a session to lock test/{node}: connection refused; nothing "
+                    "was changed (--no-consul deploys without Consul, with the lock on the node's engine)")
     assert container_ids(client, node) == before
     assert git(root, "rev-parse", "HEAD") == head and git(root, "status", "--porcelain") == ""
 

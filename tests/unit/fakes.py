@@ -250,3 +250,30 @@ def wanted_specs(compose: str | dict[str, Any] | None = None, *, dc: str = DC, n
         (node_dir / "docker-compose.yml").write_text(text)
         loaded = load(root).node(dc, node)
         return {name: container_spec(loaded, svc, root, environ=environ or {}) for name, svc in loaded.services.items()}
+
+
+class FakeNodeLocks:
+    """ops.locks.NodeLocks without Consul or an engine: records the nodes locked, in order; ``held_by`` makes
+    taking them fail as a lock another deployer holds would."""
+
+    events: list[str] = []
+    held_by: Exception | None = None
+
+    def __init__(self, root, infra, nodes, *, wait=0, consul=True, command=None, progress=None):
+        self.nodes = sorted(n.target for n in nodes)
+        self.id = "lock-id-1"
+
+    def __enter__(self):
+        if FakeNodeLocks.held_by is not None:
+            raise FakeNodeLocks.held_by
+        FakeNodeLocks.events.append("lock " + " ".join(self.nodes))
+        return self
+
+    def __exit__(self, *exc):
+        FakeNodeLocks.events.append("release " + " ".join(self.nodes))
+
+    def problem(self, node):
+        return None
+
+    def guard(self, node):
+        return lambda: FakeNodeLocks.events.append(f"guard {node.target}")

@@ -15,6 +15,7 @@ from deployer.errors import HealthCheckFailed, HostError, ServiceMatchError
 from deployer.ops import deploy as ops_deploy
 from deployer.ops.deploy import Deployer
 from tests.support.repos import git
+from tests.unit.fakes import FakeNodeLocks
 
 NODE = "datacenters/dev/dev1"
 COMPOSE = f"{NODE}/docker-compose.yml"
@@ -56,7 +57,8 @@ class FakeSession:
     def plan(self, specs):
         return [plan_service(spec, [], self.image_id(spec.image)) for spec in specs]
 
-    def applier(self, options=None, hooks=None, progress=None):
+    def applier(self, options=None, hooks=None, progress=None, guard=None, lock_id=None):
+        FakeSession.guards.append((guard, lock_id))
         return FakeApplier()
 
 
@@ -79,9 +81,36 @@ class FakeApplier:
 
 @pytest.fixture
 def fake_engine(monkeypatch):
-    FakeSession.opened, FakeSession.applied, FakeSession.fail = [], [], None
+    FakeSession.opened, FakeSession.applied, FakeSession.fail, FakeSession.guards = [], [], None, []
+    FakeNodeLocks.events, FakeNodeLocks.held_by = [], None
     monkeypatch.setattr(ops_deploy, "EngineSession", FakeSession)
+    monkeypatch.setattr(ops_deploy, "NodeLocks", FakeNodeLocks)
     return FakeSession
+
+
+def test_the_node_locks_are_taken_for_the_targets_and_handed_to_the_applier(root, fake_engine):
+    Deployer(root, consul=False).deploy("registry.example.com/web:2", "dev/dev1")
+    assert FakeNodeLocks.events == ["lock dev/dev1", "release dev/dev1"]
+    ((guard, lock_id),) = fake_engine.guards
+    assert lock_id == "lock-id-1"
+    guard()
+    assert FakeNodeLocks.events[-1] == "guard dev/dev1"
+
+
+def test_a_node_lock_held_elsewhere_fails_before_any_container_and_commits_nothing(root, fake_engine):
+    from deployer.errors import NodeLockHeld
+
+    FakeNodeLocks.held_by = NodeLockHeld("dev/dev1", "root@ci pid 7 (deployer deploy web:3 dev/dev1)")
+    with pytest.raises(NodeLockHeld, match=r"^node dev/dev1 is locked by root@ci pid 7"):
+        Deployer(root, consul=False).deploy("registry.example.com/web:2", "dev/dev1")
+    assert fake_engine.opened == [] and fake_engine.applied == []
+    assert git(root, "rev-list", "--count", "HEAD") == "1"
+    assert not (root / ".git" / "deployer.journal").exists()
+
+
+def test_a_dry_run_takes_no_node_lock(root, fake_engine):
+    Deployer(root, consul=False).deploy("registry.example.com/web:2", "dev/dev1", dry_run=True)
+    assert FakeNodeLocks.events == []
 
 
 def test_deploy_edits_applies_then_commits_with_trailers(root, fake_engine):

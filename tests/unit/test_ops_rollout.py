@@ -16,6 +16,7 @@ from deployer.ops import deploy as ops_deploy
 from deployer.ops.deploy import Deployer
 from deployer.ops.rollout import CONTINUE, ROLLBACK, Rollout
 from tests.support.repos import git
+from tests.unit.fakes import FakeNodeLocks
 
 NODES = ["n1", "n2", "n3", "n4"]
 V1, V2, V3 = (f"registry.example.com/web:{v}" for v in (1, 2, 3))
@@ -68,7 +69,7 @@ def engines(monkeypatch):
         def plan(self, specs):
             return [plan_service(spec, [], self.image_id(spec.image)) for spec in specs]
 
-        def applier(self, options=None, hooks=None, progress=None):
+        def applier(self, options=None, hooks=None, progress=None, guard=None, lock_id=None):
             node = self.node.name
 
             class Applier:
@@ -92,6 +93,8 @@ def engines(monkeypatch):
             return Applier()
 
     monkeypatch.setattr(ops_deploy, "EngineSession", Session)
+    FakeNodeLocks.events, FakeNodeLocks.held_by = [], None
+    monkeypatch.setattr(ops_deploy, "NodeLocks", FakeNodeLocks)  # the node locks are tested in test_ops_deploy
     return world
 
 
