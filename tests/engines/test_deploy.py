@@ -314,7 +314,7 @@ def test_unreachable_host(tmp_path):
     (["deploy", "deployer-test/web:2", "test/nosuchnode"], "unknown node test/nosuchnode"),
     (["deploy", "deployer-test/web:2", "nosuchdc/x"], "unknown datacenter"),
     (["deploy", "other/image:2", "test/NODE"], "no service on test/NODE runs other/image"),
-    (["rollback", "test/NODE"], "rollback needs a service"),
+    (["rollback", "test/NODE"], "no deploy or rollback commit has a target in test/NODE"),  # nothing to undo there
 ])
 def test_bad_input_is_one_clear_line(repo, args, message):
     root, node = repo

@@ -22,7 +22,7 @@ TALKER = """\
   talk:
     image: {image}
     init: true
-    command: ["sh", "-c", "i=0; while true; do i=$((i+1)); echo out $i; echo err $i >&2; sleep 0.2; done"]
+    command: ["sh", "-c", "i=0; while true; do i=$$((i+1)); echo out $$i; echo err $$i >&2; sleep 0.2; done"]
 """
 
 
