@@ -18,7 +18,8 @@
 # installed, it starts a dev Consul agent and an nginx of its own on free ports
 # (stopped by PID at the end); without them it says so and shows config and
 # status only. Containers and networks of the datacenter (label
-# deployer.dc=$DC) are removed at the end unless KEEP=1.
+# deployer.dc=$DC) are removed at the end unless KEEP=1 (which keeps them and
+# the repository; Consul, nginx and a dockerd the run started are stopped anyway).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -199,7 +200,8 @@ render() {
     mkdir -p "$NGINX/logs"
     local check="nginx -t -q -e stderr -p $NGINX -c {file}"
     local reload="nginx -s reload -e stderr -p $NGINX -c $NGINX/nginx.conf"
-    local extra=() shown=""
+    local extra=() shown="" old_workers=""
+    [ -z "$NGINX_PID" ] || old_workers=$(pgrep -P "$NGINX_PID" | tr '\n' ' ')
     if [ -n "$NGINX_PID" ]; then extra=(--reload "$reload"); shown=" --reload 'nginx -s reload -p \$NGINX -c \$NGINX/nginx.conf'"; fi
     echo
     echo "\$ deployer render templates/nginx.conf.j2 --out \$NGINX/nginx.conf --dc $DC --var listen_port=$NGINX_PORT --var listen_address=127.0.0.1 --check 'nginx -t -q -e stderr -p \$NGINX -c {file}'$shown"
@@ -209,10 +211,16 @@ render() {
     echo
     echo "\$ awk '/upstream /,/}/' \$NGINX/nginx.conf    # the rendered upstreams"
     awk '/^ *upstream /,/^ *}/' "$NGINX/nginx.conf"
-    # 'nginx -s reload' only signals the master: wait until the new workers answer
-    if [ -n "$NGINX_PID" ]; then
-        for _ in $(seq 50); do curl -sf -o /dev/null "http://127.0.0.1:$NGINX_PORT/shop/site.txt" && break; sleep 0.1; done
-    fi
+    # 'nginx -s reload' only signals the master; until the old worker has left,
+    # it may still take a request (and send it to the old upstreams): wait for that
+    [ -n "$NGINX_PID" ] || return 0
+    local left pid
+    for _ in $(seq 100); do
+        left=0
+        for pid in $old_workers; do if kill -0 "$pid" 2>/dev/null; then left=1; fi; done
+        if [ "$left" = 0 ] && pgrep -P "$NGINX_PID" >/dev/null; then break; fi
+        sleep 0.1
+    done
 }
 if [ "$WITH_CONSUL" = 1 ]; then
     NGINX_PORT=$(free_port) NGINX="$WORK/nginx"
@@ -246,4 +254,8 @@ cd "$REPO"
 run git log --format='%h %s' -3
 run git show --format= HEAD -- "datacenters/$DC/edge1/docker-compose.yml"
 echo
-echo "example finished: the repository was $REPO (removed on exit; KEEP=1 keeps it and the containers)"
+if [ "${KEEP:-0}" = 1 ]; then
+    echo "example finished: kept $REPO and the containers (Consul, nginx and a dockerd this run started are stopped)"
+else
+    echo "example finished: the repository was $REPO (removed on exit; KEEP=1 keeps it and the containers)"
+fi
