@@ -128,7 +128,7 @@ EOF
 {
     echo "variables:"
     echo "  WEB_IMAGE: hello               # what every node of the datacenter runs"
-    [ "$WITH_CONSUL" = 1 ] && echo "consul: 127.0.0.1:$CONSUL_PORT"
+    if [ "$WITH_CONSUL" = 1 ]; then echo "consul: 127.0.0.1:$CONSUL_PORT"; fi
 } >"datacenters/$DC/datacenter.yml"
 for node in edge1 edge2; do
     cat >"datacenters/$DC/$node/node.yml" <<EOF
