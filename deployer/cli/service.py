@@ -6,7 +6,8 @@ stderr lines go to our stderr. ``exec`` passes the command's exit code through.
 ``restart`` restarts health-gated, one container at a time, and commits nothing.
 
 Exit codes (deployer.errors' scheme): 0 done; 1 a target that is not running,
-a node that failed, a container not healthy after its restart, a followed log
+a node that failed (for logs: a node of several that could not be reached, once
+the others' lines are out), a container not healthy after its restart, a followed log
 that ended by an error; 3 bad usage or a target that does not exist or is not
 one service (exec); 130 interrupted (Ctrl-C); for exec, otherwise the
 command's own code (126/127 when the engine could not start it).
@@ -27,7 +28,7 @@ from deployer.cli.options import (QUIET_NOTHING, health_timeout_option, json_opt
                                   repo_root, settle_option, swap_settings, verbose_option, wait_option)
 from deployer.cli.completion import complete_targets
 from deployer.cli.output import print_json, progress
-from deployer.errors import printable
+from deployer.errors import HostError, printable
 from deployer.values import BadValue, parse_duration
 
 #: Foreground colours the sources take in turn (green, yellow, blue, magenta, cyan, and the bright ones).
@@ -98,9 +99,9 @@ class LinePrinter:
             if self.flush:
                 target.flush()
 
-    def notice(self, source: str, message: str) -> None:
-        """A line of ours about a source, on stderr (none with quiet)."""
-        if self.quiet:
+    def notice(self, source: str, message: str, always: bool = False) -> None:
+        """A line of ours about a source, on stderr (none with quiet, unless ``always``: a failure)."""
+        if self.quiet and not always:
             return
         with self._lock:
             self.out.flush()
@@ -127,6 +128,8 @@ def logs(ctx, targets, follow, since, tail, timestamps, parallel, as_json, quiet
     The container's stdout lines go to stdout, its stderr lines to stderr.
     With --follow, the nodes are followed at once; a container or node that
     goes away ends its source with a line on stderr, the others go on.
+    A node that cannot be reached (of several) gets one line on stderr and
+    the others go on; the exit code is then 1.
     """
     from contextlib import ExitStack
 
@@ -144,9 +147,14 @@ def logs(ctx, targets, follow, since, tail, timestamps, parallel, as_json, quiet
             failed.append(source)
         printer.notice(source, f"log ended: {reason}" if reason else "log ended")
 
+    def unreachable(node: str, error: Exception) -> None:
+        failed.append(node)
+        why = f"{error.message} ({error.url})" if isinstance(error, HostError) else str(error)
+        printer.notice(node, f"log not read: {why}", always=True)
+
     try:
         with ExitStack() as stack:
-            sources = ops_logs.open_sources(root, loader.load(root), list(targets), stack, parallel)
+            sources = ops_logs.open_sources(root, loader.load(root), list(targets), stack, parallel, unreachable)
             if follow:
                 ops_logs.follow(sources, options, printer.line, ended)
             else:
@@ -204,7 +212,10 @@ def exec_(ctx, interactive, tty, quiet, verbose, target, command):
                 (err if stream == containers.STDERR else out).write(data)
                 (err if stream == containers.STDERR else out).flush()
 
-            stdin = sys.stdin.buffer.read() if interactive else None
+            # Our input as it comes, read from the fd (not sys.stdin's buffer: a thread may still wait in it
+            # when we exit, and the interpreter would wait for that buffer's lock).
+            fd = sys.stdin.fileno() if interactive else -1
+            stdin = (lambda: os.read(fd, containers.CHUNK)) if interactive else None
             code, engine_error = containers.run_exec(session.client, container.id, list(command), write, stdin)
             if engine_error is not None:
                 click.echo(f"error: {target}: {printable(' '.join(engine_error.split()))}", err=True)

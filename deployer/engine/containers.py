@@ -1,12 +1,14 @@
 """A running container's logs and commands run in it, over the node's normal connection.
 
-``log_frames`` streams a container's log as (stream, bytes) frames, stdout
+``LogStream`` streams a container's log as (stream, bytes) frames, stdout
 and stderr kept apart (the engine multiplexes them; a container with a tty
 has only one stream, reported as stdout). ``LineSplitter`` turns the chunks
 into whole lines (a chunk may end mid-line, or hold many lines). ``run_exec``
 runs a command in a container, its output streamed, and returns its exit code;
-``exec_socket`` opens one for an interactive session (the caller forwards the
-terminal).
+with input, ours is copied to the command as it comes (``ExecConnection``: the
+attach connection of each transport, unix, TLS or an SSH channel, and how each
+says "end of input" while the output goes on). ``exec_socket`` opens one for an
+interactive session on a terminal (the caller forwards the terminal).
 
 docker-py's ``logs`` merges the two streams; here the response body is read
 frame by frame (``read_frames``) so each line goes where it came from.
@@ -15,14 +17,13 @@ frame by frame (``read_frames``) so each line goes where it came from.
 from __future__ import annotations
 
 import socket
+import ssl
+import threading
+import time
 from typing import TYPE_CHECKING, Callable, Iterator
-
-from deployer.engine.connect import import_docker
 
 if TYPE_CHECKING:  # pragma: no cover
     import docker as docker_types
-
-docker = import_docker()
 
 STDOUT, STDERR = 1, 2
 CHUNK = 65536
@@ -113,12 +114,13 @@ ENGINE_EXEC_ERROR = (b"OCI runtime exec failed", b"exec failed")
 
 
 def run_exec(client: "docker_types.DockerClient", cid: str, cmd: list[str],
-             write: Callable[[int, bytes], None], stdin: bytes | None = None) -> tuple[int, str | None]:
-    """Run ``cmd`` in the container; its output goes to ``write(stream, chunk)``.
+             write: Callable[[int, bytes], None], stdin: Callable[[], bytes] | None = None) -> tuple[int, str | None]:
+    """Run ``cmd`` in the container; its output goes to ``write(stream, chunk)`` as it arrives.
 
     Returns (exit code, None), or (exit code, the engine's message) when the command could not be started
     (a missing or not executable command: the engine writes its error into the output and never starts a
-    process). With ``stdin`` (bytes), the command reads them, then end of file."""
+    process). With ``stdin`` (a function giving the next chunk of our input as soon as there is some, b""
+    at its end), the command reads it as it comes (copied on a thread of its own), then end of file."""
     api = client.api
     exec_id = api.exec_create(cid, cmd, stdin=stdin is not None, tty=False)["Id"]
     held: list[bytes] = []  # output that may be the engine's error, until the exec says whether it started
@@ -139,22 +141,98 @@ def run_exec(client: "docker_types.DockerClient", cid: str, cmd: list[str],
             if err:
                 take(STDERR, err)
     else:
-        sock = api.exec_start(exec_id, socket=True)
-        raw = getattr(sock, "_sock", sock)
+        conn = ExecConnection(api, api.exec_start(exec_id, socket=True))
+        feeder = threading.Thread(target=conn.feed, args=(stdin,), name=f"exec stdin {exec_id[:12]}", daemon=True)
         try:
-            _send_all(raw, stdin)
-            _shutdown_write(raw)
-            for kind, data in docker.utils.socket.frames_iter(sock, False):
-                take(STDERR if kind == STDERR else STDOUT, data)
+            feeder.start()
+            for kind, data in read_frames(conn.recv):
+                take(kind, data)
         finally:
-            sock.close()
-    info = api.exec_inspect(exec_id)
+            conn.close()  # a feeder still waiting for our input finds the connection closed
+    info = _finished(api, exec_id)
     code = 126 if info.get("ExitCode") is None else int(info["ExitCode"])
     if held and not info.get("Pid"):  # never started: what it wrote is the engine's error
         return code, b"".join(held).decode("utf-8", "replace")
     for data in held:
         write(STDOUT, data)
     return code, None
+
+
+def _finished(api, exec_id: str, wait: float = 10.0) -> dict:
+    """The exec's inspect once it has stopped running (its output ends a moment before the engine records
+    the exit code); after ``wait`` seconds, as it is."""
+    deadline = time.monotonic() + wait
+    while True:
+        info = api.exec_inspect(exec_id)
+        if not info.get("Running") or time.monotonic() > deadline:
+            return info
+        time.sleep(0.05)
+
+
+class ExecConnection:
+    """The connection of an attached exec (``exec_start(socket=True)``), whichever the transport:
+
+    * unix: docker-py gives the ``SocketIO`` of the HTTP response; its ``_sock`` is the socket;
+    * tcp+TLS: the ``SSLSocket`` itself. End of input is a TCP half-close under the TLS layer
+      (``socket.socket.shutdown``): ``SSLSocket.shutdown`` would drop the TLS layer for reading too,
+      and the engine (Go's TLS) reads a half-close at a record boundary as end of file;
+    * ssh: the paramiko ``Channel``; end of input is ``shutdown_write`` (an SSH EOF, which
+      ``docker system dial-stdio`` on the node passes on as a half-close to the engine).
+
+    ``recv`` reads in one thread while ``feed`` writes in another (sockets and paramiko channels
+    allow that)."""
+
+    def __init__(self, api, handle) -> None:
+        self._handle = handle  # holds the HTTP response (docker-py sets handle._response): closed with it
+        self.sock = getattr(handle, "_sock", handle)
+        api._disable_socket_timeout(handle)  # an interactive command may be quiet for longer than any timeout
+        self._closed = threading.Event()
+
+    def recv(self, size: int) -> bytes:
+        try:
+            return self.sock.recv(size)
+        except (ssl.SSLEOFError, ConnectionResetError):  # the engine went without a TLS close: the end
+            return b""
+        except OSError:
+            if self._closed.is_set():
+                return b""
+            raise
+
+    def feed(self, read: Callable[[], bytes]) -> None:
+        """Copy ``read()``'s chunks to the command until b"", then end its input. Stops quietly when the
+        command ended first (the engine closed the connection) or the connection was closed."""
+        try:
+            while not self._closed.is_set():
+                data = read()
+                if not data:
+                    break
+                self.sock.sendall(data)
+            if not self._closed.is_set():
+                self.close_stdin()
+        except (OSError, EOFError):
+            pass
+        except Exception:  # paramiko's SSHException on a closed channel
+            if not self._closed.is_set():
+                raise
+
+    def close_stdin(self) -> None:
+        """Tell the command its input ended; reading its output goes on."""
+        sock = self.sock
+        if hasattr(sock, "shutdown_write"):  # paramiko
+            sock.shutdown_write()
+        elif isinstance(sock, ssl.SSLSocket):
+            socket.socket.shutdown(sock, socket.SHUT_WR)
+        else:
+            sock.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._closed.set()
+        for thing in (self.sock, self._handle, getattr(self._handle, "_response", None)):
+            try:
+                if thing is not None:
+                    thing.close()
+            except Exception:  # closing what the engine closed already
+                pass
 
 
 def exec_socket(client: "docker_types.DockerClient", cid: str, cmd: list[str], *, tty: bool, stdin: bool):
@@ -169,22 +247,3 @@ def exit_code(client: "docker_types.DockerClient", exec_id: str) -> int:
     """The exit code of a finished exec (126/127 as the engine set it when the command could not start)."""
     code = client.api.exec_inspect(exec_id).get("ExitCode")
     return 126 if code is None else int(code)
-
-
-def _send_all(sock, data: bytes) -> None:
-    send = getattr(sock, "sendall", None)
-    if send is not None:
-        send(data)
-    else:  # pragma: no cover - a socket-like object with write only
-        sock.write(data)
-
-
-def _shutdown_write(sock) -> None:
-    """Tell the command its stdin ended (a socket: shut the write side; a paramiko channel: shutdown_write)."""
-    if hasattr(sock, "shutdown_write"):
-        sock.shutdown_write()
-        return
-    try:
-        sock.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass

@@ -5,6 +5,8 @@ A route through the layers::
     choose the nodes and services of the targets           (ops.targets.selection)
     per node, nodes in parallel:
       EngineSession: connect, read the node once           (engine.session)
+        (a node that cannot be reached, among several:     (``unreachable``)
+         reported once, the others go on)
       the running managed container of each service        (labels, engine.state)
     per container: its log, stdout and stderr apart         (engine.containers.LogStream)
       split into whole lines, handed to ``emit``            (engine.containers.LineSplitter)
@@ -29,7 +31,7 @@ from deployer.engine.connect import describe
 from deployer.engine.containers import LineSplitter, LogStream
 from deployer.engine.session import EngineSession
 from deployer.engine.state import ContainerState, read_container
-from deployer.errors import NotRunning
+from deployer.errors import DeployerError, NotRunning
 from deployer.model import Infrastructure, Node
 from deployer.ops.targets import DEFAULT_PARALLEL, node_failure, run_parallel, selection
 
@@ -55,13 +57,19 @@ class LogOptions:
 
 
 def open_sources(root: Path, infra: Infrastructure, targets: list[str], stack: ExitStack,
-                 parallel: int = DEFAULT_PARALLEL) -> list[Source]:
+                 parallel: int = DEFAULT_PARALLEL,
+                 unreachable: Callable[[str, DeployerError], None] | None = None) -> list[Source]:
     """The running container of every selected service, each node's session entered on ``stack``.
 
-    NotRunning names every selected service without a running container."""
-    chosen = selection(infra, targets)
+    A node that cannot be reached raises its failure; with ``unreachable`` and more than one node
+    selected, it is handed to ``unreachable(node target, the error)`` instead (in node order, after
+    every node was tried) and left out: the others go on (and the list may be empty).
+    NotRunning names every selected service without a running container (on the nodes reached)."""
+    chosen = [e for e in selection(infra, targets) if e[1]]
     sessions: dict[str, EngineSession] = {}
+    failures: dict[str, DeployerError] = {}
     lock = threading.Lock()
+    tolerate = unreachable is not None and len(chosen) > 1
 
     def open_node(entry: tuple[Node, list, bool]) -> None:
         node = entry[0]
@@ -69,15 +77,23 @@ def open_sources(root: Path, infra: Infrastructure, targets: list[str], stack: E
         try:
             session.__enter__()
         except Exception as exc:
-            raise node_failure(node, exc) from None
+            if not tolerate:
+                raise node_failure(node, exc) from None
+            with lock:
+                failures[node.target] = node_failure(node, exc)
+            return
         with lock:
             sessions[node.target] = session
             stack.callback(session.close)
 
-    run_parallel(open_node, [e for e in chosen if e[1]], parallel)
+    run_parallel(open_node, chosen, parallel)
     sources: list[Source] = []
     missing: list[str] = []
     for node, services, _ in chosen:
+        if node.target in failures:
+            if unreachable is not None:
+                unreachable(node.target, failures[node.target])
+            continue
         for svc in services:
             session = sessions[node.target]
             running = [c for c in session.state.for_service(svc.name) if c.running]
@@ -88,7 +104,7 @@ def open_sources(root: Path, infra: Infrastructure, targets: list[str], stack: E
             sources.extend(Source(target, session, c) for c in running)
     if missing:
         raise NotRunning(f"not running: {', '.join(missing)}")
-    if not sources:
+    if not sources and not failures:
         raise NotRunning(f"no services in {', '.join(targets) or 'the repository'}")
     return sources
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ from tests.support.repos import cli, git, make_repo, remove_node_containers, run
 WEB1 = "deployer-test/web:1"
 BUSYBOX = "deployer-test/busybox:base"
 
-# A service that writes a numbered line to stdout and one to stderr every 200 ms.
+# A service that writes a numbered line to stdout and one to stderr every 200 ms ($$: a '$' for the shell, as
+# Compose interpolates the file).
 TALKER = """\
   talk:
     image: {image}
@@ -302,3 +304,71 @@ def test_logs_follow_a_node_that_goes_away_ends_that_source_only(fleet, engine, 
         gone.stop()
         with closing(engine.client()) as c:
             remove_node_containers(c, a)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound, then closed: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def one_node_unreachable(engine, tmp_path):
+    """dc ``two``: node ``a`` on the unix engine, talking; node ``b`` whose docker URL is a closed port."""
+    root = tmp_path / "infra"
+    a, b = "a" + os.urandom(3).hex(), "b" + os.urandom(3).hex()
+    url = f"tcp://127.0.0.1:{_closed_port()}"
+    compose = "services:\n" + TALKER.format(image=BUSYBOX)
+    files = {f"datacenters/two/{a}/node.yml": f"docker: {engine.unix_url}\n",
+             f"datacenters/two/{b}/node.yml": f"docker: {url}\n",
+             f"datacenters/two/{a}/docker-compose.yml": compose,
+             f"datacenters/two/{b}/docker-compose.yml": compose}
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "two nodes, one unreachable")
+    result = cli(root, "apply", f"two/{a}")
+    assert result.exit_code == 0, result.output
+    yield root, a, b, url
+    with closing(engine.client()) as c:
+        remove_node_containers(c, a)
+
+
+def test_logs_with_a_node_unreachable_at_start_reports_it_once_and_reads_the_others(one_node_unreachable):
+    root, a, b, url = one_node_unreachable
+    time.sleep(0.5)
+    done = run(root, "logs", "--tail", "2", "two", timeout=60)
+    assert done.returncode == 1, done
+    assert done.stdout.startswith(f"two/{a}/talk out ") and len(done.stdout.splitlines()) == 1, done.stdout
+    err = done.stderr.splitlines()
+    assert err[0] == f"two/{b}: log not read: connection refused ({url})", done.stderr
+    assert len(err) == 2 and err[1].startswith(f"two/{a}/talk err "), done.stderr
+    # -q leaves out the 'log ended' lines, not this one; the node alone is an error as before.
+    done = run(root, "logs", "-q", "--tail", "0", "two", timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (1, "", f"two/{b}: log not read: connection refused "
+                                                                  f"({url})\n")
+    done = run(root, "logs", "--tail", "0", f"two/{b}", timeout=60)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == f"error: node two/{b} ({url}): connection refused\n"
+
+
+def test_logs_follow_with_a_node_unreachable_at_start_follows_the_others_then_exits_1(one_node_unreachable, engine):
+    root, a, b, url = one_node_unreachable
+    proc = subprocess.Popen([sys.executable, "-m", "deployer", "--repo", str(root), "logs", "-f", "--tail", "0",
+                             "two"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr.readline() == f"two/{b}: log not read: connection refused ({url})\n"
+        lines = [proc.stdout.readline() for _ in range(5)]
+        assert all(x.startswith(f"two/{a}/talk out ") for x in lines), lines  # a is followed
+        with closing(engine.client()) as c:
+            remove_node_containers(c, a)  # its only source ends: the command ends, 1 for the node not read
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err
+    assert re.search(rf"^two/{a}/talk: log ended: ", err, re.M), err
+    assert f"two/{b}" not in err and "Traceback" not in err, err
