@@ -154,7 +154,8 @@ def run_batches(items: Sequence[T], rollout: Rollout, work: Callable[[list[T]], 
                    f"{bad} failed (--max-fail {rollout.tolerated})")
             run.stopped = why + (f"; {left} not attempted" if left else "")
             run.undo = decision == UNDO
-            say(f"stopping: {run.stopped}" + ("; rolling back the nodes this deploy updated" if run.undo else ""))
+            if left or run.undo:  # after the last batch there is nothing to stop: the failure is the report
+                say(f"stopping: {run.stopped}" + ("; rolling back the nodes this deploy updated" if run.undo else ""))
             return run
         if number < len(batches) and rollout.pause > 0:
             say(f"pausing {rollout.pause:g}s before the next batch")
