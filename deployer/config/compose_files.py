@@ -82,16 +82,19 @@ def _file_bundle(node: Node, kind: str, target: str, data: bytes, mode: int, uid
     return bundle
 
 
+def _entry(entry: Any, default_mode: int) -> tuple[str, str | None, int, int, int]:
+    """A service's secrets or configs entry (short or long syntax): (source, target, mode, uid, gid)."""
+    if isinstance(entry, str):
+        return entry, None, default_mode, 0, 0
+    mode = parse_mode(entry["mode"]) if entry.get("mode") is not None else default_mode
+    return entry["source"], entry.get("target"), mode, owner(entry.get("uid")), owner(entry.get("gid"))
+
+
 def _secrets(node: Node, config: Mapping[str, Any], repo_root: Path, compose_path: str, out: Shipped) -> None:
     read: dict[str, tuple[str, bytes]] = {}  # secret name -> (resolved path, content): each file read once
     under_run: list[SecretFile] = []
     for entry in config.get("secrets") or []:
-        if isinstance(entry, str):
-            name, target, mode, uid, gid = entry, None, DEFAULT_SECRET_MODE, 0, 0
-        else:
-            name, target = entry["source"], entry.get("target")
-            mode = parse_mode(entry["mode"]) if entry.get("mode") is not None else DEFAULT_SECRET_MODE
-            uid, gid = owner(entry.get("uid")), owner(entry.get("gid"))
+        name, target, mode, uid, gid = _entry(entry, DEFAULT_SECRET_MODE)
         if name not in read:
             definition = node.secrets.get(name)
             written = definition.get("file") if isinstance(definition, dict) else None
@@ -137,12 +140,7 @@ def _config_content(node: Node, name: str, repo_root: Path, compose_path: str) -
 
 def _configs(node: Node, config: Mapping[str, Any], repo_root: Path, compose_path: str, out: Shipped) -> None:
     for entry in config.get("configs") or []:
-        if isinstance(entry, str):
-            name, target, mode, uid, gid = entry, None, DEFAULT_CONFIG_MODE, 0, 0
-        else:
-            name, target = entry["source"], entry.get("target")
-            mode = parse_mode(entry["mode"]) if entry.get("mode") is not None else DEFAULT_CONFIG_MODE
-            uid, gid = owner(entry.get("uid")), owner(entry.get("gid"))
+        name, target, mode, uid, gid = _entry(entry, DEFAULT_CONFIG_MODE)
         target = target or f"/{name}"
         data, shown = _config_content(node, name, repo_root, compose_path)
         bundle = _file_bundle(node, "files", target, data, mode, uid, gid, out)

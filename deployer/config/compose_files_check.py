@@ -148,15 +148,14 @@ class FilesChecks:
             self.err(at, f"the files service {service} ships hold more than {MAX_SERVICE_BYTES} bytes "
                          f"({MAX_SERVICE_BYTES // MIB} MiB, the most one service ships)")
 
-    def s_secrets(self, name, at, facts, network_mode) -> None:
-        if not self.seq(at):
-            return
-        targets: dict[str, str] = {}
-        taken = self._mounted_elsewhere(facts)
+    def _file_entries(self, at, keys: set[str], target_problem):
+        """Each entry of a service's secrets or configs, checked: (item, source, target), source None when
+        unreadable (skipped) and target None when not written or refused; ``target_problem`` says why a
+        written target is refused (None: fine)."""
         for _, item in at.items():
             source, target = None, None
             if isinstance(item.value, dict):
-                self.keys(item, SERVICE_SECRET_KEYS, extensions=False)
+                self.keys(item, keys, extensions=False)
                 src = item.get("source")
                 if src is None:
                     self.err(item, "missing required key 'source'")
@@ -164,10 +163,9 @@ class FilesChecks:
                     source = src.value
                 tgt = item.get("target")
                 if tgt is not None and self.string(tgt):
-                    if ".." in PurePosixPath(tgt.value).parts:
-                        self.err(tgt, f"invalid target {tgt.value!r}: '..' is not allowed")
-                    elif tgt.value.rstrip("/") in ("/run/secrets", "/run", "/"):
-                        self.err(tgt, f"invalid target {tgt.value!r}: name a file")
+                    problem = target_problem(tgt.value)
+                    if problem:
+                        self.err(tgt, f"invalid target {tgt.value!r}: {problem}")
                     else:
                         target = tgt.value
                 mode = item.get("mode")
@@ -176,8 +174,15 @@ class FilesChecks:
                 self._owners(item)
             elif self.string(item):
                 source = item.value
-            if source is None:
-                continue
+            if source is not None:
+                yield item, source, target
+
+    def s_secrets(self, name, at, facts, network_mode) -> None:
+        if not self.seq(at):
+            return
+        targets: dict[str, str] = {}
+        taken = self._mounted_elsewhere(facts)
+        for item, source, target in self._file_entries(at, SERVICE_SECRET_KEYS, _secret_target):
             if source not in self.secrets:
                 self.err(item, f"secret {source!r} is not declared in the top-level secrets")
             path = secret_target(source, target)
@@ -195,31 +200,7 @@ class FilesChecks:
         secrets = facts.at.get("secrets")
         if secrets is not None and isinstance(secrets.value, list) and secrets.value:
             taken.setdefault(SECRETS_DIR, secrets.field or "")
-        for _, item in at.items():
-            source, target = None, None
-            if isinstance(item.value, dict):
-                self.keys(item, SERVICE_CONFIG_KEYS, extensions=False)
-                src = item.get("source")
-                if src is None:
-                    self.err(item, "missing required key 'source'")
-                elif self.string(src):
-                    source = src.value
-                tgt = item.get("target")
-                if tgt is not None and self.string(tgt):
-                    if not tgt.value.startswith("/"):
-                        self.err(tgt, f"invalid target {tgt.value!r}: write the absolute path in the container")
-                    elif ".." in PurePosixPath(tgt.value).parts or tgt.value.rstrip("/") == "":
-                        self.err(tgt, f"invalid target {tgt.value!r}: name a file")
-                    else:
-                        target = tgt.value
-                mode = item.get("mode")
-                if mode is not None:
-                    self.file_mode(mode)
-                self._owners(item)
-            elif self.string(item):
-                source = item.value
-            if source is None:
-                continue
+        for item, source, target in self._file_entries(at, SERVICE_CONFIG_KEYS, _config_target):
             if source not in self.configs:
                 self.err(item, f"config {source!r} is not declared in the top-level configs")
             else:
@@ -275,3 +256,19 @@ class FilesChecks:
             self.errors.append(err)
             return
         self._count(service, item, size)
+
+
+def _secret_target(target: str) -> str | None:
+    if ".." in PurePosixPath(target).parts:
+        return "'..' is not allowed"
+    if target.rstrip("/") in ("/run/secrets", "/run", "/"):
+        return "name a file"
+    return None
+
+
+def _config_target(target: str) -> str | None:
+    if not target.startswith("/"):
+        return "write the absolute path in the container"
+    if ".." in PurePosixPath(target).parts or target.rstrip("/") == "":
+        return "name a file"
+    return None

@@ -44,7 +44,9 @@ from deployer.config.variables import ENV_FILE, fill_environment, node_variables
 from deployer.config.label_check import valid_address
 from deployer.config.parse_cache import ParseCache, blob_id, spec_data, variables_id
 from deployer.config.parse_cache import key as cache_key
-from deployer.config.yamlread import MAX_FILE_BYTES, limit_error, load_fast, parse_yaml, yaml_limits
+from deployer.config.yamlread import (
+    MAX_FILE_BYTES, key_line, limit_error, load_fast, parse_yaml, value_line, yaml_limits,
+)
 from deployer.errors import ConfigError, ValidationFailed
 from deployer.values import BadValue
 from deployer.model import Datacenter, Infrastructure, Location, Node, Service, TLSFiles
@@ -73,18 +75,6 @@ _READS: contextvars.ContextVar[list | None] = contextvars.ContextVar("deployer_s
 DOCKER_URL_RE = re.compile(r"^(unix://.+|ssh://([^@/\s]+@)?[^:/\s]+(:\d+)?/?|tcp://[^:/\s]+(:\d+)?/?)$")
 
 
-def key_line(mapping: Any, key: Any) -> int | None:
-    try:
-        return mapping.lc.key(key)[0] + 1
-    except Exception:
-        return None
-
-
-def value_line(mapping: Any, key: Any) -> int | None:
-    try:
-        return mapping.lc.value(key)[0] + 1
-    except Exception:
-        return None
 
 
 def _read_text(root: Path, rel: str, problems: list[ConfigError], limits: bool = True) -> str | None:

@@ -38,6 +38,7 @@ from deployer.config.compose_keys import to_plain
 from deployer.config.compose_merge import merge_service
 from deployer.config.interpolate import interpolate_document
 from deployer.config.variables import ENV_FILE, parse_dotenv
+from deployer.config.yamlread import item_line, key_line
 from deployer.errors import ConfigError
 
 Reader = Callable[[str, list[ConfigError]], Any]
@@ -49,18 +50,6 @@ RESOLVED_SERVICE_KEYS = ("extends",)
 MAX_DEPTH = 32  # include / extends chains
 
 
-def _line(container: Any, key: Any, value: bool = False) -> int | None:
-    try:
-        return (container.lc.value(key) if value else container.lc.key(key))[0] + 1
-    except Exception:
-        return None
-
-
-def _item_line(seq: Any, i: int) -> int | None:
-    try:
-        return seq.lc.item(i)[0] + 1
-    except Exception:
-        return None
 
 
 def repo_path(root: Path, base_dir: str, written: Any, rel: str, line: int | None, field: str) -> str:
@@ -185,7 +174,7 @@ class _Resolver:
         if not isinstance(svc, dict) or "extends" not in svc:
             return svc
         field = f"services.{name}.extends"
-        line = _line(svc, "extends")
+        line = key_line(svc, "extends")
         here = (rel, name)
         if here in stack:
             chain = " -> ".join(f"{r}:{s}" for r, s in (*stack[stack.index(here):], here))
@@ -244,13 +233,13 @@ class _Resolver:
         entries = doc.pop("include", None) if "include" in doc else None
         if entries is None:
             return
-        line = _line(doc, "include") if hasattr(doc, "lc") else None
+        line = key_line(doc, "include") if hasattr(doc, "lc") else None
         if not isinstance(entries, list):
             raise ConfigError(rel, "must be a list of compose files (or of mappings with 'path')", line=line,
                               field="include")
         for i, entry in enumerate(entries):
             field = f"include[{i}]"
-            at = _item_line(entries, i) or line
+            at = item_line(entries, i) or line
             env_files: list[Any] = []
             if isinstance(entry, dict):
                 unknown = sorted(str(k) for k in entry if k not in ("path", "env_file"))
@@ -320,7 +309,7 @@ class _Resolver:
             if not part:
                 continue
             if not isinstance(part, dict):
-                raise ConfigError(inc_rel, "must be a mapping", line=_line(inc, section), field=section)
+                raise ConfigError(inc_rel, "must be a mapping", line=key_line(inc, section), field=section)
             mine = doc.get(section)
             if mine is None:
                 doc[section] = mine = {}

@@ -28,17 +28,12 @@ import re
 from typing import Any, Mapping
 
 from deployer.config.interpolate import NAME_RE, substitute
+from deployer.config.yamlread import item_line, key_line, value_line
 from deployer.errors import BadTemplate, ConfigError
 
 ENV_FILE = ".env"
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "\\$"}
 
-
-def _line_of(mapping: Any, key: Any) -> int | None:
-    try:
-        return mapping.lc.value(key)[0] + 1
-    except Exception:
-        return None
 
 
 def variables_mapping(doc: dict, rel: str, problems: list[ConfigError]) -> dict[str, str]:
@@ -47,12 +42,12 @@ def variables_mapping(doc: dict, rel: str, problems: list[ConfigError]) -> dict[
     if value is None:
         return {}
     if not isinstance(value, dict):
-        problems.append(ConfigError(rel, "must be a mapping of NAME: value", line=_line_of(doc, "variables"),
+        problems.append(ConfigError(rel, "must be a mapping of NAME: value", line=value_line(doc, "variables"),
                                     field="variables"))
         return {}
     out = {}
     for name, item in value.items():
-        line = _line_of(value, name)
+        line = value_line(value, name)
         field = f"variables.{name}"
         if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             problems.append(ConfigError(rel, f"invalid variable name {name!r}: letters, digits and '_', "
@@ -147,18 +142,6 @@ def node_variables(node_vars: Mapping[str, str], dotenv: Mapping[str, str],
     return {**dc_vars, **dotenv, **node_vars}
 
 
-def _key_line(mapping: Any, key: Any) -> int | None:
-    try:
-        return mapping.lc.key(key)[0] + 1
-    except Exception:
-        return None
-
-
-def _item_line(seq: Any, i: int) -> int | None:
-    try:
-        return seq.lc.item(i)[0] + 1
-    except Exception:
-        return None
 
 
 def fill_environment(doc: Any, variables: Mapping[str, str], rel: str) -> list[ConfigError]:
@@ -183,7 +166,7 @@ def fill_environment(doc: Any, variables: Mapping[str, str], rel: str) -> list[C
         env = svc.get("environment") if isinstance(svc, dict) else None
         field = f"services.{sname}.environment"
         # merged by extends, the entries have no lines of their own: the environment's, else the service's
-        fallback = _key_line(svc, "environment") or _key_line(services, sname)
+        fallback = key_line(svc, "environment") or key_line(services, sname)
         if isinstance(env, list):
             for i, item in enumerate(env):
                 if isinstance(item, str) and "=" not in item and item.strip():
@@ -191,12 +174,12 @@ def fill_environment(doc: Any, variables: Mapping[str, str], rel: str) -> list[C
                     if name in variables:
                         env[i] = f"{name}={variables[name]}"
                     else:
-                        unset(name, _item_line(env, i) or fallback, f"{field}[{i}]")
+                        unset(name, item_line(env, i) or fallback, f"{field}[{i}]")
         elif isinstance(env, dict):
             for name in list(env):
                 if env[name] is None:
                     if str(name) in variables:
                         env[name] = variables[str(name)]
                     else:
-                        unset(str(name), _key_line(env, name) or fallback, f"{field}.{name}")
+                        unset(str(name), key_line(env, name) or fallback, f"{field}.{name}")
     return problems

@@ -34,6 +34,7 @@ from ruamel.yaml.comments import CommentedMap, TaggedScalar
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
 from deployer.config.interpolate import references
+from deployer.config.yamlread import key_line
 from deployer.config.yamltext import (
     Node, Tree, check_value, double_quoted, ends_with_break, eol_of, event_tree, key_text, line_end, line_start,
     load, new_yaml, plain_ok, prev_line, scalar_text, single_quoted, untag, verify,
@@ -59,15 +60,9 @@ def _services_map(data: Any, path: str, field_name: str) -> Any:
         raise ConfigError(path, "the file has no 'services' mapping", field=field_name)
     services = data["services"]
     if not isinstance(services, Mapping):
-        raise ConfigError(path, "'services' is not a mapping", line=_key_line(data, "services"), field=field_name)
+        raise ConfigError(path, "'services' is not a mapping", line=key_line(data, "services"), field=field_name)
     return services
 
-
-def _key_line(mapping: Any, key: Any) -> int | None:
-    try:
-        return mapping.lc.key(key)[0] + 1
-    except Exception:
-        return None
 
 
 def get_service_image(text: str, service: str, path: str = "<compose>") -> str | None:
@@ -116,16 +111,16 @@ def set_service_image(text: str, service: str, image: str, path: str = "<compose
                "file; change the image in the included file (or a variable it uses), commit, and run 'deployer apply'"
                if isinstance(data, Mapping) and "include" in data else "")
         raise ConfigError(
-            path, f"no service {service!r} (services: {known}){why}", line=_key_line(data, "services"), field=fld
+            path, f"no service {service!r} (services: {known}){why}", line=key_line(data, "services"), field=fld
         )
     svc = services[service]
     if not isinstance(svc, Mapping):
-        raise ConfigError(path, f"service {service!r} is not a mapping", line=_key_line(services, service), field=fld)
+        raise ConfigError(path, f"service {service!r} is not a mapping", line=key_line(services, service), field=fld)
     if "image" not in svc:
         if "extends" in svc:
             raise ConfigError(path, "the service takes its image from 'extends': write 'image:' in this service to "
-                                    "deploy an image to this node only", line=_key_line(services, service), field=fld)
-        raise ConfigError(path, "the service has no image", line=_key_line(services, service), field=fld)
+                                    "deploy an image to this node only", line=key_line(services, service), field=fld)
+        raise ConfigError(path, "the service has no image", line=key_line(services, service), field=fld)
 
     tree = event_tree(text, path)
     value = _locate_image(tree, service, path, fld)
@@ -270,9 +265,9 @@ def add_service(text: str, service: str, image: str, path: str = "<compose>") ->
     services = data.get("services") if data is not None else None
     has_key = data is not None and "services" in data
     if has_key and services is not None and not isinstance(services, Mapping):
-        raise ConfigError(path, "'services' is not a mapping", line=_key_line(data, "services"), field=fld)
+        raise ConfigError(path, "'services' is not a mapping", line=key_line(data, "services"), field=fld)
     if isinstance(services, Mapping) and service in services:
-        raise ConfigError(path, f"service {service!r} already exists", line=_key_line(services, service), field=fld)
+        raise ConfigError(path, f"service {service!r} already exists", line=key_line(services, service), field=fld)
 
     def change(d: Any) -> Any:
         if d is None:

@@ -263,3 +263,31 @@ def load_fast(text: str) -> Any:
     yaml = YAML(typ="safe", pure=False)
     yaml.Constructor = _SafeConstructor
     return yaml.load(text)
+
+
+# --------------------------------------------------------------------------
+# Lines of round-trip data (None for plain data, which has none)
+
+
+def key_line(mapping: Any, key: Any) -> int | None:
+    """The 1-based line of ``key`` in a round-trip mapping."""
+    try:
+        return mapping.lc.key(key)[0] + 1
+    except Exception:  # noqa: BLE001 - plain data, or no such key
+        return None
+
+
+def value_line(mapping: Any, key: Any) -> int | None:
+    """The 1-based line of the value of ``key`` in a round-trip mapping."""
+    try:
+        return mapping.lc.value(key)[0] + 1
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def item_line(seq: Any, i: int) -> int | None:
+    """The 1-based line of item ``i`` of a round-trip sequence."""
+    try:
+        return seq.lc.item(i)[0] + 1
+    except Exception:  # noqa: BLE001
+        return None
