@@ -12,7 +12,9 @@ render, templates watch), ``completion`` (``deployer completion``, and what
 target and image arguments complete to), ``service`` (logs, exec, restart;
 ``terminal``: the terminal of ``exec -it``), ``prune`` (prune), ``scale`` (scale). The subject modules import only
 ``options`` (every shared option and the duration type, defined once),
-``output`` (tables, --json, progress lines, a deploy's result) and
+``output`` (tables, --json, a deploy's result, the command's progress sink),
+``progress`` (the sinks ``--progress`` picks: plain lines, a live view drawn
+with rich, JSON events; rich is imported only for the live one) and
 ``completion``'s callbacks, never ``main``; they import the layers below
 inside the command functions, so ``deployer --help`` stays fast.
 """

@@ -21,9 +21,9 @@ import click
 
 from deployer.cli.completion import complete_targets
 from deployer.cli.options import (POSITIVE_DURATION, author_option, batch_option, health_timeout_option,
-                                  json_option, message_option, no_consul_option, quiet_option, repo_root,
-                                  service_option, settle_option, swap_settings, verbose_option, wait_option)
-from deployer.cli.output import print_deploy_result, print_json, progress
+                                  json_option, message_option, no_consul_option, progress_options, quiet_option,
+                                  repo_root, service_option, settle_option, swap_settings, verbose_option, wait_option)
+from deployer.cli.output import echo_during_progress, end_progress, print_deploy_result, print_json, progress
 from deployer.errors import BuildFailed, DeployerError
 
 WATCH_HELP = """Build, push (and deploy) each new commit of SOURCE_REPO's branch, once.
@@ -69,15 +69,25 @@ class BuildLines:
     second per layer while it uploads.
     """
 
-    def __init__(self, quiet: bool = False, verbose: bool = False):
+    #: The target the image's build and push steps show under in the live and JSON views.
+    TARGET = "image"
+
+    def __init__(self, quiet: bool = False, verbose: bool = False, sink=None):
         self.quiet = quiet
         self.verbose = verbose
         self._layers: dict[str, tuple[str, float]] = {}
+        # the command's progress sink, when it keeps lines per target (live, json): steps and push bars go there
+        for_target = getattr(sink, "for_target", None)
+        self._view = for_target(self.TARGET) if for_target is not None else None
 
     def __call__(self, phase: str, event: dict) -> None:
-        if self.quiet or "error" in event or "aux" in event:
+        if (self.quiet and self._view is None) or "error" in event or "aux" in event:
             return
         if phase == "push":
+            if self._view is not None and event.get("id"):
+                detail = event.get("progressDetail") or {}
+                self._view.layer(event["id"], event.get("status", ""), detail.get("current"), detail.get("total"))
+                return
             self._push(event)
             return
         status, stream = event.get("status"), event.get("stream")
@@ -102,9 +112,11 @@ class BuildLines:
             self._layers[layer] = (status, now)
             self._echo(f"push: {layer}: {status} {event.get('progress') or ''}".rstrip())
 
-    @staticmethod
-    def _echo(text: str) -> None:
-        click.echo(f"  {text}", err=True)
+    def _echo(self, text: str) -> None:
+        if self._view is not None:
+            self._view(text)
+        else:
+            click.echo(f"  {text}", err=True)
 
 
 @contextlib.contextmanager
@@ -211,6 +223,7 @@ def build(app_source, builder, out, docker_url, as_json, quiet, verbose):
 @json_option()
 @quiet_option()
 @build_verbose_option
+@progress_options
 @click.pass_context
 def image(ctx, app_source, registry, dc, allow_dirty, no_push, builder, docker_url, as_json, quiet, verbose):
     """Build APP_SOURCE's image REGISTRY/APP:VERSION and push it.
@@ -238,7 +251,9 @@ def image(ctx, app_source, registry, dc, allow_dirty, no_push, builder, docker_u
     client = build_client(docker_url)
     with contextlib.closing(client), compiler_output():
         result = B.build_image(client, app_source, registry, allow_dirty, builder=builder, push=not no_push,
-                               progress=BuildLines(quiet or as_json, verbose), credentials_file=credentials)
+                               progress=BuildLines(quiet or as_json, verbose, progress(quiet or as_json)),
+                               credentials_file=credentials)
+    end_progress()
     if as_json:
         print_json(image_to_json(result))
     else:
@@ -263,6 +278,7 @@ def image(ctx, app_source, registry, dc, allow_dirty, no_push, builder, docker_u
 @json_option()
 @quiet_option()
 @build_verbose_option
+@progress_options
 @click.pass_context
 def release(ctx, app_source, targets, registry, service, batch, allow_dirty, builder, docker_url, wait, author,
             message, settle, health_timeout, no_consul, as_json, quiet, verbose):
@@ -284,9 +300,10 @@ def release(ctx, app_source, targets, registry, service, batch, allow_dirty, bui
                 app_source, list(targets), repo_root(ctx), allow_dirty=allow_dirty, builder=builder,
                 registry=registry, service=service, wait=wait, message=message, author=author,
                 swap=swap_settings(settle, health_timeout), batch=batch, consul=not no_consul)
-            result = do_release(client, options, progress=progress(quiet or as_json),
-                                build_progress=BuildLines(quiet or as_json, verbose),
-                                on_image=None if as_json else lambda image: click.echo(_image_line(image)))
+            sink = progress(quiet or as_json)
+            result = do_release(client, options, progress=sink,
+                                build_progress=BuildLines(quiet or as_json, verbose, sink),
+                                on_image=None if as_json else lambda image: echo_during_progress(_image_line(image)))
     except PartialDeploy as exc:
         print_deploy_result(exc.result, as_json)
         raise

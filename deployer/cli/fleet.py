@@ -13,9 +13,9 @@ import click
 
 from deployer.cli.completion import complete_targets
 from deployer.cli.options import (QUIET_NOTHING, health_timeout_option, json_option, no_consul_option,
-                                  parallel_option, quiet_option, repo_root, settle_option, swap_settings,
+                                  parallel_option, progress_options, quiet_option, repo_root, settle_option, swap_settings,
                                   verbose_option, wait_option)
-from deployer.cli.output import print_json, progress, table
+from deployer.cli.output import end_progress, print_json, progress, table
 from deployer.errors import EXIT_CHANGES, EXIT_FAILED
 
 
@@ -86,6 +86,7 @@ def plan(ctx, targets, prune, parallel, as_json, quiet, verbose):
 @json_option()
 @quiet_option()
 @verbose_option()
+@progress_options
 @click.pass_context
 def apply(ctx, targets, prune, parallel, wait, settle, health_timeout, no_consul, as_json, quiet, verbose):
     """Converge the nodes to the repository, health-gated, nodes in parallel (exit 1 if any failed)."""
@@ -94,6 +95,7 @@ def apply(ctx, targets, prune, parallel, wait, settle, health_timeout, no_consul
     results = Deployer(repo_root(ctx), progress=progress(quiet or as_json), consul=not no_consul).apply(
         list(targets) or None, prune=prune, parallel=parallel, wait=wait,
         swap=swap_settings(settle, health_timeout))
+    end_progress(failed=[r.node for r in results if not r.ok])
     if as_json:
         print_json([r.to_json() for r in results])
     else:

@@ -24,8 +24,9 @@ import click
 
 from deployer.cli import (build, compose_config, completion, deploy, discovery, fleet, lock, nodes, prune, repo,
                           scale, service)
-from deployer.cli.options import JSON_META, JSON_PRINTED_META, assign_envvars, repo_option, setup_logging
-from deployer.cli.output import print_error_json
+from deployer.cli.options import (JSON_META, JSON_PRINTED_META, assign_envvars, no_color_option, repo_option,
+                                  setup_logging)
+from deployer.cli.output import end_progress, print_error_json
 from deployer.errors import EXIT_BAD_INPUT, DeployerError, HealthCheckFailed, printable
 
 
@@ -101,14 +102,24 @@ class DeployerGroup(click.Group):
         try:
             return super().invoke(ctx)
         except DeployerError as exc:
+            end_progress(error=exc.one_line())  # the live view stops (its summary) before the error line
             _fail(ctx, exc)
         except click.UsageError as exc:
+            end_progress(error=exc.format_message())
             _bad_usage(exc.ctx or ctx, exc, ctx.meta.get("deployer.args", []))
             raise
+        except BaseException as exc:  # Ctrl-C, a bug, a command's own exit: the terminal is given back
+            code = exc.code if isinstance(exc, SystemExit) else None
+            end_progress(error=None if isinstance(exc, SystemExit) and code in (0, None)
+                         else f"exit {code}" if isinstance(exc, SystemExit) else type(exc).__name__)
+            raise
+        finally:
+            end_progress()
 
 
 @click.group(cls=DeployerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @repo_option
+@no_color_option
 @click.version_option(package_name="deployer")
 @click.pass_context
 def main(ctx: click.Context, repo: str) -> None:

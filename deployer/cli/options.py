@@ -98,6 +98,52 @@ def _verbose_logging(ctx: click.Context, param: click.Parameter, value: bool) ->
     return value
 
 
+#: ctx.meta keys: the --progress mode, --no-color given, the command's progress sink (cli.progress).
+PROGRESS_META = "deployer.progress"
+NO_COLOR_META = "deployer.no-color"
+SINK_META = "deployer.progress-sink"
+PROGRESS_MODES = ("auto", "plain", "live", "json")
+
+
+def _remember_progress(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        ctx.meta[PROGRESS_META] = value
+    return value
+
+
+def _remember_no_color(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:
+        ctx.meta[NO_COLOR_META] = True
+    return value
+
+
+#: ``--progress``: how a long command shows its steps (cli.progress); not passed to the command.
+progress_option = click.option(
+    "--progress", "progress_mode", type=click.Choice(PROGRESS_MODES), default="auto", show_default=True,
+    expose_value=False, callback=_remember_progress, is_eager=False,
+    help="How steps show on stderr: live (one line per node, updated in place), plain lines, json "
+         "(one event a line), or auto: live on a terminal, plain otherwise and when CI is set.")
+
+#: ``--no-color``: on the group and on the commands that print colour; NO_COLOR=1 does the same.
+no_color_option = click.option(
+    "--no-color", is_flag=True, expose_value=False, callback=_remember_no_color,
+    help="No colour (also when NO_COLOR is set to anything non-empty).")
+
+
+def colour_allowed(environ: dict | None = None) -> bool:
+    """False when NO_COLOR is set to a non-empty value (https://no-color.org) or ``--no-color`` was given."""
+    environ = os.environ if environ is None else environ
+    if environ.get("NO_COLOR"):
+        return False
+    ctx = click.get_current_context(silent=True)
+    return not (ctx is not None and ctx.meta.get(NO_COLOR_META))
+
+
+def progress_options(f: Callable) -> Callable:
+    """``--progress`` and ``--no-color``: every long command that reports steps on nodes."""
+    return progress_option(no_color_option(f))
+
+
 def quiet_option(help: str = "No progress lines.") -> Callable:
     return click.option("--quiet", "-q", is_flag=True, help=help)
 
@@ -248,7 +294,7 @@ def swap_options(f: Callable) -> Callable:
     """The options every command that swaps containers and commits takes (deploy, rollback)."""
     for option in reversed([wait_option, author_option, message_option, dry_run_option, settle_option,
                             health_timeout_option, no_consul_option, json_option(), quiet_option(),
-                            verbose_option()]):
+                            verbose_option(), progress_option, no_color_option]):
         f = option(f)
     return f
 

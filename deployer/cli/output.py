@@ -1,7 +1,8 @@
 """What the commands print: tables, ``--json``, progress lines, a deploy's result.
 
-Data goes to stdout (a table or JSON); progress lines go to stderr, indented
-by two spaces, so ``--json`` output stays parseable.
+Data goes to stdout (a table or JSON); progress goes to stderr (cli.progress:
+lines indented by two spaces, a live view, or JSON events), so ``--json``
+output stays parseable. Printing a result ends the progress first.
 """
 
 from __future__ import annotations
@@ -15,13 +16,39 @@ from deployer.cli.options import JSON_PRINTED_META
 
 
 def progress(quiet: bool) -> Callable[[str], None]:
-    """A progress callback: each message as an indented line on stderr, or nothing when ``quiet``."""
+    """The command's progress sink (cli.progress), as ``--progress`` picks it: plain lines on stderr by
+    default, nothing when ``quiet`` (unless ``--progress json``). Ended by :func:`end_progress`
+    before the result prints, or by the group when the command fails."""
+    from deployer.cli.progress import PROGRESS_META, SINK_META, make_sink
 
-    def show(msg: str) -> None:
-        if not quiet:
-            click.echo(f"  {msg}", err=True)
+    ctx = click.get_current_context(silent=True)
+    meta = ctx.meta if ctx is not None else {}
+    if SINK_META not in meta:  # a command asking twice (watch-builds) gets the same sink
+        meta[SINK_META] = make_sink(meta.get(PROGRESS_META, "auto"), quiet)
+    return meta[SINK_META]
 
-    return show
+
+def echo_during_progress(text: str) -> None:
+    """A result line printed while the progress still runs (release's image line): above a live view."""
+    from deployer.cli.progress import SINK_META
+
+    ctx = click.get_current_context(silent=True)
+    sink = ctx.meta.get(SINK_META) if ctx is not None else None
+    if sink is not None and hasattr(sink, "above"):
+        sink.above(text)
+    else:
+        click.echo(text)
+
+
+def end_progress(error: str | None = None, failed: list[str] | None = None) -> None:
+    """End the command's progress sink, if it has one: the live view stops and prints its summary;
+    the JSON one prints its done/failed events. Called again, it does nothing."""
+    from deployer.cli.progress import SINK_META
+
+    ctx = click.get_current_context(silent=True)
+    sink = ctx.meta.pop(SINK_META, None) if ctx is not None else None
+    if sink is not None:
+        sink.close(error=error, failed=failed)
 
 
 def table(rows: Iterable[Iterable[Any]], headers: list[str]) -> None:
@@ -35,6 +62,7 @@ def table(rows: Iterable[Iterable[Any]], headers: list[str]) -> None:
 
 def print_json(data: Any) -> None:
     """``data`` as one JSON document on stdout (noted, so that an error after it does not print a second one)."""
+    end_progress()
     click.echo(json.dumps(data, indent=2, sort_keys=False))
     ctx = click.get_current_context(silent=True)
     if ctx is not None:
@@ -48,6 +76,7 @@ def print_error_json(message: str, exit_code: int) -> None:
 
 def print_deploy_result(result, as_json: bool) -> None:
     """A deploy's or rollback's result (also a release's deploy): the dry-run diff, failures, the commit line."""
+    end_progress(failed=[t.target for t in result.targets if t.error])
     if as_json:
         print_json(result.to_json())
         return

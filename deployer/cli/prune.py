@@ -7,8 +7,9 @@ import sys
 import click
 
 from deployer.cli.completion import complete_targets
-from deployer.cli.options import json_option, parallel_option, quiet_option, repo_root, verbose_option, wait_option
-from deployer.cli.output import print_json, progress
+from deployer.cli.options import (json_option, parallel_option, progress_options, quiet_option, repo_root,
+                                  verbose_option, wait_option)
+from deployer.cli.output import end_progress, print_json, progress
 
 PRUNE_HELP = """Remove the images on the nodes that no service needs (exit 1 if a node failed).
 
@@ -47,12 +48,14 @@ def _size(n: int) -> str:
 @json_option()
 @quiet_option()
 @verbose_option()
+@progress_options
 @click.pass_context
 def prune(ctx, targets, keep, dry_run, wait, parallel, as_json, quiet, verbose):
     from deployer.ops.prune import prune as prune_images
 
     results = prune_images(repo_root(ctx), list(targets) or None, keep=keep, dry_run=dry_run, wait=wait,
                            parallel=parallel, progress=progress(quiet or as_json or dry_run))
+    end_progress(failed=[r.node for r in results if r.error])
     if as_json:
         print_json([r.to_json() for r in results])
     else:

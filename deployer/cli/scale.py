@@ -10,7 +10,7 @@ import click
 
 from deployer.cli.completion import complete_targets
 from deployer.cli.options import repo_root, swap_options, swap_settings
-from deployer.cli.output import print_json, progress
+from deployer.cli.output import end_progress, print_json, progress
 
 
 @click.command()
@@ -26,6 +26,7 @@ def scale(ctx, target, replicas, wait, author, message, dry_run, settle, health_
     result = scale_service(repo_root(ctx), target, replicas, wait=wait, dry_run=dry_run, author=author,
                            message=message, swap=swap_settings(settle, health_timeout), consul=not no_consul,
                            progress=progress(quiet or as_json))
+    end_progress()
     if as_json:
         print_json(result.to_json())
         return

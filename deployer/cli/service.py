@@ -24,10 +24,11 @@ from typing import Any, BinaryIO
 
 import click
 
-from deployer.cli.options import (QUIET_NOTHING, health_timeout_option, json_option, parallel_option, quiet_option,
-                                  repo_root, settle_option, swap_settings, verbose_option, wait_option)
+from deployer.cli.options import (QUIET_NOTHING, colour_allowed, health_timeout_option, json_option, no_color_option,
+                                  parallel_option, progress_options, quiet_option, repo_root, settle_option,
+                                  swap_settings, verbose_option, wait_option)
 from deployer.cli.completion import complete_targets
-from deployer.cli.output import print_json, progress
+from deployer.cli.output import end_progress, print_json, progress
 from deployer.errors import HostError, printable
 from deployer.values import BadValue, parse_duration
 
@@ -61,10 +62,10 @@ class Since(click.ParamType):
 
 
 def colour_wanted(stream: Any = None, environ: dict | None = None) -> bool:
-    """Colour only on a terminal, and never with NO_COLOR set (to anything, https://no-color.org)."""
+    """Colour only on a terminal, and never with NO_COLOR set to anything non-empty (https://no-color.org)
+    or ``--no-color`` given (the group's or the command's)."""
     stream = sys.stdout if stream is None else stream
-    environ = os.environ if environ is None else environ
-    return "NO_COLOR" not in environ and bool(getattr(stream, "isatty", lambda: False)())
+    return colour_allowed(environ) and bool(getattr(stream, "isatty", lambda: False)())
 
 
 class LinePrinter:
@@ -121,6 +122,7 @@ class LinePrinter:
 @json_option("Each line as a JSON object on stdout: {\"source\", \"stream\": \"stdout\"|\"stderr\", \"line\"}.")
 @quiet_option("No 'log ended' lines on stderr.")
 @verbose_option()
+@no_color_option
 @click.pass_context
 def logs(ctx, targets, follow, since, tail, timestamps, parallel, as_json, quiet, verbose):
     """The log lines of the TARGETS' containers (dc, dc/node, dc/node/service), each prefixed with dc/node/service.
@@ -235,6 +237,7 @@ def exec_(ctx, interactive, tty, quiet, verbose, target, command):
 @json_option()
 @quiet_option()
 @verbose_option()
+@progress_options
 @click.pass_context
 def restart(ctx, targets, wait, settle, health_timeout, as_json, quiet, verbose):
     """Restart the TARGETS' containers one at a time, each health-gated as deploy does; no commit.
@@ -246,6 +249,7 @@ def restart(ctx, targets, wait, settle, health_timeout, as_json, quiet, verbose)
 
     done = restart_op(repo_root(ctx), list(targets), wait=wait, swap=swap_settings(settle, health_timeout),
                       progress=progress(quiet or as_json))
+    end_progress()
     if as_json:
         print_json([{"target": r.target, "container": r.container, "state": r.state,
                      "seconds": round(r.seconds, 3)} for r in done])

@@ -187,6 +187,8 @@ class Applier(RolloutSteps):
         self.progress(f"pulling {ref}")
         started = time.monotonic()
         layers: dict[str, tuple[str, float]] = {}  # layer -> (last status shown, when)
+        # a progress callable with a ``layer(layer, status, current, total)`` method takes the layers as numbers
+        layers_to = getattr(self.progress, "layer", None)
         try:
             for event in self.api.pull(ref, stream=True, decode=True, auth_config=self._pull_auth(ref)):
                 if "error" in event:
@@ -194,6 +196,10 @@ class Applier(RolloutSteps):
                                       needed_by)
                 status, layer = event.get("status"), event.get("id")
                 if not status or not layer or status.startswith("Pulling from"):
+                    continue
+                if layers_to is not None:  # the progress shows layers itself (a bar): every event, as numbers
+                    detail = event.get("progressDetail") or {}
+                    layers_to(layer, status, detail.get("current"), detail.get("total"))
                     continue
                 # one line per layer and status, and at most one a second while it downloads
                 last, when = layers.get(layer, ("", 0.0))

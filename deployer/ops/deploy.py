@@ -45,7 +45,7 @@ from deployer.ops.rollout import Rollout, rollback_targets, run_batches
 from deployer.ops.locks import NodeLocks
 from deployer.ops.results import DeployResult, NodeApply, NodePlan, StatusRow, TargetResult
 from deployer.ops.targets import (DEFAULT_PARALLEL, deploy_targets, discovery_hooks, node_failure, run_parallel,
-                                   selection)
+                                  selection, target_progress)
 from deployer.spec import ContainerSpec
 
 
@@ -308,7 +308,7 @@ class Deployer:
         return discovery_hooks(datacenter, node, self.consul, self.node_progress(node))
 
     def node_progress(self, node: Node) -> Callable[[str], None]:
-        return lambda msg: self.progress(f"{node.target}: {msg}")
+        return target_progress(self.progress, node.target)
 
 
 def _rollout(rollout: Rollout | None, batch: int | tuple[int, bool] | None) -> Rollout:

@@ -32,7 +32,7 @@ from deployer.gitrepo.commit import ACTION_SCALE, deployer_trailers
 from deployer.gitrepo.transaction import RepoTransaction
 from deployer.ops.locks import NodeLocks
 from deployer.ops.results import DeployResult, TargetResult
-from deployer.ops.targets import discovery_hooks, node_failure
+from deployer.ops.targets import discovery_hooks, node_failure, target_progress
 
 
 def scale(root: str | Path, target: str, count: int, *, wait: float = 0, dry_run: bool = False,
@@ -64,7 +64,7 @@ def scale(root: str | Path, target: str, count: int, *, wait: float = 0, dry_run
         done = TargetResult(str(resolved), svc.image,
                             diff=yamledit.yaml_diff(old_text, new_text, rel) if new_text != old_text else "")
         result.targets = [done]
-        node_say = (lambda msg: say(f"{node.target}: {msg}"))
+        node_say = target_progress(say, node.target)
         try:
             hooks = None if dry_run else discovery_hooks(infra.datacenters[node.dc], new_node, consul, node_say)
             with EngineSession(node, root) as session:

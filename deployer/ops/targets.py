@@ -118,6 +118,15 @@ def discovery_hooks(datacenter: Datacenter | None, node: Node, enabled: bool,
     return deploy_hooks(datacenter, node, progress=progress)
 
 
+def target_progress(progress: Callable[[str], None], target: str) -> Callable[[str], None]:
+    """The progress callable of one target's steps: the one ``progress`` makes (``for_target``: the
+    CLI's live and JSON views keep a line per target), else ``progress`` with ``target: `` before each step."""
+    own = getattr(progress, "for_target", None)
+    if own is not None:
+        return own(target)
+    return lambda msg: progress(f"{target}: {msg}")
+
+
 def run_parallel(work: Callable[[Any], None], items: list, parallel: int) -> None:
     """Run ``work`` over items, at most ``parallel`` at a time; exceptions propagate."""
     if len(items) <= 1 or parallel <= 1:

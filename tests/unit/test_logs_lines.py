@@ -80,7 +80,8 @@ class Tty(io.StringIO):
 
 def test_colour_only_on_a_terminal_without_no_color():
     assert colour_wanted(Tty(), {}) is True
-    assert colour_wanted(Tty(), {"NO_COLOR": ""}) is False  # set, even empty
+    assert colour_wanted(Tty(), {"NO_COLOR": "1"}) is False
+    assert colour_wanted(Tty(), {"NO_COLOR": ""}) is True  # no-color.org: present and not empty
     assert colour_wanted(io.StringIO(), {}) is False
 
 
