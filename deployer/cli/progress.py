@@ -157,6 +157,18 @@ class JsonSink(_EventSink):
         self._emit({"target": None, "event": "failed" if error or failed else "done", "step": error or "done"})
 
 
+def _only_with_total(column: Any) -> Any:
+    """``column`` (a bar, bytes done/total) drawn only while the task has a total: a pull or a push."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class WhileLayers(ProgressColumn):
+        def render(self, task: Any) -> Any:
+            return column.render(task) if task.total else Text("")
+
+    return WhileLayers()
+
+
 class LiveSink(_EventSink):
     """One line per target, updated in place by rich on stderr; a summary line per target at the end."""
 
@@ -168,11 +180,11 @@ class LiveSink(_EventSink):
 
         self.console = console or Console(stderr=True, no_color=not colour, highlight=False)
         self.progress = Progress(
-            SpinnerColumn(finished_text="[green]✓[/]" if colour else "-"),
+            SpinnerColumn(finished_text="-"),
             TextColumn("[bold]{task.fields[target]}[/]"),
             TextColumn("{task.description}"),
-            BarColumn(bar_width=20),
-            DownloadColumn(),
+            _only_with_total(BarColumn(bar_width=20)),
+            _only_with_total(DownloadColumn()),
             TimeElapsedColumn(),
             console=self.console, refresh_per_second=refresh, transient=True, redirect_stdout=False,
             redirect_stderr=False)
