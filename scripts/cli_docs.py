@@ -66,7 +66,7 @@ def _options(cmd: click.Command) -> list[str]:
         names = ", ".join(f"`{o}`" for o in [*p.opts, *p.secondary_opts])
         envvars = [p.envvar] if isinstance(p.envvar, str) else list(p.envvar or [])
         env = ", ".join(f"`{e}`" for e in envvars)
-        rows.append(f"| {names} | {_type_name(p)} | {_default(p)} | {env} | {_cell(p.help or '')} |")
+        rows.append(f"| {names} | {_cell(_type_name(p))} | {_default(p)} | {env} | {_cell(p.help or '')} |")
     if not rows:
         return []
     return ["| option | type | default | environment | meaning |", "| --- | --- | --- | --- | --- |", *rows, ""]
@@ -119,6 +119,16 @@ def _environment() -> list[str]:
             "`1`/`true` or `0`/`false`; an option given several times, like `--var`, takes its values separated",
             "by spaces). The command line wins over the environment. The names are in each command's table",
             "below. `DEPLOYER_DEBUG=1` logs everything at debug level on stderr.", "",
+            "## Progress and colour", "",
+            "The long commands (`deploy`, `rollback`, `scale`, `apply`, `restart`, `prune`, `image`, `release`)",
+            "take `--progress`: `plain` prints each step as a line on stderr (`  dc/node: step`), `live` keeps one",
+            "line per node updated in place (its current step, a bar while layers are pulled or pushed, the time",
+            "taken) and a summary line per node at the end, `json` prints one JSON object a line on stderr per",
+            "event: `{\"t\": unix time, \"target\": \"dc/node\" or null, \"event\": \"step\"|\"layer\"|\"done\"|\"failed\",",
+            "\"step\": text}` (`layer` events add `layer`, `status`, `current`, `total`; a `done` or `failed` event",
+            "per target and one with a null target end the stream), also with `--json` or `-q`. `auto`, the",
+            "default, is `live` when stderr is a terminal and `CI` is unset, else `plain`. Colour is off with",
+            "`--no-color` (`DEPLOYER_NO_COLOR=1`) or `NO_COLOR` set to anything non-empty.", "",
             "## Shell completion", "",
             "`deployer completion bash|zsh|fish` prints the script (see `deployer completion`); it completes",
             "commands, options, targets (`dc`, `dc/node`, `dc/node/service`, read from the repository without",

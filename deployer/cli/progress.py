@@ -181,13 +181,14 @@ class LiveSink(_EventSink):
         self.console = console or Console(stderr=True, no_color=not colour, highlight=False)
         self.progress = Progress(
             SpinnerColumn(finished_text="-"),
-            TextColumn("[bold]{task.fields[target]}[/]"),
+            TextColumn("[bold]{task.fields[target]}[/]" if colour else "{task.fields[target]}"),
             TextColumn("{task.description}"),
             _only_with_total(BarColumn(bar_width=20)),
             _only_with_total(DownloadColumn()),
             TimeElapsedColumn(),
             console=self.console, refresh_per_second=refresh, transient=True, redirect_stdout=False,
             redirect_stderr=False)
+        self.colour = colour
         self._tasks: dict[str, Any] = {}
         self._steps: dict[str, str] = {}
         self._started: dict[str, float] = {}
@@ -196,9 +197,9 @@ class LiveSink(_EventSink):
         self._closed = False
         self.progress.start()
 
-    def _task(self, target: str) -> Any:
+    def _task(self, target: str, text: str = "") -> Any:
         if target not in self._tasks:
-            self._tasks[target] = self.progress.add_task("", target=target, total=None)
+            self._tasks[target] = self.progress.add_task(text, target=target, total=None)
             self._started[target] = time.monotonic()
             self._layers[target] = {}
         return self._tasks[target]
@@ -210,10 +211,11 @@ class LiveSink(_EventSink):
         with self._lock:
             if self._closed:
                 return
-            task = self._task(target)
+            line = escape(" ".join(text.split()))
+            task = self._task(target, line)
             self._steps[target] = text
             self._layers[target] = {}  # a new step: the bar of the last pull or push is done
-            self.progress.update(task, description=escape(" ".join(text.split())), total=None, completed=0)
+            self.progress.update(task, description=line, total=None, completed=0)
 
     def layer(self, target: str, layer: str, status: str, current: int | None, total: int | None) -> None:
         from rich.markup import escape
@@ -258,10 +260,13 @@ class LiveSink(_EventSink):
             seconds = time.monotonic() - self._started[target]
             step = self._steps.get(target, "")
             bad = target in failed or bool(error and error.startswith((f"{target}:", f"{target}/")))
-            mark = "[red]FAILED[/]" if bad else "[green]done[/]"
             from rich.markup import escape
 
-            self.console.print(f"  {mark} [bold]{escape(target)}[/] {escape(step)} ({seconds:.1f}s)")
+            if self.colour:
+                mark, name = ("[red]FAILED[/]" if bad else "[green]done[/]"), f"[bold]{escape(target)}[/]"
+            else:
+                mark, name = ("FAILED" if bad else "done"), escape(target)
+            self.console.print(f"  {mark} {name} {escape(step)} ({seconds:.1f}s)", highlight=False)
 
 
 def make_sink(mode: str, quiet: bool) -> Any:

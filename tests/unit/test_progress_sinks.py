@@ -161,6 +161,7 @@ def test_live_without_colour_prints_no_colour_codes():
     target_progress(sink, "dev/n1")("pulling a:2")
     sink.close(error="dev/n1: failed")
     assert "FAILED" in out.getvalue() and not ANSI_COLOUR.search(out.getvalue())
+    assert "\x1b[1m" not in out.getvalue()  # no bold either: only the cursor moves of drawing in place
 
 
 # -- NO_COLOR and --no-color ----------------------------------------------------------------------
