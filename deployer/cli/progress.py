@@ -139,10 +139,11 @@ class JsonSink(_EventSink):
 
     def layer(self, target: str, layer: str, status: str, current: int | None, total: int | None) -> None:
         now = time.monotonic()
-        last, when = self._layers.get((target, layer), ("", 0.0))
-        if status == last and now - when < 1.0:
-            return
-        self._layers[(target, layer)] = (status, now)
+        with self._lock:  # nodes report from their own threads
+            last, when = self._layers.get((target, layer), ("", 0.0))
+            if status == last and now - when < 1.0:
+                return
+            self._layers[(target, layer)] = (status, now)
         self._emit({"target": target, "event": "layer", "step": f"{layer}: {status}", "layer": layer,
                     "status": status, "current": current, "total": total})
 

@@ -265,3 +265,76 @@ def test_no_color_on_the_group_and_the_command_and_from_the_environment(repo):
     assert seen == [False, False, False, False, True]
     result = run(repo, "--no-color", "deploy", "a:2", "test/n1", "--progress", "plain")
     assert result.exit_code == 0 and not ANSI.search(result.output)
+
+
+# -- pulls and pushes as numbers ------------------------------------------------------------------
+
+
+class PullingAPI:
+    """An engine API that does not have the image and streams docker's pull events for it."""
+
+    EVENTS = [{"status": "Pulling from web", "id": "1"},
+              {"status": "Pulling fs layer", "id": "aaa"},
+              {"status": "Downloading", "id": "aaa", "progressDetail": {"current": 40, "total": 100},
+               "progress": "[==>  ] 40B/100B"},
+              {"status": "Pull complete", "id": "aaa", "progressDetail": {}},
+              {"status": "Digest: sha256:abc"}]
+
+    def __init__(self):
+        self.pulled = False
+
+    def inspect_image(self, ref):
+        import docker
+
+        if not self.pulled:
+            raise docker.errors.NotFound("no such image")
+        return {"Id": "sha256:" + "1" * 64}
+
+    def pull(self, ref, **kwargs):
+        self.pulled = True
+        return iter(self.EVENTS)
+
+
+def applier_with(progress):
+    from deployer.engine.apply import Applier
+
+    return Applier(NS(api=PullingAPI()), progress=progress)
+
+
+def test_the_engine_hands_pull_layers_as_numbers_to_a_progress_that_takes_them():
+    out = io.StringIO()
+    sink = JsonSink(out)
+    applier_with(target_progress(sink, "dev/n1")).ensure_image("reg:5000/web:1")
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(e["event"], e.get("status"), e.get("current"), e.get("total")) for e in events] == [
+        ("step", None, None, None), ("layer", "Pulling fs layer", None, None), ("layer", "Downloading", 40, 100),
+        ("layer", "Pull complete", None, None), ("step", None, None, None)]
+    assert events[0]["step"] == "pulling reg:5000/web:1" and events[-1]["step"].startswith("pulled reg:5000/web:1")
+
+
+def test_the_engine_prints_its_layer_lines_to_a_plain_progress_as_before():
+    lines = []
+    applier_with(lines.append).ensure_image("reg:5000/web:1")
+    assert lines[:4] == ["pulling reg:5000/web:1", "aaa: Pulling fs layer", "aaa: Downloading [==>  ] 40B/100B",
+                         "aaa: Pull complete"]
+
+
+def test_push_events_of_an_image_reach_the_views_bar():
+    from deployer.cli.build import BuildLines
+
+    sink, _ = live_sink()
+    try:
+        lines = BuildLines(sink=sink)
+        lines("image", {"status": "tagged reg:5000/web:1"})
+        lines("push", {"status": "The push refers to repository [reg:5000/web]"})
+        lines("push", {"status": "Pushing", "id": "aaa", "progressDetail": {"current": 300_000, "total": 1_000_000}})
+        (line,) = screen(sink)
+        assert "image" in line and "(1 layers)" in line and "0.3/1.0 MB" in line
+    finally:
+        sink.close()
+    out = io.StringIO()
+    json_sink = JsonSink(out)
+    lines = BuildLines(quiet=True, sink=json_sink)  # --json with --progress json: the events still come
+    lines("push", {"status": "Pushed", "id": "aaa", "progressDetail": {}})
+    (event,) = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert (event["target"], event["event"], event["status"]) == ("image", "layer", "Pushed")
