@@ -148,3 +148,29 @@ def test_deploy_progress_live_on_a_terminal(client, clean_engine, tmp_path, no_c
         assert bool(COLOUR.search(drawn)) is (not no_color)
     finally:
         remove_node_containers(client, node)
+
+
+def test_apply_progress_live_draws_a_line_per_node(client, clean_engine, tmp_path):
+    from tests.support.repos import unique_node
+
+    image = f"deployer-test/progress-{uuid.uuid4().hex[:8]}:1"
+    build_web_image(client, image, body="two nodes")
+    other = unique_node()
+    root, node = make_repo(tmp_path / "infra", clean_engine.unix_url, web_compose(image), extra_files={
+        f"datacenters/test/{other}/node.yml": f"docker: {clean_engine.unix_url}\n",
+        f"datacenters/test/{other}/docker-compose.yml": web_compose(image)})
+    try:
+        env = program_env(TERM="xterm", COLUMNS="120", LINES="40")
+        code, drawn = run_on_a_terminal(["--repo", str(root), "apply", "--settle", "0", "--progress", "live"], env)
+        assert code == 0, drawn
+        plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", drawn)
+        assert "\x1b[1A" in drawn  # the view is more than one line: it moves up to redraw them in place
+        frames = [f for f in plain.split("\r") if f"test/{node}" in f or f"test/{other}" in f]
+        assert any(f"test/{node} " in f and "create" in f for f in frames), plain
+        assert any(f"test/{other} " in f and "create" in f for f in frames), plain
+        summary = [line.split()[:2] for line in plain.splitlines() if line.startswith("  done ")]
+        assert sorted(summary) == sorted([["done", f"test/{node}"], ["done", f"test/{other}"]]), plain
+        assert f"test/{node}: ok, 1 changed" in plain and f"test/{other}: ok, 1 changed" in plain
+    finally:
+        remove_node_containers(client, node)
+        remove_node_containers(client, other)
