@@ -46,12 +46,19 @@ from __future__ import annotations
 from contextlib import closing
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 from tests.support.engines import TEST_HOME_ENV, Fleet, FleetError, live_ssh_nodes, preflight
 from tests.support.images import build_standard_images, copy_image
+
+# A suite started as a background job of a non-interactive shell inherits SIGINT ignored, and so would
+# every deployer the tests start: Ctrl-C tests (logs -f, exec) would wait forever for an exit that an
+# ignored signal never brings. Take SIGINT back, so children start with it at its default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # The consul_agent fixture lives with the code that starts Consul.
 pytest_plugins = ("tests.support.consul",)
