@@ -1015,8 +1015,21 @@ class DockerNode:
                 _run(["ip", "-n", other.netns, "neigh", "flush", "to", self.address], check=False)
 
     def link_up(self) -> None:
+        """Bring the link back, and return once the node answers on its network ports again.
+
+        Until the host has resolved the node's address anew, a connection fails with
+        "no route to host" (the neighbour entry that link_down left as failed): a test
+        that says "back: the next command converges" must not race that."""
         _run(["ip", "link", "set", self.veth, "up"])
         self._link_up = True
+        ports = [p for p, on in ((self.ssh_port, self.ssh), (self.tls_port, self.tls)) if on]
+        deadline = time.monotonic() + 20
+        while ports and time.monotonic() < deadline:
+            try:
+                socket.create_connection((self.address, ports[0]), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
 
     def reset(self) -> None:
         """Remove all containers, user networks and volumes (images stay)."""
