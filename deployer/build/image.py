@@ -12,7 +12,10 @@ from the same revision, nothing is built.
 The image's build context is the builder's output plus the Dockerfile (and a
 ``.dockerignore`` beside it) named by the app's ``deployer.yml``
 (``dockerfile:``, default ``Dockerfile``): ``COPY sensor /sensor`` copies the
-binary.
+binary. The build argument ``BUILDER`` names the builder image that made
+them: a Dockerfile saying ``ARG BUILDER`` / ``FROM ${BUILDER}`` runs the app on
+the very toolchain it was built with (the Rails sample does: Ruby, Rails and
+its gems are Debian packages in that image, and the layer is shared).
 """
 
 from __future__ import annotations
@@ -269,8 +272,10 @@ def _build_app_image(client, app: AppConfig, info: SourceInfo, result: BuildResu
         dockerignore = app.dockerfile.parent / ".dockerignore"
         if dockerignore.is_file():
             shutil.copyfile(dockerignore, ctx / ".dockerignore")
-        image_id, _ = docker_build(client, ctx, "Dockerfile", labels=labels, progress=progress, phase="image",
-                                    what=f"image {ref}")
+        # BUILDER: the builder image that compiled the app, for a Dockerfile that runs on it (ARG BUILDER /
+        # FROM ${BUILDER}: the Rails app runs on the Ruby and gems its assets were precompiled with).
+        image_id, _ = docker_build(client, ctx, "Dockerfile", buildargs={"BUILDER": result.builder_image},
+                                    labels=labels, progress=progress, phase="image", what=f"image {ref}")
     return image_id
 
 
