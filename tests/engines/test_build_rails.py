@@ -178,16 +178,29 @@ def test_a_stylesheet_error_shows_sass_output_and_tags_nothing(client, rails_bui
     assert git(infra, "rev-list", "--count", "HEAD") == "1" and managed(client, node) == []
 
 
-def test_gems_outside_debian_and_a_missing_lockfile_are_clear_errors(client, rails_builder, build_engine, tmp_path):
+def test_gems_outside_debian_and_a_stale_or_missing_lockfile_are_clear_errors(client, rails_builder, build_engine,
+                                                                              tmp_path):
+    """No gem server here: a gem Debian does not package, a Gemfile.lock that does not match, none at all."""
     src = source_repo(tmp_path / "src")
-    (src / "Gemfile").write_text((src / "Gemfile").read_text() + 'gem "devise"\n')
+    gemfile, lock = src / "Gemfile", src / "Gemfile.lock"
+    gemfile.write_text(gemfile.read_text() + 'gem "devise"\n')
     r = cli(tmp_path, "build", str(src), "--docker", build_engine.url)
     assert r.exit_code == 1, r.output
-    (line,) = errors(r.stderr)
-    assert line.startswith(f"error: rails build of {src} failed (exit 4): "), line
-    assert "devise" in r.stderr and "only gems from its Debian packages" in r.stderr
+    assert errors(r.stderr) == [f"error: rails build of {src} failed (exit 4): deployer-build: Gemfile.lock does not "
+                                "match the Gemfile (changed: devise): resolve it again in this image (bundle lock "
+                                "--local) and commit it"]
+    assert "You have added to the Gemfile:" in r.stderr  # bundler's own words follow
 
-    (src / "Gemfile.lock").unlink()
+    # locked too, as if resolved where devise is installed: this image has no such gem
+    lock.write_text(lock.read_text().replace("    builder (3.2.4)\n", "    builder (3.2.4)\n    devise (4.9.3)\n")
+                    .replace("DEPENDENCIES\n", "DEPENDENCIES\n  devise\n"))
+    r = cli(tmp_path, "build", str(src), "--docker", build_engine.url)
+    assert r.exit_code == 1, r.output
+    assert errors(r.stderr) == [f"error: rails build of {src} failed (exit 4): deployer-build: Could not find "
+                                "devise-4.9.3 in any of the sources: only gems from this image's Debian packages can "
+                                "be used (gem list shows them)"]
+
+    lock.unlink()
     r = cli(tmp_path, "build", str(src), "--docker", build_engine.url)
     assert r.exit_code == 1, r.output
     assert errors(r.stderr) == [f"error: rails build of {src} failed (exit 2): deployer-build: /src has no "
