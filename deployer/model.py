@@ -48,8 +48,8 @@ class Service:
     image: str
     config: dict[str, Any]
     location: Location  # the compose file (lines are read on demand, for error messages)
-    # the container spec's fields as the parse cache kept them for exactly this text on this node
-    # (config.parse_cache); None: compose_spec.container_spec builds the spec from config
+    # the container spec the parse cache kept for exactly this text on this node (config.parse_cache),
+    # handed out once; None: compose_spec.container_spec builds the spec from config
     cached_spec: Any = field(default=None, repr=False, compare=False)
 
     @property

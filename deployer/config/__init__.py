@@ -1,6 +1,7 @@
 """config: the repository on disk -> the model.
 
-``loader`` reads the repository (``yamlread`` reads YAML text within the
+``loader`` reads the repository (``datacenter_file`` checks datacenter.yml's credentials, lock and secrets_dir
+settings; ``yamlread`` reads YAML text within the
 limits, every failure with its line; ``fastyaml`` is its fast YAML path; ``parse_cache`` keeps what reading and
 checking a file gave, by the git blob id of its text, under ``.git/``);
 ``variables`` gathers the repository's variables of a node (node.yml, ``.env``,

@@ -32,7 +32,6 @@ from deployer.config.compose_keys import (
 )  # fmt: skip
 from deployer.config.compose_files import env_file_environment, shipped_files
 from deployer.config.compose_deploy import host_settings, rollout
-from deployer.config.parse_cache import spec_from
 from deployer.errors import ConfigError
 from deployer.labels import LABEL_DC, LABEL_IMAGE, LABEL_NODE, LABEL_SERVICE
 from deployer.model import Node, Service
@@ -206,8 +205,8 @@ def container_spec(
     variables (default: ``node.variables``); the operator's shell is never read.
     """
     if service.cached_spec is not None and environ is None:  # the loader's parse cache: this text, this node
-        data, service.cached_spec = service.cached_spec, None  # used once: a later call builds a spec of its own
-        return spec_from(data)
+        spec, service.cached_spec = service.cached_spec, None  # used once: a later call builds a spec of its own
+        return spec
     cfg = service.config
     env_source = node.variables if environ is None else environ
     create: dict[str, Any] = {}

@@ -37,20 +37,20 @@ from deployer.config import compose_deploy
 from deployer.config.compose_check import validate_compose
 from deployer.config.compose_keys import to_plain
 from deployer.config.compose_spec import container_name, container_spec
+from deployer.config.datacenter_file import credentials_file, lock_settings, secrets_dirs, string_field, unknown_keys
 from deployer.config.compose_merge import merge_tags
 from deployer.config.interpolate import interpolate_document
 from deployer.config.shared import resolve_shared
 from deployer.config.variables import ENV_FILE, fill_environment, node_variables, parse_dotenv, variables_mapping
 from deployer.config.label_check import valid_address
-from deployer.config.parse_cache import ParseCache, blob_id, spec_data, variables_id
+from deployer.config.parse_cache import ParseCache, blob_id, spec_data, spec_from, variables_id
 from deployer.config.parse_cache import key as cache_key
 from deployer.config.yamlread import (
     MAX_FILE_BYTES, key_line, limit_error, load_fast, parse_yaml, value_line, yaml_limits,
 )
 from deployer.errors import ConfigError, ValidationFailed
-from deployer.values import BadValue
 from deployer.model import Datacenter, Infrastructure, Location, Node, Service, TLSFiles
-from deployer.values import parse_duration
+from deployer.values import BadValue
 
 DATACENTERS = "datacenters"
 DATACENTER_FILE = "datacenter.yml"
@@ -59,7 +59,6 @@ COMPOSE_FILES = ("docker-compose.yml", "docker-compose.yaml", "compose.yml", "co
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 DATACENTER_KEYS = {"description", "consul", "registry", "secrets_dir", "registry_credentials", "variables", "lock"}
-LOCK_KEYS = {"ttl", "delay"}
 NODE_KEYS = {"docker", "description", "address", "tls", "identity_file", "variables", "profiles"}
 # a secret's or config's mode written as a YAML integer without its leading 0: only the round-trip
 # data tells it from 0440 (compose_files_check.file_mode), so such a file is read that way
@@ -68,6 +67,11 @@ PROJECT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # Compose's project name
 TLS_KEYS = {"ca", "cert", "key"}
 #: The parse cache of the load in progress (``check`` sets it; None: nothing is cached).
 _CACHE: contextvars.ContextVar[ParseCache | None] = contextvars.ContextVar("deployer_parse_cache", default=None)
+
+#: The nodes whose compose entry came from the parse cache during the load in progress: their container
+#: names were checked when it was kept (``_check_container_names`` skips them).
+_NAMES_CHECKED: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("deployer_names_checked",
+                                                                                 default=None)
 
 #: The files an include or extends read while one compose file is loaded: [rel, blob id] (for the parse cache).
 _READS: contextvars.ContextVar[list | None] = contextvars.ContextVar("deployer_shared_reads", default=None)
@@ -150,29 +154,6 @@ def _mapping(doc: Any, rel: str, problems: list[ConfigError], allow_empty: bool 
     return doc
 
 
-def _unknown_keys(doc: dict, allowed: set[str], rel: str, prefix: str, problems: list[ConfigError]) -> None:
-    for key in doc:
-        if key not in allowed:
-            problems.append(
-                ConfigError(
-                    rel,
-                    f"unsupported key {key!r} (supported: {', '.join(sorted(allowed))})",
-                    line=key_line(doc, key),
-                    field=f"{prefix}{key}",
-                )
-            )
-
-
-def _string(doc: dict, key: str, rel: str, problems: list[ConfigError], field: str | None = None) -> str | None:
-    value = doc.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        problems.append(ConfigError(rel, "must be a non-empty string", line=value_line(doc, key), field=field or key))
-        return None
-    return value
-
-
 def _load_datacenter(root: Path, name: str, problems: list[ConfigError]) -> Datacenter:
     dc_path = f"{DATACENTERS}/{name}"
     dc = Datacenter(name=name, path=dc_path)
@@ -183,121 +164,35 @@ def _load_datacenter(root: Path, name: str, problems: list[ConfigError]) -> Data
         def build(doc: Any, found: list[ConfigError]) -> None:
             doc = _mapping(doc, rel, found)
             if doc is not None:
-                _unknown_keys(doc, DATACENTER_KEYS, rel, "", found)
-                dc.description = _string(doc, "description", rel, found) or ""
-                dc.consul = _string(doc, "consul", rel, found)
-                dc.registry = _string(doc, "registry", rel, found)
-                dc.secrets_dirs = _secrets_dirs(doc, rel, found)
-                dc.registry_credentials = _credentials_file(root, doc, rel, found)
+                unknown_keys(doc, DATACENTER_KEYS, rel, "", found)
+                dc.description = string_field(doc, "description", rel, found) or ""
+                dc.consul = string_field(doc, "consul", rel, found)
+                dc.registry = string_field(doc, "registry", rel, found)
+                dc.secrets_dirs = secrets_dirs(doc, rel, found)
+                dc.registry_credentials = credentials_file(root, doc, rel, found)
                 dc.variables = variables_mapping(doc, rel, found)
-                dc.lock_ttl, dc.lock_delay = _lock_settings(doc, rel, found)
+                dc.lock_ttl, dc.lock_delay = lock_settings(doc, rel, found)
 
         _read_checked(root, rel, problems, build)
     return dc
-
-
-def _credentials_file(root: Path, doc: dict, rel: str, problems: list[ConfigError]) -> str | None:
-    """datacenter.yml ``registry_credentials``: an absolute path outside the repository (never committed).
-    Its permissions and contents are checked where it is read (engine.registry_credentials)."""
-    value = _string(doc, "registry_credentials", rel, problems)
-    if value is None:
-        return None
-    why = None
-    if not os.path.isabs(value):
-        why = f"{value!r} is not an absolute path"
-    elif Path(os.path.realpath(value)).is_relative_to(os.path.realpath(root)):
-        why = f"{value!r} is inside the repository: credentials must never be committed"
-    if why:
-        problems.append(ConfigError(rel, why, line=value_line(doc, "registry_credentials"), field="registry_credentials"))
-        return None
-    return os.path.normpath(value)
-
-
-def _lock_settings(doc: dict, rel: str, problems: list[ConfigError]) -> tuple[float | None, float | None]:
-    """datacenter.yml ``lock: {ttl: 30s, delay: 5s}``: the node locks' TTL and Consul lock-delay (ops.locks)."""
-    value = doc.get("lock")
-    if value is None:
-        return None, None
-    if not isinstance(value, dict):
-        problems.append(ConfigError(rel, "must be a mapping with ttl and/or delay", line=value_line(doc, "lock"),
-                                    field="lock"))
-        return None, None
-    _unknown_keys(value, LOCK_KEYS, rel, "lock.", problems)
-    out: list[float | None] = []
-    for key, low in (("ttl", 10.0), ("delay", 0.0)):
-        if value.get(key) is None:
-            out.append(None)
-            continue
-        try:
-            seconds = parse_duration(value[key])
-        except BadValue as exc:
-            problems.append(ConfigError(rel, str(exc), line=value_line(value, key), field=f"lock.{key}"))
-            out.append(None)
-            continue
-        if seconds < low or seconds > 86400:
-            why = "at least 10s (Consul's shortest session TTL)" if key == "ttl" else "at most 24h"
-            problems.append(ConfigError(rel, f"must be {why}, got {value[key]!r}", line=value_line(value, key),
-                                        field=f"lock.{key}"))
-            out.append(None)
-            continue
-        out.append(seconds)
-    return out[0], out[1]
-
-
-def _secrets_dirs(doc: dict, rel: str, problems: list[ConfigError]) -> tuple[str, ...]:
-    """datacenter.yml ``secrets_dir``: an absolute folder, or a list of them, each an existing directory."""
-    value = doc.get("secrets_dir")
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        items = [(value, value_line(doc, "secrets_dir"), "secrets_dir")]
-    elif isinstance(value, list):
-        items = []
-        for i, item in enumerate(value):
-            try:
-                line = value.lc.item(i)[0] + 1
-            except Exception:  # plain data: no lines
-                line = value_line(doc, "secrets_dir")
-            items.append((item, line, f"secrets_dir[{i}]"))
-    else:
-        problems.append(ConfigError(rel, "must be an absolute path or a list of them",
-                                    line=value_line(doc, "secrets_dir"), field="secrets_dir"))
-        return ()
-    out = []
-    for item, line, field in items:
-        if not isinstance(item, str) or not item.strip():
-            why = "must be a non-empty string"
-        elif not os.path.isabs(item):
-            why = f"{item!r} is not an absolute path"
-        elif not os.path.isdir(item):
-            why = f"{item!r} does not exist or is not a directory"
-        elif os.path.realpath(item) == "/":
-            why = f"{item!r} is the root folder: every file of the machine would be a possible secret"
-        else:
-            out.append(os.path.normpath(item))
-            continue
-        problems.append(ConfigError(rel, why, line=line, field=field))
-    return tuple(out)
 
 
 def _load_node(root: Path, dc: str, name: str, problems: list[ConfigError],
                secrets_dirs: tuple[str, ...] = (), dc_variables: dict[str, str] | None = None) -> Node | None:
     node_path = f"{DATACENTERS}/{dc}/{name}"
     rel = f"{node_path}/{NODE_FILE}"
-    if not (root / rel).is_file():
+    files = _files_in(os.path.join(root, node_path))  # one listing, not a stat per possible name
+    if not files.get(NODE_FILE):
         problems.append(ConfigError(rel, "missing: every node directory needs a node.yml with a 'docker:' URL"))
         return None
-    node = _read_checked(root, rel, problems, lambda doc, found: _node_from_yml(root, dc, name, rel, doc, found))
+    node = _read_checked(root, rel, problems,
+                         lambda doc, found: _node_from_yml(root, dc, name, rel, doc, found, files))
     if node is None:
         return None
     node.secrets_dirs = secrets_dirs
-    node.variables = node_variables(node.variables, dotenv_variables(root, f"{node.path}/{ENV_FILE}", dc_variables or {},
-                                                                     problems), dc_variables or {})
-    try:
-        present = set(os.listdir(os.path.join(root, node.path)))  # one listing, not a stat per possible name
-    except OSError:
-        present = set()
-    compose = [f for f in COMPOSE_FILES if f in present and (root / node.path / f).is_file()]
+    env = dotenv_variables(root, f"{node.path}/{ENV_FILE}", dc_variables or {}, problems) if files.get(ENV_FILE) else {}
+    node.variables = node_variables(node.variables, env, dc_variables or {})
+    compose = [f for f in COMPOSE_FILES if files.get(f)]
     if len(compose) > 1:
         problems.append(ConfigError(f"{node.path}/{compose[1]}", f"a node has one compose file; {compose[0]} is here too"))
     if compose:
@@ -305,13 +200,30 @@ def _load_node(root: Path, dc: str, name: str, problems: list[ConfigError],
     return node
 
 
-def _node_from_yml(root: Path, dc: str, name: str, rel: str, doc: Any, problems: list[ConfigError]) -> Node | None:
+def _files_in(folder: str) -> dict[str, bool]:
+    """The names in ``folder``, each with whether it is a file (symbolic links followed), from one listing
+    (the file types come with the names on most file systems: no stat per name)."""
+    try:
+        with os.scandir(folder) as entries:
+            return {entry.name: entry.is_file() for entry in entries}
+    except OSError:
+        return {}
+
+
+def _subfolders(folder: Path) -> list[str]:
+    """The names of the folders in ``folder`` not starting with '.', sorted (one listing)."""
+    with os.scandir(folder) as entries:
+        return sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir())
+
+
+def _node_from_yml(root: Path, dc: str, name: str, rel: str, doc: Any, problems: list[ConfigError],
+                   files: dict[str, bool] | None = None) -> Node | None:
     node_path = f"{DATACENTERS}/{dc}/{name}"
     doc = _mapping(doc, rel, problems)
     if doc is None:
         return None
-    _unknown_keys(doc, NODE_KEYS, rel, "", problems)
-    docker_url = _string(doc, "docker", rel, problems)
+    unknown_keys(doc, NODE_KEYS, rel, "", problems)
+    docker_url = string_field(doc, "docker", rel, problems)
     if docker_url is None:
         if "docker" not in doc:
             problems.append(ConfigError(rel, "required: how to reach the node's Docker engine "
@@ -328,10 +240,10 @@ def _node_from_yml(root: Path, dc: str, name: str, rel: str, doc: Any, problems:
         if not isinstance(tls_doc, dict):
             problems.append(ConfigError(rel, "must be a mapping with ca, cert, key", line=value_line(doc, "tls"), field="tls"))
         else:
-            _unknown_keys(tls_doc, TLS_KEYS, rel, "tls.", problems)
+            unknown_keys(tls_doc, TLS_KEYS, rel, "tls.", problems)
             paths = {}
             for key in ("ca", "cert", "key"):
-                value = _string(tls_doc, key, rel, problems, field=f"tls.{key}")
+                value = string_field(tls_doc, key, rel, problems, field=f"tls.{key}")
                 if value is None:
                     if key not in tls_doc:
                         problems.append(ConfigError(rel, "required", line=value_line(doc, "tls"), field=f"tls.{key}"))
@@ -341,10 +253,10 @@ def _node_from_yml(root: Path, dc: str, name: str, rel: str, doc: Any, problems:
                 tls = TLSFiles(**paths)
         if not docker_url.startswith("tcp://"):
             problems.append(ConfigError(rel, "tls applies only to tcp:// Docker URLs", line=key_line(doc, "tls"), field="tls"))
-    identity = _string(doc, "identity_file", rel, problems)
+    identity = string_field(doc, "identity_file", rel, problems)
     if identity is not None:
         identity = str((root / node_path / Path(identity).expanduser()).resolve())
-    address = _string(doc, "address", rel, problems)
+    address = string_field(doc, "address", rel, problems)
     if address is not None and not valid_address(address.strip()):
         problems.append(ConfigError(rel, f"invalid address {address!r}: write the IP address or host name other "
                                          "hosts reach the node's published ports at", line=value_line(doc, "address"),
@@ -358,9 +270,10 @@ def _node_from_yml(root: Path, dc: str, name: str, rel: str, doc: Any, problems:
         location=Location(rel),
         tls=tls,
         identity_file=identity,
-        known_hosts=known_hosts if (root / known_hosts).is_file() else None,
+        known_hosts=known_hosts if (files.get("known_hosts") if files is not None
+                                    else (root / known_hosts).is_file()) else None,
         address=address,
-        description=_string(doc, "description", rel, problems) or "",
+        description=string_field(doc, "description", rel, problems) or "",
         variables=variables_mapping(doc, rel, problems),  # node.yml's own: the loader adds .env and the datacenter's
         profiles=_node_profiles(doc, rel, problems),
     )
@@ -369,14 +282,16 @@ def _node_from_yml(root: Path, dc: str, name: str, rel: str, doc: Any, problems:
 
 def dotenv_variables(root: Path, rel: str, outer: dict[str, str], problems: list[ConfigError]) -> dict[str, str]:
     """The variables of a ``.env`` file (none when there is no such file)."""
-    if not (root / rel).is_file():
-        return {}
-    size = (root / rel).stat().st_size
-    if size > MAX_FILE_BYTES:
-        problems.append(limit_error(rel, f"{size:,} bytes: a .env file may have at most {MAX_FILE_BYTES:,}"))
+    path = os.path.join(root, rel)
+    if not os.path.isfile(path):
         return {}
     try:
-        text = (root / rel).read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                problems.append(limit_error(rel, f"{size:,} bytes: a .env file may have at most {MAX_FILE_BYTES:,}"))
+                return {}
+            text = f.read()
     except (OSError, UnicodeDecodeError) as exc:
         problems.append(ConfigError(rel, f"cannot read: {getattr(exc, 'strerror', None) or exc}"))
         return {}
@@ -457,6 +372,9 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
         cached = cache.get(name)
         if cached is not None and cache.same_files(root, cached[7]):  # read and checked before, no problems
             _fill_compose(node, rel, *cached[:7])
+            known = _NAMES_CHECKED.get()
+            if known is not None:  # its container names were checked before it was kept (the key holds all they
+                known.add(node.target)  # are made of): ``_check_container_names`` need not make them again
             return
     text = _read_text(root, rel, problems) if text is None else _within_limits(text, rel, problems)
     if text is None:
@@ -516,7 +434,7 @@ def _load_compose(root: Path, node: Node, rel: str, problems: list[ConfigError],
     # files that read others are kept with those files' blob ids (include, extends: compared at the next load);
     # files whose check or containers read files beside the text (secrets, configs, env_file, relative binds)
     # are not kept
-    if cache is not None and plain and _self_contained(doc):
+    if cache is not None and plain and _self_contained(doc) and not _node_container_names(root, node):
         cache.put(name, [*parts, _spec_entries(root, node), reads])
 
 
@@ -540,8 +458,12 @@ def _fill_compose(node: Node, rel: str, services: dict, volumes: dict, networks:
     location = Location(rel)
     specs = specs or {}
     for name, svc_doc in services.items():
+        # a kept spec is made here, while the load holds the cycle collector (``check``): made later, beside
+        # the other new objects of a plan, the collector's passes over them cost three times the making
+        data = specs.get(name)
         node.services[name] = Service(dc=node.dc, node=node.name, name=name, image=str(svc_doc["image"]),
-                                      config=svc_doc, location=location, cached_spec=specs.get(name))
+                                      config=svc_doc, location=location,
+                                      cached_spec=spec_from(data) if data is not None else None)
     node.volumes = volumes
     node.networks = networks
     node.secrets = secrets
@@ -588,9 +510,11 @@ def check(root: str | Path) -> tuple[Infrastructure, list[ConfigError]]:
     try:
         cache = ParseCache.for_root(root)
         token = _CACHE.set(cache if cache.enabled else None)
+        names = _NAMES_CHECKED.set(set())
         try:
             infra, problems = _check(root)
         finally:
+            _NAMES_CHECKED.reset(names)
             _CACHE.reset(token)
         cache.save(prune=True)
     finally:
@@ -608,17 +532,17 @@ def _check(root: Path) -> tuple[Infrastructure, list[ConfigError]]:
         problems.append(ConfigError(DATACENTERS, f"no '{DATACENTERS}/' directory in {root}; "
                                                  "is this an infrastructure repository? ('deployer init DIR' makes one)"))
         return infra, problems
-    for dc_dir in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if not NAME_RE.match(dc_dir.name):
-            problems.append(ConfigError(f"{DATACENTERS}/{dc_dir.name}", "datacenter names are lowercase letters, digits, '.', '_' or '-'"))
+    for dc_name in _subfolders(base):
+        if not NAME_RE.match(dc_name):
+            problems.append(ConfigError(f"{DATACENTERS}/{dc_name}", "datacenter names are lowercase letters, digits, '.', '_' or '-'"))
             continue
-        dc = _load_datacenter(root, dc_dir.name, problems)
+        dc = _load_datacenter(root, dc_name, problems)
         infra.datacenters[dc.name] = dc
-        for node_dir in sorted(p for p in dc_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if not NAME_RE.match(node_dir.name):
-                problems.append(ConfigError(f"{dc.path}/{node_dir.name}", "node names are lowercase letters, digits, '.', '_' or '-'"))
+        for node_name in _subfolders(base / dc_name):
+            if not NAME_RE.match(node_name):
+                problems.append(ConfigError(f"{dc.path}/{node_name}", "node names are lowercase letters, digits, '.', '_' or '-'"))
                 continue
-            node = _load_node(root, dc.name, node_dir.name, problems, dc.secrets_dirs, dc.variables)
+            node = _load_node(root, dc.name, node_name, problems, dc.secrets_dirs, dc.variables)
             if node is not None:
                 node.registry_credentials = dc.registry_credentials
                 dc.nodes[node.name] = node
@@ -627,7 +551,9 @@ def _check(root: Path) -> tuple[Infrastructure, list[ConfigError]]:
 
 
 def _check_container_names(root: Path, infra: Infrastructure) -> list[ConfigError]:
-    return [problem for node in infra.nodes() for problem in _node_container_names(root, node)]
+    known = _NAMES_CHECKED.get() or set()
+    return [problem for node in infra.nodes() if node.target not in known
+            for problem in _node_container_names(root, node)]
 
 
 def _node_container_names(root: Path, node: Node) -> list[ConfigError]:

@@ -102,21 +102,27 @@ def key(kind: str, *ids: str) -> str:
 #: rollout settings (a spec with other than the default ones is not kept).
 _NOT_KEPT = ("secrets", "files", "bundles", "rollout")
 _SPEC_FIELDS = tuple(f.name for f in fields(ContainerSpec) if f.name not in _NOT_KEPT)
+_DEFAULT_ROLLOUT = ContainerSpec.__dataclass_fields__["rollout"].default_factory()  # frozen: one serves all
 
 
 def spec_data(spec: ContainerSpec) -> list | None:
     """A spec as plain data for an entry; None when it has what an entry must not hold (files, secrets)."""
-    if spec.secrets or spec.files or spec.bundles or spec.rollout != ContainerSpec.__dataclass_fields__[
-            "rollout"].default_factory():
+    if spec.secrets or spec.files or spec.bundles or spec.rollout != _DEFAULT_ROLLOUT:
         return None
     return [*(getattr(spec, name) for name in _SPEC_FIELDS), spec.config_hash()]
 
 
 def spec_from(data: list) -> ContainerSpec:
     """The spec ``spec_data`` kept. Its values are the entry's own: the caller uses an entry once
-    (``compose_spec.container_spec`` drops it from the service), so no spec shares them with another."""
-    spec = ContainerSpec(**dict(zip(_SPEC_FIELDS, data)))
-    spec._kept_hash = data[len(_SPEC_FIELDS)]  # computed from these very values when the entry was made
+    (``compose_spec.container_spec`` drops it from the service), so no spec shares them with another.
+
+    Made without the dataclass's ``__init__`` (this runs for every service of a 10,000-node load; the
+    class has no ``__post_init__``): the kept fields, the ones a kept spec has empty, and the hash."""
+    values = dict(zip(_SPEC_FIELDS, data))
+    values["secrets"], values["files"], values["bundles"], values["rollout"] = [], {}, [], _DEFAULT_ROLLOUT
+    values["_kept_hash"] = data[len(_SPEC_FIELDS)]  # computed from these very values when the entry was made
+    spec = object.__new__(ContainerSpec)
+    spec.__dict__ = values
     return spec
 
 
@@ -147,6 +153,7 @@ class ParseCache:
         self._blobs: dict[str, str] = {}  # repo-relative path -> blob id, for same_files
         self._changed = False
         self._lock = threading.Lock()
+        self._strings: dict[str, str] = {}  # one object per distinct text among the entries put (``_shared_strings``)
         if path is not None:
             self._entries = _read(path)
 
@@ -190,7 +197,7 @@ class ParseCache:
         except ValueError:  # a value marshal cannot hold (a date the YAML parser made): not cached
             return
         with self._lock:
-            self._entries[name] = value
+            self._entries[name] = _shared_strings(value, self._strings)
             self._used.add(name)
             self._changed = True
 
@@ -217,6 +224,22 @@ class ParseCache:
         except OSError:
             return  # a read-only checkout: loading works, only slower
         self._entries, self._changed = keep, False
+
+
+def _shared_strings(value: Any, strings: dict[str, str]) -> Any:
+    """A copy of ``value`` in which equal strings are one object: marshal writes a string met again as a
+    reference to the first, so the file is smaller and reading it makes one string where it made hundreds
+    (the same keys and values recur in every node's entry). Strings are immutable: sharing them is safe;
+    the containers are new (the caller's values are left as they were)."""
+    if isinstance(value, str):
+        return strings.setdefault(value, value)
+    if isinstance(value, dict):
+        return {_shared_strings(k, strings): _shared_strings(v, strings) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shared_strings(v, strings) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_shared_strings(v, strings) for v in value)
+    return value
 
 
 def _read(path: Path) -> dict[str, Any]:
