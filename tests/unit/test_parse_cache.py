@@ -216,3 +216,39 @@ def test_the_profiles_of_a_node_are_in_the_key(root):
     assert sorted(loader.load(root).node("dc", "n1").services) == ["web"]
     (root / NODE / "node.yml").write_text("docker: unix:///nonexistent.sock\nprofiles: [debug]\n")
     assert sorted(loader.load(root).node("dc", "n1").services) == ["debug", "web"]
+
+
+def test_equal_strings_are_one_object_in_the_file_and_what_was_put_is_a_copy(root):
+    cache = parse_cache.ParseCache.for_root(root)
+    value = [{"image": "web:1", "labels": {"team": "core"}}, ["web:1", "core", ("web:1",)]]
+    other = [{"image": "web:1", "labels": {"team": "core"}}]
+    cache.put("a", value)
+    cache.put("b", other)
+    value[0]["image"] = "changed after put"  # the entry is the value as it was put
+    cache.save(prune=False)
+    kept = entries(root)
+    assert kept["a"] == [{"image": "web:1", "labels": {"team": "core"}}, ["web:1", "core", ("web:1",)]]
+    a, b = kept["a"], kept["b"]
+    # read back, each text is one object wherever it occurs (marshal wrote the others as references to it)
+    assert a[0]["image"] is a[1][0] is a[1][2][0] is b[0]["image"]
+    assert a[0]["labels"]["team"] is b[0]["labels"]["team"] is a[1][1]
+    assert a[0] is not b[0] and a[0]["labels"] is not b[0]["labels"]  # containers stay apart (they are mutable)
+
+
+def test_a_container_name_used_twice_is_reported_on_every_load_and_never_kept(root):
+    (root / COMPOSE).write_text("services:\n  web:\n    image: web:1\n    container_name: one\n"
+                                "  api:\n    image: api:1\n    container_name: one\n")
+    for _ in range(2):
+        with pytest.raises(ValidationFailed, match=r"docker-compose.yml:\d+: services.api.container_name: container "
+                                                   r"name 'one' is also used by service 'web'"):
+            loader.load(root)
+    assert not any(k.startswith("compose:") for k in entries(root))
+
+
+def test_a_kept_spec_is_made_by_the_load_and_handed_out_once(root):
+    loader.load(root)
+    node = loader.load(root).node("dc", "n1")
+    kept = node.services["web"].cached_spec
+    assert kept is not None and kept.__dict__["_kept_hash"] == kept.config_hash()
+    assert container_spec(node, node.services["web"], root) is kept
+    assert node.services["web"].cached_spec is None
