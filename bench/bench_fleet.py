@@ -7,12 +7,19 @@ compose files of the first N nodes and times `deployer apply TARGETS` as a fresh
 (N nodes read). Prints the medians per size and the ratios 5/1 and 20/1 (goal: 20/1
 under 2 with the default parallelism). Heavy on a small machine: 20 dockerd's start.
 
-    python3 bench/bench_fleet.py [--rounds 3] [--sizes 1,5,20]
+    python3 bench/bench_fleet.py [--rounds 3] [--sizes 1,5,20] [--variant LABEL=DIR[:PARALLEL] ...]
+
+``--variant`` (repeatable) compares deployers in the same run, rounds interleaved:
+the checkout in DIR (default: this one), with ``--parallel PARALLEL`` when given
+(default: the option's default). Each variant's ratios are against its own 1-node
+time; the variants' times are also printed as ratios of the first variant's. Peak
+RSS is each measured process's own (wait4).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -37,13 +44,32 @@ def write(root: Path, names: list[str], image: str) -> None:
             "services:\n" + WEB_SERVICE.format(image=image))
 
 
-def timed(root: Path, *args: str, ok: tuple[int, ...] = (0,)) -> float:
+class Variant:
+    def __init__(self, text: str):
+        label, _, rest = text.partition("=")
+        code, _, parallel = (rest or str(ROOT)).partition(":")
+        self.label, self.code, self.parallel = label, Path(code).resolve(), parallel or None
+        self.rss: list[int] = []  # KiB, per measured process
+
+    def args(self, command: str) -> list[str]:
+        return [command, *(["--parallel", self.parallel] if self.parallel else [])]
+
+
+def timed(root: Path, *args: str, ok: tuple[int, ...] = (0,), variant: Variant | None = None) -> float:
+    env = dict(os.environ, PYTHONPATH=str(variant.code if variant else ROOT))
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "deployer", "--repo", str(root), *args],
-                          capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    if done.returncode not in ok:
-        raise SystemExit(f"deployer {' '.join(args)} failed ({done.returncode}): {done.stdout}{done.stderr}")
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen([sys.executable, "-m", "deployer", "--repo", str(root), *args],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    if proc.returncode not in ok:
+        raise SystemExit(f"deployer {' '.join(args)} failed ({proc.returncode}): {text}")
+    if variant is not None:
+        variant.rss.append(usage.ru_maxrss)
     return elapsed
 
 
@@ -51,7 +77,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sizes", default="1,5,20")
+    parser.add_argument("--variant", action="append", default=[])
     args = parser.parse_args()
+    variants = [Variant(v) for v in args.variant] or [Variant("this")]
     sizes = [int(s) for s in args.sizes.split(",")]
     count = max(sizes)
     started = time.perf_counter()
@@ -75,28 +103,35 @@ def main() -> None:
         git(root, "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qm", "bench")
         timed(root, "apply", "-q")  # first converge, not measured
 
-        applies: dict[int, list[float]] = {n: [] for n in sizes}
-        statuses: dict[int, list[float]] = {n: [] for n in sizes}
+        applies = {(v.label, n): [] for v in variants for n in sizes}
+        statuses = {(v.label, n): [] for v in variants for n in sizes}
         current = IMAGES[0]
         for _ in range(args.rounds):
             for n in sizes:
                 targets = [f"bench/{name}" for name in names[:n]]
-                current = IMAGES[IMAGES.index(current) ^ 1]
-                write(root, names[:n], current)
-                applies[n].append(timed(root, "apply", "-q", *targets))
-                statuses[n].append(timed(root, "status", *targets))
-                write(root, names, current)
-                timed(root, "apply", "-q")  # the others along, not measured
-    print(f"deployer apply (one-container change per node) and status, median of {args.rounds}, fresh process each,"
-          " --parallel default (8):")
-    a = {n: statistics.median(v) for n, v in applies.items()}
-    s = {n: statistics.median(v) for n, v in statuses.items()}
-    for n in sizes:
-        print(f"  {n:>3} node{'s' if n > 1 else ' '}  apply {a[n]:6.2f} s   status {s[n]:6.2f} s")
+                for v in variants:
+                    current = IMAGES[IMAGES.index(current) ^ 1]
+                    write(root, names[:n], current)
+                    applies[v.label, n].append(timed(root, *v.args("apply"), "-q", *targets, variant=v))
+                    statuses[v.label, n].append(timed(root, *v.args("status"), *targets, variant=v))
+                    print(f"  round {_ + 1}, {n} node(s), {v.label}: apply {applies[v.label, n][-1]:.2f} s, "
+                          f"status {statuses[v.label, n][-1]:.2f} s", flush=True)
+                    write(root, names, current)
+                    timed(root, "apply", "-q")  # the others along, not measured
+    print(f"deployer apply (one-container change per node) and status, median of {args.rounds}, fresh process each:")
+    a = {k: statistics.median(v) for k, v in applies.items()}
+    s = {k: statistics.median(v) for k, v in statuses.items()}
+    first = variants[0].label
     base = sizes[0]
-    for n in sizes[1:]:
-        print(f"  ratio {n}/{base}  apply {a[n] / a[base]:.2f}   status {s[n] / s[base]:.2f}"
-              + ("   (goal < 2)" if n == count else ""))
+    for v in variants:
+        print(f" {v.label} ({v.code}, --parallel {v.parallel or 'default'}), peak RSS {max(v.rss) / 1024:.1f} MB:")
+        for n in sizes:
+            vs = f"   ({a[v.label, n] / a[first, n]:.2f} / {s[v.label, n] / s[first, n]:.2f} of {first})" \
+                if v.label != first else ""
+            print(f"  {n:>3} node{'s' if n > 1 else ' '}  apply {a[v.label, n]:6.2f} s   status {s[v.label, n]:6.2f} s{vs}")
+        for n in sizes[1:]:
+            print(f"  ratio {n}/{base}  apply {a[v.label, n] / a[v.label, base]:.2f}   "
+                  f"status {s[v.label, n] / s[v.label, base]:.2f}" + ("   (goal < 2)" if n == count else ""))
 
 
 if __name__ == "__main__":
