@@ -14,6 +14,9 @@
   broker's events as server-sent events, for a signed-in page);
 * ``/static``: the page's script and style sheet (no data in them, so no sign-in).
 
+``routes`` also adds ``live.HealthWake`` to the service's background parts: Consul's health
+changes refresh the fleet snapshot at once instead of at the next ``--status-interval``.
+
 Every page but /login needs a session (or a bearer token) with the ``read`` scope; without one a
 page redirects to /login, a data route answers 401. Every POST needs the session's CSRF token and,
 when the browser sends one, a same-host ``Origin`` (``auth.require``): 403 and nothing changes.
@@ -40,6 +43,7 @@ from starlette.staticfiles import StaticFiles
 from deployer.errors import ApiError, DeployerError
 from deployer.serve import auth
 from deployer.serve.events import KEEPALIVE
+from deployer.serve.live import HealthWake
 from deployer.serve.page_data import activity_items, fleet_view, job_view, service_history
 
 HERE = Path(__file__).resolve().parent
@@ -272,6 +276,10 @@ def _local_path(text: str) -> str:
 
 
 def routes(state: Any) -> list:
+    """The page routes over ``state``; also adds ``live.HealthWake`` to its background parts (Consul's
+    health changes refresh the fleet snapshot at once, so the page sees a failing check within seconds)."""
+    if not any(isinstance(s, HealthWake) for s in state.services):
+        state.add_service(HealthWake())
     pages = Pages(state)
     page, data = pages.page, pages.data
     return [
