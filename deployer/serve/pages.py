@@ -78,14 +78,14 @@ class Pages:
         self.env = environment()
 
     # --- rendering -----------------------------------------------------------------------------
-    def render(self, request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    def render(self, request: Request, name: str, code: int = 200, **context: Any) -> HTMLResponse:
         session = getattr(request.state, "session", None)
         identity = getattr(request.state, "identity", None)
         base = {"page": name.removesuffix(".html"), "stream": None, "user": identity.name if identity else None,
                 "scopes": identity.scopes if identity else (), "csrf": session.csrf if session else ""}
         base.update(context)
         html = self.env.get_template(name).render(**base)
-        return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+        return HTMLResponse(html, status_code=code, headers=SECURITY_HEADERS)
 
     def error(self, request: Request, status: int, message: str) -> HTMLResponse:
         return self.render(request, "error.html", status, status=status, message=message)
