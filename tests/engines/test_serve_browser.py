@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from selenium.webdriver.common.by import By
 
 from deployer.discovery.consul_catalog import ConsulCatalog
 from deployer.discovery.registration import agent_services, deregister, owned
-from tests.support.consul import free_port
+from tests.support.consul import ConsulAgent, free_port
 from tests.support.repos import git, make_repo, managed, remove_node_containers, unique_node
 from tests.support import waiting
 
@@ -112,14 +113,14 @@ def deployer(root: Path, *args: str) -> subprocess.CompletedProcess:
     return done
 
 
-@pytest.fixture
-def site(engine, consul_agent, tmp_path):
+@contextmanager
+def make_site(engine, consul, tmp_path, *serve_args: str):
     """A remote with one node in dc `test` (Consul on), deployed twice (web:1, then web:2 with a crafted
     message), a clone that `deployer serve` runs over, a token; yields a dict; stops and removes it all."""
     node = unique_node()
     name = f"s{os.urandom(3).hex()}-web"
     files = {f"datacenters/test/{node}/node.yml": f"docker: {engine.unix_url}\naddress: {engine.address}\n",
-             "datacenters/test/datacenter.yml": f"consul: {consul_agent.address}\n"}
+             "datacenters/test/datacenter.yml": f"consul: {consul.address}\n"}
     seed, _ = make_repo(tmp_path / "seed", engine.unix_url, COMPOSE.format(image=WEB1, name=name), node=node,
                         extra_files=files)
     remote = tmp_path / "remote.git"
@@ -128,7 +129,7 @@ def site(engine, consul_agent, tmp_path):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(remote), str(clone)], check=True)
     tokens = tmp_path / "config" / "tokens.json"
-    catalog = ConsulCatalog(consul_agent.address)
+    catalog = ConsulCatalog(consul.address)
     serve: ServeProcess | None = None
     client = engine.client()
     try:
@@ -137,18 +138,25 @@ def site(engine, consul_agent, tmp_path):
         token = deployer(clone, "token", "add", TOKEN_NAME, "--scope", "read,deploy", "--tokens", str(tokens)
                          ).stdout.strip()
         # status read again only every minute: a red cell within seconds can only come from Consul's watch
-        serve = ServeProcess(clone, tokens, tmp_path / "serve.log", "--status-interval", "60s")
+        serve = ServeProcess(clone, tokens, tmp_path / "serve.log", "--status-interval", "60s", *serve_args)
         yield {"node": node, "target": f"test/{node}/web", "remote": remote, "clone": clone, "token": token,
-               "serve": serve, "url": serve.url, "client": client, "catalog": catalog, "consul": consul_agent,
+               "serve": serve, "url": serve.url, "client": client, "catalog": catalog, "consul": consul,
                "tmp": tmp_path}
     finally:
         if serve is not None:
             serve.stop()
         remove_node_containers(client, node)
-        for sid, entry in agent_services(catalog).items():
-            if owned(entry, "test", node):
-                deregister(catalog, sid)
+        if consul.proc is not None:
+            for sid, entry in agent_services(catalog).items():
+                if owned(entry, "test", node):
+                    deregister(catalog, sid)
         client.close()
+
+
+@pytest.fixture
+def site(engine, consul_agent, tmp_path):
+    with make_site(engine, consul_agent, tmp_path) as made:
+        yield made
 
 
 def remote_log(remote: Path, fmt: str = "%H") -> list[str]:
@@ -377,3 +385,39 @@ def test_form_posts_without_the_csrf_token_or_from_another_origin_are_refused(si
                        and r, 90, 0.2, "the accepted rollback to end")
     assert final["state"] == "ok", final
     assert len(remote_log(site["remote"])) == len(head) + 1
+
+
+def test_the_page_says_when_the_remote_is_unreachable_and_when_consul_is_down(engine, tmp_path, browser):
+    b, d = browser, browser.driver
+    with ConsulAgent(node="serve-page-faults") as consul, \
+            make_site(engine, consul, tmp_path, "--sync-interval", "1s") as site:
+        url, target = site["url"], site["target"]
+        sign_in(b, url, site["token"])
+        b.wait_for(lambda: cell(b, target, "health").text == "passing", 20, what="the service passing")
+        banner = d.find_element(By.ID, "sync-error")
+        assert not banner.is_displayed()
+
+        # the remote goes away: the next pull fails, the page says so; nothing in the clone is lost
+        head = git(site["clone"], "rev-parse", "HEAD")
+        away = site["remote"].with_name("remote-away.git")
+        site["remote"].rename(away)
+        b.wait_for(lambda: banner.is_displayed(), 15, what="the sync error on the page")
+        assert "Repository sync failed" in banner.text and "remote.git" in banner.text
+        b.screenshot("remote-unreachable")
+        assert git(site["clone"], "rev-parse", "HEAD") == head and git(site["clone"], "status", "--porcelain") == ""
+        away.rename(site["remote"])
+        b.wait_for(lambda: not banner.is_displayed(), 15, what="the sync error to clear")
+
+        # Consul dies: health is unknown and the datacenter says why; it comes back: the note goes
+        consul.kill()
+        killed = time.monotonic()
+        b.wait_for(lambda: cell(b, target, "health").text == "unknown", 20, 0.02, what="health unknown")
+        unknown = time.monotonic() - killed
+        note = d.find_element(By.CSS_SELECTOR, 'section[data-dc="test"] [data-dc-field="consul"]')
+        assert note.is_displayed() and consul.address in note.text
+        b.screenshot("consul-down")
+        print(f"\nConsul killed -> health unknown on the page: {unknown:.2f}s")
+        (b.artifacts / "timing.json").write_text(json.dumps({"consul_killed_to_unknown_s": round(unknown, 3)}) + "\n")
+        consul.start()
+        b.wait_for(lambda: not note.is_displayed(), 30, what="the Consul note to go")
+        b.screenshot("consul-back")
