@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 from contextlib import closing
+from pathlib import Path
 
 import httpx
 import pytest
@@ -69,6 +70,13 @@ def site(engine, tmp_path):
     yield s
     with closing(engine.client()) as client:
         remove_node_containers(client, node)
+
+
+def _try(fn):
+    try:
+        return fn()
+    except httpx.HTTPError:
+        return None
 
 
 def api(server, method, path, token=None, **kw):
@@ -308,3 +316,29 @@ def test_serve_killed_mid_deploy_restarts_consistent(site, engine):
         assert running_images(engine, site.node) == [WEB2]
         assert git(site.clone, "status", "--porcelain") == ""
         assert git(site.remote, "log", "-1", "--format=%an %s", "main").startswith("ci-bot deploy")
+
+
+def test_serve_over_tls_from_a_remote_clone(site, tmp_path):
+    cert, key = tmp_path / "serve.crt", tmp_path / "serve.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    clone = tmp_path / "served-clone"
+    server = ServeProcess(None, site.tokens_file, "--remote", str(site.remote), "--clone", str(clone),
+                          "--tls-cert", str(cert), "--tls-key", str(key), "--no-consul", "--status-interval", "1")
+    server.url = server.url.replace("http://", "https://")
+    env_verify = {"verify": str(cert)}
+    try:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        server.proc = subprocess.Popen(server.argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        info = json.loads(server.proc.stdout.readline())
+        assert info["url"] == server.url and info["repo"] == str(clone)
+        r = wait_for("the TLS listener", lambda: _try(lambda: httpx.get(
+            server.url + "/api/v1/status", headers={"Authorization": f"Bearer {site.tokens['reader']}"},
+            timeout=30, **env_verify)), 30, 0.2)
+        assert r.status_code == 200 and r.json()["commit"] == git(site.remote, "rev-parse", "main")
+        assert git(clone, "remote", "get-url", "origin") == str(site.remote)
+        with pytest.raises(httpx.HTTPError):  # plain HTTP to the TLS port gets nothing useful
+            httpx.get(server.url.replace("https://", "http://") + "/api/v1/status", timeout=5).raise_for_status()
+    finally:
+        server.stop()
