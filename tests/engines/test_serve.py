@@ -342,3 +342,58 @@ def test_serve_over_tls_from_a_remote_clone(site, tmp_path):
             httpx.get(server.url.replace("https://", "http://") + "/api/v1/status", timeout=5).raise_for_status()
     finally:
         server.stop()
+
+
+CONSUL_WEB = """\
+services:
+  web:
+    image: {image}
+    init: true
+    ports: ["80"]
+    healthcheck:
+      test: ["CMD", "test", "-f", "/www/index.html"]
+      interval: 200ms
+      timeout: 2s
+      retries: 2
+    labels:
+      deployer.consul.name: "{name}"
+      deployer.consul.check: "http:/"
+      deployer.consul.interval: 1s
+      deployer.consul.wait: 4s
+"""
+
+
+def test_consul_health_in_the_status_critical_when_stopped_unknown_when_consul_is_down(engine, tmp_path):
+    from tests.support.consul import ConsulAgent
+
+    node = unique_node()
+    (tmp_path / "consul").mkdir()
+    with ConsulAgent(workdir=tmp_path / "consul") as agent, closing(engine.client()) as client:
+        try:
+            files = {f"datacenters/test/{node}/node.yml": f"docker: {engine.unix_url}\naddress: {engine.address}\n",
+                     "datacenters/test/datacenter.yml": f"consul: {agent.address}\n"}
+            root, _ = make_repo(tmp_path / "infra", engine.unix_url,
+                                CONSUL_WEB.format(image=WEB1, name=f"{node}-web"), node=node, extra_files=files)
+            done = cli(root, "deploy", WEB1, f"test/{node}")
+            assert done.exit_code == 0, done.output
+            store = TokenStore(tmp_path / "tokens.json")
+            token = store.add("reader", "read")
+            with ServeProcess(root, tmp_path / "tokens.json", "--status-interval", "1") as server:
+                def web():
+                    body = api(server, "GET", "/api/v1/status", token).json()
+                    return body["datacenters"][0], body["datacenters"][0]["nodes"][0]["services"][0]
+
+                dc, svc = wait_for("passing", lambda: (lambda d, s: (d, s) if s["health"] == "passing" else None)(
+                    *web()), 30, 0.3)
+                assert dc["consul"] == agent.address and svc["checks"][0]["status"] == "passing"
+                (container,) = [c for c in managed(client, node) if c.status == "running"]
+                container.stop(timeout=1)
+                dc, svc = wait_for("critical", lambda: (lambda d, s: (d, s) if s["health"] == "critical" else None)(
+                    *web()), 30, 0.3)
+                assert svc["state"] == "stopped" and svc["checks"][0]["output"]
+                agent.kill()
+                dc, svc = wait_for("unknown", lambda: (lambda d, s: (d, s) if s["health"] == "unknown" else None)(
+                    *web()), 30, 0.3)
+                assert dc["consul_error"].startswith(f"Consul at {agent.address}")
+        finally:
+            remove_node_containers(client, node)
