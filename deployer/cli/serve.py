@@ -120,7 +120,9 @@ def serve(ctx, remote, clone_dir, listen, tls_cert, tls_key, tokens_file, config
                             lifespan="on", server_header=False)
     url = f"{'https' if tls_cert else 'http'}://{host}:{port}"
     if as_json:
-        print_json({"url": url, "repo": str(root), "tokens": str(settings.tokens), "pid": os.getpid()})
+        import json  # one line: a supervisor (or a test) reads it as the first line of stdout
+
+        click.echo(json.dumps({"url": url, "repo": str(root), "tokens": str(settings.tokens), "pid": os.getpid()}))
         sys.stdout.flush()
     elif not quiet:
         click.echo(f"deployer serve: {url} over {root} (tokens: {settings.tokens})", err=True)
