@@ -96,11 +96,14 @@ class Pages:
         return identity
 
     def page(self, handler):
-        """A page handler: 401 -> the sign-in page, another refusal -> an HTML error page."""
+        """A page handler. For a browser (``Accept: text/html``): 401 -> the sign-in page, another refusal ->
+        an HTML error page; for any other client the one-line JSON error the API answers with."""
         async def endpoint(request: Request) -> Response:
             try:
                 return await handler(request)
             except ApiError as exc:
+                if not wants_html(request):
+                    return json_error(exc)
                 if exc.status == 401 and request.method in auth.SAFE_METHODS:
                     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                     return RedirectResponse(f"/login?next={quote(target, safe='/')}", 303,
@@ -110,6 +113,8 @@ class Pages:
                     response.headers[key] = value
                 return response
             except DeployerError as exc:
+                if not wants_html(request):
+                    return json_error(ApiError(400, exc.one_line()))
                 return self.error(request, 400, str(exc))
         endpoint.__name__ = handler.__name__
         return endpoint
@@ -120,7 +125,7 @@ class Pages:
             try:
                 return await handler(request)
             except ApiError as exc:
-                return JSONResponse({"error": exc.message}, exc.status, headers=exc.headers or None)
+                return json_error(exc)
         endpoint.__name__ = handler.__name__
         return endpoint
 
@@ -136,7 +141,7 @@ class Pages:
         try:
             session = auth.sign_in(request, str(form.get("token") or ""))
         except ApiError as exc:
-            if exc.status != 401:
+            if exc.status != 401 or not wants_html(request):
                 raise
             return self.render(request, "login.html", 401, next=next_url, error="That token is not valid.")
         response = RedirectResponse(next_url, 303, headers=SECURITY_HEADERS)
@@ -190,8 +195,6 @@ class Pages:
                            rollback_href=f"/services/{dc}/{node}/{service}/rollback", **view)
 
     async def rollback(self, request: Request) -> Response:
-        dc, node, service = self._target(request)
-        target = f"{dc}/{node}/{service}"
         if request.method == "GET":
             self.who(request, "deploy")
             wanted = request.query_params.get("to", "")
@@ -201,6 +204,8 @@ class Pages:
             self.who(request, "deploy", str(form.get("csrf_token") or ""))
             wanted = str(form.get("to") or "")
             reason = str(form.get("reason") or "").strip()
+        dc, node, service = self._target(request)
+        target = f"{dc}/{node}/{service}"
         view = await asyncio.to_thread(service_history, self.state, dc, node, service)
         if view is None:
             raise ApiError(404, f"no service {target} in the repository")
@@ -267,6 +272,14 @@ def _plain_sse(event: dict) -> bytes:
     return f"id: {event.get('id', '')}\ndata: {json.dumps(event, separators=(',', ':'), default=str)}\n\n".encode()
 
 
+def wants_html(request: Request) -> bool:
+    return "text/html" in request.headers.get("accept", "")
+
+
+def json_error(exc: ApiError) -> JSONResponse:
+    return JSONResponse({"error": " ".join(exc.message.split())}, exc.status, headers=exc.headers or None)
+
+
 def _local_path(text: str) -> str:
     """Where to go after signing in: a path on this site only (never another host)."""
     parts = urlsplit(text or "/")
@@ -284,7 +297,7 @@ def routes(state: Any) -> list:
     page, data = pages.page, pages.data
     return [
         Route("/", page(pages.fleet), methods=["GET"]),
-        Route("/login", page(pages.login), methods=["GET", "POST"]),
+        Route("/login", page(pages.login), methods=["GET", "POST"], name="public:login"),
         Route("/logout", page(pages.logout), methods=["POST"]),
         Route("/activity", page(pages.activity), methods=["GET"]),
         Route("/services/{dc}/{node}/{service}", page(pages.service), methods=["GET"]),
@@ -292,5 +305,5 @@ def routes(state: Any) -> list:
         Route("/jobs/{id}", page(pages.job), methods=["GET"]),
         Route("/fleet.json", data(pages.fleet_json), methods=["GET"]),
         Route("/events", data(pages.events), methods=["GET"]),
-        Mount("/static", app=StaticFiles(directory=str(STATIC)), name="static"),
+        Mount("/static", app=StaticFiles(directory=str(STATIC)), name="public:static"),
     ]

@@ -17,6 +17,7 @@ from deployer.serve.pages import _local_path
 from deployer.serve.state import ServeSettings, ServeState
 
 SCRIPT = "<script>window.pwned=1</script>"
+BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"  # what chromium asks for
 IMG = '"><img src=x onerror="window.pwned=2">'
 
 
@@ -153,7 +154,7 @@ def app_state(tmp_path):
 
 
 def signed_in(app_state, token_key="token") -> TestClient:
-    client = TestClient(app_state["app"], base_url="http://testserver")
+    client = TestClient(app_state["app"], base_url="http://testserver", headers={"Accept": BROWSER})
     done = client.post("/login", data={"token": app_state[token_key], "next": "/services/test/n1/web"},
                        follow_redirects=False)
     assert done.status_code == 303 and done.headers["location"] == "/services/test/n1/web"
@@ -162,18 +163,33 @@ def signed_in(app_state, token_key="token") -> TestClient:
     return client
 
 
-def test_pages_without_a_session_go_to_sign_in_and_data_routes_answer_401(app_state):
-    client = TestClient(app_state["app"])
-    for path in ("/", "/activity", "/services/test/n1/web", "/jobs/x"):
+PAGES = ("/", "/activity", "/services/test/n1/web", f"/services/test/n1/web/rollback?to={'0' * 40}", "/jobs/x")
+
+
+def test_pages_without_a_session_send_a_browser_to_sign_in_and_data_routes_answer_401(app_state):
+    client = TestClient(app_state["app"], headers={"Accept": BROWSER})
+    for path in PAGES:
         done = client.get(path, follow_redirects=False)
-        assert done.status_code == 303 and done.headers["location"].startswith("/login?next="), path
+        assert done.status_code == 303 and done.headers["location"].startswith("/login?next=/"), path
+    assert client.get("/", follow_redirects=False).headers["location"] == "/login?next=/"
     assert client.get("/fleet.json").status_code == 401
     assert client.get("/events").status_code == 401
     assert client.get("/static/dashboard.js").status_code == 200  # no data in it
+    assert client.get("/login").status_code == 200
+
+
+def test_a_client_that_is_not_a_browser_gets_the_apis_one_line_json_errors(app_state):
+    client = TestClient(app_state["app"])
+    for path in PAGES:
+        done = client.get(path, follow_redirects=False)
+        assert done.status_code == 401 and list(done.json()) == ["error"], path
+    for path in ("/logout", "/services/test/n1/web/rollback", "/login"):
+        done = client.post(path, data={"token": "dps_nope"}, follow_redirects=False)
+        assert done.status_code == 401 and list(done.json()) == ["error"], path
 
 
 def test_a_wrong_token_does_not_sign_in(app_state):
-    client = TestClient(app_state["app"])
+    client = TestClient(app_state["app"], headers={"Accept": BROWSER})
     done = client.post("/login", data={"token": "dps_nope"}, follow_redirects=False)
     assert done.status_code == 401 and "That token is not valid." in done.text and "set-cookie" not in done.headers
 
