@@ -178,7 +178,7 @@ def sign_in(b, url: str, token: str) -> None:
     assert "/login" in d.current_url
     d.find_element(By.ID, "token").send_keys(token)
     d.find_element(By.ID, "sign-in").click()
-    b.wait_for(lambda: d.find_element(By.ID, "live").text == "live", 15, what="the event stream to connect")
+    b.wait_for(lambda: d.find_element(By.ID, "live").text == "live", 30, what="the event stream to connect")
 
 
 def cell(b, key: str, field: str):
@@ -203,7 +203,7 @@ def test_sign_in_see_a_service_turn_red_and_roll_back_from_the_page(site, browse
     b.screenshot("sign-in")
     sign_in(b, url, site["token"])
     assert d.find_element(By.CSS_SELECTOR, ".who b").text == TOKEN_NAME
-    b.wait_for(lambda: cell(b, target, "health").text == "passing", 20, what="the service passing in Consul")
+    b.wait_for(lambda: cell(b, target, "health").text == "passing", 45, what="the service passing in Consul")
     assert cell(b, target, "image").text == WEB2 and cell(b, target, "running").text == WEB2
     b.screenshot("fleet")
 
@@ -259,7 +259,7 @@ def test_sign_in_see_a_service_turn_red_and_roll_back_from_the_page(site, browse
     b.wait_for(lambda: d.find_element(By.ID, "job-state").text in ("ok", "failed"), 90, what="the rollback to end")
     lines = d.find_element(By.ID, "job-lines").text
     assert d.find_element(By.ID, "job-state").text == "ok", lines
-    b.wait_for(lambda: d.find_element(By.ID, "job-result").text.startswith("commit "), 10, what="the commit")
+    b.wait_for(lambda: d.find_element(By.ID, "job-result").text.startswith("commit "), 30, what="the commit")
     b.screenshot("rollback-job")
 
     # the new commit: in the remote's log (author = the token, the reason in the message) and on the page
@@ -270,7 +270,7 @@ def test_sign_in_see_a_service_turn_red_and_roll_back_from_the_page(site, browse
     assert d.find_element(By.ID, "job-result").text == f"commit {after[0][:12]}"
     d.find_element(By.ID, "back").click()
     b.wait_for(lambda: d.find_elements(By.CSS_SELECTOR, "#history tbody tr")[0].get_attribute("data-commit")
-               == after[0], 10, what="the rollback's commit on the service page")
+               == after[0], 30, what="the rollback's commit on the service page")
     top = d.find_elements(By.CSS_SELECTOR, "#history tbody tr")[0]
     assert top.find_element(By.CSS_SELECTOR, ".image").text == WEB1
     assert top.find_element(By.CSS_SELECTOR, ".author").text == TOKEN_NAME
@@ -367,8 +367,8 @@ def test_form_posts_without_the_csrf_token_or_from_another_origin_are_refused(si
     evil = Evil(post, {**fields, "csrf_token": "guessed"})
     try:
         b.get(evil.url)
-        b.wait_for(lambda: d.current_url.startswith(url), 10, what="the forged post")
-        b.wait_for(lambda: d.find_element(By.TAG_NAME, "h1").text == "403", 10, what="the refusal")
+        b.wait_for(lambda: d.current_url.startswith(url), 30, what="the forged post")
+        b.wait_for(lambda: d.find_element(By.TAG_NAME, "h1").text == "403", 30, what="the refusal")
         assert "CSRF" in d.find_element(By.ID, "error-message").text or "origin" in \
             d.find_element(By.ID, "error-message").text
         b.screenshot("csrf-refused")
@@ -393,7 +393,7 @@ def test_the_page_says_when_the_remote_is_unreachable_and_when_consul_is_down(en
             make_site(engine, consul, tmp_path, "--sync-interval", "1s") as site:
         url, target = site["url"], site["target"]
         sign_in(b, url, site["token"])
-        b.wait_for(lambda: cell(b, target, "health").text == "passing", 20, what="the service passing")
+        b.wait_for(lambda: cell(b, target, "health").text == "passing", 45, what="the service passing")
         banner = d.find_element(By.ID, "sync-error")
         assert not banner.is_displayed()
 
@@ -401,12 +401,12 @@ def test_the_page_says_when_the_remote_is_unreachable_and_when_consul_is_down(en
         head = git(site["clone"], "rev-parse", "HEAD")
         away = site["remote"].with_name("remote-away.git")
         site["remote"].rename(away)
-        b.wait_for(lambda: banner.is_displayed(), 15, what="the sync error on the page")
+        b.wait_for(lambda: banner.is_displayed(), 30, what="the sync error on the page")
         assert "Repository sync failed" in banner.text and "remote.git" in banner.text
         b.screenshot("remote-unreachable")
         assert git(site["clone"], "rev-parse", "HEAD") == head and git(site["clone"], "status", "--porcelain") == ""
         away.rename(site["remote"])
-        b.wait_for(lambda: not banner.is_displayed(), 15, what="the sync error to clear")
+        b.wait_for(lambda: not banner.is_displayed(), 30, what="the sync error to clear")
 
         # Consul dies: health is unknown and the datacenter says why; it comes back: the note goes
         consul.kill()

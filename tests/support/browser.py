@@ -145,12 +145,12 @@ class Browser:
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         try:
             self.driver = webdriver.Remote(command_executor=self.driver_url, options=options,
-                                           client_config=ClientConfig(self.driver_url, timeout=60))
+                                           client_config=ClientConfig(self.driver_url, timeout=180))
         except BaseException:
             self.close()
             raise
         self._pids.update(_children(self.driver_proc.pid))
-        self.driver.set_page_load_timeout(30)
+        self.driver.set_page_load_timeout(120)  # a loaded 2-core machine can take long
         return self
 
     def log_tail(self) -> str:
@@ -216,7 +216,7 @@ class Browser:
         except Exception:  # noqa: BLE001 - not every driver keeps the log
             return []
 
-    def wait_for(self, predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
+    def wait_for(self, predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
