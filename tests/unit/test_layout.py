@@ -38,7 +38,9 @@ FLOORS = {  # folder -> floor; shared modules are floor 0
     "engine": 1, "config": 1, "gitrepo": 1,
     "build": 2, "discovery": 2,
     "ops": 3,
-    "cli": 4,
+    "alerts": 4,
+    "serve": 5,
+    "cli": 6,
 }
 ENTRY_POINT = "deployer.__main__"  # above everything: the one module that may import cli
 # same-floor imports allowed: (importing folder, imported module or folder)
