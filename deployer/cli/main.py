@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from deployer.cli import (build, compose_config, completion, deploy, discovery, fleet, lock, nodes, prune, repo,
+from deployer.cli import (alerts, build, compose_config, completion, deploy, discovery, fleet, lock, nodes, prune, repo,
                           scale, service)
 from deployer.cli.options import (JSON_META, JSON_PRINTED_META, assign_envvars, no_color_option, repo_option,
                                   setup_logging)
@@ -134,7 +134,8 @@ def main(ctx: click.Context, repo: str) -> None:
     setup_logging()
 
 
-for _subject in (repo, compose_config, deploy, fleet, nodes, lock, build, discovery, completion, service, prune, scale):
+for _subject in (repo, compose_config, deploy, fleet, nodes, lock, build, discovery, completion, service, prune, scale,
+                 alerts):
     for _command in _subject.COMMANDS:
         main.add_command(_command)
 assign_envvars(main)
