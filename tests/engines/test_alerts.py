@@ -197,8 +197,11 @@ def test_down_after_the_threshold_once_naming_the_check_back_to_normal_a_flap_se
         stopped = time.monotonic()
         wait_until(lambda: receiver.texts("/slack") and receiver.texts("/json"), what="the down alert")
         (text,) = receiver.texts("/slack")
-        assert text.startswith(f"test: service {name} is down: check 'Service '{name}' check' (") and \
-            f" on node {consul_agent.node}) failing: " in text and "connection refused" in text, text
+        # e.g. test: service n16ea554-web is down: check 'deployer http:/ check' (n16ea554:3ca0a1eb707f:80 on node
+        # deployer-test) failing: Get "http://10.210.0.11:40021/": dial tcp 10.210.0.11:40021: connect: connection refused
+        assert text.startswith(f"test: service {name} is down: check 'deployer http:/ check' ({node}:") and \
+            f" on node {consul_agent.node}) failing: Get \"http://{engine.address}:" in text and \
+            text.endswith("connection refused"), text
         (body,) = receiver.bodies("/json")
         assert (body["type"], body["kind"], body["state"], body["service"], body["text"]) == (
             "alert", "health", "critical", name, text)
@@ -213,8 +216,8 @@ def test_down_after_the_threshold_once_naming_the_check_back_to_normal_a_flap_se
         container.start()
         wait_until(lambda: len(receiver.texts("/slack")) == 2, what="back to normal")
         back = receiver.texts("/slack")[1]
-        assert back.startswith(f"test: service {name} is back to normal: check 'Service '{name}' check' (") and \
-            "passing (was critical for " in back, back
+        assert back.startswith(f"test: service {name} is back to normal: check 'deployer http:/ check' ({node}:") \
+            and "passing (was critical for " in back, back
         wait_until(lambda: len(receiver.texts("/json")) == 2, what="back to normal as JSON")
         time.sleep(1)
         assert len(receiver.texts("/slack")) == 2
