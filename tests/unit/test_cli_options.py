@@ -21,13 +21,15 @@ MINIMAL_ARGS = {
     "node rm": ["dc/node"],
     "registrator": ["dc"],
     "prune": [],
+    "alerts watch": [],
 }
 
 #: The defaults, as seconds (unchanged).
-DEFAULTS = {"wait": 0.0, "settle": None, "health_timeout": None, "interval": 10.0, "resync": 30.0, "pause": 0.0}
+DEFAULTS = {"wait": 0.0, "settle": None, "health_timeout": None, "interval": 10.0, "resync": 30.0, "pause": 0.0,
+            "drift_interval": None}
 
 #: Where zero is refused (as before: only watch-builds --interval).
-POSITIVE = {("watch-builds", "interval")}
+POSITIVE = {("watch-builds", "interval"), ("alerts watch", "drift_interval")}
 
 ACCEPTED = [("1m30s", 90.0), ("250ms", 0.25), ("1.5", 1.5), ("2", 2.0), ("10s", 10.0), ("2m", 120.0),
             ("1h", 3600.0), ("1.5h", 5400.0), ("0.5s", 0.5), ("1h2m3s", 3723.0)]
