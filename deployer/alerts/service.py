@@ -64,7 +64,11 @@ def event_alert(event: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     ident = event.get("commit") or event.get("job") or event.get("id") or ""
     if kind == "lock":
         state = str(event.get("state") or event.get("action") or "taken")
-        text = f"lock {'released' if state == 'released' else 'taken'} on {where}{by}{why}"
+        if state == "failed" or event.get("ok") is False:
+            state = "failed"
+            text = f"lock request on {where}{by} failed: {event.get('error') or '?'}"
+        else:
+            text = f"lock {'released' if state == 'released' else 'taken'} on {where}{by}{why}"
         return f"lock:{ident or where}:{state}:{event.get('t')}", alert("lock", state, text, targets=targets,
                                                                          job=event.get("job"))
     ok = event.get("ok")
@@ -151,7 +155,13 @@ class AlertService:
             if self.once.first(key):
                 self._alert(a)
 
-    def start(self) -> "AlertService":
+    def start(self, serve: Any = None) -> "AlertService":
+        """Start the watches. ``serve`` (a ``deployer serve`` state, duck-typed: alerts never imports serve):
+        alert / drift / health events go to its broker, and its deploy / rollback / lock events come here."""
+        if serve is not None:
+            broker = serve.broker
+            self.subscribe(lambda e: broker.publish(e["type"], **{k: v for k, v in e.items() if k != "type"}))
+            broker.listen(self.publish)
         for w in self.watches:
             w.start()
         self._spawn("alerts ticker", self._tick_loop)

@@ -127,6 +127,11 @@ def test_deploy_and_lock_events_become_alerts_keyed_by_commit_or_job():
     assert a["text"] == "rolled back test/n1/web to web:1 (commit abc)" and a["kind"] == "rollback"
     _, a = event_alert({"type": "lock", "state": "taken", "targets": ["test/n1"], "who": "ann", "reason": "db move"})
     assert a["text"] == "lock taken on test/n1 by ann: db move"
+    _, a = event_alert({"type": "lock", "ok": True, "target": "test/n1", "state": "released", "who": "ann", "job": "7"})
+    assert a["text"] == "lock released on test/n1 by ann" and a["state"] == "released"
+    _, a = event_alert({"type": "lock", "ok": False, "target": "test/n1", "state": "failed", "who": "bob",
+                        "error": "held by ann"})
+    assert a["text"] == "lock request on test/n1 by bob failed: held by ann"
     assert event_alert({"type": "status"}) is None and event_alert({"type": "alert", "text": "x"}) is None
 
 
