@@ -2,7 +2,7 @@
 
 * no import circle between modules of deployer/ (imports anywhere in a module
   count: module level, inside functions, under ``if TYPE_CHECKING``);
-* imports go one way down the floors: cli -> ops -> build / discovery ->
+* imports go one way down the floors: cli -> serve -> alerts -> ops -> build / discovery ->
   engine / config / gitrepo -> shared (deployer/{errors,model,labels,values,
   spec,imageref,files}.py and deployer/__init__.py). A module may import its
   own folder, a lower floor, or the shared modules. Same floor only where
