@@ -3,6 +3,9 @@ with self-heal the repository's state is applied to the drifted nodes.
 
 * ``drift_of(plans)``: node -> the pending changes' summaries (pure). A node that
   could not be read is *unknown*, not drifted (nothing is announced for it).
+* a node whose lock a deploy (or apply) holds is *busy*: what the plan shows there is
+  that command's own work (a ``-next`` container, say), so it counts as unknown; a
+  manual lock (``deployer lock acquire``) does not hide drift;
 * a node's drift is announced when its set of pending changes differs from what
   was announced last (a new drift, a different one, or none any more: "matches the
   repository again"), so a drift that stays is announced once;
@@ -57,11 +60,15 @@ class DriftWatch:
     def run_once(self) -> dict[str, tuple[str, ...] | None]:
         with self._lock:
             drift = drift_of(self.deployer.plan(prune=self.prune))
+            locks = self._locks([n for n, d in sorted(drift.items()) if d])
+            for node, status in locks.items():
+                if status.held and not status.holder.get("manual"):
+                    drift[node] = None  # a deploy (or apply) is under way: what it shows is its own work
             self._announce(drift)
             if self.self_heal:
                 healed = [n for n, d in sorted(drift.items()) if d]
                 if healed:
-                    self._heal(healed)
+                    self._heal(healed, locks)
                     again = drift_of(self.deployer.plan(healed, prune=self.prune))
                     drift.update(again)
                     self._announce(again)
@@ -92,12 +99,17 @@ class DriftWatch:
             self.skipped[node] = why
             self.emit(alert("drift", "heal-skipped", f"self-heal of {node} skipped: {why}", node=node))
 
-    def _heal(self, nodes: list[str]) -> None:
+    def _locks(self, nodes: list[str]) -> dict[str, Any]:
+        """The lock of each drifted node (``ops.locks.lock_status``): none asked when nothing drifted."""
+        if not nodes:
+            return {}
         from deployer.ops.locks import lock_status
 
-        infra = self.deployer.load()
+        return {s.target: s for s in lock_status(self.root, self.deployer.load(), nodes)}
+
+    def _heal(self, nodes: list[str], locks: dict[str, Any]) -> None:
         free = []
-        for status in lock_status(self.root, infra, nodes):
+        for status in (locks[n] for n in nodes):
             if status.held:
                 self._skip(status.target, f"its lock is held by {describe_holder(status.holder)}")
             elif status.error:

@@ -340,4 +340,70 @@ def test_alerts_test_sends_to_every_sink_and_fails_naming_the_broken_one(engine,
     assert done.returncode == 1
     assert len(receiver.texts("/slack")) == 1 and receiver.texts("/slack")[0].startswith("deployer alerts test from ")
     assert receiver.bodies("/json")[0]["kind"] == "test"
-    assert f"failed: HTTP 500 Internal Server Error" in done.stdout and f"{receiver.url}/..." in done.stdout
+    assert "failed: HTTP 500 Internal Server Error" in done.stdout and f"{receiver.url}/..." in done.stdout
+
+
+def test_serve_runs_the_alerts_deploys_are_announced_once_and_alert_and_drift_events_reach_its_stream(
+        engine, client, receiver, tmp_path):
+    import httpx
+
+    from deployer.serve.auth import TokenStore
+    from tests.support.repos import web_compose
+    from tests.support.serve import ServeProcess
+
+    node = unique_node()
+    seed, _ = make_repo(tmp_path / "seed", engine.unix_url, web_compose(WEB1), node=node,
+                        extra_files={"alerts.yml": alerts_yml(receiver, "1s")})
+    remote = tmp_path / "remote.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
+    git(seed, "push", "-q", str(remote), "main")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(remote), str(clone)], check=True)
+    assert cli(clone, "deploy", WEB1, f"test/{node}", "--no-consul").exit_code == 0
+    tokens_file = tmp_path / "cfg" / "tokens.json"
+    token = TokenStore(tokens_file).add("ci-bot", "read,deploy")
+    target = f"test/{node}/web"
+    auth = {"Authorization": f"Bearer {token}"}
+    try:
+        with ServeProcess(clone, tokens_file, "--no-consul", "--alerts", "--drift-interval", "1s") as server:
+            events: list[dict] = []
+
+            def listen():
+                try:
+                    with httpx.stream("GET", server.url + "/api/v1/events?types=alert,drift", headers=auth,
+                                      timeout=120) as r:
+                        for line in r.iter_lines():
+                            if line.startswith("data: "):
+                                events.append(json.loads(line[6:]))
+                except httpx.HTTPError:
+                    pass  # the service stopped
+
+            threading.Thread(target=listen, daemon=True).start()
+            wait_until(lambda: any(e["type"] == "drift" and e.get("state") == "in-sync" for e in events),
+                       what="a drift pass on the stream")
+            r = httpx.post(server.url + "/api/v1/deploy", headers=auth, timeout=30,
+                           json={"image": "deployer-test/web:2", "targets": [target], "reason": "release 2"})
+            assert r.status_code == 202, r.text
+            wait_until(lambda: receiver.texts("/slack"), timeout=90, what="the deploy's alert")
+            (text,) = receiver.texts("/slack")
+            commit = git(remote, "rev-parse", "main")
+            assert text == f"deploy of deployer-test/web:2 to {target} succeeded (commit {commit[:12]}) by ci-bot: " \
+                           "release 2"
+            r = httpx.post(server.url + "/api/v1/deploy", headers=auth, timeout=30,
+                           json={"image": "deployer-test/missing:9", "targets": [target], "reason": "oops"})
+            assert r.status_code == 202, r.text
+            wait_until(lambda: len(receiver.texts("/slack")) == 2, timeout=90, what="the failed deploy's alert")
+            failed = receiver.texts("/slack")[1]
+            assert failed.startswith(f"deploy of deployer-test/missing:9 to {target} failed by ci-bot: "), failed
+
+            web(client, node).remove(force=True)  # drift, seen by serve's drift watch
+            wait_until(lambda: len(receiver.texts("/slack")) == 3, what="the drift alert")
+            assert receiver.texts("/slack")[2] == f"drift on test/{node}: create {target} (no container)"
+            time.sleep(2.5)
+            assert len(receiver.texts("/slack")) == 3  # each announced once
+            alerts = [e["text"] for e in events if e["type"] == "alert"]
+            assert alerts == receiver.texts("/slack")
+            assert any(e["type"] == "drift" and e.get("state") == "drifted" and e["node"] == f"test/{node}"
+                       for e in events)
+    finally:
+        remove_node_containers(client, node)
