@@ -158,12 +158,12 @@ def deploy_loop(url: str, token: str, target: str, stop: threading.Event, done: 
 
 
 def sign_in(url: str, token: str) -> dict[str, str]:
-    """The page's session cookie (serve-page's sign-in form: POST /login with the token)."""
+    """The page's session cookie: the sign-in form (POST /login with the token)."""
     with httpx.Client(timeout=30, follow_redirects=False) as client:
-        page = client.get(url + "/login")
-        r = client.post(url + "/login", data={"token": token}, cookies=page.cookies,
-                        headers={"Origin": url})
-        return dict(r.cookies) or dict(client.cookies)
+        r = client.post(url + "/login", data={"token": token, "next": "/"}, headers={"Origin": url})
+        if r.status_code != 303:
+            raise SystemExit(f"sign-in failed: {r.status_code} {r.text[:200]}")
+        return dict(client.cookies)
 
 
 def main() -> None:

@@ -343,6 +343,14 @@ class EnginesUnavailable(ConsulUnavailable):
         DeployerError.__init__(self, f"{where}: {message}")
 
 
+class AlertSinkError(DeployerError):
+    """An alert could not be delivered to a webhook (its URL shown without the path, which holds the secret)."""
+
+    def __init__(self, sink: str, url: str, reason: str):
+        self.sink, self.url, self.reason = sink, url, reason
+        super().__init__(f"alert sink {sink} ({url}): {reason}")
+
+
 class ServeError(DeployerError):
     """``deployer serve`` and ``deployer token``: the service's own files and settings."""
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import click
 
-from deployer.cli import (build, compose_config, completion, deploy, discovery, fleet, lock, nodes, prune, repo,
-                          scale, serve, service)
+from deployer.cli import (alerts, build, compose_config, completion, deploy, discovery, fleet, lock, nodes, prune,
+                          repo, scale, serve, service)
 from deployer.cli.options import (JSON_META, JSON_PRINTED_META, assign_envvars, no_color_option, repo_option,
                                   setup_logging)
 from deployer.cli.output import end_progress, print_error_json
@@ -135,7 +135,7 @@ def main(ctx: click.Context, repo: str) -> None:
 
 
 for _subject in (repo, compose_config, deploy, fleet, nodes, lock, build, discovery, completion, service, prune, scale,
-                 serve):
+                 serve, alerts):
     for _command in _subject.COMMANDS:
         main.add_command(_command)
 assign_envvars(main)

@@ -91,6 +91,8 @@ def create_app(state: Any, *, start: bool = True) -> Starlette:
             if start:
                 state.stop()
 
+    if start:
+        _add_alerts(state)
     app = Starlette(
         routes=[*api.routes(state), *pages.routes(state)],
         middleware=[Middleware(BodyLimit, limit=state.settings.max_body)],
@@ -99,3 +101,17 @@ def create_app(state: Any, *, start: bool = True) -> Starlette:
     )
     app.state.serve = state
     return app
+
+
+def _add_alerts(state: Any) -> None:
+    """The alerts watcher (``deployer.alerts``) as one of the state's services, unless ``--no-alerts``: its
+    alert / drift / health events go to the broker, the broker's deploy / rollback / lock events to it. Several
+    serve instances elect one sender (a Consul session lock); a bad alerts.yml stops the start, with its line."""
+    from deployer.alerts.service import AlertService
+
+    settings = state.settings
+    if not getattr(settings, "alerts", False) or any(isinstance(s, AlertService) for s in state.services):
+        return
+    interval = settings.drift_interval
+    state.add_service(AlertService(state.root, self_heal=settings.self_heal, drift=bool(interval and interval > 0),
+                                   drift_interval=interval or None, health=settings.consul, leader=True))

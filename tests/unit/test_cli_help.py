@@ -41,6 +41,7 @@ DURATION_OPTIONS = {
     ("deploy", "pause"): "duration",  # issue 11's rollout options, pinned as they were added
     ("rollback", "pause"): "duration",
     ("registrator", "resync"): "text",
+    ("alerts watch", "drift_interval"): "duration",  # issue 14's alerts, pinned as they were added
     ("serve", "sync_interval"): "duration",  # issue 14's serve, pinned as it was added
     ("serve", "status_interval"): "duration",
     ("serve", "drift_interval"): "duration",
