@@ -137,7 +137,10 @@
     // job events carry the job's id in "job" ("id" is the event's own number)
     if (!jobId || ev.job == null || String(ev.job) !== jobId) { return; }
     if (ev.type === "job") {
-      if (ev.line != null && jobLines) { jobLines.appendChild(document.createTextNode(String(ev.line) + "\n")); }
+      if (ev.line != null && jobLines) {
+        jobLines.appendChild(document.createTextNode(String(ev.line) + "\n"));
+        jobLines.setAttribute("data-streamed", String(Number(jobLines.getAttribute("data-streamed") || 0) + 1));
+      }
       if (ev.state) {
         var st = document.getElementById("job-state");
         setText(st, ev.state);
