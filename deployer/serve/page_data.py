@@ -20,8 +20,9 @@ from deployer.gitrepo.repo import InfraRepo
 HEALTH = ("passing", "warning", "critical", "unknown")
 VERSIONS = 30  # versions of a service shown
 FIRST_SNAPSHOT_WAIT = 20.0  # seconds the first page waits for the fleet's first snapshot
-DESCRIBE_KEYS = ("state", "targets", "target", "image", "commit", "who", "by", "holder", "reason", "message", "error",
-                 "line")
+DESCRIBE_KEYS = ("state", "text", "targets", "target", "node", "image", "commit", "who", "by", "holder", "reason",
+                 "message", "error", "line")
+PLAIN_KEYS = ("text", "message", "line")  # shown as they are; the others as "key value"
 
 
 def stamp(t: float | None) -> str:
@@ -187,7 +188,7 @@ def describe(event: dict) -> str:
         if value is None or value == "":
             continue
         text = _text(value)
-        parts.append(text if key in ("line", "message") else f"{key} {text}")
+        parts.append(text if key in PLAIN_KEYS else f"{key} {text}")
     return " · ".join(parts)
 
 

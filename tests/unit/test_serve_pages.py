@@ -94,6 +94,10 @@ def test_feed_lines_name_the_outcome_and_the_fields_in_order():
     assert page_data.describe({"type": "lock", "ok": False, "target": "a/b", "error": "held"}) == \
         "failed · target a/b · error held"
     assert page_data.describe({"type": "sync", "ok": True, "error": None}) == "ok"
+    assert page_data.describe({"type": "alert", "kind": "health", "state": "critical",
+                               "text": "test: service web is down"}) == "state critical · test: service web is down"
+    assert page_data.describe({"type": "drift", "node": "test/n1", "state": "drifted"}) == \
+        "state drifted · node test/n1"
 
 
 def test_job_view_shows_the_commit_or_the_error():

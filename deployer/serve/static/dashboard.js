@@ -93,7 +93,9 @@
       });
   }
 
-  var KEYS = ["state", "targets", "target", "image", "commit", "who", "by", "holder", "reason", "message", "error", "line"];
+  var KEYS = ["state", "text", "targets", "target", "node", "image", "commit", "who", "by", "holder", "reason",
+              "message", "error", "line"];
+  var PLAIN = ["text", "message", "line"];
   function describe(ev) {
     // the same words as the server's feed (page_data.describe)
     var parts = ev.ok == null ? [] : [ev.ok ? "ok" : "failed"];
@@ -102,7 +104,7 @@
       if (v == null || v === "") { return; }
       if (Array.isArray(v)) { v = v.join(", "); }
       if (typeof v === "object") { v = JSON.stringify(v); }
-      parts.push(k === "line" || k === "message" ? String(v) : k + " " + String(v));
+      parts.push(PLAIN.indexOf(k) >= 0 ? String(v) : k + " " + String(v));
     });
     return parts.join(" \u00b7 ");
   }
