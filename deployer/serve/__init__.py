@@ -5,7 +5,8 @@ Sits above ``alerts`` and ``ops`` (cli -> serve -> alerts -> ops -> ...):
 ``state`` (ServeState: the settings, the token store, the job queue, the
 event broker, the sync and the fleet cache), ``auth`` (API tokens with
 scopes stored hashed, bearer and session-cookie identities, CSRF, the
-failed-auth rate limit), ``api`` (the JSON routes under /api/v1/),
+failed-auth rate limit), ``api`` (the JSON routes under /api/v1/), ``openapi`` (the API as an
+OpenAPI 3.1 document),
 ``validate`` (request bodies checked, one line per problem), ``jobs``
 (deploy / rollback / lock requests queued and run one at a time through ops
 and the repository transaction), ``events`` (the publish/subscribe broker and

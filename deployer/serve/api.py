@@ -12,6 +12,7 @@ POST /api/v1/locks         lock     ``{"target", "reason", "action": "acquire"|"
 GET  /api/v1/jobs          read     the latest jobs
 GET  /api/v1/jobs/ID       read     one job: state, progress lines, result
 GET  /api/v1/events        read     server-sent events (``?types=job,deploy``; ``Last-Event-ID``)
+GET  /api/v1/openapi.json  read     this API as an OpenAPI 3.1 document (``openapi``)
 POST /api/v1/hooks/NAME    HMAC     a CI webhook (``webhook``): deploys the hook's image
 =========================  =======  ================================================================
 
@@ -192,6 +193,14 @@ async def locks(request: Request) -> JSONResponse:
     return _accepted(state.jobs.submit("lock", params, identity, reason))
 
 
+async def openapi(request: Request) -> JSONResponse:
+    auth.require(request, "read")
+    from deployer import __version__
+    from deployer.serve.openapi import document
+
+    return JSONResponse(document(__version__))
+
+
 async def hook(request: Request) -> JSONResponse:
     state = _state(request)
     auth._limited(state, request)
@@ -226,5 +235,6 @@ def routes(state: Any) -> list[Route]:
         Route("/api/v1/jobs", jobs, methods=["GET"], name="api:jobs"),
         Route("/api/v1/jobs/{job_id}", job, methods=["GET"], name="api:job"),
         Route("/api/v1/events", events, methods=["GET"], name="api:events"),
+        Route("/api/v1/openapi.json", openapi, methods=["GET"], name="api:openapi"),
         Route("/api/v1/hooks/{name}", hook, methods=["POST"], name="api:hook"),
     ]

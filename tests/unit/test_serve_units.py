@@ -383,3 +383,14 @@ def test_session_cookie_and_csrf(app_client):
     auth.set_session_cookie(response, request(), state.sessions.create(auth.Identity("r", ("read",))))
     header = response.headers["set-cookie"].lower()
     assert "httponly" in header and "samesite=strict" in header and "path=/" in header and "secure" not in header
+
+
+def test_the_openapi_document_names_every_api_route_and_only_those(app_client):
+    client, state, tokens = app_client
+    doc = client.get("/api/v1/openapi.json", headers={"Authorization": f"Bearer {tokens['r']}"}).json()
+    assert doc["openapi"] == "3.1.0"
+    routes = {(r.path, m.lower()) for r in client.app.routes if r.path.startswith("/api/")
+              for m in r.methods - {"HEAD"}}
+    documented = {(path, method) for path, ops in doc["paths"].items() for method in ops}
+    assert documented == routes
+    assert doc["paths"]["/api/v1/deploy"]["post"]["security"] == [{"bearer": ["deploy"]}]
