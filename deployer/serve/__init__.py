@@ -11,7 +11,10 @@ failed-auth rate limit), ``api`` (the JSON routes under /api/v1/),
 and the repository transaction), ``events`` (the publish/subscribe broker and
 the server-sent-events encoding), ``fleet`` (the fleet status model and its
 background snapshots), ``sync`` (the clone kept up to date with its remote),
-``webhook`` (HMAC-SHA256 signed CI receivers, replays refused) and
+``webhook`` (HMAC-SHA256 signed CI receivers, replays refused),
 ``pages`` (the dashboard's server-rendered pages, with its templates/ and
-static/ package data).
+static/ package data), ``page_data`` (what the pages show, as plain text
+fields: fleet rows, a service's history, a job, the activity feed) and
+``live`` (Consul's health followed with blocking queries, so the fleet
+snapshot and the page update within seconds of a check changing).
 """

@@ -329,10 +329,9 @@ def identify(request: Any) -> Identity:
         raise _fail(state, request, "Authorization must be 'Bearer TOKEN'")
     sid = request.cookies.get(SESSION_COOKIE)
     session = state.sessions.get(sid)
-    if session is None:
-        raise _fail(state, request, "no token: send 'Authorization: Bearer TOKEN' or sign in") if sid else \
-            ApiError(401, "no token: send 'Authorization: Bearer TOKEN' or sign in",
-                     {"WWW-Authenticate": 'Bearer realm="deployer"'})
+    if session is None:  # no cookie, or one of a session that ended (not counted: 256 random bits)
+        raise ApiError(401, "no token: send 'Authorization: Bearer TOKEN' or sign in" if not sid else
+                       "the session ended: sign in again", {"WWW-Authenticate": 'Bearer realm="deployer"'})
     if state.tokens.verify_name(session.identity.name) is False:
         state.sessions.drop(sid)
         raise _fail(state, request, "the session's token was removed: sign in again")

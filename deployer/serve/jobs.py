@@ -37,6 +37,7 @@ from deployer.ops.locks import manual_lock, release_locks
 KINDS = ("deploy", "rollback", "lock")
 KEEP = 1000
 MAX_LINES = 2000
+STOP_WAIT = 60.0  # seconds a stopping service waits for the running job
 
 
 @dataclass
@@ -108,11 +109,22 @@ class JobQueue:
         self._thread = threading.Thread(target=self._run, name="serve-jobs", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = STOP_WAIT) -> None:
+        """Let a running job finish (up to ``timeout`` s), fail the queued ones, stop the worker."""
         self._stopping.set()
         self._queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None and job.state == "queued":
+                job.state, job.error, job.exit_code, job.finished = "failed", "the service stopped before it ran", 1, \
+                    time.time()
+                self._event(job, f"failed: {job.error}")
+                job.done.set()
 
     def _run(self) -> None:
         self.state.sync.pull()
@@ -124,7 +136,9 @@ class JobQueue:
                 if self.state.sync.pull():
                     self.state.fleet.refresh_soon()
                 continue
-            if job is None:
+            if job is None or self._stopping.is_set():
+                if job is not None:
+                    self._queue.put(job)  # stop() fails it
                 break
             self.current = job
             try:

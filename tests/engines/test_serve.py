@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 from contextlib import closing
+from pathlib import Path
 
 import httpx
 import pytest
@@ -69,6 +70,13 @@ def site(engine, tmp_path):
     yield s
     with closing(engine.client()) as client:
         remove_node_containers(client, node)
+
+
+def _try(fn):
+    try:
+        return fn()
+    except httpx.HTTPError:
+        return None
 
 
 def api(server, method, path, token=None, **kw):
@@ -180,7 +188,7 @@ def test_two_deploys_of_one_target_queue_and_commit_as_the_token(site, engine):
         deploys = [e for e in events if e["type"] == "deploy"]
         assert [d["ok"] for d in deploys] == [True, True] and deploys[1]["image"] == WEB3
         history = api(server, "GET", f"/api/v1/history?target={site.target}", site.tokens["reader"]).json()
-        assert [e["image"] for e in history["entries"][:3]] == [WEB3, WEB2, WEB1]
+        assert [e["image"] for e in history["entries"][:2]] == [WEB3, WEB2]
         status = api(server, "GET", "/api/v1/status", site.tokens["reader"]).json()
         svc = status["datacenters"][0]["nodes"][0]["services"][0]
         wait_for("the status after the deploys", lambda: api(server, "GET", "/api/v1/status", token).json()
@@ -308,3 +316,84 @@ def test_serve_killed_mid_deploy_restarts_consistent(site, engine):
         assert running_images(engine, site.node) == [WEB2]
         assert git(site.clone, "status", "--porcelain") == ""
         assert git(site.remote, "log", "-1", "--format=%an %s", "main").startswith("ci-bot deploy")
+
+
+def test_serve_over_tls_from_a_remote_clone(site, tmp_path):
+    cert, key = tmp_path / "serve.crt", tmp_path / "serve.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    clone = tmp_path / "served-clone"
+    server = ServeProcess(None, site.tokens_file, "--remote", str(site.remote), "--clone", str(clone),
+                          "--tls-cert", str(cert), "--tls-key", str(key), "--no-consul", "--status-interval", "1")
+    server.url = server.url.replace("http://", "https://")
+    env_verify = {"verify": str(cert)}
+    try:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        server.proc = subprocess.Popen(server.argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        info = json.loads(server.proc.stdout.readline())
+        assert info["url"] == server.url and info["repo"] == str(clone)
+        r = wait_for("the TLS listener", lambda: _try(lambda: httpx.get(
+            server.url + "/api/v1/status", headers={"Authorization": f"Bearer {site.tokens['reader']}"},
+            timeout=30, **env_verify)), 30, 0.2)
+        assert r.status_code == 200 and r.json()["commit"] == git(site.remote, "rev-parse", "main")
+        assert git(clone, "remote", "get-url", "origin") == str(site.remote)
+        with pytest.raises(httpx.HTTPError):  # plain HTTP to the TLS port gets nothing useful
+            httpx.get(server.url.replace("https://", "http://") + "/api/v1/status", timeout=5).raise_for_status()
+    finally:
+        server.stop()
+
+
+CONSUL_WEB = """\
+services:
+  web:
+    image: {image}
+    init: true
+    ports: ["80"]
+    healthcheck:
+      test: ["CMD", "test", "-f", "/www/index.html"]
+      interval: 200ms
+      timeout: 2s
+      retries: 2
+    labels:
+      deployer.consul.name: "{name}"
+      deployer.consul.check: "http:/"
+      deployer.consul.interval: 1s
+      deployer.consul.wait: 4s
+"""
+
+
+def test_consul_health_in_the_status_critical_when_stopped_unknown_when_consul_is_down(engine, tmp_path):
+    from tests.support.consul import ConsulAgent
+
+    node = unique_node()
+    (tmp_path / "consul").mkdir()
+    with ConsulAgent(workdir=tmp_path / "consul") as agent, closing(engine.client()) as client:
+        try:
+            files = {f"datacenters/test/{node}/node.yml": f"docker: {engine.unix_url}\naddress: {engine.address}\n",
+                     "datacenters/test/datacenter.yml": f"consul: {agent.address}\n"}
+            root, _ = make_repo(tmp_path / "infra", engine.unix_url,
+                                CONSUL_WEB.format(image=WEB1, name=f"{node}-web"), node=node, extra_files=files)
+            done = cli(root, "deploy", WEB1, f"test/{node}")
+            assert done.exit_code == 0, done.output
+            store = TokenStore(tmp_path / "tokens.json")
+            token = store.add("reader", "read")
+            with ServeProcess(root, tmp_path / "tokens.json", "--status-interval", "1") as server:
+                def web():
+                    body = api(server, "GET", "/api/v1/status", token).json()
+                    return body["datacenters"][0], body["datacenters"][0]["nodes"][0]["services"][0]
+
+                dc, svc = wait_for("passing", lambda: (lambda d, s: (d, s) if s["health"] == "passing" else None)(
+                    *web()), 30, 0.3)
+                assert dc["consul"] == agent.address and svc["checks"][0]["status"] == "passing"
+                (container,) = [c for c in managed(client, node) if c.status == "running"]
+                container.stop(timeout=1)
+                dc, svc = wait_for("critical", lambda: (lambda d, s: (d, s) if s["health"] == "critical" else None)(
+                    *web()), 30, 0.3)
+                assert svc["state"] == "stopped" and svc["checks"][0]["output"]
+                agent.kill()
+                dc, svc = wait_for("unknown", lambda: (lambda d, s: (d, s) if s["health"] == "unknown" else None)(
+                    *web()), 30, 0.3)
+                assert dc["consul_error"].startswith(f"Consul at {agent.address}")
+        finally:
+            remove_node_containers(client, node)
