@@ -6,6 +6,8 @@ with self-heal the repository's state is applied to the drifted nodes.
 * a node whose lock a deploy (or apply) holds is *busy*: what the plan shows there is
   that command's own work (a ``-next`` container, say), so it counts as unknown; a
   manual lock (``deployer lock acquire``) does not hide drift;
+* a ``drift`` event (node, state drifted / in-sync / unknown, changes) is published when
+  a node's state or changes differ from the last event, not on every pass;
 * a node's drift is announced when its set of pending changes differs from what
   was announced last (a new drift, a different one, or none any more: "matches the
   repository again"), so a drift that stays is announced once;
@@ -55,6 +57,7 @@ class DriftWatch:
         self.announced: dict[str, tuple[str, ...]] = {}
         self.skipped: dict[str, str] = {}  # node -> why its last self-heal was skipped (announced once)
         self.last: dict[str, tuple[str, ...] | None] = {}
+        self._published: dict[str, tuple[str, tuple[str, ...] | None]] = {}
         self._lock = threading.Lock()
 
     def run_once(self) -> dict[str, tuple[str, ...] | None]:
@@ -77,8 +80,11 @@ class DriftWatch:
 
     def _announce(self, drift: dict[str, tuple[str, ...] | None]) -> None:
         for node, changes in sorted(drift.items()):
-            self.emit({"type": "drift", "node": node, "state": "unknown" if changes is None else (
-                "drifted" if changes else "in-sync"), "changes": list(changes or ())})
+            event = {"type": "drift", "node": node, "state": "unknown" if changes is None else (
+                "drifted" if changes else "in-sync"), "changes": list(changes or ())}
+            if self._published.get(node) != (event["state"], changes):  # a change only: no event per pass
+                self._published[node] = (event["state"], changes)
+                self.emit(event)
             if changes is None:
                 continue
             before = self.announced.get(node, ())

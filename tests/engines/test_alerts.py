@@ -379,8 +379,7 @@ def test_serve_runs_the_alerts_deploys_are_announced_once_and_alert_and_drift_ev
                     pass  # the service stopped
 
             threading.Thread(target=listen, daemon=True).start()
-            wait_until(lambda: any(e["type"] == "drift" and e.get("state") == "in-sync" for e in events),
-                       what="a drift pass on the stream")
+            time.sleep(1.0)  # the stream is open (events published before it are not replayed without an id)
             r = httpx.post(server.url + "/api/v1/deploy", headers=auth, timeout=30,
                            json={"image": "deployer-test/web:2", "targets": [target], "reason": "release 2"})
             assert r.status_code == 202, r.text
