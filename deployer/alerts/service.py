@@ -240,7 +240,7 @@ class AlertService:
         elif not (a.get("kind") == "consul" and a.get("state") == "lost"):
             self._held.append(a)
             del self._held[:-HOLD_LIMIT]
-        log.info("alert%s: %s", "" if a["sent"] else " (another instance sends)", a["text"])
+        log.debug("alert%s: %s", "" if a["sent"] else " (another instance sends)", a["text"])
         self._emit(a)
 
     def _tick_loop(self) -> None:
