@@ -283,7 +283,8 @@ class AlertService:
                     for k in self.rules.keys():
                         if k.startswith(prefix) and k not in seen:
                             self.rules.forget(k)
-            for tr in self.rules.tick(now):
+            # the watcher's own state first: "back on Consul" before the checks it can read again
+            for tr in sorted(self.rules.tick(now), key=lambda tr: not tr.key.startswith("consul:")):
                 self._alert(consul_alert(tr, now) if tr.key.startswith("consul:") else health_alert(tr, now))
 
     @staticmethod
