@@ -6,9 +6,13 @@ with self-heal the repository's state is applied to the drifted nodes.
 * a node whose lock a deploy (or apply) holds is *busy*: what the plan shows there is
   that command's own work (a ``-next`` container, say), so it counts as unknown; a
   manual lock (``deployer lock acquire``) does not hide drift;
+* a ``drift`` event (node, state drifted / in-sync / unknown, changes) is published when
+  a node's state or changes differ from the last event, not on every pass;
 * a node's drift is announced when its set of pending changes differs from what
   was announced last (a new drift, a different one, or none any more: "matches the
-  repository again"), so a drift that stays is announced once;
+  repository again") and has held for ``threshold`` seconds (alerts.yml's, like every
+  other change: a container caught while Docker removes it is not a drift), so a drift
+  that stays is announced once; self-heal acts on announced drift only;
 * self-heal (``--self-heal``) runs ``Deployer.apply`` on the drifted nodes only:
   the same repository transaction and node locks as ``deployer apply``, without
   waiting for a lock (``wait=0``), and never pruning unless ``alerts.yml``
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,7 +49,8 @@ class DriftWatch:
     """One drift pass at a time over the repository at ``root`` (see the module doc)."""
 
     def __init__(self, root: str | Path, *, self_heal: bool = False, prune: bool = False,
-                 emit: Callable[[dict[str, Any]], None], deployer: Any = None):
+                 emit: Callable[[dict[str, Any]], None], deployer: Any = None, threshold: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic):
         from deployer.ops.deploy import Deployer
 
         self.root = Path(root)
@@ -52,9 +58,13 @@ class DriftWatch:
         self.prune = prune
         self.emit = emit  # publishes an event (drift) or an alert (type alert)
         self.deployer = deployer or Deployer(self.root, progress=lambda msg: log.info("self-heal: %s", msg))
+        self.threshold = threshold
+        self.clock = clock
         self.announced: dict[str, tuple[str, ...]] = {}
+        self.pending: dict[str, tuple[tuple[str, ...], float]] = {}  # node -> (changes, first seen)
         self.skipped: dict[str, str] = {}  # node -> why its last self-heal was skipped (announced once)
         self.last: dict[str, tuple[str, ...] | None] = {}
+        self._published: dict[str, tuple[str, tuple[str, ...] | None]] = {}
         self._lock = threading.Lock()
 
     def run_once(self) -> dict[str, tuple[str, ...] | None]:
@@ -65,25 +75,36 @@ class DriftWatch:
                 if status.held and not status.holder.get("manual"):
                     drift[node] = None  # a deploy (or apply) is under way: what it shows is its own work
             self._announce(drift)
-            if self.self_heal:
-                healed = [n for n, d in sorted(drift.items()) if d]
+            if self.self_heal:  # the drift that held (was announced), not a passing state of a node
+                healed = [n for n, d in sorted(drift.items()) if d and d == self.announced.get(n)]
                 if healed:
                     self._heal(healed, locks)
                     again = drift_of(self.deployer.plan(healed, prune=self.prune))
                     drift.update(again)
-                    self._announce(again)
+                    self._announce(again, at_once=True)  # the result of our own apply: no need to wait
             self.last = drift
             return drift
 
-    def _announce(self, drift: dict[str, tuple[str, ...] | None]) -> None:
+    def _announce(self, drift: dict[str, tuple[str, ...] | None], at_once: bool = False) -> None:
+        now = self.clock()
         for node, changes in sorted(drift.items()):
-            self.emit({"type": "drift", "node": node, "state": "unknown" if changes is None else (
-                "drifted" if changes else "in-sync"), "changes": list(changes or ())})
+            event = {"type": "drift", "node": node, "state": "unknown" if changes is None else (
+                "drifted" if changes else "in-sync"), "changes": list(changes or ())}
+            if self._published.get(node) != (event["state"], changes):  # a change only: no event per pass
+                self._published[node] = (event["state"], changes)
+                self.emit(event)
             if changes is None:
                 continue
             before = self.announced.get(node, ())
             if changes == before:
+                self.pending.pop(node, None)
                 continue
+            seen = self.pending.get(node)
+            if seen is None or seen[0] != changes:
+                seen = self.pending[node] = (changes, now)
+            if not at_once and now - seen[1] < self.threshold:
+                continue  # not held long enough yet (a container being removed, a restart under way)
+            self.pending.pop(node, None)
             self.announced[node] = changes
             if changes:
                 text = f"drift on {node}: {'; '.join(one_line(c, 200) for c in changes)}"

@@ -16,7 +16,9 @@ together, as one object that ``deployer alerts watch`` runs alone and ``deployer
   is its return; while Consul is lost its checks are frozen (nothing is announced from
   data nobody can read) and the ``health`` event says ``lost`` (health unknown);
 * deploy / rollback / lock events are announced once per (event, commit or job, result):
-  ``OncePer``;
+  ``OncePer``; with ``history`` the repository's deploy log is read every ``history_interval``
+  seconds too, so deploys made with the CLI (and pulled into serve's clone) are announced, each
+  commit once whichever way it was seen first;
 * with ``leader=True``, only the instance holding the Consul session lock
   ``deployer/leader/alerts/<dcs>`` sends (``discovery.consul_lock.lead``). The others compute
   the same alerts and hold them until they see a leader's key, which means it sent them; an
@@ -95,7 +97,8 @@ class AlertService:
                  secrets_file: str | Path | None = None, self_heal: bool = False,
                  drift_interval: float | None = None, drift: bool = True, health: bool = True,
                  leader: bool = False, tick: float = 0.1, clock: Callable[[], float] = time.monotonic,
-                 blocking_wait: float = 30.0, leader_ttl: float = 10.0):
+                 blocking_wait: float = 30.0, leader_ttl: float = 10.0, history: bool = True,
+                 history_interval: float = 3.0):
         from deployer.config.loader import load
         from deployer.discovery.registration import consul_for
 
@@ -109,7 +112,7 @@ class AlertService:
         self.sinks = Sinks(self.config.sinks)
         self.drift_interval = drift_interval or self.config.drift_interval
         self.drift = DriftWatch(self.root, self_heal=self_heal, prune=self.config.drift_prune,
-                                emit=self._emit_drift) if drift else None
+                                emit=self._emit_drift, threshold=self.config.threshold) if drift else None
         consuls: dict[str, list[str]] = {}
         for dc in sorted(self.infra.datacenters.values(), key=lambda d: d.name):
             if dc.consul:
@@ -117,6 +120,9 @@ class AlertService:
         self.catalogs = {addr: consul_for(self.infra.datacenters[dcs[0]]) for addr, dcs in consuls.items()}
         self.watches = [HealthWatch(self.catalogs[addr], tuple(dcs), blocking_wait=blocking_wait)
                         for addr, dcs in sorted(consuls.items())] if health else []
+        self.history = history
+        self.history_interval = history_interval
+        self._history_seen: set[str] | None = None
         self.leader = leader and bool(consuls)
         self.leader_ttl = leader_ttl
         self.election = sorted(consuls)[0] if consuls else None
@@ -169,15 +175,20 @@ class AlertService:
             self._spawn("drift watch", self._drift_loop)
         if self.leader:
             self._spawn("alerts leader", self._lead)
+        if self.history:
+            self._spawn("deploy log", self._history_loop)
         return self
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop everything within about ``timeout`` seconds in all (the threads are daemons: one busy in a plan
+        or a POST is left to end with the process)."""
+        deadline = time.monotonic() + timeout
         self._stop.set()
         for w in self.watches:
             w.stop()
         for t in self._threads:
-            t.join(timeout)
-        self.sinks.close(timeout=min(timeout, 5.0))
+            t.join(max(0.0, deadline - time.monotonic()))
+        self.sinks.close(timeout=max(0.5, deadline - time.monotonic()))
 
     def check_once(self, wait: float = 10.0) -> list[dict[str, Any]]:
         """``watch --once``: read every Consul once, announce what is not normal now (no threshold), one drift pass."""
@@ -193,6 +204,7 @@ class AlertService:
         finally:
             self.rules.threshold = threshold
         if self.drift is not None:
+            self.drift.threshold = 0.0  # what drifts now
             self._drift_pass()
         for w in self.watches:
             w.stop()
@@ -240,7 +252,7 @@ class AlertService:
         elif not (a.get("kind") == "consul" and a.get("state") == "lost"):
             self._held.append(a)
             del self._held[:-HOLD_LIMIT]
-        log.info("alert%s: %s", "" if a["sent"] else " (another instance sends)", a["text"])
+        log.debug("alert%s: %s", "" if a["sent"] else " (another instance sends)", a["text"])
         self._emit(a)
 
     def _tick_loop(self) -> None:
@@ -283,7 +295,8 @@ class AlertService:
                     for k in self.rules.keys():
                         if k.startswith(prefix) and k not in seen:
                             self.rules.forget(k)
-            for tr in self.rules.tick(now):
+            # the watcher's own state first: "back on Consul" before the checks it can read again
+            for tr in sorted(self.rules.tick(now), key=lambda tr: not tr.key.startswith("consul:")):
                 self._alert(consul_alert(tr, now) if tr.key.startswith("consul:") else health_alert(tr, now))
 
     @staticmethod
@@ -308,6 +321,35 @@ class AlertService:
         except Exception as exc:  # noqa: BLE001 - the watch goes on
             log.exception("drift watch")
             self._emit({"type": "drift", "node": None, "state": "unknown", "error": f"{type(exc).__name__}: {exc}"})
+
+    def _history_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._history_pass()
+            except DeployerError as exc:
+                log.warning("reading the deploy log: %s", exc.one_line())
+            except Exception:  # noqa: BLE001 - the watch goes on
+                log.exception("reading the deploy log")
+            if self._stop.wait(self.history_interval):
+                return
+
+    def _history_pass(self) -> None:
+        """New deploy / rollback commits of the repository (made by any deployer, this clone pulled or
+        deployed from) as deploy / rollback events: keyed by commit like serve's own, so each is announced
+        once whichever is seen first. What was there when the watch started is not announced."""
+        from deployer.ops.deploy import Deployer
+
+        entries = Deployer(self.root).history(limit=50)
+        if self._history_seen is None:
+            self._history_seen = {e.commit for e in entries}
+            return
+        for entry in reversed(entries):  # oldest first
+            if entry.commit in self._history_seen:
+                continue
+            self._history_seen.add(entry.commit)
+            self.publish({"type": entry.action, "ok": True, "targets": list(entry.targets), "image": entry.image,
+                          "commit": entry.commit, "who": entry.author, "reason": entry.reason.strip() or None,
+                          "source": "deploy log"})
 
     # -- leader ---------------------------------------------------------------------------
 
