@@ -343,6 +343,46 @@ class EnginesUnavailable(ConsulUnavailable):
         DeployerError.__init__(self, f"{where}: {message}")
 
 
+class AlertSinkError(DeployerError):
+    """An alert could not be delivered to a webhook (its URL shown without the path, which holds the secret)."""
+
+    def __init__(self, sink: str, url: str, reason: str):
+        self.sink, self.url, self.reason = sink, url, reason
+        super().__init__(f"alert sink {sink} ({url}): {reason}")
+
+
+class ServeError(DeployerError):
+    """``deployer serve`` and ``deployer token``: the service's own files and settings."""
+
+
+class TokenFileError(ServeError):
+    """The tokens file cannot be read or written, or is not what ``deployer token`` writes (bad input)."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class TokenNameError(ServeError):
+    """``deployer token add/rm``: a name that is taken, unknown or not of the allowed characters; a bad scope."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class ServeConfigError(ServeError):
+    """The serve config file (webhook receivers) is missing, unreadable or wrong: ``file: field: message``."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class ApiError(ServeError):
+    """An HTTP request the service refuses: ``status`` (400, 401, 403, 404, 409, 413, 429) and one line."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+        super().__init__(message)
+
+
 class LabelError(DeployerError):
     """A discovery label (``deployer.consul.*``, ``deployer.drain``) with a value that cannot be used."""
 

@@ -31,6 +31,8 @@ PACKAGES=(
     procps              # pgrep, used by the tests
     mmdebstrap          # the Debian base image the builders start from
     debian-archive-keyring
+    chromium            # the headless browser the dashboard's page tests drive (never downloaded)
+    chromium-driver     # /usr/bin/chromedriver, which Selenium (the test extra) talks to
 )
 
 # >>> MORE SYSTEM DEPENDENCIES: add them here ---------------------------------

@@ -10,7 +10,8 @@ status, acquire, release), ``build``
 (build, image, release, watch-builds), ``discovery`` (services, registrator,
 render, templates watch), ``completion`` (``deployer completion``, and what
 target and image arguments complete to), ``service`` (logs, exec, restart;
-``terminal``: the terminal of ``exec -it``), ``prune`` (prune), ``scale`` (scale). The subject modules import only
+``terminal``: the terminal of ``exec -it``), ``prune`` (prune), ``scale`` (scale), ``serve`` (serve; token add/ls/rm),
+``alerts`` (alerts watch, alerts test). The subject modules import only
 ``options`` (every shared option and the duration type, defined once),
 ``output`` (tables, --json, a deploy's result, the command's progress sink),
 ``progress`` (the sinks ``--progress`` picks: plain lines, a live view drawn

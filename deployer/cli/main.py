@@ -9,7 +9,7 @@ an error is also printed on stdout as ``{"error": "...", "exit_code": N}``
 unless the command printed its result already. Every option can be set from
 the environment, ``DEPLOYER_<COMMAND>_<OPTION>`` (options.assign_envvars).
 
-The commands live by subject (repo, compose_config, deploy, fleet, nodes, build, discovery, completion, service);
+The commands live by subject (repo, compose_config, deploy, fleet, nodes, build, discovery, completion, service, serve);
 this module imports them and adds them to the group. Nothing imports it but
 the console script and ``python -m deployer``.
 """
@@ -22,8 +22,8 @@ from typing import Any
 
 import click
 
-from deployer.cli import (build, compose_config, completion, deploy, discovery, fleet, lock, nodes, prune, repo,
-                          scale, service)
+from deployer.cli import (alerts, build, compose_config, completion, deploy, discovery, fleet, lock, nodes, prune,
+                          repo, scale, serve, service)
 from deployer.cli.options import (JSON_META, JSON_PRINTED_META, assign_envvars, no_color_option, repo_option,
                                   setup_logging)
 from deployer.cli.output import end_progress, print_error_json
@@ -134,7 +134,8 @@ def main(ctx: click.Context, repo: str) -> None:
     setup_logging()
 
 
-for _subject in (repo, compose_config, deploy, fleet, nodes, lock, build, discovery, completion, service, prune, scale):
+for _subject in (repo, compose_config, deploy, fleet, nodes, lock, build, discovery, completion, service, prune, scale,
+                 serve, alerts):
     for _command in _subject.COMMANDS:
         main.add_command(_command)
 assign_envvars(main)

@@ -255,4 +255,35 @@ class KeyQuery:
         return f"key({self.key!r})"
 
 
-Dependency = Union[ServicesQuery, HealthQuery, KeyQuery]
+@dataclass(frozen=True)
+class ChecksQuery:
+    """Every health check of the datacenter with its status and output (Consul: /v1/health/state/any),
+    as a tuple of ``Check``: what the alerts watcher follows. Only a Consul has checks to list."""
+
+    def read(self, catalog: Catalog) -> tuple["Check", ...]:
+        if not hasattr(catalog, "query"):
+            raise TypeError(f"{catalog!r} has no health checks to list")
+        return catalog.query(self)[1]  # type: ignore[attr-defined]
+
+    @staticmethod
+    def empty(value: Any) -> bool:
+        return not value
+
+    def __str__(self) -> str:
+        return "checks()"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One health check as Consul lists it (strings from Consul: untrusted, shown escaped)."""
+
+    node: str
+    check_id: str
+    name: str
+    status: str  # passing | warning | critical (anything else Consul says is read as critical)
+    output: str = ""
+    service_id: str = ""
+    service: str = ""
+
+
+Dependency = Union[ServicesQuery, HealthQuery, KeyQuery, ChecksQuery]

@@ -19,6 +19,8 @@ import consul
 import requests
 
 from deployer.discovery.catalog import (
+    Check,
+    ChecksQuery,
     Dependency,
     HealthQuery,
     Instance,
@@ -42,6 +44,14 @@ MIN_WAIT = 0.001  # a blocking query's shortest wait: Consul reads 0 as its defa
 def _one_line(text: str, limit: int = 300) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check(raw: dict[str, Any]) -> Check:
+    status = str(raw.get("Status") or "critical")
+    return Check(node=str(raw.get("Node") or ""), check_id=str(raw.get("CheckID") or ""),
+                 name=str(raw.get("Name") or ""), status=status if status in ("passing", "warning") else "critical",
+                 output=str(raw.get("Output") or "")[:4000], service_id=str(raw.get("ServiceID") or ""),
+                 service=str(raw.get("ServiceName") or ""))
 
 
 class ConsulCatalog:
@@ -157,6 +167,10 @@ class ConsulCatalog:
             new_index, item = self.call(f"key {dep.key}", lambda c: c.kv.get(dep.key.lstrip("/"), **kwargs))
             raw_value = (item or {}).get("Value")
             value = None if item is None else (raw_value or b"").decode("utf-8", "replace")
+        elif isinstance(dep, ChecksQuery):
+            new_index, raw = self.call("health checks", lambda c: c.health.state("any", **kwargs))
+            value = tuple(sorted((_check(c) for c in raw or () if isinstance(c, dict)),
+                                 key=lambda c: (c.node, c.check_id)))
         else:
             raise TypeError(f"not a dependency: {dep!r}")
         try:

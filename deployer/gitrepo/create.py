@@ -34,3 +34,14 @@ def init_repository(directory: str | os.PathLike, message: str) -> str:
     _git(root, identity, "add", "-A")
     _git(root, identity, "commit", "-q", "-m", message)
     return _git(root, identity, "rev-parse", "HEAD")
+
+
+def clone_repository(url: str, directory: str | os.PathLike) -> str:
+    """``git clone`` ``url`` into ``directory`` (which must not exist, or be empty) for ``deployer serve
+    --remote``; returns the directory. RepoError, with git's message, when the clone fails."""
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    done = run(["clone", "-q", url, str(target)], target.parent)
+    if not done.ok:
+        raise RepoError(f"git clone {url} failed: {' '.join(done.err.split())}")
+    return str(target)

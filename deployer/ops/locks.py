@@ -51,10 +51,12 @@ LOCK_TIMEOUT = 15  # seconds for one engine call of the lock
 PARALLEL = 8  # nodes locked at once when nobody waits (no --wait)
 
 
-def holder_info(command: str | None = None, reason: str | None = None, lock_id: str | None = None) -> dict[str, Any]:
-    """Who takes a lock: who, host, pid, command, since, reason, id (the value of the key / the label)."""
+def holder_info(command: str | None = None, reason: str | None = None, lock_id: str | None = None,
+                who: str | None = None) -> dict[str, Any]:
+    """Who takes a lock: who (``who``, or the user), host, pid, command, since, reason, id (the value of the key /
+    the label). ``deployer serve`` passes the token's name as ``who``."""
     own = default_owner_info()
-    info = {"who": own["user"], "host": own["host"], "pid": own["pid"], "command": command or command_line(),
+    info = {"who": who or own["user"], "host": own["host"], "pid": own["pid"], "command": command or command_line(),
             "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "id": lock_id or new_lock_id()}
     proc = process_identity()
     if proc:
@@ -244,12 +246,12 @@ def lock_status(root: str | Path, infra: Infrastructure, targets: list[str] | No
 
 
 def manual_lock(root: str | Path, infra: Infrastructure, targets: list[str], reason: str, *, consul: bool = True,
-                progress: Callable[[str], None] | None = None) -> list[LockStatus]:
+                progress: Callable[[str], None] | None = None, who: str | None = None) -> list[LockStatus]:
     """``deployer lock acquire``: a lock on each node that lasts until ``lock release`` (all or none)."""
     if not reason or not reason.strip():
         raise LockError("a manual lock needs a reason: -m REASON")
     nodes = _nodes(infra, targets)
-    info = holder_info(reason=reason.strip())
+    info = holder_info(reason=reason.strip(), who=who)
     taken: list[tuple[Node, Any]] = []
     try:
         for node in nodes:

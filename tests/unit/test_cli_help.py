@@ -12,7 +12,7 @@ command; ``--json`` on init, node rm, render and templates watch; ``-q``/``-v``
 on every command (help saying where they change nothing); every option's
 ``envvar`` (DEPLOYER_<COMMAND>_<OPTION>, ``--repo``'s DEPLOYER_REPO now through
 click's envvar, its default plain "."); the exit codes in the help of status,
-plan, validate and services. Recaptured for issue 11: deploy's and rollback's rollout options (--batch N|N%,
+plan, validate and services. Recaptured for issue 14: serve and token add/ls/rm. Recaptured for issue 11: deploy's and rollback's rollout options (--batch N|N%,
 --canary, --max-fail, --on-failure, --pause), rollback's TARGETS... and --commit, rollback's --parallel.
 """
 
@@ -41,6 +41,10 @@ DURATION_OPTIONS = {
     ("deploy", "pause"): "duration",  # issue 11's rollout options, pinned as they were added
     ("rollback", "pause"): "duration",
     ("registrator", "resync"): "text",
+    ("alerts watch", "drift_interval"): "duration",  # issue 14's alerts, pinned as they were added
+    ("serve", "sync_interval"): "duration",  # issue 14's serve, pinned as it was added
+    ("serve", "status_interval"): "duration",
+    ("serve", "drift_interval"): "duration",
 }
 
 

@@ -21,13 +21,18 @@ MINIMAL_ARGS = {
     "node rm": ["dc/node"],
     "registrator": ["dc"],
     "prune": [],
+    "alerts watch": [],
+    "serve": [],
 }
 
 #: The defaults, as seconds (unchanged).
-DEFAULTS = {"wait": 0.0, "settle": None, "health_timeout": None, "interval": 10.0, "resync": 30.0, "pause": 0.0}
+DEFAULTS = {"wait": 0.0, "settle": None, "health_timeout": None, "interval": 10.0, "resync": 30.0, "pause": 0.0,
+            "sync_interval": 30.0, "status_interval": 15.0, "drift_interval": 300.0,
+            ("alerts watch", "drift_interval"): None}
 
 #: Where zero is refused (as before: only watch-builds --interval).
-POSITIVE = {("watch-builds", "interval")}
+POSITIVE = {("watch-builds", "interval"), ("serve", "sync_interval"), ("serve", "status_interval"),
+            ("alerts watch", "drift_interval")}
 
 ACCEPTED = [("1m30s", 90.0), ("250ms", 0.25), ("1.5", 1.5), ("2", 2.0), ("10s", 10.0), ("2m", 120.0),
             ("1h", 3600.0), ("1.5h", 5400.0), ("0.5s", 0.5), ("1h2m3s", 3723.0)]
@@ -66,7 +71,7 @@ def test_the_type():
 @pytest.mark.parametrize("command,name", sorted(DURATION_OPTIONS))
 def test_every_duration_option_takes_the_one_grammar(command, name):
     option = flag(command, name)
-    assert parse(command)[name] == DEFAULTS[name]
+    assert parse(command)[name] == DEFAULTS.get((command, name), DEFAULTS.get(name))
     for text, seconds in ACCEPTED:
         assert parse(command, option, text)[name] == seconds, (option, text)
     if (command, name) in POSITIVE:

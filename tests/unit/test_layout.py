@@ -2,7 +2,7 @@
 
 * no import circle between modules of deployer/ (imports anywhere in a module
   count: module level, inside functions, under ``if TYPE_CHECKING``);
-* imports go one way down the floors: cli -> ops -> build / discovery ->
+* imports go one way down the floors: cli -> serve -> alerts -> ops -> build / discovery ->
   engine / config / gitrepo -> shared (deployer/{errors,model,labels,values,
   spec,imageref,files}.py and deployer/__init__.py). A module may import its
   own folder, a lower floor, or the shared modules. Same floor only where
@@ -38,7 +38,9 @@ FLOORS = {  # folder -> floor; shared modules are floor 0
     "engine": 1, "config": 1, "gitrepo": 1,
     "build": 2, "discovery": 2,
     "ops": 3,
-    "cli": 4,
+    "alerts": 4,
+    "serve": 5,
+    "cli": 6,
 }
 ENTRY_POINT = "deployer.__main__"  # above everything: the one module that may import cli
 # same-floor imports allowed: (importing folder, imported module or folder)

@@ -1,0 +1,404 @@
+"""``deployer serve`` end to end: a real serve process on a loopback port, a real engine, a real git remote.
+
+Each test starts its own ``deployer serve`` (tests/support/serve.py, killed by
+PID in a finally) over a clone of a bare remote whose node runs web:1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import threading
+import time
+from contextlib import closing
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deployer.serve.auth import TokenStore
+from tests.support.repos import cli, git, make_repo, managed, remove_node_containers, unique_node, web_compose
+from tests.support.serve import ServeProcess
+
+WEB1, WEB2, WEB3 = "deployer-test/web:1", "deployer-test/web:2", "deployer-test/web:3"
+SECRET = "a-webhook-secret-of-some-length"
+
+
+def wait_for(what, check, timeout=30.0, every=0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every)
+
+
+@pytest.fixture
+def site(engine, tmp_path):
+    """A bare remote, the service's clone (its node runs web:1), a tokens file, a serve config; cleaned after."""
+    node = unique_node()
+    seed, _ = make_repo(tmp_path / "seed", engine.unix_url, web_compose(WEB1), node=node)
+    remote = tmp_path / "remote.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
+    git(seed, "push", "-q", str(remote), "main")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(remote), str(clone)], check=True)
+    done = cli(clone, "deploy", WEB1, f"test/{node}", "--no-consul")
+    assert done.exit_code == 0, done.output
+    tokens_file = tmp_path / "cfg" / "tokens.json"
+    store = TokenStore(tokens_file)
+    tokens = {name: store.add(name, scopes) for name, scopes in
+              (("reader", "read"), ("ci-bot", "read,deploy"), ("oncall", "read,lock"), ("root", "admin"))}
+    config = tmp_path / "cfg" / "serve.yml"
+    config.write_text(f"hooks:\n  web-ci:\n    target: test/{node}/web\n    image: deployer-test/web\n"
+                      f"    secret: {SECRET}\n")
+
+    class Site:
+        pass
+
+    s = Site()
+    s.node, s.remote, s.clone, s.tokens_file, s.tokens, s.config, s.tmp = node, remote, clone, tokens_file, tokens, \
+        config, tmp_path
+    s.target = f"test/{node}/web"
+    s.serve = lambda *args, **kw: ServeProcess(clone, tokens_file, "--config", str(config), "--no-consul",
+                                                "--sync-interval", "1", "--status-interval", "1", *args, **kw)
+    yield s
+    with closing(engine.client()) as client:
+        remove_node_containers(client, node)
+
+
+def _try(fn):
+    try:
+        return fn()
+    except httpx.HTTPError:
+        return None
+
+
+def api(server, method, path, token=None, **kw):
+    headers = dict(kw.pop("headers", {}))
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return httpx.request(method, server.url + path, headers=headers, timeout=30, **kw)
+
+
+def wait_job(server, token, job_id, timeout=90):
+    def done():
+        body = api(server, "GET", f"/api/v1/jobs/{job_id}", token).json()
+        return body if body["state"] in ("ok", "failed") else None
+    return wait_for(f"job {job_id}", done, timeout, 0.2)
+
+
+def running_images(engine, node):
+    with closing(engine.client()) as client:
+        return sorted(c.labels.get("deployer.image") for c in managed(client, node) if c.status == "running")
+
+
+def test_every_route_needs_a_token_and_its_scope_and_bad_bodies_are_refused(site):
+    from deployer.serve.app import create_app
+    from deployer.serve.state import ServeSettings, ServeState
+
+    head = git(site.remote, "rev-parse", "main")
+    with site.serve() as server:
+        # every route of the application, walked: 401 without a token (or signature), the same with a wrong one
+        app = create_app(ServeState(ServeSettings(root=site.clone, tokens=site.tokens_file)), start=False)
+        walked = 0
+        for route in app.routes:
+            if (route.name or "").startswith("public:") or route.name == "static" or route.path == "/login":
+                continue  # the sign-in page and the static files (CSS, script) need no token
+            path = (route.path.replace("{job_id}", "x-1").replace("{id}", "x-1").replace("{name}", "web-ci")
+                    .replace("{dc}/{node}/{service}", site.target))
+            for method in sorted(route.methods - {"HEAD"}):
+                r = api(server, method, path, json={} if method == "POST" else None)
+                if method == "GET" and not path.startswith("/api/") and r.status_code == 303:
+                    assert r.headers["location"].startswith("/login"), (path, r.headers)  # a page: sign in first
+                else:
+                    assert r.status_code == 401, (method, path, r.text)
+                    if path.startswith("/api/"):
+                        assert list(r.json()) == ["error"] and "\n" not in r.text.strip()
+                walked += 1
+        assert walked >= 18
+        r = api(server, "GET", "/api/v1/status", "dps_not-a-real-token")
+        assert r.status_code == 401 and r.json() == {"error": "unknown token"}
+        # a token without the scope: 403, and nothing queued or changed
+        body = {"image": WEB2, "targets": [site.target], "reason": "try"}
+        r = api(server, "POST", "/api/v1/deploy", site.tokens["reader"], json=body)
+        assert r.status_code == 403 and "lacks the 'deploy' scope" in r.json()["error"]
+        r = api(server, "POST", "/api/v1/locks", site.tokens["ci-bot"], json={"target": f"test/{site.node}",
+                                                                           "reason": "x"})
+        assert r.status_code == 403
+        assert api(server, "GET", "/api/v1/jobs", site.tokens["reader"]).json() == {"jobs": []}
+        # bodies: malformed JSON, wrong shape, oversized (by Content-Length and chunked)
+        r = api(server, "POST", "/api/v1/deploy", site.tokens["ci-bot"], content=b'{"image": ',
+                headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"].startswith("malformed JSON: Expecting value at line 1")
+        r = api(server, "POST", "/api/v1/deploy", site.tokens["ci-bot"], json={**body, "extra": 1})
+        assert r.status_code == 400 and r.json()["error"].startswith("extra: unknown field")
+        r = api(server, "POST", "/api/v1/deploy", site.tokens["ci-bot"], json={**body, "targets": ["nowhere/x"]})
+        assert r.status_code == 400 and "nowhere" in r.json()["error"]
+        big = json.dumps({**body, "reason": "x" * (2 * 1024 * 1024)}).encode()
+        r = api(server, "POST", "/api/v1/deploy", site.tokens["ci-bot"], content=big)
+        assert r.status_code == 413 and "over 1048576 bytes" in r.json()["error"]
+        r = api(server, "POST", "/api/v1/deploy", site.tokens["ci-bot"], content=iter([big[:600_000], big[600_000:]]))
+        assert r.status_code == 413
+        assert api(server, "GET", "/api/v1/jobs", site.tokens["reader"]).json() == {"jobs": []}
+        # failed attempts from one address: 429 after the limit, even with a good token
+        codes = [api(server, "GET", "/api/v1/status", f"dps_wrong{i}").status_code for i in range(12)]
+        assert codes[-1] == 429 and 401 in codes
+        r = api(server, "GET", "/api/v1/status", site.tokens["reader"])
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+    assert git(site.remote, "rev-parse", "main") == head
+    assert git(site.clone, "rev-parse", "HEAD") == head
+
+
+def test_two_deploys_of_one_target_queue_and_commit_as_the_token(site, engine):
+    with site.serve() as server:
+        events: list[dict] = []
+
+        def listen():
+            with httpx.stream("GET", server.url + "/api/v1/events?types=job,deploy",
+                              headers={"Authorization": f"Bearer {site.tokens['reader']}"}, timeout=120) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        events.append(json.loads(line[6:]))
+                        if sum(1 for e in events if e["type"] == "deploy") == 2:
+                            return
+
+        listener = threading.Thread(target=listen, daemon=True)
+        listener.start()
+        time.sleep(0.5)
+        token = site.tokens["ci-bot"]
+        first = api(server, "POST", "/api/v1/deploy", token,
+                    json={"image": WEB2, "targets": [site.target], "reason": "release 2 (ticket 41)"})
+        second = api(server, "POST", "/api/v1/deploy", token,
+                     json={"image": WEB3, "targets": [site.target], "reason": "release 3"})
+        assert first.status_code == second.status_code == 202, (first.text, second.text)
+        one, two = first.json()["job"], second.json()["job"]
+        assert api(server, "GET", f"/api/v1/jobs/{two}", token).json()["state"] == "queued"
+        a, b = wait_job(server, token, one), wait_job(server, token, two)
+        assert a["state"] == "ok" and b["state"] == "ok", (a, b)
+        assert a["finished"] <= b["started"]  # one after the other, in order
+        assert running_images(engine, site.node) == [WEB3]
+        log = git(site.remote, "log", "-2", "--format=%an|%s|%b", "main")
+        assert f"ci-bot|deploy {site.target}: {WEB2} -> {WEB3}|release 3" in log.replace("\n\n", "|")
+        assert "release 2 (ticket 41)" in git(site.remote, "log", "-2", "--format=%B", "main")
+        assert git(site.remote, "log", "-2", "--format=%an", "main").split() == ["ci-bot", "ci-bot"]
+        listener.join(30)
+        lines = [e["line"] for e in events if e["type"] == "job" and e["job"] == one and e.get("line")]
+        assert lines[0] == "queued" and lines[-1] == "ok" and len(lines) > 3
+        deploys = [e for e in events if e["type"] == "deploy"]
+        assert [d["ok"] for d in deploys] == [True, True] and deploys[1]["image"] == WEB3
+        history = api(server, "GET", f"/api/v1/history?target={site.target}", site.tokens["reader"]).json()
+        assert [e["image"] for e in history["entries"][:2]] == [WEB3, WEB2]
+        status = api(server, "GET", "/api/v1/status", site.tokens["reader"]).json()
+        svc = status["datacenters"][0]["nodes"][0]["services"][0]
+        wait_for("the status after the deploys", lambda: api(server, "GET", "/api/v1/status", token).json()
+                 ["datacenters"][0]["nodes"][0]["services"][0]["running_image"] == WEB3)
+        assert svc["target"] == site.target and svc["health"] == "unknown"
+
+
+def test_webhook_signed_deploys_forged_and_replayed_are_refused(site, engine):
+    with site.serve() as server:
+        body = json.dumps({"tag": "2"}).encode()
+        good = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        forged = "sha256=" + hmac.new(b"not-the-secret-at-all", body, hashlib.sha256).hexdigest()
+        url = "/api/v1/hooks/web-ci"
+        for sig in (None, forged, good[:-2] + "00", "sha1=abc"):
+            headers = {"X-GitHub-Delivery": "d-1", **({"X-Hub-Signature-256": sig} if sig else {})}
+            r = api(server, "POST", url, content=body, headers=headers)
+            assert r.status_code == 401, r.text
+        r = api(server, "POST", url, content=body, headers={"X-GitHub-Delivery": "d-1", "X-Hub-Signature-256": good})
+        assert r.status_code == 202, r.text
+        job = wait_job(server, site.tokens["reader"], r.json()["job"])
+        assert job["state"] == "ok", job
+        assert running_images(engine, site.node) == [WEB2]
+        assert git(site.remote, "log", "-1", "--format=%an", "main") == "hook:web-ci"
+        r = api(server, "POST", url, content=body, headers={"X-GitHub-Delivery": "d-1", "X-Hub-Signature-256": good})
+        assert r.status_code == 409 and "replay" in r.json()["error"]
+        other = json.dumps({"image": "deployer-test/other:1"}).encode()
+        sig = "sha256=" + hmac.new(SECRET.encode(), other, hashlib.sha256).hexdigest()
+        r = api(server, "POST", url, content=other, headers={"X-GitHub-Delivery": "d-2", "X-Hub-Signature-256": sig})
+        assert r.status_code == 403
+    # the delivery ids outlive a restart: the same capture is refused by the next process too
+    with site.serve() as server:
+        r = api(server, "POST", url, content=body, headers={"X-GitHub-Delivery": "d-1", "X-Hub-Signature-256": good})
+        assert r.status_code == 409
+    assert git(site.remote, "log", "-1", "--format=%an", "main") == "hook:web-ci"
+
+
+def test_a_lock_through_the_api_stops_deploys_until_released(site, engine):
+    node_target = f"test/{site.node}"
+    with site.serve() as server:
+        r = api(server, "POST", "/api/v1/locks", site.tokens["oncall"],
+                json={"target": node_target, "reason": "db migration", "action": "acquire"})
+        assert r.status_code == 202, r.text
+        assert wait_job(server, site.tokens["oncall"], r.json()["job"])["state"] == "ok"
+        wait_for("the lock in the status", lambda: (api(server, "GET", "/api/v1/status", site.tokens["reader"])
+                                                    .json()["datacenters"][0]["nodes"][0]["lock"] or {}).get("held"))
+        lock = api(server, "GET", "/api/v1/status", site.tokens["reader"]).json()["datacenters"][0]["nodes"][0]["lock"]
+        assert lock["holder"]["who"] == "oncall" and lock["holder"]["reason"] == "db migration" and lock["manual"]
+        r = api(server, "POST", "/api/v1/deploy", site.tokens["ci-bot"],
+                json={"image": WEB2, "targets": [site.target], "reason": "blocked"})
+        job = wait_job(server, site.tokens["ci-bot"], r.json()["job"])
+        assert job["state"] == "failed" and "oncall" in job["error"] and "db migration" in job["error"], job
+        assert running_images(engine, site.node) == [WEB1]
+        r = api(server, "POST", "/api/v1/locks", site.tokens["oncall"], json={"target": node_target,
+                                                                           "action": "release"})
+        assert wait_job(server, site.tokens["oncall"], r.json()["job"])["state"] == "ok"
+        r = api(server, "POST", "/api/v1/deploy", site.tokens["ci-bot"],
+                json={"image": WEB2, "targets": [site.target], "reason": "after the migration"})
+        assert wait_job(server, site.tokens["ci-bot"], r.json()["job"])["state"] == "ok"
+        assert running_images(engine, site.node) == [WEB2]
+
+
+def test_remote_unreachable_while_serving_is_in_the_status_and_nothing_is_lost(site):
+    moved = site.tmp / "remote-away.git"
+    with site.serve() as server:
+        token = site.tokens["root"]
+        wait_for("a first pull", lambda: api(server, "GET", "/api/v1/status", token).json()["sync"]["ok"])
+        head = git(site.clone, "rev-parse", "HEAD")
+        os.rename(site.remote, moved)
+        sync = wait_for("the failed pull", lambda: (lambda s: s if s["ok"] is False else None)(
+            api(server, "GET", "/api/v1/status", token).json()["sync"]))
+        assert "remote-away" not in sync["error"] and sync["error"]
+        r = api(server, "POST", "/api/v1/deploy", token, json={"image": WEB2, "targets": [site.target],
+                                                              "reason": "while the remote is away"})
+        job = wait_job(server, token, r.json()["job"])
+        assert job["state"] == "failed" and job["error"], job
+        assert git(site.clone, "rev-parse", "HEAD") == head
+        assert git(site.clone, "status", "--porcelain") == ""
+        # a colleague pushes while it is away; when the remote is back the service pulls it in
+        os.rename(moved, site.remote)
+        other = site.tmp / "other"
+        subprocess.run(["git", "clone", "-q", str(site.remote), str(other)], check=True)
+        (other / "NOTES").write_text("ops notes\n")
+        git(other, "add", "NOTES")
+        git(other, "commit", "-q", "-m", "notes")
+        git(other, "push", "-q", "origin", "main")
+        wait_for("the pull after the remote came back",
+                 lambda: api(server, "GET", "/api/v1/status", token).json()["sync"]["ok"] is True and
+                 (site.clone / "NOTES").exists())
+        assert git(site.clone, "rev-parse", "HEAD") == git(site.remote, "rev-parse", "main")
+
+
+def test_serve_killed_mid_deploy_restarts_consistent(site, engine):
+    token = site.tokens["ci-bot"]
+    with site.serve() as server:
+        r = api(server, "POST", "/api/v1/deploy", token, json={"image": WEB2, "targets": [site.target],
+                                                              "reason": "killed"})
+        job_id = r.json()["job"]
+        wait_for("the new container", lambda: any("start" in line for line in
+                                                  api(server, "GET", f"/api/v1/jobs/{job_id}", token).json()["lines"]
+                                                  [2:]), 60, 0.05)
+        server.kill()
+    assert server.proc.returncode == -9
+    # as if a serve died between writing the compose file and committing it: the journal says what it wrote
+    from deployer.gitrepo.lock import DeployLock
+    from deployer.gitrepo.transaction import sha256_text
+
+    rel = f"datacenters/test/{site.node}/docker-compose.yml"
+    text = (site.clone / rel).read_text().replace(WEB1, WEB3)
+    lock = DeployLock(site.clone / ".git", {"pid": 0, "user": "x", "host": "h", "command": "c", "since": "s"})
+    lock.acquire()
+    lock.journal_write({"files": [{"file": rel, "sha256": sha256_text(text.encode())}],
+                        "subject": f"deploy {site.target}: {WEB1} -> {WEB3}", "message": "journaled",
+                        "trailers": [["Deployer-Action", "deploy"], ["Deployer-Target", site.target]],
+                        "author": "ci-bot <ci-bot@deployer-serve>"})
+    (site.clone / rel).write_text(text)
+    lock.release()
+    with site.serve() as server:  # its first pull takes the lock and finishes the journaled commit
+        wait_for("the journal finished", lambda: not (site.clone / ".git/deployer.journal").exists())
+        assert git(site.clone, "status", "--porcelain") == ""
+        assert git(site.clone, "log", "-1", "--format=%s", "HEAD") == f"deploy {site.target}: {WEB1} -> {WEB3}"
+        r = api(server, "POST", "/api/v1/deploy", token, json={"image": WEB2, "targets": [site.target],
+                                                              "reason": "after the crash"})
+        job = wait_job(server, token, r.json()["job"])
+        assert job["state"] == "ok", job
+        assert running_images(engine, site.node) == [WEB2]
+        assert git(site.clone, "status", "--porcelain") == ""
+        assert git(site.remote, "log", "-1", "--format=%an %s", "main").startswith("ci-bot deploy")
+
+
+def test_serve_over_tls_from_a_remote_clone(site, tmp_path):
+    cert, key = tmp_path / "serve.crt", tmp_path / "serve.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    clone = tmp_path / "served-clone"
+    server = ServeProcess(None, site.tokens_file, "--remote", str(site.remote), "--clone", str(clone),
+                          "--tls-cert", str(cert), "--tls-key", str(key), "--no-consul", "--status-interval", "1")
+    server.url = server.url.replace("http://", "https://")
+    env_verify = {"verify": str(cert)}
+    try:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        server.proc = subprocess.Popen(server.argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        info = json.loads(server.proc.stdout.readline())
+        assert info["url"] == server.url and info["repo"] == str(clone)
+        r = wait_for("the TLS listener", lambda: _try(lambda: httpx.get(
+            server.url + "/api/v1/status", headers={"Authorization": f"Bearer {site.tokens['reader']}"},
+            timeout=30, **env_verify)), 30, 0.2)
+        assert r.status_code == 200 and r.json()["commit"] == git(site.remote, "rev-parse", "main")
+        assert git(clone, "remote", "get-url", "origin") == str(site.remote)
+        with pytest.raises(httpx.HTTPError):  # plain HTTP to the TLS port gets nothing useful
+            httpx.get(server.url.replace("https://", "http://") + "/api/v1/status", timeout=5).raise_for_status()
+    finally:
+        server.stop()
+
+
+CONSUL_WEB = """\
+services:
+  web:
+    image: {image}
+    init: true
+    ports: ["80"]
+    healthcheck:
+      test: ["CMD", "test", "-f", "/www/index.html"]
+      interval: 200ms
+      timeout: 2s
+      retries: 2
+    labels:
+      deployer.consul.name: "{name}"
+      deployer.consul.check: "http:/"
+      deployer.consul.interval: 1s
+      deployer.consul.wait: 4s
+"""
+
+
+def test_consul_health_in_the_status_critical_when_stopped_unknown_when_consul_is_down(engine, tmp_path):
+    from tests.support.consul import ConsulAgent
+
+    node = unique_node()
+    (tmp_path / "consul").mkdir()
+    with ConsulAgent(workdir=tmp_path / "consul") as agent, closing(engine.client()) as client:
+        try:
+            files = {f"datacenters/test/{node}/node.yml": f"docker: {engine.unix_url}\naddress: {engine.address}\n",
+                     "datacenters/test/datacenter.yml": f"consul: {agent.address}\n"}
+            root, _ = make_repo(tmp_path / "infra", engine.unix_url,
+                                CONSUL_WEB.format(image=WEB1, name=f"{node}-web"), node=node, extra_files=files)
+            done = cli(root, "deploy", WEB1, f"test/{node}")
+            assert done.exit_code == 0, done.output
+            store = TokenStore(tmp_path / "tokens.json")
+            token = store.add("reader", "read")
+            with ServeProcess(root, tmp_path / "tokens.json", "--status-interval", "1") as server:
+                def web():
+                    body = api(server, "GET", "/api/v1/status", token).json()
+                    return body["datacenters"][0], body["datacenters"][0]["nodes"][0]["services"][0]
+
+                dc, svc = wait_for("passing", lambda: (lambda d, s: (d, s) if s["health"] == "passing" else None)(
+                    *web()), 30, 0.3)
+                assert dc["consul"] == agent.address and svc["checks"][0]["status"] == "passing"
+                (container,) = [c for c in managed(client, node) if c.status == "running"]
+                container.stop(timeout=1)
+                dc, svc = wait_for("critical", lambda: (lambda d, s: (d, s) if s["health"] == "critical" else None)(
+                    *web()), 30, 0.3)
+                assert svc["state"] == "stopped" and svc["checks"][0]["output"]
+                agent.kill()
+                dc, svc = wait_for("unknown", lambda: (lambda d, s: (d, s) if s["health"] == "unknown" else None)(
+                    *web()), 30, 0.3)
+                assert dc["consul_error"].startswith(f"Consul at {agent.address}")
+        finally:
+            remove_node_containers(client, node)
