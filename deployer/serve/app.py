@@ -114,4 +114,5 @@ def _add_alerts(state: Any) -> None:
         return
     interval = settings.drift_interval
     state.add_service(AlertService(state.root, self_heal=settings.self_heal, drift=bool(interval and interval > 0),
-                                   drift_interval=interval or None, health=settings.consul, leader=True))
+                                   drift_interval=interval or None, health=settings.consul, leader=True,
+                                   history=False))  # serve's own deploy events; see docs/serve.md

@@ -302,7 +302,11 @@ def test_drift_is_alerted_once_self_heal_converges_and_never_while_locked(engine
         web(client, node).remove(force=True)  # drift: the service's container is gone
         watch = Watch(root, "--drift-interval", "0.5s")
         watches.append(watch)
-        wait_until(lambda: receiver.texts("/slack"), what="the drift alert")
+        try:
+            wait_until(lambda: receiver.texts("/slack"), timeout=60, what="the drift alert")
+        except AssertionError:
+            watch.interrupt()
+            raise AssertionError(f"no drift alert; the watch said: {watch.stderr()} {watch.stdout}") from None
         time.sleep(2.5)  # several more passes: the same drift is not sent again
         (drift,) = receiver.texts("/slack")
         assert drift == f"drift on test/{node}: create test/{node}/web (no container)", drift
