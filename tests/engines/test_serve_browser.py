@@ -197,6 +197,7 @@ def no_script_ran(b) -> None:
     assert d.find_elements(By.CSS_SELECTOR, "main img") == []
 
 
+@pytest.mark.timeout(900)  # several minutes on a machine with a load average near 70
 def test_sign_in_see_a_service_turn_red_and_roll_back_from_the_page(site, browser):
     b, d, url, target = browser, browser.driver, site["url"], site["target"]
     b.get(f"{url}/login")
@@ -320,6 +321,7 @@ class Evil:
         self.server.server_close()
 
 
+@pytest.mark.timeout(900)  # several minutes on a machine with a load average near 70
 def test_form_posts_without_the_csrf_token_or_from_another_origin_are_refused(site, browser):
     url, target = site["url"], site["target"]
     http = requests.Session()
@@ -392,6 +394,7 @@ def test_form_posts_without_the_csrf_token_or_from_another_origin_are_refused(si
     assert len(remote_log(site["remote"])) == len(head) + 1
 
 
+@pytest.mark.timeout(900)  # several minutes on a machine with a load average near 70
 def test_the_page_says_when_the_remote_is_unreachable_and_when_consul_is_down(engine, tmp_path, browser):
     b, d = browser, browser.driver
     consul = ConsulAgent(node="serve-page-faults")
