@@ -1,7 +1,7 @@
 """Builder containers: compiling an app, one image per technology.
 
 ``build(client, source_dir)`` compiles an app in a *builder container*, one
-image per technology (``builders/<tech>/``: go, python), all made locally
+image per technology (``builders/<tech>/``: go, python, rails), all made locally
 FROM a Debian base that ``builders/base/make-base.sh`` bootstraps with
 mmdebstrap (no registry is needed anywhere). The source is mounted read-only
 at ``/src``, a fresh staging directory at ``/out`` and a named volume per
@@ -58,12 +58,13 @@ APP_CONFIG = "deployer.yml"
 DEFAULT_BUILD_TIMEOUT = 1800
 
 
-# detect_builder: first match wins.
+# detect_builder: first match wins; "A + B" needs both files.
 MARKERS: list[tuple[str, str]] = [
     ("go.mod", "go"),
     ("pyproject.toml", "python"),
     ("setup.cfg", "python"),
     ("setup.py", "python"),
+    ("Gemfile + config/application.rb", "rails"),
     ("package.json", "node"),
 ]
 
@@ -188,7 +189,7 @@ def available_builders() -> list[str]:
 
 
 def detect_builder(source_dir: str | os.PathLike) -> str:
-    """``go``, ``python`` or ``node``: from ``deployer.yml`` if it says, else the marker files."""
+    """``go``, ``python``, ``rails`` or ``node``: from ``deployer.yml`` if it says, else the marker files."""
     src = Path(source_dir)
     if not src.is_dir():
         raise SourceError(f"{source_dir}: not a directory")
@@ -196,7 +197,7 @@ def detect_builder(source_dir: str | os.PathLike) -> str:
     if cfg.builder:
         return cfg.builder
     for marker, tech in MARKERS:
-        if (src / marker).is_file():
+        if all((src / name).is_file() for name in marker.split(" + ")):
             return tech
     names = ", ".join(m for m, _ in MARKERS)
     raise UnknownBuilder(f"{source_dir}: none of {names}: cannot tell which builder to use (set 'builder' in {APP_CONFIG})")

@@ -12,7 +12,10 @@ from the same revision, nothing is built.
 The image's build context is the builder's output plus the Dockerfile (and a
 ``.dockerignore`` beside it) named by the app's ``deployer.yml``
 (``dockerfile:``, default ``Dockerfile``): ``COPY sensor /sensor`` copies the
-binary.
+binary. The build argument ``BUILDER`` names the builder image that made
+them: a Dockerfile saying ``ARG BUILDER`` / ``FROM ${BUILDER}`` runs the app on
+the very toolchain it was built with (the Rails sample does: Ruby, Rails and
+its gems are Debian packages in that image, and the layer is shared).
 """
 
 from __future__ import annotations
@@ -269,9 +272,19 @@ def _build_app_image(client, app: AppConfig, info: SourceInfo, result: BuildResu
         dockerignore = app.dockerfile.parent / ".dockerignore"
         if dockerignore.is_file():
             shutil.copyfile(dockerignore, ctx / ".dockerignore")
-        image_id, _ = docker_build(client, ctx, "Dockerfile", labels=labels, progress=progress, phase="image",
-                                    what=f"image {ref}")
+        # BUILDER: the builder image that compiled the app, for a Dockerfile that runs on it (ARG BUILDER /
+        # FROM ${BUILDER}: the Rails app runs on the Ruby and gems its assets were precompiled with). Only
+        # to a Dockerfile that declares it: docker warns of a build argument that is not consumed.
+        buildargs = {"BUILDER": result.builder_image} if _declares_arg(app.dockerfile, "BUILDER") else None
+        image_id, _ = docker_build(client, ctx, "Dockerfile", buildargs=buildargs, labels=labels, progress=progress,
+                                    phase="image", what=f"image {ref}")
     return image_id
+
+
+def _declares_arg(dockerfile: Path, name: str) -> bool:
+    """Whether the Dockerfile has an ``ARG name`` (or ``ARG name=default``) instruction."""
+    pattern = re.compile(rf"^\s*ARG\s+{re.escape(name)}(?:=|\s|$)", re.I | re.M)
+    return bool(pattern.search(dockerfile.read_text(errors="replace")))
 
 
 def push_image(client, ref: str, image_id: str = "", progress: Progress | None = None,

@@ -1,0 +1,4 @@
+Rails.application.routes.draw do
+  root "odds#index"
+  get "health", to: "odds#health"
+end
