@@ -44,7 +44,7 @@ from deployer.errors import ApiError, DeployerError
 from deployer.serve import auth
 from deployer.serve.events import KEEPALIVE
 from deployer.serve.live import HealthWake
-from deployer.serve.page_data import activity_items, fleet_view, job_view, service_history
+from deployer.serve.page_data import DeployLogCache, activity_items, fleet_view, job_view, service_history
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
@@ -76,6 +76,7 @@ class Pages:
     def __init__(self, state: Any):
         self.state = state
         self.env = environment()
+        self.deploy_log = DeployLogCache()
 
     # --- rendering -----------------------------------------------------------------------------
     def render(self, request: Request, name: str, code: int = 200, **context: Any) -> HTMLResponse:
@@ -159,7 +160,8 @@ class Pages:
     async def fleet(self, request: Request) -> Response:
         self.who(request)
         view = await asyncio.to_thread(fleet_view, self.state)
-        return self.render(request, "fleet.html", stream="/events", activity=self.activity_items(), **view)
+        activity = await asyncio.to_thread(self.activity_items)
+        return self.render(request, "fleet.html", stream="/events", activity=activity, **view)
 
     async def fleet_json(self, request: Request) -> Response:
         self.who(request)
@@ -171,11 +173,12 @@ class Pages:
                             headers={"Cache-Control": "no-store"})
 
     def activity_items(self, limit: int = 30) -> list[dict]:
-        return activity_items(self.state, FEED_TYPES, limit)
+        return activity_items(self.state, FEED_TYPES, limit, self.deploy_log)
 
     async def activity(self, request: Request) -> Response:
         self.who(request)
-        return self.render(request, "activity.html", stream="/events", activity=self.activity_items(200))
+        activity = await asyncio.to_thread(self.activity_items, 200)
+        return self.render(request, "activity.html", stream="/events", activity=activity)
 
     # --- one service ---------------------------------------------------------------------------
     def _target(self, request: Request) -> tuple[str, str, str]:

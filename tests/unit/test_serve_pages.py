@@ -286,3 +286,33 @@ def test_sign_out_needs_the_csrf_token(app_state):
     assert client.post("/logout", data={"csrf_token": csrf}, follow_redirects=False).status_code == 303
     assert client.get("/", follow_redirects=False).status_code == 303
 
+
+
+# --- the feed's deploy log, read again only when the fleet's commit moves -------------------------
+
+
+def _deploy_commit(root: Path, image: str) -> str:
+    (root / "f").write_text(image)
+    subprocess.run(["git", "-C", str(root), "add", "f"], check=True)
+    subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@x", "commit", "-q",
+                    "-m", f"deploy test/n1/web: {image}", "-m",
+                    f"Deployer-Action: deploy\nDeployer-Target: test/n1/web\nDeployer-Image: {image}"], check=True)
+    return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def test_the_feed_reads_the_deploy_log_once_per_fleet_commit(tmp_path):
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    first = _deploy_commit(tmp_path, "web:1")
+    snap = snapshot()
+    snap["commit"] = first
+    state = FakeState(snap, root=tmp_path)
+    cache = page_data.DeployLogCache()
+    assert [e.image for e in cache.entries(state, 30)] == ["web:1"]
+    second = _deploy_commit(tmp_path, "web:2")
+    # the snapshot still names the first commit: the kept entries, no git log
+    assert [e.image for e in cache.entries(state, 30)] == ["web:1"]
+    snap["commit"] = second
+    assert [e.image for e in cache.entries(state, 30)] == ["web:2", "web:1"]
+    # another limit is another read
+    assert [e.image for e in cache.entries(state, 1)] == ["web:2"]
