@@ -61,7 +61,7 @@ Progress = Callable[[str], None]
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def one_line(exc: BaseException) -> str:
@@ -359,6 +359,12 @@ class BuildQueue:
                 halted = True  # the registry or the engine is away: the rest waits for the next poll
             self.report(outcome)
 
+        if self.jobs == 1:  # on this thread: Ctrl-C stops the build at hand at once
+            while todo and not halted and not self.stop.is_set():
+                job = todo.pop(0)
+                started = self._start(job, data)
+                finished(started if isinstance(started, CommitOutcome) else self._run(job, data, started))
+            return
         with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="build") as pool:
             while todo or running:
                 while todo and len(running) < self.jobs and not halted and not self.stop.is_set():
@@ -380,7 +386,12 @@ class BuildQueue:
         repo, sha, record = job.repo, job.sha, job.record
         base = {"branch": repo.branch, "app": repo.app, "revision": sha}
         app = claim_name(repo)
-        claim, holder = self.claims.claim(app, sha)
+        try:
+            claim, holder = self.claims.claim(app, sha)
+        except Exception as exc:  # noqa: BLE001 - the build engine is away: this poll builds nothing more
+            self.events.publish("build.retry", **base, error=f"cannot claim {sha[:12]}: {one_line(exc)}")
+            return CommitOutcome(sha, record.get("subject", ""), "retry", branch=repo.branch, app=repo.app,
+                                 error=f"cannot claim {sha[:12]} on the build engine: {one_line(exc)}")
         if claim is None:
             self.events.publish("build.elsewhere", **base, holder=holder)
             return CommitOutcome(sha, record.get("subject", ""), "elsewhere", branch=repo.branch, app=repo.app,

@@ -327,6 +327,7 @@ class BuildWatcher:
         self.events = events or BuildEvents(self.progress)
         self.stop = threading.Event()
         self.processed = 0  # commits built or deployed by this watcher
+        self._head: str | None = None
         self.queue = BuildQueue(self.state, self.repos, self._build, jobs=jobs, claims=claims, events=self.events,
                                 progress=self.progress, report=self._report_build, stop=self.stop,
                                 backlog=backlog)

@@ -46,8 +46,11 @@ class FakeRepo:
 class FakeBuilder:
     """Records the order builds start in and how many run at once; fails/retries/crashes on request."""
 
-    def __init__(self, seconds: float = 0.0, fail=(), retry=(), crash=(), registry: set | None = None):
+    def __init__(self, seconds: float = 0.0, fail=(), retry=(), crash=(), registry: set | None = None,
+                 gate: threading.Barrier | None = None):
         self.seconds = seconds
+        self.gate = gate  # the next builds wait for each other here: they must run at the same time
+        self.gated_from = 0
         self.fail, self.retry, self.crash = set(fail), set(retry), set(crash)
         self.started: list[str] = []
         self.built: list[str] = []  # commits actually compiled (not found in the registry)
@@ -61,7 +64,10 @@ class FakeBuilder:
             self.started.append(sha)
             self.running += 1
             self.most = max(self.most, self.running)
+            gated = self.gate is not None and len(self.started) - self.gated_from <= self.gate.parties
         try:
+            if gated:
+                self.gate.wait(timeout=30)
             time.sleep(self.seconds)
             if sha in self.crash:
                 self.crash.discard(sha)
@@ -161,12 +167,14 @@ def test_at_most_jobs_builds_run_at_once_started_in_order(tmp_path):
     bus, events = BuildEvents(), []
     bus.subscribe(events.append)
     q = queue(tmp_path, [repo], builder, jobs=3, events=bus)
-    poll(q)
+    repo.push(2)
+    poll(q)  # the first poll queues the head only
+    builder.gate, builder.gated_from = threading.Barrier(3), len(builder.started)
     new = repo.push(12)
     poll(q)
     assert builder.most == 3  # concurrent, and never more than --jobs
-    assert [e["revision"] for e in events if e["event"] == "build.started"] == ["main-c0"] + new
-    assert sorted(builder.started) == sorted(["main-c0"] + new)
+    assert [e["revision"] for e in events if e["event"] == "build.started"] == ["main-c2"] + new
+    assert sorted(builder.started) == sorted(["main-c2"] + new)
     assert {r["status"] for r in records(tmp_path).values()} == {"built"}
 
 
