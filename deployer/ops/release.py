@@ -439,9 +439,11 @@ class BuildWatcher:
 
         Returns False when a build or deploy failed (or a poll did). With
         ``once``, a poll that cannot run (no branch, git fetch failing) raises;
-        otherwise such errors go to ``on_error`` and the next poll tries again.
+        otherwise such errors go to ``on_error`` and the next poll tries again (with
+        several branches, one that cannot be read goes there and the others are built).
         """
         ok = True
+        self.queue.on_error = None if once else on_error
         while not self.stop.is_set():
             try:
                 result = self.poll()

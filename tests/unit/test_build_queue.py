@@ -387,3 +387,21 @@ def test_claim_names():
     sub = FakeRepo(name="mono")
     sub.app = "apps/web"
     assert claim_name(sub) == "mono-apps-web"
+
+
+def test_deploy_follows_one_branch_only(tmp_path):
+    import subprocess
+
+    from deployer.errors import TargetError
+    from deployer.ops.release import BuildWatcher
+
+    src = tmp_path / "worker"
+    src.mkdir()
+    for args in (["init", "-q", "-b", "main"], ["commit", "-q", "--allow-empty", "-m", "one"], ["branch", "dev"]):
+        subprocess.run(["git", "-C", str(src), *args], check=True, capture_output=True)
+    with pytest.raises(TargetError, match=r"--deploy follows one branch's head; 2 branches are watched \(main, dev\)"):
+        BuildWatcher(None, src, registry="reg:5000", branch=["main", "dev"], deploy=["dc/node"], infra_root=tmp_path)
+    watcher = BuildWatcher(None, src, registry="reg:5000", branch=["main", "dev", "main"], jobs=2)
+    assert [r.branch for r in watcher.repos] == ["main", "dev"] and watcher.jobs == 2
+    with pytest.raises(ValueError):
+        BuildWatcher(None, src, registry="reg:5000", jobs=0)
