@@ -382,6 +382,7 @@ def watch_builds(ctx, source_repo, branches, jobs, app, interval, deploy_targets
             click.echo(json.dumps(outcome.to_json()))
         else:
             _outcome_lines(outcome, targets)
+        sys.stdout.flush()  # a line per commit as it happens, also into a pipe (a log shipper, a test)
 
     def on_error(exc: Exception) -> None:
         text = exc.one_line() if isinstance(exc, DeployerError) else " ".join(str(exc).split())
