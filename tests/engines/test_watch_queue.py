@@ -102,7 +102,7 @@ def test_twenty_queued_commits_are_built_once_each_in_order(client, go_builder, 
     started = [records[s]["started"] for s in shas]
     assert started == sorted(started)  # started oldest first
     assert all(o["status"] == "built" and o["built"] and o["pushed"] for o in done), done
-    assert [o["ref"] for o in done] == [f"{registry}/worker:{s[:12]}" for s in shas]
+    assert {o["revision"]: o["ref"] for o in done} == {s: f"{registry}/worker:{s[:12]}" for s in shas}
     for sha in shas:  # each one is an image on the engine, labelled with its own revision
         image = client.images.get(f"{registry}/worker:{sha[:12]}")
         assert image.labels["org.opencontainers.image.revision"] == sha
