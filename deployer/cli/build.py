@@ -26,22 +26,29 @@ from deployer.cli.options import (POSITIVE_DURATION, author_option, batch_option
 from deployer.cli.output import echo_during_progress, end_progress, print_deploy_result, print_json, progress
 from deployer.errors import BuildFailed, DeployerError
 
-WATCH_HELP = """Build, push (and deploy) each new commit of SOURCE_REPO's branch, once.
+WATCH_HELP = """Build, push (and deploy) each new commit of SOURCE_REPO's branches, once, in order.
 
-Polls the branch every --interval: with `git fetch` when the branch has a
+Polls the branches every --interval: with `git fetch` when a branch has a
 remote (its upstream, else origin), else the local branch head (a bare
-repository that is pushed to). Every new commit is built from a clean
-checkout of that commit, tagged REGISTRY/APP:VERSION (its git tag, else the
-short commit) and pushed; with --deploy the branch head's image is then
-deployed to the targets (the registry defaults to theirs). The first run
-builds only the current head.
+repository that is pushed to). Every new commit (the branch's first-parent
+line) is queued and built from a clean checkout of that commit, in the order
+the commits came, at most --jobs at a time; tagged REGISTRY/APP:VERSION (its
+git tag, else the short commit) and pushed. With --deploy (one --branch) the
+branch head's image is then deployed to the targets (the registry defaults to
+theirs). The first run builds only the current head.
 
-What was built is recorded in SOURCE_REPO's git dir (deployer-builds.json),
-so a restarted watcher builds nothing twice. A compile error is printed
-(compiler output, then one line), recorded as failed and not retried; the
-watcher goes on with the next commit. Push, registry and engine failures are
-retried on the next poll. --once processes what is new and exits (1 if
-something failed).
+The queue is recorded in SOURCE_REPO's git dir (deployer-builds.json, or
+--state FILE; written durably after every change), so a restarted watcher,
+even one killed mid-build, resumes where it stopped and builds nothing twice.
+A compile error is printed (compiler output, then one line), recorded as
+failed and not retried; the queue goes on with the next commit. Push,
+registry and engine failures are retried on the next poll. --once processes
+what is new and exits (1 if something failed).
+
+Two watchers of one source repository that build on one engine (two
+machines, two clones) build each commit once: a build holds a claim on the
+build engine (a lock object like the node locks'); a commit another watcher
+holds is looked at again on the next poll, and is then in the registry.
 
 As a post-receive hook of the source repository (bare or not), in the
 background so the push returns at once:
@@ -151,6 +158,8 @@ def _outcome_lines(outcome, targets: list[str]) -> None:
         click.echo(f"error: {short} ({outcome.subject}): {outcome.error}", err=True)
     elif outcome.status == "retry":
         click.echo(f"error: {short}: {outcome.error}; trying again on the next poll", err=True)
+    elif outcome.status == "elsewhere":
+        click.echo(f"{short} ({outcome.subject}): {outcome.error}; looking again on the next poll", err=True)
     elif outcome.built:
         click.echo(f"{short} {outcome.ref}: built and pushed ({outcome.seconds:.1f}s)")
     else:
@@ -315,7 +324,10 @@ def release(ctx, app_source, targets, registry, service, batch, allow_dirty, bui
 
 @click.command(name="watch-builds", help=WATCH_HELP)
 @click.argument("source_repo")
-@click.option("--branch", default="main", show_default=True, help="The branch to follow.")
+@click.option("--branch", "branches", multiple=True, default=("main",), show_default=True, metavar="BRANCH",
+              help="A branch to follow; repeatable: every new commit of each is queued.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="At most N builds at a time (started in the order the commits came).")
 @click.option("--app", metavar="SUBDIR", help="The app's directory inside the repository "
                                               "(default: SOURCE_REPO's place in its working tree, else the top).")
 @click.option("--interval", type=POSITIVE_DURATION, default="10s", show_default=True,
@@ -340,10 +352,11 @@ def release(ctx, app_source, targets, registry, service, batch, allow_dirty, bui
 @quiet_option()
 @build_verbose_option
 @click.pass_context
-def watch_builds(ctx, source_repo, branch, app, interval, deploy_targets, registry, dc, service, once,
+def watch_builds(ctx, source_repo, branches, jobs, app, interval, deploy_targets, registry, dc, service, once,
                  state_path, builder, docker_url, wait, message, settle, health_timeout, no_consul, as_json,
                  quiet, verbose):
     from deployer.gitrepo.git import forget_hook_env
+    from deployer.ops.build_claims import EngineClaims
     from deployer.ops.release import BuildWatcher, build_client, credentials_for, registry_for
 
     forget_hook_env()  # run from a git hook: GIT_DIR would redirect every git command
@@ -369,6 +382,7 @@ def watch_builds(ctx, source_repo, branch, app, interval, deploy_targets, regist
             click.echo(json.dumps(outcome.to_json()))
         else:
             _outcome_lines(outcome, targets)
+        sys.stdout.flush()  # a line per commit as it happens, also into a pipe (a log shipper, a test)
 
     def on_error(exc: Exception) -> None:
         text = exc.one_line() if isinstance(exc, DeployerError) else " ".join(str(exc).split())
@@ -376,7 +390,8 @@ def watch_builds(ctx, source_repo, branch, app, interval, deploy_targets, regist
 
     client = build_client(docker_url)
     watcher = BuildWatcher(
-        client, source_repo, registry=registry, branch=branch, app=app, deploy=targets, infra_root=infra_root,
+        client, source_repo, registry=registry, branch=list(branches), app=app, deploy=targets,
+        infra_root=infra_root, jobs=jobs, claims=EngineClaims(client, progress=progress(quiet or as_json)),
         service=service, builder=builder, wait=wait, message=message,
         swap=swap_settings(settle, health_timeout), consul=not no_consul, state_path=state_path,
         progress=progress(quiet or as_json), build_progress=BuildLines(quiet or as_json, verbose),
@@ -384,7 +399,8 @@ def watch_builds(ctx, source_repo, branch, app, interval, deploy_targets, regist
         report=report)
     say = progress(quiet or as_json)
     if not once:
-        say(f"watching {watcher.repo.path} {branch} every {interval:g}s; pushing to {registry}"
+        say(f"watching {watcher.repo.path} {', '.join(branches)} every {interval:g}s"
+            + (f", {jobs} builds at a time" if jobs > 1 else "") + f"; pushing to {registry}"
             + (f", deploying to {', '.join(targets)}" if targets else ""))
     main_thread = threading.current_thread() is threading.main_thread()
     if main_thread:  # SIGTERM: finish the commit at hand, then stop
@@ -399,7 +415,7 @@ def watch_builds(ctx, source_repo, branch, app, interval, deploy_targets, regist
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
     if once and not watcher.processed and ok:
-        say(f"nothing new on {branch}")
+        say(f"nothing new on {', '.join(branches)}")
     if once and not ok:
         sys.exit(1)
 

@@ -149,14 +149,17 @@ class SourceRepo:
             raise SourceError(f"{self.path}: no branch {where}")
         return r.out.strip()
 
-    def new_commits(self, since: str | None, head: str, backlog: int) -> tuple[list[str], list[str]]:
-        """(commits to build, oldest first; commits skipped) between ``since`` and ``head``."""
+    def new_commits(self, since: str | None, head: str, backlog: int | None = None) -> tuple[list[str], list[str]]:
+        """(commits to build, oldest first; commits skipped) between ``since`` and ``head``: the
+        first-parent line (commits as they landed on the branch), all of them unless ``backlog`` caps it."""
         if since == head:
             return [], []
         if since is None or not self._git("merge-base", "--is-ancestor", since, head).ok:
             return [head], []  # first run, or history rewritten: only the head
         r = self._git("rev-list", "--first-parent", "--reverse", f"{since}..{head}")
         commits = r.out.split() if r.ok else [head]
+        if backlog is None or len(commits) <= backlog:
+            return commits, []
         return commits[-backlog:], commits[:-backlog]
 
     def subject(self, sha: str) -> str:

@@ -4,6 +4,8 @@
 ``release`` use), ``rollout`` (fleet rollouts: batches, canary, what a failure
 does, and which images undo a whole deploy), ``fleet`` (status, plan, apply across nodes), ``nodes`` (node
 add / rm), ``scaffold`` (init), ``release`` (build, push, deploy; watch-builds),
+``build_queue`` (watch-builds' queue: its record, order, concurrency, events) and ``build_claims``
+(claims on the build engine so two watchers build a commit once),
 ``logs`` (the services' log lines, read or followed across nodes),
 ``service`` (exec's target, restart health-gated without a commit),
 ``prune`` (old images off the nodes), ``scale`` (a service's replica count, committed), ``locks`` (the node

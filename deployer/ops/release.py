@@ -9,15 +9,17 @@
   pushed reference. A failed build or push raises before anything is
   deployed; a node that lacks the image pulls it from the registry.
 
-* ``BuildWatcher`` is ``deployer watch-builds``: it follows one branch of a
-  source repository by polling (``git fetch`` when the branch has a remote,
+* ``BuildWatcher`` is ``deployer watch-builds``: it follows one or more branches of
+  a source repository by polling (``git fetch`` when the branch has a remote,
   else the local branch head, which is what a post-receive hook in a bare
-  repository sees), and builds and pushes every new commit exactly once, each
-  from a clean checkout of that commit (never the working tree). With deploy
-  targets it then deploys the branch head's image. What was built is recorded
-  in ``<git dir>/deployer-builds.json`` (written atomically, one watcher at a
-  time under ``deployer-builds.lock`` beside it), so a restarted watcher, or
-  the next hook run, builds nothing twice:
+  repository sees), and builds and pushes every new commit exactly once, in
+  order, at most ``jobs`` at a time, each from a clean checkout of that commit
+  (never the working tree): the queue, its record and the claims that let two
+  watchers share one repository are ``ops.build_queue`` and ``ops.build_claims``.
+  With deploy targets (one branch only) it then deploys the branch head's image.
+  What was built is recorded in ``<git dir>/deployer-builds.json`` (written
+  durably, one watcher at a time under ``deployer-builds.lock`` beside it), so a
+  restarted watcher, or the next hook run, builds nothing twice:
 
   - a compile error (BuildFailed and other errors of the source itself) is
     recorded as ``failed`` with the compiler's output and never retried; a
@@ -25,10 +27,9 @@
   - a push, registry or engine failure leaves the commit ``pending``: it is
     retried on the next poll (the image is not rebuilt, only pushed);
   - on its first run the watcher builds only the branch head, not the history;
-    when more than ``backlog`` commits arrive at once the older ones are
-    skipped;
+    after that every new commit (``backlog`` caps one poll's, older ones skipped);
   - a deploy that fails is recorded and not retried; one that could not reach
-    the node (or waited in vain for the deploy lock) is retried.
+    the node (or waited in vain for the deploy lock, a manual one included) is retried.
 
 The source repository is read through ``gitrepo.source`` (``SourceRepo``):
 every git process it starts leaves out the variables git exports to hooks
@@ -38,16 +39,13 @@ every git process it starts leaves out the variables git exports to hooks
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import docker
 
@@ -59,7 +57,6 @@ from deployer.errors import (
     BuildError,
     BuildFailed,
     ConfigError,
-    DeployerError,
     DockerfileMissing,
     HostError,
     LockHeld,
@@ -69,16 +66,15 @@ from deployer.errors import (
     TargetError,
     UnknownBuilder,
 )
-from deployer.files import atomic_write
 from deployer.gitrepo.source import SourceRepo
+from deployer.ops.build_queue import (KEEP_RECORDS, STATE_FILE, STATE_LOCK, STATE_VERSION,  # noqa: F401 - re-exported
+                                      BuildEvents, BuildQueue, BuildState, Claims, CommitOutcome, PollResult)
+from deployer.ops.build_queue import now as _now
+from deployer.ops.build_queue import one_line as _one_line
+from deployer.ops.build_queue import watch_key as _watch_key
 from deployer.ops.deploy import Deployer
 
 DEFAULT_DOCKER = "unix:///var/run/docker.sock"
-STATE_FILE = "deployer-builds.json"
-STATE_LOCK = "deployer-builds.lock"
-STATE_VERSION = 1
-DEFAULT_BACKLOG = 10  # at most this many new commits are built in one go; older ones are skipped
-KEEP_RECORDS = 200  # per branch, in the state file
 OUTPUT_KEPT = 8000  # characters of compiler output kept in the state file
 
 Progress = Callable[[str], None]
@@ -89,16 +85,6 @@ _SOURCE_ERRORS = (BuildFailed, SourceError, ConfigError, DockerfileMissing, Unkn
 
 def _quiet(_: str) -> None:
     pass
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, DeployerError):
-        return exc.one_line()
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 # --------------------------------------------------------------------------- engine, registry
@@ -294,111 +280,39 @@ def release(client, options: ReleaseOptions, *, progress: Progress | None = None
     })
 
 
-# --------------------------------------------------------------------------- the state file
-
-
-def _watch_key(repo: SourceRepo) -> str:
-    """What the state file records a watch under: the branch and the app directory."""
-    return f"{repo.branch}:{repo.app}"
-
-
-class BuildState:
-    """``<git dir>/deployer-builds.json``: per branch and app, the last head seen and each commit's record."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.lock_path = self.path.with_name(STATE_LOCK) if self.path.name == STATE_FILE \
-            else self.path.with_name(self.path.name + ".lock")
-
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """One watcher at a time on this state file (others wait: the hook behind a running watcher)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-    def load(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {"version": STATE_VERSION, "watches": {}}
-        except (OSError, ValueError) as exc:
-            raise SourceError(f"{self.path}: unreadable build state ({_one_line(exc)}); fix or remove it "
-                              "(without it the branch head is built again)") from None
-        if not isinstance(data, dict) or not isinstance(data.get("watches"), dict):
-            raise SourceError(f"{self.path}: not a deployer build state; remove it")
-        return data
-
-    def save(self, data: dict[str, Any]) -> None:
-        atomic_write(self.path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
-
-    def watch(self, data: dict[str, Any], key: str) -> dict[str, Any]:
-        return data["watches"].setdefault(key, {"head": None, "commits": {}})
-
-
 # --------------------------------------------------------------------------- the watcher
 
 
-@dataclass
-class CommitOutcome:
-    """What the watcher did with one commit."""
-
-    revision: str
-    subject: str = ""
-    status: str = "pending"  # built | failed | retry (not done; tried again next poll)
-    ref: str = ""
-    built: bool = False  # False: the registry had it already, or an image built before was pushed
-    pushed: bool = False
-    seconds: float = 0.0
-    error: str = ""
-    output: str = ""  # the compiler's (or docker build's) output of a failed build
-    deploy: str = ""  # "" (none asked for this commit) | deployed | unchanged | failed | retry
-    deploy_commit: str = ""
-    deploy_error: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "built" and self.deploy in ("", "deployed", "unchanged")
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class PollResult:
-    head: str
-    outcomes: list[CommitOutcome] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(o.ok for o in self.outcomes)
-
-
 class BuildWatcher:
-    """Build, push and optionally deploy each new commit of a branch, once."""
+    """Build, push and optionally deploy each new commit of one or more branches, once (``ops.build_queue``)."""
 
-    def __init__(self, client, source: str | os.PathLike, *, registry: str, branch: str = "main",
+    def __init__(self, client, source: str | os.PathLike, *, registry: str, branch: str | Sequence[str] = "main",
                  app: str | None = None, deploy: Sequence[str] = (), infra_root: str | os.PathLike | None = None,
                  service: str | None = None, builder: str | None = None, ca: str | os.PathLike | None = None,
                  wait: float = 0, message: str | None = None, author: str | None = None,
                  swap: SwapOptions | None = None, consul: bool = True,
-                 state_path: str | os.PathLike | None = None, backlog: int = DEFAULT_BACKLOG,
+                 state_path: str | os.PathLike | None = None, backlog: int | None = None, jobs: int = 1,
+                 claims: Claims | None = None, events: BuildEvents | None = None,
                  progress: Progress | None = None, build_progress: builders.Progress | None = None,
                  report: Callable[[CommitOutcome], None] | None = None,
                  credentials_file: str | os.PathLike | None = None):
         self.client = client
         self.credentials_file = credentials_file  # the datacenter's registry_credentials, for checks and pushes
-        self.repo = SourceRepo(source, branch, app)
+        branches = [branch] if isinstance(branch, str) else list(dict.fromkeys(branch))
+        if not branches:
+            raise SourceError("no branch to watch")
+        if jobs < 1:
+            raise ValueError(f"jobs {jobs}: at least 1 build at a time")
+        self.repos = [SourceRepo(source, b, app) for b in branches]
+        self.repo = self.repos[0]
         _registry.split_registry_url(registry)
         self.registry = registry
         self.targets = list(deploy)
         if self.targets and infra_root is None:
             raise TargetError("deploying needs the infrastructure repository (--repo)")
+        if self.targets and len(self.repos) > 1:
+            raise TargetError(f"--deploy follows one branch's head; {len(self.repos)} branches are watched "
+                           f"({', '.join(branches)}): run one watcher per deployed branch")
         self.infra_root = infra_root
         self.service = service
         self.builder = builder
@@ -407,51 +321,42 @@ class BuildWatcher:
         self.message = message
         self.consul = consul
         self.state = BuildState(state_path or self.repo.git_dir / STATE_FILE)
-        self.backlog = max(1, backlog)
         self.progress = progress or _quiet
         self.build_progress = build_progress
         self.report = report or (lambda outcome: None)
+        self.events = events or BuildEvents(self.progress)
         self.stop = threading.Event()
         self.processed = 0  # commits built or deployed by this watcher
+        self._head: str | None = None
+        self.queue = BuildQueue(self.state, self.repos, self._build, jobs=jobs, claims=claims, events=self.events,
+                                progress=self.progress, report=self._report_build, stop=self.stop,
+                                backlog=backlog)
+
+    @property
+    def jobs(self) -> int:
+        return self.queue.jobs
+
+    def _report_build(self, outcome: CommitOutcome) -> None:
+        # with --deploy the head's build is reported with its deploy, after the queue
+        if not (self.targets and outcome.status == "built" and outcome.revision == self._head):
+            self.report(outcome)
 
     # -- one pass ----------------------------------------------------------------
 
     def poll(self) -> PollResult:
-        """Look at the branch once; build what is new (and pending); deploy the head if asked."""
-        repo = self.repo
+        """Look at the branches once; queue what is new, build what is pending; deploy the head if asked."""
         with self.state.locked():
+            self._head = None
             data = self.state.load()
-            watch = self.state.watch(data, _watch_key(repo))
-            commits: dict[str, dict[str, Any]] = watch["commits"]
-            head = repo.head()
-            result = PollResult(head)
-            if head != watch["head"]:
-                new, skipped = repo.new_commits(watch["head"], head, self.backlog)
-                if skipped:
-                    self.progress(f"{len(skipped)} older new commits skipped; building the newest {len(new)}")
-                    result.skipped = skipped
-                for sha in new:
-                    if sha not in commits:  # built (or failed) before: never again
-                        commits[sha] = {"status": "pending", "subject": repo.subject(sha), "seen": _now()}
-                watch["head"] = head
-                _trim(commits)
-                self.state.save(data)
+            result = PollResult("")
+            self.queue.enqueue(data, result)
+            if result.skipped:
+                self.progress(f"{len(result.skipped)} older new commits skipped (--backlog)")
+            head = result.head = result.heads.get(_watch_key(self.repo), "")
+            self._head = head
+            self.queue.drain(data, result)
 
-            reported: set[str] = set()
-            for sha, record in list(commits.items()):
-                if record["status"] != "pending":
-                    continue
-                if self.stop.is_set():
-                    break
-                outcome = self._build(sha, record)
-                self.state.save(data)
-                result.outcomes.append(outcome)
-                if not (self.targets and sha == head and outcome.status == "built"):
-                    self.report(outcome)  # the head's build is reported with its deploy
-                    reported.add(sha)
-                if outcome.status == "retry":  # the registry or the engine is away: try again next poll
-                    break
-
+            commits = self.state.watch(data, _watch_key(self.repo))["commits"]
             record = commits.get(head)
             outcome = next((o for o in result.outcomes if o.revision == head), None)
             if self.targets and record and record["status"] == "built" and not self.stop.is_set() \
@@ -460,37 +365,39 @@ class BuildWatcher:
                     outcome = self._outcome(head, record)
                     result.outcomes.append(outcome)
                 self._deploy(head, record, data, outcome)
-            if outcome is not None and head not in reported:
                 self.report(outcome)
+            elif outcome is not None and self.targets and outcome.status == "built":
+                self.report(outcome)  # held back by _report_build, no deploy after all (stopped)
             self.processed += len(result.outcomes)
             return result
 
     def _outcome(self, sha: str, record: dict[str, Any]) -> CommitOutcome:
         return CommitOutcome(sha, record.get("subject", ""), record["status"], record.get("ref", ""),
                              bool(record.get("built")), bool(record.get("pushed")), 0.0,
-                             record.get("error", ""), record.get("output", ""))
+                             record.get("error", ""), record.get("output", ""),
+                             branch=self.repo.branch, app=self.repo.app)
 
-    def _build(self, sha: str, record: dict[str, Any]) -> CommitOutcome:
-        outcome = CommitOutcome(sha, record.get("subject", ""))
-        self.progress(f"{sha[:12]} {outcome.subject}: building")
+    def _build(self, repo: SourceRepo, sha: str, record: dict[str, Any]) -> CommitOutcome:
+        outcome = CommitOutcome(sha, record.get("subject", ""), branch=repo.branch, app=repo.app)
+        self.progress(f"{sha[:12]} {outcome.subject}: building" + (f" ({repo.branch})" if len(self.repos) > 1 else ""))
         started = time.monotonic()
         checkout = ""
         try:
-            with self.repo.checkout(sha, builders.cache_root() / "checkouts") as app_dir:
+            with repo.checkout(sha, builders.cache_root() / "checkouts") as app_dir:
                 checkout = str(app_dir)
                 image = image_builder.build_image(self.client, app_dir, self.registry, builder=self.builder,
                                                   ca=self.ca, progress=self.build_progress,
                                                   credentials_file=self.credentials_file)
         except _SOURCE_ERRORS as exc:
             # name the source, not the temporary checkout (gone by now)
-            where = str(self.repo.path / self.repo.app) if self.repo.app != "." else str(self.repo.path)
+            where = str(repo.path / repo.app) if repo.app != "." else str(repo.path)
             outcome.status = "failed"
             outcome.error = exc.one_line().replace(checkout, f"{where} at {sha[:12]}") if checkout else exc.one_line()
             outcome.output = (getattr(exc, "output", "") or "")[-OUTPUT_KEPT:]
             record.update(status="failed", error=outcome.error, output=outcome.output, finished=_now())
         except Exception as exc:  # push, registry, engine: not the source's fault
             outcome.status, outcome.error = "retry", _one_line(exc)
-            record.update(error=outcome.error, attempts=record.get("attempts", 0) + 1, tried=_now())
+            record.update(error=outcome.error, tried=_now())
         else:
             outcome.status, outcome.ref = "built", image.ref
             outcome.built, outcome.pushed = image.built, image.pushed
@@ -532,9 +439,11 @@ class BuildWatcher:
 
         Returns False when a build or deploy failed (or a poll did). With
         ``once``, a poll that cannot run (no branch, git fetch failing) raises;
-        otherwise such errors go to ``on_error`` and the next poll tries again.
+        otherwise such errors go to ``on_error`` and the next poll tries again (with
+        several branches, one that cannot be read goes there and the others are built).
         """
         ok = True
+        self.queue.on_error = None if once else on_error
         while not self.stop.is_set():
             try:
                 result = self.poll()
@@ -549,8 +458,3 @@ class BuildWatcher:
         return ok
 
 
-def _trim(commits: dict[str, Any]) -> None:
-    """Forget the oldest finished records beyond KEEP_RECORDS (pending ones stay)."""
-    extra = len(commits) - KEEP_RECORDS
-    for sha in [s for s, r in commits.items() if r.get("status") != "pending"][:max(0, extra)]:
-        del commits[sha]
