@@ -165,32 +165,28 @@ async def events(request: Request) -> StreamingResponse:
 # -- changing -------------------------------------------------------------------------
 
 
-async def deploy(request: Request) -> JSONResponse:
-    identity = auth.require(request, "deploy")
-    params = validate.deploy_request(await read_json(request))
+async def _submit(request: Request, scope: str, kind: str, check, targets_of, nodes_only: bool = False) -> JSONResponse:
+    """Queue a ``kind`` job: the token's ``scope``, the body checked by ``check``, its targets known."""
+    identity = auth.require(request, scope)
+    params = check(await read_json(request))
     state = _state(request)
-    await run_in_threadpool(_check_targets, state, params["targets"])
+    targets = targets_of(params)
+    if targets:
+        await run_in_threadpool(_check_targets, state, targets, nodes_only)
     reason = params.pop("reason")
-    return _accepted(state.jobs.submit("deploy", params, identity, reason))
+    return _accepted(state.jobs.submit(kind, params, identity, reason))
+
+
+async def deploy(request: Request) -> JSONResponse:
+    return await _submit(request, "deploy", "deploy", validate.deploy_request, lambda p: p["targets"])
 
 
 async def rollback(request: Request) -> JSONResponse:
-    identity = auth.require(request, "deploy")
-    params = validate.rollback_request(await read_json(request))
-    state = _state(request)
-    if params.get("targets"):
-        await run_in_threadpool(_check_targets, state, params["targets"])
-    reason = params.pop("reason")
-    return _accepted(state.jobs.submit("rollback", params, identity, reason))
+    return await _submit(request, "deploy", "rollback", validate.rollback_request, lambda p: p.get("targets"))
 
 
 async def locks(request: Request) -> JSONResponse:
-    identity = auth.require(request, "lock")
-    params = validate.lock_request(await read_json(request))
-    state = _state(request)
-    await run_in_threadpool(_check_targets, state, [params["target"]], True)
-    reason = params.pop("reason")
-    return _accepted(state.jobs.submit("lock", params, identity, reason))
+    return await _submit(request, "lock", "lock", validate.lock_request, lambda p: [p["target"]], nodes_only=True)
 
 
 async def openapi(request: Request) -> JSONResponse:
