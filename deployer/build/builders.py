@@ -1,7 +1,7 @@
 """Builder containers: compiling an app, one image per technology.
 
 ``build(client, source_dir)`` compiles an app in a *builder container*, one
-image per technology (``builders/<tech>/``: go, python, rails), all made locally
+image per technology (``builders/<tech>/``: go, python, rails, js), all made locally
 FROM a Debian base that ``builders/base/make-base.sh`` bootstraps with
 mmdebstrap (no registry is needed anywhere). The source is mounted read-only
 at ``/src``, a fresh staging directory at ``/out`` and a named volume per
@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -65,7 +66,7 @@ MARKERS: list[tuple[str, str]] = [
     ("setup.cfg", "python"),
     ("setup.py", "python"),
     ("Gemfile + config/application.rb", "rails"),
-    ("package.json", "node"),
+    ("package.json", "js"),  # only with a "build" script: the js builder runs `npm run build`
 ]
 
 _NAME_OK = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
@@ -189,18 +190,41 @@ def available_builders() -> list[str]:
 
 
 def detect_builder(source_dir: str | os.PathLike) -> str:
-    """``go``, ``python``, ``rails`` or ``node``: from ``deployer.yml`` if it says, else the marker files."""
+    """``go``, ``python``, ``rails`` or ``js``: from ``deployer.yml`` if it says, else the marker files
+    (a ``package.json`` counts only with a ``build`` script)."""
     src = Path(source_dir)
     if not src.is_dir():
         raise SourceError(f"{source_dir}: not a directory")
     cfg = load_app_config(src)
     if cfg.builder:
         return cfg.builder
+    unbuildable = ""
     for marker, tech in MARKERS:
         if all((src / name).is_file() for name in marker.split(" + ")):
+            if marker == "package.json" and "build" not in npm_scripts(src / marker):
+                unbuildable = (f"; {marker} has no \"build\" script (the js builder runs `npm run build`, "
+                               "e.g. \"webpack --mode production\")")
+                continue
             return tech
     names = ", ".join(m for m, _ in MARKERS)
-    raise UnknownBuilder(f"{source_dir}: none of {names}: cannot tell which builder to use (set 'builder' in {APP_CONFIG})")
+    raise UnknownBuilder(f"{source_dir}: none of {names}{unbuildable}: cannot tell which builder to use "
+                         f"(set 'builder' in {APP_CONFIG})")
+
+
+def npm_scripts(package_json: Path) -> dict[str, str]:
+    """The ``scripts`` of a ``package.json`` (names to commands); ConfigError if it is not a JSON object."""
+    try:
+        data = json.loads(package_json.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(str(package_json), f"not valid JSON: {e.msg}", line=e.lineno) from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(str(package_json), f"cannot read it: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(str(package_json), "must be a JSON object")
+    scripts = data.get("scripts") or {}
+    if not isinstance(scripts, dict):
+        raise ConfigError(str(package_json), "must be an object of script names to commands", field="scripts")
+    return {k: v for k, v in scripts.items() if isinstance(v, str)}
 
 
 # --------------------------------------------------------------------------- images

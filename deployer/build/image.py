@@ -43,6 +43,7 @@ from deployer.build.builders import (
     cache_root,
     docker_build,
     emit,
+    ensure_base_image,
     file_lock,
     first_error,
     load_app_config,
@@ -276,6 +277,10 @@ def _build_app_image(client, app: AppConfig, info: SourceInfo, result: BuildResu
         # FROM ${BUILDER}: the Rails app runs on the Ruby and gems its assets were precompiled with). Only
         # to a Dockerfile that declares it: docker warns of a build argument that is not consumed.
         buildargs = {"BUILDER": result.builder_image} if _declares_arg(app.dockerfile, "BUILDER") else None
+        # BASE: the local Debian base (builders/base), for a Dockerfile whose FROM uses it (ARG BASE before
+        # the first FROM: the dashboard's nginx comes from Debian's packages on it, never from a registry).
+        if "BASE" in global_build_args(app.dockerfile.read_text(encoding="utf-8", errors="replace")):
+            buildargs = {**(buildargs or {}), "BASE": ensure_base_image(client, progress)}
         image_id, _ = docker_build(client, ctx, "Dockerfile", buildargs=buildargs, labels=labels, progress=progress,
                                     phase="image", what=f"image {ref}")
     return image_id
@@ -285,6 +290,32 @@ def _declares_arg(dockerfile: Path, name: str) -> bool:
     """Whether the Dockerfile has an ``ARG name`` (or ``ARG name=default``) instruction."""
     pattern = re.compile(rf"^\s*ARG\s+{re.escape(name)}(?:=|\s|$)", re.I | re.M)
     return bool(pattern.search(dockerfile.read_text(errors="replace")))
+
+
+def global_build_args(dockerfile: str) -> list[str]:
+    """The names a Dockerfile declares with ``ARG`` before its first ``FROM`` (the ones ``FROM`` may use)."""
+    names: list[str] = []
+    logical = ""
+    for raw in dockerfile.splitlines():
+        stripped = raw.strip()
+        if not logical and (not stripped or stripped.startswith("#")):
+            continue  # blank lines and comments (a comment inside a continuation is kept out too)
+        if logical and stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            logical += stripped[:-1] + " "
+            continue
+        logical += stripped
+        words = logical.split()
+        logical = ""
+        if not words:
+            continue
+        keyword = words[0].upper()
+        if keyword == "FROM":
+            break
+        if keyword == "ARG":
+            names.extend(w.split("=", 1)[0] for w in words[1:])
+    return names
 
 
 def push_image(client, ref: str, image_id: str = "", progress: Progress | None = None,

@@ -21,11 +21,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_detect_builder(tmp_path):
-    cases = {"go.mod": "go", "pyproject.toml": "python", "setup.cfg": "python", "package.json": "node"}
+    cases = {"go.mod": "go", "pyproject.toml": "python", "setup.cfg": "python", "package.json": "js"}
     for marker, tech in cases.items():
         d = tmp_path / marker.replace(".", "_")
         d.mkdir()
-        (d / marker).write_text("")
+        (d / marker).write_text('{"scripts": {"build": "webpack"}}' if marker == "package.json" else "")
         assert B.detect_builder(d) == tech
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -121,14 +121,38 @@ def test_app_config_errors_name_file_and_line(tmp_path, text, where, match):
 
 def test_detect_builder_prefers_deployer_yml_then_the_first_marker(tmp_path):
     (tmp_path / "go.mod").write_text("module x\n")
-    (tmp_path / "package.json").write_text("{}\n")
+    (tmp_path / "package.json").write_text('{"scripts": {"build": "webpack"}}\n')
     assert B.detect_builder(tmp_path) == "go"  # go.mod comes first in MARKERS
-    (tmp_path / "deployer.yml").write_text("builder: node\n")
-    assert B.detect_builder(tmp_path) == "node"
+    (tmp_path / "deployer.yml").write_text("builder: js\n")
+    assert B.detect_builder(tmp_path) == "js"
     loose = tmp_path / "file"
     loose.write_text("")
     with pytest.raises(SourceError, match="not a directory"):
         B.load_app_config(loose)
+
+
+def test_detect_js_needs_a_build_script(tmp_path):
+    """A package.json is the js builder's marker only with a "build" script (what the builder runs)."""
+    (tmp_path / "package.json").write_text('{"name": "x", "scripts": {"test": "jest"}}\n')
+    with pytest.raises(UnknownBuilder) as e:
+        B.detect_builder(tmp_path)
+    line = e.value.one_line()
+    assert 'package.json has no "build" script (the js builder runs `npm run build`' in line
+    assert line.endswith("cannot tell which builder to use (set 'builder' in deployer.yml)") and "\n" not in line
+    (tmp_path / "setup.py").write_text("")  # a later marker still wins
+    assert B.detect_builder(tmp_path) == "python"
+    (tmp_path / "setup.py").unlink()
+    (tmp_path / "package.json").write_text('{"scripts": {"build": "webpack --mode production"}}')
+    assert B.detect_builder(tmp_path) == "js"
+    assert B.detect_builder(ROOT / "examples" / "apps" / "dashboard") == "js"
+
+    for text, match, line_no in [('{"scripts": {"build": }', "not valid JSON: Expecting value", 1),
+                                 ('[1, 2]', "must be a JSON object", None),
+                                 ('{\n "scripts": ["webpack"]}', "scripts: must be an object", None)]:
+        (tmp_path / "package.json").write_text(text)
+        with pytest.raises(ConfigError, match=match) as err:
+            B.detect_builder(tmp_path)
+        assert err.value.line == line_no and str(tmp_path / "package.json") in err.value.one_line()
 
 
 # --------------------------------------------------------------------------- images: refs, content addresses
@@ -140,7 +164,7 @@ def test_builder_images_are_content_addressed(tmp_path, monkeypatch):
     monkeypatch.setenv("DEPLOYER_BUILDERS_DIR", str(copy))
     assert B.builders_dir() == copy
     found = B.available_builders()
-    assert found == sorted(found) and {"go", "python", "rails"} <= set(found)
+    assert found == sorted(found) and {"go", "js", "python", "rails"} <= set(found)
     base, go, py = B.base_image_ref(), B.builder_image_ref("go"), B.builder_image_ref("python")
     assert base.startswith("deployer-base:bookworm-") and len(base.rsplit("-", 1)[1]) == 12
     assert go.startswith("deployer-builder-go:") and py.startswith("deployer-builder-python:")
@@ -219,3 +243,14 @@ def test_source_info_names_the_revision_tag_and_origin(tmp_path):
     with pytest.raises(DirtySource, match=r"uncommitted changes \(sensor/new.txt and 1 more\); commit them"):
         I.source_version(src)
     assert I.source_info(src).version == "v2-build.1-dirty"
+
+
+def test_global_build_args_are_the_args_before_the_first_from():
+    """The image builder passes BASE (the local Debian base) to a Dockerfile that declares it before FROM."""
+    assert I.global_build_args("FROM scratch\nCOPY sensor /sensor\n") == []
+    text = ("# syntax comment\n\narg BASE=deployer-base:bookworm\nARG A \\\n  B=2\n"
+            "FROM ${BASE}\nARG LATER\nRUN true\n")
+    assert I.global_build_args(text) == ["BASE", "A", "B"]
+    assert I.global_build_args("FROM x\nARG BASE\n") == []  # a stage's ARG is not FROM's
+    dashboard = (ROOT / "examples" / "apps" / "dashboard" / "Dockerfile").read_text()
+    assert I.global_build_args(dashboard) == ["BASE"]
