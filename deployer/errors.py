@@ -245,6 +245,14 @@ class DirtySource(SourceError):
     """The source has uncommitted changes and dirty builds were not allowed."""
 
 
+class SourceTooLarge(SourceError):
+    """The app's source, less what its ignore file leaves out, is over the size limit; nothing was sent."""
+
+
+class BuildEngineLost(BuildError):
+    """The build engine stopped answering during a build; nothing was tagged."""
+
+
 class DockerfileMissing(BuildError):
     """The app has no Dockerfile where one is expected; ``path`` names it."""
 

@@ -117,6 +117,7 @@ class Datacenter:
     # datacenter.yml lock: {ttl, delay}: the node locks' TTL and (Consul) lock-delay, seconds; None: the defaults
     lock_ttl: float | None = None
     lock_delay: float | None = None
+    builder: "Node | None" = None  # datacenter.yml builder: the engine its images are built on (config.builder_engine)
 
 
 @dataclass(frozen=True)

@@ -4,21 +4,23 @@
 image per technology (``builders/<tech>/``: go, python, rails, js), all made locally
 FROM a Debian base that ``builders/base/make-base.sh`` bootstraps with
 mmdebstrap (no registry is needed anywhere). The source is mounted read-only
-at ``/src``, a fresh staging directory at ``/out`` and a named volume per
-builder (``deployer-cache-<tech>``) at ``/cache``, so warm builds reuse the
-compiler cache. The staging directory replaces ``artifacts_dir`` only when
-the builder succeeded: nothing half-written is ever left there. Turning the
-binaries into a pushed image is ``build.image``'s job.
+a named volume per builder (``deployer-cache-<tech>``, on the build engine) at
+``/cache``, so warm builds reuse the compiler cache. The source reaches the
+builder container as a tar archive over the engine's API (``build.transfer``:
+the app's ``.deployerignore``/``.dockerignore`` excludes, a size limit) into
+``/src``, and ``/out`` comes back the same way into a staging directory, which
+replaces ``artifacts_dir`` only when the builder succeeded: nothing
+half-written is ever left there. So the engine may be local or remote
+(``ssh://``, ``tcp://``). Turning the binaries into a pushed image is
+``build.image``'s job.
 
 An app directory may hold a ``deployer.yml``::
 
     name: sensor          # image name; default: the directory name
     builder: go           # default: detected (go.mod, pyproject.toml, ...)
     dockerfile: Dockerfile  # relative to the app directory
+    source_limit: 100m    # the most source sent to the build engine (a size)
 
-Builder containers bind-mount host paths, so the Docker engine must share
-this machine's filesystem (a unix socket, or a daemon in a network namespace
-here); a remote engine would see empty directories.
 Builder and base images are content-addressed: editing ``builders/go/`` gives
 a new ``deployer-builder-go:<hash>`` on the next build.
 """
@@ -45,7 +47,9 @@ import requests
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from deployer.errors import BuildFailed, ConfigError, SourceError, UnknownBuilder
+from deployer.build import transfer
+from deployer.errors import BadValue, BuildEngineLost, BuildFailed, ConfigError, SourceError, UnknownBuilder
+from deployer.values import parse_bytes
 
 Progress = Callable[[str, dict], None]
 """``progress(phase, event)``: phase is "base", "builder", "build", "image" or
@@ -56,6 +60,7 @@ BASE_REPOSITORY = "deployer-base"
 BUILDER_REPOSITORY = "deployer-builder-{tech}"
 CACHE_VOLUME = "deployer-cache-{tech}"
 APP_CONFIG = "deployer.yml"
+APP_KEYS = ("name", "builder", "dockerfile", "source_limit")
 DEFAULT_BUILD_TIMEOUT = 1800
 
 
@@ -84,6 +89,8 @@ class BuildResult:
     builder_image: str = ""
     artifacts_dir: Path | None = None
     cache_volume: str = ""
+    source_files: int = 0  # files sent to the build engine
+    source_bytes: int = 0  # the archive's size
 
 
 @dataclass
@@ -92,6 +99,8 @@ class AppConfig:
     builder: str | None
     dockerfile: Path
     path: Path
+    source_limit: int = transfer.DEFAULT_SOURCE_LIMIT
+    source_limit_set: bool = False  # written in deployer.yml
 
 
 # --------------------------------------------------------------------------- paths and locks
@@ -157,13 +166,19 @@ def load_app_config(source_dir: str | os.PathLike) -> AppConfig:
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(str(cfg_path), "must be a mapping (name, builder, dockerfile)")
-        unknown = sorted(set(loaded) - {"name", "builder", "dockerfile"})
+        unknown = sorted(set(loaded) - set(APP_KEYS))
         if unknown:
-            raise ConfigError(str(cfg_path), "unknown key (known: name, builder, dockerfile)", field=str(unknown[0]))
+            raise ConfigError(str(cfg_path), f"unknown key (known: {', '.join(APP_KEYS)})", field=str(unknown[0]))
         for key in ("name", "builder", "dockerfile"):
             if key in loaded and not isinstance(loaded[key], str):
                 raise ConfigError(str(cfg_path), "must be a string", field=key)
         data = loaded
+    limit, limit_set = transfer.DEFAULT_SOURCE_LIMIT, "source_limit" in data
+    if limit_set:
+        try:
+            limit = parse_bytes(data["source_limit"])
+        except BadValue as e:
+            raise ConfigError(str(cfg_path), str(e), field="source_limit") from None
     name = data.get("name")
     if name is not None:
         if not _NAME_OK.match(name):
@@ -172,7 +187,8 @@ def load_app_config(source_dir: str | os.PathLike) -> AppConfig:
     else:
         name = _image_name_from_dir(src)
     dockerfile = src / data.get("dockerfile", "Dockerfile")
-    return AppConfig(name=name, builder=data.get("builder"), dockerfile=dockerfile, path=cfg_path)
+    return AppConfig(name=name, builder=data.get("builder"), dockerfile=dockerfile, path=cfg_path,
+                     source_limit=limit, source_limit_set=limit_set)
 
 
 def _image_name_from_dir(src: Path) -> str:
@@ -236,6 +252,9 @@ def _image_exists(client, ref: str) -> bool:
         return True
     except docker.errors.ImageNotFound:
         return False
+
+
+image_exists = _image_exists
 
 
 def _digest_files(h: "hashlib._Hash", root: Path) -> None:
@@ -302,13 +321,29 @@ def ensure_base_image(client, progress: Progress | None = None) -> str:
     return ref
 
 
-def ensure_builder_image(client, tech: str, progress: Progress | None = None) -> str:
-    """The builder image for ``tech`` from ``builders/<tech>/`` (and the base); built if missing."""
+def ensure_builder_image(client, tech: str, progress: Progress | None = None, *, source=None) -> str:
+    """The builder image for ``tech`` from ``builders/<tech>/`` (and the base); built if missing.
+
+    ``source``: another engine's client, or a callable giving one or None (where Debian's mirror is
+    reachable): a missing image is
+    made there (if missing there too) and moved here over the API (``docker save | docker load``,
+    streamed), the same content-addressed tag on both."""
     ref = builder_image_ref(tech)
     if _image_exists(client, ref):
         return ref
     with file_lock(lock_path("image", ref, _engine_key(client))):
         if _image_exists(client, ref):
+            return ref
+        if callable(source):  # connected only now that an image is missing
+            source = source()
+        if source is not None:
+            ensure_builder_image(source, tech, progress)
+            emit(progress, "builder", {"status": f"moving {ref} from {engine_url(source)} to {engine_url(client)}"})
+            transfer.move_image(source, client, ref)
+            if not _image_exists(client, ref):
+                raise BuildFailed(f"builder image {ref}: loaded into {engine_url(client)} but missing there")
+            repo = ref.split(":", 1)[0]
+            client.api.tag(ref, repo, "latest", force=True)
             return ref
         base = ensure_base_image(client, progress)
         emit(progress, "builder", {"status": f"building {ref} FROM {base}"})
@@ -377,50 +412,67 @@ def _ensure_volume(client, name: str, tech: str) -> None:
 def build(client, source_dir: str | os.PathLike, builder: str | None = None,
           artifacts_dir: str | os.PathLike | None = None, *, cache_volume: str | None = None,
           env: dict[str, str] | None = None, timeout: float = DEFAULT_BUILD_TIMEOUT,
-          progress: Progress | None = None) -> BuildResult:
-    """Compile ``source_dir`` in its builder container; return the binaries.
+          progress: Progress | None = None, images_from=None) -> BuildResult:
+    """Compile ``source_dir`` in its builder container on ``client``'s engine; return the binaries.
 
-    ``artifacts_dir`` (default ``<cache>/artifacts/<app>``) is replaced as a
-    whole, and only on success. ``seconds`` is the builder container's run,
-    without the time making a missing builder image takes. A failing compiler
-    raises BuildFailed with its stderr in ``.output``.
+    The source goes there as an archive (SourceTooLarge before anything is
+    sent when it is over the app's ``source_limit``), ``/out`` comes back as
+    one. ``artifacts_dir`` (default ``<cache>/artifacts/<app>``) is replaced as
+    a whole, and only on success. ``seconds`` is the builder container's run
+    (archive in and out included), without the time making a missing builder
+    image takes. A failing compiler raises BuildFailed with its stderr in
+    ``.output``; an engine that stops answering, BuildEngineLost.
+    ``images_from``: another engine's client where a missing builder image is
+    made and moved from (``ensure_builder_image``).
     """
     src = Path(source_dir)
     if not src.is_dir():
         raise SourceError(f"{source_dir}: not a directory")
     src = src.resolve()
+    app = load_app_config(src)
     tech = builder or detect_builder(src)
-    image = ensure_builder_image(client, tech, progress)
-    volume = cache_volume or CACHE_VOLUME.format(tech=tech)
-    _ensure_volume(client, volume, tech)
-
-    if artifacts_dir is None:
-        artifacts_dir = cache_root() / "artifacts" / load_app_config(src).name
-    out = Path(artifacts_dir).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    bundle = host_ca_bundle()
+    extra = {CONTAINER_CA_BUNDLE.lstrip("/"): Path(bundle).read_bytes()} if bundle else None
+    archive = transfer.pack_source(src, app.source_limit, extra=extra,
+                                   limit_from=f" ({app.path.name} source_limit)" if app.source_limit_set else "")
     try:
-        started = time.monotonic()
-        code, stdout, stderr = _run_builder(client, image, tech, src, staging, volume, env, timeout, progress)
-        seconds = time.monotonic() - started
-        logs = stdout + stderr
-        if code != 0:
-            raise BuildFailed(
-                f"{tech} build of {source_dir} failed (exit {code}): {first_error(stderr or stdout)}",
-                output=stderr or stdout, exit_status=code,
-            )
-        produced = sorted(p.relative_to(staging) for p in staging.rglob("*") if p.is_file())
-        if not produced:
-            raise BuildFailed(f"{tech} build of {source_dir} produced no files", output=logs, exit_status=code)
-        _replace_dir(staging, out)
+        image = ensure_builder_image(client, tech, progress, source=images_from)
+        volume = cache_volume or CACHE_VOLUME.format(tech=tech)
+        _ensure_volume(client, volume, tech)
+
+        if artifacts_dir is None:
+            artifacts_dir = cache_root() / "artifacts" / app.name
+        out = Path(artifacts_dir).resolve()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        try:
+            started = time.monotonic()
+            code, stdout, stderr = _run_builder(client, image, tech, src, archive, staging, volume, env,
+                                                bool(bundle), timeout, progress)
+            seconds = time.monotonic() - started
+            logs = stdout + stderr
+            if code != 0:
+                raise BuildFailed(
+                    f"{tech} build of {source_dir} failed (exit {code}): {first_error(stderr or stdout)}",
+                    output=stderr or stdout, exit_status=code,
+                )
+            produced = sorted(p.relative_to(staging) for p in staging.rglob("*") if p.is_file())
+            if not produced:
+                raise BuildFailed(f"{tech} build of {source_dir} produced no files", output=logs, exit_status=code)
+            _replace_dir(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        archive.close()
     return BuildResult(binaries=[out / p for p in produced], seconds=seconds, logs=logs, builder=tech,
-                       builder_image=image, artifacts_dir=out, cache_volume=volume)
+                       builder_image=image, artifacts_dir=out, cache_volume=volume,
+                       source_files=archive.files, source_bytes=archive.archive_bytes)
 
 
 CONTAINER_CA_BUNDLE = "/etc/ssl/deployer-host-ca.crt"
 CA_ENV = ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS")
+WAIT_POLL = 2.0  # seconds a wait for the builder lasts before the engine is asked whether it is still there
+PING_TIMEOUT = 5.0  # seconds the engine has to answer that
 
 
 def host_ca_bundle() -> str | None:
@@ -435,46 +487,87 @@ def host_ca_bundle() -> str | None:
     return None
 
 
-def _run_builder(client, image: str, tech: str, src: Path, staging: Path, volume: str,
-                 env: dict[str, str] | None, timeout: float, progress: Progress | None) -> tuple[int, str, str]:
+def engine_url(client) -> str:
+    return str(getattr(client.api, "deployer_url", None) or client.api.base_url)
+
+
+def engine_answers(client, timeout: float = PING_TIMEOUT) -> bool:
+    """Whether the engine answers a ping within ``timeout`` seconds."""
+    try:
+        response = client.api._get(client.api._url("/_ping"), timeout=timeout)
+        return response.status_code == 200
+    except Exception:
+        return False
+
+
+def _lost(client, tech: str, src: Path, doing: str, exc: BaseException | None = None) -> BuildEngineLost:
+    why = f": {first_error(str(exc))}" if exc is not None else ""
+    return BuildEngineLost(f"{tech} build of {src}: lost the build engine {engine_url(client)} while {doing}{why}; "
+                           "nothing was tagged")
+
+
+def _run_builder(client, image: str, tech: str, src: Path, archive: transfer.SourceArchive, staging: Path,
+                 volume: str, env: dict[str, str] | None, with_bundle: bool, timeout: float,
+                 progress: Progress | None) -> tuple[int, str, str]:
     environment = {"OUT_UID": str(os.getuid()), "OUT_GID": str(os.getgid())}
-    volumes = {
-        str(src): {"bind": "/src", "mode": "ro"},
-        str(staging): {"bind": "/out", "mode": "rw"},
-        volume: {"bind": "/cache", "mode": "rw"},
-    }
-    bundle = host_ca_bundle()
-    if bundle:
+    if with_bundle:
         # Builders fetch dependencies over HTTPS (PyPI, npm, a Go proxy): they
-        # trust what this machine trusts, e.g. a local proxy's CA.
-        volumes[bundle] = {"bind": CONTAINER_CA_BUNDLE, "mode": "ro"}
+        # trust what this machine trusts, e.g. a local proxy's CA (sent in the archive).
         environment.update({k: CONTAINER_CA_BUNDLE for k in CA_ENV})
     environment.update(env or {})
-    emit(progress, "build", {"status": f"running {image} on {src}"})
-    container = client.containers.create(
-        image,
-        volumes=volumes,
-        environment=environment,
-        labels={"deployer.role": "builder", "deployer.builder": tech, "deployer.source": str(src)},
-    )
+    emit(progress, "build", {"status": f"running {image} on {src} at {engine_url(client)} "
+                                       f"({archive.files} files, {archive.archive_bytes / 1024:.0f} KiB sent)"})
+    lost = False
+    container = None
     try:
+        container = client.containers.create(
+            image,
+            volumes={volume: {"bind": "/cache", "mode": "rw"}},
+            environment=environment,
+            labels={"deployer.role": "builder", "deployer.builder": tech, "deployer.source": str(src)},
+        )
+        if not container.put_archive("/", archive.file):
+            raise BuildFailed(f"{tech} build of {src}: the engine refused the source archive")
         container.start()
-        try:
-            status = container.wait(timeout=timeout)
-        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as e:
-            with contextlib.suppress(docker.errors.APIError):
-                container.kill()
-            raise BuildFailed(f"{tech} build of {src} timed out after {timeout:g}s",
-                              output=_logs(container, stderr=True)) from e
+        status = _wait(client, container, tech, src, timeout)
         code = int(status.get("StatusCode", 1))
         stdout = _logs(container, stdout=True)
         stderr = _logs(container, stderr=True)
         for line in (stdout + stderr).splitlines():
             emit(progress, "build", {"stream": line + "\n"})
+        if code == 0:
+            chunks, _ = container.get_archive("/out")
+            transfer.unpack_out(chunks, staging)
         return code, stdout, stderr
+    except BuildEngineLost:
+        lost = True
+        raise
+    except (requests.exceptions.RequestException, OSError) as e:
+        lost = not engine_answers(client)
+        if lost:
+            raise _lost(client, tech, src, "building", e) from None
+        raise
     finally:
-        with contextlib.suppress(docker.errors.APIError):
-            container.remove(force=True)
+        if container is not None and not lost:
+            with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
+                container.remove(force=True)
+
+
+def _wait(client, container, tech: str, src: Path, timeout: float) -> dict:
+    """The builder's exit status; asks the engine every WAIT_POLL seconds whether it is still there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return container.wait(timeout=min(WAIT_POLL, max(0.1, deadline - time.monotonic())))
+        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+            pass
+        if not engine_answers(client):
+            raise _lost(client, tech, src, "the builder ran")
+        if time.monotonic() >= deadline:
+            with contextlib.suppress(docker.errors.APIError):
+                container.kill()
+            raise BuildFailed(f"{tech} build of {src} timed out after {timeout:g}s",
+                              output=_logs(container, stderr=True))
 
 
 def _logs(container, stdout: bool = False, stderr: bool = False) -> str:

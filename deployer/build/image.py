@@ -132,7 +132,7 @@ def image_ref(registry: str, name: str, version: str) -> str:
 def build_image(client, source_dir: str | os.PathLike, registry: str, allow_dirty: bool = False, *,
                 builder: str | None = None, ca: str | os.PathLike | None = None, push: bool = True,
                 progress: Progress | None = None, env: dict[str, str] | None = None,
-                credentials_file: str | os.PathLike | None = None) -> ImageResult:
+                credentials_file: str | os.PathLike | None = None, images_from=None) -> ImageResult:
     """Binaries -> Docker image ``REGISTRY/APP:VERSION`` -> pushed.
 
     Skips everything when the registry already has that tag for this revision
@@ -143,6 +143,8 @@ def build_image(client, source_dir: str | os.PathLike, registry: str, allow_dirt
     source and version run one at a time (file lock), in any process.
     ``credentials_file``: the datacenter's registry credentials, looked at before the
     operator's Docker config (``engine.registry_credentials``), for the check and the push.
+    ``client`` may be any engine (the source goes there as an archive); ``images_from``: where a
+    builder image it lacks is made and moved from (``builders.ensure_builder_image``).
     """
     src = Path(source_dir)
     if not src.is_dir():
@@ -179,7 +181,8 @@ def build_image(client, source_dir: str | os.PathLike, registry: str, allow_dirt
         else:
             started = time.monotonic()
             artifacts = cache_root() / "artifacts" / app.name / info.version
-            result = build(client, src, builder or app.builder, artifacts, env=env, progress=progress)
+            result = build(client, src, builder or app.builder, artifacts, env=env, progress=progress,
+                           images_from=images_from)
             _prune_artifacts(artifacts.parent, keep=ARTIFACT_VERSIONS_KEPT)
             image_id = _build_app_image(client, app, info, result, ref, progress)
             build_seconds = time.monotonic() - started

@@ -7,7 +7,7 @@ commands: ``repo`` (init, validate, ls), ``compose_config`` (config: a node's
 resolved compose file), ``deploy`` (deploy, rollback,
 history), ``fleet`` (status, plan, apply), ``nodes`` (node add/rm), ``lock`` (lock
 status, acquire, release), ``build``
-(build, image, release, watch-builds), ``discovery`` (services, registrator,
+(build, image, release, watch-builds, builders ls|build), ``discovery`` (services, registrator,
 render, templates watch), ``completion`` (``deployer completion``, and what
 target and image arguments complete to), ``service`` (logs, exec, restart;
 ``terminal``: the terminal of ``exec -it``), ``prune`` (prune), ``scale`` (scale), ``serve`` (serve; token add/ls/rm),

@@ -1,4 +1,4 @@
-"""CLI commands for building and releasing: build, image, release, watch-builds.
+"""CLI commands for building and releasing: build, image, release, watch-builds, builders ls|build.
 
 Added to the main group by deployer.cli.main, with its conventions: ``--json`` for
 machines, progress lines on stderr (``--quiet`` turns them off), errors as one
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -23,7 +24,7 @@ from deployer.cli.completion import complete_targets
 from deployer.cli.options import (POSITIVE_DURATION, author_option, batch_option, health_timeout_option,
                                   json_option, message_option, no_consul_option, progress_options, quiet_option,
                                   repo_root, service_option, settle_option, swap_settings, verbose_option, wait_option)
-from deployer.cli.output import echo_during_progress, end_progress, print_deploy_result, print_json, progress
+from deployer.cli.output import echo_during_progress, end_progress, print_deploy_result, print_json, progress, table
 from deployer.errors import BuildFailed, DeployerError
 
 WATCH_HELP = """Build, push (and deploy) each new commit of SOURCE_REPO's branches, once, in order.
@@ -177,9 +178,14 @@ def _outcome_lines(outcome, targets: list[str]) -> None:
 
 # The options only the build commands take.
 docker_option = click.option(
-    "--docker", "docker_url", metavar="URL", envvar="DOCKER_HOST", show_envvar=True,
-    default="unix:///var/run/docker.sock", show_default=True,
-    help="The Docker engine that builds; it must see this machine's files (a local socket).")
+    "--engine", "--docker", "docker_url", metavar="URL", envvar="DOCKER_HOST", show_envvar=True,
+    help="The Docker engine that builds: unix://PATH, ssh://[user@]host[:port] or tcp://host:port (TLS with "
+         "DOCKER_TLS_VERIFY, files from DOCKER_CERT_PATH). Default: the datacenter.yml builder, else "
+         "unix:///var/run/docker.sock.")
+builders_from_option = click.option(
+    "--builders-from", metavar="URL|here",
+    help="Where a builder image the engine lacks is made, then moved to it (docker save | load): 'here' is the "
+         "build engine itself. Default: the build engine for a unix:// one, else unix:///var/run/docker.sock.")
 builder_option = click.option("--builder", metavar="TECH",
                               help="go, python, ... (default: deployer.yml's builder, else detected).")
 registry_option = click.option("--registry", metavar="HOST:PORT", help="The registry to push to.")
@@ -194,21 +200,25 @@ build_verbose_option = verbose_option("Also show the compiler's and docker build
 @click.option("--out", metavar="DIR", help="Where the binaries go (replaced as a whole, only on success; "
                                            "default: the cache's artifacts/APP).")
 @docker_option
+@builders_from_option
 @json_option()
 @quiet_option()
 @build_verbose_option
-def build(app_source, builder, out, docker_url, as_json, quiet, verbose):
+def build(app_source, builder, out, docker_url, builders_from, as_json, quiet, verbose):
     """Compile APP_SOURCE in its builder container and list the files made.
 
     Needs no git and no registry. A compile error prints the compiler's
     output and exits 1; the --out directory is then left as it was.
     """
     from deployer.build import builders as B
+    from deployer.ops.build_engine import ImagesFrom
     from deployer.ops.release import build_client
 
     client = build_client(docker_url)
-    with contextlib.closing(client), compiler_output():
-        result = B.build(client, app_source, builder, out, progress=BuildLines(quiet or as_json, verbose))
+    images_from = ImagesFrom(builders_from, client)
+    with contextlib.closing(client), contextlib.closing(images_from), compiler_output():
+        result = B.build(client, app_source, builder, out, progress=BuildLines(quiet or as_json, verbose),
+                         images_from=images_from)
     if as_json:
         print_json({"builder": result.builder, "builder_image": result.builder_image,
                     "artifacts_dir": str(result.artifacts_dir), "binaries": [str(p) for p in result.binaries],
@@ -229,12 +239,14 @@ def build(app_source, builder, out, docker_url, as_json, quiet, verbose):
 @click.option("--no-push", is_flag=True, help="Build and tag REGISTRY/APP:VERSION here; do not push.")
 @builder_option
 @docker_option
+@builders_from_option
 @json_option()
 @quiet_option()
 @build_verbose_option
 @progress_options
 @click.pass_context
-def image(ctx, app_source, registry, dc, allow_dirty, no_push, builder, docker_url, as_json, quiet, verbose):
+def image(ctx, app_source, registry, dc, allow_dirty, no_push, builder, docker_url, builders_from, as_json, quiet,
+          verbose):
     """Build APP_SOURCE's image REGISTRY/APP:VERSION and push it.
 
     VERSION is the git tag on HEAD, else the short commit. Uncommitted
@@ -248,20 +260,24 @@ def image(ctx, app_source, registry, dc, allow_dirty, no_push, builder, docker_u
         raise click.UsageError("give --registry or --dc, not both")
     if not registry and not dc:
         raise click.UsageError("where to push: --registry HOST:PORT, or --dc DC (its datacenter.yml's registry)")
-    credentials = None
+    from deployer.ops.build_engine import ImagesFrom, datacenter_builder
+
+    credentials, builder_node = None, None
     if dc:
         from deployer.config.loader import load
 
         infra = load(repo_root(ctx))
         registry = registry_for(infra, dc=dc)
         credentials = credentials_for(infra, dc=dc)
+        builder_node = None if docker_url else datacenter_builder(infra, dc=dc)
     else:
         registry = registry_for(None, explicit=registry)
-    client = build_client(docker_url)
-    with contextlib.closing(client), compiler_output():
+    client = build_client(docker_url, node=builder_node, root=repo_root(ctx) if builder_node else None)
+    images_from = ImagesFrom(builders_from, client)
+    with contextlib.closing(client), contextlib.closing(images_from), compiler_output():
         result = B.build_image(client, app_source, registry, allow_dirty, builder=builder, push=not no_push,
                                progress=BuildLines(quiet or as_json, verbose, progress(quiet or as_json)),
-                               credentials_file=credentials)
+                               credentials_file=credentials, images_from=images_from)
     end_progress()
     if as_json:
         print_json(image_to_json(result))
@@ -278,6 +294,7 @@ def image(ctx, app_source, registry, dc, allow_dirty, no_push, builder, docker_u
 @dirty_option
 @builder_option
 @docker_option
+@builders_from_option
 @wait_option
 @author_option
 @message_option
@@ -289,8 +306,8 @@ def image(ctx, app_source, registry, dc, allow_dirty, no_push, builder, docker_u
 @build_verbose_option
 @progress_options
 @click.pass_context
-def release(ctx, app_source, targets, registry, service, batch, allow_dirty, builder, docker_url, wait, author,
-            message, settle, health_timeout, no_consul, as_json, quiet, verbose):
+def release(ctx, app_source, targets, registry, service, batch, allow_dirty, builder, docker_url, builders_from, wait,
+            author, message, settle, health_timeout, no_consul, as_json, quiet, verbose):
     """Build APP_SOURCE's image, push it, deploy it to TARGETS: one commit.
 
     The image is REGISTRY/APP:VERSION, REGISTRY being the one the
@@ -300,15 +317,18 @@ def release(ctx, app_source, targets, registry, service, batch, allow_dirty, bui
     from the registry.
     """
     from deployer.errors import PartialDeploy
-    from deployer.ops.release import ReleaseOptions, build_client, release as do_release
+    from deployer.ops.build_engine import ImagesFrom
+    from deployer.ops.release import ReleaseOptions, release as do_release
 
-    client = build_client(docker_url)
+    client = _build_client_for(ctx, docker_url, targets=list(targets))
+    images_from = ImagesFrom(builders_from, client)
     try:
-        with contextlib.closing(client), compiler_output():
+        with contextlib.closing(client), contextlib.closing(images_from), compiler_output():
             options = ReleaseOptions(
                 app_source, list(targets), repo_root(ctx), allow_dirty=allow_dirty, builder=builder,
                 registry=registry, service=service, wait=wait, message=message, author=author,
-                swap=swap_settings(settle, health_timeout), batch=batch, consul=not no_consul)
+                swap=swap_settings(settle, health_timeout), batch=batch, consul=not no_consul,
+                images_from=images_from)
             sink = progress(quiet or as_json)
             result = do_release(client, options, progress=sink,
                                 build_progress=BuildLines(quiet or as_json, verbose, sink),
@@ -320,6 +340,21 @@ def release(ctx, app_source, targets, registry, service, batch, allow_dirty, bui
         print_json(result.to_json())
         return
     print_deploy_result(result.deploy, False)
+
+
+def _build_client_for(ctx, docker_url, *, targets=(), dc=None, infra=None):
+    """--engine (or DOCKER_HOST), else the builder: of the targets' datacenter, else the local socket."""
+    from deployer.ops.build_engine import build_client, datacenter_builder
+
+    if docker_url or os.environ.get("DOCKER_HOST"):
+        return build_client(docker_url)
+    root = repo_root(ctx)
+    if infra is None:
+        from deployer.config.loader import load
+
+        infra = load(root)
+    node = datacenter_builder(infra, targets=targets, dc=dc)
+    return build_client(node=node, root=root) if node is not None else build_client()
 
 
 @click.command(name="watch-builds", help=WATCH_HELP)
@@ -363,7 +398,7 @@ def watch_builds(ctx, source_repo, branches, jobs, app, interval, deploy_targets
     targets = list(deploy_targets)
     if registry and dc:
         raise click.UsageError("give --registry or --dc, not both")
-    infra_root, credentials = None, None
+    infra_root, credentials, infra = None, None, None
     if targets or dc:
         from deployer.config.loader import load
 
@@ -388,7 +423,8 @@ def watch_builds(ctx, source_repo, branches, jobs, app, interval, deploy_targets
         text = exc.one_line() if isinstance(exc, DeployerError) else " ".join(str(exc).split())
         click.echo(f"error: {text or type(exc).__name__}; trying again in {interval:g}s", err=True)
 
-    client = build_client(docker_url)
+    client = _build_client_for(ctx, docker_url, targets=targets, dc=dc, infra=infra) if infra is not None \
+        else build_client(docker_url)
     watcher = BuildWatcher(
         client, source_repo, registry=registry, branch=list(branches), app=app, deploy=targets,
         infra_root=infra_root, jobs=jobs, claims=EngineClaims(client, progress=progress(quiet or as_json)),
@@ -420,4 +456,85 @@ def watch_builds(ctx, source_repo, branches, jobs, app, interval, deploy_targets
         sys.exit(1)
 
 
-COMMANDS = (build, image, release, watch_builds)
+builder_dc_option = click.option("--dc", metavar="DC", shell_complete=complete_targets("dc"),
+                         help="The engine the datacenter's datacenter.yml names (builder:), in --repo.")
+
+
+def _client(ctx, docker_url, dc):
+    from deployer.ops.build_engine import build_client, datacenter_builder
+
+    if docker_url and dc:
+        raise click.UsageError("give --engine or --dc, not both")
+    if dc:
+        from deployer.config.loader import load
+
+        root = repo_root(ctx)
+        node = datacenter_builder(load(root), dc=dc)
+        if node is None:
+            raise click.UsageError(f"datacenter {dc} names no builder: in its datacenter.yml")
+        return build_client(node=node, root=root)
+    return build_client(docker_url)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.0f} MB" if n else "-"
+
+
+@click.group()
+def builders():
+    """The builder images on a build engine: list them, (re)build them from builders/."""
+
+
+@builders.command(name="ls")
+@docker_option
+@builder_dc_option
+@json_option()
+@quiet_option()
+@verbose_option()
+@click.pass_context
+def ls(ctx, docker_url, dc, as_json, quiet, verbose):
+    """List the builder images on the engine: technology, tag (builders/'s content hash), image ID,
+    size, and whether it is current (the tag builders/<tech> gives now), stale (an older hash) or
+    missing (builders/ has the technology, the engine lacks its current image)."""
+    from deployer.ops.build_engine import list_builder_images
+
+    client = _client(ctx, docker_url, dc)
+    with contextlib.closing(client):
+        rows = list_builder_images(client)
+    if as_json:
+        print_json({"engine": client.api.deployer_url, "builders": [r.to_json() for r in rows]})
+        return
+    table([[r.tech, r.ref, r.image_id[7:19] if r.image_id else "-", _size(r.size),
+            "current" if r.current else ("missing" if not r.image_id else "stale")] for r in rows],
+          ["TECH", "IMAGE", "ID", "SIZE", "STATE"])
+
+
+@builders.command(name="build")
+@click.argument("techs", metavar="[TECH]...", nargs=-1)
+@docker_option
+@builder_dc_option
+@builders_from_option
+@json_option()
+@quiet_option()
+@verbose_option("Also show docker build's output.")
+@click.pass_context
+def builders_build(ctx, techs, docker_url, dc, builders_from, as_json, quiet, verbose):
+    """Make the current builder image of each TECH (default: every technology in builders/) on the
+    engine, unless it is there: built on the engine, or made where --builders-from says and moved."""
+    from deployer.build import builders as B
+    from deployer.ops.build_engine import ImagesFrom, build_builder_images
+
+    client = _client(ctx, docker_url, dc)
+    images_from = ImagesFrom(builders_from, client)
+    with contextlib.closing(client), contextlib.closing(images_from), compiler_output():
+        done = build_builder_images(client, list(techs) or B.available_builders(), images_from=images_from,
+                                    progress=BuildLines(quiet or as_json, verbose))
+    if as_json:
+        print_json({"engine": client.api.deployer_url, "builders": [d.to_json() for d in done]})
+        return
+    for d in done:
+        what = "present already" if d.status == "present" else f"made in {d.seconds:.1f}s"
+        click.echo(f"{d.tech}: {d.ref} {what}")
+
+
+COMMANDS = (build, image, release, watch_builds, builders)

@@ -4,7 +4,7 @@
 settings; ``yamlread`` reads YAML text within the
 limits, every failure with its line; ``fastyaml`` is its fast YAML path; ``parse_cache`` keeps what reading and
 checking a file gave, by the git blob id of its text, under ``.git/``);
-``variables`` gathers the repository's variables of a node (node.yml, ``.env``,
+``builder_engine`` reads datacenter.yml's ``builder:`` (the engine its images are built on); ``variables`` gathers the repository's variables of a node (node.yml, ``.env``,
 datacenter.yml) and ``interpolate`` resolves ``${...}`` in a compose document
 with them, as the Compose spec defines it; ``shared`` resolves ``include`` and
 ``extends`` with Compose's merge rules (``compose_merge``), ``resolved`` prints

@@ -3,7 +3,7 @@
 Layout::
 
     datacenters/<dc>/datacenter.yml             optional: description, consul, registry, secrets_dir,
-                                                registry_credentials, variables, lock
+                                                registry_credentials, variables, lock, builder (builder_engine)
     datacenters/<dc>/<node>/node.yml            required: docker (how to reach the engine); optional variables
     datacenters/<dc>/<node>/docker-compose.yml  optional: the containers the node must run
     datacenters/<dc>/<node>/.env                optional: variables of the compose file (``variables``)
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from deployer.config import compose_deploy
+from deployer.config.builder_engine import DOCKER_URL_RE, parse_builder
 from deployer.config.compose_check import validate_compose
 from deployer.config.compose_keys import to_plain
 from deployer.config.compose_spec import container_name, container_spec
@@ -58,7 +59,8 @@ NODE_FILE = "node.yml"
 COMPOSE_FILES = ("docker-compose.yml", "docker-compose.yaml", "compose.yml", "compose.yaml")
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-DATACENTER_KEYS = {"description", "consul", "registry", "secrets_dir", "registry_credentials", "variables", "lock"}
+DATACENTER_KEYS = {"description", "consul", "registry", "secrets_dir", "registry_credentials", "variables", "lock",
+                   "builder"}
 NODE_KEYS = {"docker", "description", "address", "tls", "identity_file", "variables", "profiles"}
 # a secret's or config's mode written as a YAML integer without its leading 0: only the round-trip
 # data tells it from 0440 (compose_files_check.file_mode), so such a file is read that way
@@ -76,7 +78,6 @@ _NAMES_CHECKED: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar
 #: The files an include or extends read while one compose file is loaded: [rel, blob id] (for the parse cache).
 _READS: contextvars.ContextVar[list | None] = contextvars.ContextVar("deployer_shared_reads", default=None)
 
-DOCKER_URL_RE = re.compile(r"^(unix://.+|ssh://([^@/\s]+@)?[^:/\s]+(:\d+)?/?|tcp://[^:/\s]+(:\d+)?/?)$")
 
 
 
@@ -172,6 +173,7 @@ def _load_datacenter(root: Path, name: str, problems: list[ConfigError]) -> Data
                 dc.registry_credentials = credentials_file(root, doc, rel, found)
                 dc.variables = variables_mapping(doc, rel, found)
                 dc.lock_ttl, dc.lock_delay = lock_settings(doc, rel, found)
+                dc.builder = parse_builder(root, name, dc_path, rel, doc, found)
 
         _read_checked(root, rel, problems, build)
     return dc

@@ -6,6 +6,7 @@ does, and which images undo a whole deploy), ``fleet`` (status, plan, apply acro
 add / rm), ``scaffold`` (init), ``release`` (build, push, deploy; watch-builds),
 ``build_queue`` (watch-builds' queue: its record, order, concurrency, events) and ``build_claims``
 (claims on the build engine so two watchers build a commit once),
+``build_engine`` (which engine builds: --engine, datacenter.yml builder:, the local socket; builders ls / build),
 ``logs`` (the services' log lines, read or followed across nodes),
 ``service`` (exec's target, restart health-gated without a commit),
 ``prune`` (old images off the nodes), ``scale`` (a service's replica count, committed), ``locks`` (the node

@@ -47,14 +47,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import docker
 
 from deployer.build import builders
 from deployer.build import image as image_builder
 from deployer.build import registry as _registry
 from deployer.engine.apply import SwapOptions
 from deployer.errors import (
-    BuildError,
     BuildFailed,
     ConfigError,
     DockerfileMissing,
@@ -72,6 +70,7 @@ from deployer.ops.build_queue import (KEEP_RECORDS, STATE_FILE, STATE_LOCK, STAT
 from deployer.ops.build_queue import now as _now
 from deployer.ops.build_queue import one_line as _one_line
 from deployer.ops.build_queue import watch_key as _watch_key
+from deployer.ops.build_engine import build_client  # noqa: F401 - the CLI's way to it, as before
 from deployer.ops.deploy import Deployer
 
 DEFAULT_DOCKER = "unix:///var/run/docker.sock"
@@ -88,35 +87,6 @@ def _quiet(_: str) -> None:
 
 
 # --------------------------------------------------------------------------- engine, registry
-
-
-def build_client(url: str | None = None, timeout: float = 120):
-    """A client of the Docker engine that builds: ``url``, else ``DOCKER_HOST``, else the local socket.
-
-    The builders bind-mount this machine's directories, so the engine must
-    share its filesystem (a unix socket, or a daemon on this machine).
-    """
-    url = url or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER
-    if not url.startswith(("unix://", "tcp://", "http://")):
-        raise BuildError(f"build engine {url}: unsupported URL (unix:///path/docker.sock or tcp://host:port)")
-    if url.startswith("unix://") and not os.path.exists(url[len("unix://"):]):
-        raise BuildError(f"build engine {url}: no such socket {url[len('unix://'):]}: is dockerd running? "
-                         "(--docker URL or DOCKER_HOST names the engine)")
-    client = None
-    try:
-        client = docker.DockerClient(base_url=url, timeout=timeout)  # asks the engine its API version
-        client.api.trust_env = False  # no proxy for the local engine
-        client.api.ping()
-    except Exception as exc:
-        if client is not None:
-            client.close()
-        reason = _one_line(exc)
-        for marker in ("No such file or directory", "Connection refused", "Permission denied", "timed out"):
-            if marker in reason:
-                reason = marker.lower()
-                break
-        raise BuildError(f"build engine {url}: cannot connect: {reason}") from None
-    return client
 
 
 def registry_for(infra, *, targets: Sequence[str] = (), dc: str | None = None, explicit: str | None = None) -> str:
@@ -229,6 +199,8 @@ class ReleaseOptions:
     swap: SwapOptions = SwapOptions()
     batch: int | None = None
     consul: bool = True
+    # where missing builder images are made and moved from (ops.build_engine.ImagesFrom); None: the build engine
+    images_from: Any = None
 
 
 def release(client, options: ReleaseOptions, *, progress: Progress | None = None,
@@ -262,7 +234,8 @@ def release(client, options: ReleaseOptions, *, progress: Progress | None = None
     checked = time.monotonic()
 
     image = image_builder.build_image(client, src, reg, o.allow_dirty, builder=o.builder, ca=o.ca,
-                                      progress=build_progress, credentials_file=credentials)
+                                      progress=build_progress, credentials_file=credentials,
+                                      images_from=o.images_from)
     pushed = time.monotonic()
     if on_image is not None:
         on_image(image)

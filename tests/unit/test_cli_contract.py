@@ -159,7 +159,7 @@ def test_every_option_has_its_deployer_variable_and_they_are_unique():
             seen[names[0]] = path
     assert "DEPLOYER_REPO" in seen and "DEPLOYER_DEPLOY_WAIT" in seen and "DEPLOYER_NODE_ADD_DOCKER" in seen
     assert "DEPLOYER_WATCH_BUILDS_INTERVAL" in seen and "DEPLOYER_HISTORY_LIMIT" in seen
-    assert main.commands["build"].params[3].envvar == ["DEPLOYER_BUILD_DOCKER", "DOCKER_HOST"]
+    assert main.commands["build"].params[3].envvar == ["DEPLOYER_BUILD_ENGINE", "DOCKER_HOST"]
 
 
 def test_options_from_the_environment(repo):
