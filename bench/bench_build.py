@@ -2,11 +2,16 @@
 
 Prints how long each step takes: the Debian base image, the Go builder image,
 a cold Go build (empty cache volume), a warm one, their ratio, the app image
-build and its push to a TLS registry.
+build and its push to a TLS registry; then the same Go build on a remote engine
+over ssh:// (a Docker node in its own network namespace, tests/support/engines.py):
+the builder image moved there (docker save | load, streamed), cold and warm builds,
+and the ratio remote warm / local warm (the source and /out archives over SSH are
+the only extra).
 
     python3 bench/bench_build.py                 # private dockerd + registry, removed at the end
     python3 bench/bench_build.py --repeat 5      # warm builds and pushes repeated, median shown
     python3 bench/bench_build.py --big-push      # also push the Go builder image (hundreds of MB)
+    python3 bench/bench_build.py --no-remote     # without the ssh:// engine
 
 Needs root and scripts/install-builders.sh (it starts its own dockerd in a
 network namespace, as the tests do).
@@ -54,12 +59,40 @@ def timed(fn, *args, **kwargs):
     return result, time.monotonic() - t
 
 
+def remote_builds(local, go_ref: str, src_app: Path, work: Path, repeat: int, local_warm: float) -> dict[str, float]:
+    """The same build on an ssh:// engine: a fleet node with sshd, reached through deployer's own client."""
+    from deployer.ops.build_engine import build_client
+    from tests.support.engines import Fleet
+
+    numbers: dict[str, float] = {}
+    home = work / "home"
+    home.mkdir()
+    os.environ["HOME"] = str(home)  # the node's host key and identity go to this ~/.ssh, not the operator's
+    with Fleet(str(work / "fleet")) as fleet:
+        node, numbers["remote engine start (ssh)"] = timed(fleet.add_node, "benchb", ssh=True)
+        node.trust_ssh(home)
+        remote = build_client(node.ssh_url)
+        try:
+            _, numbers["go builder image moved over ssh"] = timed(B.ensure_builder_image, remote, "go", source=local)
+            cold = B.build(remote, src_app, artifacts_dir=work / "out-remote", cache_volume="bench-cold")
+            numbers["remote cold build (ssh)"] = cold.seconds
+            warm = [B.build(remote, src_app, artifacts_dir=work / "out-remote", cache_volume="bench-cold").seconds
+                    for _ in range(repeat)]
+            numbers["remote warm build (ssh, median)"] = statistics.median(warm)
+            numbers["remote/local warm ratio"] = numbers["remote warm build (ssh, median)"] / local_warm
+            numbers[f"source archive sent (KiB), {cold.source_files} files"] = cold.source_bytes / 1024
+        finally:
+            remote.close()
+    return numbers
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--app", default="sensor", choices=["sensor", "worker", "app"])
     parser.add_argument("--repeat", type=int, default=3, help="warm builds and image pushes to take the median of")
     parser.add_argument("--big-push", action="store_true", help="also push the Go builder image")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON too")
+    parser.add_argument("--no-remote", action="store_true", help="skip the builds on a remote ssh:// engine")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench_build: needs root (network namespace, dockerd)", file=sys.stderr)
@@ -110,6 +143,9 @@ def main() -> int:
         numbers["build_image total (median)"] = statistics.median(totals)
         _, numbers["build_image, same commit again (skipped)"] = timed(I.build_image, client, src, registry.address)
 
+        if not args.no_remote:
+            numbers.update(remote_builds(client, go_ref, src_app, work, args.repeat, numbers["warm build (median)"]))
+
         if args.big_push:
             big = f"{registry.address}/builder-go:bench"
             client.api.tag(go_ref, f"{registry.address}/builder-go", "bench")
@@ -124,7 +160,7 @@ def main() -> int:
     width = max(len(k) for k in numbers)
     print(f"go builder image: {size:.0f} MB; {os.cpu_count()} cores")
     for key, value in numbers.items():
-        unit = "x" if "ratio" in key else "s"
+        unit = "x" if "ratio" in key else ("" if "KiB" in key else "s")
         print(f"{key:<{width}}  {value:8.2f}{unit}")
     if args.json:
         print(json.dumps(numbers, indent=2))

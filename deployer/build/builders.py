@@ -48,7 +48,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from deployer.build import transfer
-from deployer.errors import BadValue, BuildEngineLost, BuildFailed, ConfigError, SourceError, UnknownBuilder
+from deployer.errors import (BadValue, BuildEngineLost, BuildFailed, ConfigError, DeployerError, SourceError,
+                             UnknownBuilder)
 from deployer.values import parse_bytes
 
 Progress = Callable[[str, dict], None]
@@ -520,6 +521,7 @@ def _run_builder(client, image: str, tech: str, src: Path, archive: transfer.Sou
     lost = False
     container = None
     try:
+        _remove_exited_builders(client)
         container = client.containers.create(
             image,
             volumes={volume: {"bind": "/cache", "mode": "rw"}},
@@ -542,7 +544,9 @@ def _run_builder(client, image: str, tech: str, src: Path, archive: transfer.Sou
     except BuildEngineLost:
         lost = True
         raise
-    except (requests.exceptions.RequestException, OSError) as e:
+    except (DeployerError, docker.errors.APIError):
+        raise
+    except Exception as e:  # noqa: BLE001 - the transport failing: requests, urllib3, paramiko, a socket
         lost = not engine_answers(client)
         if lost:
             raise _lost(client, tech, src, "building", e) from None
@@ -553,13 +557,22 @@ def _run_builder(client, image: str, tech: str, src: Path, archive: transfer.Sou
                 container.remove(force=True)
 
 
+def _remove_exited_builders(client) -> None:
+    """Builder containers a lost build left behind (it could not remove them), once they have exited."""
+    for old in client.containers.list(all=True, filters={"label": "deployer.role=builder", "status": "exited"}):
+        with contextlib.suppress(docker.errors.APIError):
+            old.remove(force=True)
+
+
 def _wait(client, container, tech: str, src: Path, timeout: float) -> dict:
     """The builder's exit status; asks the engine every WAIT_POLL seconds whether it is still there."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             return container.wait(timeout=min(WAIT_POLL, max(0.1, deadline - time.monotonic())))
-        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+        except docker.errors.APIError:
+            raise
+        except Exception:  # noqa: BLE001 - a read timeout, or the transport (requests, urllib3, paramiko) failing
             pass
         if not engine_answers(client):
             raise _lost(client, tech, src, "the builder ran")
