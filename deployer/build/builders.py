@@ -489,7 +489,12 @@ def host_ca_bundle() -> str | None:
 
 
 def engine_url(client) -> str:
-    return str(getattr(client.api, "deployer_url", None) or client.api.base_url)
+    """The URL the engine was reached at (``ops.build_engine`` notes it), else what docker-py says."""
+    url = getattr(client.api, "deployer_url", None)
+    if url:
+        return str(url)
+    socket_path = getattr(getattr(client.api, "_custom_adapter", None), "socket_path", None)
+    return f"unix://{socket_path}" if socket_path else str(client.api.base_url)
 
 
 def engine_answers(client, timeout: float = PING_TIMEOUT) -> bool:

@@ -194,3 +194,59 @@ def test_unpack_out_refuses_what_leaves_the_directory(tmp_path, member):
     with pytest.raises(BuildFailed, match="refused|outside out/"):
         T.unpack_out(_tar((member, data)), tmp_path / "staging")
     assert not (tmp_path / "escape").exists()
+
+
+# --------------------------------------------------------------------------- the builder watched while it runs
+
+
+class _FakeApi:
+    def __init__(self, answers: list[bool]):
+        self.answers = answers
+        self.base_url = "http+docker://ssh"
+        self.deployer_url = "ssh://root@10.0.0.9:2222"
+
+    def _url(self, path):
+        return path
+
+    def _get(self, url, timeout=None):
+        import requests
+
+        assert url == "/_ping" and timeout == B.PING_TIMEOUT
+        if not self.answers.pop(0):
+            raise requests.exceptions.ConnectionError("no route to host")
+        return type("R", (), {"status_code": 200})()
+
+
+class _FakeContainer:
+    def __init__(self, waits: int):
+        self.waits = waits
+        self.killed = False
+
+    def wait(self, timeout):
+        import requests
+
+        assert 0 < timeout <= B.WAIT_POLL
+        if self.waits:
+            self.waits -= 1
+            raise requests.exceptions.ReadTimeout("read timed out")
+        return {"StatusCode": 0}
+
+    def kill(self):
+        self.killed = True
+
+
+def test_a_running_builder_is_waited_for_while_the_engine_answers():
+    client = type("C", (), {"api": _FakeApi([True, True, True])})()
+    assert B._wait(client, _FakeContainer(waits=3), "go", Path("/src/app"), timeout=60) == {"StatusCode": 0}
+
+
+def test_an_engine_that_stops_answering_fails_the_build_at_once():
+    from deployer.errors import BuildEngineLost
+
+    client = type("C", (), {"api": _FakeApi([True, False])})()
+    container = _FakeContainer(waits=10)
+    with pytest.raises(BuildEngineLost) as e:
+        B._wait(client, container, "go", Path("/src/app"), timeout=60)
+    assert str(e.value) == ("go build of /src/app: lost the build engine ssh://root@10.0.0.9:2222 while the builder "
+                            "ran; nothing was tagged")
+    assert container.waits == 8 and e.value.exit_code == 1
