@@ -3,7 +3,7 @@
 ``build(client, source_dir)`` compiles an app in a *builder container*, one
 image per technology (``builders/<tech>/``: go, python, rails, js), all made locally
 FROM a Debian base that ``builders/base/make-base.sh`` bootstraps with
-mmdebstrap (no registry is needed anywhere). The source is mounted read-only
+mmdebstrap (no registry is needed anywhere). The builder container gets
 a named volume per builder (``deployer-cache-<tech>``, on the build engine) at
 ``/cache``, so warm builds reuse the compiler cache. The source reaches the
 builder container as a tar archive over the engine's API (``build.transfer``:
@@ -326,9 +326,8 @@ def ensure_builder_image(client, tech: str, progress: Progress | None = None, *,
     """The builder image for ``tech`` from ``builders/<tech>/`` (and the base); built if missing.
 
     ``source``: another engine's client, or a callable giving one or None (where Debian's mirror is
-    reachable): a missing image is
-    made there (if missing there too) and moved here over the API (``docker save | docker load``,
-    streamed), the same content-addressed tag on both."""
+    reachable): a missing image is made there (if missing there too) and moved here over the API
+    (``docker save | docker load``, streamed), the same content-addressed tag on both."""
     ref = builder_image_ref(tech)
     if _image_exists(client, ref):
         return ref
