@@ -496,13 +496,30 @@ def engine_url(client) -> str:
     return f"unix://{socket_path}" if socket_path else str(client.api.base_url)
 
 
-def engine_answers(client, timeout: float = PING_TIMEOUT) -> bool:
-    """Whether the engine answers a ping within ``timeout`` seconds."""
-    try:
-        response = client.api._get(client.api._url("/_ping"), timeout=timeout)
-        return response.status_code == 200
-    except Exception:
-        return False
+def _bounded(fn, seconds: float):
+    """``fn()`` in a daemon thread, waited for at most ``seconds``: (finished, result, exception).
+    A transport that blocks past its own timeouts (paramiko waits for a channel's exec reply with
+    none) cannot hold the build up; a call still blocked is left to its thread."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            box["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True, name="deployer-engine-call")
+    thread.start()
+    thread.join(seconds)
+    return not thread.is_alive(), box.get("result"), box.get("error")
+
+
+def engine_answers(client, timeout: float | None = None) -> bool:
+    """Whether the engine answers a ping within ``timeout`` seconds (default PING_TIMEOUT; a hard bound,
+    whatever the transport)."""
+    timeout = PING_TIMEOUT if timeout is None else timeout
+    done, response, error = _bounded(lambda: client.api._get(client.api._url("/_ping"), timeout=timeout), timeout + 1)
+    return done and error is None and getattr(response, "status_code", None) == 200
 
 
 def _lost(client, tech: str, src: Path, doing: str, exc: BaseException | None = None) -> BuildEngineLost:
@@ -572,12 +589,13 @@ def _wait(client, container, tech: str, src: Path, timeout: float) -> dict:
     """The builder's exit status; asks the engine every WAIT_POLL seconds whether it is still there."""
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            return container.wait(timeout=min(WAIT_POLL, max(0.1, deadline - time.monotonic())))
-        except docker.errors.APIError:
-            raise
-        except Exception:  # noqa: BLE001 - a read timeout, or the transport (requests, urllib3, paramiko) failing
-            pass
+        poll = min(WAIT_POLL, max(0.1, deadline - time.monotonic()))
+        done, status, error = _bounded(lambda: container.wait(timeout=poll), poll + PING_TIMEOUT)
+        if done and error is None:
+            return status
+        if isinstance(error, docker.errors.APIError):
+            raise error
+        # else a read timeout, the transport failing (requests, urllib3, paramiko) or blocked: ask the engine
         if not engine_answers(client):
             raise _lost(client, tech, src, "the builder ran")
         if time.monotonic() >= deadline:

@@ -250,3 +250,31 @@ def test_an_engine_that_stops_answering_fails_the_build_at_once():
     assert str(e.value) == ("go build of /src/app: lost the build engine ssh://root@10.0.0.9:2222 while the builder "
                             "ran; nothing was tagged")
     assert container.waits == 8 and e.value.exit_code == 1
+
+
+def test_a_transport_that_blocks_past_its_timeouts_still_fails_the_build_in_seconds(monkeypatch):
+    """paramiko waits for a channel's exec reply with no timeout: the wait and the ping are bounded anyway."""
+    import threading
+    import time
+
+    from deployer.errors import BuildEngineLost
+
+    monkeypatch.setattr(B, "WAIT_POLL", 0.2)
+    monkeypatch.setattr(B, "PING_TIMEOUT", 0.3)
+    release = threading.Event()
+
+    class Blocking:
+        api = type("A", (), {"deployer_url": "ssh://b", "_url": lambda self, p: p,
+                             "_get": lambda self, url, timeout=None: release.wait(30)})()
+
+    class Stuck:
+        def wait(self, timeout):
+            release.wait(30)
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(BuildEngineLost, match="lost the build engine ssh://b while the builder ran"):
+            B._wait(Blocking(), Stuck(), "go", Path("/src/app"), timeout=60)
+        assert time.monotonic() - started < 5  # 0.2 + 0.3 (wait) + 0.3 + 1 (ping), not 30
+    finally:
+        release.set()
