@@ -199,7 +199,7 @@ def test_release_refuses_before_building(build_engine, registry, node, tmp_path,
     r = cli(infra, "release", str(src), f"test/{node}", "--registry", registry, "--docker", "unix:///nonexistent.sock")
     assert r.exit_code == 1
     assert errors(r.stderr) == ["error: build engine unix:///nonexistent.sock: no such socket /nonexistent.sock: "
-                                "is dockerd running? (--docker URL or DOCKER_HOST names the engine)"]
+                                "is dockerd running? (--engine URL or DOCKER_HOST names the engine)"]
     assert git(infra, "rev-list", "--count", "HEAD") == "1"
 
     # a node that cannot be reached is found before building, too
