@@ -68,6 +68,7 @@ def remote_builds(local, go_ref: str, src_app: Path, work: Path, repeat: int, lo
     home = work / "home"
     home.mkdir()
     os.environ["HOME"] = str(home)  # the node's host key and identity go to this ~/.ssh, not the operator's
+    (work / "fleet").mkdir()
     with Fleet(str(work / "fleet")) as fleet:
         node, numbers["remote engine start (ssh)"] = timed(fleet.add_node, "benchb", ssh=True)
         node.trust_ssh(home)
