@@ -145,3 +145,41 @@ def test_the_last_leader_keeps_sending_while_consul_is_lost_and_a_follower_never
     svc.at(5.0)
     assert len(svc.sent) == 1 and svc._held == []  # a follower: "lost" is the last leader's to send
     assert svc.events[-1]["kind"] == "consul" and svc.events[-1]["sent"] is False
+
+
+def test_inside_serve_the_alerts_read_serves_one_health_watch_per_consul(tmp_path):
+    """serve.live.HealthWake owns the Consul health watches; the AlertService serve starts takes those (no second
+    set of blocking queries on the same health). Consul here is a closed loopback port: the watch is LOST."""
+    import socket
+    import time
+
+    from deployer.serve.app import create_app
+    from deployer.serve.state import ServeSettings, ServeState
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repo = tmp_path / "repo"
+    for dc in ("dc1", "dc2"):  # two datacenters on one Consul: one watch
+        node = repo / "datacenters" / dc / "n1"
+        node.mkdir(parents=True)
+        (repo / "datacenters" / dc / "datacenter.yml").write_text(f"consul: 127.0.0.1:{port}\n")
+        (node / "node.yml").write_text("docker: unix:///nowhere.sock\n")
+        (node / "docker-compose.yml").write_text("services:\n  web:\n    image: web:1\n")
+    state = ServeState(ServeSettings(root=repo, tokens=tmp_path / "tokens.json", drift_interval=0))
+    create_app(state)
+    (alerts,) = [s for s in state.services if isinstance(s, AlertService)]
+    assert state.services[0] is state.health
+    state.health.start(state)
+    alerts.start(state)
+    try:
+        assert len(state.health.watches) == 1 and alerts.watches == state.health.watches
+        assert alerts.watches[0].dcs == ("dc1", "dc2") and not alerts.own_watches
+        w = alerts.watches[0]
+        deadline = time.monotonic() + 10
+        while w.snapshot()[0] != LOST and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert w.snapshot()[0] == LOST  # "Consul lost" and health unknown come from this one watch
+    finally:
+        alerts.stop(timeout=2)
+        state.health.stop()
