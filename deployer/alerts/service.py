@@ -102,7 +102,7 @@ class AlertService:
                  drift_interval: float | None = None, drift: bool = True, health: bool = True,
                  leader: bool = False, tick: float = 0.1, clock: Callable[[], float] = time.monotonic,
                  blocking_wait: float = 30.0, leader_ttl: float = 10.0, history: bool = True,
-                 history_interval: float = 3.0, locks: bool = True, lock_interval: float = 15.0):
+                 history_interval: float = 3.0, locks: bool = True, lock_interval: float | None = None):
         from deployer.config.loader import load
         from deployer.discovery.registration import consul_for
 
@@ -129,7 +129,8 @@ class AlertService:
         self.history_interval = history_interval
         self._history_seen: set[str] | None = None
         self._history_mutex = threading.Lock()
-        self.lock_watch = LockWatch(self.root, self.infra, self._lock_changed, interval=lock_interval,
+        self.lock_watch = LockWatch(self.root, self.infra, self._lock_changed,
+                                    interval=lock_interval or self.config.lock_interval,
                                     blocking_wait=blocking_wait) if locks else None
         self.leader = leader and bool(consuls)
         self.leader_ttl = leader_ttl

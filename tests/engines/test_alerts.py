@@ -446,3 +446,75 @@ def test_a_deploy_made_with_the_cli_is_announced_once_from_the_deploy_log(engine
         assert watch.interrupt() == 0
     finally:
         remove_node_containers(client, node)
+
+
+def test_locks_taken_with_the_cli_are_alerted_once_deploy_locks_only_when_they_expire(
+        engine, client, consul_agent, receiver, watches, tmp_path):
+    """`alerts watch` follows both kinds of node lock: the Consul datacenter's keys (a blocking query) and the
+    engine lock of a datacenter without Consul (read every locks.interval, 1 s here). A deploy lock whose holder
+    died is announced when it expires; manual ones when taken and released, naming who, where and why (the
+    short lock of a deploy is not: the serve test below counts every message around deploys)."""
+    from deployer.discovery.consul_catalog import ConsulCatalog
+    from deployer.discovery.consul_lock import ConsulLock, lock_key
+    from deployer.engine.node_lock import EngineLock, lock_name, read_lock, remove_lock
+    from deployer.gitrepo.lock import default_owner_info
+    from deployer.ops.locks import holder_info
+
+    root, node, _ = make_site(tmp_path, engine, consul_agent.address, receiver, threshold="1s")
+    edge = unique_node()
+    (root / "alerts.yml").write_text(alerts_yml(receiver, "1s") + "locks:\n  interval: 1s\n")
+    (root / f"datacenters/edge/{edge}").mkdir(parents=True)
+    (root / f"datacenters/edge/{edge}/node.yml").write_text(f"docker: {engine.unix_url}\n")
+    (root / f"datacenters/edge/{edge}/docker-compose.yml").write_text(
+        f"services:\n  web:\n    image: {WEB1}\n    init: true\n")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "an edge datacenter without Consul")
+    a, b = f"test/{node}", f"edge/{edge}"
+    me = default_owner_info()
+    who = f"{me['user']}@{me['host']}"
+    catalog = ConsulCatalog(consul_agent.address)
+    try:
+        watch = Watch(root, "--no-drift")
+        watches.append(watch)
+        wait_until(lambda: "alerts: watching" in watch.stderr(), what="the watch started")
+        time.sleep(2)  # the lock watch's first readings (what is locked when it starts is not announced)
+
+        # two deploys' locks whose holders die: renewals stop, nothing is released
+        dying = holder_info("test: a deploy that dies")
+        on_engine = EngineLock(client, b, dying, ttl=6).acquire(0)
+        in_consul = ConsulLock(catalog, "test", node, dying, ttl=10, delay=0).acquire(0)
+        for lk in (on_engine, in_consul):
+            lk._stop.set()
+            lk._thread.join(10)
+        # Consul ends the session when its TTL passes (up to twice the TTL); here it is ended at once, as a
+        # TTL expiry ends it: the key stays, without a session
+        catalog.call("end the session", lambda c: c.session.destroy(in_consul.session))
+        wait_until(lambda: len(receiver.texts("/slack")) == 2, timeout=20, what="the two expired locks")
+        expired = sorted(receiver.texts("/slack"))
+        assert expired == [f"lock released (expired) on {x}: the lock of test: a deploy that dies held by {who} "
+                           f"pid {os.getpid()} was not renewed (its holder died or lost its connection)"
+                           for x in sorted((a, b))], expired
+
+        taken = cli(root, "lock", "acquire", a, b, "-m", "db maintenance")  # breaks the expired engine lock
+        assert taken.exit_code == 0, taken.output
+        wait_until(lambda: len(receiver.texts("/slack")) == 4, what="the manual locks taken")
+        assert sorted(receiver.texts("/slack")[2:]) == [f"lock taken on {x} by {who}: db maintenance"
+                                                        for x in sorted((a, b))]
+        assert cli(root, "lock", "release", a, b).exit_code == 0
+        wait_until(lambda: len(receiver.texts("/slack")) == 6, what="the manual locks released")
+        assert sorted(receiver.texts("/slack")[4:]) == [f"lock released on {x} (taken by {who}: db maintenance)"
+                                                        for x in sorted((a, b))]
+
+        time.sleep(1.5)  # nothing more (each lock once; serve's test shows a deploy's own lock is not announced)
+        assert len(receiver.texts("/slack")) == 6
+        lock_alerts = [x for x in receiver.bodies("/json") if x["kind"] == "lock"]
+        assert [(x["state"], x["manual"]) for x in lock_alerts[2:]] == [("taken", True)] * 2 + [("released", True)] * 2
+        assert all(x["who"] == me["user"] and x["reason"] == "db maintenance" for x in lock_alerts[2:])
+        assert watch.interrupt() == 0
+    finally:
+        catalog.call("clean up", lambda c: c.kv.delete(lock_key("test", node)))
+        left = read_lock(client.api, lock_name(b))
+        if left is not None:
+            remove_lock(client.api, left.id)
+        remove_node_containers(client, edge)
+        forget_site(client, consul_agent, node)
