@@ -15,10 +15,17 @@ together, as one object that ``deployer alerts watch`` runs alone and ``deployer
   watcher losing Consul is announced after the threshold like any other change, and so
   is its return; while Consul is lost its checks are frozen (nothing is announced from
   data nobody can read) and the ``health`` event says ``lost`` (health unknown);
-* deploy / rollback / lock events are announced once per (event, commit or job, result):
-  ``OncePer``; with ``history`` the repository's deploy log is read every ``history_interval``
-  seconds too, so deploys made with the CLI (and pulled into serve's clone) are announced, each
-  commit once whichever way it was seen first;
+* deploy / rollback events are announced once per commit (or, without one, per job and
+  result): ``OncePer``; with ``history`` the repository's deploy log (its published commits:
+  the upstream's) is read too, so deploys made with the CLI or pushed from other clones are
+  announced, each commit once whichever way it was seen first: every ``history_interval``
+  seconds alone, and inside serve from its job worker's ``sync`` / ``deploy`` / ``rollback``
+  events (between its transactions, never in the middle of a commit, push or pull);
+* ``locks.LockWatch`` follows the node locks (Consul's keys with a blocking query, engine
+  locks every ``lock_interval``): manual ones taken / released, expired ones, once per (node,
+  lock id, state); serve's own lock jobs that worked are left to it (one message);
+* inside serve the health watches are serve's (``serve.health_watches()``, duck-typed): one
+  set of blocking queries per Consul for the page and the rules;
 * with ``leader=True``, only the instance holding the Consul session lock
   ``deployer/leader/alerts/<dcs>`` sends (``discovery.consul_lock.lead``). The others compute
   the same alerts and hold them until they see a leader's key, which means it sent them; an
