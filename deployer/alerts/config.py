@@ -7,6 +7,9 @@
     drift:
       interval: 5m          # plan across the fleet this often (default 5m)
       prune: false          # self-heal also removes containers the repository no longer lists
+    locks:
+      interval: 15s         # `alerts watch` reads engine node locks this often (serve: --status-interval);
+                            # Consul's lock keys are followed with a blocking query
     sinks:
       team:
         format: slack       # {"text": "..."} (Slack's incoming webhooks, Mattermost, Rocket.Chat)
@@ -45,9 +48,11 @@ FILE = "alerts.yml"
 FORMATS = ("slack", "json")
 DEFAULT_THRESHOLD = 30.0
 DEFAULT_DRIFT_INTERVAL = 300.0
+DEFAULT_LOCK_INTERVAL = 15.0
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_RETRIES = 1
-_TOP = {"threshold", "reminder", "drift", "sinks"}
+_TOP = {"threshold", "reminder", "drift", "locks", "sinks"}
+_LOCKS = {"interval"}
 _DRIFT = {"interval", "prune"}
 _SINK = {"format", "url", "headers", "timeout", "retries"}
 _SINK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
@@ -75,6 +80,7 @@ class AlertsConfig:
     reminder: float | None = None
     drift_interval: float = DEFAULT_DRIFT_INTERVAL
     drift_prune: bool = False
+    lock_interval: float = DEFAULT_LOCK_INTERVAL
     sinks: tuple[SinkConfig, ...] = ()
     path: str | None = None  # alerts.yml when it exists
 
@@ -117,7 +123,7 @@ def load_alerts(root: str | Path, secrets_file: str | Path | None = None) -> Ale
     if doc is None:
         return AlertsConfig(path=rel)
     if not isinstance(doc, dict):
-        raise ConfigError(rel, "must be a mapping (threshold, reminder, drift, sinks)", line=1)
+        raise ConfigError(rel, "must be a mapping (threshold, reminder, drift, locks, sinks)", line=1)
     _unknown(doc, _TOP, rel, "")
     secrets: dict[str, str] | None = None
     secrets_name = ""
@@ -140,6 +146,13 @@ def load_alerts(root: str | Path, secrets_file: str | Path | None = None) -> Ale
         _unknown(drift, _DRIFT, rel, "drift.")
         interval = _duration(drift, "interval", rel, "drift.interval", DEFAULT_DRIFT_INTERVAL)
         prune = _bool(drift, "prune", rel, "drift.prune")
+    locks = doc.get("locks")
+    lock_interval = DEFAULT_LOCK_INTERVAL
+    if locks is not None:
+        if not isinstance(locks, dict):
+            raise ConfigError(rel, "must be a mapping (interval)", line=value_line(doc, "locks"), field="locks")
+        _unknown(locks, _LOCKS, rel, "locks.")
+        lock_interval = _duration(locks, "interval", rel, "locks.interval", DEFAULT_LOCK_INTERVAL)
     sinks_doc = doc.get("sinks")
     sinks: list[SinkConfig] = []
     if sinks_doc is not None:
@@ -153,7 +166,7 @@ def load_alerts(root: str | Path, secrets_file: str | Path | None = None) -> Ale
                                   line=key_line(sinks_doc, name), field=fld)
             sinks.append(_sink(name, body, sinks_doc, rel, fld, secret_values))
     return AlertsConfig(threshold=threshold, reminder=reminder, drift_interval=interval, drift_prune=prune,
-                        sinks=tuple(sinks), path=rel)
+                        lock_interval=lock_interval, sinks=tuple(sinks), path=rel)
 
 
 def _sink(name: str, body: Any, parent: Any, rel: str, fld: str, secret_values) -> SinkConfig:

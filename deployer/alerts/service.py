@@ -15,10 +15,17 @@ together, as one object that ``deployer alerts watch`` runs alone and ``deployer
   watcher losing Consul is announced after the threshold like any other change, and so
   is its return; while Consul is lost its checks are frozen (nothing is announced from
   data nobody can read) and the ``health`` event says ``lost`` (health unknown);
-* deploy / rollback / lock events are announced once per (event, commit or job, result):
-  ``OncePer``; with ``history`` the repository's deploy log is read every ``history_interval``
-  seconds too, so deploys made with the CLI (and pulled into serve's clone) are announced, each
-  commit once whichever way it was seen first;
+* deploy / rollback events are announced once per commit (or, without one, per job and
+  result): ``OncePer``; with ``history`` the repository's deploy log (its published commits:
+  the upstream's) is read too, so deploys made with the CLI or pushed from other clones are
+  announced, each commit once whichever way it was seen first: every ``history_interval``
+  seconds alone, and inside serve from its job worker's ``sync`` / ``deploy`` / ``rollback``
+  events (between its transactions, never in the middle of a commit, push or pull);
+* ``locks.LockWatch`` follows the node locks (Consul's keys with a blocking query, engine
+  locks every ``lock_interval``): manual ones taken / released, expired ones, once per (node,
+  lock id, state); serve's own lock jobs that worked are left to it (one message);
+* inside serve the health watches are serve's (``serve.health_watches()``, duck-typed): one
+  set of blocking queries per Consul for the page and the rules;
 * with ``leader=True``, only the instance holding the Consul session lock
   ``deployer/leader/alerts/<dcs>`` sends (``discovery.consul_lock.lead``). The others compute
   the same alerts and hold them until they see a leader's key, which means it sent them; an
@@ -41,6 +48,7 @@ from typing import Any, Callable
 from deployer.alerts.config import AlertsConfig, load_alerts
 from deployer.alerts.drift import DriftWatch
 from deployer.alerts.health import LOST, UP, HealthWatch
+from deployer.alerts.locks import LockSeen, LockWatch, lock_text, once_key
 from deployer.alerts.messages import alert, consul_alert, health_alert
 from deployer.alerts.rules import OncePer, Rules
 from deployer.alerts.sinks import Sinks
@@ -85,7 +93,10 @@ def event_alert(event: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     else:
         text = (f"deploy of{what} to {where} succeeded{commit}{by}{why}" if good
                 else f"deploy of{what} to {where} failed{by}: {event.get('error') or event.get('line') or state}")
-    return f"{kind}:{ident}:{'ok' if good else 'failed'}", alert(
+    # keyed by commit alone when there is one: a job's event and the deploy log's entry of the same commit are
+    # one announcement, whatever each says of the result (a partial deploy: the job says failed, the log has it)
+    key = f"{kind}:{event['commit']}" if event.get("commit") else f"{kind}:job:{ident}:{'ok' if good else 'failed'}"
+    return key, alert(
         kind, "ok" if good else "failed", text, targets=targets, image=image, commit=event.get("commit"),
         job=event.get("job"))
 
@@ -98,7 +109,7 @@ class AlertService:
                  drift_interval: float | None = None, drift: bool = True, health: bool = True,
                  leader: bool = False, tick: float = 0.1, clock: Callable[[], float] = time.monotonic,
                  blocking_wait: float = 30.0, leader_ttl: float = 10.0, history: bool = True,
-                 history_interval: float = 3.0):
+                 history_interval: float = 3.0, locks: bool = True, lock_interval: float | None = None):
         from deployer.config.loader import load
         from deployer.discovery.registration import consul_for
 
@@ -120,9 +131,14 @@ class AlertService:
         self.catalogs = {addr: consul_for(self.infra.datacenters[dcs[0]]) for addr, dcs in consuls.items()}
         self.watches = [HealthWatch(self.catalogs[addr], tuple(dcs), blocking_wait=blocking_wait)
                         for addr, dcs in sorted(consuls.items())] if health else []
+        self.own_watches = True  # False inside serve: its live.HealthWake owns them (start(serve))
         self.history = history
         self.history_interval = history_interval
         self._history_seen: set[str] | None = None
+        self._history_mutex = threading.Lock()
+        self.lock_watch = LockWatch(self.root, self.infra, self._lock_changed,
+                                    interval=lock_interval or self.config.lock_interval,
+                                    blocking_wait=blocking_wait) if locks else None
         self.leader = leader and bool(consuls)
         self.leader_ttl = leader_ttl
         self.election = sorted(consuls)[0] if consuls else None
@@ -152,7 +168,12 @@ class AlertService:
         return unsubscribe
 
     def publish(self, event: dict[str, Any]) -> None:
-        """An event from outside (serve's broker): deploy / rollback / lock ones are announced once each."""
+        """An event from outside (serve's broker): deploy / rollback / lock ones are announced once each. With
+        the lock watch on, a lock job that worked is left to it (it sees the lock itself, with its id: one
+        announcement); a failed one is announced here."""
+        if event.get("type") == "lock" and self.lock_watch is not None and event.get("ok") is not False \
+                and event.get("state") in ("taken", "released"):
+            return
         found = event_alert(event)
         if found is None:
             return
@@ -161,21 +182,52 @@ class AlertService:
             if self.once.first(key):
                 self._alert(a)
 
+    def _lock_changed(self, state: str, lock: LockSeen) -> None:
+        a = alert("lock", state, lock_text(state, lock), targets=[lock.target], lock_id=lock.id,
+                  manual=lock.manual, who=lock.holder.get("who"), host=lock.holder.get("host"),
+                  reason=lock.holder.get("reason"))
+        with self._mutex:
+            if self.once.first(once_key(state, lock)):
+                self._alert(a)
+
+    def _broker_event(self, event: dict[str, Any]) -> None:
+        """Inside serve, every broker event comes here, in the publishing thread. Deploy / rollback / lock
+        events are announced; then, after serve's own deploys and after each pull of its clone (``sync``, both
+        published by serve's one job worker, so never in the middle of a commit, a push or a pull), the deploy
+        log is read for the commits others pushed."""
+        self.publish(event)
+        if self.history and event.get("type") in ("sync", "deploy", "rollback"):
+            try:
+                self._history_pass(seed_only=event.get("type") == "sync" and self._history_seen is None)
+            except DeployerError as exc:
+                log.warning("reading the deploy log: %s", exc.one_line())
+            except Exception:  # noqa: BLE001 - the publisher goes on
+                log.exception("reading the deploy log")
+
     def start(self, serve: Any = None) -> "AlertService":
         """Start the watches. ``serve`` (a ``deployer serve`` state, duck-typed: alerts never imports serve):
         alert / drift / health events go to its broker, and its deploy / rollback / lock events come here."""
         if serve is not None:
             broker = serve.broker
             self.subscribe(lambda e: broker.publish(e["type"], **{k: v for k, v in e.items() if k != "type"}))
-            broker.listen(self.publish)
-        for w in self.watches:
-            w.start()
+            broker.listen(self._broker_event)
+            shared = getattr(serve, "health_watches", None)
+            if self.watches and shared is not None:
+                # serve follows each Consul's health once (serve.live.HealthWake), for its page and for these
+                # rules: these watches were never started, the shared ones are
+                self.watches = list(shared())
+                self.own_watches = False
+        if self.own_watches:
+            for w in self.watches:
+                w.start()
+        if self.lock_watch is not None:
+            self.lock_watch.start()
         self._spawn("alerts ticker", self._tick_loop)
         if self.drift is not None:
             self._spawn("drift watch", self._drift_loop)
         if self.leader:
             self._spawn("alerts leader", self._lead)
-        if self.history:
+        if self.history and serve is None:
             self._spawn("deploy log", self._history_loop)
         return self
 
@@ -184,8 +236,11 @@ class AlertService:
         or a POST is left to end with the process)."""
         deadline = time.monotonic() + timeout
         self._stop.set()
-        for w in self.watches:
-            w.stop()
+        if self.own_watches:
+            for w in self.watches:
+                w.stop()
+        if self.lock_watch is not None:
+            self.lock_watch.stop()
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
         self.sinks.close(timeout=max(0.5, deadline - time.monotonic()))
@@ -333,20 +388,24 @@ class AlertService:
             if self._stop.wait(self.history_interval):
                 return
 
-    def _history_pass(self) -> None:
+    def _history_pass(self, seed_only: bool = False) -> None:
         """New deploy / rollback commits of the repository (made by any deployer, this clone pulled or
         deployed from) as deploy / rollback events: keyed by commit like serve's own, so each is announced
-        once whichever is seen first. What was there when the watch started is not announced."""
-        from deployer.ops.deploy import Deployer
+        once whichever is seen first. What was there when the watch started is not announced. Only
+        published commits are read (``deploy_log(published=True)``: the branch's upstream when the clone
+        has a remote), each under the sha the remote has: a local commit that a push's or a pull's rebase
+        rewrites is never announced under its old sha."""
+        from deployer.gitrepo.repo import InfraRepo
 
-        entries = Deployer(self.root).history(limit=50)
-        if self._history_seen is None:
-            self._history_seen = {e.commit for e in entries}
-            return
-        for entry in reversed(entries):  # oldest first
-            if entry.commit in self._history_seen:
-                continue
-            self._history_seen.add(entry.commit)
+        with self._history_mutex:
+            with InfraRepo.open(self.root) as repo:
+                entries = repo.deploy_log(None, 50, published=True)
+            if self._history_seen is None or seed_only:
+                self._history_seen = (self._history_seen or set()) | {e.commit for e in entries}
+                return
+            new = [e for e in reversed(entries) if e.commit not in self._history_seen]  # oldest first
+            self._history_seen.update(e.commit for e in new)
+        for entry in new:
             self.publish({"type": entry.action, "ok": True, "targets": list(entry.targets), "image": entry.image,
                           "commit": entry.commit, "who": entry.author, "reason": entry.reason.strip() or None,
                           "source": "deploy log"})

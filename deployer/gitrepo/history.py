@@ -95,8 +95,14 @@ class HistoryMixin(GitRepoBase):
 
     # -- history ----------------------------------------------------------------
 
-    def deploy_log(self, target_prefix: str | None = None, limit: int | None = None) -> list[HistoryEntry]:
+    def deploy_log(self, target_prefix: str | None = None, limit: int | None = None, *,
+                   published: bool = False) -> list[HistoryEntry]:
         """Deployer commits reachable from HEAD, newest first.
+
+        ``published``: those reachable from the branch's upstream (the remote-tracking ref that
+        pushes and pulls update) instead, when it has one: only commits the remote has, with the
+        sha the remote has (a local commit a push's rebase or a pull's rebase will rewrite is left
+        out). Without an upstream, HEAD.
 
         ``target_prefix`` keeps the commits with a Deployer-Target equal to it or
         under it at a path-component boundary ("dev" matches "dev/dev1/worker",
@@ -108,7 +114,13 @@ class HistoryMixin(GitRepoBase):
             return []
         prefix = (target_prefix or "").strip().strip("/")
         entries: list[HistoryEntry] = []
-        for entry in self._entries("--fixed-strings", "--regexp-ignore-case", f"--grep={TRAILER_ACTION}", "HEAD"):
+        rev = "HEAD"
+        if published:
+            try:
+                rev = self._run("rev-parse", "--verify", "--quiet", "@{upstream}^{commit}", read_only=True).strip()
+            except RepoError:
+                rev = "HEAD"
+        for entry in self._entries("--fixed-strings", "--regexp-ignore-case", f"--grep={TRAILER_ACTION}", rev):
             if prefix and not any(t == prefix or t.startswith(prefix + "/") for t in entry.targets):
                 continue
             entries.append(entry)

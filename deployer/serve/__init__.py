@@ -16,6 +16,7 @@ background snapshots), ``sync`` (the clone kept up to date with its remote),
 ``pages`` (the dashboard's server-rendered pages, with its templates/ and
 static/ package data), ``page_data`` (what the pages show, as plain text
 fields: fleet rows, a service's history, a job, the activity feed) and
-``live`` (Consul's health followed with blocking queries, so the fleet
-snapshot and the page update within seconds of a check changing).
+``live`` (Consul's health followed with blocking queries, once per Consul for the
+whole process: the fleet snapshot and the page update within seconds of a check
+changing, and the alerts' rules read the same watches).
 """

@@ -105,7 +105,10 @@ def create_app(state: Any, *, start: bool = True) -> Starlette:
 
 def _add_alerts(state: Any) -> None:
     """The alerts watcher (``deployer.alerts``) as one of the state's services, unless ``--no-alerts``: its
-    alert / drift / health events go to the broker, the broker's deploy / rollback / lock events to it. Several
+    alert / drift / health events go to the broker, the broker's deploy / rollback / lock events to it (and,
+    after each pull and each of serve's deploys, it reads the deploy log for what others pushed); it reads
+    the state's one health watch (``live``) and follows the node locks (engine ones every
+    ``--status-interval``). Several
     serve instances elect one sender (a Consul session lock); a bad alerts.yml stops the start, with its line."""
     from deployer.alerts.service import AlertService
 
@@ -115,4 +118,4 @@ def _add_alerts(state: Any) -> None:
     interval = settings.drift_interval
     state.add_service(AlertService(state.root, self_heal=settings.self_heal, drift=bool(interval and interval > 0),
                                    drift_interval=interval or None, health=settings.consul, leader=True,
-                                   history=False))  # serve's own deploy events; see docs/serve.md
+                                   lock_interval=settings.status_interval))

@@ -14,9 +14,12 @@ handed to ``app.create_app``; every handler reaches it as
 * ``fleet``: ``fleet.FleetCache``: the last fleet snapshot (``fleet.snapshot()``, refreshed in
   the background and after each job; ``fleet.refresh_soon()``);
 * ``hooks``: ``webhook.Receivers``: the configured webhook receivers;
-* ``services``: more background parts (the alerts watcher): objects with
+* ``health``: ``live.HealthWake``: the one Consul health watch of the process (one per Consul
+  address), whose changes wake the fleet snapshot and feed the alert rules
+  (``health_watches``); it is the first of the ``services``;
+* ``services``: the background parts (the health watch, the alerts watcher): objects with
   ``start(state)`` and ``stop()``, started and stopped with the application
-  (``add_service``).
+  (``add_service``), after the sync and before the job worker's first pull.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class ServeState:
     def __init__(self, settings: ServeSettings):
         from deployer.serve.fleet import FleetCache
         from deployer.serve.jobs import JobQueue
+        from deployer.serve.live import HealthWake
         from deployer.serve.sync import RepoSync
         from deployer.serve.webhook import Receivers
 
@@ -74,8 +78,13 @@ class ServeState:
         self.fleet = FleetCache(self)
         self.jobs = JobQueue(self)
         self.hooks = Receivers.load(settings.config, settings.own_dir)
-        self.services: list[Any] = []
+        self.health = HealthWake()
+        self.services: list[Any] = [self.health]
         self.started = False
+
+    def health_watches(self) -> list[Any]:
+        """The health watches ``health`` started (``alerts.health.HealthWatch``, one per Consul), for the alerts."""
+        return list(self.health.watches)
 
     def add_service(self, service: Any) -> None:
         self.services.append(service)
@@ -84,10 +93,10 @@ class ServeState:
         """Start the background parts (the application's lifespan calls this)."""
         os.makedirs(self.settings.own_dir, exist_ok=True)
         self.sync.start()
-        self.jobs.start()
         self.fleet.start()
-        for service in self.services:
+        for service in self.services:  # before the job worker: its first pull is seen by the alerts' deploy log
             service.start(self)
+        self.jobs.start()
         self.started = True
 
     def stop(self) -> None:

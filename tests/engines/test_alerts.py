@@ -360,29 +360,54 @@ def test_alerts_test_sends_to_every_sink_and_fails_naming_the_broken_one(engine,
     assert "failed: HTTP 500 Internal Server Error" in done.stdout and f"{receiver.url}/..." in done.stdout
 
 
-def test_serve_runs_the_alerts_deploys_are_announced_once_and_alert_and_drift_events_reach_its_stream(
+PRE_PUSH = """#!/bin/sh
+# serve's push, once: another clone deploys and pushes first, so serve's push is refused and rebased
+[ -e "{marker}" ] && exit 0
+touch "{marker}"
+unset GIT_DIR GIT_WORK_TREE GIT_INDEX_FILE GIT_PREFIX GIT_QUARANTINE_PATH GIT_OBJECT_DIRECTORY
+cd "{laptop}" && "{python}" -m deployer --repo "{laptop}" deploy deployer-test/web:2 "{target}" --no-consul \
+    -m "from the laptop" >"{marker}.log" 2>&1
+exit 0
+"""
+
+
+def test_serve_runs_the_alerts_deploys_locks_and_cli_deploys_are_announced_once_and_reach_its_stream(
         engine, client, receiver, tmp_path):
+    """serve's built-in alerts: a deploy through the API whose push is rebased over a CLI deploy another clone
+    pushed meanwhile (a pre-push hook makes that happen at the worst moment, every time) gives exactly two deploy
+    messages, each under the sha `git log` of the remote shows; a failed deploy; manual locks taken with the CLI
+    from the other clone and through the API, each announced once (a deploy's own lock is not); drift."""
     import httpx
 
+    from deployer.gitrepo.lock import default_owner_info
     from deployer.serve.auth import TokenStore
     from tests.support.repos import web_compose
     from tests.support.serve import ServeProcess
 
-    node = unique_node()
+    node, node2 = unique_node(), unique_node()
     seed, _ = make_repo(tmp_path / "seed", engine.unix_url, web_compose(WEB1), node=node,
-                        extra_files={"alerts.yml": alerts_yml(receiver, "1s")})
+                        extra_files={"alerts.yml": alerts_yml(receiver, "1s"),
+                                     f"datacenters/test/{node2}/node.yml": f"docker: {engine.unix_url}\n",
+                                     f"datacenters/test/{node2}/docker-compose.yml": web_compose(WEB1)})
     remote = tmp_path / "remote.git"
     git(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
     git(seed, "push", "-q", str(remote), "main")
-    clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "-q", str(remote), str(clone)], check=True)
-    assert cli(clone, "deploy", WEB1, f"test/{node}", "--no-consul").exit_code == 0
+    clone, laptop = tmp_path / "clone", tmp_path / "laptop"
+    for where in (clone, laptop):
+        subprocess.run(["git", "clone", "-q", str(remote), str(where)], check=True)
+    assert cli(clone, "deploy", WEB1, "test", "--no-consul").exit_code == 0  # nothing to commit: both run web:1
+    marker = tmp_path / "hook-ran"
+    hook = clone / ".git" / "hooks" / "pre-push"
+    hook.write_text(PRE_PUSH.format(marker=marker, laptop=laptop, python=sys.executable, target=f"test/{node2}"))
+    hook.chmod(0o755)
     tokens_file = tmp_path / "cfg" / "tokens.json"
-    token = TokenStore(tokens_file).add("ci-bot", "read,deploy")
+    token = TokenStore(tokens_file).add("ci-bot", "read,deploy,lock")
     target = f"test/{node}/web"
     auth = {"Authorization": f"Bearer {token}"}
+    me = default_owner_info()
     try:
-        with ServeProcess(clone, tokens_file, "--no-consul", "--alerts", "--drift-interval", "1s") as server:
+        with ServeProcess(clone, tokens_file, "--no-consul", "--alerts", "--drift-interval", "1s",
+                          "--status-interval", "1s", "--sync-interval", "1s") as server:
             events: list[dict] = []
 
             def listen():
@@ -396,34 +421,58 @@ def test_serve_runs_the_alerts_deploys_are_announced_once_and_alert_and_drift_ev
                     pass  # the service stopped
 
             threading.Thread(target=listen, daemon=True).start()
-            time.sleep(1.0)  # the stream is open (events published before it are not replayed without an id)
+            time.sleep(1.5)  # the stream is open, the lock watch has read the engine once
             r = httpx.post(server.url + "/api/v1/deploy", headers=auth, timeout=30,
                            json={"image": "deployer-test/web:2", "targets": [target], "reason": "release 2"})
             assert r.status_code == 202, r.text
-            wait_until(lambda: receiver.texts("/slack"), timeout=90, what="the deploy's alert")
-            (text,) = receiver.texts("/slack")
-            commit = git(remote, "rev-parse", "main")
-            assert text == f"deploy of deployer-test/web:2 to {target} succeeded (commit {commit[:12]}) by ci-bot: " \
-                           "release 2"
+            wait_until(lambda: len(receiver.texts("/slack")) >= 2, timeout=90, what="the two deploys' alerts")
+            assert marker.exists(), "the pre-push hook did not run"
+            ours, theirs = git(remote, "log", "--format=%H", "-2", "main").split()
+            assert git(remote, "rev-parse", "main~1") == theirs  # serve's commit was rebased onto the laptop's
+            laptop_author = git(remote, "log", "-1", "--format=%an", theirs)
+            print("\n".join(receiver.texts("/slack")))  # shown with -s (docs/serve.md quotes it)
+            assert receiver.texts("/slack") == [
+                f"deploy of deployer-test/web:2 to {target} succeeded (commit {ours[:12]}) by ci-bot: release 2",
+                f"deploy of deployer-test/web:2 to test/{node2}/web succeeded (commit {theirs[:12]}) by "
+                f"{laptop_author}: from the laptop"], (receiver.texts("/slack"), marker.with_suffix(".log"))
             r = httpx.post(server.url + "/api/v1/deploy", headers=auth, timeout=30,
                            json={"image": "deployer-test/missing:9", "targets": [target], "reason": "oops"})
             assert r.status_code == 202, r.text
-            wait_until(lambda: len(receiver.texts("/slack")) == 2, timeout=90, what="the failed deploy's alert")
-            failed = receiver.texts("/slack")[1]
+            wait_until(lambda: len(receiver.texts("/slack")) == 3, timeout=90, what="the failed deploy's alert")
+            failed = receiver.texts("/slack")[2]
             print(failed)  # shown with -s (docs/serve.md quotes it)
             assert failed.startswith(f"deploy of deployer-test/missing:9 to {target} failed by ci-bot: "), failed
 
+            # locks: one taken with the CLI in the other clone, one through serve's API: each announced once
+            assert cli(laptop, "lock", "acquire", f"test/{node2}", "-m", "freeze for the audit").exit_code == 0
+            r = httpx.post(server.url + "/api/v1/locks", headers=auth, timeout=30,
+                           json={"target": f"test/{node}", "reason": "hold for the release"})
+            assert r.status_code == 202, r.text
+            wait_until(lambda: len(receiver.texts("/slack")) == 5, what="the two locks taken")
+            assert sorted(receiver.texts("/slack")[3:]) == sorted([
+                f"lock taken on test/{node2} by {me['user']}@{me['host']}: freeze for the audit",
+                f"lock taken on test/{node} by ci-bot@{me['host']}: hold for the release"])
+            assert cli(laptop, "lock", "release", f"test/{node2}").exit_code == 0
+            r = httpx.post(server.url + "/api/v1/locks", headers=auth, timeout=30,
+                           json={"target": f"test/{node}", "action": "release"})
+            assert r.status_code == 202, r.text
+            wait_until(lambda: len(receiver.texts("/slack")) == 7, what="the two locks released")
+            assert sorted(receiver.texts("/slack")[5:]) == sorted([
+                f"lock released on test/{node2} (taken by {me['user']}@{me['host']}: freeze for the audit)",
+                f"lock released on test/{node} (taken by ci-bot@{me['host']}: hold for the release)"])
+
             web(client, node).remove(force=True)  # drift, seen by serve's drift watch
-            wait_until(lambda: len(receiver.texts("/slack")) == 3, what="the drift alert")
-            assert receiver.texts("/slack")[2] == f"drift on test/{node}: create {target} (no container)"
+            wait_until(lambda: len(receiver.texts("/slack")) == 8, what="the drift alert")
+            assert receiver.texts("/slack")[7] == f"drift on test/{node}: create {target} (no container)"
             time.sleep(2.5)
-            assert len(receiver.texts("/slack")) == 3  # each announced once
+            assert len(receiver.texts("/slack")) == 8  # each announced once
             alerts = [e["text"] for e in events if e["type"] == "alert"]
             assert alerts == receiver.texts("/slack")
             assert any(e["type"] == "drift" and e.get("state") == "drifted" and e["node"] == f"test/{node}"
                        for e in events)
     finally:
         remove_node_containers(client, node)
+        remove_node_containers(client, node2)
 
 
 def test_a_deploy_made_with_the_cli_is_announced_once_from_the_deploy_log(engine, client, receiver, watches,
@@ -446,3 +495,75 @@ def test_a_deploy_made_with_the_cli_is_announced_once_from_the_deploy_log(engine
         assert watch.interrupt() == 0
     finally:
         remove_node_containers(client, node)
+
+
+def test_locks_taken_with_the_cli_are_alerted_once_deploy_locks_only_when_they_expire(
+        engine, client, consul_agent, receiver, watches, tmp_path):
+    """`alerts watch` follows both kinds of node lock: the Consul datacenter's keys (a blocking query) and the
+    engine lock of a datacenter without Consul (read every locks.interval, 1 s here). A deploy lock whose holder
+    died is announced when it expires; manual ones when taken and released, naming who, where and why (the
+    short lock of a deploy is not: the serve test below counts every message around deploys)."""
+    from deployer.discovery.consul_catalog import ConsulCatalog
+    from deployer.discovery.consul_lock import ConsulLock, lock_key
+    from deployer.engine.node_lock import EngineLock, lock_name, read_lock, remove_lock
+    from deployer.gitrepo.lock import default_owner_info
+    from deployer.ops.locks import holder_info
+
+    root, node, _ = make_site(tmp_path, engine, consul_agent.address, receiver, threshold="1s")
+    edge = unique_node()
+    (root / "alerts.yml").write_text(alerts_yml(receiver, "1s") + "locks:\n  interval: 1s\n")
+    (root / f"datacenters/edge/{edge}").mkdir(parents=True)
+    (root / f"datacenters/edge/{edge}/node.yml").write_text(f"docker: {engine.unix_url}\n")
+    (root / f"datacenters/edge/{edge}/docker-compose.yml").write_text(
+        f"services:\n  web:\n    image: {WEB1}\n    init: true\n")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "an edge datacenter without Consul")
+    a, b = f"test/{node}", f"edge/{edge}"
+    me = default_owner_info()
+    who = f"{me['user']}@{me['host']}"
+    catalog = ConsulCatalog(consul_agent.address)
+    try:
+        watch = Watch(root, "--no-drift")
+        watches.append(watch)
+        wait_until(lambda: "alerts: watching" in watch.stderr(), what="the watch started")
+        time.sleep(2)  # the lock watch's first readings (what is locked when it starts is not announced)
+
+        # two deploys' locks whose holders die: renewals stop, nothing is released
+        dying = holder_info("test: a deploy that dies")
+        on_engine = EngineLock(client, b, dying, ttl=6).acquire(0)
+        in_consul = ConsulLock(catalog, "test", node, dying, ttl=10, delay=0).acquire(0)
+        for lk in (on_engine, in_consul):
+            lk._stop.set()
+            lk._thread.join(10)
+        # Consul ends the session when its TTL passes (up to twice the TTL); here it is ended at once, as a
+        # TTL expiry ends it: the key stays, without a session
+        catalog.call("end the session", lambda c: c.session.destroy(in_consul.session))
+        wait_until(lambda: len(receiver.texts("/slack")) == 2, timeout=20, what="the two expired locks")
+        expired = sorted(receiver.texts("/slack"))
+        assert expired == [f"lock released (expired) on {x}: the lock of test: a deploy that dies held by {who} "
+                           f"pid {os.getpid()} was not renewed (its holder died or lost its connection)"
+                           for x in sorted((a, b))], expired
+
+        taken = cli(root, "lock", "acquire", a, b, "-m", "db maintenance")  # breaks the expired engine lock
+        assert taken.exit_code == 0, taken.output
+        wait_until(lambda: len(receiver.texts("/slack")) == 4, what="the manual locks taken")
+        assert sorted(receiver.texts("/slack")[2:]) == [f"lock taken on {x} by {who}: db maintenance"
+                                                        for x in sorted((a, b))]
+        assert cli(root, "lock", "release", a, b).exit_code == 0
+        wait_until(lambda: len(receiver.texts("/slack")) == 6, what="the manual locks released")
+        assert sorted(receiver.texts("/slack")[4:]) == [f"lock released on {x} (taken by {who}: db maintenance)"
+                                                        for x in sorted((a, b))]
+
+        time.sleep(1.5)  # nothing more (each lock once; serve's test shows a deploy's own lock is not announced)
+        assert len(receiver.texts("/slack")) == 6
+        lock_alerts = [x for x in receiver.bodies("/json") if x["kind"] == "lock"]
+        assert [(x["state"], x["manual"]) for x in lock_alerts[2:]] == [("taken", True)] * 2 + [("released", True)] * 2
+        assert all(x["who"] == me["user"] and x["reason"] == "db maintenance" for x in lock_alerts[2:])
+        assert watch.interrupt() == 0
+    finally:
+        catalog.call("clean up", lambda c: c.kv.delete(lock_key("test", node)))
+        left = read_lock(client.api, lock_name(b))
+        if left is not None:
+            remove_lock(client.api, left.id)
+        remove_node_containers(client, edge)
+        forget_site(client, consul_agent, node)

@@ -117,11 +117,17 @@ def test_the_watchers_own_alerts():
 def test_deploy_and_lock_events_become_alerts_keyed_by_commit_or_job():
     key, a = event_alert({"type": "deploy", "ok": True, "targets": ["test/n1/web"], "image": "web:2",
                           "commit": "0123456789abcdef", "author": "ci", "reason": "release 2", "job": "j1"})
-    assert key == "deploy:0123456789abcdef:ok"
+    assert key == "deploy:0123456789abcdef"
+    # a partial deploy (the job failed, the commit has the targets that worked) and the deploy log's entry of
+    # that commit are one announcement, whichever is seen first
+    partial, _ = event_alert({"type": "deploy", "ok": False, "targets": ["test/n1/web"], "commit": "0123456789abcdef",
+                              "job": "j9", "error": "1 of 2 targets failed"})
+    logged, _ = event_alert({"type": "deploy", "ok": True, "commit": "0123456789abcdef", "source": "deploy log"})
+    assert partial == logged == key
     assert a["text"] == "deploy of web:2 to test/n1/web succeeded (commit 0123456789ab) by ci: release 2"
     key, a = event_alert({"type": "deploy", "ok": False, "targets": ["test/n1/web"], "image": "web:3", "job": "j2",
                           "error": "health check failed"})
-    assert key == "deploy:j2:failed" and a["text"] == "deploy of web:3 to test/n1/web failed: health check failed"
+    assert key == "deploy:job:j2:failed" and a["text"] == "deploy of web:3 to test/n1/web failed: health check failed"
     key, a = event_alert({"type": "rollback", "state": "ok", "targets": ["test/n1/web"], "image": "web:1",
                           "commit": "abc"})
     assert a["text"] == "rolled back test/n1/web to web:1 (commit abc)" and a["kind"] == "rollback"

@@ -145,3 +145,87 @@ def test_the_last_leader_keeps_sending_while_consul_is_lost_and_a_follower_never
     svc.at(5.0)
     assert len(svc.sent) == 1 and svc._held == []  # a follower: "lost" is the last leader's to send
     assert svc.events[-1]["kind"] == "consul" and svc.events[-1]["sent"] is False
+
+
+def test_inside_serve_the_alerts_read_serves_one_health_watch_per_consul(tmp_path):
+    """serve.live.HealthWake owns the Consul health watches; the AlertService serve starts takes those (no second
+    set of blocking queries on the same health). Consul here is a closed loopback port: the watch is LOST."""
+    import socket
+    import time
+
+    from deployer.serve.app import create_app
+    from deployer.serve.state import ServeSettings, ServeState
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repo = tmp_path / "repo"
+    for dc in ("dc1", "dc2"):  # two datacenters on one Consul: one watch
+        node = repo / "datacenters" / dc / "n1"
+        node.mkdir(parents=True)
+        (repo / "datacenters" / dc / "datacenter.yml").write_text(f"consul: 127.0.0.1:{port}\n")
+        (node / "node.yml").write_text("docker: unix:///nowhere.sock\n")
+        (node / "docker-compose.yml").write_text("services:\n  web:\n    image: web:1\n")
+    state = ServeState(ServeSettings(root=repo, tokens=tmp_path / "tokens.json", drift_interval=0))
+    create_app(state)
+    (alerts,) = [s for s in state.services if isinstance(s, AlertService)]
+    assert state.services[0] is state.health
+    state.health.start(state)
+    alerts.start(state)
+    try:
+        assert len(state.health.watches) == 1 and alerts.watches == state.health.watches
+        assert alerts.watches[0].dcs == ("dc1", "dc2") and not alerts.own_watches
+        w = alerts.watches[0]
+        deadline = time.monotonic() + 10
+        while w.snapshot()[0] != LOST and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert w.snapshot()[0] == LOST  # "Consul lost" and health unknown come from this one watch
+    finally:
+        alerts.stop(timeout=2)
+        state.health.stop()
+
+
+def test_the_deploy_log_is_read_from_the_upstream_so_an_unpushed_commit_is_never_announced(tmp_path):
+    """Only published commits are read (the branch's upstream): a local commit that a push's rebase would rewrite
+    is not announced under its local sha; once pushed it is, once; serve's job event of the same commit first
+    makes the log's entry silent."""
+    import subprocess
+
+    def git(cwd, *args):
+        return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+    remote, clone = tmp_path / "remote.git", tmp_path / "clone"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(remote))
+    git(tmp_path, "clone", "-q", str(remote), str(clone))
+    node = clone / "datacenters" / "dc1" / "n1"
+    node.mkdir(parents=True)
+    (node / "node.yml").write_text("docker: unix:///nowhere.sock\n")
+    git(clone, "add", "-A")
+    git(clone, "commit", "-qm", "initial")
+    git(clone, "push", "-q", "origin", "HEAD:main")
+    svc = AlertService(clone, config=AlertsConfig(), drift=False, health=False, locks=False)
+    published = []
+    svc.publish = lambda e: published.append(e) if e.get("source") == "deploy log" else None
+    svc._broker_event({"type": "sync", "ok": True})  # serve's first pull: what is there is not announced
+
+    def deploy_commit(n):
+        git(clone, "commit", "-q", "--allow-empty", "-m", f"deploy dc1/n1/web: web:{n - 1} -> web:{n}\n\n"
+            f"Deployer-Action: deploy\nDeployer-Target: dc1/n1/web\nDeployer-Image: web:{n}")
+        return git(clone, "rev-parse", "HEAD")
+
+    local = deploy_commit(2)
+    svc._history_pass()
+    assert published == []  # only in this clone: a rebase on push may still rewrite it
+    git(clone, "push", "-q", "origin", "HEAD:main")
+    svc._history_pass()
+    svc._history_pass()
+    assert [(e["type"], e["commit"], e["image"]) for e in published] == [("deploy", local, "web:2")]
+
+    real = AlertService(clone, config=AlertsConfig(), drift=False, health=False, locks=False)
+    real._broker_event({"type": "sync", "ok": True})
+    third = deploy_commit(3)
+    git(clone, "push", "-q", "origin", "HEAD:main")
+    real._broker_event({"type": "deploy", "ok": True, "targets": ["dc1/n1/web"], "image": "web:3", "commit": third,
+                        "who": "ci-bot", "job": "j1"})  # serve's job announces it, then the log is read
+    assert [a["text"] for a in real.sent] == [f"deploy of web:3 to dc1/n1/web succeeded (commit {third[:12]}) by "
+                                              "ci-bot"]

@@ -40,6 +40,9 @@ def write(tmp_path, text, secrets=None):
 def test_no_file_means_defaults_and_no_sink(tmp_path):
     assert load_alerts(tmp_path) == AlertsConfig()
     assert AlertsConfig().threshold == 30.0 and AlertsConfig().reminder is None
+    assert AlertsConfig().lock_interval == 15.0
+    (tmp_path / "alerts.yml").write_text("locks:\n  interval: 2s\n")
+    assert load_alerts(tmp_path).lock_interval == 2.0
 
 
 def test_a_full_file_with_secrets_from_outside_the_repository(tmp_path):
@@ -53,8 +56,11 @@ def test_a_full_file_with_secrets_from_outside_the_repository(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("threshold: 2s\nthreshhold: 3s\n", "alerts.yml:2: threshhold: unknown key (allowed: drift, reminder, sinks, "
-                                        "threshold)"),
+    ("threshold: 2s\nthreshhold: 3s\n", "alerts.yml:2: threshhold: unknown key (allowed: drift, locks, reminder, "
+                                        "sinks, threshold)"),
+    ("locks: {interval: 2s, every: 1s}\n", "alerts.yml:1: locks.every: unknown key (allowed: interval)"),
+    ("locks: 5s\n", "alerts.yml:1: locks: must be a mapping (interval)"),
+    ("locks:\n  interval: 0s\n", "alerts.yml:2: locks.interval: must be positive"),
     ("threshold: 30\n", "alerts.yml:1: threshold: must be a duration with a unit, like '30s' or '1m30s', not an "
                         "integer"),
     ("reminder: 0s\n", "alerts.yml:1: reminder: must be positive"),
@@ -72,7 +78,7 @@ def test_a_full_file_with_secrets_from_outside_the_repository(tmp_path):
     ("sinks:\n  - format: json\n", "alerts.yml:2: sinks: must be a mapping of NAME: {format, url, ...}"),
     ("sinks:\n  a:\n    format: json\n    url: http://x/$HOOK\n",
      "alerts.yml:4: sinks.a.url: a '$' starts ${NAME} (from the secrets file) or is written '$$'"),
-    ("- 1\n", "alerts.yml:1: must be a mapping (threshold, reminder, drift, sinks)"),
+    ("- 1\n", "alerts.yml:1: must be a mapping (threshold, reminder, drift, locks, sinks)"),
 ])
 def test_refusals_name_the_file_line_and_field(tmp_path, text, message):
     repo, secrets = write(tmp_path, text, "")
