@@ -6,7 +6,6 @@ import datetime as dt
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -497,7 +496,7 @@ def test_deploy_log_skips_non_deployer_commits(repo, root, logged):
     assert len(repo.deploy_log()) == 4
 
 
-def test_deploy_log_is_fast_for_thousands_of_commits(tmp_path):
+def test_deploy_log_reads_thousands_of_commits_in_one_git_process(tmp_path):
     """3000 deploy commits (plus noise) made with fast-import; one git log call reads them."""
     root = tmp_path / "big"
     root.mkdir()
@@ -521,18 +520,28 @@ def test_deploy_log_is_fast_for_thousands_of_commits(tmp_path):
             stream.append(f"from :{i - 1}\n".encode())
         stream.append(f"M 100644 inline {COMPOSE}\n".encode() + b"data %d\n" % len(c) + c + b"\n")
     subprocess.run(["git", "-C", str(root), "fast-import", "--quiet"], input=b"".join(stream), check=True)
-    with InfraRepo.open(root) as repo:
-        t0 = time.monotonic()
+    # Not timed (speed is measured in bench/): what keeps it fast is a constant number of git processes
+    # whatever the history's length, and that is what is counted here.
+    started = []
+    real_popen = subprocess.Popen
+
+    class CountingPopen(real_popen):
+        def __init__(self, args, *a, **kw):
+            started.append(args)
+            super().__init__(args, *a, **kw)
+
+    with InfraRepo.open(root) as repo, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(subprocess, "Popen", CountingPopen)
         log = repo.deploy_log()
-        elapsed = time.monotonic() - t0
+        assert [a[a.index("log")] for a in started if "log" in a] == ["log"], started  # one walk
+        assert len(started) <= 2, started  # plus the rev-parse of the branch
         assert len(log) == n - n // 10
         assert log[0].image == f"reg/worker:{n - 1}" and log[0].reason == f"reason {n - 1}"
         assert log[0].time == dt.datetime.fromtimestamp(1700000000 + n - 1, dt.timezone(dt.timedelta(hours=1))).isoformat()
-        assert elapsed < 3, elapsed
-        t0 = time.monotonic()
+        started.clear()
         image, commit = repo.resolve_rollback(COMPOSE, "worker", f"reg/worker:{n - 1}", steps=1)
         assert image == f"reg/worker:{n - 2}"
-        assert time.monotonic() - t0 < 2
+        assert len(started) <= 3, started
 
 
 # -- service versions --------------------------------------------------------------------
