@@ -79,6 +79,11 @@ def read_source(source_dir: str | os.PathLike) -> SourceState:
 # --------------------------------------------------------------------------- a branch to follow
 
 
+def branch_name_ok(branch: str) -> bool:
+    """Whether ``branch`` is a valid branch name (``git check-ref-format --branch``), no repository needed."""
+    return run(["check-ref-format", "--branch", branch], tempfile.gettempdir()).ok
+
+
 def bare_clone(url: str, directory: str | os.PathLike) -> Path:
     """A bare clone of ``url`` in ``directory`` (made when absent; an existing one is kept, the
     ``SourceRepo`` over it fetches its branch): how ``deployer serve``'s release hooks read a

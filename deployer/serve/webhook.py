@@ -213,7 +213,7 @@ def _release_spec(where: _Where, listed: Any, name: str, spec: Any, field: str) 
     """The release part of a hook, every value checked (no network, no build): ``(spec, first target)``."""
     from deployer.build import builders
     from deployer.build import registry as _registry
-    from deployer.gitrepo.source import SourceRepo
+    from deployer.gitrepo.source import SourceRepo, branch_name_ok
 
     source = _text(where, spec, "source", f"{field}.source", missing=(listed, name))
     branch = _text(where, spec, "branch", f"{field}.branch") or "main"
@@ -221,6 +221,8 @@ def _release_spec(where: _Where, listed: Any, name: str, spec: Any, field: str) 
     if app is not None and (Path(app).is_absolute() or ".." in Path(app).parts):
         raise where.problem(spec, "app", f"{field}.app", "a directory inside the repository, relative to its top",
                             value=True)
+    if branch.startswith("-") or not branch_name_ok(branch):
+        raise where.problem(spec, "branch", f"{field}.branch", f"{branch!r} is not a valid branch name", value=True)
     if not URL_RE.match(source):
         if not Path(source).is_absolute():
             raise where.problem(spec, "source", f"{field}.source", "a local repository is an absolute path "

@@ -63,7 +63,7 @@ def test_a_release_hook_is_read_with_its_defaults_and_every_key(tmp_path, source
     ("    engine: docker.example:2375\n", "serve.yml:11: hooks.worker-ci.engine: a build engine URL"),
     ("    batch: 0\n", "serve.yml:11: hooks.worker-ci.batch: a whole number, at least 1"),
     ("    batch: true\n", "serve.yml:11: hooks.worker-ci.batch: a whole number, at least 1"),
-    ("    branch: 'no..dots'\n", "serve.yml:8: hooks.worker-ci.source: 'no..dots' is not a valid branch name"),
+    ("    branch: 'no..dots'\n", "serve.yml:11: hooks.worker-ci.branch: 'no..dots' is not a valid branch name"),
     ("    app: ../elsewhere\n", "serve.yml:11: hooks.worker-ci.app: a directory inside the repository"),
     ("    target: prod\n", "serve.yml:6: hooks.worker-ci: give exactly one of target, targets"),
 ])
@@ -89,6 +89,8 @@ def test_a_wrong_release_hook_is_refused_with_its_line(tmp_path, source, extra, 
      "serve.yml:5: hooks.w.targets: a non-empty list of targets"),
     ("hooks:\n  w:\n    action: release\n    source: git@h:w.git\n    targets: prod\n    secret: {s}\n",
      "serve.yml:5: hooks.w.targets: a non-empty list of targets"),
+    ("hooks:\n  w:\n    action: release\n    source: git@h:w.git\n    branch: a b\n    target: prod\n"
+     "    secret: {s}\n", "serve.yml:5: hooks.w.branch: 'a b' is not a valid branch name"),
     ("hooks:\n  w:\n    action: release\n    source: git@h:w.git\n    target: prod\n    secret: short\n",
      "serve.yml:6: hooks.w: the secret must be at least 16 bytes"),
     ("hooks:\n  w:\n    image: x\n    secret: {s}\n", "serve.yml:2: hooks.w.target: required (a string)"),
