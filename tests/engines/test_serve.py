@@ -421,7 +421,7 @@ def _push_hook(server, body: dict, delivery: str, secret: str = SECRET, event: s
                         "Content-Type": "application/json"})
 
 
-def _wait_release(server, token, job_id, timeout=600):
+def _wait_release(server, token, job_id, timeout=800):
     """The finished job; on a timeout, the error shows its progress lines so far."""
     try:
         return wait_job(server, token, job_id, timeout)
@@ -430,7 +430,7 @@ def _wait_release(server, token, job_id, timeout=600):
         raise AssertionError(f"job {job_id} not done in {timeout}s; its lines: {lines}") from None
 
 
-@pytest.mark.timeout(900)  # a cold Go build: about 16 s on a quiet machine, minutes with a load average near 60
+@pytest.mark.timeout(1200)  # a cold Go build: about 16 s on a quiet machine, minutes with a load average near 60
 def test_release_webhook_builds_the_pushed_commit_and_refuses_bad_pushes(client, go_builder, build_engine, registry,
                                                                          tmp_path):
     """One serve process, the session's build engine as the node and the builder, its TLS registry."""
