@@ -151,3 +151,27 @@ def test_a_push_payload_without_ref_or_after_is_refused(payload, message):
     with pytest.raises(ApiError) as caught:
         _hook().release_for({}, payload)
     assert caught.value.status == 400 and message in str(caught.value)
+
+
+def test_a_url_source_is_cloned_bare_in_the_own_dir_and_fetched_each_time(tmp_path, source):
+    from types import SimpleNamespace
+
+    from deployer.serve import release_hook
+
+    url = f"file://{source}"
+    hook = webhook.read_config(_config(tmp_path, f"hooks:\n  w:\n    action: release\n    source: {url}\n"
+                                                 f"    target: prod\n    secret: {SECRET}\n"))["w"]
+    assert hook.release.is_url
+    state = SimpleNamespace(settings=SimpleNamespace(own_dir=tmp_path / "own"))
+    repo = release_hook.source_repo(state, hook)
+    assert repo.git_dir == tmp_path / "own" / "sources" / "w" / "worker.git" and repo.bare
+    assert repo.name == "worker"  # the image is named as a clone of the source would name it
+    first = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True).stdout.strip()
+    assert repo.head() == first and repo.has_commit(first)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "two"],
+                   cwd=source, check=True)
+    second = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True).stdout.strip()
+    again = release_hook.source_repo(state, hook)  # the clone is kept; the next delivery fetches the branch
+    assert not again.has_commit(second)
+    assert again.head() == second and again.has_commit(second)
+    assert not again.has_commit("f" * 40)
