@@ -7,6 +7,7 @@ follows a branch; both ask git here, never themselves:
   tags on that commit, its uncommitted changes (in that directory only: an
   edit elsewhere in a monorepo does not make this app dirty) and where it
   comes from (origin's URL, else the working tree's top).
+* :func:`bare_clone` keeps a bare clone of a source given as a URL.
 * :class:`SourceRepo` is one branch of a source repository, bare or not, and
   the app directory in it: the branch head (fetched first when the branch
   has a remote), the new commits since the last one seen, their subjects and
@@ -76,6 +77,31 @@ def read_source(source_dir: str | os.PathLike) -> SourceState:
 
 
 # --------------------------------------------------------------------------- a branch to follow
+
+
+def branch_name_ok(branch: str) -> bool:
+    """Whether ``branch`` is a valid branch name (``git check-ref-format --branch``), no repository needed."""
+    return run(["check-ref-format", "--branch", branch], tempfile.gettempdir()).ok
+
+
+def bare_clone(url: str, directory: str | os.PathLike) -> Path:
+    """A bare clone of ``url`` in ``directory`` (made when absent; an existing one is kept, the
+    ``SourceRepo`` over it fetches its branch): how ``deployer serve``'s release hooks read a
+    source given as a URL. SourceError, with git's message, when the clone fails."""
+    target = Path(directory)
+    if (target / "HEAD").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        r = run(["clone", "--quiet", "--bare", url, str(tmp / "repo.git")], target.parent)
+        if not r.ok:
+            raise SourceError(f"git clone {url} failed: {_squeeze(r.err) or 'exit ' + str(r.status)}")
+        os.replace(tmp / "repo.git", target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
 
 
 class SourceRepo:
@@ -161,6 +187,10 @@ class SourceRepo:
         if backlog is None or len(commits) <= backlog:
             return commits, []
         return commits[-backlog:], commits[:-backlog]
+
+    def has_commit(self, sha: str) -> bool:
+        """Whether ``sha`` (a full commit id) is a commit of this repository."""
+        return self._git("cat-file", "-e", f"{sha}^{{commit}}").ok
 
     def subject(self, sha: str) -> str:
         return self._git("log", "-1", "--format=%s", sha).out.strip()

@@ -12,7 +12,9 @@ OpenAPI 3.1 document),
 and the repository transaction), ``events`` (the publish/subscribe broker and
 the server-sent-events encoding), ``fleet`` (the fleet status model and its
 background snapshots), ``sync`` (the clone kept up to date with its remote),
-``webhook`` (HMAC-SHA256 signed CI receivers, replays refused),
+``webhook`` (HMAC-SHA256 signed CI receivers, replays refused; deploy and
+release hooks), ``release_hook`` (a release hook's job: the pushed commit
+built, pushed and deployed through ``ops.release``),
 ``pages`` (the dashboard's server-rendered pages, with its templates/ and
 static/ package data), ``page_data`` (what the pages show, as plain text
 fields: fleet rows, a service's history, a job, the activity feed) and

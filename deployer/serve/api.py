@@ -13,7 +13,7 @@ GET  /api/v1/jobs          read     the latest jobs
 GET  /api/v1/jobs/ID       read     one job: state, progress lines, result
 GET  /api/v1/events        read     server-sent events (``?types=job,deploy``; ``Last-Event-ID``)
 GET  /api/v1/openapi.json  read     this API as an OpenAPI 3.1 document (``openapi``)
-POST /api/v1/hooks/NAME    HMAC     a CI webhook (``webhook``): deploys the hook's image
+POST /api/v1/hooks/NAME    HMAC     a CI webhook (``webhook``): deploys the hook's image, or releases a push
 =========================  =======  ================================================================
 
 Errors are one JSON line ``{"error": "..."}`` with the status: 400 malformed
@@ -211,11 +211,18 @@ async def hook(request: Request) -> JSONResponse:
     payload = validate.decode_json(body) if body.strip() else {}
     if not isinstance(payload, dict):
         raise ApiError(400, "the body must be a JSON object")
+    identity = Identity(f"hook:{name}", ("deploy",), "hook")
+    if receiver.action == "release":  # a push payload: build its commit (webhook.Hook.release_for)
+        decided = receiver.release_for(request.headers, payload)
+        if isinstance(decided, str):
+            return JSONResponse({"ignored": decided, "job": None}, status_code=202)
+        params, reason = decided
+        await run_in_threadpool(_check_targets, state, params["targets"])
+        return _accepted(state.jobs.submit("release", params, identity, reason))
     image = receiver.image_for(payload)
     reason = payload.get("reason") if isinstance(payload.get("reason"), str) and payload["reason"].strip() else \
         f"webhook {name}: {image}"
     await run_in_threadpool(_check_targets, state, [receiver.target])
-    identity = Identity(f"hook:{name}", ("deploy",), "hook")
     job = state.jobs.submit("deploy", {"image": image, "targets": [receiver.target]}, identity, reason[:2000])
     return _accepted(job)
 

@@ -1,4 +1,4 @@
-"""Deploy, rollback and lock requests as jobs: queued, run one at a time in order, with progress and a result.
+"""Deploy, rollback, lock and release requests as jobs: queued, run one at a time in order, with progress and a result.
 
 One worker thread runs every job, in the order they came, so two deploys of
 one target (or of any two) never run at once in this service: the second
@@ -9,7 +9,8 @@ pull never meets a job. Each job runs through the operations the CLI uses
 inside it is the repository transaction (its flock and journal) and the node
 locks: a node lock held by anyone else, a manual lock included, fails the job
 at once with the holder named, before any container is touched (the CLI's
-behaviour without ``--wait``).
+behaviour without ``--wait``). A ``release`` job (``release_hook``) builds and
+pushes first, then deploys the same way; it is announced as a ``deploy``.
 
 Every commit a job makes has the token's name as its author and the request's
 reason in its message. A job's progress lines, its state changes (queued,
@@ -34,7 +35,7 @@ from deployer.errors import DeployerError, PartialDeploy
 from deployer.ops.deploy import Deployer
 from deployer.ops.locks import manual_lock, release_locks
 
-KINDS = ("deploy", "rollback", "lock")
+KINDS = ("deploy", "rollback", "lock", "release")
 KEEP = 1000
 MAX_LINES = 2000
 STOP_WAIT = 60.0  # seconds a stopping service waits for the running job
@@ -174,12 +175,17 @@ class JobQueue:
 
     def _announce(self, job: Job) -> None:
         ok = job.state == "ok"
-        if job.kind in ("deploy", "rollback"):
+        if job.kind in ("deploy", "rollback", "release"):
             result = job.result or {}
-            self.state.broker.publish(job.kind, ok=ok, job=job.id, who=job.who, reason=job.reason,
+            image = job.params.get("image")
+            if job.kind == "release":  # the deploy of the built image
+                image = (result.get("image") or {}).get("ref")
+                result = result.get("deploy") or {}
+            self.state.broker.publish("deploy" if job.kind == "release" else job.kind, ok=ok, job=job.id,
+                                      who=job.who, reason=job.reason,
                                       targets=[t.get("target") for t in result.get("targets", [])]
                                       or job.params.get("targets") or [],
-                                      image=job.params.get("image"), commit=result.get("commit"), error=job.error)
+                                      image=image, commit=result.get("commit"), error=job.error)
         else:
             self.state.broker.publish("lock", ok=ok, job=job.id, who=job.who, reason=job.reason,
                                       target=job.params["target"],
@@ -191,6 +197,10 @@ def run(state: Any, job: Job, progress) -> Any:
     """Do ``job`` through the operations the CLI uses; its result as JSON data."""
     settings = state.settings
     p = job.params
+    if job.kind == "release":
+        from deployer.serve import release_hook
+
+        return release_hook.run(state, job, progress)
     if job.kind == "lock":
         infra = loader.load(state.root)
         if p["action"] == "acquire":

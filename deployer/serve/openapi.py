@@ -86,11 +86,14 @@ def document(version: str) -> dict[str, Any]:
                                                      _q("since", "replay the kept events after this id")])}},
             "/api/v1/openapi.json": {"get": _op("This document", "read")},
             "/api/v1/hooks/{name}": {"post": {**_op("A CI webhook: X-Hub-Signature-256 (HMAC-SHA256 of the body) "
-                                                    "and X-GitHub-Delivery", "hmac", ok="202", ok_schema=JOB,
+                                                    "and X-GitHub-Delivery; a deploy hook takes tag/image, a release "
+                                                    "hook GitHub's push payload (ref, after; 202 with 'ignored' and "
+                                                    "no job for another ref)", "hmac", ok="202", ok_schema=JOB,
                                                     body={"type": "object", "properties": {
                                                         "tag": {"type": "string"}, "image": {"type": "string"},
-                                                        "reason": {"type": "string"}}},
-                                                    errors=("401", "403", "409", "429")),
+                                                        "reason": {"type": "string"}, "ref": {"type": "string"},
+                                                        "after": {"type": "string"}}},
+                                                    errors=("400", "401", "403", "409", "429")),
                                               "parameters": [{"name": "name", "in": "path", "required": True,
                                                               "schema": {"type": "string"}}]}},
         },

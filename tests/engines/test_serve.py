@@ -6,6 +6,7 @@ PID in a finally) over a clone of a bare remote whose node runs web:1.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -22,6 +23,8 @@ import pytest
 from deployer.serve.auth import TokenStore
 from tests.support.repos import cli, git, make_repo, managed, remove_node_containers, unique_node, web_compose
 from tests.support.serve import ServeProcess
+
+pytest_plugins = ["tests.support.build_fixtures"]  # the release webhook's test: the Go builder, the registry
 
 WEB1, WEB2, WEB3 = "deployer-test/web:1", "deployer-test/web:2", "deployer-test/web:3"
 SECRET = "a-webhook-secret-of-some-length"
@@ -402,3 +405,128 @@ def test_consul_health_in_the_status_critical_when_stopped_unknown_when_consul_i
                 assert dc["consul_error"].startswith(f"Consul at {agent.address}")
         finally:
             remove_node_containers(client, node)
+
+
+# -- the release webhook (action: release): build + push + deploy of a pushed commit ----------------------------
+
+WORKER = Path(__file__).resolve().parents[2] / "examples" / "apps" / "worker"
+WORKER_COMPOSE = "services:\n  worker:\n    image: {image}\n    healthcheck:\n      interval: 500ms\n"
+
+
+def _push_hook(server, body: dict, delivery: str, secret: str = SECRET, event: str = "push"):
+    raw = json.dumps(body).encode()
+    signature = "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+    return api(server, "POST", "/api/v1/hooks/worker-ci", content=raw,
+               headers={"X-GitHub-Event": event, "X-GitHub-Delivery": delivery, "X-Hub-Signature-256": signature,
+                        "Content-Type": "application/json"})
+
+
+def _wait_release(server, token, job_id, timeout=800):
+    """The finished job; on a timeout, the error shows its progress lines so far."""
+    try:
+        return wait_job(server, token, job_id, timeout)
+    except AssertionError:
+        lines = api(server, "GET", f"/api/v1/jobs/{job_id}", token).json()["lines"]
+        raise AssertionError(f"job {job_id} not done in {timeout}s; its lines: {lines}") from None
+
+
+@pytest.mark.timeout(1200)  # a cold Go build: about 16 s on a quiet machine, minutes with a load average near 60
+def test_release_webhook_builds_the_pushed_commit_and_refuses_bad_pushes(client, go_builder, build_engine, registry,
+                                                                         tmp_path):
+    """One serve process, the session's build engine as the node and the builder, its TLS registry."""
+    import shutil
+
+    from deployer.build import registry as registry_api
+
+    cache_existed = any(v.name == "deployer-cache-go" for v in client.volumes.list())
+    node = unique_node()
+    src = tmp_path / "src" / "worker"
+    shutil.copytree(WORKER, src)
+    git(src, "init", "-q", "-b", "main")
+    git(src, "add", "-A")
+    git(src, "commit", "-q", "-m", "worker: initial")
+    sha = git(src, "rev-parse", "HEAD")
+    infra, _ = make_repo(tmp_path / "infra", build_engine.url, WORKER_COMPOSE.format(image=f"{registry}/worker:none"),
+                         node=node, extra_files={"datacenters/test/datacenter.yml": f"registry: {registry}\n"})
+    before = git(infra, "rev-parse", "HEAD")
+    tokens_file = tmp_path / "cfg" / "tokens.json"
+    store = TokenStore(tokens_file)
+    reader, oncall = store.add("reader", "read"), store.add("oncall", "read,lock")
+    config = tmp_path / "cfg" / "serve.yml"
+    config.write_text(f"hooks:\n  worker-ci:\n    action: release\n    source: {src}\n    branch: main\n"
+                      f"    builder: go\n    engine: {build_engine.url}\n    targets: [test/{node}]\n"
+                      f"    secret: {SECRET}\n")
+    push = {"ref": "refs/heads/main", "before": "0" * 40, "after": sha, "pusher": {"name": "ada"}}
+    try:
+        with ServeProcess(infra, tokens_file, "--config", str(config), "--no-consul", "--sync-interval", "1",
+                          "--status-interval", "1") as server:
+            # refused before anything is queued: a wrong signature, a payload without its commit; ignored: a branch
+            r = _push_hook(server, push, "d-1", secret="not-the-secret-at-all")
+            assert r.status_code == 401, r.text
+            r = _push_hook(server, {"ref": "refs/heads/main"}, "d-2")
+            assert r.status_code == 400 and r.json()["error"].startswith("after: required"), r.text
+            r = _push_hook(server, {**push, "ref": "refs/heads/feature"}, "d-3")
+            assert r.status_code == 202 and r.json() == {"job": None, "ignored": "refs/heads/feature is not "
+                                                         "refs/heads/main, the branch this hook releases: nothing built"}
+            assert api(server, "GET", "/api/v1/jobs", reader).json() == {"jobs": []}
+
+            # a commit the source does not have: the job fails with one line, nothing built
+            missing = "f" * 40
+            r = _push_hook(server, {**push, "after": missing}, "d-4")
+            job = wait_job(server, reader, r.json()["job"])
+            assert job["state"] == "failed" and job["error"] == f"{src}: no commit {missing} (pushed to " \
+                                                                "refs/heads/main): nothing built", job
+
+            # the pushed commit: built, pushed, deployed, committed as the hook with the source's sha
+            r = _push_hook(server, push, "d-5")
+            assert r.status_code == 202, r.text
+            job = _wait_release(server, reader, r.json()["job"])
+            ref = f"{registry}/worker:{sha[:12]}"
+            assert job["state"] == "ok", job
+            assert job["kind"] == "release" and job["result"]["image"]["ref"] == ref
+            assert any(line.startswith(f"building {sha[:12]}") for line in job["lines"])
+            assert any(line.startswith("push: ") for line in job["lines"]), job["lines"]
+            assert f"test/{node}: {node}-worker is healthy" in job["lines"], job["lines"]
+            assert registry_api.has_tag(registry, "worker", sha[:12])
+            (container,) = [c for c in managed(client, node) if c.status == "running"]
+            assert container.attrs["Config"]["Image"] == ref
+            assert client.images.get(ref).labels["org.opencontainers.image.revision"] == sha
+            assert git(infra, "rev-list", "--count", f"{before}..HEAD") == "1"
+            assert git(infra, "log", "-1", "--format=%an <%ae>") == "hook:worker-ci <hook-worker-ci@deployer-serve>"
+            message = git(infra, "log", "-1", "--format=%B")
+            assert message.startswith(f"deploy test/{node}/worker: {registry}/worker:none -> {ref}\n\n"
+                                      f"webhook worker-ci: push to main at {sha[:12]} by ada\n\n"
+                                      f"Built from {src} at commit {sha}."), message
+            assert _push_hook(server, push, "d-5").status_code == 409  # the same delivery again: a replay
+
+            # a commit that does not compile: the job fails with the compiler's line, nothing committed or changed
+            main = src / "main.go"
+            main.write_text(main.read_text().replace('"square": n * n})', '"square": n * n}'))
+            git(src, "commit", "-q", "-am", "worker: a compile error")
+            broken = git(src, "rev-parse", "HEAD")
+            head = git(infra, "rev-parse", "HEAD")
+            job = _wait_release(server, reader, _push_hook(server, {**push, "after": broken}, "d-6").json()["job"])
+            assert job["state"] == "failed" and "syntax error" in job["error"], job
+            assert job["error"].startswith("go build of ") and str(tmp_path / "src") in job["error"] \
+                and "/checkouts/" not in job["error"], job["error"]
+            assert any("main.go:" in line and "syntax error" in line for line in job["lines"][:-1]), job["lines"]
+            assert not registry_api.has_tag(registry, "worker", broken[:12])
+            assert git(infra, "rev-parse", "HEAD") == head and git(infra, "status", "--porcelain") == ""
+            (still,) = [c for c in managed(client, node) if c.status == "running"]
+            assert still.id == container.id
+
+            # a manual lock on the node stops a release before it builds
+            r = api(server, "POST", "/api/v1/locks", oncall, json={"target": f"test/{node}", "reason": "db migration",
+                                                                  "action": "acquire"})
+            assert wait_job(server, oncall, r.json()["job"])["state"] == "ok"
+            git(src, "revert", "--no-edit", "HEAD")
+            fixed = git(src, "rev-parse", "HEAD")
+            job = wait_job(server, reader, _push_hook(server, {**push, "after": fixed}, "d-7").json()["job"])
+            assert job["state"] == "failed" and "db migration" in job["error"] and "oncall" in job["error"], job
+            assert not any(line.startswith("push: ") for line in job["lines"])
+            assert git(infra, "rev-parse", "HEAD") == head
+    finally:
+        remove_node_containers(client, node)
+        if not cache_existed:  # test_build's first build must be cold, whatever ran before it
+            with contextlib.suppress(Exception):
+                client.volumes.get("deployer-cache-go").remove(force=True)
