@@ -60,8 +60,9 @@ from tests.support.images import build_standard_images, copy_image
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-# The consul_agent fixture lives with the code that starts Consul, the browser fixture with the browser's.
-pytest_plugins = ("tests.support.consul", "tests.support.browser")
+# The consul_agent fixture lives with the code that starts Consul, the browser fixture with the browser's;
+# how the suite is spread over xdist workers (and the rule for new tests) is in tests/support/parallel.py.
+pytest_plugins = ("tests.support.consul", "tests.support.browser", "tests.support.parallel")
 
 GIT_NAME = "Test Operator"
 GIT_EMAIL = "operator@example.com"
