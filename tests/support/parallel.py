@@ -12,8 +12,9 @@ so the README's ``python3 -m pytest -q`` runs on several worker processes; this 
   (``SHARED_SESSION_PLUGINS``: the build engine, its registry and the builder images of
   tests/support/build_fixtures.py) all go to one worker together, so those are made once per run,
   not once per worker.
-* in which order: longest first, by the durations of the last run on this checkout
-  (``.pytest_cache``); on a fresh clone, the shared groups first, then tests/engines, then tests/unit.
+* in which order: longest first, by each unit's time in the last run on this checkout
+  (``.pytest_cache``); a unit without one (a fresh clone) gets a guess by kind (``GUESS``): the shared
+  groups first, then tests/engines, then tests/unit.
 
 The rule for a new test (every worker runs beside the others on the same machine, as root)
 -------------------------------------------------------------------------------------------
@@ -38,6 +39,7 @@ Everything a test starts must be unique to it, never a fixed name a second worke
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -107,13 +109,21 @@ def scope_of(rootpath: Path, nodeid: str, _cache: dict[str, str] = {}) -> str:  
     return _cache[module]
 
 
+#: Guesses (seconds) for a unit the last run did not time: a shared group, an engine module, a unit module.
+GUESS = {"group": 300.0, "engines": 60.0, "unit": 1.0}
+
+
 def _order_key(durations: dict[str, float]):
+    """Longest first: last run's time of a unit, else a guess by its kind (a partial cache, e.g. from a
+    run of tests/unit alone, must not put the unit tier ahead of the engine tier)."""
     def key(scope: str) -> tuple:
-        if scope in durations:                   # measured last run: longest first
-            return (0, -durations[scope], scope)
-        if scope.startswith("group:"):
-            return (1, 0.0, scope)
-        return (2 if scope.startswith("tests/engines/") else 3, 0.0, scope)
+        if scope in durations:
+            took = durations[scope]
+        elif scope.startswith("group:"):
+            took = GUESS["group"]
+        else:
+            took = GUESS["engines"] if scope.startswith("tests/engines/") else GUESS["unit"]
+        return (-took, scope)
     return key
 
 
@@ -144,7 +154,7 @@ def _make_scheduler_class():
     return GroupedFileScheduling
 
 
-@pytest.hookimpl(optionalhook=True)
+@pytest.hookimpl(optionalhook=True, tryfirst=True)   # before xdist's own (DSession's) implementation
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     if config.getvalue("dist") == "loadfile":
         return _make_scheduler_class()(config, log)
@@ -154,12 +164,19 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 # -- the controller notes how long each unit took, for the next run's order -----------------------
 
 _took: dict[str, float] = {}
+#: ``DEPLOYER_TEST_TIMELINE=FILE``: the controller writes there one JSON line per unit and worker
+#: (first start, last stop, seconds of tests), to see how the run was spread (docs/testing.md).
+TIMELINE_ENV = "DEPLOYER_TEST_TIMELINE"
+_spans: dict[tuple[str, str], list[float]] = {}
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if getattr(report, "node", None) is not None:       # a worker's report, seen by the controller
+    node = getattr(report, "node", None)
+    if node is not None:                                 # a worker's report, seen by the controller
         scope = scope_of(_ROOT[0], report.nodeid) if _ROOT else report.nodeid.split("::", 1)[0]
         _took[scope] = _took.get(scope, 0.0) + report.duration
+        span = _spans.setdefault((node.gateway.id, scope), [report.start, report.stop, 0.0])
+        span[0], span[1], span[2] = min(span[0], report.start), max(span[1], report.stop), span[2] + report.duration
 
 
 _ROOT: list[Path] = []
@@ -169,9 +186,42 @@ def pytest_configure(config: pytest.Config) -> None:
     _ROOT[:] = [Path(config.rootpath)]
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
+def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     config = session.config
-    if _took and config.cache is not None and not hasattr(config, "workerinput"):
+    filtered = config.getoption("keyword") or config.getoption("markexpr") or config.getoption("lf", False) \
+        or exitstatus == pytest.ExitCode.INTERRUPTED       # a partial run's times would mislead the next
+    if _took and config.cache is not None and not hasattr(config, "workerinput") and not filtered:
         durations = dict(config.cache.get(CACHE_KEY, {}))
         durations.update({scope: round(t, 1) for scope, t in _took.items()})
         config.cache.set(CACHE_KEY, durations)
+    timeline = os.environ.get(TIMELINE_ENV)
+    if timeline and _spans:
+        with open(timeline, "w") as f:
+            for (worker, scope), (start, stop, took) in sorted(_spans.items(), key=lambda kv: kv[1][0]):
+                f.write(json.dumps({"worker": worker, "unit": scope, "start": round(start, 2),
+                                    "stop": round(stop, 2), "tests_s": round(took, 1)}) + "\n")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """After a parallel run, the controller sweeps what dead workers left: xdist kills a worker that
+    does not end within seconds of an interrupt (Ctrl-C, a timeout), before its fixtures' teardown
+    has run. Only fleets, build engines and registries whose recorded owner process is gone are
+    touched (each one's own sweep, by recorded PID), so a live worker's or a colleague's never are."""
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None) or os.geteuid() != 0:
+        return
+    from tests.support.build_engine import BuildEngine
+    from tests.support.engines import _host_lock, _host_unlock, sweep_stale_fleets
+    from tests.support.registry import RegistryServer
+
+    def fleets():
+        lock = _host_lock()          # as Fleet.start sweeps: one sweeper at a time on the machine
+        try:
+            sweep_stale_fleets()
+        finally:
+            _host_unlock(lock)
+
+    for sweep in (fleets, BuildEngine.sweep_stale, RegistryServer.sweep_stale):
+        try:
+            sweep()
+        except Exception as e:  # noqa: BLE001 - a sweep that fails must not hide the run's result
+            print(f"parallel: {sweep.__qualname__} failed: {e}")
