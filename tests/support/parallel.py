@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -74,16 +75,13 @@ def shared_group(path: Path) -> str | None:
 
 def _modules_named(config: pytest.Config) -> int:
     """How many test modules the command line asks for (a directory: the test_*.py under it)."""
-    count = 0
+    found: set[Path] = set()
     for arg in config.args or [str(config.rootpath / p) for p in config.getini("testpaths")]:
         path = Path(arg.split("::", 1)[0])
         if not path.is_absolute():
             path = Path(config.invocation_params.dir) / path
-        if path.is_dir():
-            count += sum(1 for _ in path.rglob("test_*.py"))
-        else:
-            count += 1
-    return count
+        found.update(path.rglob("test_*.py") if path.is_dir() else [path])
+    return len(found)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -138,18 +136,27 @@ def _make_scheduler_class():
             return scope_of(Path(self.config.rootpath), nodeid)
 
         def schedule(self) -> None:
-            if self.collection is None and self.collection_is_completed:
-                # The parent makes its work queue in the order of the collection: put each unit's
-                # tests together, units in the order wanted (every worker's list alike).
+            if self.collection is None:
+                # The parent fills its work queue in the order of the collection and hands out units
+                # from its front; a queue that keeps itself sorted makes that longest first. (The
+                # collection itself must stay as the workers sent it: tests go out as its indices.)
                 durations = self.config.cache.get(CACHE_KEY, {}) if self.config.cache else {}
-                key = _order_key(durations)
-                for node, collection in self.registered_collections.items():
-                    rank = {s: i for i, s in enumerate(sorted(dict.fromkeys(map(self._split_scope, collection)),
-                                                              key=key))}
-                    self.registered_collections[node] = sorted(
-                        collection, key=lambda nodeid: rank[self._split_scope(nodeid)])
                 self.config.option.loadscopereorder = False
+                self.workqueue = _SortedQueue(_order_key(durations))
             super().schedule()
+
+    class _SortedQueue(OrderedDict):
+        """An OrderedDict kept in ``key`` order however its items are added (the parent also puts a
+        dead worker's pending units back with ``update``)."""
+
+        def __init__(self, key):
+            super().__init__()
+            self._key = key
+
+        def __setitem__(self, scope, nodeids) -> None:
+            super().__setitem__(scope, nodeids)
+            for s in sorted(self, key=self._key):
+                self.move_to_end(s)
 
     return GroupedFileScheduling
 
