@@ -39,6 +39,12 @@ Fixtures
 
 Nothing is skipped: without root or dockerd, the fleet fixtures fail with the
 reason and the install command.
+
+Parallel: the suite runs on pytest-xdist workers (tests/support/parallel.py,
+docs/testing.md), so "session" here means one worker's session: each worker
+that runs an engine test starts its own fleet and ``engine`` node. Everything
+a fixture starts must be unique per worker (random tags, ephemeral ports,
+tmp_path); see the rule in tests/support/parallel.py.
 """
 
 from __future__ import annotations
