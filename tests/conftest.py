@@ -39,6 +39,12 @@ Fixtures
 
 Nothing is skipped: without root or dockerd, the fleet fixtures fail with the
 reason and the install command.
+
+Parallel: the suite runs on pytest-xdist workers (tests/support/parallel.py,
+docs/testing.md), so "session" here means one worker's session: each worker
+that runs an engine test starts its own fleet and ``engine`` node. Everything
+a fixture starts must be unique per worker (random tags, ephemeral ports,
+tmp_path); see the rule in tests/support/parallel.py.
 """
 
 from __future__ import annotations
@@ -60,8 +66,9 @@ from tests.support.images import build_standard_images, copy_image
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-# The consul_agent fixture lives with the code that starts Consul, the browser fixture with the browser's.
-pytest_plugins = ("tests.support.consul", "tests.support.browser")
+# The consul_agent fixture lives with the code that starts Consul, the browser fixture with the browser's;
+# how the suite is spread over xdist workers (and the rule for new tests) is in tests/support/parallel.py.
+pytest_plugins = ("tests.support.consul", "tests.support.browser", "tests.support.parallel")
 
 GIT_NAME = "Test Operator"
 GIT_EMAIL = "operator@example.com"

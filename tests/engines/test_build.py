@@ -48,6 +48,10 @@ def report(capsys, text: str) -> None:
 # build_engine, registry_server, cache_dir, client, go_builder and registry are
 # shared with tests/engines/test_release.py: made once per session.
 pytest_plugins = ["tests.support.build_fixtures"]
+# The first test here makes the session's base image (mmdebstrap) and Go builder (apt from Debian's
+# mirror): network and disk bound, about 90 s when idle, past the suite's 300 s on a loaded machine
+# with the other workers running beside it (docs/testing.md).
+pytestmark = pytest.mark.timeout(900)
 
 
 def _image(client, ref: str, make) -> str:

@@ -331,13 +331,17 @@ def test_second_deploy_waits_or_fails_on_lock(repo):
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from pathlib import Path; from deployer.gitrepo.lock import DeployLock;"
         "l = DeployLock(Path(sys.argv[1]), {'pid': 1, 'user': 'alice', 'host': 'h', 'command': 'deployer deploy x', 'since': 'then'});"
-        "l.acquire(); print('locked', flush=True); time.sleep(float(sys.argv[2]))"), str(root / ".git"), "3"],
-        stdout=subprocess.PIPE, text=True)
+        # held until the test says so, then for 3 s more: a fixed 3 s from the start ran out before the
+        # first deploy (a fresh process) reached the lock on a loaded machine
+        "l.acquire(); print('locked', flush=True); sys.stdin.readline(); time.sleep(float(sys.argv[2]))"),
+        str(root / ".git"), "3"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         result = run(root, "deploy", WEB2, f"test/{node}")
         assert result.returncode == 1
         assert "lock" in result.stderr and "alice" in result.stderr
+        holder.stdin.write("release\n")
+        holder.stdin.flush()
         result = run(root, "deploy", WEB2, f"test/{node}", "--wait", "30")
         assert result.returncode == 0, result.stderr
         assert git(root, "log", "-1", "--format=%s").endswith(f"-> {WEB2}")

@@ -122,10 +122,7 @@ class BuildEngine:
         self.veth_host = f"dbld{self.id}h"
         self.veth_ns = f"dbld{self.id}n"
         self.netns = self.tag
-        self.subnet = _pick_subnet()
-        hosts = list(self.subnet.hosts())
-        self.bridge_ip = str(hosts[0])
-        self.ns_ip = str(hosts[1])
+        self._set_subnet(_pick_subnet())  # picked again, under the host lock, when the bridge is made
         self.cgroup_parent = self.tag
         self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix=f"{self.tag}-"))
         self.data_root = self.root / "data"
@@ -160,11 +157,21 @@ class BuildEngine:
         return self
 
     def _network(self) -> None:
-        prefix = self.subnet.prefixlen
-        _run("ip", "link", "add", self.bridge, "type", "bridge")
-        self._made.append("bridge")
-        self._save_state()
-        _run("ip", "addr", "add", f"{self.bridge_ip}/{prefix}", "dev", self.bridge)
+        # Pick the subnet and address the bridge under the host-wide lock that fleets take for the
+        # same job: two engines (or an engine and a fleet) starting at once on parallel test workers
+        # would otherwise both see a subnet free and take it.
+        from tests.support.engines import _host_lock, _host_unlock
+
+        lock = _host_lock()
+        try:
+            self._set_subnet(_pick_subnet())
+            prefix = self.subnet.prefixlen
+            _run("ip", "link", "add", self.bridge, "type", "bridge")
+            self._made.append("bridge")
+            self._save_state()
+            _run("ip", "addr", "add", f"{self.bridge_ip}/{prefix}", "dev", self.bridge)
+        finally:
+            _host_unlock(lock)
         _run("ip", "link", "set", self.bridge, "up")
         _run("ip", "netns", "add", self.netns)
         self._made.append("netns")
@@ -247,6 +254,11 @@ class BuildEngine:
         client = docker.DockerClient(base_url=self.url, timeout=timeout)
         client.api.trust_env = False
         return client
+
+    def _set_subnet(self, subnet: ipaddress.IPv4Network) -> None:
+        self.subnet = subnet
+        hosts = list(subnet.hosts())
+        self.bridge_ip, self.ns_ip = str(hosts[0]), str(hosts[1])
 
     # -- state on disk, so a run that was killed can be cleaned up by the next --
 
