@@ -140,7 +140,8 @@ def _make_scheduler_class():
                 # The parent fills its work queue in the order of the collection and hands out units
                 # from its front; a queue that keeps itself sorted makes that longest first. (The
                 # collection itself must stay as the workers sent it: tests go out as its indices.)
-                durations = self.config.cache.get(CACHE_KEY, {}) if self.config.cache else {}
+                cache = getattr(self.config, "cache", None)  # None under -p no:cacheprovider
+                durations = cache.get(CACHE_KEY, {}) if cache is not None else {}
                 self.config.option.loadscopereorder = False
                 self.workqueue = _SortedQueue(_order_key(durations))
             super().schedule()
@@ -197,7 +198,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     config = session.config
     filtered = config.getoption("keyword") or config.getoption("markexpr") or config.getoption("lf", False) \
         or exitstatus == pytest.ExitCode.INTERRUPTED       # a partial run's times would mislead the next
-    if _took and config.cache is not None and not hasattr(config, "workerinput") and not filtered:
+    if _took and getattr(config, "cache", None) is not None and not hasattr(config, "workerinput") and not filtered:
         durations = dict(config.cache.get(CACHE_KEY, {}))
         durations.update({scope: round(t, 1) for scope, t in _took.items()})
         config.cache.set(CACHE_KEY, durations)
