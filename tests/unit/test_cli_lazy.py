@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import click
 from click.testing import CliRunner
 
 from deployer.cli import main as cli_main
@@ -62,7 +61,6 @@ def test_the_groups_help_lists_every_command():
 
 ENVVAR = '''
 import json
-import click
 from click.testing import CliRunner
 from deployer.cli.main import main
 ctx = click.Context(main)
