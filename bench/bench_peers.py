@@ -308,6 +308,22 @@ def compose_text(image: str, ports: str, health: bool) -> str:
     return SERVICE.format(image=image, ports=ports) + (SERVICE_HEALTH.format(health=HEALTH_FILE) if health else "")
 
 
+def checkout_env(checkout: str) -> list[str]:
+    """The environment that makes ``python -m deployer`` run ``checkout``'s code. PYTHONSAFEPATH: ``-m`` and
+    ``-c`` would otherwise put the working directory first on sys.path, ahead of PYTHONPATH, and every
+    deployer run, the compared checkout's included, would import the package of the bench's own directory."""
+    return [f"PYTHONPATH={checkout}", "PYTHONSAFEPATH=1"]
+
+
+def check_checkout(checkout: str) -> None:
+    """Refuse to measure when ``checkout_env`` does not import ``checkout``'s deployer package."""
+    done = subprocess.run(["/usr/bin/env", *checkout_env(checkout), sys.executable, "-c",
+                           "import deployer; print(deployer.__file__)"], capture_output=True, text=True, check=True)
+    where = Path(done.stdout.strip()).resolve()
+    if not where.is_relative_to(Path(checkout).resolve()):
+        raise SystemExit(f"the deployer run for {checkout} imports {where}")
+
+
 def precompile(checkout: str) -> str:
     """Compile ``checkout``'s deployer package to bytecode (what an installed copy has); one line saying so."""
     package = Path(checkout) / "deployer"
@@ -341,6 +357,8 @@ def main() -> None:
     loads = [("start", loadavg())]
     compose_cmd, compose_why = compose_v2()
     checkouts = [str(ROOT)] + ([str(Path(args.compare).resolve())] if args.compare else [])
+    for checkout in checkouts:
+        check_checkout(checkout)
     if args.as_is:
         bytecode = [f"not compiled first (--as-is); PYTHONDONTWRITEBYTECODE="
                     f"{os.environ.get('PYTHONDONTWRITEBYTECODE', '(unset)')!s}"]
@@ -371,7 +389,7 @@ def main() -> None:
 
         def deployer(repo: str, target: str, *extra: str, checkout: str = ours) -> Callable[[str], list[str]]:
             # every deployer run names its checkout the same way, so the compared ones differ only in code
-            return lambda image: ["/usr/bin/env", f"PYTHONPATH={checkout}", py, "-m", "deployer", "--repo",
+            return lambda image: ["/usr/bin/env", *checkout_env(checkout), py, "-m", "deployer", "--repo",
                                   str(tmp / repo), "deploy", "-q", *extra, image, target]
 
         def script(*argv: str) -> Callable[[str], list[str]]:
@@ -442,7 +460,7 @@ def main() -> None:
         three = tmp / "three"
         make_repo(three, url, {f"n{i}": compose_text(IMAGES[0], f"{18090 + i}:80", True) for i in range(3)})
         def env(checkout: str = ours) -> list[str]:
-            return ["/usr/bin/env", f"PYTHONPATH={checkout}", py]
+            return ["/usr/bin/env", *checkout_env(checkout), py]
 
         base = [*env(), "-m", "deployer", "--repo", str(three)]
         timed(launcher, [*base, "apply", "-q"])
