@@ -61,7 +61,7 @@ def test_the_groups_help_lists_every_command():
 
 ENVVAR = '''
 import json
-from click.testing import CliRunner
+import click
 from deployer.cli.main import main
 ctx = click.Context(main)
 deploy = main.get_command(ctx, "deploy")
