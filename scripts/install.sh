@@ -71,6 +71,11 @@ sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNA
     PIP_FLAGS+=(--break-system-packages)
 fi
 python3 -m pip install "${PIP_FLAGS[@]}" -e '.[test]'
+# An editable install compiles nothing, and with PYTHONDONTWRITEBYTECODE set (these machines set it)
+# no run writes a .pyc either: every command would compile the package's modules again (0.1-0.2 s
+# of CPU per run, bench/bench_peers.py). Compile them once (a module changed later has a stale .pyc,
+# which Python ignores: that module alone is compiled again on each run).
+python3 -m compileall -q deployer >/dev/null
 
 # --- not in Debian 12 ----------------------------------------------------------
 # Consul 1.8.7 from Debian 11's archive (MPL-2.0), without touching apt's setup.

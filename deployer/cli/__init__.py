@@ -2,7 +2,8 @@
 
 Parses, calls ops/build/discovery, prints (tables or --json); errors print as
 one line and exit with their code. Nothing below imports it. ``main`` (the
-group, error translation) imports the subject modules and adds their
+group, error translation) imports a subject module when one of its commands
+is asked for (its ``SUBJECTS`` table; listing them loads all) and adds their
 commands: ``repo`` (init, validate, ls), ``compose_config`` (config: a node's
 resolved compose file), ``deploy`` (deploy, rollback,
 history), ``fleet`` (status, plan, apply), ``nodes`` (node add/rm), ``lock`` (lock

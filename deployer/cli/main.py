@@ -10,20 +10,23 @@ unless the command printed its result already. Every option can be set from
 the environment, ``DEPLOYER_<COMMAND>_<OPTION>`` (options.assign_envvars).
 
 The commands live by subject (repo, compose_config, deploy, fleet, nodes, build, discovery, completion, service, serve);
-this module imports them and adds them to the group. Nothing imports it but
-the console script and ``python -m deployer``.
+``SUBJECTS`` names which module holds which command, and the group imports a subject
+module only when one of its commands is asked for (a deploy loads ``cli.deploy``, not
+the build, serve or alerts commands and what they import); listing the commands
+(``--help``, a usage error's suggestions, ``main.commands``) loads them all. Each
+command gets its DEPLOYER_ variables when it is loaded (``options.assign_envvars``).
+Nothing imports this module but the console script and ``python -m deployer``.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from typing import Any
 
 import click
 
-from deployer.cli import (alerts, build, compose_config, completion, deploy, discovery, fleet, lock, nodes, prune,
-                          repo, scale, serve, service)
 from deployer.cli.options import (JSON_META, JSON_PRINTED_META, assign_envvars, no_color_option, repo_option,
                                   setup_logging)
 from deployer.cli.output import end_progress, print_error_json
@@ -70,8 +73,63 @@ def _leave_at_once() -> None:
     os._exit(0)
 
 
+#: Every top-level command and the subject module (deployer.cli.<module>) whose COMMANDS holds it.
+#: tests/unit/test_cli_lazy.py checks this table against the modules' COMMANDS.
+SUBJECTS: dict[str, str] = {
+    "init": "repo", "validate": "repo", "ls": "repo",
+    "config": "compose_config",
+    "deploy": "deploy", "rollback": "deploy", "history": "deploy",
+    "status": "fleet", "plan": "fleet", "apply": "fleet",
+    "node": "nodes",
+    "lock": "lock",
+    "build": "build", "image": "build", "release": "build", "watch-builds": "build", "builders": "build",
+    "registrator": "discovery", "services": "discovery", "render": "discovery", "templates": "discovery",
+    "completion": "completion",
+    "logs": "service", "exec": "service", "restart": "service",
+    "prune": "prune",
+    "scale": "scale",
+    "serve": "serve", "token": "serve",
+    "alerts": "alerts",
+}
+
+
 class DeployerGroup(click.Group):
-    """Turns DeployerError into one line on stderr and its exit code."""
+    """Turns DeployerError into one line on stderr and its exit code; loads a subject's commands when asked for."""
+
+    @property
+    def commands(self) -> dict[str, click.Command]:  # type: ignore[override]
+        """Every command, all subjects loaded (what click's own code and the docs walk)."""
+        for module in dict.fromkeys(SUBJECTS.values()):
+            self._load(module)
+        return self._commands
+
+    @commands.setter
+    def commands(self, value: dict[str, click.Command]) -> None:
+        self._commands = dict(value)
+        self._loaded: set[str] = set()
+
+    def _load(self, module: str) -> None:
+        if module in self._loaded:
+            return
+        self._loaded.add(module)
+        for command in importlib.import_module(f"deployer.cli.{module}").COMMANDS:
+            self.add_command(command)
+            assign_envvars(command, command.name or "")
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        name = name or cmd.name
+        if name is None:
+            raise TypeError("Command has no name.")
+        self._commands[name] = cmd
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = SUBJECTS.get(cmd_name)
+        if module is not None:
+            self._load(module)
+        return self._commands.get(cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self.commands)
 
     def main(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
         # Called without args only as the program (the console script, python -m deployer);
@@ -134,11 +192,7 @@ def main(ctx: click.Context, repo: str) -> None:
     setup_logging()
 
 
-for _subject in (repo, compose_config, deploy, fleet, nodes, lock, build, discovery, completion, service, prune, scale,
-                 serve, alerts):
-    for _command in _subject.COMMANDS:
-        main.add_command(_command)
-assign_envvars(main)
+assign_envvars(main, commands=False)  # the group's own options; each command's when its subject is loaded
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -170,10 +170,11 @@ def envvar_name(command_path: str, param: click.Option) -> str:
     return "_".join(w.replace("-", "_").upper() for w in words if w)
 
 
-def assign_envvars(group: click.Group, path: str = "") -> None:
+def assign_envvars(group: click.Command, path: str = "", commands: bool = True) -> None:
     """Give every option of ``group`` and its commands its DEPLOYER_ name (a name the option had stays, after it).
 
-    Eager options (``--version``, ``--help``) have none. Run once by ``main`` on the whole command tree.
+    Eager options (``--version``, ``--help``) have none. ``main`` runs it on its own options
+    (``commands=False``) and on each top-level command as the command is loaded (``path``: its name).
     """
     for param in group.params:
         if isinstance(param, click.Option) and not param.is_eager:
@@ -181,7 +182,7 @@ def assign_envvars(group: click.Group, path: str = "") -> None:
             own = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or [])
             if name not in own:
                 param.envvar = name if not own else [name, *own]
-    if isinstance(group, click.Group):
+    if commands and isinstance(group, click.Group):
         for cmd_name, cmd in group.commands.items():
             assign_envvars(cmd, f"{path} {cmd_name}".strip())
 

@@ -99,9 +99,11 @@ class Deployer:
         ``rollout`` says in which batches and what a failure does (``ops.rollout``); ``batch`` alone
         (a count, or (number, is_percent)) is the same as a rollout of that batch size."""
         ref = ImageRef.parse(image)
-        chosen = deploy_targets(self.load(), ref, [targets] if isinstance(targets, str) else list(targets), service)
+        infra = self.load()
+        chosen = deploy_targets(infra, ref, [targets] if isinstance(targets, str) else list(targets), service)
         return self._deploy({t: str(ref) for t in chosen}, ACTION_DEPLOY, wait=wait, dry_run=dry_run, author=author,
-                            message=message, swap=swap, parallel=parallel, rollout=_rollout(rollout, batch))
+                            message=message, swap=swap, parallel=parallel, rollout=_rollout(rollout, batch),
+                            chosen_from=infra)
 
     def rollback(self, target: str | list[str] | None = None, *, steps: int = 1, to: str | None = None,
                  commit: str | None = None, wait: float = 0, dry_run: bool = False, author: str | None = None,
@@ -118,18 +120,21 @@ class Deployer:
         with self.repo() as repo:
             images, undone = rollback_targets(infra, repo, texts, commit, steps=steps, to=to)
         return self._deploy(images, ACTION_ROLLBACK, rollback_to=undone, wait=wait, dry_run=dry_run,
-                            author=author, message=message, swap=swap, parallel=parallel, rollout=rollout)
+                            author=author, message=message, swap=swap, parallel=parallel, rollout=rollout,
+                            chosen_from=infra)
 
     def _deploy(self, images: dict[Target, str], action: str, *, rollback_to: str | None = None,
                 wait: float = 0, dry_run: bool = False, author: str | None = None, message: str | None = None,
                 swap: SwapOptions | None = None, parallel: int = DEFAULT_PARALLEL,
-                rollout: Rollout | None = None) -> DeployResult:
+                rollout: Rollout | None = None, chosen_from: Infrastructure | None = None) -> DeployResult:
+        """``chosen_from``: the load the targets were chosen from (before the lock), which also names the
+        nodes to lock; the repository is read again under the lock for the edit itself."""
         started = time.monotonic()
         rollout = rollout or Rollout()
         shown = set(images.values())
         result = DeployResult(action, shown.pop() if len(shown) == 1 else "(various)", dry_run=dry_run,
                               rollback_to=rollback_to)
-        locks = None if dry_run else self.node_locks([(t.dc, t.node) for t in images], wait)
+        locks = None if dry_run else self.node_locks([(t.dc, t.node) for t in images], wait, chosen_from)
         with RepoTransaction(self.root, wait=wait, dry_run=dry_run, progress=self.progress, node_locks=locks) as tx:
             infra = self.load()  # under the locks, after the pull: someone may have deployed meanwhile
             edits = [self._edit(infra, t, image, tx) for t, image in images.items()]

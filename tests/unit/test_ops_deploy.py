@@ -108,6 +108,20 @@ def test_a_node_lock_held_elsewhere_fails_before_any_container_and_commits_nothi
     assert not (root / ".git" / "deployer.journal").exists()
 
 
+def test_a_deploy_reads_the_repository_twice_once_to_choose_and_once_under_the_lock(root, fake_engine, monkeypatch):
+    """The targets and the nodes to lock come from one load before the lock; the edit from a load under it."""
+    loads, events = [], FakeNodeLocks.events
+    real = ops_deploy.loader.load
+
+    def counting(where):
+        loads.append(list(events))  # which lock events had happened when this load ran
+        return real(where)
+
+    monkeypatch.setattr(ops_deploy.loader, "load", counting)
+    Deployer(root, consul=False).deploy("registry.example.com/web:2", "dev/dev1")
+    assert loads == [[], ["lock dev/dev1"]]
+
+
 def test_a_dry_run_takes_no_node_lock(root, fake_engine):
     Deployer(root, consul=False).deploy("registry.example.com/web:2", "dev/dev1", dry_run=True)
     assert FakeNodeLocks.events == []
