@@ -57,7 +57,7 @@ from deployer.spec import ContainerSpec
 #: The cache file, under the git directory.
 CACHE_FILE = "deployer/parse-cache"
 #: Bumped when what an entry holds changes shape.
-FORMAT = 2
+FORMAT = 1
 #: Entries kept at most (a repository of 10,000 nodes has 20,000 files).
 MAX_ENTRIES = 200_000
 
@@ -107,25 +107,22 @@ _SPEC_FIELDS = tuple(f.name for f in fields(ContainerSpec) if f.name not in _NOT
 _DEFAULT_ROLLOUT = ContainerSpec.__dataclass_fields__["rollout"].default_factory()  # frozen: one serves all
 
 
-def spec_data(spec: ContainerSpec) -> dict | None:
-    """A spec as plain data for an entry (its kept fields and ``_kept_hash``, its hash); None when it has
-    what an entry must not hold (files, secrets)."""
+def spec_data(spec: ContainerSpec) -> list | None:
+    """A spec as plain data for an entry; None when it has what an entry must not hold (files, secrets)."""
     if spec.secrets or spec.files or spec.bundles or spec.rollout != _DEFAULT_ROLLOUT:
         return None
-    data = {name: getattr(spec, name) for name in _SPEC_FIELDS}
-    data["_kept_hash"] = spec.config_hash()
-    return data
+    return [*(getattr(spec, name) for name in _SPEC_FIELDS), spec.config_hash()]
 
 
-def spec_from(data: dict) -> ContainerSpec:
+def spec_from(data: list) -> ContainerSpec:
     """The spec ``spec_data`` kept. Its values are the entry's own: the caller uses an entry once
     (``compose_spec.container_spec`` drops it from the service), so no spec shares them with another.
 
     Made without the dataclass's ``__init__`` (this runs for every service of a 10,000-node load; the
-    class has no ``__post_init__``): a copy of the kept fields and hash (the entry itself stays plain data,
-    for the file), and the fields a kept spec has empty."""
-    values = data.copy()  # its hash was computed from these very values when the entry was made
+    class has no ``__post_init__``): the kept fields, the ones a kept spec has empty, and the hash."""
+    values = dict(zip(_SPEC_FIELDS, data))
     values["secrets"], values["files"], values["bundles"], values["rollout"] = [], {}, [], _DEFAULT_ROLLOUT
+    values["_kept_hash"] = data[len(_SPEC_FIELDS)]  # computed from these very values when the entry was made
     spec = object.__new__(ContainerSpec)
     spec.__dict__ = values
     return spec
