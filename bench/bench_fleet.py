@@ -60,7 +60,8 @@ def timed(root: Path, *args: str, ok: tuple[int, ...] = (0,), variant: Variant |
     start = time.perf_counter()
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen([sys.executable, "-m", "deployer", "--repo", str(root), *args],
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
+                                stdout=out, stderr=subprocess.STDOUT, env=env,
+                                cwd=root.parent)  # not a checkout: sys.path[0] is the cwd, before PYTHONPATH
         _, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)

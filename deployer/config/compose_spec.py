@@ -402,24 +402,29 @@ def start_order(services: dict[str, Service]) -> list[str]:
     ``services`` are ignored; services caught in a cycle (validation reports
     those) come last, by name.
     """
-    needs = {
-        name: {d for d in _service_deps(svc.config) if d in services and d != name}
-        for name, svc in services.items()
-    }
-    waiting_on = {name: len(deps) for name, deps in needs.items()}
-    dependents: dict[str, list[str]] = {name: [] for name in services}
-    for name, deps in needs.items():
+    waiting_on: dict[str, int] = {}
+    dependents: dict[str, list[str]] = {}
+    for name, svc in services.items():  # runs for every node of a plan: a service without dependencies is quick
+        config = svc.config
+        mode = config.get("network_mode")
+        if not config.get("depends_on") and not (isinstance(mode, str) and mode.startswith("service:")):
+            waiting_on[name] = 0
+            continue
+        deps = {d for d in _service_deps(config) if d in services and d != name}
+        waiting_on[name] = len(deps)
         for dep in deps:
-            dependents[dep].append(name)
+            dependents.setdefault(dep, []).append(name)
     ready = [name for name, n in waiting_on.items() if n == 0]
     heapq.heapify(ready)
     order = []
     while ready:
         name = heapq.heappop(ready)
         order.append(name)
-        for other in dependents[name]:
+        for other in dependents.get(name, ()):
             waiting_on[other] -= 1
             if waiting_on[other] == 0:
                 heapq.heappush(ready, other)
-    order.extend(sorted(n for n in services if n not in order))
+    if len(order) < len(services):  # a cycle (validation reports it): those last, by name
+        placed = set(order)
+        order.extend(sorted(n for n in services if n not in placed))
     return order

@@ -297,8 +297,16 @@ def dotenv_variables(root: Path, rel: str, outer: dict[str, str], problems: list
     except (OSError, UnicodeDecodeError) as exc:
         problems.append(ConfigError(rel, f"cannot read: {getattr(exc, 'strerror', None) or exc}"))
         return {}
+    cache = _CACHE.get()
+    # what the values are made of: the text and the variables it is interpolated from (the datacenter's)
+    name = cache_key("dotenv", blob_id(text), variables_id(outer)) if cache is not None else None
+    cached = cache.get(name) if cache is not None else None
+    if cached is not None:  # parsed before, without problems
+        return dict(cached[0])
     values, found = parse_dotenv(text, rel, outer)
     problems.extend(found)
+    if cache is not None and not found:
+        cache.put(name, [values])
     return values
 
 

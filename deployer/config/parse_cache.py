@@ -16,6 +16,8 @@ What else an entry depends on is in the key too, or the entry is not made:
 * the deployer's own checking code: the cache file carries a fingerprint of
   the source of ``deployer/config`` and the shared modules it uses; another
   version of the code starts from an empty cache;
+* a ``.env`` file's entry holds its parsed values, keyed by its blob id and the
+  variables it is interpolated from (the datacenter's: ``variables_id``);
 * a compose file that names secret files is not cached (the check reads those
   files, outside the document);
 * a compose entry also keeps each service's container spec, built for that

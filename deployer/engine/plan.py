@@ -144,6 +144,8 @@ def _host_drift(spec: ContainerSpec, container: ContainerState) -> list[str]:
 def plan_service(spec: ContainerSpec, containers: list[ContainerState], wanted_image_id: str | None) -> Change:
     """What to do so that exactly one healthy container matching ``spec`` runs."""
     target = f"{spec.dc}/{spec.node}/{spec.service}"
+    if not containers:  # nothing runs it: nothing to match, rank or remove
+        return Change(target, CREATE, ["no container"], spec, None, [])
     want_hash = spec.config_hash()
 
     one_shot = spec.rollout.one_shot
@@ -167,8 +169,6 @@ def plan_service(spec: ContainerSpec, containers: list[ContainerState], wanted_i
             return Change(target, TIDY, reasons, spec, keep, stale)
         return Change(target, NONE, [], spec, keep, [])
 
-    if not containers:
-        return Change(target, CREATE, ["no container"], spec, None, [])
     current = sorted(containers, key=rank)[0]
     stale = [c for c in containers if c.id != current.id]
     reasons: list[str] = []
@@ -194,9 +194,10 @@ def plan_service(spec: ContainerSpec, containers: list[ContainerState], wanted_i
 def plan_rollout(spec: ContainerSpec, containers: list[ContainerState], wanted_image_id: str | None) -> Change:
     """What to do so that the service runs ``spec.rollout.replicas`` healthy containers matching ``spec``."""
     count = spec.rollout.replicas
-    extra = sorted((c for c in containers if c.replica > count), key=lambda c: (c.replica, c.name))
+    extra = [c for c in containers if c.replica > count]
     if count == 1 and not extra:
         return plan_service(spec, containers, wanted_image_id)
+    extra.sort(key=lambda c: (c.replica, c.name))
     target = f"{spec.dc}/{spec.node}/{spec.service}"
     parts = []
     for index in range(1, count + 1):

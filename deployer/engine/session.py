@@ -11,6 +11,14 @@ The state is read once, when the session opens: every service of the command
 is planned against it, and the discovery hooks get what they need (published
 ports included) from the states the applier reads, never from a connection of
 their own. Image ids are looked up once per reference.
+
+A command that locks its nodes on their engines (``ops.locks.NodeLocks``) opens
+each node's session when it takes the lock: ``connect()`` only connects (the
+state is read when the session is entered, after the lock is held), the engine
+lock works over ``session.client``, and the command's later ``with session:``
+blocks use that same connection (``shared``: leaving such a block does not
+close it; the lock's owner closes it after releasing the lock). Entering a
+session reads the node's state afresh each time.
 """
 
 from __future__ import annotations
@@ -33,25 +41,42 @@ if TYPE_CHECKING:  # pragma: no cover
 class EngineSession:
     """Connect to one node's engine, read what runs there, plan and apply over the same connection."""
 
-    def __init__(self, node: "Node", root: str | Path, *, timeout: float = DEFAULT_TIMEOUT):
+    def __init__(self, node: "Node", root: str | Path, *, timeout: float = DEFAULT_TIMEOUT, shared: bool = False):
         self.node = node
         self.root = Path(root)
         self.timeout = timeout
+        #: held open across ``with`` blocks (by the node lock that opened it); ``close()`` ends it
+        self.shared = shared
         self.client: "docker.DockerClient | None" = None
         self.state: NodeState | None = None
         self._image_ids: dict[str, str | None] = {}
+        self._inside = False
+
+    def connect(self) -> "EngineSession":
+        """Connect (once) without reading the node: what the node lock needs before the state may be read."""
+        if self.client is None:
+            self.client = connect(self.node, self.root, timeout=self.timeout)
+        return self
 
     def __enter__(self) -> "EngineSession":
-        self.client = connect(self.node, self.root, timeout=self.timeout)
+        if self.shared and self._inside:  # one state per session: two blocks at once would read over each other
+            raise RuntimeError(f"the engine session of {self.node.target} is in use")
+        self.connect()
+        self._inside = True
         try:
-            self.state = read_node(self.client, self.node.dc, self.node.name)
+            self.state = read_node(self._client, self.node.dc, self.node.name)  # afresh: what runs now
+            self._image_ids = {}
         except BaseException:
-            self.close()
+            self._inside = False
+            if not self.shared:
+                self.close()
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        self._inside = False
+        if not self.shared:
+            self.close()
 
     def close(self) -> None:
         if self.client is not None:

@@ -203,7 +203,7 @@ class Deployer:
             if problem is not None:
                 raise problem  # its lock could not be taken (unreachable): never touched
             hooks = None if dry_run else self._hooks(edit.datacenter, edit.new_node)  # labels as deployed
-            with EngineSession(edit.node, self.root) as session:
+            with self._session(edit.node) as session:  # the one its engine lock was taken over
                 have = session.image_id(edit.spec.image)
                 change = session.plan([edit.spec])[0]
                 edit.result.change = change
@@ -246,7 +246,7 @@ class Deployer:
 
     def _remove_added(self, edit: _Edit) -> str | None:
         try:
-            with EngineSession(edit.node, self.root) as session:
+            with self._session(edit.node) as session:
                 hooks = self._hooks(edit.datacenter, edit.new_node)
                 locks = self.locks
                 applier = session.applier(None, hooks, self.node_progress(edit.node),
@@ -308,6 +308,10 @@ class Deployer:
         infra = infra or self.load()
         return NodeLocks(self.root, infra, [infra.node(dc, name) for dc, name in nodes], wait=wait,
                          consul=self.consul, progress=self.progress)
+
+    def _session(self, node: Node) -> EngineSession:
+        """The node's engine session: under node locks the one its lock holds open (ops.locks), else its own."""
+        return self.locks.session(node) if self.locks is not None else EngineSession(node, self.root)
 
     def _hooks(self, datacenter: Datacenter | None, node: Node) -> Any:
         return discovery_hooks(datacenter, node, self.consul, self.node_progress(node))

@@ -8,8 +8,9 @@ the lock: apply changes containers, not files).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from deployer.config.compose_spec import container_spec, node_resources, start_order
 from deployer.engine.apply import Hooks, SwapOptions
@@ -17,6 +18,7 @@ from deployer.engine.plan import CREATE, NONE, TIDY, Change
 from deployer.engine.session import EngineSession
 from deployer.errors import DeployerError, HostError
 from deployer.model import Datacenter, Infrastructure, Node, Service
+from deployer.ops.locks import node_session
 from deployer.ops.results import AppliedChange, NodeApply, NodePlan, StatusRow
 from deployer.ops.targets import node_failure, prune_changes, run_parallel, selection
 from deployer.spec import ContainerSpec
@@ -117,6 +119,15 @@ def plan_node(root: Path, node: Node, services: list[Service], whole: bool, prun
 # -- apply ----------------------------------------------------------------------------
 
 
+@contextmanager
+def _leaving(session: EngineSession) -> Iterator[EngineSession]:
+    """Leave a session that was entered already, however the block ends."""
+    try:
+        yield session
+    finally:
+        session.__exit__(None, None, None)
+
+
 def apply(root: Path, infra: Infrastructure, targets: list[str] | None, prune: bool, parallel: int, *,
           swap: SwapOptions | None, hooks: Callable[[Datacenter, Node], Hooks | None],
           progress: Callable[[Node], Callable[[str], None]], locks=None) -> list[NodeApply]:
@@ -140,11 +151,11 @@ def apply_node(root: Path, node: Node, services: list[Service], whole: bool, *, 
     try:
         node_hooks = hooks(datacenter, node)
         specs = ordered_specs(root, node, services)
-        session = EngineSession(node, root, timeout=READ_TIMEOUT).__enter__()
+        session = node_session(locks, node, root, READ_TIMEOUT).__enter__()  # the lock's, when it has one
     except DeployerError as exc:
         result.error = exc.one_line()
         return result
-    with session:
+    with _leaving(session):  # entered once above (a second ``with session`` connected and read the node again)
         changes = session.plan(specs)
         if prune and whole:
             changes += prune_changes(node, session.state)

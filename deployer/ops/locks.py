@@ -25,6 +25,13 @@ Every container a locked command creates carries ``deployer.lock.id``, the
 command's lock id, so whoever finds it later knows which deploy made it; only a
 holder of the node's lock removes a leftover (the Applier's leftovers are removed
 under the lock, and checked with ``guard`` first).
+
+One engine session per node per command: an engine lock is taken over the node's
+``EngineSession`` (connected, its state not read yet), and ``session(node)`` hands
+the command that same session for its work on the node, so the lock, its renewals
+and the command's container steps share one connection (one connect, one ping).
+The sessions are closed after the locks are released. A node whose engine URL
+changed with the pull gets a session of its own.
 """
 
 from __future__ import annotations
@@ -32,14 +39,16 @@ from __future__ import annotations
 import datetime as _dt
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from deployer.engine.connect import connect
+from deployer.engine.connect import DEFAULT_TIMEOUT
 from deployer.engine.node_lock import DEFAULT_TTL as ENGINE_TTL
 from deployer.engine.node_lock import (EngineLock, describe_holder, force_release, lock_name, new_lock_id,
                                        process_identity, read_lock)
+from deployer.engine.session import EngineSession
 from deployer.errors import DeployerError, HostError, LockError
 from deployer.gitrepo.lock import command_line, default_owner_info
 from deployer.model import Datacenter, Infrastructure, Node
@@ -78,18 +87,21 @@ def _catalog(datacenter: Datacenter):
 
 
 def open_lock(root: Path, datacenter: Datacenter, node: Node, info: dict[str, Any], *, consul: bool = True,
-              manual: bool = False, progress: Callable[[str], None] | None = None) -> Any:
-    """The (not yet acquired) lock of one node: a ConsulLock or an EngineLock on a fresh connection."""
+              manual: bool = False, progress: Callable[[str], None] | None = None,
+              session: EngineSession | None = None) -> Any:
+    """The (not yet acquired) lock of one node: a ConsulLock, or an EngineLock over ``session``'s connection
+    (connected here; without a session, one of its own that closing the lock closes)."""
     if lock_kind(datacenter, consul) == KIND_CONSUL:
         from deployer.discovery.consul_lock import DEFAULT_DELAY, DEFAULT_TTL, ConsulLock
 
         return ConsulLock(_catalog(datacenter), node.dc, node.name, info, manual=manual, progress=progress,
                           ttl=datacenter.lock_ttl or DEFAULT_TTL,
                           delay=DEFAULT_DELAY if datacenter.lock_delay is None else datacenter.lock_delay)
-    client = connect(node, root, timeout=LOCK_TIMEOUT)
-    lock = EngineLock(client, node.target, info, ttl=datacenter.lock_ttl or ENGINE_TTL, manual=manual,
+    owned = session is None
+    session = (session or EngineSession(node, root, timeout=LOCK_TIMEOUT)).connect()
+    lock = EngineLock(session.client, node.target, info, ttl=datacenter.lock_ttl or ENGINE_TTL, manual=manual,
                       progress=progress)
-    lock.client_owned = True
+    lock.client_owned = owned
     return lock
 
 
@@ -105,8 +117,10 @@ class NodeLocks:
     """The node locks of one command, as a context manager (see the module doc)."""
 
     def __init__(self, root: str | Path, infra: Infrastructure, nodes: Iterable[Node], *, wait: float = 0,
-                 consul: bool = True, command: str | None = None, progress: Callable[[str], None] | None = None):
+                 consul: bool = True, command: str | None = None, progress: Callable[[str], None] | None = None,
+                 timeout: float = DEFAULT_TIMEOUT):
         self.root = Path(root)
+        self.timeout = timeout  # of each node's engine session (the lock's calls and the command's)
         self.infra = infra
         self.nodes = sorted({n.target: n for n in nodes}.values(), key=lambda n: (n.dc, n.name))
         self.wait = wait
@@ -115,6 +129,7 @@ class NodeLocks:
         self.id = self.info["id"]
         self.progress = progress or (lambda msg: None)
         self.held: dict[str, Any] = {}
+        self.sessions: dict[str, EngineSession] = {}  # dc/node -> the session its engine lock was taken over
         # nodes whose engine (or Consul) could not be reached to take the lock: the command reports them as it
         # reports an unreachable node, works on the others, and never touches these (problem()).
         self.unreachable: dict[str, DeployerError] = {}
@@ -146,27 +161,45 @@ class NodeLocks:
     def _take(self, node: Node) -> None:
         """Take one node's lock; a node that cannot be reached is recorded in ``unreachable``, not raised."""
         lock = None
+        datacenter = self.infra.datacenters[node.dc]
+        session = EngineSession(node, self.root, timeout=self.timeout, shared=True) \
+            if lock_kind(datacenter, self.consul) == KIND_ENGINE else None
         try:
-            lock = open_lock(self.root, self.infra.datacenters[node.dc], node, self.info, consul=self.consul,
-                             progress=lambda msg: self.progress(f"{node.target}: {msg}"))
+            lock = open_lock(self.root, datacenter, node, self.info, consul=self.consul,
+                             progress=lambda msg: self.progress(f"{node.target}: {msg}"), session=session)
             lock.acquire(self.wait)
         except BaseException as exc:
-            if lock is not None:
-                _close(lock)
+            if session is not None:
+                session.close()
             if isinstance(exc, HostError) or (isinstance(exc, Exception) and not isinstance(exc, DeployerError)):
                 self.unreachable[node.target] = node_failure(node, exc)
                 return
             raise
         with self._mutex:
             self.held[node.target] = lock
+            if session is not None:
+                self.sessions[node.target] = session
 
     def __exit__(self, *exc: object) -> None:
-        for target in sorted(self.held, reverse=True):
-            lock = self.held.pop(target)
-            try:
-                lock.release()
-            finally:
-                _close(lock)
+        try:
+            for target in sorted(self.held, reverse=True):
+                lock = self.held.pop(target)
+                try:
+                    lock.release()
+                finally:
+                    _close(lock)
+        finally:
+            for target in sorted(self.sessions):
+                self.sessions.pop(target).close()
+
+    def session(self, node: Node, timeout: float = DEFAULT_TIMEOUT) -> EngineSession:
+        """The node's engine session for the command's work: the one its lock was taken over (same engine,
+        same timeout: it stays open until the locks are released), else a session of its own."""
+        held = self.sessions.get(node.target)
+        if held is not None and held.timeout == timeout and _same_engine(held.node, node):
+            held.node = node  # as loaded after the pull (its registry credentials, its services)
+            return held
+        return EngineSession(node, self.root, timeout=timeout)
 
     def problem(self, node: Node) -> DeployerError | None:
         """Why the command must not touch ``node`` (its lock could not be taken: unreachable), or None."""
@@ -176,6 +209,17 @@ class NodeLocks:
         """What the Applier calls before each container step on ``node`` (LockLost when the lock is gone)."""
         lock = self.held.get(node.target)
         return None if lock is None else lock.check
+
+
+def _same_engine(a: Node, b: Node) -> bool:
+    """Whether two loads of a node reach its engine the same way (the pull may have changed node.yml)."""
+    return (a.docker, a.tls, a.identity_file, a.known_hosts) == (b.docker, b.tls, b.identity_file, b.known_hosts)
+
+
+def node_session(locks: "NodeLocks | None", node: Node, root: str | Path,
+                 timeout: float = DEFAULT_TIMEOUT) -> EngineSession:
+    """``locks.session(node)`` under node locks, else a session of its own (a dry run, an unlocked command)."""
+    return locks.session(node, timeout) if locks is not None else EngineSession(node, root, timeout=timeout)
 
 
 # -- deployer lock status / acquire / release ---------------------------------------------
@@ -232,11 +276,8 @@ def lock_status(root: str | Path, infra: Infrastructure, targets: list[str] | No
                 holder = read_consul_lock(_catalog(dc), node.dc, node.name)
                 out.append(LockStatus(node.target, kind, holder is not None, holder or {}))
             else:
-                client = connect(node, Path(root), timeout=LOCK_TIMEOUT)
-                try:
-                    current = read_lock(client.api, lock_name(node.target))
-                finally:
-                    client.close()
+                with closing(EngineSession(node, Path(root), timeout=LOCK_TIMEOUT).connect()) as session:
+                    current = read_lock(session.client.api, lock_name(node.target))
                 out.append(LockStatus(node.target, kind, current is not None,
                                       current.holder if current else {},
                                       current.seconds_left() if current else None))
@@ -290,11 +331,8 @@ def release_locks(root: str | Path, infra: Infrastructure, targets: list[str], *
 
                 holder = force_release_consul(_catalog(dc), node.dc, node.name, force=force)
             else:
-                client = connect(node, Path(root), timeout=LOCK_TIMEOUT)
-                try:
-                    current = force_release(client, node.target, force=force)
-                finally:
-                    client.close()
+                with closing(EngineSession(node, Path(root), timeout=LOCK_TIMEOUT).connect()) as session:
+                    current = force_release(session.client, node.target, force=force)
                 holder = current.holder if current else None
         except DeployerError:
             raise

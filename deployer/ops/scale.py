@@ -26,11 +26,10 @@ from deployer.config.compose_spec import container_spec, node_resources
 from deployer.config.yamlreplicas import set_service_replicas
 from deployer.engine.apply import SwapOptions
 from deployer.engine.plan import NONE
-from deployer.engine.session import EngineSession
 from deployer.errors import TargetError
 from deployer.gitrepo.commit import ACTION_SCALE, deployer_trailers
 from deployer.gitrepo.transaction import RepoTransaction
-from deployer.ops.locks import NodeLocks
+from deployer.ops.locks import NodeLocks, node_session
 from deployer.ops.results import DeployResult, TargetResult
 from deployer.ops.targets import discovery_hooks, node_failure, target_progress
 
@@ -67,7 +66,7 @@ def scale(root: str | Path, target: str, count: int, *, wait: float = 0, dry_run
         node_say = target_progress(say, node.target)
         try:
             hooks = None if dry_run else discovery_hooks(infra.datacenters[node.dc], new_node, consul, node_say)
-            with EngineSession(node, root) as session:
+            with node_session(None if dry_run else locks, node, root) as session:
                 have = session.image_id(spec.image)
                 change = done.change = session.plan([spec])[0]
                 if not dry_run:

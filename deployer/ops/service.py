@@ -91,7 +91,7 @@ def restart(root: Path, targets: list[str], *, wait: float = 0, swap: SwapOption
             if not services:
                 continue
             try:
-                with EngineSession(node, root) as session:
+                with locks.session(node) as session:
                     for svc in services:
                         target = f"{node.target}/{svc.name}"
                         containers = session.state.for_service(svc.name)

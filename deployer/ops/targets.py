@@ -83,7 +83,11 @@ def selection(infra: Infrastructure, targets: list[str] | None) -> list[tuple[No
         for node in infra.select_nodes(resolved):
             whole = resolved.service is None
             entry = picked.setdefault(node.target, (node, {}, False))
-            services = {s.name: s for s in infra.select(resolved) if s.dc == node.dc and s.node == node.name}
+            # the node's own services the target covers (``infra.select`` walks every service of the repository:
+            # once per node of a datacenter target, that grew with the square of the fleet)
+            services = ({name: node.services[name] for name in sorted(node.services)} if whole
+                        else {resolved.service: node.services[resolved.service]}
+                        if resolved.service in node.services else {})
             entry[1].update(services)
             picked[node.target] = (node, entry[1], entry[2] or whole)
     order = {n.target: i for i, n in enumerate(infra.nodes())}

@@ -261,6 +261,7 @@ class FakeNodeLocks:
 
     def __init__(self, root, infra, nodes, *, wait=0, consul=True, command=None, progress=None):
         self.nodes = sorted(n.target for n in nodes)
+        self.root = root
         self.id = "lock-id-1"
 
     def __enter__(self):
@@ -277,3 +278,10 @@ class FakeNodeLocks:
 
     def guard(self, node):
         return lambda: FakeNodeLocks.events.append(f"guard {node.target}")
+
+    def session(self, node, timeout=None):
+        """The node's session for the command (the real one hands out the one its lock was taken over): the
+        engine session the test put in ``ops.deploy``, as a command without locks would make."""
+        from deployer.ops import deploy
+
+        return deploy.EngineSession(node, self.root)

@@ -252,3 +252,41 @@ def test_a_kept_spec_is_made_by_the_load_and_handed_out_once(root):
     assert kept is not None and kept.__dict__["_kept_hash"] == kept.config_hash()
     assert container_spec(node, node.services["web"], root) is kept
     assert node.services["web"].cached_spec is None
+
+
+def counting_dotenv(monkeypatch) -> list[str]:
+    parsed: list[str] = []
+    real = loader.parse_dotenv
+
+    def parse_dotenv(text, rel, outer=None):
+        parsed.append(text)
+        return real(text, rel, outer)
+
+    monkeypatch.setattr(loader, "parse_dotenv", parse_dotenv)
+    return parsed
+
+
+def test_a_dotenv_file_is_kept_by_its_content_and_the_datacenter_variables_it_reads(root, monkeypatch):
+    (root / COMPOSE).write_text("services:\n  web:\n    image: registry.example.com/web:${V}\n")
+    (root / NODE / ".env").write_text("V=${BASE}.1\n")
+    dc_yml = root / "datacenters/dc/datacenter.yml"
+    dc_yml.write_text("variables:\n  BASE: '7'\n")
+    image = lambda infra: infra.node("dc", "n1").services["web"].image  # noqa: E731
+    assert image(loader.load(root)) == "registry.example.com/web:7.1"
+    parsed = counting_dotenv(monkeypatch)
+    assert image(loader.load(root)) == "registry.example.com/web:7.1" and parsed == []  # found by its content
+    dc_yml.write_text("variables:\n  BASE: '8'\n")  # the same .env, other variables to interpolate from
+    assert image(loader.load(root)) == "registry.example.com/web:8.1" and parsed == ["V=${BASE}.1\n"]
+    (root / NODE / ".env").write_text("V=${BASE}.2\n")  # another text
+    assert image(loader.load(root)) == "registry.example.com/web:8.2" and len(parsed) == 2
+    assert image(loader.load(root)) == "registry.example.com/web:8.2" and len(parsed) == 2
+
+
+def test_a_dotenv_file_with_problems_is_never_kept_and_reports_its_line_on_every_load(root, monkeypatch):
+    (root / NODE / ".env").write_text("OK=1\nCOMPOSE_PROJECT_NAME=x\n")
+    parsed = counting_dotenv(monkeypatch)
+    for attempt in (1, 2):
+        with pytest.raises(ValidationFailed, match=r"datacenters/dc/n1/\.env:2: COMPOSE_PROJECT_NAME"):
+            loader.load(root)
+        assert len(parsed) == attempt
+    assert not any(k.startswith("dotenv:") for k in entries(root))
