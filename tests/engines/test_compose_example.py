@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import uuid
 from contextlib import closing
@@ -37,7 +38,25 @@ def example_run(engine):
     env = dict(os.environ, DOCKER_SOCK=engine.socket, NODE_ADDRESS=engine.address, DC=dc,
                PYTHONPATH=str(ROOT))
     env.pop("KEEP", None)
-    proc = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=180)
+    # Its own process group: on a timeout the whole group goes (the script's Consul agent and
+    # registrator too), not just bash, whose EXIT trap a SIGKILL would skip.
+    child = subprocess.Popen(["bash", str(SCRIPT)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    try:
+        out, err = child.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGTERM)  # bash runs its cleanup trap
+        try:
+            out, err = child.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            out, err = child.communicate()
+    finally:
+        try:
+            os.killpg(child.pid, signal.SIGKILL)  # whatever the script left in its group
+        except ProcessLookupError:
+            pass
+    proc = subprocess.CompletedProcess(child.args, child.returncode, out, err)
     yield proc, dc
     with closing(engine.client()) as client:  # the script cleans up; this is the fallback
         for c in client.containers.list(all=True, filters={"label": f"deployer.dc={dc}"}):
