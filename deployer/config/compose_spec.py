@@ -395,22 +395,44 @@ def _service_deps(config: Mapping[str, Any]) -> list[str]:
 
 
 
+#: start_order's answers by their inputs (each service's name and dependencies): the nodes of a
+#: fleet mostly run the same services, so a plan over thousands of nodes orders a few shapes.
+_ORDERS: dict[tuple[tuple[str, tuple[str, ...]], ...], tuple[str, ...]] = {}
+_ORDERS_KEPT = 4096
+
+
 def start_order(services: dict[str, Service]) -> list[str]:
     """Service names so that each comes after the services it depends on; ties by name.
 
     Dependencies are depends_on and network_mode service:X. Names outside
     ``services`` are ignored; services caught in a cycle (validation reports
-    those) come last, by name.
+    those) come last, by name. The answer depends only on the names and their
+    dependencies, so it is kept by those (a bounded memo) and reused.
     """
-    waiting_on: dict[str, int] = {}
-    dependents: dict[str, list[str]] = {}
+    shape = []
     for name, svc in services.items():  # runs for every node of a plan: a service without dependencies is quick
         config = svc.config
         mode = config.get("network_mode")
         if not config.get("depends_on") and not (isinstance(mode, str) and mode.startswith("service:")):
-            waiting_on[name] = 0
-            continue
-        deps = {d for d in _service_deps(config) if d in services and d != name}
+            shape.append((name, ()))
+        else:
+            shape.append((name, tuple(_service_deps(config))))
+    key = tuple(shape)
+    known = _ORDERS.get(key)
+    if known is None:
+        known = _order(key)
+        if len(_ORDERS) < _ORDERS_KEPT:
+            _ORDERS[key] = known
+    return list(known)
+
+
+def _order(shape: tuple[tuple[str, tuple[str, ...]], ...]) -> tuple[str, ...]:
+    """start_order's walk over (name, dependencies) pairs."""
+    names = {name for name, _ in shape}
+    waiting_on: dict[str, int] = {}
+    dependents: dict[str, list[str]] = {}
+    for name, needs in shape:
+        deps = {d for d in needs if d in names and d != name}
         waiting_on[name] = len(deps)
         for dep in deps:
             dependents.setdefault(dep, []).append(name)
@@ -424,7 +446,7 @@ def start_order(services: dict[str, Service]) -> list[str]:
             waiting_on[other] -= 1
             if waiting_on[other] == 0:
                 heapq.heappush(ready, other)
-    if len(order) < len(services):  # a cycle (validation reports it): those last, by name
+    if len(order) < len(names):  # a cycle (validation reports it): those last, by name
         placed = set(order)
-        order.extend(sorted(n for n in services if n not in placed))
-    return order
+        order.extend(sorted(n for n in names if n not in placed))
+    return tuple(order)

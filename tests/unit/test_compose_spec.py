@@ -52,6 +52,48 @@ def test_start_order_survives_a_cycle():
     assert start_order(node.services) == ["c", "a", "b"]
 
 
+
+def test_start_order_is_kept_by_shape_and_answers_as_a_fresh_walk():
+    """The memo is keyed by names and dependencies: same shape, same answer; a change of either, a new one."""
+    import random
+
+    from deployer.config import compose_spec
+
+    rng = random.Random(7)
+    for _ in range(300):
+        names = [f"s{i}" for i in range(rng.randint(1, 8))]
+        rng.shuffle(names)
+        lines = []
+        for name in names:
+            deps = rng.sample(names, rng.randint(0, min(3, len(names))))
+            lines.append(f"  {name}: {{image: x, depends_on: [{', '.join(deps)}]}}" if deps else f"  {name}: {{image: x}}")
+        node = make_node("services:\n" + "\n".join(lines) + "\n")
+        compose_spec._ORDERS.clear()
+        fresh = start_order(node.services)
+        again = start_order(node.services)  # from the memo now
+        assert again == fresh and sorted(fresh) == sorted(names)
+        again.append("mutated")  # a caller's list is its own
+        assert start_order(node.services) == fresh
+        placed = {n: i for i, n in enumerate(fresh)}
+        for name, svc in node.services.items():  # each after what it needs, unless caught in a cycle
+            for dep in svc.config.get("depends_on") or []:
+                if dep != name and placed[dep] > placed[name]:
+                    assert not _acyclic(node.services), (fresh, name, dep)
+    a = make_node("services:\n  web: {image: x, depends_on: [db]}\n  db: {image: x}\n")
+    b = make_node("services:\n  web: {image: x}\n  db: {image: x, depends_on: [web]}\n")
+    assert start_order(a.services) == ["db", "web"] and start_order(b.services) == ["web", "db"]
+
+
+def _acyclic(services) -> bool:
+    deps = {n: set(s.config.get("depends_on") or []) - {n} for n, s in services.items()}
+    while deps:
+        free = [n for n, d in deps.items() if not d & set(deps)]
+        if not free:
+            return False
+        for n in free:
+            del deps[n]
+    return True
+
 # --------------------------------------------------------------------------
 # Secrets
 
