@@ -243,10 +243,15 @@ def main() -> None:
                 status_s = time.perf_counter() - start
                 assert rows == size * 10
                 t = {r: times[variant, r][size] for r in runs}
+                # The in-process figures follow the generation in this process (its garbage and heap);
+                # a user's command is a fresh process: the median of three of those, for both commands.
+                own = {what: statistics.median(fresh(ROOT, Path(tmp), what)["inner"] for _ in range(3))
+                       for what in ("plan", "status")}
                 print(f"{size:>6} nodes x 10 containers, {variant:>6}: no cache {t['none']:6.2f} s, "
                       f"cache filled {t['cold']:6.2f} s, warm {t['warm']:6.2f} s "
                       f"({t['warm'] / size * 1000:.2f} ms/node; warm / no cache x{t['warm'] / t['none']:.2f}); "
-                      f"status warm {status_s:.2f} s")
+                      f"status warm {status_s:.2f} s; fresh processes, warm: plan {own['plan']:.2f} s, "
+                      f"status {own['status']:.2f} s")
         assert hashes["plain"] == hashes["shared"], "extends and variables must give the same containers"
         print(f"{size:>6} nodes: shared / plain, no cache x{times['shared', 'none'][size] / times['plain', 'none'][size]:.2f}"
               f", warm x{times['shared', 'warm'][size] / times['plain', 'warm'][size]:.2f} (same container specs)")
