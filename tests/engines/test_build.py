@@ -29,14 +29,10 @@ from deployer.build import image as I
 from deployer.build import registry as R
 from deployer.errors import BuildFailed, DirtySource, DockerfileMissing, PushFailed, RegistryError
 from tests.support.build_repos import git, make_repo, new_commit
+from tests.support.build_fixtures import report
 
 ROOT = Path(__file__).resolve().parents[2]
 APPS = ROOT / "examples" / "apps"
-
-
-def report(capsys, text: str) -> None:
-    with capsys.disabled():
-        print(f"\n    {text}", end="")
 
 
 # detect_builder, deployer.yml, source versions and registry URLs need no engine:

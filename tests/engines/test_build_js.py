@@ -27,6 +27,7 @@ import pytest
 from deployer.build import builders as B
 from deployer.errors import BuildFailed
 from tests.support.repos import cli, git, make_repo, managed, remove_node_containers, unique_node
+from tests.support.build_fixtures import report
 
 pytest_plugins = ["tests.support.build_fixtures"]
 # npm ci, the app image's nginx layer (apt, once per engine) and the first push of
@@ -48,11 +49,6 @@ services:
     healthcheck:
       interval: 500ms
 """
-
-
-def report(capsys, text: str) -> None:
-    with capsys.disabled():
-        print(f"\n    {text}", end="")
 
 
 @pytest.fixture(scope="module")

@@ -24,16 +24,12 @@ import pytest
 from deployer.build import builders as B
 from tests.support.build_repos import git, make_repo
 from tests.support.repos import cli, make_repo as make_infra, managed, remove_node_containers, unique_node
+from tests.support.build_fixtures import report
 
 pytest_plugins = ["tests.support.build_fixtures"]
 
 ROOT = Path(__file__).resolve().parents[2]
 APPS = ROOT / "examples" / "apps"
-
-
-def report(capsys, text: str) -> None:
-    with capsys.disabled():
-        print(f"\n    {text}", end="")
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ import pytest
 from deployer.build import image as I
 from deployer.cli.options import POSITIVE_DURATION
 from tests.support.repos import cli, git, make_repo, managed, remove_node_containers, unique_node
+from tests.support.build_fixtures import report
 
 pytest_plugins = ["tests.support.build_fixtures"]
 
@@ -116,11 +117,6 @@ def health(container) -> str:
 
 def errors(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
-
-
-def report(capsys, text: str) -> None:
-    with capsys.disabled():
-        print(f"\n    {text}", end="")
 
 
 class Lines:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from deployer.engine.node_lock import LOCK_PREFIX
 from tests.support.repos import cli, git
+from tests.support.build_fixtures import report
 
 pytest_plugins = ["tests.support.build_fixtures"]
 
@@ -77,11 +78,6 @@ def claims_left(client) -> list[str]:
 
 def watch_once(tmp_path: Path, src: Path, registry: str, url: str, *extra: str):
     return cli(tmp_path, "watch-builds", str(src), "--once", "--json", "--registry", registry, "--docker", url, *extra)
-
-
-def report(capsys, text: str) -> None:
-    with capsys.disabled():
-        print(f"\n    {text}", end="")
 
 
 def test_twelve_queued_commits_are_built_once_each_in_order(client, go_builder, build_engine, registry, tmp_path,

@@ -37,6 +37,12 @@ NEEDED = ["dockerd", "mmdebstrap", "docker-registry", "openssl", "ip", "iptables
 IMAGE_CACHE = os.environ.get("DEPLOYER_TEST_IMAGE_CACHE")  # opt-in: docker-save'd builder images
 
 
+def report(capsys, text: str) -> None:
+    """Print a measured figure beside the test's name (through pytest's capture), as the build tests do."""
+    with capsys.disabled():
+        print(f"\n    {text}", end="")
+
+
 def missing() -> str | None:
     if os.geteuid() != 0:
         return "needs root (network namespaces, dockerd)"
