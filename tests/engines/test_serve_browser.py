@@ -211,8 +211,11 @@ def test_sign_in_see_a_service_turn_red_and_roll_back_from_the_page(site, browse
     # a crafted Consul check on the service: its name and output are text on the service page
     sid = next(s for s, e in agent_services(site["catalog"]).items() if owned(e, "test", site["node"]))
     c = site["consul"].client()
+    # registered critical, then passed with its output: a change of status reaches the catalog (and so
+    # serve's health watch) at once, while Consul syncs a change of output alone only every
+    # check_update_interval (5 minutes), so a check registered passing could be read before its output
     c.agent.check.register(f"notes {SCRIPT}", check_id=f"{sid}-crafted", service_id=sid,
-                           check={"TTL": "10m", "Status": "passing"})
+                           check={"TTL": "10m", "Status": "critical"})
     c.agent.check.ttl_pass(f"{sid}-crafted", notes=f"crafted {IMG}")
 
     def crafted_check_read():
@@ -220,7 +223,7 @@ def test_sign_in_see_a_service_turn_red_and_roll_back_from_the_page(site, browse
         return {"name": f"notes {SCRIPT}", "status": "passing", "output": f"crafted {IMG}"} in row["checks_list"]
 
     wait_until(crafted_check_read, 15, 0.1, "serve to read the crafted check")
-    assert cell(b, target, "health").text == "passing"
+    b.wait_for(lambda: cell(b, target, "health").text == "passing", 15, what="the page passing again")
 
     # stop the container: Consul's HTTP check fails, the cell turns red without a reload
     (container,) = [x for x in managed(site["client"], site["node"]) if x.status == "running"]
