@@ -10,7 +10,7 @@ with them, as the Compose spec defines it; ``shared`` resolves ``include`` and
 ``extends`` with Compose's merge rules (``compose_merge``), ``resolved`` prints
 the result as ``docker compose config`` does;
 ``compose_keys`` holds the supported compose keys and one parser per kind of
-value (``compose_host`` those of the keys that are one engine argument each:
+value (``scalars`` which YAML scalars are booleans and integers and the string each becomes; ``compose_host`` those of the keys that are one engine argument each:
 process, kernel, resource and device settings; ``compose_hooks`` the
 post_start / pre_stop hooks the applier runs with the engine's exec), ``compose_check`` and
 ``compose_check_service`` (with ``compose_check_host`` for the process, resource and hook keys) the compose

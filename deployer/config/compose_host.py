@@ -17,39 +17,19 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Mapping
 
-from ruamel.yaml.scalarbool import ScalarBoolean
-
+from deployer.config.scalars import is_bool, is_int, scalar_str
 from deployer.values import BadValue, kind, parse_bytes, parse_duration_ns
 
 
-def _is_bool(v: Any) -> bool:
-    return isinstance(v, (bool, ScalarBoolean))
-
-
-def _text(v: Any) -> str:
-    """A scalar as the engine gets it (YAML booleans as true/false), as compose_keys.scalar_str does."""
-    if _is_bool(v):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return repr(float(v))
-    if isinstance(v, int):
-        return str(int(v))
-    return str(v)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not _is_bool(v)
-
-
 def boolean(value: Any) -> bool:
-    if not _is_bool(value):
+    if not is_bool(value):
         raise BadValue(f"must be true or false, not {kind(value)}")
     return bool(value)
 
 
 def integer(value: Any, lo: int | None = None, hi: int | None = None) -> int:
     """A whole number, written as a number or a string of digits, within lo..hi."""
-    if _is_int(value):
+    if is_int(value):
         n = int(value)
     elif isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,19}\s*", value):
         n = int(value)
@@ -93,7 +73,7 @@ def _list_only(one=word) -> Callable[[Any], list[str]]:
 
 
 def _group(value: Any) -> str:
-    if _is_int(value) and value >= 0:
+    if is_int(value) and value >= 0:
         return str(int(value))
     return word(value)
 
@@ -128,7 +108,7 @@ def sysctls(value: Any) -> dict[str, str]:
                 raise BadValue(f"names must be non-empty strings, not {kind(key)}")
             if val is None or isinstance(val, (dict, list)):
                 raise BadValue(f"{key}: must be a string or number, not {kind(val)}")
-            out[key] = _text(val)
+            out[key] = scalar_str(val)
     else:
         raise BadValue(f"must be a list of 'name=value' or a mapping, not {kind(value)}")
     return dict(sorted(out.items()))
@@ -288,7 +268,7 @@ def _platform(value: Any) -> str:
 
 
 def _cpuset(value: Any) -> str:
-    if _is_int(value):
+    if is_int(value):
         value = str(int(value))
     if not isinstance(value, str) or not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", value):
         raise BadValue(f"invalid CPU set {value!r}: write CPUs like 0-3 or 0,1")
@@ -320,7 +300,7 @@ def namespace_mode(what: str, plain: tuple[str, ...]) -> Callable[[Any], str]:
 
 def _cpu_rt(value: Any) -> int:
     """cpu_rt_period/runtime: microseconds as a number, or a duration like 400ms."""
-    if _is_int(value) or (isinstance(value, str) and re.fullmatch(r"\d+", value.strip())):
+    if is_int(value) or (isinstance(value, str) and re.fullmatch(r"\d+", value.strip())):
         return integer(value, 0)
     return parse_duration_ns(value) // 1000
 

@@ -20,10 +20,10 @@ import re
 import shlex
 from typing import Any, Mapping
 
-from ruamel.yaml.scalarbool import ScalarBoolean
 from ruamel.yaml.scalarint import OctalInt
 
 from deployer.config.compose_host import HOST_KEYS
+from deployer.config.scalars import is_bool, is_int, scalar_str
 from deployer.spec import SECRETS_DIR
 from deployer.values import BadValue, kind, parse_bytes, parse_port_number, parse_port_range
 
@@ -126,14 +126,6 @@ _RELATIVE_BIND = ("a bind source is an absolute path on the Docker host, or a pa
 # ruamel data -> plain data, and type names
 
 
-def is_bool(v: Any) -> bool:
-    return isinstance(v, (bool, ScalarBoolean))
-
-
-def is_int(v: Any) -> bool:
-    return isinstance(v, int) and not is_bool(v)
-
-
 def _is_number(v: Any) -> bool:
     return is_int(v) or isinstance(v, float)
 
@@ -157,19 +149,6 @@ def to_plain(obj: Any) -> Any:
     if isinstance(obj, float):
         return float(obj)
     return obj
-
-
-def scalar_str(v: Any) -> str:
-    """A scalar as the string the engine gets (YAML booleans as true/false, null as '')."""
-    if v is None:
-        return ""
-    if is_bool(v):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return repr(float(v))
-    if isinstance(v, int):
-        return str(int(v))
-    return str(v)
 
 
 # --------------------------------------------------------------------------
