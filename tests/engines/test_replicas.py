@@ -8,22 +8,12 @@ import pytest
 
 from deployer.errors import HealthCheckFailed
 from deployer.ops.deploy import Deployer
-from tests.support.repos import cli, git, make_repo, managed, remove_node_containers
+from tests.support.repos import WEB_PUBLISHED, cli, git, make_repo, managed, remove_node_containers
 
 WEB1, WEB2, SICK = "deployer-test/web:1", "deployer-test/web:2", "deployer-test/web:sick"
 BASE = "deployer-test/busybox:base"
 
-REPLICATED = """\
-services:
-  web:
-    image: {image}
-    init: true
-    ports: ["80"]
-    healthcheck:
-      test: ["CMD", "test", "-f", "/www/index.html"]
-      interval: 200ms
-      timeout: 2s
-      retries: 2
+REPLICATED = WEB_PUBLISHED + """\
     deploy:
       replicas: 3
       update_config: {{parallelism: {parallelism}, failure_action: {failure_action}}}

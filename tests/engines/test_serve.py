@@ -21,7 +21,8 @@ import httpx
 import pytest
 
 from deployer.serve.auth import TokenStore
-from tests.support.repos import cli, git, make_repo, managed, remove_node_containers, unique_node, web_compose
+from tests.support.repos import (CONSUL_WEB_LABELS, WEB_PUBLISHED, cli, git,
+                                 make_repo, managed, remove_node_containers, unique_node, web_compose)
 from tests.support.serve import ServeProcess
 
 pytest_plugins = ["tests.support.build_fixtures"]  # the release webhook's test: the Go builder, the registry
@@ -352,23 +353,7 @@ def test_serve_over_tls_from_a_remote_clone(site, tmp_path):
         server.stop()
 
 
-CONSUL_WEB = """\
-services:
-  web:
-    image: {image}
-    init: true
-    ports: ["80"]
-    healthcheck:
-      test: ["CMD", "test", "-f", "/www/index.html"]
-      interval: 200ms
-      timeout: 2s
-      retries: 2
-    labels:
-      deployer.consul.name: "{name}"
-      deployer.consul.check: "http:/"
-      deployer.consul.interval: 1s
-      deployer.consul.wait: 4s
-"""
+CONSUL_WEB = WEB_PUBLISHED + CONSUL_WEB_LABELS
 
 
 def test_consul_health_in_the_status_critical_when_stopped_unknown_when_consul_is_down(engine, tmp_path):

@@ -33,7 +33,8 @@ from selenium.webdriver.common.by import By
 from deployer.discovery.consul_catalog import ConsulCatalog
 from deployer.discovery.registration import agent_services, deregister, owned
 from tests.support.consul import ConsulAgent, free_port
-from tests.support.repos import git, make_repo, managed, remove_node_containers, unique_node
+from tests.support.repos import (CONSUL_WEB_LABELS, WEB_PUBLISHED, git,
+                                 make_repo, managed, remove_node_containers, unique_node)
 from tests.support import waiting
 
 WEB1, WEB2 = "deployer-test/web:1", "deployer-test/web:2"
@@ -42,23 +43,7 @@ IMG = "\"><img src=x onerror=\"window.pwnedImg=1;alert('img')\">"
 PAYLOAD = f"{SCRIPT} {IMG}"
 TOKEN_NAME = "alice"
 
-COMPOSE = """\
-services:
-  web:
-    image: {image}
-    init: true
-    ports: ["80"]
-    healthcheck:
-      test: ["CMD", "test", "-f", "/www/index.html"]
-      interval: 200ms
-      timeout: 2s
-      retries: 2
-    labels:
-      deployer.consul.name: "{name}"
-      deployer.consul.check: "http:/"
-      deployer.consul.interval: 1s
-      deployer.consul.wait: 4s
-"""
+COMPOSE = WEB_PUBLISHED + CONSUL_WEB_LABELS
 
 
 def wait_until(predicate, timeout=30.0, interval=0.05, what="condition"):

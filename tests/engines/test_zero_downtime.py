@@ -27,7 +27,7 @@ from deployer.discovery.template_runner import Runner
 from deployer.discovery.templates import upstream_name
 
 from tests.support.nginx import NginxServer
-from tests.support.repos import git, make_repo, managed, remove_node_containers, unique_node
+from tests.support.repos import WEB_PUBLISHED, git, make_repo, managed, remove_node_containers, unique_node
 from tests.support import waiting
 
 
@@ -39,17 +39,7 @@ def wait_until(predicate, timeout=15.0, interval=0.05, what="condition"):
 NGINX_TEMPLATE = Path(__file__).resolve().parents[2] / "templates" / "nginx.conf.j2"
 WEB1, WEB2, SICK = "deployer-test/web:1", "deployer-test/web:2", "deployer-test/web:sick"
 
-COMPOSE = """\
-services:
-  web:
-    image: {image}
-    init: true
-    ports: ["80"]
-    healthcheck:
-      test: ["CMD", "test", "-f", "/www/index.html"]
-      interval: 200ms
-      timeout: 2s
-      retries: 2
+COMPOSE = WEB_PUBLISHED + """\
     labels:
       deployer.consul.name: {name}
       deployer.consul.tags: {tag}

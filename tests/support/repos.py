@@ -22,6 +22,17 @@ WEB_SERVICE = """\
       timeout: 2s
       retries: 2
 """
+# the same web service published on an ephemeral host port, as a whole compose file ({image} to format);
+# tests add their keys after it (labels, deploy), indented as the service's
+WEB_PUBLISHED = "services:\n" + WEB_SERVICE.replace('expose: ["80"]', 'ports: ["80"]')
+# the labels that register it in Consul with an HTTP check ({name} to format)
+CONSUL_WEB_LABELS = """\
+    labels:
+      deployer.consul.name: "{name}"
+      deployer.consul.check: "http:/"
+      deployer.consul.interval: 1s
+      deployer.consul.wait: 4s
+"""
 
 
 def git(root: Path, *args: str) -> str:
