@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import time
 import urllib.request
 from pathlib import Path
@@ -26,8 +25,8 @@ import pytest
 
 from deployer.build import builders as B
 from deployer.errors import BuildFailed
-from tests.support.repos import cli, git, make_repo, managed, remove_node_containers, unique_node
-from tests.support.build_fixtures import report
+from tests.support.repos import cli, git, make_repo, managed
+from tests.support.build_fixtures import report, source_repo
 
 pytest_plugins = ["tests.support.build_fixtures"]
 # npm ci, the app image's nginx layer (apt, once per engine) and the first push of
@@ -66,23 +65,6 @@ def js_builder(client):
         if v.name.startswith(CACHE_VOLUME) and v.name not in existed:
             with contextlib.suppress(Exception):
                 v.remove(force=True)
-
-
-@pytest.fixture
-def node(client):
-    name = unique_node()
-    yield name
-    remove_node_containers(client, name)
-
-
-def source_repo(parent: Path) -> Path:
-    """A git repository holding a copy of the dashboard at its top (the image name: dashboard)."""
-    src = parent / "dashboard"
-    shutil.copytree(DASHBOARD, src, ignore=shutil.ignore_patterns("node_modules", "dist"))
-    git(src, "init", "-q", "-b", "main")
-    git(src, "add", "-A")
-    git(src, "commit", "-q", "-m", "dashboard: initial")
-    return src
 
 
 def errors(stderr: str) -> list[str]:
@@ -145,7 +127,7 @@ def test_js_build_cold_then_warm(client, js_builder, tmp_path, capsys):
 
 
 def test_release_serves_the_built_bundle(client, js_builder, build_engine, registry, node, tmp_path, capsys):
-    src = source_repo(tmp_path / "src")
+    src = source_repo(tmp_path / "src", "dashboard")
     sha = git(src, "rev-parse", "HEAD")
     ref = f"{registry}/dashboard:{sha[:12]}"
     infra, _ = make_repo(tmp_path / "infra", build_engine.url, COMPOSE.format(image=f"{registry}/dashboard:none",
@@ -194,7 +176,7 @@ def break_source(src: Path) -> str:
 
 
 def test_webpack_error_shows_the_compiler_and_tags_nothing(client, js_builder, build_engine, registry, node, tmp_path):
-    src = source_repo(tmp_path / "src")
+    src = source_repo(tmp_path / "src", "dashboard")
     sha = break_source(src)
     line_no = next(i for i, line in enumerate((src / "src" / "index.js").read_text().splitlines(), 1)
                    if "KEEP_ROWS = ;" in line)
@@ -216,7 +198,7 @@ def test_webpack_error_shows_the_compiler_and_tags_nothing(client, js_builder, b
 
 
 def test_lockfile_that_does_not_match(client, js_builder, tmp_path):
-    src = source_repo(tmp_path / "src")
+    src = source_repo(tmp_path / "src", "dashboard")
     package = json.loads((src / "package.json").read_text())
     package["dependencies"] = {"left-pad": "^1.3.0"}
     (src / "package.json").write_text(json.dumps(package, indent=2) + "\n")

@@ -16,7 +16,6 @@ import base64
 import hashlib
 import json
 import re
-import shutil
 import time
 import urllib.request
 from pathlib import Path
@@ -24,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from deployer.build import builders as B
-from tests.support.repos import cli, git, make_repo, managed, remove_node_containers, unique_node
-from tests.support.build_fixtures import report
+from tests.support.repos import cli, git, make_repo, managed
+from tests.support.build_fixtures import report, source_repo
 
 pytest_plugins = ["tests.support.build_fixtures"]
 
@@ -60,22 +59,6 @@ def rails_builder(client):
     return ref, timings
 
 
-@pytest.fixture
-def node(client):
-    name = unique_node()
-    yield name
-    remove_node_containers(client, name)
-
-
-def source_repo(parent: Path) -> Path:
-    src = parent / "odds"
-    shutil.copytree(ODDS, src)
-    git(src, "init", "-q", "-b", "main")
-    git(src, "add", "-A")
-    git(src, "commit", "-q", "-m", "odds: initial")
-    return src
-
-
 def infra_repo(parent: Path, docker_url: str, node: str, registry: str, image: str) -> Path:
     extra = {"datacenters/test/datacenter.yml": f"description: rails tests\nregistry: {registry}\n"}
     root, _ = make_repo(parent / "infra", docker_url, COMPOSE.format(image=image, secret=SECRET), node=node,
@@ -97,7 +80,7 @@ def test_release_serves_the_page_and_its_fingerprinted_assets(client, rails_buil
     ref_builder, timings = rails_builder
     assert client.images.get(ref_builder).labels.get("deployer.builder") == "rails"
     assert B.detect_builder(ODDS) == "rails"
-    src = source_repo(tmp_path / "src")
+    src = source_repo(tmp_path / "src", "odds")
     sha = git(src, "rev-parse", "HEAD")
     ref = f"{registry}/odds:{sha[:12]}"
     infra = infra_repo(tmp_path, build_engine.url, node, registry, f"{registry}/odds:none")
@@ -155,7 +138,7 @@ def test_release_serves_the_page_and_its_fingerprinted_assets(client, rails_buil
 
 def test_a_stylesheet_error_shows_sass_output_and_tags_nothing(client, rails_builder, build_engine, registry, node,
                                                                tmp_path):
-    src = source_repo(tmp_path / "src")
+    src = source_repo(tmp_path / "src", "odds")
     scss = src / "app" / "assets" / "stylesheets" / "application.scss"
     scss.write_text(scss.read_text().replace("color: $accent; }", "color: $acent; }"))
     git(src, "commit", "-q", "-am", "odds: a typo in a variable")
@@ -177,7 +160,7 @@ def test_a_stylesheet_error_shows_sass_output_and_tags_nothing(client, rails_bui
 def test_gems_outside_debian_and_a_stale_or_missing_lockfile_are_clear_errors(client, rails_builder, build_engine,
                                                                               tmp_path):
     """No gem server here: a gem Debian does not package, a Gemfile.lock that does not match, none at all."""
-    src = source_repo(tmp_path / "src")
+    src = source_repo(tmp_path / "src", "odds")
     gemfile, lock = src / "Gemfile", src / "Gemfile.lock"
     gemfile.write_text(gemfile.read_text() + 'gem "devise"\n')
     r = cli(tmp_path, "build", str(src), "--docker", build_engine.url)

@@ -27,7 +27,7 @@ from deployer.build import image as I
 from deployer.build import registry as R
 from deployer.errors import RegistryAuthError
 from tests.support.build_repos import git, make_repo
-from tests.support.repos import cli, make_repo as make_infra, managed, remove_node_containers, unique_node
+from tests.support.repos import cli, make_repo as make_infra, managed, remove_node_containers
 
 pytest_plugins = ["tests.support.build_fixtures"]
 
@@ -293,13 +293,6 @@ def test_token_server_down(client, build_engine, token_registry, issuer, source,
 
 
 # --------------------------------------------------------------------------- the datacenter's file, node pulls
-
-
-@pytest.fixture
-def node(client):
-    name = unique_node()
-    yield name
-    remove_node_containers(client, name)
 
 
 def dc_infra(tmp_path, build_engine, node: str, registry: str, credentials: Path) -> Path:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,13 +29,12 @@ import pytest
 
 from deployer.build import image as I
 from deployer.cli.options import POSITIVE_DURATION
-from tests.support.repos import cli, git, make_repo, managed, remove_node_containers, unique_node
-from tests.support.build_fixtures import report
+from tests.support.repos import cli, git, make_repo, managed
+from tests.support.build_fixtures import break_main, commit, fix_main, report, source_repo
 
 pytest_plugins = ["tests.support.build_fixtures"]
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKER = ROOT / "examples" / "apps" / "worker"
 CACHE_VOLUME = "deployer-cache-go"
 
 COMPOSE = """\
@@ -59,44 +57,6 @@ def go_cache_as_found(client):
     if not existed:
         with contextlib.suppress(Exception):
             client.volumes.get(CACHE_VOLUME).remove(force=True)
-
-
-@pytest.fixture
-def node(client):
-    name = unique_node()
-    yield name
-    remove_node_containers(client, name)
-
-
-def source_repo(parent: Path) -> Path:
-    """A git repository holding a copy of the worker app at its top, named worker (the image name)."""
-    src = parent / "worker"
-    shutil.copytree(WORKER, src)
-    git(src, "init", "-q", "-b", "main")
-    git(src, "add", "-A")
-    git(src, "commit", "-q", "-m", "worker: initial")
-    return src
-
-
-def commit(src: Path, note: str) -> str:
-    (src / "NOTES").write_text(note + "\n")
-    git(src, "add", "-A")
-    git(src, "commit", "-q", "-m", note)
-    return git(src, "rev-parse", "HEAD")
-
-
-def break_main(src: Path) -> str:
-    main = src / "main.go"
-    main.write_text(main.read_text().replace('"square": n * n})', '"square": n * n}'))
-    git(src, "commit", "-q", "-am", "worker: a compile error")
-    return git(src, "rev-parse", "HEAD")
-
-
-def fix_main(src: Path) -> str:
-    main = src / "main.go"
-    main.write_text(main.read_text().replace('"square": n * n}\n', '"square": n * n})\n'))
-    git(src, "commit", "-q", "-am", "worker: fixed")
-    return git(src, "rev-parse", "HEAD")
 
 
 def infra_repo(parent: Path, docker_url: str, node: str, registry: str | None, image: str) -> Path:

@@ -14,7 +14,6 @@ the worker (warm Go cache), docker-builds a new image (a new revision label) and
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,42 +24,10 @@ from pathlib import Path
 
 from deployer.engine.node_lock import LOCK_PREFIX
 from tests.support.repos import cli, git
-from tests.support.build_fixtures import report
+from tests.support.build_fixtures import break_main, commit, fix_main, report, source_repo
 
 pytest_plugins = ["tests.support.build_fixtures"]
 
-WORKER = Path(__file__).resolve().parents[2] / "examples" / "apps" / "worker"
-
-
-def source_repo(parent: Path) -> Path:
-    """A git repository holding a copy of the worker app at its top, named worker (the image name)."""
-    src = parent / "worker"
-    shutil.copytree(WORKER, src)
-    git(src, "init", "-q", "-b", "main")
-    git(src, "add", "-A")
-    git(src, "commit", "-q", "-m", "worker: initial")
-    return src
-
-
-def commit(src: Path, note: str) -> str:
-    (src / "NOTES").write_text(note + "\n")
-    git(src, "add", "-A")
-    git(src, "commit", "-q", "-m", note)
-    return git(src, "rev-parse", "HEAD")
-
-
-def break_main(src: Path) -> str:
-    main = src / "main.go"
-    main.write_text(main.read_text().replace('"square": n * n})', '"square": n * n}'))
-    git(src, "commit", "-q", "-am", "worker: a compile error")
-    return git(src, "rev-parse", "HEAD")
-
-
-def fix_main(src: Path) -> str:
-    main = src / "main.go"
-    main.write_text(main.read_text().replace('"square": n * n}\n', '"square": n * n})\n'))
-    git(src, "commit", "-q", "-am", "worker: fixed")
-    return git(src, "rev-parse", "HEAD")
 
 
 def outcomes(stdout: str) -> list[dict]:

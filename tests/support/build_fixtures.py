@@ -18,6 +18,11 @@ are made once per session, whichever of those modules runs first.
     A docker client of ``build_engine``.
 ``go_builder`` (session)
     ``(ref, timings)`` of the Go builder image (and the base under it).
+``node`` (function)
+    A fresh node name; its containers on ``build_engine`` are removed after the test.
+
+And the build tests' source repositories: ``source_repo`` (a git repository of an
+example app), ``commit``, ``break_main`` / ``fix_main`` (the worker's compile error).
 
 ``DEPLOYER_TEST_IMAGE_CACHE=DIR`` keeps ``docker save`` tarballs of the base
 and builder images between runs and loads them instead of making them.
@@ -28,10 +33,14 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
 from deployer.build import builders as B
+from tests.support.repos import git, remove_node_containers, unique_node
+
+APPS = Path(__file__).resolve().parents[2] / "examples" / "apps"
 
 NEEDED = ["dockerd", "mmdebstrap", "docker-registry", "openssl", "ip", "iptables", "nsenter", "git"]
 IMAGE_CACHE = os.environ.get("DEPLOYER_TEST_IMAGE_CACHE")  # opt-in: docker-save'd builder images
@@ -126,3 +135,45 @@ def go_builder(client):
 def registry(registry_server):
     registry_server.resume()  # a test that paused it may have failed midway
     return registry_server.address
+
+
+@pytest.fixture
+def node(client):
+    name = unique_node()
+    yield name
+    remove_node_containers(client, name)
+
+
+def source_repo(parent: Path, app: str = "worker") -> Path:
+    """A git repository holding a copy of the example app ``app`` at its top, named as the app (the image
+    name), without what a build leaves in the example's folder (node_modules, dist)."""
+    src = parent / app
+    shutil.copytree(APPS / app, src, ignore=shutil.ignore_patterns("node_modules", "dist"))
+    git(src, "init", "-q", "-b", "main")
+    git(src, "add", "-A")
+    git(src, "commit", "-q", "-m", f"{app}: initial")
+    return src
+
+
+def commit(src: Path, note: str) -> str:
+    """A commit that changes the source (a NOTES file); its sha."""
+    (src / "NOTES").write_text(note + "\n")
+    git(src, "add", "-A")
+    git(src, "commit", "-q", "-m", note)
+    return git(src, "rev-parse", "HEAD")
+
+
+def break_main(src: Path) -> str:
+    """The worker's main.go with a compile error, committed; its sha."""
+    main = src / "main.go"
+    main.write_text(main.read_text().replace('"square": n * n})', '"square": n * n}'))
+    git(src, "commit", "-q", "-am", "worker: a compile error")
+    return git(src, "rev-parse", "HEAD")
+
+
+def fix_main(src: Path) -> str:
+    """``break_main`` undone, committed; its sha."""
+    main = src / "main.go"
+    main.write_text(main.read_text().replace('"square": n * n}\n', '"square": n * n})\n'))
+    git(src, "commit", "-q", "-am", "worker: fixed")
+    return git(src, "rev-parse", "HEAD")
