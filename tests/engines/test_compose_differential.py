@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import shlex
 import shutil
+import tempfile
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,10 @@ from tests.support.repos import make_repo, remove_node_containers, run, unique_n
 
 CASES_DIR = Path(__file__).parent / "compose_differential"
 CASES = sorted(p.name for p in CASES_DIR.glob("*.yml"))
-HOST_DIR = Path("/tmp/deployer-compose-diff")  # the absolute bind source of storage.yml
+# the absolute bind source of storage.yml and volume_options.yml, written /tmp/deployer-compose-diff there:
+# one per run (the files' path gets the pid), so that two suites on one machine do not share it
+HOST_DIR_MARK = "/tmp/deployer-compose-diff"
+HOST_DIR = Path(tempfile.gettempdir()) / f"deployer-compose-diff-{os.getpid()}"
 SECRET = "t0ken-for-the-differential-test\n"
 EXTERNAL_VOLUME = "deployer-diff-ext"
 EXTERNAL_NETWORK = ("deployer-diff-pinned", "192.0.2.0/24")
@@ -519,6 +524,7 @@ def _repo_for(tmp_path: Path, docker_url: str, case: str, cgroup_parent: str = "
               ) -> tuple[Path, str, Path]:
     """A committed repository whose one node has the case as its compose file (and <case>.env as its .env)."""
     text = (CASES_DIR / case).read_text().replace(CGROUP_PARENT, f"{cgroup_parent}/cdiff")
+    text = text.replace(HOST_DIR_MARK, str(HOST_DIR))
     node = unique_node()
     node_rel = f"datacenters/test/{node}"
     extra = {".gitignore": "secrets/\n"}
