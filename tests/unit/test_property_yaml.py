@@ -144,9 +144,9 @@ def validate(tmp: Path, which: str, text: str):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content.encode())
     (tmp / FILES[which][0]).write_bytes(text.encode("utf-8", "surrogatepass"))
-    start = time.monotonic()
+    start = time.process_time()
     result = CliRunner().invoke(main, ["--repo", str(tmp), "validate"])
-    return result, time.monotonic() - start
+    return result, time.process_time() - start
 
 
 def check_outcome(result, elapsed: float, text: str) -> None:
@@ -173,7 +173,8 @@ def test_the_files_are_valid(tmp_path):
 EXAMPLES = int(os.environ.get("PROPERTY_YAML_EXAMPLES", "300"))  # more for a longer hunt
 
 
-@settings(max_examples=EXAMPLES, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture,
+# no wall-clock deadline (it flakes under load): check_outcome bounds each example's CPU seconds
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
 @given(case=mutated_repo())
 # The cases this test found (each also in test_hostile_yaml, with its exact line):

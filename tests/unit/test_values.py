@@ -166,10 +166,10 @@ def test_very_long_strings_are_refused_fast():
         parse_duration_ns(longest + "1s")
     assert str(info.value) == f"invalid duration: {MAX_DURATION_TEXT + 2} characters is too long for a duration"
     for text in ("1s" * 10**6, "9" * 10**6 + "s", "1" * 10**6):
-        started = time.perf_counter()
+        started = time.process_time()
         with pytest.raises(BadValue, match="too long for a duration"):
             parse_duration_ns(text, bare_seconds=True)
-        assert time.perf_counter() - started < 0.05
+        assert time.process_time() - started < 0.05
 
 
 # --------------------------------------------------------------------------
@@ -263,10 +263,10 @@ def test_bad_sizes(value, message):
 
 
 def test_very_long_sizes_are_refused_fast():
-    started = time.perf_counter()
+    started = time.process_time()
     with pytest.raises(BadValue, match="too long for a size"):
         parse_bytes("9" * 10**6 + "m")
-    assert time.perf_counter() - started < 0.05
+    assert time.process_time() - started < 0.05
 
 
 @pytest.mark.parametrize("value", [0, 1, 1024, 10**12, "100", "10b", "100k", "1K", "512m", "64mb", "1g", "2G", "1.5g"])
