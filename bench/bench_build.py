@@ -24,10 +24,8 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,27 +34,15 @@ sys.path.insert(0, str(ROOT))
 from deployer.build import builders as B  # noqa: E402
 from deployer.build import image as I  # noqa: E402
 from tests.support.build_engine import BuildEngine  # noqa: E402
+from bench.common import git, timed  # noqa: E402
 from tests.support.registry import RegistryServer  # noqa: E402
 
-GIT_ENV = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.invalid",
-           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@example.invalid",
-           "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"}
-
-
-def git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, env={**os.environ, **GIT_ENV})
 
 
 def commit(src: Path, note: str) -> None:
     (src / "NOTES").write_text(note + "\n")
     git(src.parent, "add", "-A")
     git(src.parent, "commit", "-q", "-m", note)
-
-
-def timed(fn, *args, **kwargs):
-    t = time.monotonic()
-    result = fn(*args, **kwargs)
-    return result, time.monotonic() - t
 
 
 def remote_builds(local, go_ref: str, src_app: Path, work: Path, repeat: int, local_warm: float) -> dict[str, float]:

@@ -27,7 +27,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,16 +34,11 @@ sys.path.insert(0, str(ROOT))
 
 from deployer.build import builders as B  # noqa: E402
 from deployer.build import image as I  # noqa: E402
+from bench.common import timed  # noqa: E402
 from tests.support.build_engine import BuildEngine  # noqa: E402
 
 APP = ROOT / "examples" / "apps" / "dashboard"
 VOLUME = "bench-js-cache"
-
-
-def timed(fn, *args, **kwargs):
-    t = time.monotonic()
-    result = fn(*args, **kwargs)
-    return result, time.monotonic() - t
 
 
 def npm_seconds(logs: str) -> float:

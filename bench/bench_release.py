@@ -41,35 +41,12 @@ from deployer.build import builders as B  # noqa: E402
 from deployer.build import image as I  # noqa: E402
 from deployer.ops.release import ReleaseOptions, release  # noqa: E402
 from tests.support.build_engine import BuildEngine  # noqa: E402
+from bench.common import change_code, git, timed  # noqa: E402
 from tests.support.registry import RegistryServer  # noqa: E402
 
-GIT_ENV = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.invalid",
-           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@example.invalid",
-           "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"}
 COMPOSE = "services:\n  worker:\n    image: {image}\n    healthcheck:\n      interval: 500ms\n"
 PHASES = ["check target", "compile (warm)", "docker build", "push", "node pull", "start + healthy + commit",
           "deploy total", "release total"]
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
-                          env={**os.environ, **GIT_ENV}).stdout.strip()
-
-
-def timed(fn, *args, **kwargs):
-    t = time.monotonic()
-    result = fn(*args, **kwargs)
-    return result, time.monotonic() - t
-
-
-def change_code(src: Path, n: int) -> None:
-    main = src / "main.go"
-    text = main.read_text()
-    marker = 'log.Printf("worker'
-    start = text.index(marker)
-    end = text.index(" listening on", start)
-    main.write_text(text[:start] + f'{marker} (round {n})' + text[end:])
-    git(src, "commit", "-q", "-am", f"round {n}")
 
 
 class Clock:
@@ -142,7 +119,7 @@ def main() -> int:
             release, client, ReleaseOptions(src, ["bench/node1"], infra))
 
         for n in range(1, args.rounds + 1):
-            change_code(src, n)
+            change_code(src, n, "round")
             clock = Clock()
             result = release(client, ReleaseOptions(src, ["bench/node1"], infra), progress=clock)
             assert result.deploy.commit, "every round deploys a new image"
@@ -160,7 +137,7 @@ def main() -> int:
             })
 
         if args.cli:
-            change_code(src, args.rounds + 1)
+            change_code(src, args.rounds + 1, "round")
             t = time.monotonic()
             r = subprocess.run([sys.executable, "-m", "deployer", "--repo", str(infra), "release", str(src),
                                 "bench/node1", "--docker", engine.url, "--quiet"], capture_output=True, text=True)

@@ -22,10 +22,8 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,32 +33,9 @@ from deployer.build import builders as B  # noqa: E402
 from deployer.ops.build_claims import EngineClaims  # noqa: E402
 from deployer.ops.release import BuildWatcher  # noqa: E402
 from tests.support.build_engine import BuildEngine, load_or_make_image  # noqa: E402
+from bench.common import change_code, git, timed  # noqa: E402
 from tests.support.registry import RegistryServer  # noqa: E402
 
-GIT_ENV = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.invalid",
-           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@example.invalid",
-           "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"}
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
-                          env={**os.environ, **GIT_ENV}).stdout.strip()
-
-
-def timed(fn, *args, **kwargs):
-    t = time.monotonic()
-    result = fn(*args, **kwargs)
-    return result, time.monotonic() - t
-
-
-def change_code(src: Path, n: int) -> None:
-    main = src / "main.go"
-    text = main.read_text()
-    marker = 'log.Printf("worker'
-    start = text.index(marker)
-    end = text.index(" listening on", start)
-    main.write_text(text[:start] + f'{marker} (commit {n})' + text[end:])
-    git(src, "commit", "-q", "-am", f"commit {n}")
 
 
 def queue_run(client, src: Path, registry: str, state: Path, jobs: int, first: int, commits: int) -> dict:
