@@ -41,7 +41,7 @@ from deployer.build import builders as B  # noqa: E402
 from deployer.build import image as I  # noqa: E402
 from deployer.ops.release import ReleaseOptions, release  # noqa: E402
 from tests.support.build_engine import BuildEngine  # noqa: E402
-from bench.common import change_code, git, timed  # noqa: E402
+from bench.common import GIT_ENV, change_code, git, timed  # noqa: E402
 from tests.support.registry import RegistryServer  # noqa: E402
 
 COMPOSE = "services:\n  worker:\n    image: {image}\n    healthcheck:\n      interval: 500ms\n"
