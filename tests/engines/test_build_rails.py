@@ -27,6 +27,9 @@ from tests.support.repos import cli, git, make_repo, managed
 from tests.support.build_fixtures import report, source_repo
 
 pytest_plugins = ["tests.support.build_fixtures"]
+# the first test makes the Rails builder image (apt: ruby, bundler, sassc; over 4 minutes at a load near 50),
+# and pytest-timeout counts a fixture's set-up in the test that asks for it first, as test_build and test_build_js do
+pytestmark = pytest.mark.timeout(900)
 
 ROOT = Path(__file__).resolve().parents[2]
 ODDS = ROOT / "examples" / "apps" / "odds"
