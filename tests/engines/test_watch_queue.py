@@ -39,9 +39,16 @@ def state(repo: Path) -> dict:
     return json.loads((repo / ".git" / "deployer-builds.json").read_text())["watches"]["main:."]["commits"]
 
 
+def claims(client) -> dict[str, str]:
+    """{id: name} of the build claims on the engine. The list call alone: docker-py's containers.list
+    inspects each one after listing, which fails with 404 when a watcher removes its claim in between."""
+    found = client.api.containers(all=True, filters={"name": f"{LOCK_PREFIX}.build."})
+    return {c["Id"]: c["Names"][0].lstrip("/") for c in found
+            if c["Names"] and c["Names"][0].lstrip("/").startswith(f"{LOCK_PREFIX}.build.")}
+
+
 def claims_left(client) -> list[str]:
-    return [c.name for c in client.containers.list(all=True, filters={"name": f"{LOCK_PREFIX}.build."})
-            if c.name.startswith(f"{LOCK_PREFIX}.build.")]
+    return sorted(claims(client).values())
 
 
 def watch_once(tmp_path: Path, src: Path, registry: str, url: str, *extra: str):
@@ -135,8 +142,7 @@ def test_a_watcher_killed_mid_queue_resumes_and_builds_nothing_twice(client, go_
     # the claim the killed watcher held on the commit it was building: its process is gone, so the next
     # watcher breaks it at once; waited out, it would go only after CLAIM_TTL. Told by the engine's own
     # destroy event (a bound on the whole run would measure four builds on a loaded machine instead)
-    orphans = {c.id: c.name for c in client.containers.list(all=True, filters={"name": f"{LOCK_PREFIX}.build."})
-               if c.name.startswith(f"{LOCK_PREFIX}.build.")}
+    orphans = claims(client)
     assert orphans, "the killed watcher held no claim"  # it was killed holding one (the wait above)
     started = time.time()
     r = watch_once(tmp_path, src, registry, build_engine.url)
