@@ -580,7 +580,9 @@ def _run_builder(client, image: str, tech: str, src: Path, archive: transfer.Sou
 
 def _remove_exited_builders(client) -> None:
     """Builder containers a lost build left behind (it could not remove them), once they have exited."""
-    for old in client.containers.list(all=True, filters={"label": "deployer.role=builder", "status": "exited"}):
+    # ignore_removed: another build's clean-up may remove one between the engine's list and its inspect
+    for old in client.containers.list(all=True, filters={"label": "deployer.role=builder", "status": "exited"},
+                                      ignore_removed=True):
         with contextlib.suppress(docker.errors.APIError):
             old.remove(force=True)
 

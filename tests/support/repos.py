@@ -83,7 +83,8 @@ def run(root: Path, *args: str, timeout: float = 120, env: dict | None = None) -
 
 
 def managed(client, node: str) -> list:
-    return client.containers.list(all=True, filters={"label": f"deployer.node={node}"})
+    """The node's containers; one a deploy removes between docker-py's list and its inspect of each is left out."""
+    return client.containers.list(all=True, filters={"label": f"deployer.node={node}"}, ignore_removed=True)
 
 
 def remove_node_containers(client, node: str) -> None:
