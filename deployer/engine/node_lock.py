@@ -12,7 +12,8 @@ that exists makes a second network unless ``CheckDuplicate`` is set, which the
 engine checks before creating, not atomically.
 
 A container needs an image: ``deployer-lock:1``, imported on the engine from a
-one-file tar when missing (no registry, nothing pulled, never run). The container
+one-file tar when the create answers that it is missing (no registry, nothing
+pulled, never run; not looked up before each create). The container
 has no network, and no ``deployer.dc``/``deployer.node`` labels, so no plan, prune
 or status takes it for a service.
 
@@ -299,7 +300,6 @@ class EngineLock:
     def acquire(self, wait: float = 0) -> "EngineLock":
         deadline = time.monotonic() + max(0.0, float(wait or 0))
         said = False
-        self._ensure_image()
         while True:
             created = self._try_create()
             if created:
@@ -328,6 +328,8 @@ class EngineLock:
             time.sleep(min(POLL, remaining))
 
     def _ensure_image(self) -> None:
+        """Import the lock image when the engine has none. Not asked before every create: a create whose image
+        is missing gets 404 and calls this (one round trip fewer on every deploy's path)."""
         try:
             self.api.inspect_image(LOCK_IMAGE)
         except docker.errors.NotFound:
@@ -346,7 +348,7 @@ class EngineLock:
             except docker.errors.APIError as exc:
                 if exc.status_code == 409:
                     return False
-                if exc.status_code == 404 and attempt == 1:  # the image was removed meanwhile
+                if exc.status_code == 404 and attempt == 1:  # no lock image on this engine (yet, or any more)
                     self._ensure_image()
                     continue
                 raise

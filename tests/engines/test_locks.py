@@ -17,10 +17,11 @@ import time
 from contextlib import closing
 from pathlib import Path
 
+import docker
 import pytest
 
 from deployer.config import loader
-from deployer.engine.node_lock import EngineLock, lock_name, read_lock
+from deployer.engine.node_lock import LOCK_IMAGE, EngineLock, lock_name, read_lock
 from deployer.errors import LockLost, NodeLockHeld
 from deployer.labels import LABEL_LOCK_ID
 from deployer.ops.locks import lock_status
@@ -191,6 +192,29 @@ def test_the_engine_lock_is_atomic_renewed_and_broken_only_once_expired(engine, 
     second.check()
     second.release()
     assert read_lock(engine_client.api, lock_name(target)) is None
+
+
+def test_the_first_create_that_misses_the_lock_image_imports_it(engine_client, monkeypatch):
+    """The lock image is not looked up before each create: a create that gets 404 imports it and tries again."""
+    target = f"test/{unique_node()}"
+    try:
+        engine_client.api.remove_image(LOCK_IMAGE, force=True)  # untags it even under a leftover lock container
+    except docker.errors.NotFound:
+        pass
+    with pytest.raises(docker.errors.ImageNotFound):
+        engine_client.api.inspect_image(LOCK_IMAGE)
+    lock = EngineLock(engine_client, target, {"who": "first"}).acquire(0)
+    try:
+        assert engine_client.api.inspect_image(LOCK_IMAGE)["RepoTags"] == [LOCK_IMAGE]
+        assert read_lock(engine_client.api, lock_name(target)).id == lock.cid
+    finally:
+        lock.release()
+    assert read_lock(engine_client.api, lock_name(target)) is None
+    looked_up: list[str] = []  # with the image there, a lock is one create and one inspect: no image lookup
+    monkeypatch.setattr(engine_client.api, "inspect_image", lambda ref: looked_up.append(ref))
+    with EngineLock(engine_client, target, {"who": "second"}).acquire(0) as second:
+        second.check()
+    assert looked_up == [] and read_lock(engine_client.api, lock_name(target)) is None
 
 
 # -- two operators ----------------------------------------------------------------------
