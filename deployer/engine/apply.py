@@ -414,7 +414,8 @@ class Applier(RolloutSteps):
         self.shipper.ship(spec)  # secrets and files from the repository, into the node's store (engine.ship)
         host = spec.host
         if inherit is not None:  # the old container's anonymous volumes, as docker compose carries them over
-            old_mounts = self.api.inspect_container(inherit.id).get("Mounts") or []
+            old_mounts = inherit.mounts if inherit.mounts is not None else \
+                self.api.inspect_container(inherit.id).get("Mounts") or []  # read with the node, or read now
             if any(m.get("Type") == "volume" for m in old_mounts):
                 image_volumes = (self.api.inspect_image(spec.image).get("Config") or {}).get("Volumes")
                 host = inherit_anonymous_volumes(spec.host, old_mounts, image_volumes)

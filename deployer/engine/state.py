@@ -32,6 +32,9 @@ class ContainerState:
     # ephemeral port as assigned at start; [] for a port exposed but not published. Empty unless it runs.
     ports: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     healthcheck: dict[str, Any] | None = None  # the effective Config.Healthcheck (the image's, or compose's)
+    # The inspect's Mounts (fixed at create: a replacement carries its anonymous volumes over); None when the
+    # container was only listed, not inspected
+    mounts: list[dict[str, Any]] | None = None
 
     @property
     def short_id(self) -> str:
@@ -132,6 +135,7 @@ def inspect_to_state(info: dict[str, Any]) -> ContainerState:
         },
         ports=_published((info.get("NetworkSettings") or {}).get("Ports")),
         healthcheck=config.get("Healthcheck") or None,
+        mounts=list(info.get("Mounts") or []),
     )
 
 

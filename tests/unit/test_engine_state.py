@@ -226,3 +226,14 @@ def test_image_id_follows_a_tag_moved_on_the_engine(fake_client):
     tags = capture_info()["tags"]
     fake_client.tag("deployer-test/web:1", tags["deployer-test/web:2"])
     assert image_id(fake_client, "deployer-test/web:1") == tags["deployer-test/web:2"]
+
+
+def test_a_managed_container_s_mounts_are_read_with_the_node_and_a_listed_one_s_are_not(fake_client):
+    """A replacement carries the old container's anonymous volumes over (engine.apply): the mounts come with
+    the node's one inspect per managed container, so the switch asks the engine for nothing more."""
+    volume = {"Type": "volume", "Name": "a" * 64, "Destination": "/data", "Driver": "local", "RW": True}
+    fake_client.edit("n1-web", lambda info: info.update(Mounts=[volume]))
+    state = read_node(fake_client, DC, NODE)
+    assert by_name(state)["n1-web"].mounts == [volume]
+    assert by_name(state)["n1-api"].mounts == []
+    assert state.names["stranger"].mounts is None  # only listed: engine.apply inspects it if it ever needs them
