@@ -238,8 +238,12 @@ health_timeout_option = click.option("--health-timeout", type=DURATION, default=
 no_consul_option = click.option("--no-consul", is_flag=True,
                                 help="Do not use Consul: no registration, and the node lock is taken on the engine "
                                      "(deploy even when Consul is down).")
-parallel_option = click.option("--parallel", type=click.IntRange(min=1), default=8, show_default=True,
-                               help="Work on at most N nodes at once.")
+#: ``--parallel``'s default: ops.targets.DEFAULT_PARALLEL (written here so that --help imports no ops module;
+#: tests/unit/test_parallel_default.py keeps the two equal).
+PARALLEL_DEFAULT = 64
+parallel_option = click.option("--parallel", type=click.IntRange(min=1), default=PARALLEL_DEFAULT, metavar="N",
+                               show_default=True,
+                               help="Work on at most N nodes at once (by default every target, up to 64).")
 batch_option = click.option("--batch", type=click.IntRange(min=1), default=None, metavar="N",
                             help="Deploy to N nodes at a time; stop at the first batch that fails.")
 

@@ -134,7 +134,8 @@ class Deployer:
         shown = set(images.values())
         result = DeployResult(action, shown.pop() if len(shown) == 1 else "(various)", dry_run=dry_run,
                               rollback_to=rollback_to)
-        locks = None if dry_run else self.node_locks([(t.dc, t.node) for t in images], wait, chosen_from)
+        locks = None if dry_run else self.node_locks([(t.dc, t.node) for t in images], wait, chosen_from,
+                                                     parallel=parallel)
         with RepoTransaction(self.root, wait=wait, dry_run=dry_run, progress=self.progress, node_locks=locks) as tx:
             infra = self.load()  # under the locks, after the pull: someone may have deployed meanwhile
             edits = [self._edit(infra, t, image, tx) for t, image in images.items()]
@@ -294,7 +295,7 @@ class Deployer:
         """Converge the selected nodes to the repository, health-gated, nodes in parallel."""
         before = self.load()
         nodes = [(n.dc, n.name) for n, _, _ in selection(before, targets)]
-        locks = self.node_locks(nodes, wait, before)
+        locks = self.node_locks(nodes, wait, before, parallel=parallel)
         with RepoTransaction(self.root, wait=wait, progress=self.progress, node_locks=locks):
             infra = self.load()
             return fleet.apply(self.root, infra, targets, prune, parallel, swap=swap,
@@ -303,11 +304,13 @@ class Deployer:
 
     # -- helpers ---------------------------------------------------------------------
 
-    def node_locks(self, nodes: list[tuple[str, str]], wait: float, infra: Infrastructure | None = None) -> NodeLocks:
-        """The locks of these nodes (Consul or engine, ops.locks), for the transaction to take before the pull."""
+    def node_locks(self, nodes: list[tuple[str, str]], wait: float, infra: Infrastructure | None = None, *,
+                   parallel: int = DEFAULT_PARALLEL) -> NodeLocks:
+        """The locks of these nodes (Consul or engine, ops.locks), for the transaction to take before the pull;
+        tried ``parallel`` at a time."""
         infra = infra or self.load()
         return NodeLocks(self.root, infra, [infra.node(dc, name) for dc, name in nodes], wait=wait,
-                         consul=self.consul, progress=self.progress)
+                         consul=self.consul, progress=self.progress, parallel=parallel)
 
     def _session(self, node: Node) -> EngineSession:
         """The node's engine session: under node locks the one its lock holds open (ops.locks), else its own."""

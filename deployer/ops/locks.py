@@ -12,11 +12,15 @@ after its own flock)::
   is down, or must not be used) takes the engine lock instead;
 * elsewhere it lives on the node's engine (``engine.node_lock``).
 
-Sorted acquisition means two multi-node deploys never hold one node each while
-waiting for the other's. Without ``--wait`` nobody waits, so there is no order to
-keep: the locks are then taken in parallel (8 at a time), and all are released when
-one is held by another deployer. A lock that cannot be had within ``--wait`` fails the
-command naming its holder (NodeLockHeld) and the locks already taken are
+The locks are first tried all at once without waiting (one thread per node, up
+to ``--parallel``): a deployer that never waits while it holds a lock cannot be
+part of a deadlock, so no order is needed there, and 20 nodes cost about what one
+does. When one of them is held by another deployer, every lock this command took
+is released; without ``--wait`` the command then fails naming the holder
+(NodeLockHeld). With ``--wait`` it takes them again in the sorted order, one after
+the other, each waiting up to ``--wait``: two multi-node deploys then never hold
+one node each while waiting for the other's. A lock that cannot be had within
+``--wait`` fails the command naming its holder, and the locks already taken are
 released. While held, ``guard(node)`` is what the Applier calls before each
 container step: it raises LockLost when the node's lock is gone, so the deployer
 stops before touching a container it no longer has the right to touch.
@@ -38,7 +42,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,15 +52,14 @@ from deployer.engine.node_lock import DEFAULT_TTL as ENGINE_TTL
 from deployer.engine.node_lock import (EngineLock, describe_holder, force_release, lock_name, new_lock_id,
                                        process_identity, read_lock)
 from deployer.engine.session import EngineSession
-from deployer.errors import DeployerError, HostError, LockError
+from deployer.errors import DeployerError, HostError, LockError, NodeLockHeld
 from deployer.gitrepo.lock import command_line, default_owner_info
 from deployer.model import Datacenter, Infrastructure, Node
-from deployer.ops.targets import node_failure
+from deployer.ops.targets import DEFAULT_PARALLEL, node_failure, run_parallel
 
 KIND_CONSUL = "consul"
 KIND_ENGINE = "engine"
 LOCK_TIMEOUT = 15  # seconds for one engine call of the lock
-PARALLEL = 8  # nodes locked at once when nobody waits (no --wait)
 
 
 def holder_info(command: str | None = None, reason: str | None = None, lock_id: str | None = None,
@@ -118,8 +120,9 @@ class NodeLocks:
 
     def __init__(self, root: str | Path, infra: Infrastructure, nodes: Iterable[Node], *, wait: float = 0,
                  consul: bool = True, command: str | None = None, progress: Callable[[str], None] | None = None,
-                 timeout: float = DEFAULT_TIMEOUT):
+                 timeout: float = DEFAULT_TIMEOUT, parallel: int = DEFAULT_PARALLEL):
         self.root = Path(root)
+        self.parallel = max(1, parallel)  # locks tried at once (the command's --parallel)
         self.timeout = timeout  # of each node's engine session (the lock's calls and the command's)
         self.infra = infra
         self.nodes = sorted({n.target: n for n in nodes}.values(), key=lambda n: (n.dc, n.name))
@@ -137,29 +140,61 @@ class NodeLocks:
 
     def __enter__(self) -> "NodeLocks":
         try:
-            if self.wait or len(self.nodes) <= 1:
-                for node in self.nodes:  # sorted, one after the other: no two waiting deploys wait for each other
-                    self._take(node)
-            else:  # nobody waits, so no order to keep: all at once (20 nodes cost about what one does)
-                failed: dict[str, BaseException] = {}
-
-                def take(node: Node) -> None:
-                    try:
-                        self._take(node)
-                    except BaseException as exc:  # noqa: BLE001 - raised below, the first node's first
-                        failed[node.target] = exc
-
-                with ThreadPoolExecutor(max_workers=min(PARALLEL, len(self.nodes))) as pool:
-                    list(pool.map(take, self.nodes))
-                if failed:
-                    raise failed[min(failed)]
+            if self.wait and len(self.nodes) == 1:  # nothing to try at once first
+                self._in_order()
+                return self
+            conflict = self._try_all()
+            if conflict is not None:
+                self._release_held()  # hold nothing: a deployer waiting for one of these must not wait for us
+                if not self.wait:
+                    raise conflict
+                self.progress(f"{conflict.node}: held by another deployer; taking the locks in order, "
+                              f"waiting up to {self.wait:g}s for each")
+                self._in_order()
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
 
-    def _take(self, node: Node) -> None:
-        """Take one node's lock; a node that cannot be reached is recorded in ``unreachable``, not raised."""
+    def _in_order(self) -> None:
+        """Sorted, one after the other, each waiting up to --wait: no two waiting deploys wait for each other."""
+        for node in self.nodes:
+            if node.target not in self.unreachable:
+                self._take(node, self.wait)
+
+    def _try_all(self) -> NodeLockHeld | None:
+        """Every lock at once, none waiting; the first node's NodeLockHeld (by dc/node) when some were held by
+        another deployer (the others stay taken: the caller releases them), other errors raised."""
+        failed: dict[str, BaseException] = {}
+
+        def take(node: Node) -> None:
+            try:
+                self._take(node, 0)
+            except BaseException as exc:  # noqa: BLE001 - raised below, the first node's first
+                failed[node.target] = exc
+
+        run_parallel(take, self.nodes, self.parallel)
+        others = {t: e for t, e in failed.items() if not isinstance(e, NodeLockHeld)}
+        if others:
+            raise others[min(others)]
+        return failed[min(failed)] if failed else None  # type: ignore[return-value]
+
+    def _release_held(self) -> None:
+        """Release the locks taken so far and close their sessions (a later try connects again)."""
+        try:
+            for target in sorted(self.held, reverse=True):
+                lock = self.held.pop(target)
+                try:
+                    lock.release()
+                finally:
+                    _close(lock)
+        finally:
+            for target in sorted(self.sessions):
+                self.sessions.pop(target).close()
+
+    def _take(self, node: Node, wait: float) -> None:
+        """Take one node's lock, waiting up to ``wait``; a node that cannot be reached is recorded in
+        ``unreachable``, not raised."""
         lock = None
         datacenter = self.infra.datacenters[node.dc]
         session = EngineSession(node, self.root, timeout=self.timeout, shared=True) \
@@ -167,7 +202,7 @@ class NodeLocks:
         try:
             lock = open_lock(self.root, datacenter, node, self.info, consul=self.consul,
                              progress=lambda msg: self.progress(f"{node.target}: {msg}"), session=session)
-            lock.acquire(self.wait)
+            lock.acquire(wait)
         except BaseException as exc:
             if session is not None:
                 session.close()
@@ -181,16 +216,7 @@ class NodeLocks:
                 self.sessions[node.target] = session
 
     def __exit__(self, *exc: object) -> None:
-        try:
-            for target in sorted(self.held, reverse=True):
-                lock = self.held.pop(target)
-                try:
-                    lock.release()
-                finally:
-                    _close(lock)
-        finally:
-            for target in sorted(self.sessions):
-                self.sessions.pop(target).close()
+        self._release_held()
 
     def session(self, node: Node, timeout: float = DEFAULT_TIMEOUT) -> EngineSession:
         """The node's engine session for the command's work: the one its lock was taken over (same engine,

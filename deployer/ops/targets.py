@@ -15,7 +15,13 @@ from deployer.errors import DeployerError, HostError, ServiceMatchError, TargetE
 from deployer.imageref import ImageRef
 from deployer.model import Datacenter, Infrastructure, Node, Service, Target
 
-DEFAULT_PARALLEL = 8  # nodes worked on at once
+#: Nodes worked on at once unless ``--parallel`` says otherwise: every target, up to this many. A node's work
+#: is waiting on its engine (a container's start, its health checks), not the deployer's CPU: measured with
+#: bench/bench_fleet.py, 20 nodes' apply cost the deployer about 0.5 s of CPU in all, and each node's worker
+#: thread and engine session about 0.3 MB (docs/design.md, "How many nodes at once"). The cap bounds the
+#: threads, connections and open files of a command over a very large fleet; the CLI's default
+#: (cli/options.py parallel_option) is this number.
+DEFAULT_PARALLEL = 64
 
 
 def pick_service(node: Node, image_repository: str, familiar: str, explicit: str | None) -> tuple[str, bool]:
@@ -132,7 +138,8 @@ def target_progress(progress: Callable[[str], None], target: str) -> Callable[[s
 
 
 def run_parallel(work: Callable[[Any], None], items: list, parallel: int) -> None:
-    """Run ``work`` over items, at most ``parallel`` at a time; exceptions propagate."""
+    """Run ``work`` over items, at most ``parallel`` at a time (one thread per item when there are fewer);
+    exceptions propagate."""
     if len(items) <= 1 or parallel <= 1:
         for item in items:
             work(item)

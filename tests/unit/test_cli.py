@@ -138,7 +138,7 @@ def test_deploy_passes_the_options_and_prints_the_commit_line(repo, fake):
     ((method, args, kwargs),) = fake.calls
     assert (method, args) == ("deploy", ("a:2", ["test/n1"], None))
     assert kwargs == {"wait": 90.0, "dry_run": False, "author": None, "message": None,
-                      "swap": SwapOptions(settle=0.25, health_timeout=5.0), "parallel": 8,
+                      "swap": SwapOptions(settle=0.25, health_timeout=5.0), "parallel": 64,
                       "rollout": Rollout(batch=(2, False), pause=60.0, canary=True, on_failure="rollback")}
 
 
@@ -213,7 +213,7 @@ def test_status_table_and_exit_code(repo, fake):
     assert fake.calls[0] == ("status", (None,), {"parallel": 3})
     fake.answers["status"] = [NS(**{**row.__dict__, "match": True})]
     assert cli(repo, "status", "test", "--json").exit_code == 0
-    assert fake.calls[-1] == ("status", (["test"],), {"parallel": 8})
+    assert fake.calls[-1] == ("status", (["test"],), {"parallel": 64})
     fake.answers["status"] = [row, NS(**{**row.__dict__, "target": "test/n2/x", "state": "unreachable"})]
     assert cli(repo, "status").exit_code == 1  # a node not read wins over drift
 
@@ -230,7 +230,7 @@ def test_plan_lines_and_exit_codes(repo, fake):
     result = cli(repo, "plan", "--prune")
     assert result.exit_code == 1
     assert result.stdout == "test/n1: ERROR unreachable\nplan: 0 to change, 1 nodes unreachable or failing\n"
-    assert fake.calls[-1][2] == {"prune": True, "parallel": 8}
+    assert fake.calls[-1][2] == {"prune": True, "parallel": 64}
 
 
 def test_apply_lines(repo, fake):
@@ -241,7 +241,7 @@ def test_apply_lines(repo, fake):
     result = cli(repo, "apply", "--settle", "1m", "--wait", "2")
     assert result.exit_code == 1
     assert result.stdout == "test/n1/web: recreate ok\ntest/n1: ok, 1 changed\ntest/n2: FAILED unreachable\n"
-    assert fake.calls[0][2] == {"prune": False, "parallel": 8, "wait": 2.0,
+    assert fake.calls[0][2] == {"prune": False, "parallel": 64, "wait": 2.0,
                                    "swap": SwapOptions(settle=60.0, health_timeout=None)}
 
 

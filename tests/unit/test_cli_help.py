@@ -14,6 +14,7 @@ on every command (help saying where they change nothing); every option's
 click's envvar, its default plain "."); the exit codes in the help of status,
 plan, validate and services. Recaptured for issue 14: serve and token add/ls/rm. Recaptured for issue 11: deploy's and rollback's rollout options (--batch N|N%,
 --canary, --max-fail, --on-failure, --pause), rollback's TARGETS... and --commit, rollback's --parallel.
+Recaptured for issue 11 part 3: --parallel's default 8 -> 64 (every target, up to 64), its metavar N and help.
 """
 
 from __future__ import annotations
