@@ -271,6 +271,36 @@ def test_two_clones_deploying_to_different_nodes_both_succeed_without_waiting(te
     assert running(engine_client, n1) == [f"{n1}-web={WEB2}"] and running(engine_client, n2) == [f"{n2}-web={WEB3}"]
 
 
+@pytest.mark.parametrize("kind", ["engine", "consul"])
+def test_a_multi_node_deploy_that_meets_a_held_lock_gives_all_back_then_waits_in_sorted_order(team, engine_client,
+                                                                                              consul_dc, kind):
+    """The locks are tried all at once; one held elsewhere: every lock taken is released, and with --wait they
+    are taken again one by one in dc/node order: while it waits, it holds only the nodes sorted before."""
+    remote, a, b, names = team(_dc_yml(kind, consul_dc), nodes=3)
+    first, middle, last = sorted(names)
+    took = run(a, "lock", "acquire", f"test/{middle}", "-m", "maintenance")
+    assert took.returncode == 0, took.stderr
+    p = deployer(b, "deploy", WEB2, *(f"test/{n}" for n in names), "--settle", "0.2", "--wait", "60")
+    try:
+        wait_for("the sorted phase", lambda: (held(a, first) or {}).get("command", "").find("deploy") >= 0
+                 and held(a, last) is None, timeout=60)
+        time.sleep(1)  # still waiting: the node after the held one is not taken meanwhile
+        assert held(a, last) is None and held(a, middle)["reason"] == "maintenance"
+        assert running(engine_client, first) == [f"{first}-web={WEB1}"]  # nothing switched while waiting
+        assert run(a, "lock", "release", f"test/{middle}").returncode == 0
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, err
+    assert "taking the locks in order" in err and "waiting for the lock of" in err
+    assert [remote_image(remote, n) for n in names] == [WEB2] * 3
+    assert all(running(engine_client, n) == [f"{n}-web={WEB2}"] for n in names)
+    assert git(remote, "log", "--format=%s", "main").splitlines()[0].startswith("deploy ")  # one commit on top
+    assert all(held(a, n) is None for n in names)
+
+
 # -- a holder that dies, a Consul that dies -------------------------------------------------
 
 
