@@ -259,7 +259,7 @@ class FakeNodeLocks:
     events: list[str] = []
     held_by: Exception | None = None
 
-    def __init__(self, root, infra, nodes, *, wait=0, consul=True, command=None, progress=None):
+    def __init__(self, root, infra, nodes, *, wait=0, consul=True, command=None, progress=None, parallel=None):
         self.nodes = sorted(n.target for n in nodes)
         self.root = root
         self.id = "lock-id-1"
