@@ -319,6 +319,16 @@ def make_repo(root: Path, url: str, nodes: dict[str, str]) -> None:
     git(root, "commit", "-q", "-m", "initial infrastructure")
 
 
+def web_node(fleet, name: str):
+    """``(node, client)``: a new node of ``fleet`` with the two web images built on it."""
+    node = fleet.add_node(name)
+    client = node.client()
+    build_busybox_base(client)
+    for tag, body in zip(IMAGES, BODIES):
+        build_web_image(client, tag, body=body)
+    return node, client
+
+
 def compose_text(image: str, ports: str, health: bool) -> str:
     return SERVICE.format(image=image, ports=ports) + (SERVICE_HEALTH.format(health=HEALTH_FILE) if health else "")
 
@@ -383,11 +393,7 @@ def main() -> None:
     with Fleet() as fleet, tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         launcher = Launcher(tmp)
-        node = fleet.add_node("peers")
-        client = node.client()
-        build_busybox_base(client)
-        for tag, body in zip(IMAGES, BODIES):
-            build_web_image(client, tag, body=body)
+        node, client = web_node(fleet, "peers")
         url, address = node.unix_url, node.address
         py = sys.executable
         (tmp / "cli.sh").write_text(CLI_GATED)

@@ -36,9 +36,8 @@ sys.path.insert(0, str(ROOT))
 import requests  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
-from bench.bench_peers import BODIES, IMAGES, compose_text, loadavg, make_repo  # noqa: E402
+from bench.bench_peers import IMAGES, compose_text, loadavg, make_repo, web_node  # noqa: E402
 from tests.support.engines import Fleet  # noqa: E402
-from tests.support.images import build_busybox_base, build_web_image  # noqa: E402
 
 ID = re.compile(r"[0-9a-f]{64}")
 CALLS: list[tuple[float, float, str, str]] = []  # (start, end, method, path with container names)
@@ -88,11 +87,7 @@ def main() -> None:
     requests.Session.send = _timed_send
     with Fleet() as fleet, tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        node = fleet.add_node("timeline")
-        client = node.client()
-        build_busybox_base(client)
-        for tag, body in zip(IMAGES, BODIES):
-            build_web_image(client, tag, body=body)
+        node, client = web_node(fleet, "timeline")
         make_repo(tmp / "repo", node.unix_url, {"dpl": compose_text(IMAGES[0], "18094:80", True)})
         healthy_at: list[float] = []
 
