@@ -12,16 +12,10 @@ import pytest
 
 from deployer.engine import session as session_mod
 from deployer.labels import LABEL_LOCK_ID
-from tests.support.repos import cli, git, make_repo, managed, remove_node_containers, unique_node
+from tests.support.repos import WEB_NO_HEALTH, cli, git, make_repo, managed, remove_node_containers, unique_node
 
 WEB1, WEB2 = "deployer-test/web:1", "deployer-test/web:2"
-WEB = """\
-services:
-  web:
-    image: {image}
-    init: true
-    expose: ["80"]
-"""
+WEB = WEB_NO_HEALTH
 
 
 @pytest.fixture

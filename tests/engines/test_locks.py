@@ -26,18 +26,12 @@ from deployer.errors import LockLost, NodeLockHeld
 from deployer.labels import LABEL_LOCK_ID
 from deployer.ops.locks import lock_status
 from tests.support.consul import ConsulAgent
-from tests.support.repos import cli, git, make_repo, managed, remove_node_containers, run, unique_node
+from tests.support.repos import (WEB_NO_HEALTH, cli, git, make_repo, managed, remove_node_containers, run,
+                                 unique_node)
 
 WEB1, WEB2, WEB3 = "deployer-test/web:1", "deployer-test/web:2", "deployer-test/web:3"
 
-# No healthcheck: how long a switch takes is --settle, so a test can hold a deploy mid-switch.
-SLOW_WEB = """\
-services:
-  web:
-    image: {image}
-    init: true
-    expose: ["80"]
-"""
+SLOW_WEB = WEB_NO_HEALTH
 
 
 @pytest.fixture

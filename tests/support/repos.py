@@ -22,6 +22,9 @@ WEB_SERVICE = """\
       timeout: 2s
       retries: 2
 """
+# the web service without a healthcheck, as a whole compose file ({image} to format): how long its switch
+# takes is --settle, so a test can hold a deploy mid-switch
+WEB_NO_HEALTH = "services:\n" + WEB_SERVICE.split("    healthcheck:")[0]
 # the same web service published on an ephemeral host port, as a whole compose file ({image} to format);
 # tests add their keys after it (labels, deploy), indented as the service's
 WEB_PUBLISHED = "services:\n" + WEB_SERVICE.replace('expose: ["80"]', 'ports: ["80"]')
