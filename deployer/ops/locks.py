@@ -183,11 +183,7 @@ class NodeLocks:
         """Release the locks taken so far and close their sessions (a later try connects again)."""
         try:
             for target in sorted(self.held, reverse=True):
-                lock = self.held.pop(target)
-                try:
-                    lock.release()
-                finally:
-                    _close(lock)
+                self.held.pop(target).release()  # an engine lock's connection is its session's, closed below
         finally:
             for target in sorted(self.sessions):
                 self.sessions.pop(target).close()
@@ -195,7 +191,6 @@ class NodeLocks:
     def _take(self, node: Node, wait: float) -> None:
         """Take one node's lock, waiting up to ``wait``; a node that cannot be reached is recorded in
         ``unreachable``, not raised."""
-        lock = None
         datacenter = self.infra.datacenters[node.dc]
         session = EngineSession(node, self.root, timeout=self.timeout, shared=True) \
             if lock_kind(datacenter, self.consul) == KIND_ENGINE else None
