@@ -394,7 +394,6 @@ def _service_deps(config: Mapping[str, Any]) -> list[str]:
     return [str(n) for n in names]
 
 
-
 #: start_order's answers by their inputs (each service's name and dependencies): the nodes of a
 #: fleet mostly run the same services, so a plan over thousands of nodes orders a few shapes.
 _ORDERS: dict[tuple[tuple[str, tuple[str, ...]], ...], tuple[str, ...]] = {}

@@ -103,7 +103,6 @@ def bare_clone(url: str, directory: str | os.PathLike) -> Path:
     return target
 
 
-
 class SourceRepo:
     """One branch of a source repository (bare or not) and the app directory in it."""
 
