@@ -14,6 +14,11 @@ Besides the wall time, each measured process's own CPU seconds (user + system, f
 wait4) are printed, per apply and per node: the deployer's share of the work, which
 twenty engines sharing two cores cannot inflate the way they inflate wall time (they
 can a little: a loaded machine makes every instruction slower through cache misses).
+So is the whole machine's CPU over each apply (``/proc/stat``: every process, the
+engines, their shims and runc, the containers' health checks): how many of the cores
+were busy while it ran, and what is left after the deployer's own share. Where the
+machine is busy all the time an apply runs, its wall time is the engines' CPU shared
+out over the cores here, not a figure of the deployer's.
 
 ``--health`` lists the healthcheck intervals of the service, one table each (default
 ``200ms``, the row measured before). Every 200 ms twenty containers run a check
@@ -61,6 +66,7 @@ from tests.support.images import build_standard_images, copy_image  # noqa: E402
 from tests.support.repos import WEB_SERVICE, git  # noqa: E402
 
 IMAGES = ["deployer-test/web:1", "deployer-test/web:2"]
+IDLE_SAMPLE = 5.0  # seconds the machine is watched with no command running, before each table
 
 
 def write(root: Path, names: list[str], image: str, health: str = "200ms") -> None:
@@ -148,13 +154,22 @@ class Variant:
         self.label, self.code, self.parallel = label, Path(code).resolve(), parallel or None
         self.rss: list[int] = []  # KiB, per measured process
         self.cpu: list[float] = []  # the last measured process's CPU seconds (user + system)
+        self.machine: list[float] = []  # the whole machine's CPU seconds over each measured process
 
     def args(self, command: str) -> list[str]:
         return [command, *(["--parallel", self.parallel] if self.parallel else [])]
 
 
+def machine_busy() -> float:
+    """CPU seconds every process on the machine has used since boot (all cores; idle and iowait left out)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def timed(root: Path, *args: str, ok: tuple[int, ...] = (0,), variant: Variant | None = None) -> float:
     env = dict(os.environ, PYTHONPATH=str(variant.code if variant else ROOT))
+    busy = machine_busy()
     start = time.perf_counter()
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen([sys.executable, "-m", "deployer", "--repo", str(root), *args],
@@ -162,6 +177,7 @@ def timed(root: Path, *args: str, ok: tuple[int, ...] = (0,), variant: Variant |
                                 cwd=root.parent)  # not a checkout: sys.path[0] is the cwd, before PYTHONPATH
         _, status, usage = os.wait4(proc.pid, 0)
         elapsed = time.perf_counter() - start
+        busy = machine_busy() - busy
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         text = out.read().decode(errors="replace")
@@ -170,6 +186,7 @@ def timed(root: Path, *args: str, ok: tuple[int, ...] = (0,), variant: Variant |
     if variant is not None:
         variant.rss.append(usage.ru_maxrss)
         variant.cpu.append(usage.ru_utime + usage.ru_stime)
+        variant.machine.append(busy)
     return elapsed
 
 
@@ -215,11 +232,16 @@ def main() -> None:
         applies = {(h, v.label, n): [] for h in healths for v in variants for n in sizes}
         statuses = {(h, v.label, n): [] for h in healths for v in variants for n in sizes}
         cpus = {(h, v.label, n): [] for h in healths for v in variants for n in sizes}  # the apply's CPU seconds
+        busy = {(h, v.label, n): [] for h in healths for v in variants for n in sizes}  # the machine's, meanwhile
+        idle: dict[str, float] = {}  # cores busy with no command running (the fleet's health checks), per interval
         current = IMAGES[0]
         for health in healths:
             write(root, names, current, health)
             timed(root, "apply", "-q")  # first converge (or the healthcheck's change), not measured
             loads[health].append(load_average())
+            before, t0 = machine_busy(), time.perf_counter()
+            time.sleep(IDLE_SAMPLE)  # the fleet with nothing to do: its containers' health checks alone
+            idle[health] = (machine_busy() - before) / (time.perf_counter() - t0)
             for _ in range(args.rounds):
                 for n in sizes:
                     targets = [f"bench/{name}" for name in names[:n]]
@@ -229,6 +251,7 @@ def main() -> None:
                         applies[health, v.label, n].append(
                             timed(root, *v.args("apply"), "-q", *targets, variant=v))
                         cpus[health, v.label, n].append(v.cpu[-1])
+                        busy[health, v.label, n].append(v.machine[-1])
                         statuses[health, v.label, n].append(timed(root, *v.args("status"), *targets, variant=v))
                         print(f"  healthcheck {health}, round {_ + 1}, {n} node(s), {v.label}: "
                               f"apply {applies[health, v.label, n][-1]:.2f} s ({v.cpu[-2]:.2f} s CPU), "
@@ -247,13 +270,16 @@ def main() -> None:
     a = {k: statistics.median(v) for k, v in applies.items()}
     s = {k: statistics.median(v) for k, v in statuses.items()}
     c = {k: statistics.median(v) for k, v in cpus.items()}
+    m = {k: statistics.median(v) for k, v in busy.items()}
+    cores = os.cpu_count() or 1
     first = variants[0].label
     base = sizes[0]
     print(f"deployer apply (one-container change per node) and status, median of {args.rounds}, fresh process each;"
           " CPU: the apply process's own user + system seconds (wait4):")
     for health in healths:
         print(f" healthcheck interval {health} (load average 1/5/15 min after each round: "
-              f"{', '.join(loads[health])}):")
+              f"{', '.join(loads[health])}); with no command running, {idle[health]:.2f} of {cores} cores "
+              f"were busy (the fleet's health checks):")
         for v in variants:
             print(f"  {v.label} ({v.code}, --parallel {v.parallel or 'default'}), peak RSS {max(v.rss) / 1024:.1f} MB:")
             for n in sizes:
@@ -262,6 +288,11 @@ def main() -> None:
                     if v.label != first else ""
                 print(f"   {n:>3} node{'s' if n > 1 else ' '}  apply {a[k]:6.2f} s   status {s[k]:6.2f} s   "
                       f"apply CPU {c[k]:5.2f} s ({c[k] / n:.3f} s per node){vs}")
+                engines = m[k] - c[k] - idle[health] * a[k]
+                print(f"               machine CPU over the apply {m[k]:6.2f} s = {m[k] / a[k]:.2f} of {cores} cores "
+                      f"busy; less the deployer's and the idle fleet's: {engines:6.2f} s for the switches "
+                      f"(engines, shims, runc, the new containers), {engines / n:.2f} s per node, "
+                      f"{engines / cores:.2f} s of wall on {cores} cores")
             for n in sizes[1:]:
                 k, b = (health, v.label, n), (health, v.label, base)
                 print(f"   ratio {n}/{base}  apply {a[k] / a[b]:.2f}   status {s[k] / s[b]:.2f}   "

@@ -28,6 +28,13 @@ Tools (each has its own container and its own host port):
   health-gated with an ephemeral host port (the new container starts beside the old
   one; the HTTP check looks the port up), and not gated (no healthcheck,
   ``--settle 0``).
+* ``deployer serve``, ``POST /api/v1/deploy``: the same gated, fixed-port deploy as a job of the
+  operations service, a process that is already running (``--serve``, on by default; ``--no-serve``
+  leaves it out). The bench posts the deploy and polls ``GET /api/v1/jobs/ID`` every 20 ms, as the
+  CLI script polls ``inspect``, until the job is done: what a CI job or a webhook pays for a
+  deploy, with no interpreter start-up or imports in it. Its CPU seconds are the serve process's
+  own over the job (``/proc/PID/stat``), its peak RSS the serve process's (``VmHWM``), which holds
+  the web application too.
 
 Each tool's time runs from its start to the first GET that answers with the new
 body (the GET is polled every 5 ms after the tool exits, and is part of its time).
@@ -224,6 +231,85 @@ class Launcher:
         self.proc.wait(timeout=30)
 
 
+class ServeJobs:
+    """``deployer serve`` on a loopback port for one repository, and its deploys as jobs (``--serve``).
+
+    Started with the checkout's code and a token of its own; ended by its PID (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, tmp: Path, repo: Path, target: str, checkout: str):
+        from deployer.serve.auth import TokenStore  # noqa: PLC0415 - only with --serve
+
+        tokens = tmp / "serve-tokens.json"
+        self.token = TokenStore(tokens).add("bench", "read,deploy")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.target = target
+        self.log = open(tmp / "serve.log", "wb")
+        # the status snapshot and the drift watch are spaced out so that they do not run into the other tools'
+        # runs; serve still reads the status once after each job
+        self.proc = subprocess.Popen(
+            ["/usr/bin/env", *checkout_env(checkout), sys.executable, "-m", "deployer", "--repo", str(repo),
+             "serve", "--listen", f"127.0.0.1:{self.port}", "--tokens", str(tokens), "--no-consul", "--no-alerts",
+             "--status-interval", "600", "--drift-interval", "0", "--sync-interval", "600", "-q"],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=tmp)
+        deadline = time.monotonic() + 60
+        while self.request("GET", "/api/v1/jobs")[0] != 200:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise SystemExit(f"deployer serve did not start: {(tmp / 'serve.log').read_text()[-2000:]}")
+            time.sleep(0.1)
+
+    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        import http.client  # noqa: PLC0415
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, body=json.dumps(body) if body is not None else None,
+                         headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+            answer = conn.getresponse()
+            return answer.status, json.loads(answer.read() or b"{}")
+        except OSError:
+            return 0, {}
+        finally:
+            conn.close()
+
+    def _usage(self) -> tuple[int, float]:
+        """(peak RSS KiB, CPU seconds so far) of the serve process."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return hwm, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def deploy(self, image: str) -> tuple[int, float]:
+        """POST the deploy, poll its job until it is done; (peak RSS KiB, CPU seconds of the job)."""
+        _, cpu_before = self._usage()
+        status, body = self.request("POST", "/api/v1/deploy", {"image": image, "targets": [self.target],
+                                                                "reason": "bench"})
+        if status != 202:
+            raise SystemExit(f"POST /api/v1/deploy answered {status}: {body}")
+        while True:
+            _, job = self.request("GET", f"/api/v1/jobs/{body['job']}")
+            if job.get("state") == "ok":
+                break
+            if job.get("state") == "failed":
+                raise SystemExit(f"the serve job failed: {job}")
+            time.sleep(0.02)
+        rss, cpu_after = self._usage()
+        return rss, cpu_after - cpu_before
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.log.close()
+
+
 @dataclass
 class Tool:
     name: str
@@ -236,6 +322,7 @@ class Tool:
     cpu: list[float] = field(default_factory=list)  # user + system seconds of the tool's process tree
     failures: list[str] = field(default_factory=list)  # runs that failed (and were run again), why
     note: str = ""
+    call: "Callable[[str], tuple[int, float]] | None" = None  # in the bench's process instead: image -> (RSS KiB, CPU s)
 
 
 def compose_v2() -> tuple[list[str] | None, str]:
@@ -275,7 +362,12 @@ def run_tool(launcher: Launcher, tool: Tool, image_index: int, address: str, cli
     """One fresh run of ``tool`` to IMAGES[image_index]: until HTTP serves the new body."""
     want = BODIES[image_index]
     started = time.perf_counter()
-    code, rss_kb, stderr = launcher.run(tool.argv(IMAGES[image_index]))
+    if tool.call is not None:  # a job of the running serve process
+        code, stderr = 0, ""
+        rss_kb, cpu = tool.call(IMAGES[image_index])
+    else:
+        code, rss_kb, stderr = launcher.run(tool.argv(IMAGES[image_index]))
+        cpu = launcher.last_cpu
     if code != 0:
         tool.failures.append(stderr.strip().splitlines()[-1] if stderr.strip() else f"exit {code}")
         if len(tool.failures) > MAX_FAILURES:
@@ -292,7 +384,7 @@ def run_tool(launcher: Launcher, tool: Tool, image_index: int, address: str, cli
     if measure:
         tool.times.append(time.perf_counter() - started)
         tool.rss_kb.append(rss_kb)
-        tool.cpu.append(launcher.last_cpu)
+        tool.cpu.append(cpu)
 
 
 def timed(launcher: Launcher, cmd: list[str]) -> tuple[float, int]:
@@ -373,6 +465,8 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated tool names to run (default: all)")
     parser.add_argument("--compare", metavar="CHECKOUT", default="",
                         help="also run the deployer of another checkout (e.g. main), side by side in the same run")
+    parser.add_argument("--serve", action=argparse.BooleanOptionalAction, default=True,
+                        help="also deploy through a running `deployer serve` (POST /api/v1/deploy; default: on)")
     parser.add_argument("--as-is", action="store_true",
                         help="do not compile the measured checkouts to bytecode first (with PYTHONDONTWRITEBYTECODE "
                              "set, every run then compiles the package from source)")
@@ -449,6 +543,12 @@ def main() -> None:
             Tool("deployer deploy, not gated (--settle 0)", deployer("plain", "bench/dpl-plain", "--settle", "0"),
                  18086, "dpl-plain-web", "plain"),
         ]
+        serve = None
+        if args.serve:
+            make_repo(tmp / "serve", url, {"dpl-serve": compose_text(IMAGES[0], "18089:80", True)})
+            serve = ServeJobs(tmp, tmp / "serve", "bench/dpl-serve", ours)
+            tools.append(Tool("deployer serve, POST /api/v1/deploy (gated, fixed)", lambda image: [], 18089,
+                              "dpl-serve-web", call=serve.deploy))
         if args.compare:
             other, label = str(Path(args.compare).resolve()), Path(args.compare).name
             tools += [
@@ -468,17 +568,21 @@ def main() -> None:
         def go(tool: Tool, image_index: int, measure: bool = True) -> None:
             run_tool(launcher, tool, image_index, address, client, measure)
 
-        # first converge: every tool has its container on IMAGES[0], not measured
-        for tool in tools:
-            go(tool, 0, measure=False)
-        for r in range(args.runs):
-            image_index = (r + 1) % 2
-            k = r % len(tools)
-            for tool in tools[k:] + tools[:k]:
-                go(tool, image_index)
-            if r == args.runs // 2:
-                loads.append(("middle", loadavg()))
-        loads.append(("after the deploys", loadavg()))
+        try:
+            # first converge: every tool has its container on IMAGES[0], not measured
+            for tool in tools:
+                go(tool, 0, measure=False)
+            for r in range(args.runs):
+                image_index = (r + 1) % 2
+                k = r % len(tools)
+                for tool in tools[k:] + tools[:k]:
+                    go(tool, image_index)
+                if r == args.runs // 2:
+                    loads.append(("middle", loadavg()))
+            loads.append(("after the deploys", loadavg()))
+        finally:
+            if serve is not None:
+                serve.close()
 
         # start-up: a 3-node repository, every node on this engine, converged
         three = tmp / "three"
@@ -558,6 +662,10 @@ def main() -> None:
     print("  /CLI nh: against the docker CLI without a health wait;")
     print("  /compose: against docker compose up -d --wait doing the same job (gated with a fixed or an ephemeral")
     print("  port, or not gated); the docker CLI and SDK rows are the gated, fixed-port job")
+    if any(t.call is not None for t in tools):
+        print("  deployer serve: the gated, fixed-port deploy as a job of a serve process already running (no")
+        print("  interpreter start-up, no imports); its CPU s is the serve process's over the job, its RSS the serve")
+        print("  process's peak (the web application included)")
     print(f"  peak RSS is ru_maxrss from os.wait4 in the launcher; /bin/true reads {floor:.1f} MB there (the floor)")
     print("  CPU s: the median of user + system seconds of the tool's own processes (os.wait4; the engine's not "
           "included): on a loaded machine the steadier figure")

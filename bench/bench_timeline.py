@@ -12,17 +12,28 @@ start offset and duration of each call over ``--runs`` deploys (alternating betw
 two images), the phases they add up to (node lock, graceful stop, create, start,
 health wait, remove and rename, lock release), and how long after the engine's
 ``health_status: healthy`` event (read by a listener of the bench's own) the deploy
-read the container as healthy. No assertions: this prints numbers.
+read the container as healthy.
 
-    python3 bench/bench_timeline.py [--runs 10]
+Then, in fresh processes (``--fresh N``, default 10; 0 leaves it out), what a
+``deployer deploy`` run as a command adds on top: the interpreter (``python -c
+pass``), the imports the deploy path makes, timed inside a fresh process in three
+steps (``deployer.cli.main``, then the docker SDK as the engine layer loads it, with
+requests and urllib3, then ``deployer.ops.deploy`` and the modules under it), and the same deploy run as
+a command; its wall time less the interpreter and the imports is its deploy, to set
+beside the in-process one (which the bench's wrapper around every engine call slows a little).
+No assertions: this prints numbers.
+
+    python3 bench/bench_timeline.py [--runs 10] [--fresh 10]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import os
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -63,6 +74,33 @@ def _timed_send(self, request, **kwargs):
     return response
 
 
+#: Timed inside a fresh process, in the order a deploy imports them: the CLI's module (click, the options), the
+#: docker SDK as the engine layer loads it (requests, urllib3; paramiko left out until an ssh:// node needs it),
+#: then the deploy command's modules (the operations, engine, config and git layers). Prints three seconds.
+IMPORTS = """
+import time
+t0 = time.perf_counter()
+import deployer.cli.main
+t1 = time.perf_counter()
+from deployer.engine.connect import import_docker
+import_docker()
+t2 = time.perf_counter()
+import deployer.cli.deploy, deployer.ops.deploy
+t3 = time.perf_counter()
+print(t1 - t0, t2 - t1, t3 - t2)
+"""
+
+
+def fresh(argv: list[str], cwd: str) -> tuple[float, str]:
+    """(wall seconds, stdout) of one fresh process, which must succeed."""
+    started = time.perf_counter()
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}): {done.stdout}{done.stderr}")
+    return elapsed, done.stdout
+
+
 def phase_of(method: str, path: str, seen_start: bool, healthy: bool) -> str:
     if "deployer-lock" in path:
         return "node lock: release" if method == "DELETE" else "node lock: take and check"
@@ -80,6 +118,8 @@ def phase_of(method: str, path: str, seen_start: bool, healthy: bool) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10, help="deploys measured (median; default 10)")
+    parser.add_argument("--fresh", type=int, default=10,
+                        help="fresh-process runs of the start-up figures and of the deploy as a command (default 10)")
     args = parser.parse_args()
     from deployer.cli.main import main as cli  # noqa: PLC0415 - after the bench's imports, like a user's process
 
@@ -132,6 +172,17 @@ def main() -> None:
                 sums["health wait"] = (healthy_at[0] - starts[0]) * 1000  # start returned -> the engine said healthy
             for phase, ms in sums.items():
                 phases[phase].append(ms)
+        starts: dict[str, list[float]] = collections.defaultdict(list)
+        py = sys.executable
+        for r in range(args.fresh):  # alternating, so the load of the moment falls on each figure alike
+            starts["python -c pass"].append(fresh([py, "-c", "pass"], tmp_dir)[0])
+            cli_main, sdk, deploy_path = (float(x) for x in fresh([py, "-c", IMPORTS], tmp_dir)[1].split())
+            starts["import deployer.cli.main (click, the CLI's options)"].append(cli_main)
+            starts["import the docker SDK (requests, urllib3; no paramiko)"].append(sdk)
+            starts["import the deploy command's modules (ops, engine, config, gitrepo)"].append(deploy_path)
+            starts["deployer deploy as a command"].append(fresh(
+                [py, "-m", "deployer", "--repo", str(tmp / "repo"), "deploy", "-q", IMAGES[r % 2], "bench/dpl"],
+                tmp_dir)[0])
         loads.append(("end", loadavg()))
 
     print(f"one deploy in process (no start-up), the bench_peers job, median of {args.runs}: "
@@ -150,6 +201,15 @@ def main() -> None:
     if lags:
         print(f"healthy read {statistics.median(lags):.1f} ms (median; max {max(lags):.1f}) after the engine's "
               "health_status event")
+    if starts:
+        print(f"the same deploy as a fresh command, median of {args.fresh} fresh processes (imports timed inside one):")
+        figures = {k: statistics.median(v) * 1000 for k, v in starts.items()}
+        for what, ms in figures.items():
+            print(f"  {what:70} {ms:7.1f} ms")
+        whole = figures.pop("deployer deploy as a command")
+        rest = whole - sum(figures.values())
+        print(f"  {'the command less the interpreter and the imports: its deploy':70} {rest:7.1f} ms "
+              f"(in process, timed above: {statistics.median(totals) * 1000:.1f} ms, each engine call wrapped)")
     print("load average (1, 5, 15 min): " + "; ".join(f"{when} {value}" for when, value in loads))
 
 
