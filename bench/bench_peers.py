@@ -46,7 +46,7 @@ that no check every 200 ms loads the machine while start-up is measured) against
 round trips). The load average is printed at the start,
 in the middle and at the end. No timed assertions: this prints numbers.
 
-    python3 bench/bench_peers.py [--runs 15] [--startup-runs 10] [--compare ../main]
+    python3 bench/bench_peers.py [--runs 15] [--startup-runs 10] [--compare ../main] [--no-serve]
 
 ``--compare CHECKOUT`` adds the three deployer runs of another checkout (its code, this
 benchmark), so a change is measured before and after in the same run, under the same load.

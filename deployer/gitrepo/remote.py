@@ -51,8 +51,13 @@ NETWORK_TIMEOUT = 300  # seconds for one git fetch/push: a hung remote must not 
 UNPUSHED_REF_PREFIX = "refs/deployer/unpushed/"
 
 
+_UNKNOWN = object()  # the remote spec not looked up yet
+
+
 class RemoteMixin(GitRepoBase):
     """Sync with the team's remote: pull --rebase, push with rebase-retry, unpushed refs."""
+
+    _remote_spec_memo: object = _UNKNOWN  # this opened repository's _remote_spec, once looked up
 
     # -- team use: a shared git remote -----------------------------------------
 
@@ -67,21 +72,38 @@ class RemoteMixin(GitRepoBase):
         status, out, _ = self._git_status("symbolic-ref", "--quiet", "--short", "HEAD")
         return (out.strip() or None) if status == 0 else None
 
-    def _config_get(self, key: str) -> str | None:
-        status, out, _ = self._git_status("config", "--get", key)
-        return (out.strip() or None) if status == 0 else None
+    def _branch_config(self, branch: str) -> dict[str, str]:
+        """``remote`` and ``merge`` of ``branch.<branch>`` as ``git config --get`` gives them (the last value of
+        each), read in one process."""
+        status, out, _ = self._git_status("config", "-z", "--get-regexp", r"^branch\.")
+        found: dict[str, str] = {}
+        if status != 0:
+            return found
+        for entry in out.split("\0"):
+            key, _, value = entry.partition("\n")
+            for name in ("remote", "merge"):
+                if key == f"branch.{branch}.{name}":
+                    found[name] = value.strip()
+        return found
 
     def _remote_spec(self) -> tuple[str, str, str | None] | None:
         """(remote, remote branch ref, local branch) that deploys sync with and push to, or None.
 
         The current branch's upstream (``branch.<name>.remote`` + ``.merge``) when one is
         configured, otherwise the remote named ``origin`` and the branch of the same name.
-        ``local branch`` is None when HEAD is detached.
+        ``local branch`` is None when HEAD is detached. Looked up once per opened repository:
+        a transaction asks before the pull, in the pull and in the push, and neither the branch
+        nor the remote configuration changes while it holds the lock.
         """
+        if self._remote_spec_memo is _UNKNOWN:
+            self._remote_spec_memo = self._look_up_remote_spec()
+        return self._remote_spec_memo
+
+    def _look_up_remote_spec(self) -> tuple[str, str, str | None] | None:
         branch = self.current_branch()
         if branch:
-            remote = self._config_get(f"branch.{branch}.remote")
-            merge = self._config_get(f"branch.{branch}.merge")
+            config = self._branch_config(branch)
+            remote, merge = config.get("remote"), config.get("merge")
             if remote and remote != "." and merge:
                 if not merge.startswith("refs/"):
                     merge = f"refs/heads/{merge}"

@@ -36,7 +36,9 @@ def deploy_like(root: Path) -> str:
                                            previous_images=["web:1"])).sha
 
 
-def test_a_deploy_transaction_runs_ten_git_processes(repo, monkeypatch):
+@pytest.fixture
+def git_calls(monkeypatch) -> list[list[str]]:
+    """Every git process the deployer starts from now on, by its arguments."""
     calls: list[list[str]] = []
     real = gitmod.run
 
@@ -45,11 +47,17 @@ def test_a_deploy_transaction_runs_ten_git_processes(repo, monkeypatch):
         return real(args, cwd, **kwargs)
 
     monkeypatch.setattr(gitmod, "run", counting)
+    return calls
+
+
+def test_a_deploy_transaction_runs_nine_git_processes(repo, git_calls):
+    calls = git_calls
     sha = deploy_like(repo)
     assert git(repo, "rev-parse", "HEAD") == sha
     assert git(repo, "show", "HEAD:" + COMPOSE) == "services:\n  web:\n    image: web:2"
-    # open 1, upstream lookup 4, clean check 1, identity 1, ls-files 1, commit 1, rev-parse 1
-    assert len(calls) == 10, calls
+    # open 1, upstream lookup 3 (branch, its config, the remotes), clean check 1, identity 1, ls-files 1,
+    # commit 1, rev-parse 1
+    assert len(calls) == 9, calls
     commit = next(c for c in calls if "commit" in c)
     assert commit[commit.index("maintenance.auto=false") - 1] == "-c"
     assert commit[commit.index("gc.auto=0") - 1] == "-c"
@@ -90,3 +98,33 @@ def test_open_says_why_in_one_process_or_two(tmp_path):
     plain.mkdir()
     with pytest.raises(RepoError, match="is not a git repository$"):
         InfraRepo.open(plain)
+
+
+def test_a_team_deploy_looks_its_upstream_up_once(repo, tmp_path, git_calls):
+    # a clone whose main tracks origin/main: the transaction asks for the upstream before the pull, in the
+    # pull and in the push; it is looked up once (the branch, then its config: two processes)
+    remote = tmp_path / "remote.git"
+    git(tmp_path, "clone", "-q", "--bare", str(repo), str(remote))
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(remote), str(clone))
+    git(clone, "config", "branch.main.merge", "refs/heads/main")  # as git clone wrote it, set again
+    git_calls.clear()
+    sha = deploy_like(clone)
+    assert git(remote, "rev-parse", "main") == sha  # pulled, committed, pushed
+    lookups = [c for c in git_calls if c[:1] == ["symbolic-ref"] or c[:3] == ["config", "-z", "--get-regexp"]]
+    assert lookups == [["symbolic-ref", "--quiet", "--short", "HEAD"],
+                       ["config", "-z", "--get-regexp", r"^branch\."]], git_calls
+    assert not any(c[:1] == ["remote"] for c in git_calls)  # the upstream was found: no listing of remotes
+
+
+def test_the_upstream_is_the_last_value_of_the_branch_config_as_git_config_get_gives_it(repo, tmp_path):
+    remote = tmp_path / "remote.git"
+    git(tmp_path, "init", "-q", "--bare", str(remote))
+    git(repo, "remote", "add", "team", str(remote))
+    git(repo, "config", "branch.main.remote", "team")
+    git(repo, "config", "--add", "branch.main.merge", "refs/heads/old")
+    git(repo, "config", "--add", "branch.main.merge", "refs/heads/main")
+    git(repo, "config", "branch.main.x.remote", "decoy")  # another branch's key, with a dot in its name
+    with InfraRepo.open(repo) as infra:
+        assert infra._remote_spec() == ("team", "refs/heads/main", "main")
+    assert git(repo, "config", "--get", "branch.main.merge") == "refs/heads/main"
