@@ -79,10 +79,13 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import httpx  # noqa: E402
+
 from tests.support.engines import Fleet  # noqa: E402
 from tests.support.images import HEALTH_FILE, build_busybox_base, build_web_image  # noqa: E402
 from tests.support.compose_v2 import ComposeMissing, compose_binary  # noqa: E402
 from tests.support.repos import git  # noqa: E402
+from tests.support.serve import ServeProcess  # noqa: E402
 
 DOCKER = "/usr/bin/docker"
 #: Failed runs a tool may have before the bench gives up: on a loaded machine a healthcheck can time
@@ -234,88 +237,61 @@ class Launcher:
 
 
 class ServeJobs:
-    """``deployer serve`` on a loopback port for one repository, and its deploys as jobs (``--serve``).
-
-    Started with the checkout's code and a token of its own; ended by its PID (SIGTERM, then SIGKILL)."""
+    """``deployer serve`` for one repository (tests/support/serve.py: a free loopback port, ended by its PID),
+    with a token of its own, and its deploys as jobs (``--serve``)."""
 
     def __init__(self, tmp: Path, repo: Path, target: str, checkout: str):
         from deployer.serve.auth import TokenStore  # noqa: PLC0415 - only with --serve
 
-        tokens = tmp / "serve-tokens.json"
+        tokens = tmp / "serve-config" / "tokens.json"  # outside the repository, as a team keeps it
         self.token = TokenStore(tokens).add("bench", "read,deploy")
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
         self.target = target
-        self.log = open(tmp / "serve.log", "wb")
         # the status snapshot and the drift watch are spaced out so that they do not run into the other tools'
         # runs; serve still reads the status once after each job
-        self.proc = subprocess.Popen(
-            ["/usr/bin/env", *checkout_env(checkout), sys.executable, "-m", "deployer", "--repo", str(repo),
-             "serve", "--listen", f"127.0.0.1:{self.port}", "--tokens", str(tokens), "--no-consul", "--no-alerts",
-             "--status-interval", "600", "--drift-interval", "0", "--sync-interval", "600", "-q"],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=tmp)
-        deadline = time.monotonic() + 60
-        while self.request("GET", "/api/v1/jobs")[0] != 200:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.close()
-                raise SystemExit(f"deployer serve did not start: {(tmp / 'serve.log').read_text()[-2000:]}")
-            time.sleep(0.1)
-
-    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-        import http.client  # noqa: PLC0415
-
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        self.server = ServeProcess(repo, tokens, "--no-consul", "--status-interval", "600", "--drift-interval", "0",
+                                   "--sync-interval", "600",
+                                   env=dict(item.split("=", 1) for item in checkout_env(checkout)))
         try:
-            conn.request(method, path, body=json.dumps(body) if body is not None else None,
-                         headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
-            answer = conn.getresponse()
-            return answer.status, json.loads(answer.read() or b"{}")
-        except OSError:
-            return 0, {}
-        finally:
-            conn.close()
+            self.server.start(timeout=60)
+        except BaseException:
+            self.server.stop()  # a serve that did not answer in time is ended all the same
+            raise
+
+    def _api(self, method: str, path: str, **kw) -> httpx.Response:
+        return httpx.request(method, self.server.url + path, headers={"Authorization": f"Bearer {self.token}"},
+                             timeout=30, **kw)
 
     def _usage(self) -> tuple[int, float]:
         """(peak RSS KiB, CPU seconds so far) of the serve process."""
-        with open(f"/proc/{self.proc.pid}/status") as f:
+        pid = self.server.proc.pid
+        with open(f"/proc/{pid}/status") as f:
             hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-        with open(f"/proc/{self.proc.pid}/stat") as f:
+        with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return hwm, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def deploy(self, image: str) -> tuple[int, float]:
         """POST the deploy, poll its job until it is done; (peak RSS KiB, CPU seconds of the job)."""
         _, cpu_before = self._usage()
-        status, body = self.request("POST", "/api/v1/deploy", {"image": image, "targets": [self.target],
-                                                                "reason": "bench"})
-        if status != 202:
-            raise SystemExit(f"POST /api/v1/deploy answered {status}: {body}")
-        while True:
-            _, job = self.request("GET", f"/api/v1/jobs/{body['job']}")
-            if job.get("state") == "ok":
-                break
-            if job.get("state") == "failed":
+        posted = self._api("POST", "/api/v1/deploy", json={"image": image, "targets": [self.target],
+                                                            "reason": "bench"})
+        if posted.status_code != 202:
+            raise SystemExit(f"POST /api/v1/deploy answered {posted.status_code}: {posted.text}")
+        while (job := self._api("GET", f"/api/v1/jobs/{posted.json()['job']}").json())["state"] != "ok":
+            if job["state"] == "failed":
                 raise SystemExit(f"the serve job failed: {job}")
             time.sleep(0.02)
         rss, cpu_after = self._usage()
         return rss, cpu_after - cpu_before
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log.close()
+        self.server.stop()
 
 
 @dataclass
 class Tool:
     name: str
-    argv: Callable[[str], list[str]]  # image -> the command line
+    argv: Callable[[str], list[str]] | None  # image -> the command line (None: ``call`` instead)
     port: int | None  # fixed host port; None: look the container's port up (ephemeral)
     container: str
     variant: str = "fixed"  # the job: "fixed" (gated, fixed port), "ephemeral" (gated, any port), "plain" (no gate)
@@ -549,7 +525,7 @@ def main() -> None:
         if args.serve:
             make_repo(tmp / "serve", url, {"dpl-serve": compose_text(IMAGES[0], "18089:80", True)})
             serve = ServeJobs(tmp, tmp / "serve", "bench/dpl-serve", ours)
-            tools.append(Tool("deployer serve, POST /api/v1/deploy (gated, fixed)", lambda image: [], 18089,
+            tools.append(Tool("deployer serve, POST /api/v1/deploy (gated, fixed)", None, 18089,
                               "dpl-serve-web", call=serve.deploy))
         if args.compare:
             other, label = str(Path(args.compare).resolve()), Path(args.compare).name
