@@ -250,12 +250,7 @@ class ServeJobs:
         # runs; serve still reads the status once after each job
         self.server = ServeProcess(repo, tokens, "--no-consul", "--status-interval", "600", "--drift-interval", "0",
                                    "--sync-interval", "600",
-                                   env=dict(item.split("=", 1) for item in checkout_env(checkout)))
-        try:
-            self.server.start(timeout=60)
-        except BaseException:
-            self.server.stop()  # a serve that did not answer in time is ended all the same
-            raise
+                                   env=dict(item.split("=", 1) for item in checkout_env(checkout))).start(timeout=60)
 
     def _api(self, method: str, path: str, **kw) -> httpx.Response:
         return httpx.request(method, self.server.url + path, headers={"Authorization": f"Bearer {self.token}"},

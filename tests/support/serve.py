@@ -2,7 +2,7 @@
 
 ``ServeProcess(repo, tokens_file, *args).start()`` runs ``python -m deployer
 --repo REPO serve --listen 127.0.0.1:PORT --tokens FILE --json ...`` and
-waits until it answers; ``stop()`` (SIGTERM, then SIGKILL) or ``kill()``
+waits until it answers (or ends it, when it does not); ``stop()`` (SIGTERM, then SIGKILL) or ``kill()``
 (SIGKILL at once, as a crash) ends exactly that process. Use it as a context
 manager so it ends even when the test fails.
 """
@@ -52,17 +52,22 @@ class ServeProcess:
         self._log = open(self.log, "ab")
         self.proc = subprocess.Popen(self.argv(), stdout=subprocess.PIPE, stderr=self._log, env=env,
                                      cwd=str(self.tokens.parent))
-        self.info = json.loads(self.proc.stdout.readline() or "{}")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"deployer serve exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-            try:
-                httpx.get(self.url + "/api/v1/status", timeout=1)
-                return self
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError(f"deployer serve did not answer in {timeout}s: {self.log.read_text()[-2000:]}")
+        try:
+            self.info = json.loads(self.proc.stdout.readline() or "{}")
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"deployer serve exited {self.proc.returncode}: "
+                                       f"{self.log.read_text()[-2000:]}")
+                try:
+                    httpx.get(self.url + "/api/v1/status", timeout=1)
+                    return self
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            raise RuntimeError(f"deployer serve did not answer in {timeout}s: {self.log.read_text()[-2000:]}")
+        except BaseException:
+            self.stop()  # one that did not come up is ended here: as a context manager, __exit__ never runs for it
+            raise
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
