@@ -53,7 +53,8 @@ def remote_go(remote, client, go_builder):
 
 
 def builder_containers(rc) -> list:
-    return rc.containers.list(all=True, filters={"label": "deployer.role=builder"})
+    # polled while builds run: a container removed between docker-py's list and its inspect is skipped, not a 404
+    return rc.containers.list(all=True, filters={"label": "deployer.role=builder"}, ignore_removed=True)
 
 
 def binaries(result) -> dict[str, bytes]:

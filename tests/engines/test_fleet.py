@@ -215,7 +215,8 @@ def test_node_going_away_mid_apply_fails_that_node_only(fleet_repo, nodes):
         proc = subprocess.Popen([sys.executable, "-m", "deployer", "--repo", str(root), "apply", "--json", "-q"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not client.containers.list(filters={"label": "deployer.node=fb"}):
+        while time.monotonic() < deadline and not client.containers.list(filters={"label": "deployer.node=fb"},
+                                                                     ignore_removed=True):
             time.sleep(0.05)
         ssh_node.link_down()
         out, err = proc.communicate(timeout=120)
